@@ -1,0 +1,3 @@
+from ce_daemon.cli import main
+import sys
+sys.exit(main())

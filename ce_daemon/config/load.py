@@ -1,0 +1,356 @@
+"""Load and validate a pipeline file completely: the one code path ``check``, start and reload share.
+
+Every problem is collected with its place in the file; nothing touches the running system.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from ce_daemon.config.model import Pipeline, Route, Tenant
+from ce_daemon.config.source import Loc, Source, read_source
+from ce_daemon.errors import ConfigError, Problem
+from ce_daemon.filter import FilterError, compile_filter
+from ce_daemon.logs.mapping import Mapping as LogMapping
+from ce_daemon.logs.mapping import MappingError
+from ce_daemon.netskope.subtypes import normalise_subtype
+from ce_daemon.plugin import PluginOptions
+from ce_daemon.registry import PluginInfo, Registry
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One Netskope data stream: a (tenant, alerts|events, subtype) pulled once for all consumers."""
+
+    tenant: str
+    kind: str
+    subtype: str
+
+    @property
+    def key(self) -> str:
+        """The spool's name for it: ``tenant/kind/subtype``."""
+        return f"{self.tenant}/{self.kind}/{self.subtype}"
+
+
+@dataclass(frozen=True)
+class Mute:
+    """A resolved mute window."""
+
+    name: str
+    start: float
+    end: float
+    predicate: Predicate | None
+
+
+@dataclass(frozen=True)
+class ResolvedRoute:
+    """A log route with everything resolved: its streams, filter, mapping and sink."""
+
+    config: Route
+    streams: tuple[Stream, ...]
+    predicate: Predicate | None
+    mutes: tuple[Mute, ...]
+    mapping: LogMapping
+    sink: PluginInfo
+    sink_options: PluginOptions
+    fingerprint: str
+
+
+@dataclass
+class LoadedPipeline:
+    """A valid pipeline file, resolved, with a fingerprint per component for reload by diff."""
+
+    path: Path
+    config: Pipeline
+    source: Source
+    routes: dict[str, ResolvedRoute] = field(default_factory=dict)
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    tenant_fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder of the pipeline file (relative paths resolve from here)."""
+        return self.path.parent
+
+    def streams(self) -> dict[str, Stream]:
+        """Every stream any consumer subscribes to: the union the pollers must pull."""
+        found: dict[str, Stream] = {}
+        for route in self.routes.values():
+            if route.config.enabled:
+                for stream in route.streams:
+                    found[stream.key] = stream
+        return dict(sorted(found.items()))
+
+    def section_fingerprint(self, *path: str) -> str:
+        """A digest of one raw section of the file (secrets included, never shown)."""
+        data: Any = self.source.data
+        for part in path:
+            data = data.get(part) if isinstance(data, dict) else None
+        return _digest(data)
+
+
+def load_pipeline(path: Path, registry: Registry, *, environ: Mapping[str, str] | None = None) -> LoadedPipeline:
+    """Parse, validate and resolve ``path``; raise :class:`ConfigError` with every problem found."""
+    source = read_source(path, environ=environ)
+    problems = list(source.problems)
+    if source.data is None:
+        raise ConfigError(problems)
+    config: Pipeline | None = None
+    try:
+        config = Pipeline.model_validate(source.data)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(source, exc, (), Pipeline))
+    resolved = _Resolver(source, registry, problems)
+    resolved.check_routes()
+    if problems or config is None:
+        raise ConfigError(_dedupe(problems))
+    loaded = LoadedPipeline(path=path, config=config, source=source)
+    loaded.tenants = {t.name: t for t in config.tenants}
+    raw_tenants = source.data.get("tenants") or []
+    for index, tenant in enumerate(config.tenants):
+        loaded.tenant_fingerprints[tenant.name] = _digest(raw_tenants[index])
+    loaded.routes = resolved.build_routes(config)
+    if problems:
+        raise ConfigError(_dedupe(problems))
+    return loaded
+
+
+class _Resolver:
+    """The checks that need more than the model: plugins, filters, subtypes, mappings, references."""
+
+    def __init__(self, source: Source, registry: Registry, problems: list[Problem]) -> None:
+        self.source = source
+        self.registry = registry
+        self.problems = problems
+        self.sinks: dict[int, tuple[PluginInfo, PluginOptions]] = {}
+        self.predicates: dict[Loc, Predicate | None] = {}
+        self.streams: dict[int, tuple[Stream, ...]] = {}
+        self.mappings: dict[int, LogMapping] = {}
+
+    def _raw_routes(self) -> list[tuple[int, dict[str, Any]]]:
+        data = self.source.data
+        logs = data.get("logs") if isinstance(data, dict) else None
+        routes = logs.get("routes") if isinstance(logs, dict) else None
+        if not isinstance(routes, list):
+            return []
+        return [(i, r) for i, r in enumerate(routes) if isinstance(r, dict)]
+
+    def check_routes(self) -> None:
+        data = self.source.data
+        tenants = [t.get("name") for t in (data.get("tenants") or []) if isinstance(t, dict)] if isinstance(
+            data.get("tenants"), list) else []
+        self._unique("tenants", tenants)
+        routes = self._raw_routes()
+        self._unique(("logs", "routes"), [r.get("name") for _, r in routes])
+        for index, raw in routes:
+            loc: Loc = ("logs", "routes", index)
+            tenant = raw.get("tenant")
+            if isinstance(tenant, str) and tenants and tenant not in tenants:
+                close = difflib.get_close_matches(tenant, [str(t) for t in tenants], n=1)
+                self.problems.append(self.source.problem(
+                    (*loc, "tenant"), f"no tenant named {tenant!r}",
+                    hint=(f"did you mean {close[0]!r}? " if close else "") + f"tenants: {', '.join(map(str, tenants))}"))
+            self._streams(index, raw, loc)
+            self._sink(index, raw.get("sink"), (*loc, "sink"))
+            self.predicates[(*loc, "filter")] = self._filter(raw.get("filter"), (*loc, "filter"))
+            for m, mute in enumerate(raw.get("mute") or []):
+                if isinstance(mute, dict):
+                    self.predicates[(*loc, "mute", m)] = self._filter(mute.get("filter"), (*loc, "mute", m, "filter"))
+            self._mapping(index, raw, loc)
+
+    def _unique(self, section: str | tuple[str, ...], names: list[Any]) -> None:
+        base = (section,) if isinstance(section, str) else section
+        seen: set[Any] = set()
+        for i, name in enumerate(names):
+            if isinstance(name, str) and name in seen:
+                self.problems.append(self.source.problem((*base, i, "name"), f"the name {name!r} is used twice"))
+            seen.add(name)
+
+    def _streams(self, index: int, raw: dict[str, Any], loc: Loc) -> None:
+        tenant = raw.get("tenant") if isinstance(raw.get("tenant"), str) else "?"
+        found: list[Stream] = []
+        for kind in ("alerts", "events"):
+            names = raw.get(kind) or []
+            if not isinstance(names, list):
+                continue
+            for i, name in enumerate(names):
+                if not isinstance(name, str):
+                    continue
+                try:
+                    found.append(Stream(str(tenant), kind, normalise_subtype(kind, name)))  # type: ignore[arg-type]  # kind is one of the two literals
+                except ValueError as exc:
+                    self.problems.append(self.source.problem((*loc, kind, i), str(exc)))
+        if not found and isinstance(raw.get("name"), str):
+            self.problems.append(self.source.problem(
+                loc, "the route reads nothing", hint="list subtypes under `alerts:` and/or `events:` (e.g. alerts: [dlp])"))
+        self.streams[index] = tuple(dict.fromkeys(found))
+
+    def _sink(self, index: int, raw: object, loc: Loc) -> None:
+        if not isinstance(raw, dict):
+            return  # the model reports the wrong shape
+        kind = "log_sink"
+        type_name = raw.get("type")
+        if not isinstance(type_name, str):
+            self.problems.append(self.source.problem(
+                (*loc, "type"), "the sink needs a `type:`", hint=self.registry.unknown_hint(kind, "")))
+            return
+        info = self.registry.get(kind, type_name)
+        if info is None:
+            self.problems.append(self.source.problem(
+                (*loc, "type"), f"unknown log sink type {type_name!r}", hint=self.registry.unknown_hint(kind, type_name)))
+            return
+        if info.cls is None:
+            self.problems.append(self.source.problem(
+                (*loc, "type"), f"the {type_name!r} plugin from {info.distribution} {info.version} failed to load: {info.error}"))
+            return
+        options = {k: v for k, v in raw.items() if k != "type"}
+        try:
+            self.sinks[index] = (info, info.cls.Options.model_validate(options))
+        except ValidationError as exc:
+            self.problems.extend(_pydantic_problems(self.source, exc, loc, info.cls.Options))
+
+    def _filter(self, spec: object, loc: Loc) -> Predicate | None:
+        if spec is None:
+            return None
+        try:
+            return compile_filter(spec)
+        except FilterError as exc:
+            inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
+            for problem in exc.problems:
+                where = (*loc, *problem.loc) if inside else loc
+                self.problems.append(self.source.problem(where, problem.message, key=inside and problem.at_key))
+            return None
+
+    def _mapping(self, index: int, raw: dict[str, Any], loc: Loc) -> None:
+        name = raw.get("mapping", "netskope")
+        if not isinstance(name, str):
+            return
+        try:
+            if "/" in name or name.endswith(".json"):
+                path = Path(name)
+                mapping = LogMapping.load(path if path.is_absolute() else Path(self.source.file).parent / path)
+            else:
+                mapping = LogMapping.builtin(name)
+        except MappingError as exc:
+            for problem in exc.problems:
+                self.problems.append(self.source.problem((*loc, "mapping"), str(problem)))
+            return
+        except (OSError, ValueError) as exc:
+            self.problems.append(self.source.problem((*loc, "mapping"), f"cannot load mapping {name!r}: {exc}"))
+            return
+        if raw.get("format", "cef") != "json":
+            for stream in self.streams.get(index, ()):
+                if not mapping.covers(stream.kind, stream.subtype):
+                    self.problems.append(self.source.problem(
+                        (*loc, "mapping"), f"mapping {name!r} has no taxonomy for {stream.kind} {stream.subtype!r}",
+                        hint="add it to the mapping file, or use the built-in `netskope` mapping"))
+        self.mappings[index] = mapping
+
+    def build_routes(self, config: Pipeline) -> dict[str, ResolvedRoute]:
+        routes: dict[str, ResolvedRoute] = {}
+        raw_routes = dict(self._raw_routes())
+        for index, route in enumerate(config.logs.routes):
+            loc: Loc = ("logs", "routes", index)
+            sink, options = self.sinks[index]
+            mutes = tuple(
+                Mute(m.name, m.start.timestamp(), m.end.timestamp(), self.predicates.get((*loc, "mute", i)))
+                for i, m in enumerate(route.mute)
+            )
+            mapping = self.mappings[index]
+            routes[route.name] = ResolvedRoute(
+                config=route,
+                streams=self.streams[index],
+                predicate=self.predicates.get((*loc, "filter")),
+                mutes=mutes,
+                mapping=mapping,
+                sink=sink,
+                sink_options=options,
+                fingerprint=_digest([raw_routes.get(index), mapping.fingerprint, sink.version]),
+            )
+        return routes
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:16]
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    unique = list(dict.fromkeys(problems))
+    return sorted(unique, key=lambda p: (p.line or 0, p.column or 0))
+
+
+def _pydantic_problems(source: Source, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in exc.errors(include_url=False):
+        loc: Loc = (*prefix, *(part for part in error["loc"] if _is_field_part(part)))
+        kind = error["type"]
+        secret = source.is_secret(loc)
+        value = error.get("input")
+        hint = None
+        if kind == "extra_forbidden":
+            valid = _fields_at(model, loc[len(prefix):-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+            message = f"unknown key {loc[-1]!r}"
+            if close:
+                hint = f"did you mean {close[0]!r}?"
+            elif valid:
+                hint = f"valid keys here: {', '.join(valid)}"
+            problems.append(source.problem(loc, message, hint=hint, key=True))
+            continue
+        message = "required key is missing" if kind == "missing" else error["msg"]
+        if kind == "string_type" and isinstance(value, int | float | bool) and not secret:
+            hint = f"YAML read this as {type(value).__name__} {value!r}; put the value in quotes"
+        elif kind in {"int_parsing", "float_parsing", "int_type", "float_type"} and isinstance(value, str) and not secret:
+            hint = "give a plain number (no units or words)"
+        elif kind == "missing":
+            message = f"required key {loc[-1]!r} is missing"
+        problems.append(source.problem(loc, message, hint=hint))
+    return problems
+
+
+def _is_field_part(part: object) -> bool:
+    # pydantic adds union-member and validator tags (e.g. 'function-after[...]') to locs
+    return isinstance(part, int) or (isinstance(part, str) and "[" not in part and part not in _TYPE_TAGS)
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "datetime", "list", "dict", "none", "literal"})
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The keys valid at ``loc`` inside ``model`` (for a misspelt-key hint)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(part, int):
+            args = typing.get_args(current)
+            current = args[0] if args else None
+        elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _unwrap(members[0]) if len(members) == 1 else annotation
+    return annotation

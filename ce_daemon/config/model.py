@@ -1,0 +1,209 @@
+"""The pipeline file's shape, as pydantic v2 models (``extra="forbid"`` everywhere).
+
+Structure is validated here; what needs the installed plugins or other modules (a sink's own
+options, a filter, subtype names, a mapping file) is resolved afterwards in ``load.py`` so that
+every problem of the file is reported in one pass.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+)
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZES = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        if not match:
+            raise ValueError("a duration is a number of seconds or a number with a unit: 500ms, 30s, 5m, 2h, 1d")
+        return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    return value
+
+
+def _size(value: object) -> object:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*", value.lower())
+        if not match:
+            raise ValueError("a size is a number of bytes or a number with a unit: 512KiB, 64MiB, 2GiB, 1GB")
+        return int(float(match.group(1)) * _SIZES[match.group(2) or "b"])
+    return value
+
+
+def _name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError("a name is 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+Name = Annotated[str, AfterValidator(_name)]
+
+
+class Strict(BaseModel):
+    """Base of every model of ours: unknown keys are errors, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class StateSettings(Strict):
+    """Where the SQLite state database lives (cannot change without a restart)."""
+
+    path: Path = Path("/var/lib/ce-daemon/state.db")
+
+
+class LoggingSettings(Strict):
+    """Application logs on stdout."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class SyslogSettings(Strict):
+    """The health channel: state changes and heartbeats, separate from application logs."""
+
+    enabled: bool = True
+    target: str = "/dev/log"
+    format: Literal["local", "rfc5424"] = "local"
+    facility: Literal["daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"] = (
+        "daemon"
+    )
+
+
+class HealthSettings(Strict):
+    """Heartbeat cadence and where health goes."""
+
+    interval: Duration = 300.0
+    syslog: SyslogSettings = SyslogSettings()
+
+
+class ControlSettings(Strict):
+    """The local socket ``ce-daemon status`` asks; defaults to ``control.sock`` beside the state database."""
+
+    socket: Path | None = None
+
+
+class SpoolSettings(Strict):
+    """The durable buffer between the Netskope pollers and the consumers."""
+
+    max_bytes: Size = 1024**3
+
+
+def _moment(value: object) -> object:
+    """A point in time as epoch seconds: a date, ``now``, an epoch, or a duration counting back from now."""
+    if value is None or value == "now":
+        return None
+    if isinstance(value, datetime):
+        return _aware(value).timestamp()
+    if isinstance(value, str) and re.match(r"\d{4}-\d\d-\d\d", value):
+        try:
+            return _aware(datetime.fromisoformat(value.replace("Z", "+00:00"))).timestamp()
+        except ValueError as exc:
+            raise ValueError(f"not a valid date and time: {exc}") from exc
+    seconds = _duration(value)
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return float(seconds) if seconds > 1e9 else time.time() - float(seconds)
+    raise ValueError("a time is `now`, an ISO date (2026-11-01T00:00:00Z), or how long ago (24h, 7d)")
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+Moment = Annotated[float | None, BeforeValidator(_moment)]
+
+
+class Lookback(Strict):
+    """A one-off historical pull on its own iterator, from ``start`` until ``end`` (epoch seconds)."""
+
+    start: Moment
+    end: Moment = None
+
+
+class Tenant(Strict):
+    """One Netskope tenant: where it is, how to authenticate, how fast to ask."""
+
+    name: Name
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(:\d+)?/?$")]
+    token: SecretStr
+    rate_limit: Annotated[float, Field(gt=0, le=100)] = 4.0
+    timeout: Duration = 120.0
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    page_size_hint: Annotated[int, Field(gt=0, le=10_000)] = 10_000
+    start: Moment = None
+    lookback: Lookback | None = None
+    max_retry_delay: Duration = 900.0
+
+
+class Batch(Strict):
+    """When a route hands a batch to its sink: whichever limit is reached first."""
+
+    max_records: Annotated[int, Field(gt=0)] = 5000
+    max_bytes: Size = 1_000_000
+    max_wait: Duration = 1.0
+
+
+class MuteWindow(Strict):
+    """Records are not shipped while a mute window is active (they are acknowledged and counted)."""
+
+    name: str = "mute"
+    start: datetime
+    end: datetime
+    filter: Any = None
+
+
+class Route(Strict):
+    """A log route: what to read, how to filter and format it, and the one sink it goes to."""
+
+    name: Name
+    tenant: str
+    alerts: list[str] = []
+    events: list[str] = []
+    filter: Any = None
+    mute: list[MuteWindow] = []
+    format: Literal["cef", "leef", "json"] = "cef"
+    mapping: str = "netskope"
+    batch: Batch = Batch()
+    retry_max_delay: Duration = 300.0
+    sink: dict[str, Any]
+    enabled: bool = True
+
+
+class Logs(Strict):
+    """The Cloud Log Shipper job."""
+
+    routes: list[Route] = []
+
+
+class Pipeline(Strict):
+    """The whole pipeline file."""
+
+    version: Literal[1] = 1
+    state: StateSettings = StateSettings()
+    logging: LoggingSettings = LoggingSettings()
+    health: HealthSettings = HealthSettings()
+    control: ControlSettings = ControlSettings()
+    shutdown_grace: Duration = 30.0
+    spool: SpoolSettings = SpoolSettings()
+    tenants: list[Tenant] = []
+    logs: Logs = Logs()
+
+
+RESTART_ONLY: tuple[tuple[str, ...], ...] = (("state",), ("control",))
+"""Sections a reload cannot change: the running process keeps its database and socket."""

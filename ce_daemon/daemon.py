@@ -1,0 +1,363 @@
+"""The daemon: one lifecycle, STARTING → READY → RELOADING → READY → STOPPING.
+
+Signal handlers only record what was asked; this module's main loop acts on it. Each
+transition logs one fixed event name and sends one sd_notify message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ce_daemon import __version__, applog
+from ce_daemon.config.load import LoadedPipeline, load_pipeline
+from ce_daemon.config.model import RESTART_ONLY
+from ce_daemon.control import ControlServer, control_socket_path
+from ce_daemon.errors import ConfigError
+from ce_daemon.health import ComponentStatus, HealthRegistry, State
+from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
+from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
+from ce_daemon.state import StateError, StateStore
+from ce_daemon.supervisor import Supervisor
+from ce_daemon.syslog import HealthChannel
+from ce_daemon.systemd import Notifier
+
+log = structlog.get_logger("ce_daemon.daemon")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = os.EX_CONFIG  # 78: systemd's RestartPreventExitStatus keeps a bad file from looping
+WATCHDOG_STALL_LIMIT = 600.0
+STATUS_SNAPSHOT_KEY = "daemon.status"
+
+
+class Phase(StrEnum):
+    """The lifecycle phases."""
+
+    STARTING = "starting"
+    READY = "ready"
+    RELOADING = "reloading"
+    STOPPING = "stopping"
+
+
+class Daemon:
+    """Runs one pipeline file until asked to stop."""
+
+    def __init__(self, path: Path, registry: Any, *, environ: Mapping[str, str] | None = None) -> None:
+        self.path = path
+        self.registry = registry
+        self.environ = dict(os.environ if environ is None else environ)
+        self.phase = Phase.STARTING
+        self.generation = 0
+        self.started = time.time()
+        self.notifier = Notifier.from_env(self.environ)
+        self.supervisor = Supervisor()
+        self.health = HealthRegistry(on_transition=self._on_transition)
+        self.syslog: HealthChannel | None = None
+        self.loaded: LoadedPipeline | None = None
+        self.specs: dict[str, ComponentSpec] = {}
+        self.runtime: Runtime | None = None
+        self.last_reload: dict[str, Any] = {}
+        self._reload_requested = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._force_exit = asyncio.Event()
+        self._signals = 0
+
+    # -- signals: record only ------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+
+    def _on_stop_signal(self) -> None:
+        if self._stop_requested.is_set():
+            self._force_exit.set()
+        self._stop_requested.set()
+
+    # -- the lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop; return the process exit code."""
+        self._install_signals()
+        self.notifier.status(f"loading {self.path}")
+        try:
+            loaded = load_pipeline(self.path, self.registry, environ=self.environ)
+        except ConfigError as exc:
+            log.error("daemon.config_invalid", file=str(self.path), problems=len(exc.problems), errors=exc.render())
+            self.notifier.send("STATUS=configuration invalid, not started", f"ERRNO={EXIT_CONFIG}")
+            return EXIT_CONFIG
+        applog.configure(loaded.config.logging.level, loaded.config.logging.format)
+        self._open_syslog(loaded)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                store = await StateStore.open(loaded.config.state.path, SPOOL_MIGRATIONS)
+                stack.push_async_callback(store.close)
+                spool = Spool(store, loaded.config.spool.max_bytes)
+                await spool.load()
+                self.runtime = Runtime(store=store, spool=spool, health=self.health, data_dir=store.path.parent)
+                stack.push_async_callback(self.runtime.close)
+                control = ControlServer(control_socket_path(loaded.config), self.status_snapshot)
+                await control.start()
+                stack.push_async_callback(control.close)
+                await self._start_generation(loaded)
+                return await self._serve()
+        except StateError as exc:
+            log.error("daemon.state_unusable", error=str(exc))
+            self._emit("daemon.failed", "crit", reason="state database unusable")
+            return EXIT_FAILURE
+        finally:
+            if self.syslog:
+                self.syslog.close()
+
+    async def _start_generation(self, loaded: LoadedPipeline) -> None:
+        assert self.runtime is not None
+        self.loaded = loaded
+        self.generation = 1
+        self.specs = plan_components(loaded, self.runtime)
+        await self.runtime.spool.set_consumers(self._consumers(self.specs))
+        for spec in self._start_order(self.specs.values()):
+            component = spec.build()
+            self._attach(component.status)
+            try:
+                await component.start()
+            except Exception as exc:  # noqa: BLE001 - at start an unreachable target degrades one component only
+                component.status.degraded(f"start failed: {exc}")
+                log.warning("component.start_failed", component=spec.name, error=str(exc))
+            self.supervisor.start(component)
+        self.phase = Phase.READY
+        line = self._status_line()
+        log.info("daemon.ready", generation=self.generation, file=str(self.path), version=__version__)
+        self.notifier.ready(line)
+        self._emit("daemon.started", "notice", gen=self.generation, version=__version__, components=self._ok_total())
+
+    async def _serve(self) -> int:
+        tasks = [
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+        ]
+        try:
+            while True:
+                stop = asyncio.create_task(self._stop_requested.wait())
+                reload = asyncio.create_task(self._reload_requested.wait())
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                reload.cancel()
+                if self._stop_requested.is_set():
+                    return await self._shutdown()
+                self._reload_requested.clear()  # HUPs that arrived meanwhile coalesce into this one
+                await self._reload()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _shutdown(self) -> int:
+        assert self.loaded is not None
+        self.phase = Phase.STOPPING
+        grace = self.loaded.config.shutdown_grace
+        log.info("daemon.stopping", generation=self.generation, grace=grace)
+        self.notifier.stopping(f"stopping gen={self.generation}, draining up to {grace:g}s")
+        self._emit("daemon.stopping", "notice", gen=self.generation)
+        drain = asyncio.create_task(self._stop_all(grace))
+        force = asyncio.create_task(self._force_exit.wait())
+        await asyncio.wait({drain, force}, return_when=asyncio.FIRST_COMPLETED)
+        if force.done() and not drain.done():
+            drain.cancel("second stop signal: forced exit")
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            log.warning("daemon.forced_exit")
+            return EXIT_FAILURE
+        force.cancel()
+        log.info("daemon.stopped", generation=self.generation)
+        return EXIT_OK
+
+    async def _stop_all(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # intake first, then consumers drain what is in flight, then everything else
+        for group in self._stop_groups(list(self.supervisor.running)):
+            await self.supervisor.stop_many(group, max(0.0, deadline - loop.time()))
+
+    # -- reload by diff ----------------------------------------------------------------
+
+    async def _reload(self) -> None:
+        assert self.runtime is not None and self.loaded is not None
+        self.phase = Phase.RELOADING
+        self.notifier.reloading(f"reloading {self.path}")
+        log.info("daemon.reloading", generation=self.generation)
+        try:
+            new = load_pipeline(self.path, self.registry, environ=self.environ)
+        except ConfigError as exc:
+            self._reject(f"{len(exc.problems)} configuration problem(s)", exc.render())
+            return
+        restart = [".".join(p) for p in RESTART_ONLY
+                   if new.section_fingerprint(*p) != self.loaded.section_fingerprint(*p)]
+        if restart:
+            self._reject(f"restart needed: {', '.join(restart)} cannot change while running", "")
+            return
+        specs = plan_components(new, self.runtime)
+        keep = {n for n, s in specs.items() if n in self.specs and self.specs[n].fingerprint == s.fingerprint}
+        replace = [n for n in specs if n not in keep]
+        remove = [n for n in self.specs if n not in specs or n not in keep]
+        built = []
+        try:
+            for spec in self._start_order(specs[n] for n in replace):
+                component = spec.build()
+                built.append(component)
+                await component.start()
+        except Exception as exc:  # noqa: BLE001 - any build failure rolls back to the running generation
+            for component in built:
+                with contextlib.suppress(Exception):
+                    await component.close()
+            self._reject(f"component {built[-1].name} failed its start check: {exc}", "")
+            return
+        # swap: stop what goes away or changes, then move consumers and start the new ones
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + new.config.shutdown_grace
+        for group in self._stop_groups(remove):
+            await self.supervisor.stop_many(group, max(0.0, deadline - loop.time()))
+        for name in remove:
+            if name not in specs:
+                self.health.unregister(name)
+        await self.runtime.spool.set_consumers(self._consumers(specs))
+        for component in built:
+            self._attach(component.status)
+            self.supervisor.start(component)
+        await self.runtime.forget_unused(specs)
+        self.specs, self.loaded = specs, new
+        self.generation += 1
+        applog.configure(new.config.logging.level, new.config.logging.format)
+        self.phase = Phase.READY
+        self.last_reload = {"outcome": "applied", "at": time.time(), "kept": len(keep), "started": len(built),
+                            "stopped": len(remove)}
+        log.info("daemon.reload_applied", generation=self.generation, kept=len(keep), started=len(built),
+                 stopped=len(remove))
+        self.notifier.ready(self._status_line())
+        self._emit("daemon.reload_applied", "notice", gen=self.generation, kept=len(keep), started=len(built),
+                   stopped=len(remove))
+
+    def _reject(self, reason: str, details: str) -> None:
+        self.phase = Phase.READY
+        self.last_reload = {"outcome": "rejected", "at": time.time(), "reason": reason}
+        log.warning("daemon.reload_rejected", generation=self.generation, reason=reason, errors=details or None)
+        self.notifier.ready(f"reload rejected ({reason}); still gen={self.generation} {self._ok_total()} ok")
+        first = details.splitlines()[0] if details else ""
+        self._emit("daemon.reload_rejected", "warning", gen=self.generation, reason=reason, first_error=first or None)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _consumers(specs: Mapping[str, ComponentSpec]) -> dict[str, frozenset[str]]:
+        return {s.name: s.consumes for s in specs.values() if s.consumes is not None}
+
+    @staticmethod
+    def _start_order(specs: Any) -> list[ComponentSpec]:
+        # consumers before producers, so a first start reads every page from the beginning
+        return sorted(specs, key=lambda s: (s.stage != "consumer", s.name))
+
+    def _stop_groups(self, names: list[str]) -> list[list[str]]:
+        def stage(name: str) -> str:
+            spec = self.specs.get(name)
+            return spec.stage if spec else "other"
+        return [[n for n in names if stage(n) == "producer"], [n for n in names if stage(n) == "consumer"],
+                [n for n in names if stage(n) not in ("producer", "consumer")]]
+
+    def _attach(self, status: ComponentStatus) -> None:
+        status.on_transition = self._on_transition
+        self.health.adopt(status)
+
+    def _on_transition(self, status: ComponentStatus, old: State, new: State) -> None:
+        if new is State.DEGRADED or new is State.FAILED:
+            log.warning("component.degraded" if new is State.DEGRADED else "component.failed_state",
+                        component=status.name, reason=status.detail)
+            self._emit(f"component.{new}", "warning" if new is State.DEGRADED else "err",
+                       component=status.name, reason=status.detail[:200])
+        elif new is State.OK and old in (State.DEGRADED, State.FAILED):
+            log.info("component.recovered", component=status.name)
+            self._emit("component.recovered", "notice", component=status.name)
+        if self.phase is Phase.READY:
+            self.notifier.status(self._status_line())
+
+    def _ok_total(self) -> str:
+        ok, total, _ = self.health.summary()
+        return f"{ok}/{total}"
+
+    def _status_line(self) -> str:
+        ok, total, bad = self.health.summary()
+        line = f"running gen={self.generation} components ok={ok}/{total}"
+        return line + (f" failing={','.join(bad[:5])}" if bad else "")
+
+    def _open_syslog(self, loaded: LoadedPipeline) -> None:
+        settings = loaded.config.health.syslog
+        if settings.enabled:
+            self.syslog = HealthChannel(settings.target, settings.format, settings.facility,
+                                        repeat_after=loaded.config.health.interval)
+
+    def _emit(self, event: str, severity: str, **fields: Any) -> None:
+        if self.syslog:
+            self.syslog.emit(event, severity, **fields)
+
+    async def _heartbeat(self) -> None:
+        assert self.loaded is not None
+        while True:
+            await asyncio.sleep(self.loaded.config.health.interval)
+            ok, total, bad = self.health.summary()
+            self._emit("health.heartbeat", "info", gen=self.generation, components_ok=f"{ok}/{total}",
+                       failing=",".join(bad) or None, uptime_s=int(time.time() - self.started))
+            await self._save_snapshot()
+
+    async def _save_snapshot(self) -> None:
+        if self.runtime is not None:
+            import orjson
+
+            with contextlib.suppress(Exception):
+                snapshot = await self.status_snapshot()
+                await self.runtime.store.set_meta(STATUS_SNAPSHOT_KEY, orjson.dumps(snapshot).decode())
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            lag = loop.time() - before - interval
+            stalled = self.health.stalled(WATCHDOG_STALL_LIMIT)
+            if lag < interval and not stalled:
+                self.notifier.watchdog()
+            else:
+                log.error("daemon.watchdog_withheld", loop_lag_s=round(lag, 3), stalled=stalled)
+
+    async def status_snapshot(self) -> dict[str, Any]:
+        """What ``ce-daemon status`` shows: generation, phase, components and their health (no secrets)."""
+        ok, total, bad = self.health.summary()
+        snapshot: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "file": str(self.path),
+            "phase": str(self.phase),
+            "generation": self.generation,
+            "started": round(self.started, 3),
+            "uptime_s": int(time.time() - self.started),
+            "components_ok": ok,
+            "components_total": total,
+            "failing": bad,
+            "last_reload": self.last_reload or None,
+            "components": [s.snapshot() for s in self.health.all()],
+        }
+        if self.runtime is not None:
+            with contextlib.suppress(Exception):
+                snapshot["spool"] = await self.runtime.spool.stats()
+        return snapshot

@@ -1,0 +1,328 @@
+"""Compile a filter spec into nested closures, collecting every problem of the spec on the way."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from datetime import date
+from typing import Any, Final, TypeGuard
+
+import orjson
+
+from ce_daemon.filter.problems import FilterError, FilterProblem, Loc
+from ce_daemon.filter.values import (
+    COMPARISONS,
+    MISSING,
+    Matcher,
+    Predicate,
+    compare,
+    equals,
+    fast_path,
+    lift,
+    member_of,
+    on_strings,
+    resolver,
+)
+
+
+def match_all(record: Mapping[str, Any]) -> bool:
+    """The predicate of an empty filter; consumers may test ``pred is match_all`` to skip filtering."""
+    return True
+
+
+def compile_filter(spec: object) -> Predicate:
+    """Compile a filter spec into a predicate over records.
+
+    ``spec`` is a mapping (as YAML gives it), a JSON string of one (as CE stores its ``mongo``
+    queries), or ``None``/``{}`` for "match everything". Raises :class:`FilterError` listing every
+    problem in the spec.
+    """
+    document = _load(spec)
+    if not document:
+        return match_all
+    compiler = _Compiler()
+    predicate = compiler.document(document, ())
+    if compiler.problems:
+        raise FilterError(compiler.problems)
+    return predicate
+
+
+def describe(spec: object) -> str:
+    """A short one-line text of a spec for logs: compact JSON, truncated; never raises."""
+    if isinstance(spec, str):
+        try:
+            spec = orjson.loads(spec)
+        except orjson.JSONDecodeError:
+            return _shorten(" ".join(str(spec).split()))
+    if not spec:
+        return "{}"
+    try:
+        text = orjson.dumps(spec, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        text = " ".join(repr(spec).split())
+    return _shorten(text)
+
+
+# --- spec loading and problem places -------------------------------------------------------------
+
+_DESCRIBE_LIMIT: Final = 200
+_FIELD_OPERATORS: Final = frozenset(
+    {"$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$regex", "$options", "$exists", "$not"}
+    | {"$contains", "$startswith"}
+)
+_LOGICAL_OPERATORS: Final = frozenset({"$and", "$or", "$nor"})
+_ALL_OPERATORS: Final = sorted(_FIELD_OPERATORS | _LOGICAL_OPERATORS)
+_REGEX_FLAGS: Final = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "u": 0}
+
+
+def _load(spec: object) -> Mapping[Any, Any] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if not spec.strip():
+            raise FilterError([FilterProblem((), "empty filter string; use {} to match everything")])
+        try:
+            spec = orjson.loads(spec)
+        except orjson.JSONDecodeError as exc:
+            raise FilterError([FilterProblem((), f"invalid JSON filter: {exc}")]) from None
+    if not isinstance(spec, Mapping):
+        raise FilterError([FilterProblem((), f"a filter must be a mapping, got {_kind(spec)}")])
+    return spec
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _DESCRIBE_LIMIT else text[: _DESCRIBE_LIMIT - 1] + "…"
+
+
+def _kind(value: object) -> str:
+    """The YAML-ish name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return type(value).__name__
+
+
+def _unknown_operator(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), _ALL_OPERATORS, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known operators: {', '.join(_ALL_OPERATORS)}"
+    return f"unknown operator '{name}'{hint}"
+
+
+# --- the compiler --------------------------------------------------------------------------------
+
+
+class _Compiler:
+    """Walks a spec once, building closures and collecting problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[FilterProblem] = []
+
+    def problem(self, loc: Loc, message: str, *, at_key: bool = False) -> None:
+        self.problems.append(FilterProblem(loc, message, at_key))
+
+    def document(self, document: Mapping[Any, Any], loc: Loc) -> Predicate:
+        """A whole filter: every key (field or logical operator) must hold."""
+        parts: list[Predicate] = []
+        for key, value in document.items():
+            if isinstance(key, str) and key.startswith("$"):
+                parts.append(self.logical(key, value, (*loc, key)))
+            else:
+                parts.append(self.field(key, value, (*loc, str(key))))
+        return _all_of(parts)
+
+    def logical(self, operator: str, operand: object, loc: Loc) -> Predicate:
+        if operator not in _LOGICAL_OPERATORS:
+            if operator in _FIELD_OPERATORS:
+                self.problem(
+                    loc, f"{operator} applies to a field: write {{field: {{{operator}: ...}}}}", at_key=True
+                )
+            else:
+                self.problem(loc, _unknown_operator(operator), at_key=True)
+            return match_all
+        if not isinstance(operand, list) or not operand:
+            self.problem(loc, f"{operator} needs a non-empty list of filters, got {_kind(operand)}")
+            return match_all
+        parts: list[Predicate] = []
+        for index, entry in enumerate(operand):
+            if isinstance(entry, Mapping):
+                parts.append(self.document(entry, (*loc, index)) if entry else match_all)
+            else:
+                self.problem((*loc, index), f"each entry of {operator} must be a filter, got {_kind(entry)}")
+        if operator == "$and":
+            return _all_of(parts)
+        either = _any_of(parts)
+        if operator == "$or":
+            return either
+        return lambda record: not either(record)
+
+    def field(self, key: object, condition: object, loc: Loc) -> Predicate:
+        """One field key (a dotted path) with a bare value or an operator mapping."""
+        if not isinstance(key, str):
+            self.problem(loc, f"field names must be strings, got {_kind(key)}", at_key=True)
+            return match_all
+        segments = tuple(key.split("."))
+        if not key:
+            self.problem(loc, "empty field name", at_key=True)
+            return match_all
+        if "" in segments:
+            self.problem(loc, f"field path '{key}' has an empty part", at_key=True)
+            return match_all
+        fans_out = len(segments) > 1
+        if _is_operator_mapping(condition):
+            fast = fast_path(segments, condition)
+            matcher = self.operators(condition, loc, fans_out)
+        else:
+            fast = fast_path(segments, {"$eq": condition})
+            matcher = lift(equals(condition), fans_out)
+        if fast is not None:
+            return fast
+        if not fans_out:
+            name = segments[0]
+            return lambda record: matcher(record.get(name, MISSING))
+        resolve = resolver(segments)
+        return lambda record: matcher(resolve(record))
+
+    def operators(self, condition: Mapping[Any, Any], loc: Loc, fans_out: bool) -> Matcher:
+        """An operator mapping (``{$gt: 1, $lt: 9}``): every operator must hold."""
+        parts: list[Matcher] = []
+        for operator, operand in condition.items():
+            here = (*loc, str(operator))
+            if not (isinstance(operator, str) and operator.startswith("$")):
+                self.problem(here, "cannot mix operators and plain keys in one condition", at_key=True)
+            elif operator in _FIELD_OPERATORS:
+                matcher = self.operator(operator, operand, condition, here, fans_out)
+                if matcher is not None:
+                    parts.append(matcher)
+            elif operator in _LOGICAL_OPERATORS:
+                self.problem(
+                    here,
+                    f"{operator} combines whole filters; put it above the field, not under it",
+                    at_key=True,
+                )
+            else:
+                self.problem(here, _unknown_operator(operator), at_key=True)
+        return _all_of(parts)
+
+    def operator(  # noqa: C901, PLR0911, PLR0912 -- one flat dispatch over the operator table reads best
+        self, operator: str, operand: object, condition: Mapping[Any, Any], loc: Loc, fans_out: bool
+    ) -> Matcher | None:
+        if operator == "$eq":
+            return lift(equals(operand), fans_out)
+        if operator == "$ne":
+            equal = lift(equals(operand), fans_out)
+            return lambda value: not equal(value)
+        if operator in ("$in", "$nin"):
+            if not isinstance(operand, list):
+                self.problem(loc, f"{operator} needs a list, got {_kind(operand)}")
+                return None
+            member = lift(member_of(operand), fans_out)
+            return member if operator == "$in" else lambda value: not member(value)
+        if operator in COMPARISONS:
+            if isinstance(operand, bool) or not isinstance(operand, int | float | str):
+                hint = "; quote it, or compare epoch seconds" if isinstance(operand, date) else ""
+                self.problem(loc, f"{operator} needs a number or a string, got {_kind(operand)}{hint}")
+                return None
+            return lift(compare(operator, operand), fans_out)
+        if operator == "$regex":
+            pattern = self.regex(operand, condition.get("$options", ""), loc)
+            return None if pattern is None else lift(on_strings(_searcher(pattern)), fans_out)
+        if operator == "$options":
+            if "$regex" not in condition:
+                self.problem(loc, "$options needs a $regex beside it")
+            return None  # read by $regex
+        if operator == "$exists":
+            if not isinstance(operand, bool):
+                self.problem(loc, f"$exists needs true or false, got {_kind(operand)}")
+                return None
+            return (lambda value: value is not MISSING) if operand else (lambda value: value is MISSING)
+        if operator == "$not":
+            return self.negation(operand, loc, fans_out)
+        # $contains and $startswith: substring tests on strings
+        if not isinstance(operand, str):
+            self.problem(loc, f"{operator} needs a string, got {_kind(operand)}")
+            return None
+        if operator == "$contains":
+            return lift(on_strings(lambda text: operand in text), fans_out)
+        return lift(on_strings(lambda text: text.startswith(operand)), fans_out)
+
+    def negation(self, operand: object, loc: Loc, fans_out: bool) -> Matcher | None:
+        if isinstance(operand, str):
+            pattern = self.regex(operand, "", loc)
+            if pattern is None:
+                return None
+            inner = lift(on_strings(_searcher(pattern)), fans_out)
+        elif _is_operator_mapping(operand):
+            inner = self.operators(operand, loc, fans_out)
+        else:
+            self.problem(loc, f"$not needs operators such as {{$in: [...]}} or a regex, got {_kind(operand)}")
+            return None
+        return lambda value: not inner(value)
+
+    def regex(self, operand: object, options: object, loc: Loc) -> re.Pattern[str] | None:
+        if not isinstance(operand, str):
+            self.problem(loc, f"$regex needs a string, got {_kind(operand)}")
+            return None
+        flags = 0
+        options_loc = (*loc[:-1], "$options")
+        if not isinstance(options, str):
+            self.problem(options_loc, f"$options needs a string of i, m, s, x, got {_kind(options)}")
+        else:
+            for letter in options:
+                if letter not in _REGEX_FLAGS:
+                    self.problem(options_loc, f"unknown regex option '{letter}'; use i, m, s or x")
+                else:
+                    flags |= _REGEX_FLAGS[letter]
+        try:
+            return re.compile(operand, flags)
+        except re.error as exc:
+            self.problem(loc, f"invalid regular expression: {exc}")
+            return None
+
+
+def _is_operator_mapping(condition: object) -> TypeGuard[Mapping[Any, Any]]:
+    return isinstance(condition, Mapping) and any(
+        isinstance(key, str) and key.startswith("$") for key in condition
+    )
+
+
+# --- combinators ---------------------------------------------------------------------------------
+
+
+def _all_of(parts: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    if not parts:
+        return match_all
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        first, second = parts
+        return lambda item: first(item) and second(item)
+    frozen = tuple(parts)
+
+    def every(item: Any) -> bool:
+        for part in frozen:  # noqa: SIM110 -- a plain loop beats all(generator) on the hot path
+            if not part(item):
+                return False
+        return True
+
+    return every
+
+
+def _any_of(parts: list[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+    frozen = tuple(parts)
+
+    def some(record: Mapping[str, Any]) -> bool:
+        for part in frozen:  # noqa: SIM110 -- a plain loop beats any(generator) on the hot path
+            if part(record):
+                return True
+        return False
+
+    return some
+
+
+def _searcher(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    search = pattern.search
+    return lambda text: search(text) is not None

@@ -1,0 +1,184 @@
+"""Dead letters: records a target refused for good, kept with the reason, listable and replayable."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import orjson
+
+from ce_daemon.state import Migration, StateStore
+
+DEADLETTER_MIGRATIONS = (
+    Migration(
+        component="deadletters",
+        version=1,
+        statements=(
+            """CREATE TABLE dead_letters (
+                id INTEGER PRIMARY KEY,
+                route TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                record_id TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                formatted BLOB NOT NULL,
+                record BLOB NOT NULL,
+                created REAL NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 1
+            )""",
+            "CREATE INDEX dead_letters_route ON dead_letters(route, id)",
+        ),
+    ),
+)
+
+
+class DeadLetters:
+    """The dead-letter table."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    async def add(
+        self, route: str, stream: str, record: dict[str, Any], formatted: bytes, reason: str
+    ) -> None:
+        """Keep one refused record with the reason the target gave."""
+        async with self.store.transaction() as db:
+            await db.execute(
+                "INSERT INTO dead_letters (route, stream, record_id, reason, formatted, record, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    route,
+                    stream,
+                    str(record.get("_id", "")),
+                    reason[:2000],
+                    formatted,
+                    orjson.dumps(record, default=str),
+                    time.time(),
+                ),
+            )
+
+    async def list(self, route: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The oldest dead letters (of one route, or of all)."""
+        query = "SELECT id, route, stream, record_id, reason, created, attempts, formatted FROM dead_letters"
+        params: tuple[Any, ...] = ()
+        if route:
+            query += " WHERE route = ?"
+            params = (route,)
+        query += " ORDER BY id LIMIT ?"
+        async with self.store.read() as db, db.execute(query, (*params, limit)) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            {
+                "id": r[0],
+                "route": r[1],
+                "stream": r[2],
+                "record_id": r[3],
+                "reason": r[4],
+                "created": r[5],
+                "attempts": r[6],
+                "formatted": bytes(r[7]),
+            }
+            for r in rows
+        ]
+
+    async def count(self, route: str | None = None) -> int:
+        """How many dead letters there are."""
+        query = "SELECT COUNT(*) FROM dead_letters" + (" WHERE route = ?" if route else "")
+        async with self.store.read() as db, db.execute(query, (route,) if route else ()) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def remove(self, ids: list[int]) -> None:
+        """Forget dead letters (after a successful replay, or a purge)."""
+        async with self.store.transaction() as db:
+            await db.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
+
+    async def retried(self, ids: list[int], reason: str) -> None:
+        """Record a failed replay attempt."""
+        async with self.store.transaction() as db:
+            await db.executemany(
+                "UPDATE dead_letters SET attempts = attempts + 1, reason = ? WHERE id = ?",
+                [(reason[:2000], i) for i in ids],
+            )
+
+    async def purge(self, route: str | None = None) -> int:
+        """Delete dead letters; returns how many."""
+        count = await self.count(route)
+        async with self.store.transaction() as db:
+            if route:
+                await db.execute("DELETE FROM dead_letters WHERE route = ?", (route,))
+            else:
+                await db.execute("DELETE FROM dead_letters")
+        return count
+
+
+async def dlq_command(args: argparse.Namespace, registry: Any) -> int:
+    """``ce-daemon dlq list|replay|purge``."""
+    from ce_daemon.config.load import load_pipeline
+    from ce_daemon.errors import ConfigError
+    from ce_daemon.spool import SPOOL_MIGRATIONS
+
+    try:
+        loaded = load_pipeline(args.config, registry)
+    except ConfigError as exc:
+        print(exc.render())  # noqa: T201 - CLI output
+        return 78
+    async with await StateStore.open(
+        loaded.config.state.path, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)
+    ) as store:
+        dead = DeadLetters(store)
+        if args.action == "list":
+            rows = await dead.list(args.route, args.limit)
+            for row in rows:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created"]))
+                print(
+                    f"{row['id']:>6} {when} {row['route']} {row['stream']} id={row['record_id']} "  # noqa: T201
+                    f"attempts={row['attempts']}: {row['reason']}"
+                )
+            print(f"{await dead.count(args.route)} dead letter(s)")  # noqa: T201
+            return 0
+        if args.action == "purge":
+            print(f"purged {await dead.purge(args.route)} dead letter(s)")  # noqa: T201
+            return 0
+        return await _replay(loaded, dead, args.route)
+
+
+async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
+    from ce_daemon.errors import CeDaemonError
+    from ce_daemon.plugin import LogSink, OutRecord, PluginContext
+
+    failures = 0
+    for name, route in loaded.routes.items():
+        if only and name != only:
+            continue
+        rows = await dead.list(name, limit=100_000)
+        if not rows:
+            continue
+        assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
+        context = PluginContext(name=name, base_dir=loaded.base_dir, data_dir=loaded.config.state.path.parent)
+        sink = route.sink.cls(route.sink_options, context)
+        await sink.open()
+        try:
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                batch = []
+                for row in chunk:
+                    _, kind, subtype = row["stream"].split("/", 2)
+                    batch.append(
+                        OutRecord(row["record_id"], 0, row["formatted"], kind, subtype, route.config.format)
+                    )
+                try:
+                    result = await sink.send(batch)
+                except CeDaemonError as exc:
+                    await dead.retried([r["id"] for r in chunk], f"replay failed: {exc}")
+                    failures += len(chunk)
+                    continue
+                refused = {i for i, _ in result.rejected}
+                await dead.remove([r["id"] for i, r in enumerate(chunk) if i not in refused])
+                if refused:
+                    await dead.retried([chunk[i]["id"] for i in refused], "refused again on replay")
+                failures += len(refused)
+                print(f"{name}: replayed {len(chunk) - len(refused)} of {len(chunk)}")  # noqa: T201
+        finally:
+            await sink.close()
+    return 1 if failures else 0

@@ -1,0 +1,205 @@
+"""IBM QRadar LEEF 2.0 output, driven by the same CE mapping file as CEF.
+
+Line shape: ``LEEF:2.0|Vendor|Product|Version|EventID|DelimiterChar|key=value<delim>key=value...``.
+The delimiter field is written as ``x09`` for the default tab, as the character itself when it is
+printable ASCII punctuation, and as ``x`` + hex otherwise (IBM: "a single character or the hex value
+prefixed by 0x or x").
+
+Escaping, as chosen here: IBM's LEEF guide defines no escape sequence for attribute values. It asks
+producers to keep the delimiter out of keys and values, and QRadar extracts a value as everything up
+to the next delimiter (``key=([^\\t]+)``), so a backslash in front of a delimiter would not protect it.
+We therefore replace every delimiter character, CR and LF inside a value with a space: the line stays
+parseable by QRadar and by any strict parser, at the cost of that one character. ``=`` needs nothing
+(a value runs from the first ``=`` after its key to the next delimiter) and neither does ``|`` (only
+the header is pipe-delimited). Header fields escape ``\\`` and ``|`` with a backslash and turn CR/LF
+into spaces, as in CEF; EventID is cut to IBM's 255-character limit.
+
+From the mapping: the header's Vendor, Product, Version and Event Class ID fill the LEEF header.
+Extension keys with a LEEF predefined equivalent are renamed (``suser`` → ``usrName``, ``spt`` →
+``srcPort``, ``dpt`` → ``dstPort``, ``smac`` → ``srcMAC``, ``dmac`` → ``dstMAC``, ``rt`` → ``devTime``);
+``src``, ``dst``, ``proto`` and every other key stay as they are. ``devTime`` is written as
+``yyyy-MM-dd'T'HH:mm:ss.SSSZ`` in UTC followed by the matching ``devTimeFormat``. ``sev`` (1-10) comes
+from the CEF severity word (Low 3, Medium 6, High 8, Very-High 10; Unknown omits it) and ``cat`` from
+the header's Name when Name reads a record field, unless the mapping already defines those keys.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from ce_daemon.logs.cef import (
+    TIME_KEYS,
+    FieldPlan,
+    RecordWriter,
+    TextConverter,
+    epoch_ms,
+    epoch_ms_text,
+    escape_header,
+    normalize_audit_severity,
+    normalize_severity,
+    value_text,
+)
+from ce_daemon.logs.mapping import FieldRule, Record, SubtypeRules
+
+LEEF_KEYS: Final = {
+    "suser": "usrName",
+    "spt": "srcPort",
+    "dpt": "dstPort",
+    "smac": "srcMAC",
+    "dmac": "dstMAC",
+    "rt": "devTime",
+}
+DEVTIME_FORMAT: Final = "yyyy-MM-dd'T'HH:mm:ss.SSSZ"
+SEVERITY_NUMBERS: Final = {"Low": "3", "Medium": "6", "High": "8", "Very-High": "10"}
+EVENT_ID_LIMIT: Final = 255
+
+
+def delimiter_field(delimiter: str) -> str:
+    """The LEEF 2.0 header's delimiter field for ``delimiter``; raises ValueError for unusable ones."""
+    if len(delimiter) != 1:
+        raise ValueError(f"LEEF delimiter must be a single character, not {delimiter!r}")
+    if delimiter.isalnum() or delimiter in "= \r\n":
+        raise ValueError(f"LEEF delimiter {delimiter!r} would break keys or values; use a tab or '^'")
+    code = ord(delimiter)
+    if code > 0xFFFF:
+        raise ValueError("LEEF delimiter must be in the Basic Multilingual Plane (at most 4 hex digits)")
+    if 0x21 <= code <= 0x7E and delimiter not in "|\\":
+        return delimiter
+    return f"x{code:02X}"
+
+
+class _DevTimeText:
+    """``devTime`` text from epoch seconds/ms; the date part is cached since records share seconds."""
+
+    __slots__ = ("_seconds",)
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, str] = {}
+
+    def __call__(self, value: Any) -> str | None:
+        ms = epoch_ms(value)
+        if ms is None:
+            return None
+        second, millis = divmod(ms, 1000)
+        base = self._seconds.get(second)
+        if base is None:
+            try:
+                base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            except (OverflowError, OSError, ValueError):
+                return None
+            if len(self._seconds) >= 4096:
+                self._seconds.clear()
+            self._seconds[second] = base
+        return f"{base}.{millis:03d}+0000"
+
+
+def _header_text(text: str | None) -> str:
+    if not text:
+        return ""
+    if "\\" in text or "|" in text or "\n" in text or "\r" in text:
+        return escape_header(text)
+    return text
+
+
+def _attributes(rules: SubtypeRules, sort_keys: bool) -> list[tuple[str, FieldRule]]:
+    """The (LEEF key, rule) pairs: extensions renamed to predefined keys, plus derived cat and sev."""
+    entries: list[tuple[str, FieldRule]] = []
+    explicit = set(rules.extension)
+    for key, rule in rules.extension.items():
+        leef_key = LEEF_KEYS.get(key, key)
+        if leef_key != key and leef_key in explicit:
+            continue  # the mapping names the LEEF attribute itself; that one wins
+        entries.append((leef_key, rule))
+    taken = {key for key, _ in entries}
+    name_rule = rules.header.get("Name")
+    if "cat" not in taken and name_rule is not None and name_rule.mapping_field:
+        entries.append(("cat", name_rule))
+    severity_rule = rules.header.get("Severity")
+    if "sev" not in taken and severity_rule is not None:
+        entries.append(("sev", severity_rule))
+    if sort_keys:
+        entries.sort(key=operator.itemgetter(0))
+    return entries
+
+
+HeaderField = Callable[[Record], "str | None"] | str
+
+
+def _header_fields(rules: SubtypeRules, tenant_name: str) -> list[HeaderField]:
+    """Vendor, Product, Version and EventID: escaped constants, or closures for record fields."""
+    fields: list[HeaderField] = []
+    for name in ("Device Vendor", "Device Product", "Device Version", "Device Event Class ID"):
+        rule = rules.header.get(name)
+        if rule is None:
+            fields.append("")
+        elif not rule.mapping_field:
+            fields.append(_header_text(value_text(rule, tenant_name)({})))
+        else:
+            fields.append(value_text(rule, tenant_name))
+    return fields
+
+
+def _text_of(field: HeaderField, record: Record) -> str:
+    return field if isinstance(field, str) else _header_text(field(record))
+
+
+def compile_leef(
+    rules: SubtypeRules,
+    *,
+    tenant_name: str,
+    delimiter: str = "\t",
+    sort_keys: bool = True,
+    audit: bool = False,
+) -> RecordWriter:
+    """Compile one subtype's rules into ``record -> LEEF 2.0 line`` (UTF-8 bytes, no newline)."""
+    tail = f"|{delimiter_field(delimiter)}|"
+    vendor, product, version, event_id = _header_fields(rules, tenant_name)
+    entries = _attributes(rules, sort_keys)
+    normalize = normalize_audit_severity if audit else normalize_severity
+
+    def sev_text(value: Any) -> str | None:
+        return SEVERITY_NUMBERS.get(normalize(value))
+
+    converters: dict[str, TextConverter] = {key: epoch_ms_text for key, _ in entries if key in TIME_KEYS}
+    converters["devTime"] = _DevTimeText()
+    converters["sev"] = sev_text
+    plan = FieldPlan(
+        entries,
+        tenant_name,
+        converters=converters,
+        companions={"devTime": ("devTimeFormat", DEVTIME_FORMAT)},
+    )
+    collect = plan.collect
+    add = operator.add
+    lead = (vendor, product, version)
+    fixed_head = (
+        f"LEEF:2.0|{vendor}|{product}|{version}|" if all(isinstance(field, str) for field in lead) else None
+    )
+
+    def write(record: Record) -> bytes:
+        head = fixed_head
+        if head is None:
+            head = "LEEF:2.0|" + "|".join(_text_of(field, record) for field in lead) + "|"
+        event = _text_of(event_id, record)
+        if len(event) > EVENT_ID_LIMIT:
+            event = event[:EVENT_ID_LIMIT]
+        keys, texts = collect(record)
+        blob = "".join(texts)
+        if delimiter in blob or "\n" in blob or "\r" in blob:
+            texts = [_flatten(text, delimiter) for text in texts]
+        body = delimiter.join(map(add, keys, texts))
+        return (head + event + tail + body).encode("utf-8", "replace")
+
+    return write
+
+
+def _flatten(text: str, delimiter: str) -> str:
+    """Replace the characters LEEF cannot carry in a value (delimiter, CR, LF) with spaces."""
+    if delimiter in text:
+        text = text.replace(delimiter, " ")
+    if "\n" in text or "\r" in text:
+        text = text.replace("\r", " ").replace("\n", " ")
+    return text

@@ -1,0 +1,238 @@
+"""A log route: read the spool, filter, mute, format, batch, send, acknowledge.
+
+The route's spool offset moves only after its sink acknowledged the whole batch; records the
+target refused for good go to the dead-letter table with the reason. A route that is slow or
+broken holds only its own offset, never another route's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ce_daemon.config.load import LoadedPipeline, ResolvedRoute
+from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
+from ce_daemon.logs.deadletter import DeadLetters
+from ce_daemon.logs.formatter import RecordFormatter
+from ce_daemon.plugin import LogSink, OutRecord, PluginContext
+from ce_daemon.supervisor import Component
+
+log = structlog.get_logger("ce_daemon.route")
+
+
+@dataclass
+class _Batch:
+    records: list[OutRecord] = field(default_factory=list)
+    raw: list[dict[str, Any]] = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)
+    size: int = 0
+    opened: float = 0.0
+    acks: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    """Per stream, the newest (page seq, next position or None for the whole page) the batch covers."""
+
+    def add(self, out: OutRecord, raw: dict[str, Any], stream: str) -> None:
+        if not self.records:
+            self.opened = time.monotonic()
+        self.records.append(out)
+        self.raw.append(raw)
+        self.streams.append(stream)
+        self.size += len(out.data) + 1
+
+
+class RouteComponent(Component):
+    """One ``logs.routes[]`` entry at work."""
+
+    kind = "route"
+
+    def __init__(
+        self, name: str, fingerprint: str, route: ResolvedRoute, loaded: LoadedPipeline, runtime: Any
+    ) -> None:
+        super().__init__(name, fingerprint)
+        self.route = route
+        self.config = route.config
+        self.spool = runtime.spool
+        self.dead = DeadLetters(runtime.store)
+        tenant = loaded.tenants.get(self.config.tenant)
+        self.formatter = RecordFormatter(
+            self.config.format, route.mapping, tenant.name if tenant else self.config.tenant
+        )
+        assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
+        context = PluginContext(
+            name=self.config.name,
+            base_dir=loaded.base_dir,
+            data_dir=runtime.data_dir,
+            log=log.bind(component=name, sink=route.sink.name),
+        )
+        self.sink: LogSink = route.sink.cls(route.sink_options, context)
+        limit = self.sink.max_batch_bytes
+        self.max_bytes = min(self.config.batch.max_bytes, limit) if limit else self.config.batch.max_bytes
+        self.log = log.bind(component=name)
+        self._opened = False
+        self._newest_shipped = 0
+
+    async def start(self) -> None:
+        """Open the sink and check its health; a failure here rejects a reload."""
+        try:
+            await self.sink.open()
+            self._opened = True
+            health = await self.sink.health()
+        except (OSError, TransientError, AuthError, PermanentError) as exc:
+            raise ComponentConfigError(f"sink {self.route.sink.name!r} not usable: {exc}") from exc
+        if not health.ok:
+            raise ComponentConfigError(f"sink {self.route.sink.name!r} unhealthy: {health.detail}")
+        self.status.ok(health.detail)
+
+    async def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            await self.sink.close()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        if not self._opened:
+            await self.sink.open()
+            self._opened = True
+        batch = _Batch()
+        after: int | None = None
+        consumer = self.name
+        wait = self.config.batch.max_wait
+        while not stopping.is_set():
+            timeout = max(0.0, wait - (time.monotonic() - batch.opened)) if batch.records else 1.0
+            page = await self.spool.next_page(consumer, after=after, timeout=timeout)
+            self.status.beat()
+            if page is None:
+                if batch.records and time.monotonic() - batch.opened >= wait:
+                    batch = await self._flush(batch, stopping)
+                continue
+            after = page.seq
+            batch = await self._consume_page(page, batch, stopping)
+            if batch.records:
+                batch.acks[page.stream] = (page.seq, None)
+            else:
+                await self.spool.ack(consumer, page.seq)
+        if batch.records:
+            await self._flush(batch, stopping)
+
+    async def _consume_page(self, page: Any, batch: _Batch, stopping: asyncio.Event) -> _Batch:
+        stream = page.stream
+        _, kind, subtype = stream.split("/", 2)
+        predicate = self.route.predicate
+        mutes = self._active_mutes()
+        fmt = self.formatter.format
+        name = self.config.format
+        max_records, max_bytes = self.config.batch.max_records, self.max_bytes
+        records = page.records
+        counters = self.status.counters
+        received = filtered = muted = bad = 0
+        for position in range(page.start, len(records)):
+            record = records[position]
+            received += 1
+            if predicate is not None and not predicate(record):
+                filtered += 1
+                continue
+            if mutes and any(m.predicate is None or m.predicate(record) for m in mutes):
+                muted += 1
+                continue
+            try:
+                data = fmt(record, kind, subtype)
+            except Exception as exc:  # noqa: BLE001 - one bad record is dead-lettered, never fatal
+                bad += 1
+                await self.dead.add(self.config.name, stream, record, b"", f"formatting failed: {exc}")
+                continue
+            if data is None:
+                filtered += 1
+                continue
+            ts = record.get("timestamp")
+            out = OutRecord(
+                str(record.get("_id", "")), ts if isinstance(ts, int) else 0, data, kind, subtype, name
+            )
+            batch.add(out, record, stream)
+            if len(batch.records) >= max_records or batch.size >= max_bytes:
+                batch.acks[stream] = (page.seq, position + 1)
+                batch = await self._flush(batch, stopping)
+        counters["received"] = counters.get("received", 0) + received
+        if filtered:
+            counters["filtered"] = counters.get("filtered", 0) + filtered
+        if muted:
+            counters["muted"] = counters.get("muted", 0) + muted
+        if bad:
+            counters["dead_lettered"] = counters.get("dead_lettered", 0) + bad
+        return batch
+
+    def _active_mutes(self) -> list[Any]:
+        now = time.time()
+        return [m for m in self.route.mutes if m.start <= now < m.end]
+
+    async def _flush(self, batch: _Batch, stopping: asyncio.Event) -> _Batch:
+        """Send ``batch`` until the sink acknowledges it, then move the offset. Returns a fresh batch."""
+        attempt = 0
+        while True:
+            try:
+                result = await self.sink.send(batch.records)
+                break
+            except TransientError as exc:
+                attempt += 1
+                self.status.count("retries")
+                delay = max(exc.retry_after or 0.0, _backoff(attempt, self.config.retry_max_delay))
+                if attempt >= 2:
+                    self.status.degraded(f"sink failing, retrying: {exc}")
+                self.log.warning(
+                    "sink.batch_failed",
+                    error=str(exc),
+                    attempt=attempt,
+                    retry_in=round(delay, 2),
+                    records=len(batch.records),
+                )
+                if stopping.is_set():
+                    return _Batch()  # never acknowledged: the pages are read again after a restart
+                await _wait(stopping, delay)
+            except PermanentError as exc:
+                self.log.error("sink.batch_rejected", error=str(exc), records=len(batch.records))
+                for i in range(len(batch.records)):
+                    await self.dead.add(
+                        self.config.name, batch.streams[i], batch.raw[i], batch.records[i].data, str(exc)
+                    )
+                self.status.count("dead_lettered", len(batch.records))
+                result = None
+                break
+        rejected = list(result.rejected) if result is not None else []
+        for index, reason in rejected:
+            await self.dead.add(
+                self.config.name, batch.streams[index], batch.raw[index], batch.records[index].data, reason
+            )
+        if rejected:
+            self.status.count("dead_lettered", len(rejected))
+            self.log.warning("sink.records_dead_lettered", records=len(rejected), first_reason=rejected[0][1])
+        sent = len(batch.records) - len(rejected) if result is not None else 0
+        if "sent" not in self.status.counters:
+            self.log.info("route.first_batch_shipped", records=sent, sink=self.route.sink.name)
+        self.status.count("sent", sent)
+        self.status.count("bytes", batch.size)
+        self.status.count("batches")
+        newest = max((r.timestamp for r in batch.records), default=0)
+        self._newest_shipped = max(self._newest_shipped, newest)
+        if self._newest_shipped:
+            self.status.counters["lag_s"] = max(0, int(time.time()) - self._newest_shipped)
+        for seq, position in batch.acks.values():
+            await asyncio.shield(self.spool.ack(self.name, seq, position))
+        self.status.ok(f"shipped {self.status.counters.get('sent', 0)} records")
+        return _Batch()
+
+
+def _backoff(attempt: int, cap: float) -> float:
+    base = min(cap, 0.5 * 2 ** min(attempt - 1, 16))
+    return base * (0.5 + secrets.randbelow(1000) / 1000)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()

@@ -1,0 +1,180 @@
+"""The Netskope REST API v2 client: one session and one token bucket per tenant.
+
+Every attempt, retries included, takes a token from the tenant's bucket, so however many
+pollers a tenant has, it is never asked more than ``rate_limit`` times a second. Responses
+are classified into the core's error taxonomy; the pollers decide what to do with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiolimiter import AsyncLimiter
+
+from ce_daemon import __version__
+from ce_daemon.config.model import Tenant
+from ce_daemon.errors import AuthError, TransientError
+from ce_daemon.netskope.subtypes import DataKind, dataexport_path
+
+USER_AGENT = f"ce-daemon/{__version__}"
+# A hair under the documented rate, so that network jitter never bunches five requests into one
+# second of the tenant's sliding window.
+RATE_MARGIN = 0.995
+
+
+class BrokenPage(TransientError):
+    """The server answered 200 but the page could not be read: its cursor already moved, ask ``resend``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One answer of the data-export iterator."""
+
+    records: list[Any]
+    wait_time: float
+    timestamp_hwm: int | None
+    size: int
+
+
+class TenantClient:
+    """Talks to one Netskope tenant's data-export iterator."""
+
+    def __init__(self, tenant: Tenant) -> None:
+        self.tenant = tenant
+        self.base_url = tenant.url.rstrip("/")
+        # capacity 1: requests are evenly spaced, never bursting above the rate in any window
+        self.limiter = AsyncLimiter(1, 1.0 / (tenant.rate_limit * RATE_MARGIN))
+        self._session: aiohttp.ClientSession | None = None
+        self._not_before = 0.0
+        self.requests = 0
+        self.throttled = 0
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            ssl_context: ssl.SSLContext | bool = True
+            if not self.tenant.verify_tls:
+                ssl_context = False
+            elif self.tenant.ca_file is not None:
+                ssl_context = ssl.create_default_context(cafile=str(self.tenant.ca_file))
+            self._session = aiohttp.ClientSession(
+                base_url=self.base_url,
+                headers={
+                    "Netskope-Api-Token": self.tenant.token.get_secret_value(),
+                    "Accept-Encoding": "gzip",
+                    "User-Agent": USER_AGENT,
+                },
+                timeout=aiohttp.ClientTimeout(
+                    total=self.tenant.timeout, sock_connect=min(30.0, self.tenant.timeout)
+                ),
+                connector=aiohttp.TCPConnector(ssl=ssl_context, limit=32),
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+        return self._session
+
+    async def _take_token(self) -> None:
+        loop = asyncio.get_running_loop()
+        pause = self._not_before - loop.time()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        await self.limiter.acquire()
+
+    async def fetch(self, kind: DataKind, subtype: str, index: str, operation: str) -> Page:
+        """One attempt at one page; raises TransientError, BrokenPage or AuthError."""
+        await self._take_token()
+        self.requests += 1
+        session = self._get_session()
+        path = dataexport_path(kind, subtype)
+        try:
+            async with session.get(path, params={"index": index, "operation": operation}) as response:
+                self._note_limits(response)
+                if response.status != 200:
+                    await self._raise_for(response, kind, subtype)
+                try:
+                    body = await response.read()
+                except (
+                    aiohttp.ClientPayloadError,
+                    aiohttp.ServerDisconnectedError,
+                    asyncio.IncompleteReadError,
+                ) as exc:
+                    raise BrokenPage(f"body broken after 200: {type(exc).__name__}") from exc
+        except (BrokenPage, AuthError, TransientError):
+            raise
+        except TimeoutError as exc:
+            raise TransientError(f"no answer within {self.tenant.timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"connection failed: {type(exc).__name__}: {exc}") from exc
+        return _parse(body)
+
+    def _note_limits(self, response: aiohttp.ClientResponse) -> None:
+        remaining = response.headers.get("ratelimit-remaining")
+        reset = _number(response.headers.get("ratelimit-reset"))
+        if remaining is not None and _number(remaining) == 0 and reset:
+            loop = asyncio.get_running_loop()
+            self._not_before = max(self._not_before, loop.time() + reset)
+
+    async def _raise_for(self, response: aiohttp.ClientResponse, kind: str, subtype: str) -> None:
+        status = response.status
+        text = (await response.text(errors="replace"))[:300]
+        where = f"{kind}/{subtype}"
+        if status == 401:
+            raise AuthError(f"tenant {self.tenant.name}: token refused (401) on {where}; check the API token")
+        if status == 403:
+            raise AuthError(
+                f"tenant {self.tenant.name}: token may not read {where} (403); grant the endpoint or drop the subtype"
+            )
+        retry_after = _number(response.headers.get("Retry-After")) or _number(
+            response.headers.get("ratelimit-reset")
+        )
+        if status == 429:
+            self.throttled += 1
+            raise TransientError(f"rate limited (429) on {where}", retry_after=retry_after or 1.0)
+        raise TransientError(f"HTTP {status} on {where}: {text.strip()[:160]}", retry_after=retry_after)
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _parse(body: bytes) -> Page:
+    if not body:
+        raise BrokenPage("empty body after 200")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BrokenPage(f"malformed JSON page ({len(body)} bytes): {exc}") from exc
+    if not isinstance(data, dict):
+        raise BrokenPage(f"page is a JSON {type(data).__name__}, not an object")
+    if data.get("ok", 1) != 1:
+        message = data.get("message") or data.get("error") or data.get("errors") or "no message"
+        raise BrokenPage(f"ok={data.get('ok')!r}: {str(message)[:200]}")
+    records = data.get("result")
+    if not isinstance(records, list):
+        raise BrokenPage("page has no `result` list")
+    wait = _number(data.get("wait_time"))
+    hwm = data.get("timestamp_hwm")
+    return Page(
+        records=records,
+        wait_time=wait or 0.0,
+        timestamp_hwm=hwm if isinstance(hwm, int) else None,
+        size=len(body),
+    )
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None

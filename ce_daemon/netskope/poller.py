@@ -1,0 +1,281 @@
+"""Iterator pollers: one per (tenant, alerts|events, subtype) stream, committing pages before advancing.
+
+The crash windows of the iterator are closed like this: the intent to advance is written
+durably *before* ``operation=next`` is sent; the page and the cleared intent are committed
+in one transaction. On restart with an intent recorded, or after a body broken mid-transfer,
+the poller asks ``resend``; a resend answering with the page already committed (same first
+and last ``_id``, same count) is recognised and not spooled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from typing import Any
+
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from ce_daemon.config.load import Stream
+from ce_daemon.config.model import Tenant
+from ce_daemon.errors import TransientError
+from ce_daemon.netskope.client import BrokenPage, Page, TenantClient
+from ce_daemon.spool import IteratorMark
+from ce_daemon.supervisor import Component
+
+log = structlog.get_logger("ce_daemon.poller")
+
+INSTALL_ID_KEY = "netskope.install_id"
+
+
+class Stopping(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside the retry loop when the component was asked to stop."""
+
+
+class Poller(Component):
+    """Pulls one stream forever, from now (or the tenant's ``start``) on."""
+
+    kind = "poller"
+    iterator_suffix = ""
+
+    def __init__(
+        self, name: str, fingerprint: str, stream: Stream, tenant: Tenant, client: TenantClient, runtime: Any
+    ) -> None:
+        super().__init__(name, fingerprint)
+        self.stream = stream
+        self.tenant = tenant
+        self.client = client
+        self.spool = runtime.spool
+        self.store = runtime.store
+        self.iterator_key = stream.key + self.iterator_suffix
+        self.log = log.bind(component=name)
+        self._stopping: asyncio.Event | None = None
+
+    # -- naming ------------------------------------------------------------------------------
+
+    async def _index_name(self) -> str:
+        """The stable iterator index: persisted, unique to this installation so two daemons never share one."""
+        state = await self.spool.iterator_state(self.iterator_key)
+        if state is not None and state.index:
+            return str(state.index)
+        install = await self.store.get_meta(INSTALL_ID_KEY)
+        if install is None:
+            install = secrets.token_hex(4)
+            await self.store.set_meta(INSTALL_ID_KEY, install)
+        name = f"ced{install}_{self.stream.tenant}_{self.stream.kind}_{self.stream.subtype}{self.iterator_suffix}"
+        index = name.replace("#", "_").replace("/", "_")
+        await self.spool.set_index(self.iterator_key, index)
+        return index
+
+    def first_operation(self) -> str:
+        """What a brand-new iterator starts with: the configured start, else now."""
+        start = self.tenant.start
+        return str(int(start if start is not None else time.time()))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self._stopping = stopping
+        index = await self._index_name()
+        state = await self.spool.iterator_state(self.iterator_key)
+        if state is None or not state.first_pull_done:
+            operation = self.first_operation()
+        elif state.pending == "next":
+            operation = "resend"  # a `next` was sent but its page never committed: the cursor may have moved
+            self.log.info("poller.resuming_with_resend", index=index)
+        else:
+            operation = "next"
+        self.status.ok(f"index {index}")
+        while not stopping.is_set():
+            if not await self._wait_for_space(stopping):
+                return
+            if operation != "resend":
+                await self.spool.record_intent(self.iterator_key, "next")
+            try:
+                page, operation = await self._fetch(index, operation)
+            except Stopping:
+                return
+            if await self._commit(page, operation):
+                return
+            operation = "next"
+            if page.wait_time > 0 and await _wait(stopping, page.wait_time):
+                return
+
+    async def _commit(self, page: Page, operation: str, progress: dict[str, Any] | None = None) -> bool:
+        """Spool the page (unless it is a resend of one already committed); True when this poller is done."""
+        records = self._clean(page.records)
+        state = await self.spool.iterator_state(self.iterator_key)
+        hwm = page.timestamp_hwm
+        if records:
+            first, last = str(records[0].get("_id", "")), str(records[-1].get("_id", ""))
+            if operation == "resend" and state is not None and state.is_committed(first, last, len(records)):
+                self.log.info("poller.resend_already_committed", records=len(records))
+                await self.spool.mark_empty_page(self.iterator_key, hwm, progress=progress)
+                return False
+            mark = IteratorMark(timestamp_hwm=hwm, progress=progress)
+            await self.spool.append(self.stream.key, records, iterator=mark, iterator_key=self.iterator_key)
+            self.status.count("pages")
+            self.status.count("records", len(records))
+            self.log.debug("poller.page_committed", records=len(records), hwm=hwm, operation=operation)
+        else:
+            await self.spool.mark_empty_page(self.iterator_key, hwm, progress=progress)
+            self.status.count("empty_pages")
+        if hwm is not None:
+            self.status.counters["timestamp_hwm"] = hwm
+        self.status.ok(f"last page {len(records)} records")
+        return False
+
+    def _clean(self, records: list[Any]) -> list[dict[str, Any]]:
+        """Keep every record that is an object; count and name what is not (bad input never stops us)."""
+        good = [r for r in records if isinstance(r, dict)]
+        if len(good) != len(records):
+            dropped = len(records) - len(good)
+            self.status.count("malformed_records", dropped)
+            self.log.warning(
+                "poller.malformed_records",
+                dropped=dropped,
+                page_records=len(records),
+                reason="records that are not JSON objects cannot be shipped",
+            )
+        missing = sum(1 for r in good if "_id" not in r or "timestamp" not in r)
+        if missing:
+            self.status.count("records_missing_fields", missing)
+            self.log.warning("poller.records_missing_fields", records=missing, fields="_id/timestamp")
+        return good
+
+    async def _wait_for_space(self, stopping: asyncio.Event) -> bool:
+        """Back-pressure: pause while the spool is full. False when asked to stop meanwhile."""
+        if not self.spool.full:
+            return True
+        self.status.degraded("paused: spool full, waiting for consumers")
+        self.log.warning("poller.paused_spool_full", used_bytes=self.spool.used_bytes)
+        space = asyncio.create_task(self.spool.wait_for_space())
+        stop = asyncio.create_task(stopping.wait())
+        while not space.done() and not stopping.is_set():
+            await asyncio.wait({space, stop}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            self.status.beat()
+        stop.cancel()
+        space.cancel()
+        if stopping.is_set():
+            return False
+        self.status.ok("resumed: spool has space")
+        self.log.info("poller.resumed")
+        return True
+
+    async def _fetch(self, index: str, operation: str) -> tuple[Page, str]:
+        """One page, retrying transient failures; switches to ``resend`` once a body broke after a 200."""
+        assert self._stopping is not None
+        current = operation
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=self._delay,
+            sleep=self._sleep,
+            reraise=True,
+            before_sleep=self._before_sleep,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._stopping.is_set():
+                    raise Stopping
+                try:
+                    page = await self.client.fetch(self.stream.kind, self.stream.subtype, index, current)  # type: ignore[arg-type]  # kind is alerts|events
+                except BrokenPage:
+                    self.status.count("broken_pages")
+                    current = "resend"
+                    raise
+                return page, current
+        raise AssertionError("unreachable: the retry loop either returns or raises")
+
+    def _delay(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = exc.retry_after if isinstance(exc, TransientError) and exc.retry_after else 0.0
+        backoff = min(self.tenant.max_retry_delay, 0.5 * 2 ** min(state.attempt_number - 1, 16))
+        jittered: float = backoff * (0.5 + secrets.randbelow(1000) / 1000)
+        return max(asked, jittered)
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stopping is not None
+        await _wait(self._stopping, seconds)
+        self.status.beat()
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.status.count("retries")
+        if state.attempt_number >= 3:
+            self.status.degraded(f"retrying: {exc}")
+        self.log.warning(
+            "poller.retrying",
+            attempt=state.attempt_number,
+            error=str(exc),
+            delay=round(state.upcoming_sleep, 2),
+        )
+
+
+class HistoryPoller(Poller):
+    """The tenant's look-back: a separate iterator from the start epoch until ``timestamp_hwm`` passes the end."""
+
+    kind = "history"
+    iterator_suffix = "#history"
+
+    def first_operation(self) -> str:
+        lookback = self.tenant.lookback
+        assert lookback is not None
+        return str(int(lookback.start or time.time()))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        state = await self.spool.iterator_state(self.iterator_key)
+        if state is not None and (state.progress or {}).get("done"):
+            self.status.ok("look-back complete")
+            self.status.stopped()
+            await stopping.wait()
+            return
+        await super().run(stopping)
+
+    async def _commit(self, page: Page, operation: str, progress: dict[str, Any] | None = None) -> bool:
+        lookback = self.tenant.lookback
+        assert lookback is not None
+        state = await self.spool.iterator_state(self.iterator_key)
+        saved = state.progress if state is not None else {}
+        start = int(saved.get("start") or lookback.start or time.time())
+        end = int(saved.get("end") or lookback.end or time.time())  # "now" is fixed at the first page
+        records = [r for r in page.records if not (isinstance(r, dict) and _after(r, end))]
+        hwm = page.timestamp_hwm or start
+        percent = 100.0 if end <= start else max(0.0, min(100.0, 100.0 * (hwm - start) / (end - start)))
+        pages = int(saved.get("pages", 0)) + (1 if records else 0)
+        count = int(saved.get("records", 0)) + len(records)
+        done = hwm > end or (not page.records and percent >= 99.9)
+        progress = {
+            "pages": pages,
+            "records": count,
+            "percent": round(percent, 1),
+            "start": start,
+            "end": end,
+            "done": done,
+        }
+        await super()._commit(
+            Page(records, page.wait_time, page.timestamp_hwm, page.size), operation, progress
+        )
+        self.status.counters.update(percent=progress["percent"])
+        self.log.info("history.progress", pages=pages, records=count, percent=progress["percent"])
+        if done:
+            self.log.info("history.complete", pages=pages, records=count)
+            self.status.ok("look-back complete")
+            self.status.stopped()
+            assert self._stopping is not None
+            await self._stopping.wait()
+        return done
+
+
+def _after(record: dict[str, Any], end: int) -> bool:
+    ts = record.get("timestamp")
+    return isinstance(ts, int | float) and ts > end
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` unless ``event`` is set first; True when it was set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()

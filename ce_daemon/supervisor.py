@@ -1,0 +1,124 @@
+"""Components and the supervisor that runs each one in isolation.
+
+A ``TaskGroup`` cancels every sibling when one child raises, so each component runs inside
+its own supervised task instead: a crash is logged, the component is marked degraded and
+restarted with backoff; auth and config errors stop it (no retry storm) until a reload
+changes its settings. Siblings never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import structlog
+
+from ce_daemon.errors import AuthError, ComponentConfigError
+from ce_daemon.health import ComponentStatus, State
+
+log = structlog.get_logger("ce_daemon.supervisor")
+
+
+class Component(ABC):
+    """A long-running part of the pipeline (a poller, a route), keyed by name for reload by diff."""
+
+    kind: str = "component"
+
+    def __init__(self, name: str, fingerprint: str) -> None:
+        self.name = name
+        self.fingerprint = fingerprint
+        self.status = ComponentStatus(name=name, kind=self.kind)
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, empty by default on purpose
+        """Open resources and check health before the component joins the running generation.
+
+        Raising here at reload rejects the reload; at daemon start the component is still run
+        (and reports itself degraded) so that one unreachable target never blocks the others.
+        """
+
+    @abstractmethod
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Do the work until ``stopping`` is set, then return at a safe point (page or batch boundary)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, empty by default on purpose
+        """Release what ``start`` opened; called once, after ``run`` has returned or been cancelled."""
+
+
+@dataclass
+class Supervised:
+    """A component under supervision: its task and its stop signal."""
+
+    component: Component
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Supervisor:
+    """Starts, restarts and stops components, each in its own task."""
+
+    def __init__(self, *, backoff_initial: float = 1.0, backoff_max: float = 60.0) -> None:
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.running: dict[str, Supervised] = {}
+
+    def start(self, component: Component) -> Supervised:
+        """Run ``component`` under supervision (its ``start`` must already have been awaited)."""
+        supervised = Supervised(component)
+        supervised.task = asyncio.create_task(self._loop(supervised), name=f"component:{component.name}")
+        self.running[component.name] = supervised
+        return supervised
+
+    async def _loop(self, sv: Supervised) -> None:
+        component, status = sv.component, sv.component.status
+        bound = log.bind(component=component.name)
+        delay = self.backoff_initial
+        while not sv.stopping.is_set():
+            try:
+                await component.run(sv.stopping)
+            except asyncio.CancelledError:
+                raise
+            except (AuthError, ComponentConfigError) as exc:
+                status.failed(str(exc))
+                bound.error("component.failed", error=str(exc), hint="fix the configuration and reload")
+                await sv.stopping.wait()
+                return
+            except Exception as exc:  # noqa: BLE001 - a crash in one component must never reach its siblings
+                status.restarts += 1
+                status.degraded(f"crashed: {type(exc).__name__}: {exc}")
+                bound.exception("component.crashed", restart_in=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                        await sv.stopping.wait()
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            return  # run() returned: it finished its work (a one-off job) or was asked to stop
+
+    async def stop(self, name: str, grace: float) -> None:
+        """Ask the component to finish at a safe point within ``grace`` seconds, then cancel and close it."""
+        sv = self.running.pop(name, None)
+        if sv is None:
+            return
+        sv.stopping.set()
+        task = sv.task
+        if task is not None and not task.done():
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if not done:
+                task.cancel(msg=f"{name}: shutdown grace of {grace:g}s exceeded")
+                log.warning("component.cancelled", component=name, grace=grace)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            log.error("component.stop_failed", component=name, error=repr(task.exception()))
+        try:
+            await sv.component.close()
+        except Exception:  # noqa: BLE001 - closing one component must not stop the others closing
+            log.exception("component.close_failed", component=name)
+        if sv.component.status.state is not State.FAILED:
+            sv.component.status.stopped()
+
+    async def stop_many(self, names: list[str], grace: float) -> None:
+        """Stop several components at once, sharing one grace period."""
+        await asyncio.gather(*(self.stop(name, grace) for name in names if name in self.running))

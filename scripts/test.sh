@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and CI run it: system packages, lint, types, config check, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+
+# rsyslog is the real syslog receiver the log-shipping tests talk to (started by the tests themselves).
+if ! command -v rsyslogd >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing rsyslog (Debian) for the syslog tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsyslog >/dev/null
+  else
+    echo "!! rsyslogd is missing and we are not root: run 'sudo apt-get install rsyslog' (syslog tests will fail)"
+  fi
+fi
+
+echo "== ruff"
+$BIN/ruff check ce_daemon plugins tests bench
+$BIN/ruff format --check ce_daemon plugins tests bench
+echo "== mypy --strict"
+$BIN/mypy ce_daemon plugins
+echo "== ce-daemon check config.example.yaml"
+NETSKOPE_TOKEN=example-token $BIN/ce-daemon check -c config.example.yaml
+echo "== pytest"
+$BIN/pytest -n 2 -p no:cacheprovider "$@"

@@ -1,0 +1,193 @@
+"""The pipeline file: validation, error places and hints, secrets by reference, `ce-daemon check`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ce_daemon.config.load import load_pipeline
+from ce_daemon.errors import ConfigError
+from ce_daemon.registry import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+version: 1
+state: {path: ./state/db.sqlite}
+tenants:
+  - name: acme
+    url: https://acme.goskope.com
+    token: {$env: ACME_TOKEN}
+logs:
+  routes:
+    - name: to-file
+      tenant: acme
+      alerts: [dlp, Malware]
+      events: [audit]
+      filter: {severity: {$in: [high, critical]}}
+      sink: {type: file, path: out/x.cef}
+"""
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.discover()
+
+
+def write(tmp_path: Path, text: str, name: str = "pipeline.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path, registry: Registry, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path, registry, environ=env or {})
+    return [p.render() for p in caught.value.problems]
+
+
+def check(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ce_daemon", "check", "-c", str(path)],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **(env or {})}, check=False,
+    )
+
+
+def test_valid_pipeline_resolves_streams_filter_and_sink(tmp_path: Path, registry: Registry) -> None:
+    """A valid file loads with its subtypes normalised, its filter compiled and its sink options validated."""
+    loaded = load_pipeline(write(tmp_path, GOOD), registry, environ={"ACME_TOKEN": "t0k3n"})
+    route = loaded.routes["to-file"]
+    assert [s.key for s in route.streams] == ["acme/alerts/dlp", "acme/alerts/malware", "acme/events/audit"]
+    assert route.predicate is not None
+    assert route.predicate({"severity": "high"}) and not route.predicate({"severity": "low"})
+    assert route.sink.name == "file"
+    assert loaded.tenants["acme"].token.get_secret_value() == "t0k3n"
+
+
+def test_example_config_passes_check() -> None:
+    """`ce-daemon check` on config.example.yaml exits 0."""
+    result = check(ROOT / "config.example.yaml", {"NETSKOPE_TOKEN": "x"})
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_three_mistakes_are_all_reported_with_line_and_column(tmp_path: Path) -> None:
+    """A file with three mistakes exits 78 and lists all three, each with file:line:col."""
+    text = GOOD.replace("    url:", "    ur1:").replace("type: file", "type: fiel").replace(
+        "events: [audit]", "events: [audt]")
+    path = write(tmp_path, text)
+    result = check(path, {"ACME_TOKEN": "x"})
+    assert result.returncode == 78
+    err = result.stderr
+    assert f"{path}:5:5: tenants[0].ur1: unknown key 'ur1'" in err
+    assert "Hint: did you mean 'url'?" in err
+    assert f"{path}:12:16: logs.routes[0].events[0]: unknown events subtype 'audt'" in err
+    assert f"{path}:14:20: logs.routes[0].sink.type: unknown log sink type 'fiel'" in err
+    assert "did you mean 'file'?" in err
+    assert "3 problems" in err
+
+
+def test_missing_required_key_names_the_key(tmp_path: Path, registry: Registry) -> None:
+    """A missing required key is reported at its parent's place, naming the key."""
+    path = write(tmp_path, GOOD.replace("    url: https://acme.goskope.com\n", ""))
+    assert any(":4:5: tenants[0].url: required key 'url' is missing" in p for p in problems_of(path, registry, {"ACME_TOKEN": "x"}))
+
+
+def test_number_where_text_is_needed_hints_quotes(tmp_path: Path, registry: Registry) -> None:
+    """YAML reading a value as a number gets a hint to quote it."""
+    path = write(tmp_path, GOOD.replace("tenant: acme", "tenant: 1234"))
+    found = problems_of(path, registry, {"ACME_TOKEN": "x"})
+    assert any("logs.routes[0].tenant" in p and "put the value in quotes" in p for p in found)
+
+
+def test_words_where_a_number_is_needed_hint_a_plain_number(tmp_path: Path, registry: Registry) -> None:
+    """A rate written with units gets a hint to give a plain number."""
+    path = write(tmp_path, GOOD.replace("    token:", "    rate_limit: 4 per second\n    token:"))
+    found = problems_of(path, registry, {"ACME_TOKEN": "x"})
+    assert any("tenants[0].rate_limit" in p and "plain number" in p for p in found)
+
+
+def test_unknown_tenant_reference_suggests_the_nearest(tmp_path: Path, registry: Registry) -> None:
+    """A route naming a tenant that does not exist is an error with the nearest name suggested."""
+    path = write(tmp_path, GOOD.replace("tenant: acme", "tenant: acm"))
+    assert any("no tenant named 'acm'" in p and "did you mean 'acme'?" in p for p in problems_of(path, registry, {"ACME_TOKEN": "x"}))
+
+
+def test_filter_errors_point_into_the_filter(tmp_path: Path, registry: Registry) -> None:
+    """A bad operator in a filter is reported at its key in the YAML."""
+    path = write(tmp_path, GOOD.replace("$in: [high, critical]", "$inn: [high, critical]"))
+    found = problems_of(path, registry, {"ACME_TOKEN": "x"})
+    assert any(":13:31: logs.routes[0].filter.severity.$inn: unknown operator '$inn'" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "file not found"),
+        ("", "the file is empty"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+        ("tenants: [\n", "not valid YAML"),
+    ],
+)
+def test_unusable_files_are_clear_errors(tmp_path: Path, text: str | None, message: str) -> None:
+    """A missing, empty, non-mapping or broken file is a clear error and exit 78, never a traceback."""
+    path = tmp_path / "pipeline.yaml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    result = check(path)
+    assert result.returncode == 78
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_env_secret_missing_is_reported_without_value(tmp_path: Path, registry: Registry) -> None:
+    """An unset $env secret is reported with its place and the variable name."""
+    found = problems_of(write(tmp_path, GOOD), registry, {})
+    assert any(":6:12: tenants[0].token: environment variable ACME_TOKEN is not set" in p for p in found)
+
+
+def test_file_and_credential_secrets_resolve(tmp_path: Path, registry: Registry) -> None:
+    """{$file: …} reads beside the pipeline; {$credential: …} reads $CREDENTIALS_DIRECTORY."""
+    (tmp_path / "token.txt").write_text("from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "netskope").write_text("from-credential")
+    loaded = load_pipeline(write(tmp_path, GOOD.replace("{$env: ACME_TOKEN}", "{$file: token.txt}")), registry, environ={})
+    assert loaded.tenants["acme"].token.get_secret_value() == "from-file"
+    text = GOOD.replace("{$env: ACME_TOKEN}", "{$credential: netskope}")
+    loaded = load_pipeline(write(tmp_path, text, "p2.yaml"), registry, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert loaded.tenants["acme"].token.get_secret_value() == "from-credential"
+
+
+def test_check_never_prints_a_secret(tmp_path: Path) -> None:
+    """Even when the file has errors, `check` output never contains a secret's value."""
+    secret = "s3cr3t-VALUE-42"
+    text = GOOD.replace("tenant: acme", "tenant: nope").replace("    token:", "    rate_limit: fast\n    token:")
+    result = check(write(tmp_path, text), {"ACME_TOKEN": secret})
+    assert result.returncode == 78
+    assert secret not in result.stdout + result.stderr
+
+
+def test_secret_in_a_wrongly_typed_field_is_not_echoed(tmp_path: Path, registry: Registry) -> None:
+    """A secret reference put where a number belongs yields an error that does not echo it."""
+    text = GOOD.replace("    token:", "    rate_limit: {$env: ACME_TOKEN}\n    token:")
+    found = problems_of(write(tmp_path, text), registry, {"ACME_TOKEN": "abcd-secret"})
+    assert found and not any("abcd-secret" in p for p in found)
+
+
+def test_duplicate_names_are_refused(tmp_path: Path, registry: Registry) -> None:
+    """Two routes with one name is an error (components are keyed by name)."""
+    route = GOOD.split("  routes:\n", 1)[1]
+    path = write(tmp_path, GOOD + route)
+    assert any("the name 'to-file' is used twice" in p for p in problems_of(path, registry, {"ACME_TOKEN": "x"}))
+
+
+def test_durations_and_sizes_accept_units(tmp_path: Path, registry: Registry) -> None:
+    """Durations and sizes are written naturally (30s, 5m, 64MiB)."""
+    text = GOOD + "shutdown_grace: 2m\nspool: {max_bytes: 64MiB}\n"
+    loaded = load_pipeline(write(tmp_path, text), registry, environ={"ACME_TOKEN": "x"})
+    assert loaded.config.shutdown_grace == 120
+    assert loaded.config.spool.max_bytes == 64 * 1024 * 1024

@@ -1,0 +1,140 @@
+"""The daemon's lifecycle as systemd and an operator see it: notify messages, reload, stop, syslog, status."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
+from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
+
+TOKEN = "lifecycle-token-0123456789"
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[TenantSimulator]:
+    async with running_simulator(tokens={TOKEN: None}, backlog=200, arrival_rate=2.0, idle_wait_time=0.2) as sim:
+        yield sim
+
+
+def pipeline(tmp_path: Path, url: str, syslog: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "version": 1,
+        "state": {"path": str(tmp_path / "state" / "db.sqlite")},
+        "health": {"interval": "1h", "syslog": {"target": syslog, "format": "local"}},
+        "shutdown_grace": "5s",
+        "tenants": [{"name": "sim", "url": url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
+        "logs": {"routes": [
+            {"name": "alerts", "tenant": "sim", "alerts": ["dlp", "malware"], "format": "cef",
+             "sink": {"type": "file", "path": "out/alerts.cef"}},
+        ]},
+    }
+    config.update(overrides)
+    return config
+
+
+async def test_ready_reload_rejected_reload_and_stop(tmp_path: Path, simulator: TenantSimulator) -> None:
+    """READY at start; RELOADING+MONOTONIC_USEC then READY on HUP; a broken file keeps the old generation; STOPPING and exit 0 on TERM."""
+    async with NotifySocket(tmp_path) as notify, SyslogReceiver("udp") as syslog:
+        assert simulator.url is not None
+        config = pipeline(tmp_path, simulator.url, syslog.target)
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        env = {**notify.env, "SIM_TOKEN": TOKEN}
+        async with DaemonProcess(path, env=env) as daemon:
+            # 1. start: READY=1 with a STATUS line naming the generation
+            ready = await notify.wait_for("READY=1", timeout=30)
+            assert "STATUS=running gen=1" in ready
+            await syslog.wait_for("event=daemon.started", timeout=10)
+
+            # 2. a good reload: a new route is added, the existing one keeps running
+            config["logs"]["routes"].append({"name": "audit", "tenant": "sim", "events": ["audit"], "format": "json",
+                                             "sink": {"type": "file", "path": "out/audit.ndjson"}})
+            write_pipeline(path, config)
+            daemon.signal(signal.SIGHUP)
+            reloading = await notify.wait_for("RELOADING=1", timeout=10)
+            assert "MONOTONIC_USEC=" in reloading  # in the same datagram, as Type=notify-reload requires
+            ready2 = await notify.wait_for("STATUS=running gen=2", timeout=30)
+            assert "READY=1" in ready2
+            applied = await daemon.wait_for_event("daemon.reload_applied")
+            assert applied["kept"] >= 2 and applied["started"] >= 2  # route + poller for the audit stream
+            await syslog.wait_for("event=daemon.reload_applied", timeout=10)
+
+            # 3. a broken file: rejected, gen 2 keeps running, the reason is in the log, STATUS and syslog
+            path.write_text(path.read_text() + "\nbogus_section: 1\n")
+            daemon.signal(signal.SIGHUP)
+            rejected_status = await notify.wait_for("reload rejected", timeout=10)
+            assert "still gen=2" in rejected_status
+            rejected = await daemon.wait_for_event("daemon.reload_rejected")
+            assert "bogus_section" in rejected["errors"]
+            assert "pipeline.yaml:" in rejected["errors"]
+            await syslog.wait_for("event=daemon.reload_rejected", timeout=10)
+
+            # 4. stop: STOPPING=1, exit 0
+            daemon.signal(signal.SIGTERM)
+            await notify.wait_for("STOPPING=1", timeout=10)
+            assert await daemon.wait(30) == 0
+            await syslog.wait_for("event=daemon.stopping", timeout=10)
+
+
+async def test_restart_only_setting_is_refused_on_reload(tmp_path: Path, simulator: TenantSimulator) -> None:
+    """Changing the state path by reload is refused with a 'restart needed' message."""
+    async with NotifySocket(tmp_path) as notify:
+        assert simulator.url is not None
+        config = pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9")
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
+            await notify.wait_for("READY=1", timeout=30)
+            config["state"] = {"path": str(tmp_path / "elsewhere" / "db.sqlite")}
+            write_pipeline(path, config)
+            daemon.signal(signal.SIGHUP)
+            rejected = await daemon.wait_for_event("daemon.reload_rejected")
+            assert "restart needed" in rejected["reason"] and "state" in rejected["reason"]
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+
+
+async def test_bad_config_at_start_exits_78(tmp_path: Path) -> None:
+    """A daemon started on an invalid file exits 78 (EX_CONFIG) and says why."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("tenants: 5\n")
+    daemon = DaemonProcess(path)
+    await daemon.start()
+    assert await daemon.wait(30) == 78
+    assert daemon.events("daemon.config_invalid")
+
+
+async def test_secret_appears_nowhere(tmp_path: Path) -> None:
+    """A token given with $env is absent from stdout, syslog, `status` and the state database."""
+    secret = "zz-very-secret-token-zz"
+    async with running_simulator(tokens={secret: None}, backlog=50, arrival_rate=1.0, idle_wait_time=0.2) as sim, \
+            NotifySocket(tmp_path) as notify, SyslogReceiver("udp") as syslog:
+        assert sim.url is not None
+        config = pipeline(tmp_path, sim.url, syslog.target)
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": secret}) as daemon:
+            await notify.wait_for("READY=1", timeout=30)
+            await daemon.wait_for_event("route.first_batch_shipped", timeout=30)
+            status = subprocess.run([sys.executable, "-m", "ce_daemon", "status", "-c", str(path), "--json"],
+                                    capture_output=True, text=True, env={"SIM_TOKEN": secret, "PATH": "/usr/bin:/bin"},
+                                    check=False, timeout=30)
+            assert status.returncode == 0, status.stderr
+            assert '"generation": 1' in status.stdout
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+        assert secret not in status.stdout + status.stderr
+        assert not [line for line in daemon.raw if secret in line]
+        assert not [m for m in syslog.messages if secret in m]
+        db = tmp_path / "state" / "db.sqlite"
+        for file in db.parent.iterdir():
+            assert secret.encode() not in file.read_bytes()
+        with sqlite3.connect(db) as conn:
+            dump = "\n".join(conn.iterdump())
+        assert secret not in dump

@@ -1,0 +1,585 @@
+"""The durable spool: pages, consumer offsets, back-pressure, iterator state, crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ce_daemon.spool import (
+    SPOOL_MIGRATIONS,
+    IteratorMark,
+    Spool,
+    SpoolCorruptError,
+    page_marker,
+)
+from ce_daemon.state import StateStore
+
+MARK = IteratorMark()
+CRASH_CHILD = Path(__file__).with_name("spool_crash_child.py")
+
+
+def records_of(page: int, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "_id": f"p{page}-r{i}",
+            "page": page,
+            "i": i,
+            "user": f"user{i % 7}@example.com",
+            "n": [i, None, True],
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[StateStore]:
+    async with await StateStore.open(db_path, SPOOL_MIGRATIONS) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def spool(store: StateStore) -> Spool:
+    loaded = Spool(store, max_bytes=1 << 30)
+    await loaded.load()
+    return loaded
+
+
+async def reopened(db_path: Path, max_bytes: int = 1 << 30) -> tuple[StateStore, Spool]:
+    store = await StateStore.open(db_path, SPOOL_MIGRATIONS)
+    spool = Spool(store, max_bytes=max_bytes)
+    await spool.load()
+    return store, spool
+
+
+async def blocked_task(awaitable: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any]:
+    """Start ``awaitable`` in a task and return once it has run up to its first suspension."""
+    started = asyncio.Event()
+
+    async def run() -> Any:
+        started.set()
+        return await awaitable()
+
+    task = asyncio.create_task(run())
+    await started.wait()
+    return task
+
+
+# -- pages and offsets ---------------------------------------------------------------------------------
+
+
+async def test_append_read_ack_round_trip(spool: Spool) -> None:
+    """A page comes back to its consumer exactly as appended, and is gone once acknowledged."""
+    await spool.set_consumers({"siem": {"demo/alerts/dlp"}})
+    records = records_of(0, 250)
+    seq = await spool.append("demo/alerts/dlp", records, iterator=MARK)
+    page = await spool.next_page("siem", timeout=0)
+    assert page is not None
+    assert (page.seq, page.stream, page.records, page.first_id, page.last_id, page.start) == (
+        seq,
+        "demo/alerts/dlp",
+        records,
+        "p0-r0",
+        "p0-r249",
+        0,
+    )
+    await spool.ack("siem", seq)
+    assert await spool.next_page("siem", timeout=0) is None
+    assert (await spool.stats())["pages"] == 0
+    assert spool.used_bytes == 0
+
+
+async def test_empty_page_is_not_appended(spool: Spool) -> None:
+    """Appending no records is refused: empty answers go through mark_empty_page."""
+    with pytest.raises(ValueError, match="mark_empty_page"):
+        await spool.append("s", [], iterator=MARK)
+
+
+async def test_pages_are_read_in_global_order_across_streams(spool: Spool) -> None:
+    """A consumer of several streams reads their pages in the order they were appended."""
+    await spool.set_consumers({"c": {"a", "b"}})
+    appended = [
+        await spool.append(stream, records_of(n, 3), iterator=MARK) for n, stream in enumerate("abab")
+    ]
+    read = []
+    for _ in appended:
+        page = await spool.next_page("c", timeout=0)
+        assert page is not None
+        read.append((page.seq, page.stream))
+        await spool.ack("c", page.seq)
+    assert read == list(zip(appended, "abab", strict=True))
+
+
+async def test_consumer_reads_only_its_streams(spool: Spool) -> None:
+    """Pages of a stream a consumer does not subscribe to are invisible to it."""
+    await spool.set_consumers({"c": {"a"}, "other": {"b"}})
+    await spool.append("b", records_of(0, 1), iterator=MARK)
+    wanted = await spool.append("a", records_of(1, 1), iterator=MARK)
+    page = await spool.next_page("c", timeout=0)
+    assert page is not None
+    assert page.seq == wanted
+
+
+async def test_unacknowledged_page_is_returned_again(spool: Spool) -> None:
+    """Asking again without acknowledging returns the same page (retry after a failed shipment)."""
+    await spool.set_consumers({"c": {"s"}})
+    seq = await spool.append("s", records_of(0, 5), iterator=MARK)
+    await spool.append("s", records_of(1, 5), iterator=MARK)
+    first = await spool.next_page("c", timeout=0)
+    again = await spool.next_page("c", timeout=0)
+    assert first is not None
+    assert again is not None
+    assert first.seq == again.seq == seq
+
+
+async def test_after_reads_ahead_without_acknowledging(spool: Spool) -> None:
+    """``after`` returns the next page past one the consumer already holds."""
+    await spool.set_consumers({"c": {"s"}})
+    first = await spool.append("s", records_of(0, 5), iterator=MARK)
+    second = await spool.append("s", records_of(1, 5), iterator=MARK)
+    page = await spool.next_page("c", timeout=0, after=first)
+    assert page is not None
+    assert page.seq == second
+    assert await spool.next_page("c", timeout=0, after=second) is None
+
+
+async def test_two_consumers_have_independent_offsets(spool: Spool) -> None:
+    """Each consumer acknowledges on its own; the page is deleted only after both have."""
+    await spool.set_consumers({"siem": {"s"}, "lake": {"s"}})
+    seq = await spool.append("s", records_of(0, 10), iterator=MARK)
+    await spool.ack("siem", seq)
+    assert await spool.next_page("siem", timeout=0) is None
+    page = await spool.next_page("lake", timeout=0)
+    assert page is not None
+    assert page.seq == seq
+    assert (await spool.stats())["pages"] == 1
+    await spool.ack("lake", seq)
+    assert (await spool.stats())["pages"] == 0
+
+
+async def test_partial_ack_resumes_at_position_after_reopen(db_path: Path) -> None:
+    """A half-shipped page is read again after a restart starting at the acknowledged position."""
+    store, spool = await reopened(db_path)
+    async with store:
+        await spool.set_consumers({"c": {"s"}})
+        seq = await spool.append("s", records_of(0, 10_000), iterator=MARK)
+        await spool.ack("c", seq, 4_000)
+    store, spool = await reopened(db_path)
+    async with store:
+        page = await spool.next_page("c", timeout=0)
+    assert page is not None
+    assert (page.seq, page.start, page.count) == (seq, 4_000, 10_000)
+    assert page.unread[0]["_id"] == "p0-r4000"
+
+
+async def test_ack_never_moves_an_offset_back(spool: Spool) -> None:
+    """A late partial acknowledgement of a page already fully acknowledged changes nothing."""
+    await spool.set_consumers({"c": {"s"}, "slow": {"s"}})
+    seq = await spool.append("s", records_of(0, 10), iterator=MARK)
+    await spool.ack("c", seq)
+    await spool.ack("c", seq)
+    await spool.ack("c", seq, 3)
+    assert await spool.next_page("c", timeout=0) is None
+
+
+async def test_ack_past_the_last_record_is_a_whole_ack(spool: Spool) -> None:
+    """Acknowledging position == count acknowledges the whole page."""
+    await spool.set_consumers({"c": {"s"}})
+    seq = await spool.append("s", records_of(0, 10), iterator=MARK)
+    await spool.ack("c", seq, 10)
+    assert await spool.next_page("c", timeout=0) is None
+    assert (await spool.stats())["pages"] == 0
+
+
+async def test_unknown_consumer_is_refused(spool: Spool) -> None:
+    """Reading or acknowledging as a consumer that was never registered raises ValueError."""
+    await spool.set_consumers({"c": {"s"}})
+    with pytest.raises(ValueError, match="not registered"):
+        await spool.next_page("ghost", timeout=0)
+    with pytest.raises(ValueError, match="not registered"):
+        await spool.ack("ghost", 1)
+
+
+async def test_next_page_returns_none_after_timeout(spool: Spool) -> None:
+    """With nothing to read, next_page gives up after its timeout and returns None."""
+    await spool.set_consumers({"c": {"s"}})
+    assert await spool.next_page("c", timeout=0.01) is None
+
+
+async def test_waiting_reader_wakes_on_append(spool: Spool) -> None:
+    """A consumer waiting for a page receives it as soon as it is appended."""
+    await spool.set_consumers({"c": {"s"}})
+    reader = await blocked_task(lambda: spool.next_page("c"))
+    # Our own read queues behind the reader's on the store lock; once it answers, the reader
+    # has found nothing and is parked on the condition.
+    assert await spool.next_page("c", timeout=0) is None
+    assert not reader.done()
+    seq = await spool.append("s", records_of(0, 3), iterator=MARK)
+    page = await reader
+    assert page.seq == seq
+
+
+# -- set_consumers ------------------------------------------------------------------------------------
+
+
+async def test_first_consumer_of_a_stream_reads_from_the_beginning(spool: Spool) -> None:
+    """Pages committed before a stream ever had a consumer are kept for, and read by, the first one."""
+    seq = await spool.append("s", records_of(0, 3), iterator=MARK)
+    await spool.set_consumers({"c": {"s"}})
+    page = await spool.next_page("c", timeout=0)
+    assert page is not None
+    assert page.seq == seq
+
+
+async def test_new_consumer_of_a_consumed_stream_starts_at_the_end(spool: Spool) -> None:
+    """A consumer added to a stream that already has one sees only pages appended after it joined."""
+    await spool.set_consumers({"old": {"s"}})
+    backlog = await spool.append("s", records_of(0, 3), iterator=MARK)
+    await spool.set_consumers({"old": {"s"}, "new": {"s"}})
+    assert await spool.next_page("new", timeout=0) is None
+    fresh = await spool.append("s", records_of(1, 3), iterator=MARK)
+    new_page = await spool.next_page("new", timeout=0)
+    old_page = await spool.next_page("old", timeout=0)
+    assert new_page is not None
+    assert old_page is not None
+    assert (new_page.seq, old_page.seq) == (fresh, backlog)
+
+
+async def test_removed_consumer_no_longer_holds_pages(spool: Spool) -> None:
+    """Removing a consumer deletes its offsets and collects the pages only it still needed."""
+    await spool.set_consumers({"keep": {"s"}, "gone": {"s"}})
+    seq = await spool.append("s", records_of(0, 3), iterator=MARK)
+    await spool.ack("keep", seq)
+    assert (await spool.stats())["pages"] == 1
+    await spool.set_consumers({"keep": {"s"}})
+    assert (await spool.stats())["pages"] == 0
+    with pytest.raises(ValueError, match="not registered"):
+        await spool.next_page("gone", timeout=0)
+
+
+async def test_readded_consumer_starts_at_the_end(spool: Spool) -> None:
+    """A consumer removed and added again does not replay what was appended before it came back."""
+    await spool.set_consumers({"a": {"s"}, "b": {"s"}})
+    await spool.set_consumers({"a": {"s"}})
+    await spool.append("s", records_of(0, 3), iterator=MARK)
+    await spool.set_consumers({"a": {"s"}, "b": {"s"}})
+    assert await spool.next_page("b", timeout=0) is None
+
+
+async def test_subscriptions_survive_reopen(db_path: Path) -> None:
+    """Consumers and their offsets are restored by load() without calling set_consumers again."""
+    store, spool = await reopened(db_path)
+    async with store:
+        await spool.set_consumers({"c": {"s"}})
+        first = await spool.append("s", records_of(0, 3), iterator=MARK)
+        second = await spool.append("s", records_of(1, 3), iterator=MARK)
+        await spool.ack("c", first)
+    store, spool = await reopened(db_path)
+    async with store:
+        page = await spool.next_page("c", timeout=0)
+    assert page is not None
+    assert page.seq == second
+
+
+# -- byte cap -----------------------------------------------------------------------------------------
+
+
+async def test_wait_for_space_returns_at_once_when_not_full(spool: Spool) -> None:
+    """A spool under its cap lets pollers through immediately."""
+    assert not spool.full
+    await spool.wait_for_space()
+
+
+async def test_wait_for_space_blocks_while_full_until_an_ack(store: StateStore) -> None:
+    """A poller waiting for space is released when an acknowledgement frees the pages."""
+    spool = Spool(store, max_bytes=1)
+    await spool.load()
+    await spool.set_consumers({"c": {"s"}})
+    seq = await spool.append("s", records_of(0, 100), iterator=MARK)
+    assert spool.full
+    poller = await blocked_task(spool.wait_for_space)
+    assert not poller.done()
+    await spool.ack("c", seq)
+    await poller
+    assert not spool.full
+
+
+async def test_page_larger_than_the_cap_is_accepted_when_empty(store: StateStore) -> None:
+    """A single page bigger than the whole cap is still committed; the spool is then full."""
+    spool = Spool(store, max_bytes=10)
+    await spool.load()
+    await spool.append("s", records_of(0, 1_000), iterator=MARK)
+    assert spool.used_bytes > spool.max_bytes
+    assert spool.full
+
+
+async def test_used_bytes_restored_by_load(db_path: Path) -> None:
+    """The byte count, hence fullness, is the same after a restart."""
+    store, spool = await reopened(db_path, max_bytes=1)
+    async with store:
+        await spool.append("s", records_of(0, 100), iterator=MARK)
+        used = spool.used_bytes
+    store, spool = await reopened(db_path, max_bytes=1)
+    async with store:
+        assert (spool.used_bytes, spool.full) == (used, True)
+
+
+# -- iterator state ------------------------------------------------------------------------------------
+
+
+async def test_iterator_state_is_none_for_a_new_stream(spool: Spool) -> None:
+    """A stream no poller has recorded anything for has no iterator state."""
+    assert await spool.iterator_state("demo/alerts/dlp") is None
+
+
+async def test_index_name_is_persisted(db_path: Path) -> None:
+    """The iterator index name survives a restart and starts with no intent and no first pull."""
+    store, spool = await reopened(db_path)
+    async with store:
+        await spool.set_index("s", "demo_dlp_ce")
+    store, spool = await reopened(db_path)
+    async with store:
+        state = await spool.iterator_state("s")
+    assert state is not None
+    assert (state.index, state.pending, state.first_pull_done, state.count) == (
+        "demo_dlp_ce",
+        "none",
+        False,
+        0,
+    )
+
+
+async def test_append_clears_intent_and_records_the_marker(spool: Spool) -> None:
+    """Committing a page sets pending back to none and stores its marker, hwm and progress."""
+    await spool.set_index("s", "idx")
+    await spool.record_intent("s", "next")
+    pending = await spool.iterator_state("s")
+    assert pending is not None
+    assert pending.pending == "next"
+    records = records_of(0, 20)
+    await spool.append(
+        "s", records, iterator=IteratorMark(timestamp_hwm=1_732_700_000, progress={"pages": 1})
+    )
+    state = await spool.iterator_state("s")
+    assert state is not None
+    assert (state.index, state.pending, state.first_pull_done) == ("idx", "none", True)
+    assert (state.first_id, state.last_id, state.count) == page_marker(records)
+    assert (state.timestamp_hwm, state.progress) == (1_732_700_000, {"pages": 1})
+
+
+async def test_intent_survives_a_restart_without_a_page(db_path: Path) -> None:
+    """An intent recorded but never followed by a commit is still there after a restart."""
+    store, spool = await reopened(db_path)
+    async with store:
+        committed = records_of(0, 5)
+        await spool.append("s", committed, iterator=MARK)
+        await spool.record_intent("s", "next")
+    store, spool = await reopened(db_path)
+    async with store:
+        state = await spool.iterator_state("s")
+    assert state is not None
+    assert state.pending == "next"
+    assert (state.first_id, state.last_id, state.count) == page_marker(committed)
+
+
+async def test_page_and_iterator_commit_together(spool: Spool, store: StateStore) -> None:
+    """If recording the iterator state fails, the page is not committed either."""
+    await spool.set_consumers({"c": {"s"}})
+    await spool.record_intent("s", "next")
+    async with store.transaction() as db:
+        await db.execute(
+            "CREATE TRIGGER refuse_poison BEFORE UPDATE ON spool_iterators WHEN NEW.last_id = 'poison'"
+            " BEGIN SELECT RAISE(ABORT, 'poisoned marker'); END"
+        )
+    poisoned = [{"_id": "first"}, {"_id": "poison"}]
+    with pytest.raises(sqlite3.IntegrityError, match="poisoned marker"):
+        await spool.append("s", poisoned, iterator=MARK)
+    state = await spool.iterator_state("s")
+    assert state is not None
+    assert (state.pending, state.count) == ("next", 0)
+    assert (await spool.stats())["pages"] == 0
+    assert spool.used_bytes == 0
+    assert await spool.next_page("c", timeout=0) is None
+
+
+async def test_is_committed_recognises_a_resent_page(spool: Spool) -> None:
+    """The last committed page is recognised by its marker; another page or an empty one is not."""
+    committed = records_of(0, 50)
+    await spool.append("s", committed, iterator=MARK)
+    state = await spool.iterator_state("s")
+    assert state is not None
+    assert state.is_committed(*page_marker(committed))
+    assert not state.is_committed(*page_marker(records_of(1, 50)))
+    assert not state.is_committed(*page_marker(committed[:-1]))
+    assert not state.is_committed(*page_marker([]))
+
+
+async def test_is_committed_treats_missing_ids_alike(spool: Spool) -> None:
+    """A page without ``_id`` matches whether the caller spells the missing id None or ""."""
+    await spool.append("s", [{"timestamp": 1}, {"timestamp": 2}], iterator=MARK)
+    state = await spool.iterator_state("s")
+    assert state is not None
+    assert state.is_committed("", "", 2)
+    assert state.is_committed(None, None, 2)
+
+
+async def test_second_iterator_of_a_stream_keeps_its_own_state(spool: Spool) -> None:
+    """A look-back iterator appends to the stream but records its marker under its own key."""
+    await spool.set_consumers({"c": {"s"}})
+    live = records_of(0, 3)
+    history = records_of(1, 4)
+    await spool.append("s", live, iterator=MARK)
+    await spool.record_intent("s#history", "next")
+    seq = await spool.append(
+        "s", history, iterator=IteratorMark(progress={"done": False}), iterator_key="s#history"
+    )
+    live_state = await spool.iterator_state("s")
+    history_state = await spool.iterator_state("s#history")
+    assert live_state is not None
+    assert history_state is not None
+    assert (live_state.first_id, live_state.last_id, live_state.count) == page_marker(live)
+    assert (history_state.pending, history_state.progress) == ("none", {"done": False})
+    assert (history_state.first_id, history_state.last_id, history_state.count) == page_marker(history)
+    page = await spool.next_page("c", timeout=0, after=seq - 1)
+    assert page is not None
+    assert (page.seq, page.stream) == (seq, "s")
+
+
+async def test_mark_empty_page_clears_intent_and_keeps_marker(spool: Spool) -> None:
+    """An empty answer clears the intent, updates hwm, and leaves the last page marker alone."""
+    committed = records_of(0, 5)
+    await spool.append("s", committed, iterator=IteratorMark(timestamp_hwm=100, progress={"pages": 1}))
+    await spool.record_intent("s", "next")
+    await spool.mark_empty_page("s", 200)
+    state = await spool.iterator_state("s")
+    assert state is not None
+    assert (state.pending, state.timestamp_hwm, state.progress) == ("none", 200, {"pages": 1})
+    assert (state.first_id, state.last_id, state.count) == page_marker(committed)
+    assert (await spool.stats())["pages"] == 1
+
+
+async def test_empty_first_answer_completes_the_first_pull(spool: Spool) -> None:
+    """An empty answer to the first pull still marks the first pull done."""
+    await spool.set_index("s", "idx")
+    await spool.mark_empty_page("s", None)
+    state = await spool.iterator_state("s")
+    assert state is not None
+    assert state.first_pull_done
+    assert state.timestamp_hwm is None
+
+
+# -- stats and damage ----------------------------------------------------------------------------------
+
+
+async def test_stats_report_backlog_and_consumer_lag(spool: Spool) -> None:
+    """stats() counts pages, records and bytes per stream and each consumer's unread records."""
+    await spool.set_consumers({"fast": {"a"}, "slow": {"a", "b"}})
+    first = await spool.append("a", records_of(0, 10), iterator=MARK)
+    await spool.append("a", records_of(1, 20), iterator=MARK)
+    await spool.append("b", records_of(2, 5), iterator=MARK)
+    await spool.ack("fast", first)
+    await spool.ack("slow", first, 4)
+    stats = await spool.stats()
+    assert (stats["pages"], stats["records"], stats["bytes"]) == (3, 35, spool.used_bytes)
+    assert {s: (v["pages"], v["records"]) for s, v in stats["streams"].items()} == {"a": (2, 30), "b": (1, 5)}
+    assert stats["consumers"]["fast"]["streams"] == {"a": {"pages": 1, "records": 20}}
+    assert (stats["consumers"]["slow"]["pages"], stats["consumers"]["slow"]["records"]) == (3, 6 + 20 + 5)
+
+
+async def test_damaged_page_raises_spool_corrupt_error(spool: Spool, store: StateStore) -> None:
+    """A page whose stored body was damaged raises SpoolCorruptError naming it, not a zlib error."""
+    await spool.set_consumers({"c": {"s"}})
+    seq = await spool.append("s", records_of(0, 10), iterator=MARK)
+    async with store.transaction() as db:
+        await db.execute("UPDATE spool_pages SET body = substr(body, 1, 20) WHERE seq = ?", (seq,))
+    with pytest.raises(SpoolCorruptError, match=f"spool page {seq}"):
+        await spool.next_page("c", timeout=0)
+
+
+async def test_load_is_required(store: StateStore) -> None:
+    """Using a spool before load() is a programming error reported as such."""
+    with pytest.raises(RuntimeError, match="load"):
+        await Spool(store, max_bytes=1).append("s", records_of(0, 1), iterator=MARK)
+
+
+# -- crash safety -------------------------------------------------------------------------------------
+
+
+async def run_child_until_killed(db_path: Path, stream: str, seed: int, kill_after: float) -> list[list[str]]:
+    """Run the crash child, SIGKILL it ``kill_after`` seconds after its first committed page, and
+    return every line it printed (one per append that returned)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CRASH_CHILD),
+        str(db_path),
+        stream,
+        str(seed),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    assert child.stderr is not None
+    try:
+        first = await child.stdout.readline()
+        if not first:
+            error = await child.stderr.read()
+            pytest.fail(f"crash child exited before committing a page: {error.decode()}")
+        # The kill is a timer, not a synchronisation: it lands wherever the child happens to be
+        # (intent, encoding, insert, commit, print), which is the point of the test.
+        asyncio.get_running_loop().call_later(kill_after, child.send_signal, signal.SIGKILL)
+        rest = await child.stdout.read()  # EOF: the child is dead
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+    return [line.split() for line in (first + rest).decode().splitlines()]
+
+
+@pytest.mark.slow
+async def test_spool_survives_sigkill_at_random_moments(db_path: Path) -> None:
+    """After each SIGKILL every returned append is present and intact, and the marker matches."""
+    stream = "demo/events/page"
+    rng = random.Random(20241127)
+    printed: dict[int, tuple[int, int, str]] = {}
+    for round_number in range(6):
+        for seq, number, count, digest in await run_child_until_killed(
+            db_path, stream, seed=round_number, kill_after=rng.uniform(0, 0.1)
+        ):
+            printed[int(seq)] = (int(number), int(count), digest)
+
+        store, spool = await reopened(db_path)
+        async with store:
+            await spool.set_consumers({"verifier": {stream}})
+            stored: dict[int, tuple[int, int, str]] = {}
+            last_page = None
+            after = None
+            while (page := await spool.next_page("verifier", timeout=0, after=after)) is not None:
+                numbers = {record["page"] for record in page.records}
+                assert len(numbers) == 1, f"page {page.seq} mixes records of pages {numbers}"
+                digest = hashlib.sha256(orjson.dumps(page.records)).hexdigest()
+                stored[page.seq] = (numbers.pop(), page.count, digest)
+                last_page, after = page, page.seq
+            state = await spool.iterator_state(stream)
+
+        assert {seq: stored.get(seq) for seq in printed} == printed, f"round {round_number}: lost or damaged"
+        assert sorted(number for number, _, _ in stored.values()) == list(range(len(stored)))
+        assert last_page is not None
+        assert state is not None
+        assert (state.first_id, state.last_id, state.count) == page_marker(last_page.records)
+        assert state.progress == {"pages": len(stored)}
