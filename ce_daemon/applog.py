@@ -22,7 +22,10 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         structlog.processors.StackInfoRenderer(),
     ]
     if use_json:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        processors += [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ]
         factory: structlog.typing.WrappedLogger = structlog.BytesLoggerFactory()
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()))

@@ -37,41 +37,66 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ce-daemon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon in the foreground", description="Run the pipeline until SIGTERM.")
+    run = sub.add_parser(
+        "run", help="run the daemon in the foreground", description="Run the pipeline until SIGTERM."
+    )
     run.add_argument("-c", "--config", type=Path, required=True, help="the pipeline YAML file")
     run.set_defaults(func=_cmd_run)
 
-    check = sub.add_parser("check", help="validate a pipeline file",
-                           description="Validate the whole pipeline exactly as a reload would. Exit 0 if valid, 78 if not.")
+    check = sub.add_parser(
+        "check",
+        help="validate a pipeline file",
+        description="Validate the whole pipeline exactly as a reload would. Exit 0 if valid, 78 if not.",
+    )
     check.add_argument("-c", "--config", type=Path, required=True, help="the pipeline YAML file")
     check.set_defaults(func=_cmd_check)
 
-    plugins = sub.add_parser("plugins", help="list installed plugins", description="List every discovered plugin.")
+    plugins = sub.add_parser(
+        "plugins", help="list installed plugins", description="List every discovered plugin."
+    )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=_cmd_plugins)
 
-    status = sub.add_parser("status", help="ask a running daemon how it is",
-                            description="Ask a running daemon (control socket, else its last saved snapshot).")
-    status.add_argument("-c", "--config", type=Path, help="the pipeline file (to find the socket and database)")
+    status = sub.add_parser(
+        "status",
+        help="ask a running daemon how it is",
+        description="Ask a running daemon (control socket, else its last saved snapshot).",
+    )
+    status.add_argument(
+        "-c", "--config", type=Path, help="the pipeline file (to find the socket and database)"
+    )
     status.add_argument("--socket", type=Path, help="the control socket path")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=_cmd_status)
 
-    demo = sub.add_parser("demo", help="run the built-in demo against the tenant simulator",
-                          description="Write the demo pipeline to DIR/pipeline.yaml and run it as `run -c` would.")
-    demo.add_argument("--dir", type=Path, default=Path("demo"), help="where the pipeline, state and outputs go")
-    demo.add_argument("--duration", type=float, default=0, help="stop by itself after this many seconds (0: run until ^C)")
+    demo = sub.add_parser(
+        "demo",
+        help="run the built-in demo against the tenant simulator",
+        description="Write the demo pipeline to DIR/pipeline.yaml and run it as `run -c` would.",
+    )
+    demo.add_argument(
+        "--dir", type=Path, default=Path("demo"), help="where the pipeline, state and outputs go"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=0, help="stop by itself after this many seconds (0: run until ^C)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     from ce_daemon.netskope.simulator import add_simulate_arguments
 
-    simulate = sub.add_parser("simulate", help="run the Netskope tenant simulator",
-                              description="Serve a simulated Netskope tenant's data-export API on loopback.")
+    simulate = sub.add_parser(
+        "simulate",
+        help="run the Netskope tenant simulator",
+        description="Serve a simulated Netskope tenant's data-export API on loopback.",
+    )
     add_simulate_arguments(simulate)
     simulate.set_defaults(func=_cmd_simulate)
 
-    dlq = sub.add_parser("dlq", help="list, replay or purge dead-lettered records",
-                         description="Records a target refused for good, kept with the reason.")
+    dlq = sub.add_parser(
+        "dlq",
+        help="list, replay or purge dead-lettered records",
+        description="Records a target refused for good, kept with the reason.",
+    )
     dlq.add_argument("action", choices=["list", "replay", "purge"])
     dlq.add_argument("-c", "--config", type=Path, required=True, help="the pipeline YAML file")
     dlq.add_argument("--route", help="only this route")
@@ -101,11 +126,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
         loaded = load_pipeline(args.config, Registry.discover())
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
-        print(f"{args.config}: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}", file=sys.stderr)
+        print(
+            f"{args.config}: {len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     streams = loaded.streams()
-    print(f"{args.config}: OK — {len(loaded.tenants)} tenant(s), {len(loaded.routes)} log route(s), "
-          f"{len(streams)} stream(s) to pull")
+    print(
+        f"{args.config}: OK — {len(loaded.tenants)} tenant(s), {len(loaded.routes)} log route(s), "
+        f"{len(streams)} stream(s) to pull"
+    )
     return 0
 
 
@@ -114,11 +144,27 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
     plugins = Registry.discover().all()
     if args.json:
-        print(orjson.dumps([{"kind": p.kind, "type": p.name, "distribution": p.distribution, "version": p.version,
-                             "loaded": p.loaded, "error": p.error, "target": p.target} for p in plugins]).decode())
+        print(
+            orjson.dumps(
+                [
+                    {
+                        "kind": p.kind,
+                        "type": p.name,
+                        "distribution": p.distribution,
+                        "version": p.version,
+                        "loaded": p.loaded,
+                        "error": p.error,
+                        "target": p.target,
+                    }
+                    for p in plugins
+                ]
+            ).decode()
+        )
         return 0
     rows = [("KIND", "TYPE", "DISTRIBUTION", "VERSION", "LOADED")]
-    rows += [(p.kind, p.name, p.distribution, p.version, "yes" if p.loaded else f"no: {p.error}") for p in plugins]
+    rows += [
+        (p.kind, p.name, p.distribution, p.version, "yes" if p.loaded else f"no: {p.error}") for p in plugins
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
@@ -148,7 +194,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError) as exc:
         saved = asyncio.run(_saved_snapshot(config.state.path)) if config is not None else None
         if saved is None:
-            print(f"no daemon answers on {socket_path} ({exc.__class__.__name__}) and no saved status", file=sys.stderr)
+            print(
+                f"no daemon answers on {socket_path} ({exc.__class__.__name__}) and no saved status",
+                file=sys.stderr,
+            )
             return 1
         snapshot, source = saved, "saved (daemon not answering)"
     if args.json:
@@ -175,8 +224,10 @@ async def _saved_snapshot(path: Path) -> dict[str, object] | None:
 def _print_status(snapshot: dict[str, object], source: str) -> None:
     print(f"ce-daemon {snapshot.get('version')} pid {snapshot.get('pid')} ({source})")
     print(f"  file        {snapshot.get('file')}")
-    print(f"  phase       {snapshot.get('phase')}  generation {snapshot.get('generation')}  "
-          f"uptime {snapshot.get('uptime_s')}s")
+    print(
+        f"  phase       {snapshot.get('phase')}  generation {snapshot.get('generation')}  "
+        f"uptime {snapshot.get('uptime_s')}s"
+    )
     print(f"  components  {snapshot.get('components_ok')}/{snapshot.get('components_total')} ok")
     reload = snapshot.get("last_reload")
     if isinstance(reload, dict):
@@ -188,8 +239,10 @@ def _print_status(snapshot: dict[str, object], source: str) -> None:
         print(f"    {comp['state']:<9} {comp['name']:<44} {figures}  {comp.get('detail', '')}".rstrip())
     spool = snapshot.get("spool")
     if isinstance(spool, dict):
-        print(f"  spool       {spool.get('pages', 0)} pages, {spool.get('records', 0)} records, "
-              f"{spool.get('bytes', 0)} bytes")
+        print(
+            f"  spool       {spool.get('pages', 0)} pages, {spool.get('records', 0)} records, "
+            f"{spool.get('bytes', 0)} bytes"
+        )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

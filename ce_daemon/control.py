@@ -72,7 +72,7 @@ class ControlServer:
             self.path.unlink()
 
 
-async def ask_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
+async def ask_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109 - one bound overall
     """Ask the daemon listening on ``path`` for its status snapshot."""
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(str(path))

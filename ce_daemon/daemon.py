@@ -28,7 +28,7 @@ from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.state import StateError, StateStore
 from ce_daemon.supervisor import Supervisor
-from ce_daemon.syslog import HealthChannel
+from ce_daemon.syslog import HealthChannel, Severity
 from ce_daemon.systemd import Notifier
 
 log = structlog.get_logger("ce_daemon.daemon")
@@ -94,7 +94,9 @@ class Daemon:
         try:
             loaded = load_pipeline(self.path, self.registry, environ=self.environ)
         except ConfigError as exc:
-            log.error("daemon.config_invalid", file=str(self.path), problems=len(exc.problems), errors=exc.render())
+            log.error(
+                "daemon.config_invalid", file=str(self.path), problems=len(exc.problems), errors=exc.render()
+            )
             self.notifier.send("STATUS=configuration invalid, not started", f"ERRNO={EXIT_CONFIG}")
             return EXIT_CONFIG
         applog.configure(loaded.config.logging.level, loaded.config.logging.format)
@@ -105,7 +107,9 @@ class Daemon:
                 stack.push_async_callback(store.close)
                 spool = Spool(store, loaded.config.spool.max_bytes)
                 await spool.load()
-                self.runtime = Runtime(store=store, spool=spool, health=self.health, data_dir=store.path.parent)
+                self.runtime = Runtime(
+                    store=store, spool=spool, health=self.health, data_dir=store.path.parent
+                )
                 stack.push_async_callback(self.runtime.close)
                 control = ControlServer(control_socket_path(loaded.config), self.status_snapshot)
                 await control.start()
@@ -139,7 +143,9 @@ class Daemon:
         line = self._status_line()
         log.info("daemon.ready", generation=self.generation, file=str(self.path), version=__version__)
         self.notifier.ready(line)
-        self._emit("daemon.started", "notice", gen=self.generation, version=__version__, components=self._ok_total())
+        self._emit(
+            "daemon.started", "notice", gen=self.generation, version=__version__, components=self._ok_total()
+        )
 
     async def _serve(self) -> int:
         tasks = [
@@ -201,8 +207,11 @@ class Daemon:
         except ConfigError as exc:
             self._reject(f"{len(exc.problems)} configuration problem(s)", exc.render())
             return
-        restart = [".".join(p) for p in RESTART_ONLY
-                   if new.section_fingerprint(*p) != self.loaded.section_fingerprint(*p)]
+        restart = [
+            ".".join(p)
+            for p in RESTART_ONLY
+            if new.section_fingerprint(*p) != self.loaded.section_fingerprint(*p)
+        ]
         if restart:
             self._reject(f"restart needed: {', '.join(restart)} cannot change while running", "")
             return
@@ -239,21 +248,41 @@ class Daemon:
         self.generation += 1
         applog.configure(new.config.logging.level, new.config.logging.format)
         self.phase = Phase.READY
-        self.last_reload = {"outcome": "applied", "at": time.time(), "kept": len(keep), "started": len(built),
-                            "stopped": len(remove)}
-        log.info("daemon.reload_applied", generation=self.generation, kept=len(keep), started=len(built),
-                 stopped=len(remove))
+        self.last_reload = {
+            "outcome": "applied",
+            "at": time.time(),
+            "kept": len(keep),
+            "started": len(built),
+            "stopped": len(remove),
+        }
+        log.info(
+            "daemon.reload_applied",
+            generation=self.generation,
+            kept=len(keep),
+            started=len(built),
+            stopped=len(remove),
+        )
         self.notifier.ready(self._status_line())
-        self._emit("daemon.reload_applied", "notice", gen=self.generation, kept=len(keep), started=len(built),
-                   stopped=len(remove))
+        self._emit(
+            "daemon.reload_applied",
+            "notice",
+            gen=self.generation,
+            kept=len(keep),
+            started=len(built),
+            stopped=len(remove),
+        )
 
     def _reject(self, reason: str, details: str) -> None:
         self.phase = Phase.READY
         self.last_reload = {"outcome": "rejected", "at": time.time(), "reason": reason}
-        log.warning("daemon.reload_rejected", generation=self.generation, reason=reason, errors=details or None)
+        log.warning(
+            "daemon.reload_rejected", generation=self.generation, reason=reason, errors=details or None
+        )
         self.notifier.ready(f"reload rejected ({reason}); still gen={self.generation} {self._ok_total()} ok")
         first = details.splitlines()[0] if details else ""
-        self._emit("daemon.reload_rejected", "warning", gen=self.generation, reason=reason, first_error=first or None)
+        self._emit(
+            "daemon.reload_rejected", "warning", gen=self.generation, reason=reason, first_error=first or None
+        )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -270,8 +299,12 @@ class Daemon:
         def stage(name: str) -> str:
             spec = self.specs.get(name)
             return spec.stage if spec else "other"
-        return [[n for n in names if stage(n) == "producer"], [n for n in names if stage(n) == "consumer"],
-                [n for n in names if stage(n) not in ("producer", "consumer")]]
+
+        return [
+            [n for n in names if stage(n) == "producer"],
+            [n for n in names if stage(n) == "consumer"],
+            [n for n in names if stage(n) not in ("producer", "consumer")],
+        ]
 
     def _attach(self, status: ComponentStatus) -> None:
         status.on_transition = self._on_transition
@@ -279,10 +312,17 @@ class Daemon:
 
     def _on_transition(self, status: ComponentStatus, old: State, new: State) -> None:
         if new is State.DEGRADED or new is State.FAILED:
-            log.warning("component.degraded" if new is State.DEGRADED else "component.failed_state",
-                        component=status.name, reason=status.detail)
-            self._emit(f"component.{new}", "warning" if new is State.DEGRADED else "err",
-                       component=status.name, reason=status.detail[:200])
+            log.warning(
+                "component.degraded" if new is State.DEGRADED else "component.failed_state",
+                component=status.name,
+                reason=status.detail,
+            )
+            self._emit(
+                f"component.{new}",
+                "warning" if new is State.DEGRADED else "err",
+                component=status.name,
+                reason=status.detail[:200],
+            )
         elif new is State.OK and old in (State.DEGRADED, State.FAILED):
             log.info("component.recovered", component=status.name)
             self._emit("component.recovered", "notice", component=status.name)
@@ -301,10 +341,14 @@ class Daemon:
     def _open_syslog(self, loaded: LoadedPipeline) -> None:
         settings = loaded.config.health.syslog
         if settings.enabled:
-            self.syslog = HealthChannel(settings.target, settings.format, settings.facility,
-                                        repeat_after=loaded.config.health.interval)
+            self.syslog = HealthChannel(
+                settings.target,
+                settings.format,
+                settings.facility,
+                repeat_after=loaded.config.health.interval,
+            )
 
-    def _emit(self, event: str, severity: str, **fields: Any) -> None:
+    def _emit(self, event: str, severity: Severity, **fields: Any) -> None:
         if self.syslog:
             self.syslog.emit(event, severity, **fields)
 
@@ -313,8 +357,14 @@ class Daemon:
         while True:
             await asyncio.sleep(self.loaded.config.health.interval)
             ok, total, bad = self.health.summary()
-            self._emit("health.heartbeat", "info", gen=self.generation, components_ok=f"{ok}/{total}",
-                       failing=",".join(bad) or None, uptime_s=int(time.time() - self.started))
+            self._emit(
+                "health.heartbeat",
+                "info",
+                gen=self.generation,
+                components_ok=f"{ok}/{total}",
+                failing=",".join(bad) or None,
+                uptime_s=int(time.time() - self.started),
+            )
             await self._save_snapshot()
 
     async def _save_snapshot(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from ce_daemon.daemon import Daemon
 from ce_daemon.netskope.simulator import running_simulator
 
-DEMO_TOKEN_ENV = "CE_DEMO_TOKEN"
+DEMO_TOKEN_ENV = "CE_DEMO_TOKEN"  # noqa: S105 - the name of a variable, not a password
 DEMO_TOKEN = "demo-token-not-secret"  # noqa: S105 - the simulator's token, printed nowhere by the daemon
 
 PIPELINE = """\
@@ -70,21 +70,32 @@ class _HealthPrinter(asyncio.DatagramProtocol):
 
 async def run_demo(directory: Path, duration: float, registry: Any) -> int:
     """Start the simulator and the demo pipeline; run until ^C (or ``duration`` seconds)."""
-    directory = directory.resolve()
+    directory = directory.resolve()  # noqa: ASYNC240 - once, before anything runs
     (directory / "out").mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(_HealthPrinter, local_addr=("127.0.0.1", 0))
     syslog_port = transport.get_extra_info("sockname")[1]
     options: dict[str, Any] = {
-        "tokens": {DEMO_TOKEN: None}, "seed": 7, "backlog": 5_000, "backlog_span": 3_600,
-        "arrival_rate": 20.0, "idle_wait_time": 2.0,
+        "tokens": {DEMO_TOKEN: None},
+        "seed": 7,
+        "backlog": 5_000,
+        "backlog_span": 3_600,
+        "arrival_rate": 20.0,
+        "idle_wait_time": 2.0,
     }
     try:
         async with running_simulator(**options) as sim:
             url = sim.url
             path = directory / "pipeline.yaml"
-            path.write_text(PIPELINE.format(state=directory / "state" / "ce-daemon.db", url=url,
-                                            syslog_port=syslog_port, token_env=DEMO_TOKEN_ENV), encoding="utf-8")
+            path.write_text(
+                PIPELINE.format(
+                    state=directory / "state" / "ce-daemon.db",
+                    url=url,
+                    syslog_port=syslog_port,
+                    token_env=DEMO_TOKEN_ENV,
+                ),
+                encoding="utf-8",
+            )
             _say(f"tenant simulator on {url}; pipeline written to {path}")
             _say(f"outputs in {directory / 'out'} — try: tail -f {directory / 'out' / 'alerts.cef'}")
             _say(f"stop with ^C; edit the pipeline and `kill -HUP {os.getpid()}` to reload")
@@ -115,22 +126,31 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
         await asyncio.sleep(3)
         with contextlib.suppress(Exception):
             snapshot = await daemon.status_snapshot()
-            pulled = sum(int((c.get("counters") or {}).get("records", 0)) for c in snapshot["components"]
-                         if c["kind"] in ("poller", "history"))
+            pulled = sum(
+                int((c.get("counters") or {}).get("records", 0))
+                for c in snapshot["components"]
+                if c["kind"] in ("poller", "history")
+            )
             routes = [c for c in snapshot["components"] if c["kind"] == "route"]
-            shipped = ", ".join(f"{c['name'].removeprefix('route:')}={(c.get('counters') or {}).get('sent', 0)}"
-                                for c in routes)
+            shipped = ", ".join(
+                f"{c['name'].removeprefix('route:')}={(c.get('counters') or {}).get('sent', 0)}"
+                for c in routes
+            )
             spool = snapshot.get("spool") or {}
-            _say(f"gen {snapshot['generation']} | components {snapshot['components_ok']}/"
-                 f"{snapshot['components_total']} ok | pulled {pulled} records | shipped {shipped} | "
-                 f"spool {spool.get('records', 0)} records")
+            _say(
+                f"gen {snapshot['generation']} | components {snapshot['components_ok']}/"
+                f"{snapshot['components_total']} ok | pulled {pulled} records | shipped {shipped} | "
+                f"spool {spool.get('records', 0)} records"
+            )
 
 
 async def _summary(directory: Path, sim: Any) -> None:
     stats = sim.stats()
     served = sum(sum(per_index.values()) for per_index in stats.records_served.values())
-    _say(f"simulator served {served} records in {stats.requests_total} requests; highest rate "
-         f"{stats.max_requests_per_second} req/s in any one-second window; 429s sent {stats.rate_limited}")
+    _say(
+        f"simulator served {served} records in {stats.requests_total} requests; highest rate "
+        f"{stats.max_requests_per_second} req/s in any one-second window; 429s sent {stats.rate_limited}"
+    )
     for out in sorted((directory / "out").glob("*")):
         with contextlib.suppress(OSError):
             lines = sum(1 for _ in out.open("rb"))

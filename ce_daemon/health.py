@@ -122,6 +122,7 @@ class HealthRegistry:
         """Components that reported no progress for ``limit`` seconds (the watchdog stops pinging)."""
         now = time.monotonic()
         return sorted(
-            s.name for s in self._statuses.values()
+            s.name
+            for s in self._statuses.values()
             if s.state in (State.OK, State.DEGRADED, State.STARTING) and now - s.last_beat > limit
         )

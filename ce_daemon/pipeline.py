@@ -81,8 +81,15 @@ def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, Compo
             name=name,
             fingerprint=f"{client_key}:{_digest(stream.key)}",
             stage="producer",
-            build=_bind(Poller, name, f"{client_key}:{_digest(stream.key)}", stream, tenant,
-                        runtime.client_for(tenant, tenant_fp), runtime),
+            build=_bind(
+                Poller,
+                name,
+                f"{client_key}:{_digest(stream.key)}",
+                stream,
+                tenant,
+                runtime.client_for(tenant, tenant_fp),
+                runtime,
+            ),
         )
         if tenant.lookback is not None:
             history = f"history:{stream.key}"
@@ -91,8 +98,15 @@ def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, Compo
                 name=history,
                 fingerprint=fingerprint,
                 stage="producer",
-                build=_bind(HistoryPoller, history, fingerprint, stream, tenant,
-                            runtime.client_for(tenant, tenant_fp), runtime),
+                build=_bind(
+                    HistoryPoller,
+                    history,
+                    fingerprint,
+                    stream,
+                    tenant,
+                    runtime.client_for(tenant, tenant_fp),
+                    runtime,
+                ),
             )
     for route in loaded.routes.values():
         if not route.config.enabled:

@@ -17,6 +17,20 @@ from typing import Any, ClassVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
+from ce_daemon.config.model import Duration, Size
+
+__all__ = [
+    "Duration",
+    "Health",
+    "LogSink",
+    "OutRecord",
+    "Plugin",
+    "PluginContext",
+    "PluginOptions",
+    "SendResult",
+    "Size",
+]
+
 
 class PluginOptions(BaseModel):
     """Base of every plugin's options model: unknown keys are errors."""

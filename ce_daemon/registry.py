@@ -77,7 +77,9 @@ class Registry:
         names = self.names(kind)
         close = difflib.get_close_matches(name, names, n=1)
         listed = ", ".join(names) or "none"
-        return (f"did you mean {close[0]!r}? " if close else "") + f"installed {kind.replace('_', ' ')}s: {listed}"
+        return (
+            f"did you mean {close[0]!r}? " if close else ""
+        ) + f"installed {kind.replace('_', ' ')}s: {listed}"
 
 
 def _load(kind: str, ep: EntryPoint) -> PluginInfo:
@@ -89,8 +91,12 @@ def _load(kind: str, ep: EntryPoint) -> PluginInfo:
         return PluginInfo(kind, ep.name, ep.value, dist, version, None, f"{type(exc).__name__}: {exc}")
     base = BASES.get(kind, Plugin)
     if not (isinstance(obj, type) and issubclass(obj, base)):
-        return PluginInfo(kind, ep.name, ep.value, dist, version, None, f"{ep.value} is not a {base.__name__} subclass")
+        return PluginInfo(
+            kind, ep.name, ep.value, dist, version, None, f"{ep.value} is not a {base.__name__} subclass"
+        )
     options = getattr(obj, "Options", None)
     if not (isinstance(options, type) and issubclass(options, PluginOptions)):
-        return PluginInfo(kind, ep.name, ep.value, dist, version, None, f"{ep.value}.Options is not a PluginOptions model")
+        return PluginInfo(
+            kind, ep.name, ep.value, dist, version, None, f"{ep.value}.Options is not a PluginOptions model"
+        )
     return PluginInfo(kind, ep.name, ep.value, dist, version, obj, None)

@@ -114,7 +114,7 @@ class Supervisor:
             log.error("component.stop_failed", component=name, error=repr(task.exception()))
         try:
             await sv.component.close()
-        except Exception:  # noqa: BLE001 - closing one component must not stop the others closing
+        except Exception:
             log.exception("component.close_failed", component=name)
         if sv.component.status.state is not State.FAILED:
             sv.component.status.stopped()

@@ -52,7 +52,10 @@ def problems_of(path: Path, registry: Registry, env: dict[str, str] | None = Non
 def check(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ce_daemon", "check", "-c", str(path)],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **(env or {})}, check=False,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        check=False,
     )
 
 
@@ -76,8 +79,11 @@ def test_example_config_passes_check() -> None:
 
 def test_three_mistakes_are_all_reported_with_line_and_column(tmp_path: Path) -> None:
     """A file with three mistakes exits 78 and lists all three, each with file:line:col."""
-    text = GOOD.replace("    url:", "    ur1:").replace("type: file", "type: fiel").replace(
-        "events: [audit]", "events: [audt]")
+    text = (
+        GOOD.replace("    url:", "    ur1:")
+        .replace("type: file", "type: fiel")
+        .replace("events: [audit]", "events: [audt]")
+    )
     path = write(tmp_path, text)
     result = check(path, {"ACME_TOKEN": "x"})
     assert result.returncode == 78
@@ -93,7 +99,10 @@ def test_three_mistakes_are_all_reported_with_line_and_column(tmp_path: Path) ->
 def test_missing_required_key_names_the_key(tmp_path: Path, registry: Registry) -> None:
     """A missing required key is reported at its parent's place, naming the key."""
     path = write(tmp_path, GOOD.replace("    url: https://acme.goskope.com\n", ""))
-    assert any(":4:5: tenants[0].url: required key 'url' is missing" in p for p in problems_of(path, registry, {"ACME_TOKEN": "x"}))
+    assert any(
+        ":4:5: tenants[0].url: required key 'url' is missing" in p
+        for p in problems_of(path, registry, {"ACME_TOKEN": "x"})
+    )
 
 
 def test_number_where_text_is_needed_hints_quotes(tmp_path: Path, registry: Registry) -> None:
@@ -113,14 +122,19 @@ def test_words_where_a_number_is_needed_hint_a_plain_number(tmp_path: Path, regi
 def test_unknown_tenant_reference_suggests_the_nearest(tmp_path: Path, registry: Registry) -> None:
     """A route naming a tenant that does not exist is an error with the nearest name suggested."""
     path = write(tmp_path, GOOD.replace("tenant: acme", "tenant: acm"))
-    assert any("no tenant named 'acm'" in p and "did you mean 'acme'?" in p for p in problems_of(path, registry, {"ACME_TOKEN": "x"}))
+    assert any(
+        "no tenant named 'acm'" in p and "did you mean 'acme'?" in p
+        for p in problems_of(path, registry, {"ACME_TOKEN": "x"})
+    )
 
 
 def test_filter_errors_point_into_the_filter(tmp_path: Path, registry: Registry) -> None:
     """A bad operator in a filter is reported at its key in the YAML."""
     path = write(tmp_path, GOOD.replace("$in: [high, critical]", "$inn: [high, critical]"))
     found = problems_of(path, registry, {"ACME_TOKEN": "x"})
-    assert any(":13:31: logs.routes[0].filter.severity.$inn: unknown operator '$inn'" in p for p in found), found
+    assert any(":13:27: logs.routes[0].filter.severity.$inn: unknown operator '$inn'" in p for p in found), (
+        found
+    )
 
 
 @pytest.mark.parametrize(
@@ -155,17 +169,23 @@ def test_file_and_credential_secrets_resolve(tmp_path: Path, registry: Registry)
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "netskope").write_text("from-credential")
-    loaded = load_pipeline(write(tmp_path, GOOD.replace("{$env: ACME_TOKEN}", "{$file: token.txt}")), registry, environ={})
+    loaded = load_pipeline(
+        write(tmp_path, GOOD.replace("{$env: ACME_TOKEN}", "{$file: token.txt}")), registry, environ={}
+    )
     assert loaded.tenants["acme"].token.get_secret_value() == "from-file"
     text = GOOD.replace("{$env: ACME_TOKEN}", "{$credential: netskope}")
-    loaded = load_pipeline(write(tmp_path, text, "p2.yaml"), registry, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    loaded = load_pipeline(
+        write(tmp_path, text, "p2.yaml"), registry, environ={"CREDENTIALS_DIRECTORY": str(creds)}
+    )
     assert loaded.tenants["acme"].token.get_secret_value() == "from-credential"
 
 
 def test_check_never_prints_a_secret(tmp_path: Path) -> None:
     """Even when the file has errors, `check` output never contains a secret's value."""
     secret = "s3cr3t-VALUE-42"
-    text = GOOD.replace("tenant: acme", "tenant: nope").replace("    token:", "    rate_limit: fast\n    token:")
+    text = GOOD.replace("tenant: acme", "tenant: nope").replace(
+        "    token:", "    rate_limit: fast\n    token:"
+    )
     result = check(write(tmp_path, text), {"ACME_TOKEN": secret})
     assert result.returncode == 78
     assert secret not in result.stdout + result.stderr
@@ -182,7 +202,9 @@ def test_duplicate_names_are_refused(tmp_path: Path, registry: Registry) -> None
     """Two routes with one name is an error (components are keyed by name)."""
     route = GOOD.split("  routes:\n", 1)[1]
     path = write(tmp_path, GOOD + route)
-    assert any("the name 'to-file' is used twice" in p for p in problems_of(path, registry, {"ACME_TOKEN": "x"}))
+    assert any(
+        "the name 'to-file' is used twice" in p for p in problems_of(path, registry, {"ACME_TOKEN": "x"})
+    )
 
 
 def test_durations_and_sizes_accept_units(tmp_path: Path, registry: Registry) -> None:

@@ -21,7 +21,9 @@ TOKEN = "lifecycle-token-0123456789"
 
 @pytest.fixture
 async def simulator() -> AsyncIterator[TenantSimulator]:
-    async with running_simulator(tokens={TOKEN: None}, backlog=200, arrival_rate=2.0, idle_wait_time=0.2) as sim:
+    async with running_simulator(
+        tokens={TOKEN: None}, backlog=200, arrival_rate=2.0, idle_wait_time=0.2
+    ) as sim:
         yield sim
 
 
@@ -32,17 +34,24 @@ def pipeline(tmp_path: Path, url: str, syslog: str, **overrides: Any) -> dict[st
         "health": {"interval": "1h", "syslog": {"target": syslog, "format": "local"}},
         "shutdown_grace": "5s",
         "tenants": [{"name": "sim", "url": url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-        "logs": {"routes": [
-            {"name": "alerts", "tenant": "sim", "alerts": ["dlp", "malware"], "format": "cef",
-             "sink": {"type": "file", "path": "out/alerts.cef"}},
-        ]},
+        "logs": {
+            "routes": [
+                {
+                    "name": "alerts",
+                    "tenant": "sim",
+                    "alerts": ["dlp", "malware"],
+                    "format": "cef",
+                    "sink": {"type": "file", "path": "out/alerts.cef"},
+                },
+            ]
+        },
     }
     config.update(overrides)
     return config
 
 
 async def test_ready_reload_rejected_reload_and_stop(tmp_path: Path, simulator: TenantSimulator) -> None:
-    """READY at start; RELOADING+MONOTONIC_USEC then READY on HUP; a broken file keeps the old generation; STOPPING and exit 0 on TERM."""
+    """READY; HUP: RELOADING+MONOTONIC_USEC then READY; a broken file keeps gen 2; TERM: STOPPING, exit 0."""
     async with NotifySocket(tmp_path) as notify, SyslogReceiver("udp") as syslog:
         assert simulator.url is not None
         config = pipeline(tmp_path, simulator.url, syslog.target)
@@ -55,8 +64,15 @@ async def test_ready_reload_rejected_reload_and_stop(tmp_path: Path, simulator: 
             await syslog.wait_for("event=daemon.started", timeout=10)
 
             # 2. a good reload: a new route is added, the existing one keeps running
-            config["logs"]["routes"].append({"name": "audit", "tenant": "sim", "events": ["audit"], "format": "json",
-                                             "sink": {"type": "file", "path": "out/audit.ndjson"}})
+            config["logs"]["routes"].append(
+                {
+                    "name": "audit",
+                    "tenant": "sim",
+                    "events": ["audit"],
+                    "format": "json",
+                    "sink": {"type": "file", "path": "out/audit.ndjson"},
+                }
+            )
             write_pipeline(path, config)
             daemon.signal(signal.SIGHUP)
             reloading = await notify.wait_for("RELOADING=1", timeout=10)
@@ -114,17 +130,25 @@ async def test_bad_config_at_start_exits_78(tmp_path: Path) -> None:
 async def test_secret_appears_nowhere(tmp_path: Path) -> None:
     """A token given with $env is absent from stdout, syslog, `status` and the state database."""
     secret = "zz-very-secret-token-zz"
-    async with running_simulator(tokens={secret: None}, backlog=50, arrival_rate=1.0, idle_wait_time=0.2) as sim, \
-            NotifySocket(tmp_path) as notify, SyslogReceiver("udp") as syslog:
+    async with (
+        running_simulator(tokens={secret: None}, backlog=50, arrival_rate=1.0, idle_wait_time=0.2) as sim,
+        NotifySocket(tmp_path) as notify,
+        SyslogReceiver("udp") as syslog,
+    ):
         assert sim.url is not None
         config = pipeline(tmp_path, sim.url, syslog.target)
         path = write_pipeline(tmp_path / "pipeline.yaml", config)
         async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": secret}) as daemon:
             await notify.wait_for("READY=1", timeout=30)
             await daemon.wait_for_event("route.first_batch_shipped", timeout=30)
-            status = subprocess.run([sys.executable, "-m", "ce_daemon", "status", "-c", str(path), "--json"],
-                                    capture_output=True, text=True, env={"SIM_TOKEN": secret, "PATH": "/usr/bin:/bin"},
-                                    check=False, timeout=30)
+            status = subprocess.run(
+                [sys.executable, "-m", "ce_daemon", "status", "-c", str(path), "--json"],
+                capture_output=True,
+                text=True,
+                env={"SIM_TOKEN": secret, "PATH": "/usr/bin:/bin"},
+                check=False,
+                timeout=30,
+            )
             assert status.returncode == 0, status.stderr
             assert '"generation": 1' in status.stdout
             daemon.signal(signal.SIGTERM)

@@ -101,7 +101,9 @@ class LoadedPipeline:
         return _digest(data)
 
 
-def load_pipeline(path: Path, registry: Registry, *, environ: Mapping[str, str] | None = None) -> LoadedPipeline:
+def load_pipeline(
+    path: Path, registry: Registry, *, environ: Mapping[str, str] | None = None
+) -> LoadedPipeline:
     """Parse, validate and resolve ``path``; raise :class:`ConfigError` with every problem found."""
     source = read_source(path, environ=environ)
     problems = list(source.problems)
@@ -149,8 +151,11 @@ class _Resolver:
 
     def check_routes(self) -> None:
         data = self.source.data
-        tenants = [t.get("name") for t in (data.get("tenants") or []) if isinstance(t, dict)] if isinstance(
-            data.get("tenants"), list) else []
+        tenants = (
+            [t.get("name") for t in (data.get("tenants") or []) if isinstance(t, dict)]
+            if isinstance(data.get("tenants"), list)
+            else []
+        )
         self._unique("tenants", tenants)
         routes = self._raw_routes()
         self._unique(("logs", "routes"), [r.get("name") for _, r in routes])
@@ -159,15 +164,22 @@ class _Resolver:
             tenant = raw.get("tenant")
             if isinstance(tenant, str) and tenants and tenant not in tenants:
                 close = difflib.get_close_matches(tenant, [str(t) for t in tenants], n=1)
-                self.problems.append(self.source.problem(
-                    (*loc, "tenant"), f"no tenant named {tenant!r}",
-                    hint=(f"did you mean {close[0]!r}? " if close else "") + f"tenants: {', '.join(map(str, tenants))}"))
+                self.problems.append(
+                    self.source.problem(
+                        (*loc, "tenant"),
+                        f"no tenant named {tenant!r}",
+                        hint=(f"did you mean {close[0]!r}? " if close else "")
+                        + f"tenants: {', '.join(map(str, tenants))}",
+                    )
+                )
             self._streams(index, raw, loc)
             self._sink(index, raw.get("sink"), (*loc, "sink"))
             self.predicates[(*loc, "filter")] = self._filter(raw.get("filter"), (*loc, "filter"))
             for m, mute in enumerate(raw.get("mute") or []):
                 if isinstance(mute, dict):
-                    self.predicates[(*loc, "mute", m)] = self._filter(mute.get("filter"), (*loc, "mute", m, "filter"))
+                    self.predicates[(*loc, "mute", m)] = self._filter(
+                        mute.get("filter"), (*loc, "mute", m, "filter")
+                    )
             self._mapping(index, raw, loc)
 
     def _unique(self, section: str | tuple[str, ...], names: list[Any]) -> None:
@@ -175,7 +187,9 @@ class _Resolver:
         seen: set[Any] = set()
         for i, name in enumerate(names):
             if isinstance(name, str) and name in seen:
-                self.problems.append(self.source.problem((*base, i, "name"), f"the name {name!r} is used twice"))
+                self.problems.append(
+                    self.source.problem((*base, i, "name"), f"the name {name!r} is used twice")
+                )
             seen.add(name)
 
     def _streams(self, index: int, raw: dict[str, Any], loc: Loc) -> None:
@@ -189,12 +203,17 @@ class _Resolver:
                 if not isinstance(name, str):
                     continue
                 try:
-                    found.append(Stream(str(tenant), kind, normalise_subtype(kind, name)))  # type: ignore[arg-type]  # kind is one of the two literals
+                    found.append(Stream(str(tenant), kind, normalise_subtype(kind, name)))
                 except ValueError as exc:
                     self.problems.append(self.source.problem((*loc, kind, i), str(exc)))
         if not found and isinstance(raw.get("name"), str):
-            self.problems.append(self.source.problem(
-                loc, "the route reads nothing", hint="list subtypes under `alerts:` and/or `events:` (e.g. alerts: [dlp])"))
+            self.problems.append(
+                self.source.problem(
+                    loc,
+                    "the route reads nothing",
+                    hint="list subtypes under `alerts:` and/or `events:` (e.g. alerts: [dlp])",
+                )
+            )
         self.streams[index] = tuple(dict.fromkeys(found))
 
     def _sink(self, index: int, raw: object, loc: Loc) -> None:
@@ -203,17 +222,30 @@ class _Resolver:
         kind = "log_sink"
         type_name = raw.get("type")
         if not isinstance(type_name, str):
-            self.problems.append(self.source.problem(
-                (*loc, "type"), "the sink needs a `type:`", hint=self.registry.unknown_hint(kind, "")))
+            self.problems.append(
+                self.source.problem(
+                    (*loc, "type"), "the sink needs a `type:`", hint=self.registry.unknown_hint(kind, "")
+                )
+            )
             return
         info = self.registry.get(kind, type_name)
         if info is None:
-            self.problems.append(self.source.problem(
-                (*loc, "type"), f"unknown log sink type {type_name!r}", hint=self.registry.unknown_hint(kind, type_name)))
+            self.problems.append(
+                self.source.problem(
+                    (*loc, "type"),
+                    f"unknown log sink type {type_name!r}",
+                    hint=self.registry.unknown_hint(kind, type_name),
+                )
+            )
             return
         if info.cls is None:
-            self.problems.append(self.source.problem(
-                (*loc, "type"), f"the {type_name!r} plugin from {info.distribution} {info.version} failed to load: {info.error}"))
+            self.problems.append(
+                self.source.problem(
+                    (*loc, "type"),
+                    f"the {type_name!r} plugin from {info.distribution} {info.version} failed to load: "
+                    f"{info.error}",
+                )
+            )
             return
         options = {k: v for k, v in raw.items() if k != "type"}
         try:
@@ -230,7 +262,9 @@ class _Resolver:
             inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
             for problem in exc.problems:
                 where = (*loc, *problem.loc) if inside else loc
-                self.problems.append(self.source.problem(where, problem.message, key=inside and problem.at_key))
+                self.problems.append(
+                    self.source.problem(where, problem.message, key=inside and problem.at_key)
+                )
             return None
 
     def _mapping(self, index: int, raw: dict[str, Any], loc: Loc) -> None:
@@ -240,7 +274,9 @@ class _Resolver:
         try:
             if "/" in name or name.endswith(".json"):
                 path = Path(name)
-                mapping = LogMapping.load(path if path.is_absolute() else Path(self.source.file).parent / path)
+                mapping = LogMapping.load(
+                    path if path.is_absolute() else Path(self.source.file).parent / path
+                )
             else:
                 mapping = LogMapping.builtin(name)
         except MappingError as exc:
@@ -248,14 +284,20 @@ class _Resolver:
                 self.problems.append(self.source.problem((*loc, "mapping"), str(problem)))
             return
         except (OSError, ValueError) as exc:
-            self.problems.append(self.source.problem((*loc, "mapping"), f"cannot load mapping {name!r}: {exc}"))
+            self.problems.append(
+                self.source.problem((*loc, "mapping"), f"cannot load mapping {name!r}: {exc}")
+            )
             return
         if raw.get("format", "cef") != "json":
             for stream in self.streams.get(index, ()):
                 if not mapping.covers(stream.kind, stream.subtype):
-                    self.problems.append(self.source.problem(
-                        (*loc, "mapping"), f"mapping {name!r} has no taxonomy for {stream.kind} {stream.subtype!r}",
-                        hint="add it to the mapping file, or use the built-in `netskope` mapping"))
+                    self.problems.append(
+                        self.source.problem(
+                            (*loc, "mapping"),
+                            f"mapping {name!r} has no taxonomy for {stream.kind} {stream.subtype!r}",
+                            hint="add it to the mapping file, or use the built-in `netskope` mapping",
+                        )
+                    )
         self.mappings[index] = mapping
 
     def build_routes(self, config: Pipeline) -> dict[str, ResolvedRoute]:
@@ -291,16 +333,26 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
     return sorted(unique, key=lambda p: (p.line or 0, p.column or 0))
 
 
-def _pydantic_problems(source: Source, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[Problem]:
+def _pydantic_problems(
+    source: Source, exc: ValidationError, prefix: Loc, model: type[BaseModel]
+) -> list[Problem]:
     problems: list[Problem] = []
-    for error in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # a misspelt required key yields "unknown key" and "missing"; report it once, as the misspelling
+    misspelt: set[Loc] = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = (*prefix, *(p for p in error["loc"] if _is_field_part(p)))
+            valid = _fields_at(model, loc[len(prefix) : -1])
+            misspelt.update((*loc[:-1], c) for c in difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6))
+    for error in errors:
         loc: Loc = (*prefix, *(part for part in error["loc"] if _is_field_part(part)))
         kind = error["type"]
         secret = source.is_secret(loc)
         value = error.get("input")
         hint = None
         if kind == "extra_forbidden":
-            valid = _fields_at(model, loc[len(prefix):-1])
+            valid = _fields_at(model, loc[len(prefix) : -1])
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
             message = f"unknown key {loc[-1]!r}"
             if close:
@@ -309,10 +361,16 @@ def _pydantic_problems(source: Source, exc: ValidationError, prefix: Loc, model:
                 hint = f"valid keys here: {', '.join(valid)}"
             problems.append(source.problem(loc, message, hint=hint, key=True))
             continue
-        message = "required key is missing" if kind == "missing" else error["msg"]
+        if kind == "missing" and loc in misspelt:
+            continue
+        message = error["msg"]
         if kind == "string_type" and isinstance(value, int | float | bool) and not secret:
             hint = f"YAML read this as {type(value).__name__} {value!r}; put the value in quotes"
-        elif kind in {"int_parsing", "float_parsing", "int_type", "float_type"} and isinstance(value, str) and not secret:
+        elif (
+            kind in {"int_parsing", "float_parsing", "int_type", "float_type"}
+            and isinstance(value, str)
+            and not secret
+        ):
             hint = "give a plain number (no units or words)"
         elif kind == "missing":
             message = f"required key {loc[-1]!r} is missing"

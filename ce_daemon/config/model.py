@@ -30,7 +30,9 @@ def _duration(value: object) -> object:
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
         if not match:
-            raise ValueError("a duration is a number of seconds or a number with a unit: 500ms, 30s, 5m, 2h, 1d")
+            raise ValueError(
+                "a duration is a number of seconds or a number with a unit: 500ms, 30s, 5m, 2h, 1d"
+            )
         return float(match.group(1)) * _UNITS[match.group(2) or "s"]
     return value
 
@@ -80,9 +82,9 @@ class SyslogSettings(Strict):
     enabled: bool = True
     target: str = "/dev/log"
     format: Literal["local", "rfc5424"] = "local"
-    facility: Literal["daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"] = (
-        "daemon"
-    )
+    facility: Literal[
+        "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"
+    ] = "daemon"
 
 
 class HealthSettings(Strict):
@@ -112,7 +114,7 @@ def _moment(value: object) -> object:
         return _aware(value).timestamp()
     if isinstance(value, str) and re.match(r"\d{4}-\d\d-\d\d", value):
         try:
-            return _aware(datetime.fromisoformat(value.replace("Z", "+00:00"))).timestamp()
+            return _aware(datetime.fromisoformat(value)).timestamp()
         except ValueError as exc:
             raise ValueError(f"not a valid date and time: {exc}") from exc
     seconds = _duration(value)

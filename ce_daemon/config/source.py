@@ -52,7 +52,7 @@ class Source:
     def problem(self, loc: Loc, message: str, *, hint: str | None = None, key: bool = False) -> Problem:
         """A :class:`Problem` placed at ``loc``."""
         place = self.position(loc, key=key)
-        line, column = place if place else (None, None)
+        line, column = place or (None, None)
         return Problem(self.file, dotted(loc), message, line, column, hint)
 
     def is_secret(self, loc: Loc) -> bool:
@@ -71,7 +71,7 @@ def dotted(loc: Loc) -> str:
     return text
 
 
-def read_source(path: Path, *, environ: Mapping[str, str] | None = None) -> Source:
+def read_source(path: Path, *, environ: Mapping[str, str] | None = None) -> Source:  # noqa: PLR0911 - one return per way a file can be unusable
     """Parse ``path``; problems (unreadable, not YAML, not a mapping, bad secrets) are collected."""
     env = os.environ if environ is None else environ
     name = str(path)
@@ -107,8 +107,13 @@ def read_source(path: Path, *, environ: Mapping[str, str] | None = None) -> Sour
         return source
     if not isinstance(node, yaml.MappingNode):
         source.problems.append(
-            Problem(name, "", "the top level must be a mapping of sections (tenants:, logs:, …)",
-                    node.start_mark.line + 1, node.start_mark.column + 1)
+            Problem(
+                name,
+                "",
+                "the top level must be a mapping of sections (tenants:, logs:, …)",
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+            )
         )
         return source
     walker = _Walker(source, env, path.parent)
@@ -145,7 +150,9 @@ class _Walker:
             child = (*loc, key)
             self.source.key_positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if key in result:
-                self.source.problems.append(self.source.problem(child, "duplicate key (YAML would keep only the last)", key=True))
+                self.source.problems.append(
+                    self.source.problem(child, "duplicate key (YAML would keep only the last)", key=True)
+                )
             result[key] = self.build(value_node, child)
         return result
 
@@ -153,22 +160,30 @@ class _Walker:
         self.source.secret_paths.add(loc)
         ref = node.value if isinstance(node, yaml.ScalarNode) else None
         if not isinstance(ref, str) or not ref:
-            self.source.problems.append(self.source.problem(loc, f"{kind} needs a name, e.g. {{{kind}: NAME}}"))
+            self.source.problems.append(
+                self.source.problem(loc, f"{kind} needs a name, e.g. {{{kind}: NAME}}")
+            )
             return None
         if kind == "$env":
             value = self.environ.get(ref)
             if value is None:
                 self.source.problems.append(
-                    self.source.problem(loc, f"environment variable {ref} is not set",
-                                        hint=f"export {ref}=… before starting, or use {{$file: path}}")
+                    self.source.problem(
+                        loc,
+                        f"environment variable {ref} is not set",
+                        hint=f"export {ref}=… before starting, or use {{$file: path}}",
+                    )
                 )
             return value
         if kind == "$credential":
             directory = self.environ.get("CREDENTIALS_DIRECTORY")
             if not directory:
                 self.source.problems.append(
-                    self.source.problem(loc, f"credential {ref!r} asked for but $CREDENTIALS_DIRECTORY is not set",
-                                        hint="systemd sets it from LoadCredential=; outside systemd use $env or $file")
+                    self.source.problem(
+                        loc,
+                        f"credential {ref!r} asked for but $CREDENTIALS_DIRECTORY is not set",
+                        hint="systemd sets it from LoadCredential=; outside systemd use $env or $file",
+                    )
                 )
                 return None
             target = Path(directory) / ref
@@ -178,5 +193,7 @@ class _Walker:
             return target.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-            self.source.problems.append(self.source.problem(loc, f"cannot read secret file {target}: {reason}"))
+            self.source.problems.append(
+                self.source.problem(loc, f"cannot read secret file {target}: {reason}")
+            )
             return None

@@ -57,7 +57,7 @@ class DeadLetters:
                 ),
             )
 
-    async def list(self, route: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def oldest(self, route: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The oldest dead letters (of one route, or of all)."""
         query = "SELECT id, route, stream, record_id, reason, created, attempts, formatted FROM dead_letters"
         params: tuple[Any, ...] = ()
@@ -83,7 +83,7 @@ class DeadLetters:
 
     async def count(self, route: str | None = None) -> int:
         """How many dead letters there are."""
-        query = "SELECT COUNT(*) FROM dead_letters" + (" WHERE route = ?" if route else "")
+        query = "SELECT COUNT(*) FROM dead_letters" + (" WHERE route = ?" if route else "")  # noqa: S608 - fixed text, value bound
         async with self.store.read() as db, db.execute(query, (route,) if route else ()) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
@@ -121,24 +121,24 @@ async def dlq_command(args: argparse.Namespace, registry: Any) -> int:
     try:
         loaded = load_pipeline(args.config, registry)
     except ConfigError as exc:
-        print(exc.render())  # noqa: T201 - CLI output
+        print(exc.render())
         return 78
     async with await StateStore.open(
         loaded.config.state.path, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)
     ) as store:
         dead = DeadLetters(store)
         if args.action == "list":
-            rows = await dead.list(args.route, args.limit)
+            rows = await dead.oldest(args.route, args.limit)
             for row in rows:
                 when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created"]))
                 print(
-                    f"{row['id']:>6} {when} {row['route']} {row['stream']} id={row['record_id']} "  # noqa: T201
+                    f"{row['id']:>6} {when} {row['route']} {row['stream']} id={row['record_id']} "
                     f"attempts={row['attempts']}: {row['reason']}"
                 )
-            print(f"{await dead.count(args.route)} dead letter(s)")  # noqa: T201
+            print(f"{await dead.count(args.route)} dead letter(s)")
             return 0
         if args.action == "purge":
-            print(f"purged {await dead.purge(args.route)} dead letter(s)")  # noqa: T201
+            print(f"purged {await dead.purge(args.route)} dead letter(s)")
             return 0
         return await _replay(loaded, dead, args.route)
 
@@ -151,7 +151,7 @@ async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
     for name, route in loaded.routes.items():
         if only and name != only:
             continue
-        rows = await dead.list(name, limit=100_000)
+        rows = await dead.oldest(name, limit=100_000)
         if not rows:
             continue
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
@@ -178,7 +178,7 @@ async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
                 if refused:
                     await dead.retried([chunk[i]["id"] for i in refused], "refused again on replay")
                 failures += len(refused)
-                print(f"{name}: replayed {len(chunk) - len(refused)} of {len(chunk)}")  # noqa: T201
+                print(f"{name}: replayed {len(chunk) - len(refused)} of {len(chunk)}")
         finally:
             await sink.close()
     return 1 if failures else 0

@@ -227,7 +227,7 @@ class RouteComponent(Component):
 
 
 def _backoff(attempt: int, cap: float) -> float:
-    base = min(cap, 0.5 * 2 ** min(attempt - 1, 16))
+    base = min(cap, 0.5 * 2.0 ** min(attempt - 1, 16))
     return base * (0.5 + secrets.randbelow(1000) / 1000)
 
 

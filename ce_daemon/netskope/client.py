@@ -27,7 +27,7 @@ USER_AGENT = f"ce-daemon/{__version__}"
 RATE_MARGIN = 0.995
 
 
-class BrokenPage(TransientError):
+class BrokenPageError(TransientError):
     """The server answered 200 but the page could not be read: its cursor already moved, ask ``resend``."""
 
 
@@ -84,7 +84,7 @@ class TenantClient:
         await self.limiter.acquire()
 
     async def fetch(self, kind: DataKind, subtype: str, index: str, operation: str) -> Page:
-        """One attempt at one page; raises TransientError, BrokenPage or AuthError."""
+        """One attempt at one page; raises TransientError, BrokenPageError or AuthError."""
         await self._take_token()
         self.requests += 1
         session = self._get_session()
@@ -101,8 +101,8 @@ class TenantClient:
                     aiohttp.ServerDisconnectedError,
                     asyncio.IncompleteReadError,
                 ) as exc:
-                    raise BrokenPage(f"body broken after 200: {type(exc).__name__}") from exc
-        except (BrokenPage, AuthError, TransientError):
+                    raise BrokenPageError(f"body broken after 200: {type(exc).__name__}") from exc
+        except (BrokenPageError, AuthError, TransientError):
             raise
         except TimeoutError as exc:
             raise TransientError(f"no answer within {self.tenant.timeout:g}s") from exc
@@ -125,7 +125,8 @@ class TenantClient:
             raise AuthError(f"tenant {self.tenant.name}: token refused (401) on {where}; check the API token")
         if status == 403:
             raise AuthError(
-                f"tenant {self.tenant.name}: token may not read {where} (403); grant the endpoint or drop the subtype"
+                f"tenant {self.tenant.name}: token may not read {where} (403); "
+                "grant the endpoint or drop the subtype"
             )
         retry_after = _number(response.headers.get("Retry-After")) or _number(
             response.headers.get("ratelimit-reset")
@@ -144,19 +145,19 @@ class TenantClient:
 
 def _parse(body: bytes) -> Page:
     if not body:
-        raise BrokenPage("empty body after 200")
+        raise BrokenPageError("empty body after 200")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BrokenPage(f"malformed JSON page ({len(body)} bytes): {exc}") from exc
+        raise BrokenPageError(f"malformed JSON page ({len(body)} bytes): {exc}") from exc
     if not isinstance(data, dict):
-        raise BrokenPage(f"page is a JSON {type(data).__name__}, not an object")
+        raise BrokenPageError(f"page is a JSON {type(data).__name__}, not an object")
     if data.get("ok", 1) != 1:
         message = data.get("message") or data.get("error") or data.get("errors") or "no message"
-        raise BrokenPage(f"ok={data.get('ok')!r}: {str(message)[:200]}")
+        raise BrokenPageError(f"ok={data.get('ok')!r}: {str(message)[:200]}")
     records = data.get("result")
     if not isinstance(records, list):
-        raise BrokenPage("page has no `result` list")
+        raise BrokenPageError("page has no `result` list")
     wait = _number(data.get("wait_time"))
     hwm = data.get("timestamp_hwm")
     return Page(

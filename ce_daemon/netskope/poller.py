@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from ce_daemon.config.load import Stream
 from ce_daemon.config.model import Tenant
 from ce_daemon.errors import TransientError
-from ce_daemon.netskope.client import BrokenPage, Page, TenantClient
+from ce_daemon.netskope.client import BrokenPageError, Page, TenantClient
 from ce_daemon.spool import IteratorMark
 from ce_daemon.supervisor import Component
 
@@ -56,7 +56,7 @@ class Poller(Component):
     # -- naming ------------------------------------------------------------------------------
 
     async def _index_name(self) -> str:
-        """The stable iterator index: persisted, unique to this installation so two daemons never share one."""
+        """The stable iterator index: persisted, unique to this installation (two daemons never share one)."""
         state = await self.spool.iterator_state(self.iterator_key)
         if state is not None and state.index:
             return str(state.index)
@@ -64,7 +64,8 @@ class Poller(Component):
         if install is None:
             install = secrets.token_hex(4)
             await self.store.set_meta(INSTALL_ID_KEY, install)
-        name = f"ced{install}_{self.stream.tenant}_{self.stream.kind}_{self.stream.subtype}{self.iterator_suffix}"
+        stream = self.stream
+        name = f"ced{install}_{stream.tenant}_{stream.kind}_{stream.subtype}{self.iterator_suffix}"
         index = name.replace("#", "_").replace("/", "_")
         await self.spool.set_index(self.iterator_key, index)
         return index
@@ -181,7 +182,7 @@ class Poller(Component):
                     raise Stopping
                 try:
                     page = await self.client.fetch(self.stream.kind, self.stream.subtype, index, current)  # type: ignore[arg-type]  # kind is alerts|events
-                except BrokenPage:
+                except BrokenPageError:
                     self.status.count("broken_pages")
                     current = "resend"
                     raise
@@ -214,7 +215,7 @@ class Poller(Component):
 
 
 class HistoryPoller(Poller):
-    """The tenant's look-back: a separate iterator from the start epoch until ``timestamp_hwm`` passes the end."""
+    """The look-back: its own iterator, from the start epoch until ``timestamp_hwm`` passes the end."""
 
     kind = "history"
     iterator_suffix = "#history"

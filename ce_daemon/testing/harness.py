@@ -37,8 +37,15 @@ class DaemonProcess:
     async def start(self) -> DaemonProcess:
         """Start the child; its stdout is parsed line by line."""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ce_daemon", self.command, "-c", str(self.config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
+            sys.executable,
+            "-m",
+            "ce_daemon",
+            self.command,
+            "-c",
+            str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env,
         )
         self._reader = asyncio.create_task(self._read())
         return self
@@ -69,7 +76,9 @@ class DaemonProcess:
                 if len(found) >= count:
                     return found[count - 1]
                 if self._reader is not None and self._reader.done():
-                    raise AssertionError(f"daemon exited before logging {name!r}; output:\n" + "\n".join(self.raw[-40:]))
+                    raise AssertionError(
+                        f"daemon exited before logging {name!r}; output:\n" + "\n".join(self.raw[-40:])
+                    )
                 await self._changed.wait()
 
     def signal(self, sig: signal.Signals) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ce_daemon.errors import TransientError
-from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult, Size
 
 
 class FileSinkOptions(PluginOptions):
@@ -23,8 +23,8 @@ class FileSinkOptions(PluginOptions):
 
     path: Path
     mode: Literal["lines", "ndjson"] = "lines"
-    """``lines``: the formatted record as is; ``ndjson``: a JSON object with id, stream and the formatted line."""
-    rotate_bytes: Annotated[int, Field(ge=0)] = 0
+    """``lines``: the formatted record as is; ``ndjson``: an object with id, stream and the formatted line."""
+    rotate_bytes: Size | Literal[0] = 0
     """Rotate when the file would grow past this size (0: never)."""
     keep: Annotated[int, Field(ge=1, le=1000)] = 5
     """How many rotated files (``path.1`` … ``path.N``) to keep."""
@@ -62,8 +62,15 @@ class FileSink(LogSink):
             import orjson
 
             lines = [
-                orjson.dumps({"id": r.id, "kind": r.kind, "subtype": r.subtype, "format": r.format,
-                              "message": r.data.decode("utf-8", "replace")})
+                orjson.dumps(
+                    {
+                        "id": r.id,
+                        "kind": r.kind,
+                        "subtype": r.subtype,
+                        "format": r.format,
+                        "message": r.data.decode("utf-8", "replace"),
+                    }
+                )
                 for r in batch
             ]
         else:
