@@ -136,7 +136,9 @@ def make_records(count: int) -> list[tuple[dict[str, Any], str, str]]:
     rng = random.Random(4)
     pool = [
         (builder(rng, seq), kind, subtype)
-        for seq, ((kind, subtype), builder) in enumerate(itertools.islice(itertools.cycle(BUILDERS.items()), 4000))
+        for seq, ((kind, subtype), builder) in enumerate(
+            itertools.islice(itertools.cycle(BUILDERS.items()), 4000)
+        )
     ]
     return [pool[i % len(pool)] for i in range(count)]
 
@@ -161,10 +163,14 @@ def main() -> None:
     cef = RecordFormatter("cef", mapping, "acme")
     leef = RecordFormatter("leef", mapping, "acme")
     raw_json = RecordFormatter("json", mapping, "acme")
-    fields = RecordFormatter("json", mapping, "acme", json_fields=["_id", "timestamp", "user", "srcip", "app"])
+    fields = RecordFormatter(
+        "json", mapping, "acme", json_fields=["_id", "timestamp", "user", "srcip", "app"]
+    )
     sample = cef.format(*records[0])
     extensions = sample.split(b"|", 7)[7].count(b"=") - sample.split(b"|", 7)[7].count(b"\\=")
-    print(f"{RECORDS:,} records over {len(BUILDERS)} subtypes; a DLP alert carries {extensions} CEF extensions")
+    print(
+        f"{RECORDS:,} records over {len(BUILDERS)} subtypes; a DLP alert carries {extensions} CEF extensions"
+    )
 
     def cef_framed() -> int:
         fmt, frame = cef.format, framer.frame

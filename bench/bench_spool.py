@@ -17,7 +17,9 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,55 +34,51 @@ CYCLE_TARGET_MS = 100.0
 RECORDS_PER_S_TARGET = 40_000
 
 Records = list[dict[str, Any]]
+PageMaker = Callable[[int, int], Records]
 
 
-def synthetic_pages(pages: int, per_page: int) -> list[Records]:
+def synthetic_page(page: int, per_page: int) -> Records:
     """Netskope-like alerts of about 600 bytes of JSON each, distinct across pages."""
-    out = []
-    for page in range(pages):
-        records = []
-        for i in range(per_page):
-            n = page * per_page + i
-            records.append(
-                {
-                    "_id": f"{(n * 2654435761) % (1 << 96):024x}",
-                    "timestamp": 1_732_700_000 + n // 50,
-                    "type": "nspolicy",
-                    "alert_type": "DLP",
-                    "alert_name": ("PCI", "PII", "HIPAA", "Source code")[n % 4],
-                    "user": f"user{n % 997}@example.com",
-                    "app": ("Box", "Dropbox", "Google Drive", "Slack", "Salesforce")[n % 5],
-                    "appcategory": "Cloud Storage",
-                    "srcip": f"10.{n % 251}.{n % 241}.{n % 239}",
-                    "dstip": f"52.{n % 233}.{n % 229}.{n % 227}",
-                    "severity": ("low", "medium", "high")[n % 3],
-                    "activity": ("Upload", "Download", "Share")[n % 3],
-                    "object": f"report-{n % 10_007}.docx",
-                    "url": f"https://files.example.com/d/{n:x}/{(n * 7919) % 1_000_003:x}",
-                    "policy": "Block DLP uploads",
-                    "action": ("block", "alert", "allow")[n % 3],
-                    "device": "Windows Device",
-                    "os": "Windows 11",
-                    "browser": "Chrome",
-                    "organization_unit": "corp/eng",
-                    "dlp_profile": "PCI-DSS",
-                    "file_size": (n * 104_729) % 50_000_000,
-                    "md5": f"{(n * 0x9E3779B97F4A7C15) % (1 << 128):032x}",
-                }
-            )
-        out.append(records)
-    return out
-
-
-def simulator_pages(pages: int, per_page: int) -> list[Records]:
-    """The tenant simulator's DLP alerts."""
-    factory = RecordFactory(seed=7)
-    return [
-        factory.make_many(
-            "alerts", "dlp", range(p * per_page, (p + 1) * per_page), [1_732_700_000] * per_page
+    records = []
+    for i in range(per_page):
+        n = page * per_page + i
+        records.append(
+            {
+                "_id": f"{(n * 2654435761) % (1 << 96):024x}",
+                "timestamp": 1_732_700_000 + n // 50,
+                "type": "nspolicy",
+                "alert_type": "DLP",
+                "alert_name": ("PCI", "PII", "HIPAA", "Source code")[n % 4],
+                "user": f"user{n % 997}@example.com",
+                "app": ("Box", "Dropbox", "Google Drive", "Slack", "Salesforce")[n % 5],
+                "appcategory": "Cloud Storage",
+                "srcip": f"10.{n % 251}.{n % 241}.{n % 239}",
+                "dstip": f"52.{n % 233}.{n % 229}.{n % 227}",
+                "severity": ("low", "medium", "high")[n % 3],
+                "activity": ("Upload", "Download", "Share")[n % 3],
+                "object": f"report-{n % 10_007}.docx",
+                "url": f"https://files.example.com/d/{n:x}/{(n * 7919) % 1_000_003:x}",
+                "policy": "Block DLP uploads",
+                "action": ("block", "alert", "allow")[n % 3],
+                "device": "Windows Device",
+                "os": "Windows 11",
+                "browser": "Chrome",
+                "organization_unit": "corp/eng",
+                "dlp_profile": "PCI-DSS",
+                "file_size": (n * 104_729) % 50_000_000,
+                "md5": f"{(n * 0x9E3779B97F4A7C15) % (1 << 128):032x}",
+            }
         )
-        for p in range(pages)
-    ]
+    return records
+
+
+_FACTORY = RecordFactory(seed=7)
+
+
+def simulator_page(page: int, per_page: int) -> Records:
+    """The tenant simulator's DLP alerts."""
+    seqs = range(page * per_page, (page + 1) * per_page)
+    return _FACTORY.make_many("alerts", "dlp", seqs, [1_732_700_000] * per_page)
 
 
 def best_ms(action: Callable[[], object], repeat: int = 5) -> float:
@@ -92,35 +90,53 @@ def best_ms(action: Callable[[], object], repeat: int = 5) -> float:
     return best * 1000
 
 
-def codec_table(records: Records) -> None:
+def codec_table(records: Records) -> float:
+    """Print the codec options for one page; return the chosen codec's encode + decode time in ms."""
     raw = orjson.dumps(records)
-    print(f"  codec options for one page ({len(raw) / len(records):.0f} B/record of JSON):")
+    per_record = len(raw) / len(records)
+    print(f"  codec options for one page ({per_record:.0f} B/record of JSON):")
     print(f"    {'codec':<22} {'encode ms':>10} {'decode ms':>10} {'B/record':>9}")
-    loads_ms = best_ms(lambda: orjson.loads(raw))
-    dumps_ms = best_ms(lambda: orjson.dumps(records))
-    print(f"    {'orjson only':<22} {dumps_ms:>10.1f} {loads_ms:>10.1f} {len(raw) / len(records):>9.0f}")
+    loads_ms = best_ms(partial(orjson.loads, raw))
+    dumps_ms = best_ms(partial(orjson.dumps, records))
+    print(f"    {'orjson only':<22} {dumps_ms:>10.1f} {loads_ms:>10.1f} {per_record:>9.0f}")
+    chosen = 0.0
     for level in (1, 3, 6):
         body = zlib.compress(raw, level)
-        encode = dumps_ms + best_ms(lambda level=level: zlib.compress(raw, level))
-        decode = loads_ms + best_ms(lambda body=body: zlib.decompress(body))
-        print(
-            f"    {f'orjson + zlib {level}':<22} {encode:>10.1f} {decode:>10.1f} {len(body) / len(records):>9.0f}"
-        )
+        encode = dumps_ms + best_ms(partial(zlib.compress, raw, level))
+        decode = loads_ms + best_ms(partial(zlib.decompress, body))
+        label = f"orjson + zlib {level}"
+        print(f"    {label:<22} {encode:>10.1f} {decode:>10.1f} {len(body) / len(records):>9.0f}")
+        if level == 1:
+            chosen = max(encode, decode)
+    return chosen
 
 
 class StallMeter:
-    """The longest the event loop went without running a 1 ms ticker."""
+    """The longest the event loop went without running a 1 ms ticker (outside :meth:`paused` spans)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self._pauses = 0
+        self._paused = False
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            before = loop.time()
+            before, pauses = loop.time(), self._pauses
             await asyncio.sleep(0.001)  # the probe itself: how late does a 1 ms timer fire?
-            self.worst = max(self.worst, loop.time() - before - 0.001)
+            if not self._paused and pauses == self._pauses:
+                self.worst = max(self.worst, loop.time() - before - 0.001)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Ignore the loop's own work in this span (the bench building its next page)."""
+        self._paused = True
+        self._pauses += 1
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def __enter__(self) -> StallMeter:
         self._task = asyncio.get_running_loop().create_task(self._tick())
@@ -131,26 +147,33 @@ class StallMeter:
         self._task.cancel()
 
 
-async def cycle_pages(directory: Path, pages: list[Records]) -> dict[str, float]:
+async def cycle_pages(directory: Path, make_page: PageMaker, pages: int, per_page: int) -> dict[str, float]:
+    """Append, read back and acknowledge ``pages`` pages, one at a time, timing each step.
+
+    Pages are built just before their cycle, so the heap holds about one page as in the daemon (a heap
+    holding the whole run would make every garbage collection, hence every stall, longer).
+    """
     async with await StateStore.open(directory / "bench.db", SPOOL_MIGRATIONS) as store:
         spool = Spool(store, max_bytes=1 << 40)
         await spool.load()
         await spool.set_consumers({"bench": {"demo/alerts/dlp"}})
-        # Warm-up: first page pays for table creation, thread start-up and allocator growth.
-        seq = await spool.append("demo/alerts/dlp", pages[0], iterator=IteratorMark())
+        # Warm-up: the first page pays for thread start-up and allocator growth.
+        seq = await spool.append("demo/alerts/dlp", make_page(0, per_page), iterator=IteratorMark())
         await spool.next_page("bench")
         await spool.ack("bench", seq)
         appends, reads, acks, cycles, stored = [], [], [], [], []
         with StallMeter() as stalls:
-            for records in pages[1:]:
+            for number in range(1, pages + 1):
+                with stalls.paused():
+                    records = make_page(number, per_page)
                 t0 = time.perf_counter()
                 seq = await spool.append("demo/alerts/dlp", records, iterator=IteratorMark(timestamp_hwm=seq))
                 t1 = time.perf_counter()
-                stored.append(spool.used_bytes / len(records))
+                stored.append(spool.used_bytes / per_page)
                 page = await spool.next_page("bench")
                 assert page is not None
                 assert page.seq == seq
-                assert len(page.records) == len(records)
+                assert len(page.records) == per_page
                 t2 = time.perf_counter()
                 await spool.ack("bench", seq)
                 t3 = time.perf_counter()
@@ -158,7 +181,7 @@ async def cycle_pages(directory: Path, pages: list[Records]) -> dict[str, float]
                 reads.append(t2 - t1)
                 acks.append(t3 - t2)
                 cycles.append(t3 - t0)
-        per_page = len(pages[1])
+                del records, page
         return {
             "append_ms": statistics.median(appends) * 1000,
             "read_ms": statistics.median(reads) * 1000,
@@ -172,25 +195,33 @@ async def cycle_pages(directory: Path, pages: list[Records]) -> dict[str, float]
         }
 
 
-def report(name: str, pages: list[Records], figures: dict[str, float]) -> bool:
-    per_page = len(pages[0])
-    raw = len(orjson.dumps(pages[0])) / per_page
-    print(f"\n{name}: {len(pages) - 1} pages of {per_page:,} records, {raw:.0f} B/record of JSON")
-    codec_table(pages[0])
+def report(name: str, sample: Records, pages: int, figures: dict[str, float], *, judged: bool) -> bool:
+    per_page = len(sample)
+    raw = len(orjson.dumps(sample)) / per_page
+    print(f"\n{name}: {pages} pages of {per_page:,} records, {raw:.0f} B/record of JSON")
+    inline_block = codec_table(sample)
     print(
-        f"  append {figures['append_ms']:.1f} ms + read {figures['read_ms']:.1f} ms + ack {figures['ack_ms']:.1f} ms"
-        f" = cycle {figures['cycle_ms']:.1f} ms median, {figures['cycle_p95_ms']:.1f} ms p95"
+        f"  append {figures['append_ms']:.1f} ms + read {figures['read_ms']:.1f} ms"
+        f" + ack {figures['ack_ms']:.1f} ms = cycle {figures['cycle_ms']:.1f} ms median,"
+        f" {figures['cycle_p95_ms']:.1f} ms p95"
     )
     print(
         f"  {1000 / figures['cycle_ms']:.1f} pages/s, {figures['cycle_records_per_s']:,.0f} records/s through"
         f" append+read+ack; {figures['committed_records_per_s']:,.0f} records/s committed"
     )
     print(
-        f"  stored {figures['bytes_per_record']:.0f} B/record ({raw / figures['bytes_per_record']:.1f}x smaller"
-        f" than JSON); worst event-loop stall {figures['loop_stall_ms']:.1f} ms"
+        f"  stored {figures['bytes_per_record']:.0f} B/record"
+        f" ({raw / figures['bytes_per_record']:.1f}x smaller than JSON)"
+    )
+    print(
+        f"  event loop: worst stall {figures['loop_stall_ms']:.1f} ms with the codec in a worker thread;"
+        f" on the loop it would block for {inline_block:.0f} ms per page"
     )
     cycle_ok = figures["cycle_ms"] < CYCLE_TARGET_MS
     rate_ok = figures["committed_records_per_s"] >= RECORDS_PER_S_TARGET
+    if not judged:
+        print("  (reference only: the targets were set for ~600 B records)")
+        return True
     print(
         f"  target cycle < {CYCLE_TARGET_MS:.0f} ms: {'PASS' if cycle_ok else 'FAIL'};"
         f" target >= {RECORDS_PER_S_TARGET:,} records/s committed: {'PASS' if rate_ok else 'FAIL'}"
@@ -207,17 +238,15 @@ def main() -> int:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # quiet the info lines
     ok = True
-    for name, build in (
-        ("synthetic ~600 B alerts", synthetic_pages),
-        ("simulator DLP alerts", simulator_pages),
-    ):
-        pages = build(args.pages + 1, args.records)
+    shapes: tuple[tuple[str, PageMaker], ...] = (
+        ("synthetic ~600 B alerts", synthetic_page),
+        ("simulator DLP alerts", simulator_page),
+    )
+    for name, make_page in shapes:
         with tempfile.TemporaryDirectory() as directory:
-            figures = asyncio.run(cycle_pages(Path(directory), pages))
-        if name.startswith("synthetic"):
-            ok = report(name, pages, figures) and ok
-        else:
-            report(name, pages, figures)
+            figures = asyncio.run(cycle_pages(Path(directory), make_page, args.pages, args.records))
+        judged = make_page is synthetic_page
+        ok = report(name, make_page(0, args.records), args.pages, figures, judged=judged) and ok
     return 0 if ok else 1
 
 

@@ -220,8 +220,10 @@ class Daemon:
         replace = [n for n in specs if n not in keep]
         remove = [n for n in self.specs if n not in specs or n not in keep]
         built = []
+        current = ""
         try:
             for spec in self._start_order(specs[n] for n in replace):
+                current = spec.name
                 component = spec.build()
                 built.append(component)
                 await component.start()
@@ -229,7 +231,8 @@ class Daemon:
             for component in built:
                 with contextlib.suppress(Exception):
                     await component.close()
-            self._reject(f"component {built[-1].name} failed its start check: {exc}", "")
+            await self.runtime.forget_unused(self.specs)
+            self._reject(f"component {current} failed its start check: {exc}", "")
             return
         # swap: stop what goes away or changes, then move consumers and start the new ones
         loop = asyncio.get_running_loop()

@@ -87,7 +87,7 @@ def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, Compo
                 f"{client_key}:{_digest(stream.key)}",
                 stream,
                 tenant,
-                runtime.client_for(tenant, tenant_fp),
+                tenant_fp,
                 runtime,
             ),
         )
@@ -104,7 +104,7 @@ def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, Compo
                     fingerprint,
                     stream,
                     tenant,
-                    runtime.client_for(tenant, tenant_fp),
+                    tenant_fp,
                     runtime,
                 ),
             )

@@ -24,6 +24,11 @@ HEADER = {
 }
 
 
+TRANSFORMATIONS = "(expected String, Integer, Floating Point, IP Address, MAC Address)"
+FIELD_KEYS = "(expected mapping_field, default_value, transformation, is_json_path, label)"
+DATA_TYPES = "(expected alerts, events, webtx, logs or json)"
+
+
 def one_subtype(extension: dict[str, Any], *, kind: str = "alerts", subtype: str = "dlp") -> Mapping:
     """A mapping with a single subtype, the standard header and the given extension rules."""
     return Mapping.from_document({"taxonomy": {kind: {subtype: {"header": HEADER, "extension": extension}}}})
@@ -81,7 +86,9 @@ def test_invalid_json_reports_line_and_column(tmp_path: Path) -> None:
 
 def test_invalid_embedded_json_data_is_reported() -> None:
     """A jsonData string that is not JSON is a problem at path jsonData."""
-    assert problems_of({"name": "x", "jsonData": "{not json"})[0].startswith("jsonData: embedded JSON is invalid")
+    assert problems_of({"name": "x", "jsonData": "{not json"})[0].startswith(
+        "jsonData: embedded JSON is invalid"
+    )
 
 
 def test_unreadable_file_is_a_mapping_error(tmp_path: Path) -> None:
@@ -122,17 +129,15 @@ def test_validation_collects_every_problem_with_its_path() -> None:
         }
     }
     problems = problems_of(document)
+    where = "taxonomy.alerts.dlp"
     assert problems == [
-        "taxonomy.alerts.dlp.header.Severity.transformation: unknown transformation 'Int' "
-        "(expected String, Integer, Floating Point, IP Address, MAC Address)",
-        "taxonomy.alerts.dlp.header: missing header field 'Name'",
-        "taxonomy.alerts.dlp.extension.src: needs mapping_field or default_value",
-        "taxonomy.alerts.dlp.extension.src_ip: extension key must contain only letters and digits (hint: try 'srcip')",
-        "taxonomy.alerts.dlp.extension.dst.transformation: unknown transformation 'Hostname' "
-        "(expected String, Integer, Floating Point, IP Address, MAC Address)",
-        "taxonomy.alerts.dlp.extension.act.mapping_feild: unknown key "
-        "(expected mapping_field, default_value, transformation, is_json_path, label)",
-        "taxonomy.event: unknown data type (expected alerts, events, webtx, logs or json) (hint: did you mean 'events'?)",
+        f"{where}.header.Severity.transformation: unknown transformation 'Int' {TRANSFORMATIONS}",
+        f"{where}.header: missing header field 'Name'",
+        f"{where}.extension.src: needs mapping_field or default_value",
+        f"{where}.extension.src_ip: extension key must contain only letters and digits (hint: try 'srcip')",
+        f"{where}.extension.dst.transformation: unknown transformation 'Hostname' {TRANSFORMATIONS}",
+        f"{where}.extension.act.mapping_feild: unknown key {FIELD_KEYS}",
+        f"taxonomy.event: unknown data type {DATA_TYPES} (hint: did you mean 'events'?)",
     ]
 
 
@@ -165,10 +170,14 @@ def test_label_only_on_custom_keys() -> None:
 def test_same_subtype_spelled_twice_is_a_problem() -> None:
     """CE display name and API path name of one subtype cannot both appear."""
     entry = {"header": HEADER, "extension": {}}
-    problems = problems_of({"taxonomy": {"alerts": {"Security Assessment": entry, "securityassessment": entry}}})
+    problems = problems_of(
+        {"taxonomy": {"alerts": {"Security Assessment": entry, "securityassessment": entry}}}
+    )
     assert problems == [
-        "taxonomy.alerts.securityassessment: same subtype as 'Security Assessment' "
-        "(names are matched case- and space-insensitively)"
+        (
+            "taxonomy.alerts.securityassessment: same subtype as 'Security Assessment' "
+            "(names are matched case- and space-insensitively)"
+        )
     ]
 
 
@@ -176,7 +185,9 @@ def test_unsupported_field_path_is_a_problem() -> None:
     """Only dotted names and [n] indexes are understood."""
     problems = problems_of({"taxonomy": {"alerts": {"dlp": {"header": HEADER, "extension": {
         "src": {"mapping_field": "a..b"}}}}}})  # fmt: skip
-    assert problems[0].startswith("taxonomy.alerts.dlp.extension.src.mapping_field: unsupported field path 'a..b'")
+    assert problems[0].startswith(
+        "taxonomy.alerts.dlp.extension.src.mapping_field: unsupported field path 'a..b'"
+    )
 
 
 @pytest.mark.parametrize(
@@ -217,7 +228,16 @@ def test_subtype_lookup_is_loose(asked: str, expected: bool) -> None:
     """Display names and path names match; ips and c2 alerts use the ctep entry as CE does."""
     entry = {"header": HEADER, "extension": {}}
     mapping = Mapping.from_document(
-        {"taxonomy": {"alerts": {"DLP": entry, "compromisedcredential": entry, "Security Assessment": entry, "ctep": entry}}}
+        {
+            "taxonomy": {
+                "alerts": {
+                    "DLP": entry,
+                    "compromisedcredential": entry,
+                    "Security Assessment": entry,
+                    "ctep": entry,
+                }
+            }
+        }
     )
     assert mapping.covers("alerts", asked) is expected
 
@@ -236,12 +256,14 @@ def test_unmapped_subtype_raises_for_cef() -> None:
 def test_tenant_name_is_substituted_in_defaults() -> None:
     """$tenant_name in a default value becomes the route's tenant name."""
     mapping = one_subtype({"cs1": {"default_value": "from $tenant_name", "label": "Origin"}})
-    line = RecordFormatter("cef", mapping, "acme-prod").format({"alert_type": "DLP", "alert_name": "n"}, "alerts", "dlp")
+    line = RecordFormatter("cef", mapping, "acme-prod").format(
+        {"alert_type": "DLP", "alert_name": "n"}, "alerts", "dlp"
+    )
     assert line.decode() == "CEF:0|Netskope|acme-prod|NULL|DLP|n|Low|cs1=from acme-prod cs1Label=Origin"
 
 
 def test_dotted_paths_and_json_paths_reach_nested_values() -> None:
-    """host_info.hostname walks dicts; $.a[1].b walks lists; a literal dotted key wins without is_json_path."""
+    """host_info.hostname walks dicts, $.a[1].b walks lists, a literal dotted key wins unless is_json_path."""
     mapping = one_subtype(
         {
             "shost": {"mapping_field": "host_info.hostname"},
@@ -304,7 +326,9 @@ def test_transformations(transformation: str, value: object, expected: str | Non
 
 def test_invalid_value_falls_back_to_the_default() -> None:
     """A value the transformation rejects is replaced by the (converted) default."""
-    mapping = one_subtype({"src": {"mapping_field": "srcip", "default_value": "0.0.0.0", "transformation": "IP Address"}})
+    mapping = one_subtype(
+        {"src": {"mapping_field": "srcip", "default_value": "0.0.0.0", "transformation": "IP Address"}}
+    )
     line = RecordFormatter("cef", mapping, "t").format({"srcip": "not-an-ip"}, "alerts", "dlp")
     assert extensions(line) == "src=0.0.0.0"
 

@@ -58,13 +58,13 @@ async def test_existing_loose_file_is_made_private(db_path: Path) -> None:
         assert mode_of(db_path) == 0o600
 
 
-async def test_journal_mode_is_wal(store: StateStore) -> None:
-    """The database runs in WAL mode with synchronous=NORMAL and foreign keys enforced."""
+async def test_connection_pragmas(store: StateStore) -> None:
+    """The database runs in WAL mode, synchronous=NORMAL, foreign keys on, secure_delete=FAST."""
     pragmas = {}
-    for name in ("journal_mode", "synchronous", "foreign_keys"):
+    for name in ("journal_mode", "synchronous", "foreign_keys", "secure_delete"):
         rows = list(await store.db.execute_fetchall(f"PRAGMA {name}"))
         pragmas[name] = rows[0][0]
-    assert pragmas == {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1}
+    assert pragmas == {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1, "secure_delete": 2}
 
 
 async def test_migrations_are_applied_once_and_recorded(db_path: Path) -> None:

@@ -343,7 +343,7 @@ class FieldPlan:
                 getter = _absent
             steps.append(
                 (
-                    f"{key}=",
+                    f"{key}{separator}",
                     field,
                     getter,
                     converter,

@@ -41,12 +41,18 @@ class Poller(Component):
     iterator_suffix = ""
 
     def __init__(
-        self, name: str, fingerprint: str, stream: Stream, tenant: Tenant, client: TenantClient, runtime: Any
+        self,
+        name: str,
+        fingerprint: str,
+        stream: Stream,
+        tenant: Tenant,
+        tenant_fingerprint: str,
+        runtime: Any,
     ) -> None:
         super().__init__(name, fingerprint)
         self.stream = stream
         self.tenant = tenant
-        self.client = client
+        self.client: TenantClient = runtime.client_for(tenant, tenant_fingerprint)
         self.spool = runtime.spool
         self.store = runtime.store
         self.iterator_key = stream.key + self.iterator_suffix

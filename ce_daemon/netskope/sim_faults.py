@@ -18,8 +18,6 @@ import orjson
 
 FaultType = Literal["status", "rate_limit", "slow", "truncate", "malformed_json", "not_ok", "bad_records"]
 FAULT_TYPES: tuple[str, ...] = get_args(FaultType)
-PAGE_FAULTS = frozenset({"slow", "truncate", "malformed_json", "bad_records"})
-"""Faults applied to a page already built: the cursor has moved."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -329,9 +329,10 @@ class TenantSimulator:
         stream = _STREAMS_BY_PATH.get((kind_text, subtype_text))
         index, operation = request.query.get("index", ""), request.query.get("operation", "")
         token = request.headers.get(TOKEN_HEADER, "")
-        known = token in self._tokens
-        window = self._windows.setdefault(token, SlidingWindow(self._rate_limit)) if known else None
-        window = window or SlidingWindow(self._rate_limit)  # an unknown token shows an untouched budget
+        if token in self._tokens:
+            window = self._windows.setdefault(token, SlidingWindow(self._rate_limit))
+        else:
+            window = SlidingWindow(self._rate_limit)  # an unknown token is shown an untouched budget
         problem = self._refusal(request, stream, token, index, operation)
         retry_after = max(1, math.ceil(window.reset_after(now)))
         if problem is None and window.remaining(now) == 0:
@@ -340,29 +341,33 @@ class TenantSimulator:
                 "Too Many Requests",
                 f"Rate limit exceeded: {self._rate_limit} requests per second",
             )
-        fault = None
-        if problem is None and stream is not None and stream in self._faults:
-            fault = self._faults[stream].take()
-            if fault is not None and fault.type == "rate_limit":
-                # An injected throttle is a refusal too, so it does not count toward the window.
-                problem, retry_after = (429, "Too Many Requests", "Rate limit exceeded"), fault.retry_after
-        fault_name = fault.type if fault is not None else None
-        if problem is not None:
-            status, code, message = problem
+        queue = self._faults.get(stream) if stream is not None else None  # `get`: no empty queue left behind
+        fault = queue.take() if problem is None and queue else None
+        if fault is not None and fault.type == "rate_limit":
+            # An injected throttle is a refusal too, so it does not count toward the window.
+            problem, retry_after = (429, "Too Many Requests", "Rate limit exceeded"), fault.retry_after
+        if problem is not None or stream is None:
+            status, code, message = problem or (404, "Not Found", request.path)
             headers = self._ratelimit_headers(window, now)
             if status == 429:
                 self._rate_limited += 1
                 headers |= {"ratelimit-remaining": "0", "ratelimit-reset": str(retry_after)}
                 headers["Retry-After"] = str(retry_after)
             self._responses[status] += 1
+            fault_name = fault.type if fault is not None else None
             info = RequestInfo(*stream, index, operation, status, fault_name) if stream else None
             return _Answer(status, headers, error_body(code, message)), info
-        assert stream is not None  # a request without a known stream was refused above
         window.try_acquire(now)
         self._accepted.add(now)
-        headers = self._ratelimit_headers(window, now)
+        return self._serve(stream, index, operation, fault, self._ratelimit_headers(window, now))
+
+    def _serve(
+        self, stream: StreamKey, index: str, operation: str, fault: Fault | None, headers: dict[str, str]
+    ) -> tuple[_Answer, RequestInfo]:
+        """The answer to an accepted request: a scripted failure, or a page (the cursor moves)."""
         status = fault.status if fault is not None and fault.type == "status" else 200
         self._responses[status] += 1
+        fault_name = fault.type if fault is not None else None
         info = RequestInfo(*stream, index, operation, status, fault_name)
         if fault is not None and fault.type == "status":
             body, content_type = status_fault_body(status)
@@ -573,7 +578,7 @@ async def run_simulator(args: argparse.Namespace, stop: asyncio.Event) -> int:
         url = await simulator.start(args.host, args.port)
     except (ValueError, OSError) as exc:
         # An expected failure (port taken, bad option): the message is enough, a traceback is noise.
-        log.error("simulator.start_failed", error=str(exc))  # noqa: TRY400
+        log.error("simulator.start_failed", error=str(exc))
         return 1
     try:
         sys.stdout.write(f"{url}\n")

@@ -1,0 +1,124 @@
+"""Syslog headers (RFC 5424, RFC 3164, none) and framing (octet counting, LF), byte for byte."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from ce_daemon.logs.framing import SyslogFramer
+
+MESSAGE = b"CEF:0|Netskope|acme|NULL|DLP|n|High|suser=z\xc3\xab"  # ends in a two-byte UTF-8 character
+WHEN = 1700000000.123  # 2023-11-14 22:13:20.123 UTC
+
+
+@pytest.mark.parametrize(
+    ("header", "framing", "expected"),
+    [
+        ("rfc5424", "octet", b"99 <134>1 2023-11-14T22:13:20.123Z host1 ce-daemon - - - " + MESSAGE),
+        ("rfc5424", "lf", b"<134>1 2023-11-14T22:13:20.123Z host1 ce-daemon - - - " + MESSAGE + b"\n"),
+        ("rfc3164", "octet", b"83 <134>Nov 14 22:13:20 host1 ce-daemon: " + MESSAGE),
+        ("rfc3164", "lf", b"<134>Nov 14 22:13:20 host1 ce-daemon: " + MESSAGE + b"\n"),
+        ("none", "octet", b"45 " + MESSAGE),
+        ("none", "lf", MESSAGE + b"\n"),
+    ],
+)
+def test_header_and_framing(header: str, framing: str, expected: bytes) -> None:
+    """Each header style under each framing, exactly; octet counts are bytes, not characters."""
+    framer = SyslogFramer(header, framing, hostname="host1")  # type: ignore[arg-type]
+    assert framer.frame(MESSAGE, WHEN) == expected
+
+
+def test_octet_count_matches_the_frame() -> None:
+    """The length prefix is the exact size of what follows the space."""
+    framed = SyslogFramer("rfc5424", "octet", hostname="h").frame("é|ü".encode() * 40, WHEN)
+    length, _, rest = framed.partition(b" ")
+    assert int(length) == len(rest)
+
+
+def test_priority_from_facility_and_severity() -> None:
+    """PRI is facility * 8 + severity; a per-message severity overrides the default."""
+    framer = SyslogFramer("rfc5424", "lf", facility=1, severity=5, hostname="h")
+    assert framer.frame(b"m", WHEN).startswith(b"<13>1 ")
+    assert framer.frame(b"m", WHEN, severity=2).startswith(b"<10>1 ")
+
+
+def test_rfc5424_optional_fields_and_bom() -> None:
+    """PROCID and MSGID replace the NILVALUE; bom=True puts the UTF-8 BOM before the message."""
+    framer = SyslogFramer(
+        "rfc5424", "lf", hostname="h", app_name="netskopece", procid="4242", msgid="CEF", bom=True
+    )
+    assert (
+        framer.frame(b"m", WHEN) == b"<134>1 2023-11-14T22:13:20.123Z h netskopece 4242 CEF - \xef\xbb\xbfm\n"
+    )
+
+
+def test_rfc3164_tag_with_procid_and_padded_day() -> None:
+    """A procid goes in brackets after the tag; single-digit days are space-padded."""
+    framer = SyslogFramer("rfc3164", "lf", hostname="h", app_name="netskopece", procid="7")
+    march_first = dt.datetime(2024, 3, 1, 9, 5, 7, tzinfo=dt.UTC).timestamp()
+    assert framer.frame(b"m", march_first) == b"<134>Mar  1 09:05:07 h netskopece[7]: m\n"
+
+
+def test_timestamps_in_another_zone() -> None:
+    """With a tz, RFC 5424 writes the numeric offset and RFC 3164 the local wall-clock time."""
+    zone = dt.timezone(dt.timedelta(hours=-4, minutes=-30))
+    assert (
+        SyslogFramer("rfc5424", "lf", hostname="h", tz=zone)
+        .frame(b"m", WHEN)
+        .startswith(b"<134>1 2023-11-14T17:43:20.123-04:30 h ")
+    )
+    assert (
+        SyslogFramer("rfc3164", "lf", hostname="h", tz=zone)
+        .frame(b"m", WHEN)
+        .startswith(b"<134>Nov 14 17:43:20 h ")
+    )
+
+
+def test_milliseconds_round_and_carry() -> None:
+    """Milliseconds are rounded, carrying into the next second when needed."""
+    framer = SyslogFramer("rfc5424", "lf", hostname="h")
+    assert b" 2023-11-14T22:13:21.000Z " in framer.frame(b"m", 1700000000.9996)
+    assert b" 2023-11-14T22:13:20.000Z " in framer.frame(b"m", 1700000000)
+
+
+def test_cached_second_does_not_leak_between_times() -> None:
+    """Consecutive messages in different seconds each get their own timestamp."""
+    framer = SyslogFramer("rfc3164", "lf", hostname="h")
+    first = framer.frame(b"m", WHEN)
+    second = framer.frame(b"m", WHEN + 61)
+    assert first.startswith(b"<134>Nov 14 22:13:20 ")
+    assert second.startswith(b"<134>Nov 14 22:14:21 ")
+
+
+def test_lf_framing_never_lets_a_message_span_two_lines() -> None:
+    """A stray LF inside an LF-framed message becomes a space."""
+    assert SyslogFramer("none", "lf").frame(b"a\nb", WHEN) == b"a b\n"
+
+
+def test_default_hostname_is_this_host() -> None:
+    """Without a hostname the machine's name is used."""
+    import socket
+
+    framed = SyslogFramer("rfc5424", "lf").frame(b"m", WHEN)
+    assert framed.split(b" ")[2] == socket.gethostname().encode()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"header": "rfc9999"}, "syslog header"),
+        ({"framing": "nul"}, "syslog framing"),
+        ({"facility": 24}, "facility"),
+        ({"severity": 8}, "severity"),
+        ({"hostname": "my host"}, "hostname"),
+        ({"app_name": "a" * 49}, "app_name"),
+        ({"msgid": "x" * 33}, "msgid"),
+        ({"header": "rfc3164", "app_name": "a" * 33}, "app_name"),
+        ({"header": "rfc3164", "app_name": "tag:x"}, "3164 tag"),
+    ],
+)
+def test_invalid_options_are_refused(options: dict[str, object], message: str) -> None:
+    """Header fields that would make an invalid syslog message are refused up front."""
+    with pytest.raises(ValueError, match=message):
+        SyslogFramer(**{"hostname": "h", **options})  # type: ignore[arg-type]
