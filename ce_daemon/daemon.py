@@ -129,6 +129,7 @@ class Daemon:
         self.loaded = loaded
         self.generation = 1
         self.specs = plan_components(loaded, self.runtime)
+        structlog.contextvars.bind_contextvars(gen=self.generation)  # copied into every component task
         await self.runtime.spool.set_consumers(self._consumers(self.specs))
         for spec in self._start_order(self.specs.values()):
             component = spec.build()
@@ -144,8 +145,9 @@ class Daemon:
         log.info("daemon.ready", generation=self.generation, file=str(self.path), version=__version__)
         self.notifier.ready(line)
         self._emit(
-            "daemon.started", "notice", gen=self.generation, version=__version__, components=self._ok_total()
+            "daemon.started", "notice", gen=self.generation, version=__version__, components=len(self.specs)
         )
+        await self._save_snapshot()
 
     async def _serve(self) -> int:
         tasks = [
@@ -185,6 +187,7 @@ class Daemon:
             log.warning("daemon.forced_exit")
             return EXIT_FAILURE
         force.cancel()
+        await self._save_snapshot()
         log.info("daemon.stopped", generation=self.generation)
         return EXIT_OK
 
@@ -243,6 +246,7 @@ class Daemon:
             if name not in specs:
                 self.health.unregister(name)
         await self.runtime.spool.set_consumers(self._consumers(specs))
+        structlog.contextvars.bind_contextvars(gen=self.generation + 1)
         for component in built:
             self._attach(component.status)
             self.supervisor.start(component)
@@ -274,6 +278,7 @@ class Daemon:
             started=len(built),
             stopped=len(remove),
         )
+        await self._save_snapshot()
 
     def _reject(self, reason: str, details: str) -> None:
         self.phase = Phase.READY

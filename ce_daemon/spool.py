@@ -188,10 +188,12 @@ def page_marker(records: list[dict[str, Any]]) -> tuple[str | None, str | None, 
 class Spool:
     """Durable pages per stream, read by consumers with their own offsets.
 
-    Call :meth:`load` once before use. The byte cap is checked by :meth:`wait_for_space` before a
-    poller fetches, never by :meth:`append`: a committed answer is always accepted. The spool can thus
-    overshoot ``max_bytes`` by at most one page per poller, and a page larger than the whole cap is
-    still taken when the spool is empty instead of blocking that poller forever.
+    Call :meth:`load` once before use. ``max_bytes`` caps the compressed size of the stored pages
+    (the database file is somewhat larger: SQLite pages, the WAL, free pages awaiting reuse). The cap
+    is checked by :meth:`wait_for_space` before a poller fetches, never by :meth:`append`: an answer
+    already taken from the server is always committed. The spool can thus overshoot ``max_bytes`` by
+    at most one page per poller, and a page larger than the whole cap is still taken when the spool
+    is empty instead of blocking that poller forever.
     """
 
     def __init__(self, store: StateStore, max_bytes: int) -> None:

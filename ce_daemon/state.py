@@ -33,7 +33,8 @@ __all__ = ["CORE_MIGRATIONS", "Migration", "StateError", "StateStore"]
 
 log = structlog.get_logger(__name__)
 
-# Long enough to ride out a `ce-daemon status` reader holding the file; short enough to surface a stuck peer.
+# WAL readers never block the writer, but another process writing (a second `ce-daemon` command opening
+# the file) can hold the write lock briefly; long enough to ride that out, short enough to surface a hang.
 BUSY_TIMEOUT_MS = 10_000
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
@@ -94,7 +95,7 @@ class StateStore:
         plan = _plan(CORE_MIGRATIONS, migrations)
         _prepare_file(path)
         try:
-            db = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state database {path}: {exc}") from exc
         store = cls(path, db)
@@ -150,10 +151,12 @@ class StateStore:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                await _run_to_end(self._db, "COMMIT")
             except BaseException:
-                await _run_to_end(self._db, "ROLLBACK")
+                # Also after a failed COMMIT (disk full, I/O error), which can leave the transaction open.
+                if self._db.in_transaction:
+                    await _run_to_end(self._db, "ROLLBACK")
                 raise
-            await _run_to_end(self._db, "COMMIT")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -181,6 +184,8 @@ class StateStore:
             )
 
     async def _configure(self) -> None:
+        # First, so that the switch to WAL below also waits out another process's lock.
+        await self._pragma(f"busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = await self._pragma("journal_mode = WAL")
         if str(mode).lower() != "wal":
             # Some filesystems (network mounts) cannot share memory for the WAL index.
@@ -191,7 +196,6 @@ class StateStore:
         # spool: each acknowledged page would be written again as zeros. FAST still zeroes what lives
         # on b-tree pages but leaves freed overflow pages for reuse; the file itself is 0600.
         await self._pragma("secure_delete = FAST")
-        await self._pragma(f"busy_timeout = {BUSY_TIMEOUT_MS}")
 
     async def _pragma(self, statement: str) -> object:
         rows = list(await self._db.execute_fetchall(f"PRAGMA {statement}"))

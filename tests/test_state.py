@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -158,6 +159,32 @@ async def test_transaction_rolls_back_on_error(store: StateStore) -> None:
         await failing_write()
     rows = list(await store.db.execute_fetchall("SELECT name FROM widgets"))
     assert rows == []
+
+
+async def test_failed_commit_rolls_back_and_frees_the_store(db_path: Path) -> None:
+    """A COMMIT refused by SQLite (a deferred foreign key) is rolled back; the next transaction works."""
+    orders = Migration(
+        "orders",
+        1,
+        (
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER"
+            " REFERENCES customers (id) DEFERRABLE INITIALLY DEFERRED)",
+        ),
+    )
+    async with await StateStore.open(db_path, [orders]) as store:
+
+        async def orphan_order() -> None:
+            async with store.transaction() as db:
+                await db.execute("INSERT INTO orders (id, customer) VALUES (1, 42)")
+
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            await orphan_order()
+        async with store.transaction() as db:
+            await db.execute("INSERT INTO customers (id) VALUES (7)")
+            await db.execute("INSERT INTO orders (id, customer) VALUES (2, 7)")
+        rows = list(await store.db.execute_fetchall("SELECT id FROM orders"))
+    assert [tuple(row) for row in rows] == [(2,)]
 
 
 async def test_cancelled_transaction_rolls_back_and_frees_the_store(store: StateStore) -> None:

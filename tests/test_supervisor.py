@@ -91,11 +91,12 @@ async def test_auth_error_stops_without_retry_storm() -> None:
     """An AuthError marks the component failed and it is not restarted."""
     supervisor = Supervisor(backoff_initial=0.001)
     locked = Locked("locked", "fp")
+    failed = asyncio.Event()
+    locked.status.on_transition = lambda status, old, new: failed.set() if new is State.FAILED else None
     supervised = supervisor.start(locked)
     async with asyncio.timeout(5):
-        while locked.status.state is not State.FAILED:
-            await asyncio.sleep(0)
-    for _ in range(50):
+        await failed.wait()
+    for _ in range(50):  # give a (wrong) restart every chance to happen
         await asyncio.sleep(0)
     assert locked.runs == 1
     assert "401" in locked.status.detail

@@ -342,10 +342,10 @@ def _pydantic_problems(
     misspelt: set[Loc] = set()
     for error in errors:
         if error["type"] == "extra_forbidden":
-            loc = (*prefix, *(p for p in error["loc"] if _is_field_part(p)))
-            valid = _fields_at(model, loc[len(prefix) : -1])
+            extra: Loc = (*prefix, *(p for p in error["loc"] if _is_field_part(p)))
+            valid = _fields_at(model, extra[len(prefix) : -1])
             misspelt.update(
-                (*loc[:-1], c) for c in difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+                (*extra[:-1], c) for c in difflib.get_close_matches(str(extra[-1]), valid, n=1, cutoff=0.6)
             )
     for error in errors:
         loc: Loc = (*prefix, *(part for part in error["loc"] if _is_field_part(part)))

@@ -67,8 +67,8 @@ def canonical_request(
 ) -> tuple[str, str]:
     """``(canonical request, signed headers)``; ``encoded_path`` is already URI-encoded."""
     block, signed = canonical_headers(headers)
-    text = "\n".join([method.upper(), encoded_path or "/", canonical_query(query), block, signed, payload_hash])
-    return text, signed
+    lines = [method.upper(), encoded_path or "/", canonical_query(query), block, signed, payload_hash]
+    return "\n".join(lines), signed
 
 
 def signing_key(secret_access_key: str, day: str, region: str, service: str) -> bytes:
@@ -103,7 +103,8 @@ def authorization(
     to_sign = "\n".join([ALGORITHM, stamp, scope, sha256_hex(request.encode())])
     key = signing_key(credentials.secret_access_key, day, region, service)
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    return f"{ALGORITHM} Credential={credentials.access_key_id}/{scope}, SignedHeaders={signed}, Signature={signature}"
+    credential = f"{credentials.access_key_id}/{scope}"
+    return f"{ALGORITHM} Credential={credential}, SignedHeaders={signed}, Signature={signature}"
 
 
 def signed_headers(
