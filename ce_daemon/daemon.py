@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ce_daemon.config.model import RESTART_ONLY
 from ce_daemon.control import ControlServer, control_socket_path
 from ce_daemon.errors import ConfigError
 from ce_daemon.health import ComponentStatus, HealthRegistry, State
+from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
 from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.state import StateError, StateStore
@@ -103,7 +105,10 @@ class Daemon:
         self._open_syslog(loaded)
         try:
             async with contextlib.AsyncExitStack() as stack:
-                store = await StateStore.open(loaded.config.state.path, SPOOL_MIGRATIONS)
+                stack.enter_context(_exclusive_lock(loaded.config.state.path))
+                store = await StateStore.open(
+                    loaded.config.state.path, SPOOL_MIGRATIONS + DEADLETTER_MIGRATIONS
+                )
                 stack.push_async_callback(store.close)
                 spool = Spool(store, loaded.config.spool.max_bytes)
                 await spool.load()
@@ -419,3 +424,27 @@ class Daemon:
             with contextlib.suppress(Exception):
                 snapshot["spool"] = await self.runtime.spool.stats()
         return snapshot
+
+
+@contextlib.contextmanager
+def _exclusive_lock(database: Path) -> Iterator[None]:
+    """Hold ``<database>.lock``: two daemons sharing one state (and so one iterator index) would lose data."""
+    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = database.with_name(database.name + ".lock")
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise StateError(
+                f"another ce-daemon (pid {holder}) is running with the state database {database}"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -162,3 +162,20 @@ async def test_secret_appears_nowhere(tmp_path: Path) -> None:
         with sqlite3.connect(db) as conn:
             dump = "\n".join(conn.iterdump())
         assert secret not in dump
+
+
+async def test_second_daemon_on_the_same_state_is_refused(tmp_path: Path, simulator: TenantSimulator) -> None:
+    """A second daemon on a state database in use exits 1 naming the holder; the first keeps running."""
+    async with NotifySocket(tmp_path) as notify:
+        assert simulator.url is not None
+        path = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9"))
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as first:
+            await notify.wait_for("READY=1", timeout=30)
+            second = DaemonProcess(path, env={"SIM_TOKEN": TOKEN})
+            await second.start()
+            assert await second.wait(30) == 1
+            refused = second.events("daemon.state_unusable")
+            assert refused and "another ce-daemon" in refused[0]["error"]
+            assert first.process is not None and first.process.returncode is None
+            first.signal(signal.SIGTERM)
+            assert await first.wait(30) == 0
