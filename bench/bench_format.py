@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import gc
 import itertools
+import logging
 import random
 import time
 from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.framing import SyslogFramer
@@ -143,6 +146,19 @@ def make_records(count: int) -> list[tuple[dict[str, Any], str, str]]:
     return [pool[i % len(pool)] for i in range(count)]
 
 
+def read_extension_keys(line: bytes) -> list[bytes]:
+    """The keys of a CEF line's extension: skip 7 unescaped pipes, then an unescaped "=" ends each key."""
+    position = pipes = 0
+    while pipes < 7:
+        if line[position : position + 1] == b"\\":
+            position += 2
+            continue
+        pipes += line[position : position + 1] == b"|"
+        position += 1
+    extension = line[position:].replace(b"\\\\", b"").replace(b"\\=", b"")
+    return [chunk.rsplit(b" ", 1)[-1] for chunk in extension.split(b"=")[:-1]]
+
+
 def measure(label: str, work: Callable[[], int]) -> float:
     """Best of ROUNDS, in CPU microseconds per record (process time: other load on the box does not count)."""
     best = float("inf")
@@ -157,6 +173,7 @@ def measure(label: str, work: Callable[[], int]) -> float:
 
 
 def main() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     mapping = Mapping.builtin("netskope")
     records = make_records(RECORDS)
     framer = SyslogFramer("rfc5424", "octet", hostname="ce-daemon.example.com")
@@ -166,11 +183,7 @@ def main() -> None:
     fields = RecordFormatter(
         "json", mapping, "acme", json_fields=["_id", "timestamp", "user", "srcip", "app"]
     )
-    sample = cef.format(*records[0])
-    extensions = sample.split(b"|", 7)[7].count(b"=") - sample.split(b"|", 7)[7].count(b"\\=")
-    print(
-        f"{RECORDS:,} records over {len(BUILDERS)} subtypes; a DLP alert carries {extensions} CEF extensions"
-    )
+    print(f"{RECORDS:,} records over {len(BUILDERS)} subtypes, built-in netskope mapping")
 
     def cef_framed() -> int:
         fmt, frame = cef.format, framer.frame
@@ -192,6 +205,19 @@ def main() -> None:
     measure("mapping + LEEF 2.0", run(leef))
     measure("JSON, raw record", run(raw_json))
     measure("JSON, 5 selected fields", run(fields))
+    print("per subtype, mapping + CEF + framing:")
+    for kind, subtype in BUILDERS:
+        subset = [entry for entry in records if entry[1:] == (kind, subtype)]
+        line = cef.format(*subset[0])
+        written = len(read_extension_keys(line))
+
+        def one_subtype(subset: list[tuple[dict[str, Any], str, str]] = subset) -> int:
+            fmt, frame = cef.format, framer.frame
+            for record, kind, subtype in subset:
+                frame(fmt(record, kind, subtype), record["timestamp"])
+            return len(subset)
+
+        measure(f"{kind}/{subtype} ({written} extensions written)", one_subtype)
     verdict = "meets" if headline <= TARGET_US else "MISSES"
     print(
         f"target <= {TARGET_US:.0f} us/record ({TARGET_RATE:,} records/s): {verdict} it "

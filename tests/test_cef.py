@@ -469,7 +469,7 @@ def test_default_mapping_dlp_line() -> None:
 
 
 def test_alerts_from_the_events_alert_stream_use_their_alert_type() -> None:
-    """subtype_from_record picks the mapping entry from alert_type; ips/c2 use ctep; none falls back."""
+    """subtype_from_record picks the entry from alert_type; ips/c2 use ctep; others use events/alert."""
     formatter = RecordFormatter("cef", Mapping.builtin(), "acme", subtype_from_record=True)
     malware = formatter.format({"alert_type": "Malware", "malware_name": "Eicar"}, "events", "alert").decode()
     assert "malwareName=Eicar" in malware
@@ -477,3 +477,5 @@ def test_alerts_from_the_events_alert_stream_use_their_alert_type() -> None:
     assert "signatureId=2001" in ips
     plain = formatter.format({"severity": "high", "object": "o"}, "events", "alert").decode()
     assert plain == "CEF:0|Netskope|acme|NULL|alert|NULL|High|object=o severity=high"
+    anomaly = formatter.format({"alert_type": "anomaly", "severity": "low"}, "events", "alert").decode()
+    assert anomaly == "CEF:0|Netskope|acme|NULL|anomaly|NULL|Low|severity=low"

@@ -118,11 +118,11 @@ def test_values_cannot_carry_the_delimiter_or_line_breaks() -> None:
 
 
 def test_header_fields_escape_pipes_and_backslashes() -> None:
-    """Header fields escape '|' and '\\' and lose line breaks; EventID is cut at 255 characters."""
+    """Header fields escape '|' and '\\' and lose line breaks; EventID is cut at 255 characters first."""
     line = leef({"alert_type": "a|b\\c\nd"})
     assert line.startswith("LEEF:2.0|Netskope|acme|NULL|a\\|b\\\\c d|x09|")
-    long_id = leef({"alert_type": "e" * 300})
-    assert read_leef(long_id)[0][3] == "e" * 255
+    long_id = leef({"alert_type": "e" * 254 + "\\|" + "e" * 50})
+    assert read_leef(long_id)[0][3] == "e" * 254 + "\\"
 
 
 def test_explicit_leef_attribute_wins_over_a_renamed_one() -> None:

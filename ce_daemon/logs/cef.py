@@ -131,7 +131,10 @@ def escape_extension(text: str) -> str:
     return text
 
 
-def _header_text(text: str) -> str:
+def header_text(text: str | None) -> str:
+    """A header field ready to write: empty for None, escaped only when it needs to be."""
+    if not text:
+        return ""
     if "\\" in text or "|" in text or "\n" in text or "\r" in text:
         return escape_header(text)
     return text
@@ -306,7 +309,7 @@ class FieldPlan:
     """A compiled list of (output key ← rule) pairs; `collect` runs it over one record.
 
     The loop is written out flat on purpose: one Python call per record instead of one per field is
-    what keeps a 20-field record under a few microseconds.
+    what keeps a 30-field record within a few microseconds.
     """
 
     __slots__ = ("_steps",)
@@ -322,49 +325,33 @@ class FieldPlan:
     ) -> None:
         """``converters`` override the transformation of some output keys (timestamps);
         ``companions`` add a constant ``(key, text)`` written right after a key whenever it has a value;
-        ``separator`` ends every key prefix (``=``, or a placeholder the writer swaps in later).
+        ``separator`` joins key and text (``=``, or a placeholder the writer swaps in later).
         """
         converters = converters or {}
         companions = companions or {}
-        steps: list[
-            tuple[str, str, Getter | None, TextConverter | None, str | None, str | None, str | None]
-        ] = []
+        steps: list[tuple[str, str, Getter | None, TextConverter | None, str | None, str | None]] = []
         for key, rule in entries:
             converter = converters.get(key) or text_converter(rule.transformation)
-            field, getter = make_getter(rule) if rule.mapping_field else ("", None)
-            label_eq: str | None = None
-            label: str | None = None
+            field, getter = make_getter(rule) if rule.mapping_field else ("", _absent)
+            follower: str | None = None
             if rule.label:
-                label_eq, label = f"{key}Label{separator}", rule.label
+                follower = f"{key}Label{separator}{rule.label}"
             elif key in companions:
-                companion_key, label = companions[key]
-                label_eq = f"{companion_key}{separator}"
-            if not rule.mapping_field:
-                getter = _absent
-            steps.append(
-                (
-                    f"{key}{separator}",
-                    field,
-                    getter,
-                    converter,
-                    default_text(rule, tenant_name, converter),
-                    label_eq,
-                    label,
-                )
-            )
+                companion_key, companion_text = companions[key]
+                follower = f"{companion_key}{separator}{companion_text}"
+            default = default_text(rule, tenant_name, converter)
+            steps.append((f"{key}{separator}", field, getter, converter, default, follower))
         self._steps = tuple(steps)
 
     def __len__(self) -> int:
         return len(self._steps)
 
-    def collect(self, record: Record) -> tuple[list[str], list[str]]:
-        """The ``key=`` prefixes and the unescaped texts of every field that has a value, in plan order."""
+    def collect(self, record: Record) -> list[str]:
+        """``key<separator>text`` for every field that has a value, unescaped, in plan order."""
         get = record.get
-        keys: list[str] = []
-        texts: list[str] = []
-        add_key = keys.append
-        add_text = texts.append
-        for key_eq, field, getter, converter, default, label_eq, label in self._steps:
+        parts: list[str] = []
+        add = parts.append
+        for key_eq, field, getter, converter, default, follower in self._steps:
             value = get(field) if getter is None else getter(record)
             if value is None:
                 text = default
@@ -386,12 +373,10 @@ class FieldPlan:
                     text = render_text(value) or default
             if text is None:
                 continue
-            add_key(key_eq)
-            add_text(text)
-            if label_eq is not None:
-                add_key(label_eq)
-                add_text(label)  # type: ignore[arg-type]  # label is set whenever label_eq is
-        return keys, texts
+            add(key_eq + text)
+            if follower is not None:
+                add(follower)
+        return parts
 
 
 # --- time ------------------------------------------------------------------------------------------
@@ -417,6 +402,16 @@ def epoch_ms_text(value: Any) -> str | None:
     return None
 
 
+_EMPTY: Final[Record] = {}
+# Ends each key while the extension is assembled; becomes "=" once the values are escaped.
+_KEY_END: Final = "\x00"
+
+
+def _escape_field(field: str) -> str:
+    key, _, text = field.partition(_KEY_END)
+    return f"{key}={escape_extension(text)}"
+
+
 # --- the CEF writer --------------------------------------------------------------------------------
 
 
@@ -440,7 +435,7 @@ def compile_cef(
         rule = header.get(field)
         getter = value_text(rule, tenant_name) if rule is not None else None
         if rule is None or not rule.mapping_field:
-            constant = _header_text((getter(_EMPTY) if getter is not None else None) or "")
+            constant = header_text(getter(_EMPTY) if getter is not None else None)
             if not dynamic:
                 leading.append(constant)
             else:
@@ -458,7 +453,6 @@ def compile_cef(
     # C-level passes (URLs make escaping the common case) and the placeholders turned into "=" after.
     plan = FieldPlan(items, tenant_name, converters=converters, separator=_KEY_END)
     collect = plan.collect
-    add = operator.add
 
     def write(record: Record) -> bytes:
         parts = [prefix]
@@ -466,29 +460,22 @@ def compile_cef(
             if constant is not None:
                 parts.append(constant)
             else:
-                text = getter(record)  # type: ignore[misc]  # set whenever constant is None
-                parts.append("" if text is None else _header_text(text))
+                parts.append(header_text(getter(record)))  # type: ignore[misc]  # set when constant is None
             parts.append("|")
         parts.append(severity_of(record))
         parts.append("|")
-        keys, texts = collect(record)
-        extension = " ".join(map(add, keys, texts))
+        fields = collect(record)
+        extension = " ".join(fields)
         if "\\" in extension or "=" in extension or "\n" in extension or "\r" in extension:
             extension = escape_extension(extension)
-        if extension.count(_KEY_END) == len(keys):
+        if extension.count(_KEY_END) == len(fields):
             extension = extension.replace(_KEY_END, "=")
-        else:  # a value holds a NUL itself: escape value by value instead
-            extension = " ".join(
-                key[:-1] + "=" + escape_extension(text) for key, text in zip(keys, texts, strict=True)
-            )
+        else:  # a value holds a NUL itself: escape field by field instead
+            extension = " ".join(_escape_field(field) for field in fields)
         parts.append(extension)
         return "".join(parts).encode("utf-8", "replace")
 
     return write
-
-
-_EMPTY: Final[Record] = {}
-_KEY_END: Final = "\x00"
 
 
 def _severity_reader(rule: FieldRule | None, tenant_name: str, audit: bool) -> Callable[[Record], str]:

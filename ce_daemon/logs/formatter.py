@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 OutputFormat = Literal["cef", "leef", "json"]
 _TENANT_PLACEHOLDER: Final = "$tenant_name"
+_CACHE_LIMIT: Final = 512
 
 
 class RecordFormatter:
@@ -44,7 +45,8 @@ class RecordFormatter:
 
     ``subtype_from_record``: the route reads ``events/alert`` (every alert type in one stream), so the
     mapping entry is chosen per record from its ``alert_type`` under ``alerts``, as CE groups alerts.
-    Records without an ``alert_type`` use the (kind, subtype) given to `format`.
+    Records without an ``alert_type``, or whose alert type the mapping lacks, use the (kind, subtype)
+    given to `format` (the mapping's ``events/alert`` entry).
     """
 
     __slots__ = (
@@ -60,7 +62,7 @@ class RecordFormatter:
 
     def __init__(
         self,
-        format: OutputFormat,  # noqa: A002  - the brief and the route's YAML key both call it format
+        format: OutputFormat,  # noqa: A002  - named after the route's `format:` key
         mapping: Mapping,
         tenant_name: str,
         *,
@@ -94,26 +96,36 @@ class RecordFormatter:
         if self._subtype_from_record:
             alert_type = record.get("alert_type")
             if alert_type.__class__ is str and alert_type:
-                kind, subtype = "alerts", alert_type
+                writer = self._cache.get(("alerts", alert_type))
+                if writer is None:
+                    writer = self._compile("alerts", alert_type, fallback=(kind, subtype))
+                return writer(record)
         writer = self._cache.get((kind, subtype))
         if writer is None:
             writer = self._compile(kind, subtype)
         return writer(record)
 
-    def _compile(self, kind: str, subtype: str) -> RecordWriter:
+    def _compile(self, kind: str, subtype: str, *, fallback: tuple[str, str] | None = None) -> RecordWriter:
+        """Build the writer of (kind, subtype), or of ``fallback`` when the mapping lacks the first."""
         writer: RecordWriter
         if self.output == "json":
             fields = self._json_fields
             if fields is None:
                 fields = self.mapping.json_fields(kind, subtype)
+                if fields is None and fallback is not None:
+                    fields = self.mapping.json_fields(*fallback)
             writer = compile_json(fields or (), self.tenant_name)
         else:
+            source_kind, source_subtype = kind, subtype
             rules = self.mapping.rules(kind, subtype)
+            if rules is None and fallback is not None:
+                source_kind, source_subtype = fallback
+                rules = self.mapping.rules(*fallback)
             if rules is None:
                 raise UnmappedSubtypeError(
                     f"mapping {self.mapping.name or self.mapping.source!r} has no {kind}/{subtype}"
                 )
-            audit = kind == "events" and subtype_key(subtype) == "audit"
+            audit = source_kind == "events" and subtype_key(source_subtype) == "audit"
             if self.output == "cef":
                 writer = compile_cef(
                     rules,
@@ -130,7 +142,9 @@ class RecordFormatter:
                     sort_keys=self._sort_extensions,
                     audit=audit,
                 )
-        self._cache[(kind, subtype)] = writer
+        # Subtype names come from the data (alert_type), so the cache is bounded; real feeds use a few dozen.
+        if len(self._cache) < _CACHE_LIMIT:
+            self._cache[(kind, subtype)] = writer
         log.debug("formatter.compiled", output=self.output, kind=kind, subtype=subtype)
         return writer
 

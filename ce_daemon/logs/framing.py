@@ -117,16 +117,21 @@ class SyslogFramer:
 
     def frame(self, message: bytes, timestamp: float, severity: int | None = None) -> bytes:
         """``message`` with the syslog header and the framing; ``timestamp`` in epoch seconds."""
+        head = b""
         if self._pri:
-            pri = self._pri[self._severity if severity is None else severity]
+            head = (
+                self._pri[self._severity if severity is None else severity]
+                + self._stamp(timestamp)
+                + self._rest
+            )
             if self._bom:
-                message = _BOM + message
-            message = pri + self._stamp(timestamp) + self._rest + message
+                head += _BOM
+        # The message (often a kilobyte) is copied once, into the frame itself.
         if self._lf:
             if b"\n" in message:
                 message = message.replace(b"\n", b" ")
-            return message + b"\n"
-        return b"%d %b" % (len(message), message)
+            return b"".join((head, message, b"\n"))
+        return b"%d %b%b" % (len(head) + len(message), head, message)
 
     def _stamp(self, timestamp: float) -> bytes:
         # Round to the millisecond first so that .9996 carries into the next second instead of reading .999.

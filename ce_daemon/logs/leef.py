@@ -37,7 +37,7 @@ from ce_daemon.logs.cef import (
     TextConverter,
     epoch_ms,
     epoch_ms_text,
-    escape_header,
+    header_text,
     normalize_audit_severity,
     normalize_severity,
     value_text,
@@ -55,6 +55,8 @@ LEEF_KEYS: Final = {
 DEVTIME_FORMAT: Final = "yyyy-MM-dd'T'HH:mm:ss.SSSZ"
 SEVERITY_NUMBERS: Final = {"Low": "3", "Medium": "6", "High": "8", "Very-High": "10"}
 EVENT_ID_LIMIT: Final = 255
+
+HeaderField = Callable[[Record], "str | None"] | str
 
 
 def delimiter_field(delimiter: str) -> str:
@@ -96,14 +98,6 @@ class _DevTimeText:
         return f"{base}.{millis:03d}+0000"
 
 
-def _header_text(text: str | None) -> str:
-    if not text:
-        return ""
-    if "\\" in text or "|" in text or "\n" in text or "\r" in text:
-        return escape_header(text)
-    return text
-
-
 def _attributes(rules: SubtypeRules, sort_keys: bool) -> list[tuple[str, FieldRule]]:
     """The (LEEF key, rule) pairs: extensions renamed to predefined keys, plus derived cat and sev."""
     entries: list[tuple[str, FieldRule]] = []
@@ -125,25 +119,35 @@ def _attributes(rules: SubtypeRules, sort_keys: bool) -> list[tuple[str, FieldRu
     return entries
 
 
-HeaderField = Callable[[Record], "str | None"] | str
-
-
 def _header_fields(rules: SubtypeRules, tenant_name: str) -> list[HeaderField]:
     """Vendor, Product, Version and EventID: escaped constants, or closures for record fields."""
     fields: list[HeaderField] = []
     for name in ("Device Vendor", "Device Product", "Device Version", "Device Event Class ID"):
         rule = rules.header.get(name)
+        limit = EVENT_ID_LIMIT if name == "Device Event Class ID" else None
         if rule is None:
             fields.append("")
         elif not rule.mapping_field:
-            fields.append(_header_text(value_text(rule, tenant_name)({})))
+            fields.append(header_text((value_text(rule, tenant_name)({}) or "")[:limit]))
         else:
-            fields.append(value_text(rule, tenant_name))
+            fields.append(
+                value_text(rule, tenant_name) if limit is None else _cut(value_text(rule, tenant_name), limit)
+            )
     return fields
 
 
+def _cut(text_of: Callable[[Record], str | None], limit: int) -> Callable[[Record], str | None]:
+    """Cut a field to ``limit`` characters before it is escaped, so no escape sequence is split."""
+
+    def cut(record: Record) -> str | None:
+        text = text_of(record)
+        return text[:limit] if text else text
+
+    return cut
+
+
 def _text_of(field: HeaderField, record: Record) -> str:
-    return field if isinstance(field, str) else _header_text(field(record))
+    return field if isinstance(field, str) else header_text(field(record))
 
 
 def compile_leef(
@@ -173,7 +177,6 @@ def compile_leef(
         companions={"devTime": ("devTimeFormat", DEVTIME_FORMAT)},
     )
     collect = plan.collect
-    add = operator.add
     lead = (vendor, product, version)
     fixed_head = (
         f"LEEF:2.0|{vendor}|{product}|{version}|" if all(isinstance(field, str) for field in lead) else None
@@ -184,13 +187,11 @@ def compile_leef(
         if head is None:
             head = "LEEF:2.0|" + "|".join(_text_of(field, record) for field in lead) + "|"
         event = _text_of(event_id, record)
-        if len(event) > EVENT_ID_LIMIT:
-            event = event[:EVENT_ID_LIMIT]
-        keys, texts = collect(record)
-        blob = "".join(texts)
-        if delimiter in blob or "\n" in blob or "\r" in blob:
-            texts = [_flatten(text, delimiter) for text in texts]
-        body = delimiter.join(map(add, keys, texts))
+        fields = collect(record)
+        body = delimiter.join(fields)
+        # Keys are letters and digits, so any delimiter, CR or LF beyond the joints sits in a value.
+        if body.count(delimiter) >= len(fields) or "\n" in body or "\r" in body:
+            body = delimiter.join([_flatten(field, delimiter) for field in fields])
         return (head + event + tail + body).encode("utf-8", "replace")
 
     return write

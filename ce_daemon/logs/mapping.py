@@ -1,4 +1,4 @@
-"""Mapping files in Netskope Cloud Exchange's format, and the value plans compiled from them.
+"""Mapping files in Netskope Cloud Exchange's format: loading, validation, subtype lookup, field paths.
 
 A mapping file says, per data type (``alerts``/``events``) and subtype, which record fields fill the six
 CEF header fields and which fill each extension key; ``taxonomy.json`` lists the fields a JSON route
@@ -6,7 +6,7 @@ keeps. ce-daemon reads CE's own files unchanged: the wrapper ``{"name": ..., "js
 or the bare ``jsonData`` object. Everything is validated at load time and every problem is reported
 with its path, so a bad file never reaches the record path.
 
-Extensions beyond CE's format (CE ignores nothing here because it never sees these keys):
+Two additions of ours, used only by files written for ce-daemon:
 
 * an extension entry may carry ``"label"`` on a custom key (``cs1``..``cs6``, ``cn1``..``cn3``, ...):
   ``cs1Label=<label>`` is then written right after ``cs1`` whenever ``cs1`` has a value;
@@ -27,7 +27,7 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from ce_daemon.errors import ConfigError, Problem
 
@@ -51,10 +51,11 @@ _JSON_FIELD_KEYS: Final = ("name", "mapping_field", "default_value", "transforma
 _LABELLED_KEY = re.compile(
     r"(?:cs[1-6]|cn[1-3]|cfp[1-4]|c6a[1-4]|flexString[12]|flexNumber[12]|flexDate1|deviceCustomDate[12])"
 )
-# CE routes the ips and c2 alert types through the ctep mapping (Cloud Threat Exchange Protection).
+# CE formats the ips and c2 alert types with the ctep entry of a mapping.
 _SUBTYPE_FALLBACK: Final = {"ips": "ctep", "c2": "ctep"}
 
 PathStep = str | int
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,14 +175,7 @@ class Mapping:
 
     def rules(self, kind: str, subtype: str) -> SubtypeRules | None:
         """The CEF/LEEF rules for (kind, subtype), or None; subtype names are matched loosely."""
-        table = self._rules.get(kind)
-        if table is None:
-            return None
-        key = subtype_key(subtype)
-        found = table.get(key)
-        if found is None and key in _SUBTYPE_FALLBACK:
-            found = table.get(_SUBTYPE_FALLBACK[key])
-        return found
+        return _lookup(self._rules.get(kind), subtype)
 
     def covers(self, kind: str, subtype: str) -> bool:
         """True when CEF/LEEF output of (kind, subtype) is mapped."""
@@ -189,25 +183,28 @@ class Mapping:
 
     def json_fields(self, kind: str, subtype: str) -> tuple[JsonField, ...] | None:
         """The JSON field list for (kind, subtype); None or empty means "the raw record"."""
-        table = self._json.get(kind)
-        if table is None:
-            return None
-        key = subtype_key(subtype)
-        found = table.get(key)
-        if found is None and key in _SUBTYPE_FALLBACK:
-            found = table.get(_SUBTYPE_FALLBACK[key])
-        return found
+        return _lookup(self._json.get(kind), subtype)
 
     def subtypes(self, kind: str) -> list[str]:
         """The lookup keys of every subtype mapped for CEF/LEEF under ``kind``."""
         return sorted(self._rules.get(kind, {}))
 
 
+def _lookup(table: dict[str, _T] | None, subtype: str) -> _T | None:
+    if table is None:
+        return None
+    key = subtype_key(subtype)
+    found = table.get(key)
+    if found is None and key in _SUBTYPE_FALLBACK:
+        found = table.get(_SUBTYPE_FALLBACK[key])
+    return found
+
+
 @functools.cache
 def _load_builtin(name: str) -> Mapping:
     if not name.isidentifier():
         raise MappingError([MappingProblem("<builtin>", "", f"no built-in mapping named {name!r}")])
-    resource = resources.files("ce_daemon.logs").joinpath("mappings", f"{name}.json")
+    resource = resources.files("ce_daemon.logs").joinpath("mappings").joinpath(f"{name}.json")
     if not resource.is_file():
         raise MappingError([MappingProblem("<builtin>", "", f"no built-in mapping named {name!r}")])
     return Mapping.loads(resource.read_bytes(), source=f"<builtin:{name}>")
@@ -323,7 +320,7 @@ class _MappingReader:
         if not isinstance(entry, dict):
             self.problem(path, "must be an object with header and extension")
             return None
-        for extra in entry.keys() - {"header", "extension"}:
+        for extra in [key for key in entry if key not in ("header", "extension")]:
             self.problem(f"{path}.{extra}", "unknown key (expected header and extension)")
         header = self.header_rules(entry.get("header"), f"{path}.header")
         extension = self.extension_rules(entry.get("extension", {}), f"{path}.extension")
@@ -375,7 +372,7 @@ class _MappingReader:
             self.problem(path, "must be an object with mapping_field and/or default_value")
             return None
         problems_before = len(self.problems)
-        for extra in raw.keys() - set(keys):
+        for extra in [key for key in raw if key not in keys]:
             self.problem(f"{path}.{extra}", "unknown key (expected " + ", ".join(keys) + ")")
         mapping_field = raw.get("mapping_field")
         if mapping_field is not None and not isinstance(mapping_field, str):
