@@ -546,7 +546,8 @@ class Spool:
                 " AND (seq < :seq OR (seq = :seq AND position < :position))",
                 {"seq": new_seq, "position": new_position, "consumer": consumer, "stream": stream},
             )
-            if whole and cursor.rowcount:
+            if cursor.rowcount:
+                # Even a partial acknowledgement can move past older pages of the stream (cumulative).
                 freed = await _collect(db, [stream])
         self._release(freed)
 
@@ -674,9 +675,10 @@ def _decode(seq: int, codec: str, body: bytes) -> list[dict[str, Any]]:
     try:
         while rest:
             frame = zlib.decompressobj()
-            records.extend(orjson.loads(frame.decompress(rest)))
+            raw = frame.decompress(rest)
             if not frame.eof:
                 raise SpoolCorruptError(f"spool page {seq} ends in the middle of a frame")
+            records.extend(orjson.loads(raw))
             rest = frame.unused_data
     except (zlib.error, orjson.JSONDecodeError) as exc:
         raise SpoolCorruptError(f"spool page {seq} cannot be decoded: {exc}") from exc

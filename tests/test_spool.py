@@ -205,6 +205,18 @@ async def test_ack_past_the_last_record_is_a_whole_ack(spool: Spool) -> None:
     assert (await spool.stats())["pages"] == 0
 
 
+async def test_acks_are_cumulative_within_a_stream(spool: Spool) -> None:
+    """Acknowledging a later page, even partly, also releases the older pages of its stream."""
+    await spool.set_consumers({"c": {"s"}})
+    await spool.append("s", records_of(0, 10), iterator=MARK)
+    later = await spool.append("s", records_of(1, 10), iterator=MARK)
+    await spool.ack("c", later, 5)
+    page = await spool.next_page("c", timeout=0)
+    assert page is not None
+    assert (page.seq, page.start) == (later, 5)
+    assert (await spool.stats())["pages"] == 1
+
+
 async def test_unknown_consumer_is_refused(spool: Spool) -> None:
     """Reading or acknowledging as a consumer that was never registered raises ValueError."""
     await spool.set_consumers({"c": {"s"}})

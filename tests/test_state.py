@@ -168,8 +168,10 @@ async def test_failed_commit_rolls_back_and_frees_the_store(db_path: Path) -> No
         1,
         (
             "CREATE TABLE customers (id INTEGER PRIMARY KEY)",
-            "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER"
-            " REFERENCES customers (id) DEFERRABLE INITIALLY DEFERRED)",
+            (
+                "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER"
+                " REFERENCES customers (id) DEFERRABLE INITIALLY DEFERRED)"
+            ),
         ),
     )
     async with await StateStore.open(db_path, [orders]) as store:
