@@ -130,12 +130,9 @@ class WebhookSink(LogSink):
     async def send(self, batch: Sequence[OutRecord]) -> SendResult:
         items = [_item(record) for record in batch]
         rejected: list[tuple[int, str]] = []
-        for start, end in _chunks(items, self.options.max_request_bytes, self._separator_bytes()):
+        for start, end in _chunks(items, self.options.max_request_bytes):
             await self._post(items, start, end, rejected)
         return SendResult(rejected=rejected)
-
-    def _separator_bytes(self) -> int:
-        return 1  # "," between array items or "\n" after each NDJSON line
 
     async def _post(self, items: list[bytes], start: int, end: int, rejected: list[tuple[int, str]]) -> None:
         """Deliver ``items[start:end]`` in one request, halving it while the endpoint says 413."""
@@ -143,7 +140,8 @@ class WebhookSink(LogSink):
         if status != 413:
             return
         if end - start == 1:
-            rejected.append((start, f"the endpoint refused a record of {len(items[start])} bytes as too large"))
+            reason = f"the endpoint refused a record of {len(items[start])} bytes as too large (HTTP 413)"
+            rejected.append((start, reason))
             return
         self.log.info("webhook.request_split", records=end - start)
         middle = (start + end) // 2
@@ -194,15 +192,18 @@ def _item(record: OutRecord) -> bytes:
     )
 
 
-def _chunks(items: Sequence[bytes], limit: int, separator: int) -> list[tuple[int, int]]:
-    """(start, end) ranges of ``items`` whose joined size stays within ``limit`` (a lone big item alone)."""
+def _chunks(items: Sequence[bytes], limit: int) -> list[tuple[int, int]]:
+    """(start, end) ranges of ``items`` whose body stays within ``limit`` (a lone big item alone).
+
+    Each item counts one byte more (the "," of an array or the newline of NDJSON), plus the brackets.
+    """
     ranges: list[tuple[int, int]] = []
-    start, size = 0, 2  # the array brackets
+    start, size = 0, 2
     for index, item in enumerate(items):
-        grown = size + len(item) + separator
+        grown = size + len(item) + 1
         if index > start and grown > limit:
             ranges.append((start, index))
-            start, grown = index, 2 + len(item) + separator
+            start, grown = index, 2 + len(item) + 1
         size = grown
     if start < len(items):
         ranges.append((start, len(items)))

@@ -108,7 +108,7 @@ class FakeHttpServer:
         retry_after: float | str | None = None,
         body: bytes | None = None,
     ) -> None:
-        """Answer the next ``count`` data requests with ``status`` (the vendor's error body unless ``body``)."""
+        """Answer the next ``count`` data requests with ``status`` and the vendor error body (or ``body``)."""
         value = None if retry_after is None else str(retry_after)
         self._failures.extend(_Failure(status, value, body) for _ in range(count))
 
@@ -216,9 +216,15 @@ def self_signed_tls(directory: Path, host: str = "127.0.0.1") -> tuple[ssl.SSLCo
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -334,16 +340,11 @@ class FakeWebhook(FakeHttpServer):
             await self.record(request, body, 413)
             return json_response({"error": f"body of {len(body)} bytes is over {self.max_body}"}, 413)
         content_type = request.content_type
+        if content_type not in ("application/json", "application/x-ndjson"):
+            await self.record(request, body, 415)
+            return json_response({"error": f"unsupported content type {content_type}"}, 415)
         try:
-            if content_type == "application/json":
-                items = orjson.loads(body)
-                if not isinstance(items, list):
-                    raise ValueError("the body is not a JSON array")
-            elif content_type == "application/x-ndjson":
-                items = [orjson.loads(line) for line in body.split(b"\n") if line.strip()]
-            else:
-                await self.record(request, body, 415)
-                return json_response({"error": f"unsupported content type {content_type}"}, 415)
+            items = _decode(body, ndjson=content_type == "application/x-ndjson")
         except ValueError as exc:
             await self.record(request, body, 400)
             return json_response({"error": f"bad JSON: {exc}"}, 400)
@@ -351,6 +352,15 @@ class FakeWebhook(FakeHttpServer):
         self.records.extend(items)
         await self.record(request, body, 200)
         return json_response({"received": len(items)})
+
+
+def _decode(body: bytes, *, ndjson: bool) -> list[Any]:
+    if ndjson:
+        return [orjson.loads(line) for line in body.split(b"\n") if line.strip()]
+    items = orjson.loads(body)
+    if not isinstance(items, list):
+        raise ValueError("the body is not a JSON array")  # noqa: TRY004 - the handler answers 400 for any ValueError
+    return items
 
 
 def basic_value(username: str, password: str) -> str:

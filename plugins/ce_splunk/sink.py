@@ -1,0 +1,283 @@
+"""Send batches to Splunk's HTTP Event Collector (``/services/collector/event``).
+
+Envelopes are concatenated (not a JSON array) and gzipped; requests stay under
+``max_request_bytes`` (before compression), a 413 halves the request. Answers follow Splunk's
+documented ``{"text", "code"}`` table:
+
+- codes 2/3 (401) and 4/1 (403): the token is refused → :class:`AuthError`;
+- code 6 "invalid data format" with ``invalid-event-number`` (also 12/13/15, which carry it too):
+  HEC parses a batch in order and stops at the bad event, so the events before it were taken,
+  that one is refused alone and the rest is sent again;
+- code 7 "incorrect index", 10/11 (channel), 14 (acknowledgement disabled): the settings do not
+  match the token → :class:`ComponentConfigError`, the route stops, nothing is dead-lettered;
+- code 9 "server is busy" (503), 429 and 5xx → :class:`TransientError` with ``Retry-After``;
+- anything else 4xx (5 "no data", 6 without an event number) → :class:`PermanentError`.
+
+With ``acknowledgement: true`` every request carries ``X-Splunk-Request-Channel``, and ``send``
+returns only once ``/services/collector/ack`` says every ``ackId`` of the batch was indexed; if
+that takes longer than ``ack_timeout`` the batch is reported transient and sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import aiohttp
+import orjson
+from pydantic import Field, SecretStr, field_validator
+
+from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
+from ce_daemon.http import RETRYABLE, HttpOptions, make_session, retry_after, transport_error
+from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_splunk.envelope import EnvelopeWriter
+
+_COLLECTOR_PATH = re.compile(r"/services/collector(?:/event|/raw)?(?:/1\.0)?/?$")
+_PER_EVENT_CODES = frozenset({6, 12, 13, 15})
+"""Codes whose ``invalid-event-number`` names the one event at fault."""
+_CONFIG_CODES = frozenset({7, 10, 11, 14})
+_GZIP_IN_THREAD = 256 * 1024
+_ACK_FIRST_POLL = 0.1
+_ACK_MAX_POLL = 2.0
+
+
+class SplunkHecOptions(HttpOptions):
+    """Options of the ``splunk_hec`` sink; ``url`` is the collector's base (``https://splunk:8088``)."""
+
+    token: SecretStr
+    index: str | None = None
+    """The index events go to (None: the token's default index)."""
+    sourcetype: str | None = None
+    """A fixed sourcetype; by default ``netskope:alert`` for alerts and ``netskope:event`` for events."""
+    source: str | None = None
+    host: str | None = None
+    fields: dict[str, str] = {}
+    """Indexed fields added to every event."""
+    gzip: bool = True
+    max_request_bytes: Annotated[int, Field(ge=4096)] = 1_000_000
+    """The largest body (before compression) of one request; match the server's ``max_content_length``."""
+    acknowledgement: bool = False
+    """Wait for indexer acknowledgement (the token must have it enabled)."""
+    channel: uuid.UUID | None = None
+    """The request channel for acknowledgement (default: a new one per start)."""
+    ack_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """How long to wait for acknowledgement before the batch is sent again."""
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        """Accept the full endpoint URL too: keep only the collector's base."""
+        return _COLLECTOR_PATH.sub("", value.rstrip("/")).rstrip("/")
+
+
+class SplunkHecSink(LogSink):
+    """The ``splunk_hec`` log sink."""
+
+    Options = SplunkHecOptions
+    options: SplunkHecOptions
+    max_batch_bytes = 900_000
+
+    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+        super().__init__(options, context)
+        self.log = context.log
+        opts = self.options
+        self._writer = EnvelopeWriter(
+            index=opts.index,
+            sourcetype=opts.sourcetype,
+            source=opts.source,
+            host=opts.host,
+            fields=opts.fields,
+        )
+        self._channel = str(opts.channel or uuid.uuid4())
+        self._event_url = f"{opts.url}/services/collector/event"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        if self._session is None:
+            headers = {"Authorization": f"Splunk {self.options.token.get_secret_value()}"}
+            if self.options.acknowledgement:
+                headers["X-Splunk-Request-Channel"] = self._channel
+            self._session = make_session(self.options, self.context.base_dir, **headers)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        return self._session
+
+    # -- health ------------------------------------------------------------------------------
+
+    async def health(self) -> Health:
+        """HEC's health endpoint, then the token: an empty POST must get "No data", not 401/403."""
+        session = await self._client()
+        url = f"{self.options.url}/services/collector/health"
+        try:
+            async with session.get(url, allow_redirects=False) as response:
+                answer = await _answer(response)
+                if response.status != 200:
+                    text = answer.get("text") or f"HTTP {response.status}"
+                    return Health(ok=False, detail=f"HEC unhealthy: {text}")
+            async with session.post(self._event_url, data=b"", allow_redirects=False) as response:
+                answer = await _answer(response)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return Health(ok=False, detail=str(transport_error(exc, url)))
+        if status in (401, 403):
+            return Health(ok=False, detail=f"HEC refused the token: {_describe(status, answer)}")
+        if status == 200 or answer.get("code") == 5:
+            return Health(ok=True, detail=f"HEC healthy at {self.options.url}")
+        return Health(ok=False, detail=f"HEC answered {_describe(status, answer)}")
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send(self, batch: Sequence[OutRecord]) -> SendResult:
+        envelope = self._writer.envelope
+        envelopes = [envelope(record) for record in batch]
+        rejected: list[tuple[int, str]] = []
+        acks: list[int] = []
+        for start, end in _chunks(envelopes, self.options.max_request_bytes):
+            await self._post(envelopes, start, end, rejected, acks)
+        if acks:
+            await self._wait_for_acks(acks)
+        return SendResult(rejected=rejected)
+
+    async def _post(
+        self, envelopes: list[bytes], start: int, end: int, rejected: list[tuple[int, str]], acks: list[int]
+    ) -> None:
+        """Deliver ``envelopes[start:end]``: halve on 413, skip the one event HEC names as invalid."""
+        while start < end:
+            body = b"".join(envelopes[start:end])
+            status, answer, headers = await self._request(self._event_url, body, compress=self.options.gzip)
+            if 200 <= status < 300:
+                if isinstance(answer.get("ackId"), int):
+                    acks.append(answer["ackId"])
+                return
+            if status == 413:
+                if end - start == 1:
+                    rejected.append(
+                        (start, f"HEC refused an event of {len(envelopes[start])} bytes as too large")
+                    )
+                    return
+                self.log.info("splunk.request_split", events=end - start)
+                middle = (start + end) // 2
+                await self._post(envelopes, start, middle, rejected, acks)
+                start = middle
+                continue
+            bad = answer.get("invalid-event-number")
+            per_event = status == 400 and answer.get("code") in _PER_EVENT_CODES
+            if per_event and isinstance(bad, int) and 0 <= bad < end - start:
+                rejected.append((start + bad, f"HEC refused the event: {_describe(status, answer)}"))
+                start += bad + 1
+                continue
+            raise _error(status, answer, headers)
+
+    async def _request(self, url: str, body: bytes, *, compress: bool) -> tuple[int, dict[str, Any], Any]:
+        """POST ``body``; the status, HEC's JSON answer and the headers (errors are the caller's to map)."""
+        session = await self._client()
+        headers = {"Content-Type": "application/json"}
+        if compress:
+            headers["Content-Encoding"] = "gzip"
+            body = await _gzip(body)
+        try:
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                return response.status, await _answer(response), response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc, url) from exc
+
+    async def _wait_for_acks(self, ack_ids: list[int]) -> None:
+        """Poll ``/services/collector/ack`` until every id is true, or give up after ``ack_timeout``."""
+        pending = set(ack_ids)
+        url = f"{self.options.url}/services/collector/ack"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.ack_timeout
+        delay = _ACK_FIRST_POLL
+        while pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.log.warning("splunk.ack_timeout", pending=len(pending), channel=self._channel)
+                raise TransientError(
+                    f"HEC did not confirm indexing of {len(pending)} request(s) within "
+                    f"{self.options.ack_timeout:g}s; the batch will be sent again"
+                )
+            await asyncio.sleep(min(delay, remaining))  # indexing takes time: poll with a growing pause
+            delay = min(delay * 2, _ACK_MAX_POLL)
+            poll = orjson.dumps({"acks": sorted(pending)})
+            status, answer, headers = await self._request(url, poll, compress=False)
+            if not 200 <= status < 300:
+                raise _error(status, answer, headers)
+            statuses = answer.get("acks")
+            if isinstance(statuses, dict):
+                pending -= {int(key) for key, done in statuses.items() if done is True and key.isdigit()}
+
+
+async def _answer(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    """HEC's JSON answer (``{}`` when the body is not a JSON object, say from a proxy)."""
+    body = await response.read()
+    try:
+        parsed = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        return {"text": body[:200].decode("utf-8", "replace").strip()}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _describe(status: int, answer: dict[str, Any]) -> str:
+    text = answer.get("text")
+    code = answer.get("code")
+    described = f"HTTP {status}"
+    if code is not None:
+        described += f" code {code}"
+    if text:
+        described += f": {text}"
+    if isinstance(answer.get("invalid-event-number"), int):
+        described += f" (event {answer['invalid-event-number']})"
+    return described
+
+
+def _error(status: int, answer: dict[str, Any], headers: Any) -> Exception:
+    """The error taxonomy for a HEC failure (see the module docstring)."""
+    code = answer.get("code")
+    message = f"Splunk HEC answered {_describe(status, answer)}"
+    if status in (401, 403):
+        return AuthError(message)
+    if 300 <= status < 400:
+        return ComponentConfigError(f"{message}: the URL redirects, configure the collector's own URL")
+    if code in _CONFIG_CODES:
+        hints = {
+            7: "is `index` allowed for this token?",
+            10: "the token needs indexer acknowledgement: set `acknowledgement: true`",
+            11: "`channel` must be a UUID",
+            14: "the token has indexer acknowledgement off: set `acknowledgement: false`",
+        }
+        return ComponentConfigError(f"{message}; {hints[code]}")
+    if status in RETRYABLE or code == 9:
+        return TransientError(message, retry_after=retry_after(headers))
+    return PermanentError(message)
+
+
+def _chunks(envelopes: Sequence[bytes], limit: int) -> list[tuple[int, int]]:
+    """(start, end) ranges whose concatenated size stays within ``limit`` (a lone big envelope alone)."""
+    ranges: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for index, envelope in enumerate(envelopes):
+        if index > start and size + len(envelope) > limit:
+            ranges.append((start, index))
+            start, size = index, 0
+        size += len(envelope)
+    if start < len(envelopes):
+        ranges.append((start, len(envelopes)))
+    return ranges
+
+
+async def _gzip(body: bytes) -> bytes:
+    if len(body) < _GZIP_IN_THREAD:
+        return gzip.compress(body, 6, mtime=0)
+    return await asyncio.to_thread(gzip.compress, body, 6, mtime=0)
