@@ -30,7 +30,7 @@ import structlog
 from pydantic import Field, SecretStr
 from yarl import URL
 
-from ce_daemon.errors import AuthError, PermanentError, TransientError
+from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import RETRYABLE, USER_AGENT, TlsOptions, retry_after, ssl_context, transport_error
 from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
 from ce_s3.sigv4 import EMPTY_SHA256, Credentials, sha256_hex, signed_headers, uri_encode
@@ -41,15 +41,26 @@ _THREAD_MIN_BYTES = 256 * 1024  # compress larger bodies off the event loop
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
+_REGION = re.compile(rb"<Region>([a-z0-9-]{1,40})</Region>")
 
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "OperationAborted"}
 )
-_AUTH_CODES = frozenset({
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-    "TokenRefreshRequired", "RequestTimeTooSkewed", "AuthorizationHeaderMalformed", "AccountProblem",
-    "AllAccessDisabled", "InvalidSecurity",
-})  # fmt: skip
+_AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "RequestTimeTooSkewed",
+        "AuthorizationHeaderMalformed",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "InvalidSecurity",
+    }
+)
 
 
 class S3SinkOptions(PluginOptions):
@@ -187,9 +198,13 @@ class S3Sink(LogSink):
     def _line(self, record: OutRecord) -> bytes:
         if self.options.content == "lines" or record.format == "json":
             return record.data
-        return orjson.dumps({
-            "message": record.data.decode("utf-8", "replace"), "id": record.id, "timestamp": record.timestamp,
-        })  # fmt: skip
+        return orjson.dumps(
+            {
+                "message": record.data.decode("utf-8", "replace"),
+                "id": record.id,
+                "timestamp": record.timestamp,
+            }
+        )
 
     def _object(self, records: list[OutRecord], lines: list[bytes]) -> tuple[str, list[OutRecord], bytes]:
         return self.object_key(records), records, b"\n".join(lines) + b"\n"
@@ -258,12 +273,18 @@ class S3Sink(LogSink):
             raise PermanentError(f"bucket {self.options.bucket!r} does not exist at {self.endpoint} ({what})")
         if code in _TRANSIENT_CODES or (not code and status in RETRYABLE) or status >= 500:
             raise TransientError(what, retry_after=retry_after(response.headers))
+        if code in ("AuthorizationHeaderMalformed", "PermanentRedirect") or status == 301:
+            region_match = _REGION.search(body)
+            region = (
+                region_match.group(1).decode()
+                if region_match
+                else response.headers.get("x-amz-bucket-region")
+            )
+            where = f"region {region!r}" if region else "another region"
+            raise ComponentConfigError(f"{what} (the bucket lives in {where}; set `region:` to match)")
         if code in _AUTH_CODES or status in (401, 403):
             hint = " (check the system clock)" if code == "RequestTimeTooSkewed" else ""
             raise AuthError(what + hint)
-        if status == 301:
-            region = response.headers.get("x-amz-bucket-region", "another region")
-            raise AuthError(f"{what} (the bucket is in {region}; set `region:` accordingly)")
         raise PermanentError(what)
 
     def _target(self) -> str:

@@ -1,0 +1,251 @@
+"""The ``chronicle`` log sink: Google SecOps (Chronicle) legacy ingestion API, unstructured log entries.
+
+``POST {endpoint}/v2/unstructuredlogentries:batchCreate`` with ``{"customer_id", "log_type",
+"namespace"?, "labels"?, "entries": [{"log_text", "ts_epoch_microseconds"}]}`` and a
+service-account bearer token (scope ``malachite-ingestion``). A request carries at most 1 MB;
+like Netskope CE the sink keeps each JSON body under 800,000 bytes by default and splits a batch
+into as many requests as needed (a "payload size exceeds the limit" answer splits further).
+
+Chronicle has no idempotency key, so, as for Azure, the sink remembers which entries of a batch
+were accepted until the batch succeeds, and a retry of that batch sends only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Self
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import Field, SecretStr, model_validator
+
+from ce_chronicle.auth import GoogleToken, ServiceAccount
+from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
+from ce_daemon.http import RETRYABLE, HttpOptions, TlsOptions, make_session, retry_after, transport_error
+from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+
+log = structlog.get_logger(__name__)
+
+API_LIMIT = 1_048_576
+_THREAD_MIN_BYTES = 128 * 1024
+
+
+def regional_endpoint(region: str) -> str:
+    """The ingestion host of a Chronicle region (``us`` is the unprefixed multi-region host)."""
+    prefix = "" if region == "us" else f"{region}-"
+    return f"https://{prefix}malachiteingestion-pa.googleapis.com"
+
+
+class ChronicleOptions(PluginOptions):
+    """Options of the ``chronicle`` sink."""
+
+    customer_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")]
+    log_type: Annotated[str, Field(pattern=r"^[A-Z0-9_]+$")] = "NETSKOPE_ALERT_V2"
+    namespace: str | None = None
+    labels: dict[str, str] = {}
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "us"
+    """``us``, ``europe``, ``asia-southeast1``, ``europe-west2``… (the regional ingestion host)."""
+    endpoint: Annotated[str | None, Field(pattern=r"^https?://[^/?#]+/?$")] = None
+    """An explicit ingestion host, instead of the region's."""
+    credentials: SecretStr | None = None
+    """The service-account JSON key itself (``{$file: key.json}``)."""
+    credentials_file: Path | None = None
+    """Or the path of the JSON key (relative to the pipeline file)."""
+    gzip: bool = True
+    max_request_bytes: Annotated[int, Field(ge=10_000, le=API_LIMIT)] = 800_000
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    tls: TlsOptions = TlsOptions()
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Self:
+        if (self.credentials is None) == (self.credentials_file is None):
+            raise ValueError(
+                "give the service-account key as exactly one of `credentials` or `credentials_file`"
+            )
+        return self
+
+
+class _TooLargeError(Exception):
+    """The API refused a request's size."""
+
+
+class ChronicleSink(LogSink):
+    """The ``chronicle`` log sink."""
+
+    Options = ChronicleOptions
+    options: ChronicleOptions
+    max_batch_bytes = 700_000
+    """Below the 800,000-byte request default: each entry adds its JSON wrapping, so requests split anyway."""
+
+    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+        super().__init__(options, context)
+        opts = self.options
+        host = (opts.endpoint or regional_endpoint(opts.region)).rstrip("/")
+        self.url = f"{host}/v2/unstructuredlogentries:batchCreate"
+        head: dict[str, object] = {"customer_id": opts.customer_id, "log_type": opts.log_type}
+        if opts.namespace:
+            head["namespace"] = opts.namespace
+        if opts.labels:
+            head["labels"] = [{"key": key, "value": value} for key, value in opts.labels.items()]
+        self._head = orjson.dumps(head)[:-1] + b',"entries":['
+        self.token: GoogleToken | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._progress: tuple[tuple[int, str, str], set[int]] | None = None
+
+    async def open(self) -> None:
+        if self.token is None:
+            self.token = GoogleToken(await self._account())
+        if self._session is None:
+            http = HttpOptions(url=self.url, timeout=self.options.timeout, tls=self.options.tls)
+            self._session = make_session(http, self.context.base_dir)
+
+    async def _account(self) -> ServiceAccount:
+        if self.options.credentials is not None:
+            return ServiceAccount.from_json(self.options.credentials.get_secret_value())
+        assert self.options.credentials_file is not None
+        path = self.context.resolve(self.options.credentials_file)
+        try:
+            text = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            raise ComponentConfigError(f"cannot read the service-account key {path}: {exc.strerror}") from exc
+        return ServiceAccount.from_json(text)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def health(self) -> Health:
+        """Obtain a token: proves the key, the account and the token endpoint."""
+        session, token = self._ready()
+        try:
+            await token.get(session, fresh=True)
+        except (AuthError, TransientError) as exc:
+            return Health(ok=False, detail=str(exc))
+        return Health(ok=True, detail=f"token obtained for {token.account.client_email}")
+
+    async def send(self, batch: Sequence[OutRecord]) -> SendResult:
+        """Post the batch as batchCreate requests of at most ``max_request_bytes``."""
+        if not batch:
+            return SendResult()
+        delivered = self._delivered_so_far(batch)
+        pending = [i for i in range(len(batch)) if i not in delivered]
+        entries = {i: _entry(batch[i]) for i in pending}
+        cap = self.options.max_request_bytes - len(self._head) - 2
+        chunks, oversize = _pack([len(entries[i]) for i in pending], cap)
+        rejected = [(pending[p], "entry exceeds the request size limit on its own") for p in oversize]
+        queue = deque([pending[p] for p in chunk] for chunk in chunks)
+        refusal: str | None = None
+        while queue:
+            chunk = queue.popleft()
+            try:
+                await self._post(self._head + b",".join(entries[i] for i in chunk) + b"]}", len(chunk))
+            except _TooLargeError as exc:
+                if len(chunk) == 1:
+                    rejected.append((chunk[0], str(exc)))
+                else:
+                    half = len(chunk) // 2
+                    queue.extendleft([chunk[half:], chunk[:half]])
+                continue
+            except PermanentError as exc:
+                refusal = str(exc)
+                rejected.extend((i, refusal) for i in chunk)
+                continue
+            delivered.update(chunk)
+        self._progress = None
+        if refusal is not None and not delivered and len(rejected) == len(batch):
+            raise PermanentError(refusal)
+        return SendResult(rejected=sorted(rejected)) if rejected else SendResult()
+
+    def _delivered_so_far(self, batch: Sequence[OutRecord]) -> set[int]:
+        key = (len(batch), batch[0].id, batch[-1].id)
+        if self._progress is None or self._progress[0] != key:
+            self._progress = (key, set())
+        return self._progress[1]
+
+    def _ready(self) -> tuple[aiohttp.ClientSession, GoogleToken]:
+        if self._session is None or self.token is None:
+            raise RuntimeError("the chronicle sink is not open")
+        return self._session, self.token
+
+    async def _post(self, body: bytes, entries: int) -> None:
+        session, token_source = self._ready()
+        headers = {"Content-Type": "application/json"}
+        if self.options.gzip:
+            headers["Content-Encoding"] = "gzip"
+            if len(body) >= _THREAD_MIN_BYTES:
+                body = await asyncio.to_thread(gzip.compress, body, 6)
+            else:
+                body = gzip.compress(body, 6)
+        for attempt in (1, 2):
+            headers["Authorization"] = f"Bearer {await token_source.get(session)}"
+            try:
+                async with session.post(self.url, data=body, headers=headers) as response:
+                    if 200 <= response.status < 300:
+                        log.debug("chronicle.entries_accepted", entries=entries, bytes=len(body))
+                        return
+                    if response.status == 401 and attempt == 1:
+                        token_source.invalidate()  # expired or revoked early: one fresh token, one more try
+                        continue
+                    await self._raise(response)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise transport_error(exc, f"Chronicle {self.url}") from exc
+
+    async def _raise(self, response: aiohttp.ClientResponse) -> None:
+        status = response.status
+        code, detail = _error_of(await response.read())
+        message = f"Chronicle {self.url} answered HTTP {status}" + (f" {code}" if code else "")
+        message += f": {detail}" if detail else ""
+        if status == 413 or (status == 400 and "payload size exceeds" in detail.lower()):
+            raise _TooLargeError(message)
+        if status in RETRYABLE or code == "RESOURCE_EXHAUSTED":
+            raise TransientError(message, retry_after=retry_after(response.headers))
+        if status in (401, 403):
+            raise AuthError(message)
+        if status == 404:
+            raise ComponentConfigError(message + " (check region, endpoint and customer_id)")
+        raise PermanentError(message)
+
+
+def _entry(record: OutRecord) -> bytes:
+    """One entry, built from bytes: the line as a JSON string and its time in microseconds."""
+    text = orjson.dumps(record.data.decode("utf-8", "replace"))
+    return b'{"log_text":%s,"ts_epoch_microseconds":%d}' % (text, max(0, record.timestamp) * 1_000_000)
+
+
+def _pack(sizes: Sequence[int], cap: int) -> tuple[list[list[int]], list[int]]:
+    """Group entry positions so each group's comma-joined size stays within ``cap``; and the misfits."""
+    chunks: list[list[int]] = []
+    oversize: list[int] = []
+    current: list[int] = []
+    size = 0
+    for position, entry_size in enumerate(sizes):
+        if entry_size > cap:
+            oversize.append(position)
+            continue
+        extra = entry_size + (1 if current else 0)
+        if current and size + extra > cap:
+            chunks.append(current)
+            current, size, extra = [], 0, entry_size
+        current.append(position)
+        size += extra
+    if current:
+        chunks.append(current)
+    return chunks, oversize
+
+
+def _error_of(body: bytes) -> tuple[str, str]:
+    """(status, message) of a Google error body ``{"error": {"code", "message", "status"}}``."""
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return "", body[:300].decode("utf-8", "replace").strip()
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(error, dict):
+        return "", ""
+    return str(error.get("status") or ""), str(error.get("message") or "")[:300]
