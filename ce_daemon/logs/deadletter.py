@@ -59,7 +59,10 @@ class DeadLetters:
 
     async def oldest(self, route: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The oldest dead letters (of one route, or of all)."""
-        query = "SELECT id, route, stream, record_id, reason, created, attempts, formatted FROM dead_letters"
+        query = (
+            "SELECT id, route, stream, record_id, reason, created, attempts, formatted, record"
+            " FROM dead_letters"
+        )
         params: tuple[Any, ...] = ()
         if route:
             query += " WHERE route = ?"
@@ -77,6 +80,7 @@ class DeadLetters:
                 "created": r[5],
                 "attempts": r[6],
                 "formatted": bytes(r[7]),
+                "timestamp": _timestamp(r[8]),
             }
             for r in rows
         ]
@@ -157,7 +161,13 @@ async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
         context = PluginContext(name=name, base_dir=loaded.base_dir, data_dir=loaded.config.state.path.parent)
         sink = route.sink.cls(route.sink_options, context)
-        await sink.open()
+        try:
+            await sink.open()
+        except (OSError, CeDaemonError) as exc:
+            await sink.close()
+            print(f"{name}: cannot open the sink, nothing replayed: {exc}")
+            failures += len(rows)
+            continue
         try:
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
@@ -165,7 +175,14 @@ async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
                 for row in chunk:
                     _, kind, subtype = row["stream"].split("/", 2)
                     batch.append(
-                        OutRecord(row["record_id"], 0, row["formatted"], kind, subtype, route.config.format)
+                        OutRecord(
+                            row["record_id"],
+                            row["timestamp"],
+                            row["formatted"],
+                            kind,
+                            subtype,
+                            route.config.format,
+                        )
                     )
                 try:
                     result = await sink.send(batch)
@@ -182,3 +199,12 @@ async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
         finally:
             await sink.close()
     return 1 if failures else 0
+
+
+def _timestamp(record: bytes) -> int:
+    """The record's own timestamp: a replay lands in the same dated index or object key as a first send."""
+    try:
+        value = orjson.loads(record).get("timestamp")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+    return value if isinstance(value, int) else 0

@@ -3,6 +3,12 @@
 The route's spool offset moves only after its sink acknowledged the whole batch; records the
 target refused for good go to the dead-letter table with the reason. A route that is slow or
 broken holds only its own offset, never another route's.
+
+Counters in ``ce-daemon status``: ``received`` (records read from the spool), ``sent`` (accepted
+by the sink), ``failed`` (records of send attempts that failed and are being retried, counted per
+attempt), ``dead_lettered``, ``bytes`` (formatted bytes handed to the sink, one separator each),
+``lag_s`` (now minus the newest record timestamp shipped), plus ``filtered``, ``muted``,
+``retries`` and ``batches``.
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ class RouteComponent(Component):
         self.log = log.bind(component=name)
         self._opened = False
         self._newest_shipped = 0
+        self._shipped_once = False
+        # Shown from the start, zero until something happens; lag_s appears with the first shipped batch.
+        self.status.counters.update({"received": 0, "sent": 0, "failed": 0, "dead_lettered": 0, "bytes": 0})
 
     async def start(self) -> None:
         """Open the sink and check its health; a failure here rejects a reload."""
@@ -99,6 +108,11 @@ class RouteComponent(Component):
         if not self._opened:
             await self.sink.open()
             self._opened = True
+        # A batch abandoned at shutdown ends the run: nothing read after it may be sent or acknowledged.
+        with contextlib.suppress(_BatchAbandonedError):
+            await self._ship(stopping)
+
+    async def _ship(self, stopping: asyncio.Event) -> None:
         batch = _Batch()
         after: int | None = None
         consumer = self.name
@@ -107,6 +121,7 @@ class RouteComponent(Component):
             timeout = max(0.0, wait - (time.monotonic() - batch.opened)) if batch.records else 1.0
             page = await self.spool.next_page(consumer, after=after, timeout=timeout)
             self.status.beat()
+            self._update_lag()
             if page is None:
                 if batch.records and time.monotonic() - batch.opened >= wait:
                     batch = await self._flush(batch, stopping)
@@ -153,6 +168,11 @@ class RouteComponent(Component):
             out = OutRecord(
                 str(record.get("_id", "")), ts if isinstance(ts, int) else 0, data, kind, subtype, name
             )
+            if batch.records and batch.size + len(data) + 1 > max_bytes:
+                # The record would take the batch past the byte cap (a target's hard request limit):
+                # send what is there, acknowledged up to this record, and start the next with it.
+                batch.acks[stream] = (page.seq, position)
+                batch = await self._flush(batch, stopping)
             batch.add(out, record, stream)
             if len(batch.records) >= max_records or batch.size >= max_bytes:
                 batch.acks[stream] = (page.seq, position + 1)
@@ -180,6 +200,7 @@ class RouteComponent(Component):
             except TransientError as exc:
                 attempt += 1
                 self.status.count("retries")
+                self.status.count("failed", len(batch.records))
                 delay = max(exc.retry_after or 0.0, _backoff(attempt, self.config.retry_max_delay))
                 if attempt >= 2:
                     self.status.degraded(f"sink failing, retrying: {exc}")
@@ -191,7 +212,9 @@ class RouteComponent(Component):
                     records=len(batch.records),
                 )
                 if stopping.is_set():
-                    return _Batch()  # never acknowledged: the pages are read again after a restart
+                    # Never acknowledged: the pages are read again after a restart. Nothing after this
+                    # batch may be sent either, or its acknowledgement would cover these records.
+                    raise _BatchAbandonedError from exc
                 await _wait(stopping, delay)
             except PermanentError as exc:
                 self.log.error("sink.batch_rejected", error=str(exc), records=len(batch.records))
@@ -211,19 +234,28 @@ class RouteComponent(Component):
             self.status.count("dead_lettered", len(rejected))
             self.log.warning("sink.records_dead_lettered", records=len(rejected), first_reason=rejected[0][1])
         sent = len(batch.records) - len(rejected) if result is not None else 0
-        if "sent" not in self.status.counters:
+        if not self._shipped_once:
+            self._shipped_once = True
             self.log.info("route.first_batch_shipped", records=sent, sink=self.route.sink.name)
         self.status.count("sent", sent)
         self.status.count("bytes", batch.size)
         self.status.count("batches")
         newest = max((r.timestamp for r in batch.records), default=0)
         self._newest_shipped = max(self._newest_shipped, newest)
-        if self._newest_shipped:
-            self.status.counters["lag_s"] = max(0, int(time.time()) - self._newest_shipped)
+        self._update_lag()
         for seq, position in batch.acks.values():
             await asyncio.shield(self.spool.ack(self.name, seq, position))
         self.status.ok(f"shipped {self.status.counters.get('sent', 0)} records")
         return _Batch()
+
+    def _update_lag(self) -> None:
+        # Refreshed on every turn of the loop too, so that the lag keeps growing while the sink is down.
+        if self._newest_shipped:
+            self.status.counters["lag_s"] = max(0, int(time.time()) - self._newest_shipped)
+
+
+class _BatchAbandonedError(Exception):
+    """A batch was abandoned unacknowledged because the route is stopping."""
 
 
 def _backoff(attempt: int, cap: float) -> float:

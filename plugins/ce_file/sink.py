@@ -49,8 +49,12 @@ class FileSink(LogSink):
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._handle = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         self._size = os.fstat(self._handle).st_size
+        # a write cut short by a crash leaves a partial last line: end it, so the next record starts clean
+        if self._size and os.pread(self._handle, 1, self._size - 1) != b"\n":
+            os.write(self._handle, b"\n")
+            self._size += 1
 
     async def health(self) -> Health:
         if not os.access(self.path.parent, os.W_OK):
