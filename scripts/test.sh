@@ -4,14 +4,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 
-# rsyslog is the real syslog receiver the log-shipping tests talk to (started by the tests themselves).
-if ! command -v rsyslogd >/dev/null 2>&1; then
+# rsyslog (with its GnuTLS driver) is the real syslog receiver the log-shipping tests talk to;
+# the tests start their own rsyslogd on loopback ports.
+if ! command -v rsyslogd >/dev/null 2>&1 || ! ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    echo "== installing rsyslog (Debian) for the syslog tests"
+    echo "== installing rsyslog and rsyslog-gnutls (Debian) for the syslog tests"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsyslog >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsyslog rsyslog-gnutls >/dev/null
   else
-    echo "!! rsyslogd is missing and we are not root: run 'sudo apt-get install rsyslog' (syslog tests will fail)"
+    echo "!! rsyslog/rsyslog-gnutls missing and we are not root: 'sudo apt-get install rsyslog rsyslog-gnutls'"
+    exit 1
   fi
 fi
 

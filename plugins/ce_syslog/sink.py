@@ -17,7 +17,6 @@ datagram was dropped. A refusal the kernel reports (ICMP port unreachable, no ro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import socket
 import ssl
@@ -179,23 +178,30 @@ class SyslogSink(LogSink):
             raise TransientError(
                 f"{self._target}: the receiver did not take the batch within {self.options.write_timeout:g} s"
             ) from None
-        except (OSError, RuntimeError) as exc:
-            # RuntimeError: asyncio refuses to write on a transport that has just been closed.
-            await self._drop_stream(str(exc))
+        except OSError as exc:
+            await self._drop_stream(str(exc) or type(exc).__name__)
             raise TransientError(f"{self._target}: connection lost while sending: {exc}") from None
 
     async def _drop_stream(self, reason: str | None) -> None:
+        """Close the connection: gracefully when ``reason`` is None, else at once, discarding what is buffered
+        (the core sends the failed batch again on a new connection)."""
         writer = self._writer
         self._reader = self._writer = None
         if writer is None:
             return
-        if reason is not None:
+        if reason is None:
+            writer.close()
+        else:
             self.context.log.warning("syslog.connection_dropped", target=self.options.target, reason=reason)
-        writer.close()
-        # A dead peer may never answer the TLS close_notify: bound the wait, ignore how it ended.
-        with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+            writer.transport.abort()
+        try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await writer.wait_closed()
+        except TimeoutError:
+            # A receiver that stopped reading never lets the buffer drain nor answers TLS close_notify.
+            writer.transport.abort()
+        except OSError:
+            pass  # how the connection ended no longer matters
 
     # -- UDP -----------------------------------------------------------------------------------------
 
