@@ -7,25 +7,40 @@ honoured, and statuses map onto the core's error taxonomy the same way everywher
 - 408, 425, 429 and 5xx (except 501, 505) → :class:`TransientError` (retry the batch);
 - 401 and 403 → :class:`AuthError` (stop the component, no retry storm);
 - any other 4xx → :class:`PermanentError` (dead-letter what was sent).
+
+It also holds what several HTTP sinks need alike: one session for a sink's life (:class:`HttpSink`),
+gzip bodies (:func:`prepare_body`), requests kept under a byte cap and halved when the target
+says they are too large (:func:`split_by_size`, :func:`send_halving`), a batch sent in several
+requests without sending again what a target took (:class:`ResumableSender`), and OAuth 2.0
+access tokens cached until they expire, renewed once when an API refuses one (:class:`OAuth2Token`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import email.utils
+import gzip
 import ssl
 import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import aiohttp
+import orjson
 from pydantic import Field, SecretStr
 
 from ce_daemon import __version__
 from ce_daemon.errors import AuthError, PermanentError, TransientError
-from ce_daemon.plugin import PluginOptions
+from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SendResult
 
 USER_AGENT = f"ce-daemon/{__version__}"
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 508, 509, 520, 521, 522, 523, 524})
+_GZIP_IN_THREAD = 256 * 1024  # compress larger bodies off the event loop
+_TOKEN_REFRESH_MARGIN = 300.0  # renew early so that a request never leaves with a token about to lapse
 
 
 class TlsOptions(PluginOptions):
@@ -38,12 +53,17 @@ class TlsOptions(PluginOptions):
     min_version: str = "1.2"
 
 
-class HttpOptions(PluginOptions):
-    """What every HTTP target has: where, how long to wait, TLS, extra headers."""
+class ConnectionOptions(PluginOptions):
+    """What every connection has: how long to wait for an answer, and TLS."""
 
-    url: Annotated[str, Field(pattern=r"^https?://")]
     timeout: Annotated[float, Field(gt=0)] = 30.0
     tls: TlsOptions = TlsOptions()
+
+
+class HttpOptions(ConnectionOptions):
+    """What every HTTP target given by URL has: where, how long to wait, TLS, extra headers."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
     headers: dict[str, str] = {}
 
 
@@ -65,10 +85,13 @@ def ssl_context(tls: TlsOptions, base_dir: Path | None = None) -> ssl.SSLContext
     return context
 
 
-def make_session(options: HttpOptions, base_dir: Path | None = None, **headers: str) -> aiohttp.ClientSession:
+def make_session(
+    options: ConnectionOptions, base_dir: Path | None = None, **headers: str
+) -> aiohttp.ClientSession:
     """A client session for one target: timeouts, TLS, our User-Agent, the configured headers."""
+    configured = options.headers if isinstance(options, HttpOptions) else {}
     return aiohttp.ClientSession(
-        headers={"User-Agent": USER_AGENT, **options.headers, **headers},
+        headers={"User-Agent": USER_AGENT, **configured, **headers},
         timeout=aiohttp.ClientTimeout(total=options.timeout),
         connector=aiohttp.TCPConnector(ssl=ssl_context(options.tls, base_dir), limit=16),
     )
@@ -116,3 +139,288 @@ def transport_error(exc: BaseException, target: str) -> TransientError:
 def bearer(token: SecretStr) -> str:
     """An ``Authorization`` value for a bearer token."""
     return f"Bearer {token.get_secret_value()}"
+
+
+def basic(username: str, password: SecretStr) -> str:
+    """An ``Authorization`` value for HTTP basic authentication."""
+    pair = f"{username}:{password.get_secret_value()}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+class HttpSink(LogSink):
+    """A log sink that talks HTTP through one client session for its whole life (connection reuse).
+
+    :meth:`session` gives it, made on first use (``open`` makes it), and ``close`` closes it. The
+    options must be :class:`ConnectionOptions`; a sink whose requests all carry the same credentials
+    overrides :meth:`new_session` to add them as headers.
+    """
+
+    _session: aiohttp.ClientSession | None = None
+
+    def new_session(self) -> aiohttp.ClientSession:
+        """A new session from the options' timeout, TLS (and headers, for :class:`HttpOptions`)."""
+        if not isinstance(self.options, ConnectionOptions):
+            raise TypeError(f"{type(self).__name__}.Options must derive from ConnectionOptions")
+        return make_session(self.options, self.context.base_dir)
+
+    def session(self) -> aiohttp.ClientSession:
+        """The sink's session, made now if there is none yet."""
+        if self._session is None:
+            self._session = self.new_session()
+        return self._session
+
+    async def open(self) -> None:
+        self.session()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+async def prepare_body(body: bytes, content_type: str, *, compress: bool) -> tuple[bytes, dict[str, str]]:
+    """The body to send and its headers: ``Content-Type``; gzip and ``Content-Encoding`` if ``compress``."""
+    headers = {"Content-Type": content_type}
+    if compress:
+        headers["Content-Encoding"] = "gzip"
+        body = await gzip_compress(body)
+    return body, headers
+
+
+async def gzip_compress(body: bytes, level: int = 6) -> bytes:
+    """``body`` gzipped with ``mtime`` 0 (the same body gives the same bytes); large bodies off the loop."""
+    if len(body) < _GZIP_IN_THREAD:
+        return gzip.compress(body, level, mtime=0)
+    return await asyncio.to_thread(gzip.compress, body, level, mtime=0)
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """``body`` parsed as a JSON object: ``{}`` when empty or not an object, None when it is not JSON."""
+    try:
+        parsed = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def excerpt(body: bytes, limit: int = 300) -> str:
+    """The start of a body that is not what we expected (a proxy's page, say), for an error message."""
+    return body[:limit].decode("utf-8", "replace").strip()
+
+
+def json_error(body: bytes, key: str) -> tuple[str, str]:
+    """``(error[key], error.message)`` of an error body ``{"error": {...}}`` (Azure's, Google's).
+
+    ``("", an excerpt of the body)`` when it is not JSON; empty strings for what is missing.
+    """
+    parsed = json_object(body)
+    if parsed is None:
+        return "", excerpt(body)
+    error = parsed.get("error")
+    if not isinstance(error, dict):
+        return "", ""
+    return str(error.get(key) or ""), str(error.get("message") or "")[:300]
+
+
+# -- requests under a size cap ---------------------------------------------------------------------
+
+
+class RequestTooLargeError(Exception):
+    """The target refused a request for its size (413, or its own words for it): send less at once.
+
+    Raised by the ``send`` callback of :func:`send_halving`; the message is the target's answer.
+    """
+
+
+def split_by_size(sizes: Sequence[int], limit: int, *, overhead: int = 0, separator: int = 0) -> list[range]:
+    """Consecutive ranges of item positions whose request body stays within ``limit`` bytes, in order.
+
+    The body of a range is ``overhead + sum of its sizes + separator * (items - 1)`` bytes: for a
+    JSON array, ``overhead=2`` (the brackets) and ``separator=1`` (the commas). An item too large
+    to fit even alone gets a range of its own: the caller sends it anyway or refuses it.
+    """
+    ranges: list[range] = []
+    start, size = 0, overhead
+    for position, item in enumerate(sizes):
+        grown = size + item + (separator if position > start else 0)
+        if position > start and grown > limit:
+            ranges.append(range(start, position))
+            start, grown = position, overhead + item
+        size = grown
+    if start < len(sizes):
+        ranges.append(range(start, len(sizes)))
+    return ranges
+
+
+async def send_halving(
+    parts: Iterable[range],
+    send: Callable[[range], Awaitable[range | None]],
+    *,
+    on_split: Callable[[range], object] | None = None,
+) -> list[tuple[int, str]]:
+    """Send each range of positions with ``send``, in order; one refused as too large is halved.
+
+    ``send`` raises :class:`RequestTooLargeError` when the target refuses a request for its size;
+    both halves are then sent, the first one first (``on_split`` is told of each split, to log it).
+    A single position still refused is given up: the result lists those as ``(position, the
+    target's message)``. ``send`` may return the positions of the range still to send (a target
+    that took the items before one it refused alone): they go next. Any other error from ``send``
+    ends the delivery there.
+    """
+    queue = deque(parts)
+    refused: list[tuple[int, str]] = []
+    while queue:
+        part = queue.popleft()
+        try:
+            rest = await send(part)
+        except RequestTooLargeError as exc:
+            if len(part) <= 1:
+                refused.extend((position, str(exc)) for position in part)
+                continue
+            if on_split is not None:
+                on_split(part)
+            middle = len(part) // 2
+            queue.extendleft([part[middle:], part[:middle]])
+            continue
+        if rest:
+            queue.appendleft(rest)
+    return refused
+
+
+class ResumableSender:
+    """Sends a batch in several requests to a target that has no idempotency key, never twice a part it took.
+
+    The core retries a failed batch with the very same records: the positions the requests of a
+    failed attempt delivered are remembered until the batch succeeds (or another batch comes), and
+    the retry sends only the rest. Requests hold what fits in ``limit`` bytes, halved when the
+    target says too large; a request refused for good rejects its own records only.
+    """
+
+    def __init__(self) -> None:
+        self._batch: tuple[int, str, str] | None = None
+        self._delivered: set[int] = set()
+
+    async def send(
+        self,
+        batch: Sequence[OutRecord],
+        encode: Callable[[OutRecord], bytes],
+        post: Callable[[list[bytes]], Awaitable[None]],
+        *,
+        limit: int,
+        overhead: int = 0,
+        separator: int = 0,
+        oversize: Callable[[int], str],
+    ) -> SendResult:
+        """Deliver ``batch``: each record ``encode``-d, the items of each request given to ``post``.
+
+        ``post`` raises :class:`RequestTooLargeError` (the request is halved), :class:`PermanentError`
+        (its records are rejected with the message), or anything else (the batch fails; what was
+        delivered is remembered). A body is ``overhead + items + separator between items`` bytes (see
+        :func:`split_by_size`); an item too large for any request is rejected with ``oversize(size)``.
+        If every record is refused by the target, the batch raises its :class:`PermanentError`.
+        """
+        if not batch:
+            return SendResult()
+        key = (len(batch), batch[0].id, batch[-1].id)
+        if self._batch != key:
+            self._batch, self._delivered = key, set()
+        delivered = self._delivered
+        items = {i: encode(batch[i]) for i in range(len(batch)) if i not in delivered}
+        fitting = [i for i, item in items.items() if overhead + len(item) <= limit]
+        rejected = [(i, oversize(len(item))) for i, item in items.items() if overhead + len(item) > limit]
+        refusal: str | None = None
+
+        async def post_part(part: range) -> None:
+            nonlocal refusal
+            positions = [fitting[p] for p in part]
+            try:
+                await post([items[i] for i in positions])
+            except PermanentError as exc:
+                refusal = str(exc)
+                rejected.extend((i, refusal) for i in positions)
+                return
+            delivered.update(positions)
+
+        parts = split_by_size([len(items[i]) for i in fitting], limit, overhead=overhead, separator=separator)
+        rejected += [(fitting[p], reason) for p, reason in await send_halving(parts, post_part)]
+        self._batch = None
+        if refusal is not None and not delivered and len(rejected) == len(batch):
+            raise PermanentError(refusal)
+        return SendResult(rejected=sorted(rejected)) if rejected else SendResult()
+
+
+# -- OAuth 2.0 bearer tokens -----------------------------------------------------------------------
+
+
+class OAuth2Token:
+    """An OAuth 2.0 access token from a token endpoint, cached until shortly before it expires.
+
+    Subclasses give the grant's form fields (:meth:`grant`: client credentials, a signed JWT…).
+    ``target`` names the token endpoint in error messages, ``principal`` who asks (never a secret).
+    The token is renewed five minutes before ``expires_in`` runs out (half-way for short lifetimes);
+    :meth:`post` sends a request with it and, if the API answers 401 (a token revoked or expired
+    early), once more with a fresh one.
+    """
+
+    def __init__(self, url: str, *, target: str, principal: str) -> None:
+        self.url = url
+        self.target = target
+        self.principal = principal
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def grant(self) -> Mapping[str, str]:
+        """The form fields of the token request (called for each request: a JWT grant is dated)."""
+        raise NotImplementedError
+
+    def invalidate(self) -> None:
+        """Forget the cached token (the API refused it: fetch another before the next call)."""
+        self._token = None
+
+    async def get(self, session: aiohttp.ClientSession, *, fresh: bool = False) -> str:
+        """A valid access token: the cached one, or a new one when none, expiring, or ``fresh``."""
+        async with self._lock:
+            if fresh or self._token is None or time.monotonic() >= self._renew_at:
+                await self._fetch(session)
+            assert self._token is not None
+            return self._token
+
+    @contextlib.asynccontextmanager
+    async def post(
+        self, session: aiohttp.ClientSession, url: str, *, data: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST with the token as ``Authorization: Bearer``; after a 401, once more with a fresh token."""
+        for attempt in (1, 2):
+            authorised = {**headers, "Authorization": f"Bearer {await self.get(session)}"}
+            async with session.post(url, data=data, headers=authorised) as response:
+                if response.status == 401 and attempt == 1:
+                    self.invalidate()
+                    continue
+                yield response
+                return
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> None:
+        try:
+            async with session.post(self.url, data=dict(self.grant())) as response:
+                body = await response.read()
+                status, headers = response.status, response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc, self.target) from exc
+        answer = json_object(body) or {}
+        if status == 200 and isinstance(answer.get("access_token"), str):
+            try:
+                lifetime = float(answer.get("expires_in", 3600))
+            except (TypeError, ValueError):
+                lifetime = 3600.0
+            self._token = answer["access_token"]
+            self._renew_at = time.monotonic() + lifetime - min(_TOKEN_REFRESH_MARGIN, lifetime / 2)
+            return
+        # Only the first line of error_description: Entra's later lines carry trace ids, no reason.
+        reason = str(answer.get("error_description") or "").split("\n", 1)[0].strip()[:300]
+        message = f"{self.target} answered HTTP {status}"
+        message += f" {answer['error']}" if answer.get("error") else ""
+        message += f": {reason}" if reason else ""
+        if status in RETRYABLE:
+            raise TransientError(message, retry_after=retry_after(headers))
+        raise AuthError(f"{message} ({self.principal})")

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import ipaddress
-import signal
-import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from ce_azure import AzureLogsIngestionSink
-from ce_azure.rows import pack
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import running_simulator
-from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.http import split_by_size
+from ce_daemon.plugin import OutRecord
 from ce_daemon.testing.fakes.azure import FakeAzureMonitor
+from ce_daemon.testing.pipelines import ship_backlog
+from ce_daemon.testing.sinks import assert_tls_verified, open_sink
+from ce_daemon.testing.tls import self_signed_tls
 
 TS = 1_700_000_000
 ISO = "2023-11-14T22:13:20Z"
@@ -61,20 +54,14 @@ def options(fake: FakeAzureMonitor, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def opened(tmp_path: Path, raw: dict[str, Any]) -> AzureLogsIngestionSink:
-    sink = AzureLogsIngestionSink(
-        AzureLogsIngestionSink.Options.model_validate(raw),
-        PluginContext(name="azure", base_dir=tmp_path, data_dir=tmp_path),
-    )
-    await sink.open()
-    return sink
+def opened(tmp_path: Path, raw: dict[str, Any]) -> AbstractAsyncContextManager[AzureLogsIngestionSink]:
+    return open_sink(AzureLogsIngestionSink, raw, tmp_path, "azure")
 
 
 @pytest.fixture
 async def sink(tmp_path: Path, fake: FakeAzureMonitor) -> AsyncIterator[AzureLogsIngestionSink]:
-    opened_sink = await opened(tmp_path, options(fake))
-    yield opened_sink
-    await opened_sink.close()
+    async with opened(tmp_path, options(fake)) as opened_sink:
+        yield opened_sink
 
 
 # -- payload -----------------------------------------------------------------------------------------
@@ -102,11 +89,10 @@ async def test_cef_lines_become_raw_data_rows(fake: FakeAzureMonitor, sink: Azur
 async def test_column_names_are_options(tmp_path: Path, fake: FakeAzureMonitor) -> None:
     """time_column, raw_column and id_column rename the columns a table expects."""
     fake.required_columns = ("Time",)
-    sink = await opened(tmp_path, options(fake, time_column="Time", raw_column="Line", id_column="EventId"))
-    try:
+    async with opened(
+        tmp_path, options(fake, time_column="Time", raw_column="Line", id_column="EventId")
+    ) as sink:
         await sink.send([record(0, fmt="cef"), record(1)])
-    finally:
-        await sink.close()
     assert set(fake.rows[0]) == {"Time", "Line", "EventId"}
     assert fake.rows[1]["Time"] == ISO and fake.rows[1]["n"] == 1
 
@@ -122,11 +108,8 @@ async def test_record_already_holding_the_time_column_gets_it_set_once(
 
 async def test_uncompressed_when_gzip_is_off(tmp_path: Path, fake: FakeAzureMonitor) -> None:
     """`gzip: false` posts plain JSON."""
-    sink = await opened(tmp_path, options(fake, gzip=False))
-    try:
+    async with opened(tmp_path, options(fake, gzip=False)) as sink:
         await sink.send([record(0)])
-    finally:
-        await sink.close()
     assert not fake.calls[0].gzip and fake.calls[0].wire_bytes == fake.calls[0].json_bytes
 
 
@@ -136,22 +119,22 @@ async def test_uncompressed_when_gzip_is_off(tmp_path: Path, fake: FakeAzureMoni
 def test_pack_keeps_every_array_under_the_cap() -> None:
     """Packing never builds an array over the cap, keeps order, and sets aside rows too big alone."""
     sizes = [10, 10, 10, 50, 10]
-    chunks, oversize = pack(sizes, 35)
+    parts = split_by_size(sizes, 35, overhead=2, separator=1)
+    oversize = [part[0] for part in parts if 2 + sizes[part[0]] > 35]
+    chunks = [list(part) for part in parts if part[0] not in oversize]
     assert oversize == [3]
     assert chunks == [[0, 1, 2], [4]]
     assert all(2 + sum(sizes[i] for i in c) + len(c) - 1 <= 35 for c in chunks)
+    assert [list(part) for part in parts] == [[0, 1, 2], [3], [4]]  # a row too big is alone
 
 
 async def test_large_batch_is_split_into_calls_under_the_limit(
     tmp_path: Path, fake: FakeAzureMonitor
 ) -> None:
     """A batch whose rows exceed max_request_bytes goes out as several calls, each JSON body under it."""
-    sink = await opened(tmp_path, options(fake, max_request_bytes=20_000))
-    try:
+    async with opened(tmp_path, options(fake, max_request_bytes=20_000)) as sink:
         batch = [record(n, pad=900) for n in range(60)]
         await sink.send(batch)
-    finally:
-        await sink.close()
     assert len(fake.calls) > 1
     assert all(c.json_bytes <= 20_000 for c in fake.calls)
     assert [row["_id"] for row in fake.rows] == [r.id for r in batch]
@@ -161,12 +144,9 @@ async def test_413_splits_the_call_and_retries_smaller(tmp_path: Path) -> None:
     """A service whose limit is below ours answers 413: the sink halves the call until it fits."""
     fake = FakeAzureMonitor(max_body_bytes=8_000)
     async with fake:
-        sink = await opened(tmp_path, options(fake, gzip=False))
-        try:
+        async with opened(tmp_path, options(fake, gzip=False)) as sink:
             batch = [record(n, pad=400) for n in range(40)]
             result = await sink.send(batch)
-        finally:
-            await sink.close()
     assert not result.rejected
     assert any(call.status == 413 for call in fake.calls)
     assert [row["n"] for row in fake.rows] == list(range(40))
@@ -176,11 +156,8 @@ async def test_row_the_service_refuses_even_alone_is_rejected(tmp_path: Path) ->
     """When a single row still gets 413, that record alone is rejected with the service's message."""
     fake = FakeAzureMonitor(max_body_bytes=2_000)
     async with fake:
-        sink = await opened(tmp_path, options(fake, gzip=False))
-        try:
+        async with opened(tmp_path, options(fake, gzip=False)) as sink:
             result = await sink.send([record(0), record(1, pad=3_000), record(2)])
-        finally:
-            await sink.close()
     assert [index for index, _ in result.rejected] == [1]
     assert "ContentLengthLimitExceeded" in result.rejected[0][1]
     assert [row["n"] for row in fake.rows] == [0, 2]
@@ -204,7 +181,7 @@ async def test_429_with_retry_after_is_transient(
     fake: FakeAzureMonitor, sink: AzureLogsIngestionSink
 ) -> None:
     """429 TooManyRequests with Retry-After → TransientError carrying the delay."""
-    fake.fail_next(1, 429, "TooManyRequests", "Rate limit exceeded", retry_after=12)
+    fake.fail_next(1, 429, code="TooManyRequests", message="Rate limit exceeded", retry_after=12)
     with pytest.raises(TransientError, match="TooManyRequests") as caught:
         await sink.send([record(0)])
     assert caught.value.retry_after == 12
@@ -212,7 +189,7 @@ async def test_429_with_retry_after_is_transient(
 
 async def test_503_is_transient(fake: FakeAzureMonitor, sink: AzureLogsIngestionSink) -> None:
     """503 ServiceUnavailable → TransientError."""
-    fake.fail_next(1, 503, "ServiceUnavailable", "try later")
+    fake.fail_next(1, 503, code="ServiceUnavailable", message="try later")
     with pytest.raises(TransientError, match="503"):
         await sink.send([record(0)])
 
@@ -221,39 +198,33 @@ async def test_retry_after_partial_failure_does_not_resend_accepted_calls(
     tmp_path: Path, fake: FakeAzureMonitor
 ) -> None:
     """A later call of a split batch fails: the retried batch skips the calls already accepted."""
-    sink = await opened(tmp_path, options(fake, max_request_bytes=5_000))
     batch = [record(n, pad=1_500) for n in range(9)]
-    fake.fail_next(1, 500, "InternalServerError", "boom", after=1)
-    try:
+    fake.fail_next(1, 500, code="InternalServerError", message="boom", after=1)
+    async with opened(tmp_path, options(fake, max_request_bytes=5_000)) as sink:
         with pytest.raises(TransientError, match="500"):
             await sink.send(batch)
         delivered_first = [row["n"] for row in fake.rows]
         assert 0 < len(delivered_first) < 9
         result = await sink.send(batch)
-    finally:
-        await sink.close()
     assert not result.rejected
     assert [row["n"] for row in fake.rows] == list(range(9))
 
 
 async def test_a_new_batch_after_a_failure_is_sent_whole(tmp_path: Path, fake: FakeAzureMonitor) -> None:
     """The memory of delivered calls belongs to one batch: a different batch is sent in full."""
-    sink = await opened(tmp_path, options(fake, max_request_bytes=5_000))
-    fake.fail_next(1, 500, "InternalServerError", "boom", after=1)
-    try:
+    fake.fail_next(1, 500, code="InternalServerError", message="boom", after=1)
+    async with opened(tmp_path, options(fake, max_request_bytes=5_000)) as sink:
         with pytest.raises(TransientError):
             await sink.send([record(n, pad=1_500) for n in range(9)])
         fake.rows.clear()
         other = [record(n, pad=1_500) for n in range(100, 109)]
         await sink.send(other)
-    finally:
-        await sink.close()
     assert [row["n"] for row in fake.rows] == list(range(100, 109))
 
 
 async def test_bad_data_is_a_permanent_error(fake: FakeAzureMonitor, sink: AzureLogsIngestionSink) -> None:
     """400 for the only call of a batch → PermanentError with Azure's code and message."""
-    fake.fail_next(1, 400, "InvalidPayload", "Row 0 does not match the stream schema.")
+    fake.fail_next(1, 400, code="InvalidPayload", message="Row 0 does not match the stream schema.")
     with pytest.raises(PermanentError, match="InvalidPayload: Row 0 does not match"):
         await sink.send([record(0)])
 
@@ -262,13 +233,10 @@ async def test_bad_data_in_one_call_of_several_rejects_only_its_records(
     tmp_path: Path, fake: FakeAzureMonitor
 ) -> None:
     """400 for one call of a split batch: that call's records are rejected, the other calls delivered."""
-    sink = await opened(tmp_path, options(fake, max_request_bytes=5_000))
     batch = [record(n, pad=1_500) for n in range(9)]
-    fake.fail_next(1, 400, "InvalidPayload", "schema mismatch", after=1)
-    try:
+    fake.fail_next(1, 400, code="InvalidPayload", message="schema mismatch", after=1)
+    async with opened(tmp_path, options(fake, max_request_bytes=5_000)) as sink:
         result = await sink.send(batch)
-    finally:
-        await sink.close()
     rejected = {index for index, _ in result.rejected}
     assert rejected and all("schema mismatch" in reason for _, reason in result.rejected)
     assert {row["n"] for row in fake.rows} == set(range(9)) - rejected
@@ -276,19 +244,20 @@ async def test_bad_data_in_one_call_of_several_rejects_only_its_records(
 
 async def test_unknown_dcr_stops_the_route_as_a_config_error(tmp_path: Path, fake: FakeAzureMonitor) -> None:
     """404 for the DCR → ComponentConfigError (fix the file and reload), not a dead-lettered batch."""
-    sink = await opened(tmp_path, options(fake, dcr_immutable_id="dcr-ffffffffffffffffffffffffffffffff"))
-    try:
+    async with opened(
+        tmp_path, options(fake, dcr_immutable_id="dcr-ffffffffffffffffffffffffffffffff")
+    ) as sink:
         with pytest.raises(ComponentConfigError, match="NotFound"):
             await sink.send([record(0)])
-    finally:
-        await sink.close()
 
 
 async def test_forbidden_is_auth_error_with_the_role_hint(
     fake: FakeAzureMonitor, sink: AzureLogsIngestionSink
 ) -> None:
     """403 → AuthError naming the role the app needs on the DCR."""
-    fake.fail_next(1, 403, "OperationFailed", "The authentication token provided does not have access.")
+    fake.fail_next(
+        1, 403, code="OperationFailed", message="The authentication token provided does not have access."
+    )
     with pytest.raises(AuthError, match="Monitoring Metrics Publisher"):
         await sink.send([record(0)])
 
@@ -307,12 +276,9 @@ async def test_token_near_expiry_is_renewed_before_the_call(tmp_path: Path) -> N
     """A token whose lifetime is already over is not reused: each call fetches a fresh one."""
     fake = FakeAzureMonitor(token_lifetime=0)
     async with fake:
-        sink = await opened(tmp_path, options(fake))
-        try:
+        async with opened(tmp_path, options(fake)) as sink:
             await sink.send([record(0)])
             await sink.send([record(1)])
-        finally:
-            await sink.close()
     assert fake.tokens_issued == 2
 
 
@@ -328,7 +294,7 @@ async def test_revoked_token_is_refreshed_once_on_401(
 
 async def test_persistent_401_is_auth_error(fake: FakeAzureMonitor, sink: AzureLogsIngestionSink) -> None:
     """A 401 even with a fresh token → AuthError (no retry storm)."""
-    fake.fail_next(2, 401, "InvalidToken", "The access token is invalid.")
+    fake.fail_next(2, 401, code="InvalidToken", message="The access token is invalid.")
     with pytest.raises(AuthError, match="InvalidToken"):
         await sink.send([record(0)])
     assert fake.tokens_issued == 2
@@ -338,12 +304,9 @@ async def test_wrong_client_secret_is_auth_error_without_the_secret(
     tmp_path: Path, fake: FakeAzureMonitor
 ) -> None:
     """Entra ID refusing the secret (401 invalid_client AADSTS7000215) → AuthError, secret not echoed."""
-    sink = await opened(tmp_path, options(fake, client_secret="not-the-secret-value"))
-    try:
+    async with opened(tmp_path, options(fake, client_secret="not-the-secret-value")) as sink:
         with pytest.raises(AuthError, match="invalid_client: AADSTS7000215") as caught:
             await sink.send([record(0)])
-    finally:
-        await sink.close()
     assert "not-the-secret-value" not in str(caught.value)
     assert "Trace ID" not in str(caught.value)
 
@@ -354,24 +317,18 @@ async def test_health_obtains_a_token(
     """health() is ok when Entra ID grants a token, and says why not for an unknown tenant."""
     assert (await sink.health()).ok
     assert fake.tokens_issued == 1 and fake.calls == []
-    other = await opened(tmp_path, options(fake, tenant_id="nobody"))
-    try:
+    async with opened(tmp_path, options(fake, tenant_id="nobody")) as other:
         health = await other.health()
-    finally:
-        await other.close()
     assert not health.ok and "AADSTS90002" in health.detail
 
 
 async def test_slow_service_is_transient(tmp_path: Path, fake: FakeAzureMonitor) -> None:
     """A call that gets no answer within `timeout` → TransientError."""
-    sink = await opened(tmp_path, options(fake, timeout=0.2))
     fake.hold_next(1)
-    try:
+    async with opened(tmp_path, options(fake, timeout=0.2)) as sink:
         with pytest.raises(TransientError, match="no answer in time"):
             await sink.send([record(0)])
-    finally:
-        fake.release()
-        await sink.close()
+    fake.release_held()
 
 
 def test_secret_never_appears_in_options_repr(fake: FakeAzureMonitor) -> None:
@@ -383,122 +340,38 @@ def test_secret_never_appears_in_options_repr(fake: FakeAzureMonitor) -> None:
 # -- TLS ---------------------------------------------------------------------------------------------
 
 
-def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1: (server context, CA file)."""
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ce-daemon test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(san, critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return context, ca_file
-
-
 async def test_tls_is_verified_by_default_and_a_ca_file_makes_it_work(tmp_path: Path) -> None:
     """Over HTTPS with a self-signed CA: health and send fail without `tls.ca_file`, succeed with it."""
-    server_context, ca_file = self_signed(tmp_path)
+    server_context, ca_file = self_signed_tls(tmp_path)
     fake = FakeAzureMonitor(ssl_context=server_context)
     async with fake as url:
         assert url.startswith("https://")
-        default = await opened(tmp_path, options(fake))
-        trusted = await opened(tmp_path, options(fake, tls={"ca_file": str(ca_file)}))
-        try:
-            health = await default.health()
-            assert not health.ok and "certificate" in health.detail.lower()
-            with pytest.raises(TransientError, match="certificate"):
-                await default.send([record(0)])
-            assert (await trusted.health()).ok
-            await trusted.send([record(0)])
-        finally:
-            await default.close()
-            await trusted.close()
+        await assert_tls_verified(
+            lambda tls: opened(tmp_path, options(fake, **tls)), [record(0)], str(ca_file)
+        )
     assert len(fake.rows) == 1
 
 
 # -- end to end --------------------------------------------------------------------------------------
 
-TOKEN = "azure-pipeline-token-0123456789"
-
 
 async def test_pipeline_ships_every_simulated_record_to_azure(tmp_path: Path) -> None:
     """The daemon reads 500 records per subtype from the simulator; every `_id` reaches the fake; exit 0."""
-    subtypes = ("dlp", "malware")
-    async with running_simulator(
-        tokens={TOKEN: None}, backlog=500, arrival_rate=0, idle_wait_time=0.2
-    ) as sim:
-        fake = FakeAzureMonitor()
-        async with fake:
-            assert sim.url is not None
-            sink = {
-                "type": "azure_logs_ingestion",
-                **options(fake),
-                "client_secret": {"$env": "AZURE_SECRET"},
-            }
-            config = {
-                "version": 1,
-                "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-                "health": {"interval": "1h", "syslog": {"enabled": False}},
-                "shutdown_grace": "5s",
-                "tenants": [{"name": "sim", "url": sim.url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-                "logs": {
-                    "routes": [
-                        {
-                            "name": "to-sentinel",
-                            "tenant": "sim",
-                            "alerts": list(subtypes),
-                            "format": "cef",
-                            "batch": {"max_records": 200, "max_wait": "0.2s"},
-                            "sink": sink,
-                        }
-                    ]
-                },
-            }
-            path = write_pipeline(tmp_path / "pipeline.yaml", config)
-            env = {"SIM_TOKEN": TOKEN, "AZURE_SECRET": fake.client_secret}
-            expected = {record_id(sim.seed, "alerts", s, seq) for s in subtypes for seq in range(500)}
-
-            def shipped() -> set[str]:
-                return {row["Id"] for row in fake.rows}
-
-            async with DaemonProcess(path, env=env) as daemon:
-                await fake.wait_for(lambda: shipped() >= expected, timeout=45)
-                daemon.signal(signal.SIGTERM)
-                assert await daemon.wait(30) == 0
-            assert shipped() == expected
-            assert all(
-                row["RawData"].startswith("CEF:0|") and row["TimeGenerated"].endswith("Z")
-                for row in fake.rows
-            )
-            assert fake.client_secret not in "\n".join(daemon.raw)
+    fake = FakeAzureMonitor()
+    async with fake:
+        sink = {"type": "azure_logs_ingestion", **options(fake), "client_secret": {"$env": "AZURE_SECRET"}}
+        run = await ship_backlog(
+            tmp_path,
+            fake,
+            sink,
+            lambda: (row["Id"] for row in fake.rows),
+            streams={"alerts": ["dlp", "malware"]},
+            record_format="cef",
+            env={"AZURE_SECRET": fake.client_secret},
+        )
+    assert run.exit_code == 0
+    assert {row["Id"] for row in fake.rows} == run.ids
+    assert all(
+        row["RawData"].startswith("CEF:0|") and row["TimeGenerated"].endswith("Z") for row in fake.rows
+    )
+    assert fake.client_secret not in run.output

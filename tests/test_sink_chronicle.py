@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import signal
-import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +12,14 @@ import orjson
 import pytest
 from ce_chronicle import ChronicleSink
 from ce_chronicle.sink import regional_endpoint
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import running_simulator
 from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.google import FakeChronicle
+from ce_daemon.testing.pipelines import ship_backlog
+from ce_daemon.testing.sinks import assert_tls_verified, open_sink
+from ce_daemon.testing.tls import self_signed_tls
 
 TS = 1_700_000_000
 
@@ -56,20 +49,14 @@ def options(fake: FakeChronicle, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def opened(tmp_path: Path, raw: dict[str, Any]) -> ChronicleSink:
-    sink = ChronicleSink(
-        ChronicleSink.Options.model_validate(raw),
-        PluginContext(name="chronicle", base_dir=tmp_path, data_dir=tmp_path),
-    )
-    await sink.open()
-    return sink
+def opened(tmp_path: Path, raw: dict[str, Any]) -> AbstractAsyncContextManager[ChronicleSink]:
+    return open_sink(ChronicleSink, raw, tmp_path, "chronicle")
 
 
 @pytest.fixture
 async def sink(tmp_path: Path, fake: FakeChronicle) -> AsyncIterator[ChronicleSink]:
-    opened_sink = await opened(tmp_path, options(fake))
-    yield opened_sink
-    await opened_sink.close()
+    async with opened(tmp_path, options(fake)) as opened_sink:
+        yield opened_sink
 
 
 # -- payload -----------------------------------------------------------------------------------------
@@ -104,7 +91,7 @@ async def test_json_records_travel_as_their_text(fake: FakeChronicle, sink: Chro
 
 async def test_namespace_labels_and_log_type_are_sent(tmp_path: Path, fake: FakeChronicle) -> None:
     """namespace, labels (as [{key, value}]) and a custom log_type go in every request."""
-    sink = await opened(
+    async with opened(
         tmp_path,
         options(
             fake,
@@ -112,11 +99,8 @@ async def test_namespace_labels_and_log_type_are_sent(tmp_path: Path, fake: Fake
             labels={"source": "ce-daemon", "tenant": "acme"},
             log_type="NETSKOPE_ALERT",
         ),
-    )
-    try:
+    ) as sink:
         await sink.send([record(0)])
-    finally:
-        await sink.close()
     (call,) = fake.calls
     assert call.namespace == "prod" and call.log_type == "NETSKOPE_ALERT"
     assert call.labels == [{"key": "source", "value": "ce-daemon"}, {"key": "tenant", "value": "acme"}]
@@ -128,11 +112,8 @@ async def test_key_can_be_read_from_a_file_relative_to_the_pipeline(
     """credentials_file points at the JSON key; a relative path resolves against the pipeline's folder."""
     (tmp_path / "key.json").write_text(fake.service_account_key())
     raw = {"customer_id": fake.customer_id, "endpoint": fake.url, "credentials_file": "key.json"}
-    sink = await opened(tmp_path, raw)
-    try:
+    async with opened(tmp_path, raw) as sink:
         await sink.send([record(0)])
-    finally:
-        await sink.close()
     assert len(fake.entries) == 1
 
 
@@ -183,12 +164,9 @@ async def test_payload_size_refusal_splits_the_request(tmp_path: Path) -> None:
     """A service limit below ours ("payload size exceeds the limit") makes the sink halve the request."""
     fake = FakeChronicle(max_body_bytes=20_000)
     async with fake:
-        sink = await opened(tmp_path, options(fake, gzip=False))
-        try:
+        async with opened(tmp_path, options(fake, gzip=False)) as sink:
             batch = [record(n, pad=1_000) for n in range(60)]
             result = await sink.send(batch)
-        finally:
-            await sink.close()
     assert not result.rejected
     assert any(call.status == 400 for call in fake.calls)
     assert len(fake.entries) == 60
@@ -210,7 +188,7 @@ async def test_resource_exhausted_with_retry_after_is_transient(
     fake: FakeChronicle, sink: ChronicleSink
 ) -> None:
     """429 RESOURCE_EXHAUSTED with Retry-After → TransientError carrying the delay."""
-    fake.fail_next(1, 429, "Quota exceeded for quota metric 'Ingestion requests'", retry_after=30)
+    fake.fail_next(1, 429, message="Quota exceeded for quota metric 'Ingestion requests'", retry_after=30)
     with pytest.raises(TransientError, match="RESOURCE_EXHAUSTED") as caught:
         await sink.send([record(0)])
     assert caught.value.retry_after == 30
@@ -218,32 +196,26 @@ async def test_resource_exhausted_with_retry_after_is_transient(
 
 async def test_server_error_is_transient(fake: FakeChronicle, sink: ChronicleSink) -> None:
     """503 UNAVAILABLE → TransientError."""
-    fake.fail_next(1, 503, "The service is currently unavailable.")
+    fake.fail_next(1, 503, message="The service is currently unavailable.")
     with pytest.raises(TransientError, match="UNAVAILABLE"):
         await sink.send([record(0)])
 
 
 async def test_invalid_argument_is_permanent(tmp_path: Path, fake: FakeChronicle) -> None:
     """400 INVALID_ARGUMENT (an unknown log type) → PermanentError with Google's message."""
-    sink = await opened(tmp_path, options(fake, log_type="NOT_A_TYPE"))
-    try:
+    async with opened(tmp_path, options(fake, log_type="NOT_A_TYPE")) as sink:
         with pytest.raises(PermanentError, match="INVALID_ARGUMENT: Invalid log type"):
             await sink.send([record(0)])
-    finally:
-        await sink.close()
 
 
 async def test_invalid_argument_for_one_request_of_several_rejects_its_entries(
     tmp_path: Path, fake: FakeChronicle
 ) -> None:
     """When one request of a split batch is refused, only its records are rejected."""
-    sink = await opened(tmp_path, options(fake, max_request_bytes=20_000))
     batch = [record(n, pad=3_000) for n in range(20)]
-    fake.fail_next(1, 400, "bad entry", after=1)
-    try:
+    fake.fail_next(1, 400, message="bad entry", after=1)
+    async with opened(tmp_path, options(fake, max_request_bytes=20_000)) as sink:
         result = await sink.send(batch)
-    finally:
-        await sink.close()
     rejected = {index for index, _ in result.rejected}
     assert rejected and len(rejected) < 20
     assert len(fake.entries) == 20 - len(rejected)
@@ -253,27 +225,21 @@ async def test_retry_after_partial_failure_does_not_resend_accepted_requests(
     tmp_path: Path, fake: FakeChronicle
 ) -> None:
     """A transient failure of request 2: the retried batch sends the rest only, no duplicate entries."""
-    sink = await opened(tmp_path, options(fake, max_request_bytes=20_000))
     batch = [record(n, pad=3_000) for n in range(20)]
-    fake.fail_next(1, 503, "unavailable", after=1)
-    try:
+    fake.fail_next(1, 503, message="unavailable", after=1)
+    async with opened(tmp_path, options(fake, max_request_bytes=20_000)) as sink:
         with pytest.raises(TransientError):
             await sink.send(batch)
         assert 0 < len(fake.entries) < 20
         await sink.send(batch)
-    finally:
-        await sink.close()
     assert [e["log_text"] for e in fake.entries] == [r.data.decode() for r in batch]
 
 
 async def test_unknown_customer_is_auth_error(tmp_path: Path, fake: FakeChronicle) -> None:
     """403 PERMISSION_DENIED (a customer id the account may not write to) → AuthError."""
-    sink = await opened(tmp_path, options(fake, customer_id="00000000-0000-0000-0000-000000000000"))
-    try:
+    async with opened(tmp_path, options(fake, customer_id="00000000-0000-0000-0000-000000000000")) as sink:
         with pytest.raises(AuthError, match="PERMISSION_DENIED"):
             await sink.send([record(0)])
-    finally:
-        await sink.close()
 
 
 # -- tokens ------------------------------------------------------------------------------------------
@@ -293,20 +259,17 @@ async def test_token_is_cached_and_refreshed_once_after_revocation(
 
 async def test_persistent_401_is_auth_error(fake: FakeChronicle, sink: ChronicleSink) -> None:
     """401 UNAUTHENTICATED even with a fresh token → AuthError."""
-    fake.fail_next(2, 401, "Request had invalid authentication credentials.")
+    fake.fail_next(2, 401, message="Request had invalid authentication credentials.")
     with pytest.raises(AuthError, match="UNAUTHENTICATED"):
         await sink.send([record(0)])
 
 
 async def test_key_google_does_not_know_is_refused_by_signature(tmp_path: Path, fake: FakeChronicle) -> None:
     """A JWT signed with another key: the fake checks RS256, answers invalid_grant → AuthError, unhealthy."""
-    sink = await opened(tmp_path, options(fake, credentials=fake.service_account_key(foreign=True)))
-    try:
+    async with opened(tmp_path, options(fake, credentials=fake.service_account_key(foreign=True))) as sink:
         health = await sink.health()
         with pytest.raises(AuthError, match="invalid_grant: Invalid JWT Signature"):
             await sink.send([record(0)])
-    finally:
-        await sink.close()
     assert not health.ok and "Invalid JWT Signature" in health.detail
     assert "PRIVATE KEY" not in health.detail
 
@@ -320,14 +283,11 @@ async def test_health_obtains_a_token(fake: FakeChronicle, sink: ChronicleSink) 
 
 async def test_slow_service_is_transient(tmp_path: Path, fake: FakeChronicle) -> None:
     """No answer within `timeout` → TransientError."""
-    sink = await opened(tmp_path, options(fake, timeout=0.2))
     fake.hold_next(1)
-    try:
+    async with opened(tmp_path, options(fake, timeout=0.2)) as sink:
         with pytest.raises(TransientError, match="no answer in time"):
             await sink.send([record(0)])
-    finally:
-        fake.release()
-        await sink.close()
+    fake.release_held()
 
 
 def test_key_never_appears_in_options_repr(fake: FakeChronicle) -> None:
@@ -339,120 +299,41 @@ def test_key_never_appears_in_options_repr(fake: FakeChronicle) -> None:
 # -- TLS ---------------------------------------------------------------------------------------------
 
 
-def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1: (server context, CA file)."""
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ce-daemon test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(san, critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return context, ca_file
-
-
 async def test_tls_is_verified_by_default_and_a_ca_file_makes_it_work(tmp_path: Path) -> None:
     """Over HTTPS with a self-signed CA: health and send fail without `tls.ca_file`, succeed with it."""
-    server_context, ca_file = self_signed(tmp_path)
+    server_context, ca_file = self_signed_tls(tmp_path)
     fake = FakeChronicle(ssl_context=server_context)
     async with fake as url:
         assert url.startswith("https://")
-        default = await opened(tmp_path, options(fake))
-        trusted = await opened(tmp_path, options(fake, tls={"ca_file": str(ca_file)}))
-        try:
-            health = await default.health()
-            assert not health.ok and "certificate" in health.detail.lower()
-            with pytest.raises(TransientError, match="certificate"):
-                await default.send([record(0)])
-            assert (await trusted.health()).ok
-            await trusted.send([record(0)])
-        finally:
-            await default.close()
-            await trusted.close()
+        await assert_tls_verified(
+            lambda tls: opened(tmp_path, options(fake, **tls)), [record(0)], str(ca_file)
+        )
     assert len(fake.entries) == 1
 
 
 # -- end to end --------------------------------------------------------------------------------------
 
-TOKEN = "chronicle-pipeline-token-0123456789"
-
 
 async def test_pipeline_ships_every_simulated_record_to_chronicle(tmp_path: Path) -> None:
     """The daemon reads 500 records per subtype from the simulator; every `_id` reaches the fake; exit 0."""
-    subtypes = ("dlp", "malware")
-    async with running_simulator(
-        tokens={TOKEN: None}, backlog=500, arrival_rate=0, idle_wait_time=0.2
-    ) as sim:
-        fake = FakeChronicle()
-        async with fake as url:
-            assert sim.url is not None
-            (tmp_path / "sa-key.json").write_text(fake.service_account_key())
-            config = {
-                "version": 1,
-                "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-                "health": {"interval": "1h", "syslog": {"enabled": False}},
-                "shutdown_grace": "5s",
-                "tenants": [{"name": "sim", "url": sim.url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-                "logs": {
-                    "routes": [
-                        {
-                            "name": "to-secops",
-                            "tenant": "sim",
-                            "alerts": list(subtypes),
-                            "format": "cef",
-                            "batch": {"max_records": 200, "max_wait": "0.2s"},
-                            "sink": {
-                                "type": "chronicle",
-                                "customer_id": fake.customer_id,
-                                "endpoint": url,
-                                "credentials": {"$file": "sa-key.json"},
-                            },
-                        }
-                    ]
-                },
-            }
-            path = write_pipeline(tmp_path / "pipeline.yaml", config)
-            expected = {record_id(sim.seed, "alerts", s, seq) for s in subtypes for seq in range(500)}
-            external_id = re.compile(r"externalId=([0-9a-f]+)")
+    fake = FakeChronicle()
+    external_id = re.compile(r"externalId=([0-9a-f]+)")
 
-            def shipped() -> set[str]:
-                return {m.group(1) for e in fake.entries if (m := external_id.search(e["log_text"]))}
+    def shipped() -> set[str]:
+        return {m.group(1) for e in fake.entries if (m := external_id.search(e["log_text"]))}
 
-            async with DaemonProcess(path, env={"SIM_TOKEN": TOKEN}) as daemon:
-                await fake.wait_for(lambda: shipped() >= expected, timeout=45)
-                daemon.signal(signal.SIGTERM)
-                assert await daemon.wait(30) == 0
-            assert shipped() == expected
-            assert len(fake.entries) == len(expected)
-            assert "PRIVATE KEY" not in "\n".join(daemon.raw)
+    async with fake as url:
+        (tmp_path / "sa-key.json").write_text(fake.service_account_key())
+        sink = {
+            "type": "chronicle",
+            "customer_id": fake.customer_id,
+            "endpoint": url,
+            "credentials": {"$file": "sa-key.json"},
+        }
+        run = await ship_backlog(
+            tmp_path, fake, sink, shipped, streams={"alerts": ["dlp", "malware"]}, record_format="cef"
+        )
+    assert run.exit_code == 0
+    assert shipped() == run.ids
+    assert len(fake.entries) == len(run.ids)
+    assert "PRIVATE KEY" not in run.output

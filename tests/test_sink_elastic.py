@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import random
-import signal
-import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +15,11 @@ import pytest
 from ce_elastic import ElasticsearchOptions, ElasticsearchSink
 
 from ce_daemon.errors import AuthError, ComponentConfigError, TransientError
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import running_simulator
-from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.plugin import OutRecord
 from ce_daemon.testing.fakes.elastic import FakeElasticsearch
-from ce_daemon.testing.fakes.webhook import self_signed_tls
+from ce_daemon.testing.pipelines import ship_backlog
+from ce_daemon.testing.sinks import assert_tls_verified, attempt, closed_port, open_sink
+from ce_daemon.testing.tls import self_signed_tls
 
 USER, PASSWORD = "shipper", "s3cret-password"
 KEY_ID, KEY_SECRET = "VuaCfGcBCdbkQm-e5aOx", "ui2lp2axTNmsyakw9tvNnw"
@@ -44,17 +41,10 @@ def basic() -> dict[str, str]:
     return {"username": USER, "password": PASSWORD}
 
 
-@asynccontextmanager
-async def es_sink(tmp_path: Path, url: str, **options: Any) -> AsyncIterator[ElasticsearchSink]:
-    sink = ElasticsearchSink(
-        ElasticsearchOptions.model_validate({"url": url, "item_retry_delay": 0.01, **options}),
-        PluginContext(name="elastic", base_dir=tmp_path, data_dir=tmp_path),
+def es_sink(tmp_path: Path, url: str, **options: Any) -> AbstractAsyncContextManager[ElasticsearchSink]:
+    return open_sink(
+        ElasticsearchSink, {"url": url, "item_retry_delay": 0.01, **options}, tmp_path, "elastic"
     )
-    await sink.open()
-    try:
-        yield sink
-    finally:
-        await sink.close()
 
 
 @pytest.fixture
@@ -64,14 +54,9 @@ async def cluster() -> AsyncIterator[FakeElasticsearch]:
         yield fake
 
 
-def url_of(fake: FakeElasticsearch) -> str:
-    assert fake.url is not None
-    return fake.url
-
-
 async def test_bulk_creates_documents_keyed_by_record_id(tmp_path: Path, cluster: FakeElasticsearch) -> None:
     """NDJSON `create` actions, `_id` = record id, dated per-kind indices; `_id` moves out of the source."""
-    async with es_sink(tmp_path, url_of(cluster), **basic()) as sink:
+    async with es_sink(tmp_path, cluster.url, **basic()) as sink:
         result = await sink.send([js(1), cef(2)])
     assert list(result.rejected) == []
     assert cluster.documents == {
@@ -101,7 +86,7 @@ async def test_bulk_creates_documents_keyed_by_record_id(tmp_path: Path, cluster
 async def test_a_replayed_batch_creates_no_duplicates(tmp_path: Path, cluster: FakeElasticsearch) -> None:
     """Sending the same batch twice: the 409 conflicts count as delivered, the documents are unchanged."""
     batch = [js(i) for i in range(10)]
-    async with es_sink(tmp_path, url_of(cluster), api_key=API_KEY) as sink:
+    async with es_sink(tmp_path, cluster.url, api_key=API_KEY) as sink:
         await sink.send(batch)
         result = await sink.send(batch)
     assert list(result.rejected) == []
@@ -113,7 +98,7 @@ async def test_a_replayed_batch_creates_no_duplicates(tmp_path: Path, cluster: F
 async def test_busy_items_are_retried_alone(tmp_path: Path, cluster: FakeElasticsearch) -> None:
     """Items refused 429 (write queue full) are retried alone until indexed; the others are not resent."""
     cluster.reject_items(2, 429, when=lambda index, doc_id: doc_id in ("js-3", "js-5"))
-    async with es_sink(tmp_path, url_of(cluster), **basic()) as sink:
+    async with es_sink(tmp_path, cluster.url, **basic()) as sink:
         result = await sink.send([js(i) for i in range(8)])
     assert list(result.rejected) == []
     assert sorted(cluster.all_documents) == [f"js-{i}" for i in range(8)]
@@ -126,7 +111,7 @@ async def test_items_still_busy_after_the_retries_make_the_batch_transient(
     """Items that stay 429 beyond `item_retries` raise TransientError; a later resend completes the batch."""
     cluster.reject_items(3, 429, when=lambda index, doc_id: doc_id == "js-2")
     batch = [js(i) for i in range(4)]
-    async with es_sink(tmp_path, url_of(cluster), item_retries=2, **basic()) as sink:
+    async with es_sink(tmp_path, cluster.url, item_retries=2, **basic()) as sink:
         with pytest.raises(TransientError, match="es_rejected_execution_exception"):
             await sink.send(batch)
         result = await sink.send(batch)
@@ -152,7 +137,7 @@ async def test_a_record_that_is_not_json_is_rejected_before_sending(
     """A JSON-format record that is not a JSON object is rejected locally; the rest is indexed."""
     broken = OutRecord("bad", T0, b'{"user": ', "events", "page", "json")
     array = OutRecord("arr", T0, b"[1, 2]", "events", "page", "json")
-    async with es_sink(tmp_path, url_of(cluster), **basic()) as sink:
+    async with es_sink(tmp_path, cluster.url, **basic()) as sink:
         result = await sink.send([js(0), broken, array, js(3)])
     assert [index for index, _ in result.rejected] == [1, 2]
     assert sorted(cluster.all_documents) == ["js-0", "js-3"]
@@ -163,7 +148,7 @@ async def test_whole_request_429_with_retry_after_is_transient(
 ) -> None:
     """A 429 for the whole request (circuit breaker) raises TransientError(retry_after)."""
     cluster.fail_next(1, 429, retry_after=7)
-    async with es_sink(tmp_path, url_of(cluster), **basic()) as sink:
+    async with es_sink(tmp_path, cluster.url, **basic()) as sink:
         with pytest.raises(TransientError, match="es_rejected_execution_exception") as caught:
             await sink.send([js(1)])
     assert caught.value.retry_after == 7
@@ -177,7 +162,7 @@ async def test_refused_credentials_raise_auth_error(
     tmp_path: Path, cluster: FakeElasticsearch, credentials: dict[str, str]
 ) -> None:
     """Wrong basic or API-key credentials (401 security_exception) raise AuthError; health says so too."""
-    async with es_sink(tmp_path, url_of(cluster), **credentials) as sink:
+    async with es_sink(tmp_path, cluster.url, **credentials) as sink:
         with pytest.raises(AuthError, match="security_exception") as caught:
             await sink.send([js(1)])
         health = await sink.health()
@@ -199,7 +184,7 @@ async def test_large_batch_is_split_under_max_request_bytes(
 ) -> None:
     """A batch larger than `max_request_bytes` goes in several _bulk requests, each within the cap."""
     batch = [js(i, pad="x" * 500) for i in range(100)]
-    async with es_sink(tmp_path, url_of(cluster), max_request_bytes=10_000, **basic()) as sink:
+    async with es_sink(tmp_path, cluster.url, max_request_bytes=10_000, **basic()) as sink:
         await sink.send(batch)
     assert len(cluster.requests) > 5
     assert all(len(request.body) <= 10_000 for request in cluster.requests)
@@ -233,7 +218,7 @@ async def test_missing_index_without_auto_creation_is_a_config_error(tmp_path: P
 async def test_index_pattern_and_pipeline(tmp_path: Path, cluster: FakeElasticsearch) -> None:
     """`{subtype}` and strftime codes shape the index; `pipeline` is passed as a query parameter."""
     options = {"index": "ns-{kind}-{subtype}-%Y%m", "pipeline": "netskope-enrich", "timestamp_field": None}
-    async with es_sink(tmp_path, url_of(cluster), **options, **basic()) as sink:
+    async with es_sink(tmp_path, cluster.url, **options, **basic()) as sink:
         await sink.send([js(1, subtype="audit"), cef(2, subtype="malware")])
     assert set(cluster.documents) == {"ns-events-audit-202601", "ns-alerts-malware-202601"}
     assert "@timestamp" not in cluster.documents["ns-events-audit-202601"]["js-1"]
@@ -242,7 +227,7 @@ async def test_index_pattern_and_pipeline(tmp_path: Path, cluster: FakeElasticse
 
 async def test_health_reports_the_cluster(tmp_path: Path, cluster: FakeElasticsearch) -> None:
     """Health is GET / with our credentials; the detail names the version and the cluster."""
-    async with es_sink(tmp_path, url_of(cluster), api_key=API_KEY) as sink:
+    async with es_sink(tmp_path, cluster.url, api_key=API_KEY) as sink:
         health = await sink.health()
     assert health.ok and "8.15.0" in health.detail and "fake-cluster" in health.detail
     assert cluster.requests == []  # a health check is not a data request
@@ -250,19 +235,16 @@ async def test_health_reports_the_cluster(tmp_path: Path, cluster: FakeElasticse
 
 async def test_health_unreachable_cluster(tmp_path: Path) -> None:
     """Nothing listening: unhealthy, and send raises TransientError."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     async with es_sink(tmp_path, f"http://127.0.0.1:{port}") as sink:
-        assert not (await sink.health()).ok
-        with pytest.raises(TransientError):
-            await sink.send([js(1)])
+        unreachable = await attempt(sink, [js(1)])
+    assert not unreachable.health.ok and isinstance(unreachable.error, TransientError)
 
 
 async def test_slow_cluster_times_out_as_transient(tmp_path: Path, cluster: FakeElasticsearch) -> None:
     """A cluster that does not answer within `timeout` gives a TransientError."""
     cluster.hold_next(1)
-    async with es_sink(tmp_path, url_of(cluster), timeout=0.3, **basic()) as sink:
+    async with es_sink(tmp_path, cluster.url, timeout=0.3, **basic()) as sink:
         with pytest.raises(TransientError, match="no answer in time"):
             await sink.send([js(1)])
     cluster.release_held()
@@ -273,13 +255,7 @@ async def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     server_context, ca_file = self_signed_tls(tmp_path / "tls")
     fake = FakeElasticsearch(ssl_context=server_context)
     async with fake as url:
-        async with es_sink(tmp_path, url) as sink:
-            assert not (await sink.health()).ok
-            with pytest.raises(TransientError, match="certificate"):
-                await sink.send([js(1)])
-        async with es_sink(tmp_path, url, tls={"ca_file": str(ca_file)}) as sink:
-            assert (await sink.health()).ok
-            await sink.send([js(1)])
+        await assert_tls_verified(lambda tls: es_sink(tmp_path, url, **tls), [js(1)], str(ca_file))
     assert list(fake.all_documents) == ["js-1"]
 
 
@@ -301,44 +277,14 @@ def test_options_refuse_contradictions_and_bad_index_patterns(options: dict[str,
 
 async def test_pipeline_indexes_every_record_once(tmp_path: Path) -> None:
     """The daemon ships 500 dlp alerts (JSON): the cluster holds one document per _id; SIGTERM exits 0."""
-    sim_token = "sim-token-elastic-0123456789"
     fake = FakeElasticsearch(users={USER: PASSWORD})
-    async with (
-        running_simulator(tokens={sim_token: None}, backlog=500, arrival_rate=0, idle_wait_time=0.2) as sim,
-        fake as url,
-    ):
-        assert sim.url is not None
-        config = {
-            "version": 1,
-            "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-            "health": {"interval": "1h", "syslog": {"enabled": False}},
-            "shutdown_grace": "5s",
-            "tenants": [{"name": "sim", "url": sim.url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-            "logs": {
-                "routes": [
-                    {
-                        "name": "to-elastic",
-                        "tenant": "sim",
-                        "alerts": ["dlp"],
-                        "format": "json",
-                        "batch": {"max_records": 200, "max_wait": "200ms"},
-                        "sink": {
-                            "type": "elasticsearch",
-                            "url": url,
-                            "username": USER,
-                            "password": {"$env": "ES_PASSWORD"},
-                        },
-                    }
-                ]
-            },
-        }
-        path = write_pipeline(tmp_path / "pipeline.yaml", config)
-        async with DaemonProcess(path, env={"SIM_TOKEN": sim_token, "ES_PASSWORD": PASSWORD}) as daemon:
-            await fake.wait_until(lambda: len(fake.all_documents) >= 500, timeout=45)
-            daemon.signal(signal.SIGTERM)
-            assert await daemon.wait(30) == 0
-    expected = {record_id(sim.seed, "alerts", "dlp", seq) for seq in range(500)}
-    assert set(fake.all_documents) == expected
+    async with fake as url:
+        sink = {"type": "elasticsearch", "url": url, "username": USER, "password": {"$env": "ES_PASSWORD"}}
+        run = await ship_backlog(
+            tmp_path, fake, sink, lambda: fake.all_documents, env={"ES_PASSWORD": PASSWORD}
+        )
+    assert run.exit_code == 0
+    assert set(fake.all_documents) == run.expected["alerts", "dlp"]
     assert all(source["id"] == doc_id for doc_id, source in fake.all_documents.items())
     assert all(index.startswith("netskope-alerts-") for index in fake.documents)
-    assert PASSWORD not in "\n".join(daemon.raw)
+    assert PASSWORD not in run.output

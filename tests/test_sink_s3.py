@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import ipaddress
 import re
-import signal
-import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +13,13 @@ import orjson
 import pytest
 from ce_s3 import S3Sink
 from ce_s3.sigv4 import EMPTY_SHA256, Credentials, authorization, sha256_hex, uri_encode
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import running_simulator
 from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.s3 import FakeS3, expected_signature
+from ce_daemon.testing.pipelines import ship_backlog
+from ce_daemon.testing.sinks import assert_tls_verified, open_sink
+from ce_daemon.testing.tls import self_signed_tls
 
 # AWS's documented example credentials ("Authenticating Requests: Using the Authorization Header").
 AWS_EXAMPLE = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
@@ -61,19 +54,14 @@ def options(fake: FakeS3, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def opened(tmp_path: Path, raw: dict[str, Any]) -> S3Sink:
-    sink = S3Sink(
-        S3Sink.Options.model_validate(raw), PluginContext(name="s3", base_dir=tmp_path, data_dir=tmp_path)
-    )
-    await sink.open()
-    return sink
+def opened(tmp_path: Path, raw: dict[str, Any]) -> AbstractAsyncContextManager[S3Sink]:
+    return open_sink(S3Sink, raw, tmp_path, "s3")
 
 
 @pytest.fixture
 async def sink(tmp_path: Path, fake: FakeS3) -> AsyncIterator[S3Sink]:
-    opened_sink = await opened(tmp_path, options(fake))
-    yield opened_sink
-    await opened_sink.close()
+    async with opened(tmp_path, options(fake)) as opened_sink:
+        yield opened_sink
 
 
 # -- signing -----------------------------------------------------------------------------------------
@@ -210,12 +198,9 @@ async def test_cef_lines_are_wrapped_as_message_objects(fake: FakeS3, sink: S3Si
 
 async def test_lines_content_writes_the_formatted_lines_as_they_are(tmp_path: Path, fake: FakeS3) -> None:
     """`content: lines` writes each formatted record as its own line, in a .log.gz object."""
-    sink = await opened(tmp_path, options(fake, content="lines", prefix="raw/"))
-    try:
+    async with opened(tmp_path, options(fake, content="lines", prefix="raw/")) as sink:
         batch = [record(n, fmt="cef") for n in range(2)]
         await sink.send(batch)
-    finally:
-        await sink.close()
     ((_, key),) = fake.objects.keys()
     assert key.startswith("raw/alerts/dlp/") and key.endswith("-2.log.gz")
     assert fake.stored(key).lines() == [r.data for r in batch]
@@ -242,12 +227,9 @@ async def test_mixed_batch_is_split_per_kind_and_subtype(fake: FakeS3, sink: S3S
 
 async def test_object_size_cap_splits_a_batch_into_several_objects(tmp_path: Path, fake: FakeS3) -> None:
     """With `max_object_bytes`, no object's uncompressed body passes the cap; every record is written once."""
-    sink = await opened(tmp_path, options(fake, max_object_bytes=2048))
-    try:
+    async with opened(tmp_path, options(fake, max_object_bytes=2048)) as sink:
         batch = [record(n) for n in range(100)]
         await sink.send(batch)
-    finally:
-        await sink.close()
     assert len(fake.objects) > 1
     assert all(len(o.body) <= 2048 for o in fake.objects.values())
     ids = [orjson.loads(line)["_id"] for o in fake.objects.values() for line in o.lines()]
@@ -256,22 +238,15 @@ async def test_object_size_cap_splits_a_batch_into_several_objects(tmp_path: Pat
 
 async def test_session_token_is_sent_and_signed(tmp_path: Path) -> None:
     """Temporary credentials: x-amz-security-token is sent and covered by the signature."""
-    async with FakeS3(session_token="sts-session-token") as url:
-        raw = {
-            "bucket": "netskope",
-            "endpoint": url,
-            "access_key_id": "AKIAFAKEFAKEFAKE0001",
-            "secret_access_key": "fake/secret+access/key0123456789abcdef",
-        }
-        without = await opened(tmp_path, raw)
-        with_token = await opened(tmp_path, {**raw, "session_token": "sts-session-token"})
-        try:
-            with pytest.raises(AuthError, match="InvalidToken"):
-                await without.send([record(0)])
-            await with_token.send([record(0)])
-        finally:
-            await without.close()
-            await with_token.close()
+    fake = FakeS3(session_token="sts-session-token")
+    async with (
+        fake,
+        opened(tmp_path, options(fake)) as without,
+        opened(tmp_path, options(fake, session_token="sts-session-token")) as with_token,
+    ):
+        with pytest.raises(AuthError, match="InvalidToken"):
+            await without.send([record(0)])
+        await with_token.send([record(0)])
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -279,59 +254,47 @@ async def test_session_token_is_sent_and_signed(tmp_path: Path) -> None:
 
 async def test_wrong_secret_is_signature_does_not_match_and_auth_error(tmp_path: Path, fake: FakeS3) -> None:
     """A wrong secret key: the fake's own signature check says SignatureDoesNotMatch → AuthError."""
-    sink = await opened(tmp_path, options(fake, secret_access_key="not-the-secret"))
-    try:
+    async with opened(tmp_path, options(fake, secret_access_key="not-the-secret")) as sink:
         with pytest.raises(AuthError, match="SignatureDoesNotMatch") as caught:
             await sink.send([record(0)])
-    finally:
-        await sink.close()
     assert "not-the-secret" not in str(caught.value)
     assert fake.objects == {}
 
 
 async def test_unknown_access_key_is_auth_error(tmp_path: Path, fake: FakeS3) -> None:
     """An access key the store does not know: InvalidAccessKeyId → AuthError."""
-    sink = await opened(tmp_path, options(fake, access_key_id="AKIANOBODY"))
-    try:
+    async with opened(tmp_path, options(fake, access_key_id="AKIANOBODY")) as sink:
         with pytest.raises(AuthError, match="InvalidAccessKeyId"):
             await sink.send([record(0)])
-    finally:
-        await sink.close()
 
 
 async def test_access_denied_is_auth_error(fake: FakeS3, sink: S3Sink) -> None:
     """403 AccessDenied (a bucket policy refusing the PUT) → AuthError."""
-    fake.fail_next(1, 403, "AccessDenied", "Access Denied")
+    fake.fail_next(1, 403, code="AccessDenied", message="Access Denied")
     with pytest.raises(AuthError, match="AccessDenied"):
         await sink.send([record(0)])
 
 
 async def test_missing_bucket_is_permanent_error_naming_it(tmp_path: Path, fake: FakeS3) -> None:
     """NoSuchBucket → PermanentError whose message names the bucket and the endpoint."""
-    sink = await opened(tmp_path, options(fake, bucket="gone"))
-    try:
+    async with opened(tmp_path, options(fake, bucket="gone")) as sink:
         with pytest.raises(PermanentError, match=r"bucket 'gone' does not exist at http://127\.0\.0\.1"):
             await sink.send([record(0)])
-    finally:
-        await sink.close()
 
 
 async def test_wrong_region_is_a_config_error_naming_the_right_one(tmp_path: Path, fake: FakeS3) -> None:
     """A request signed for another region: health says where the bucket is; send stops the route (config)."""
-    sink = await opened(tmp_path, options(fake, region="eu-west-3"))
-    try:
+    async with opened(tmp_path, options(fake, region="eu-west-3")) as sink:
         health = await sink.health()
         with pytest.raises(ComponentConfigError, match="lives in region 'us-east-1'"):
             await sink.send([record(0)])
-    finally:
-        await sink.close()
     assert not health.ok and "'us-east-1'" in health.detail
     assert fake.objects == {}
 
 
 async def test_slow_down_with_retry_after_is_transient(fake: FakeS3, sink: S3Sink) -> None:
     """503 SlowDown with Retry-After → TransientError carrying the delay; the next attempt succeeds."""
-    fake.fail_next(1, 503, "SlowDown", "Please reduce your request rate.", retry_after=7)
+    fake.fail_next(1, 503, code="SlowDown", message="Please reduce your request rate.", retry_after=7)
     with pytest.raises(TransientError, match="SlowDown") as caught:
         await sink.send([record(0)])
     assert caught.value.retry_after == 7
@@ -341,38 +304,28 @@ async def test_slow_down_with_retry_after_is_transient(fake: FakeS3, sink: S3Sin
 
 async def test_internal_error_is_transient(fake: FakeS3, sink: S3Sink) -> None:
     """500 InternalError → TransientError (retry the batch later)."""
-    fake.fail_next(1, 500, "InternalError", "We encountered an internal error. Please try again.")
+    fake.fail_next(
+        1, 500, code="InternalError", message="We encountered an internal error. Please try again."
+    )
     with pytest.raises(TransientError, match="InternalError"):
         await sink.send([record(0)])
 
 
 async def test_object_too_large_for_the_store_is_permanent(tmp_path: Path) -> None:
     """A store refusing the object size (EntityTooLarge) → PermanentError."""
-    async with FakeS3(max_object_bytes=64) as url:
-        raw = {
-            "bucket": "netskope",
-            "endpoint": url,
-            "access_key_id": "AKIAFAKEFAKEFAKE0001",
-            "secret_access_key": "fake/secret+access/key0123456789abcdef",
-        }
-        sink = await opened(tmp_path, raw)
-        try:
-            with pytest.raises(PermanentError, match="EntityTooLarge"):
-                await sink.send([record(n) for n in range(50)])
-        finally:
-            await sink.close()
+    fake = FakeS3(max_object_bytes=64)
+    async with fake, opened(tmp_path, options(fake)) as sink:
+        with pytest.raises(PermanentError, match="EntityTooLarge"):
+            await sink.send([record(n) for n in range(50)])
 
 
 async def test_slow_store_is_transient_timeout(tmp_path: Path, fake: FakeS3) -> None:
     """A store that does not answer within `timeout` → TransientError (the batch is retried later)."""
-    sink = await opened(tmp_path, options(fake, timeout=0.2))
     fake.hold_next(1)
-    try:
+    async with opened(tmp_path, options(fake, timeout=0.2)) as sink:
         with pytest.raises(TransientError, match="no answer in time"):
             await sink.send([record(0)])
-    finally:
-        fake.release()
-        await sink.close()
+    fake.release_held()
 
 
 # -- health ------------------------------------------------------------------------------------------
@@ -381,31 +334,26 @@ async def test_slow_store_is_transient_timeout(tmp_path: Path, fake: FakeS3) -> 
 async def test_health_heads_the_bucket(tmp_path: Path, fake: FakeS3, sink: S3Sink) -> None:
     """health() is a signed HEAD of the bucket: ok for a good bucket, a clear detail otherwise."""
     assert (await sink.health()).ok
-    assert fake.requests[-1][:2] == ("HEAD", "/netskope")
-    missing = await opened(tmp_path, options(fake, bucket="absent"))
-    wrong = await opened(tmp_path, options(fake, secret_access_key="wrong-secret"))
-    try:
+    assert (fake.requests[-1].method, fake.requests[-1].path) == ("HEAD", "/netskope")
+    async with (
+        opened(tmp_path, options(fake, bucket="absent")) as missing,
+        opened(tmp_path, options(fake, secret_access_key="wrong-secret")) as wrong,
+    ):
         missing_health = await missing.health()
         assert not missing_health.ok and "'absent' does not exist" in missing_health.detail
         wrong_health = await wrong.health()
         assert not wrong_health.ok and "HTTP 403" in wrong_health.detail
         assert "wrong-secret" not in wrong_health.detail
-    finally:
-        await missing.close()
-        await wrong.close()
 
 
 async def test_health_reports_unreachable_endpoint(tmp_path: Path) -> None:
     """A store that is not listening → health not ok, with the connection error."""
     async with FakeS3() as url:
         pass
-    sink = await opened(
+    async with opened(
         tmp_path, {"bucket": "netskope", "endpoint": url, "access_key_id": "A", "secret_access_key": "S"}
-    )
-    try:
+    ) as sink:
         health = await sink.health()
-    finally:
-        await sink.close()
     assert not health.ok and "ClientConnectorError" in health.detail
 
 
@@ -424,123 +372,48 @@ def test_secrets_never_appear_in_options_repr() -> None:
 # -- TLS ---------------------------------------------------------------------------------------------
 
 
-def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1: (server context, CA file)."""
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ce-daemon test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(san, critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    return context, ca_file
-
-
 async def test_tls_is_verified_by_default_and_a_ca_file_makes_it_work(tmp_path: Path) -> None:
     """Over HTTPS with a self-signed CA: refused without `tls.ca_file`, accepted with it (a relative path)."""
-    server_context, ca_file = self_signed(tmp_path)
+    server_context, ca_file = self_signed_tls(tmp_path)
     fake = FakeS3(ssl_context=server_context)
     async with fake as url:
         assert url.startswith("https://")
-        default = await opened(tmp_path, options(fake))
-        trusted = await opened(tmp_path, options(fake, tls={"ca_file": ca_file.name}))
-        try:
-            health = await default.health()
-            assert not health.ok and "certificate" in health.detail.lower()
-            with pytest.raises(TransientError, match="certificate"):
-                await default.send([record(0)])
-            assert (await trusted.health()).ok
-            await trusted.send([record(0)])
-        finally:
-            await default.close()
-            await trusted.close()
+        await assert_tls_verified(
+            lambda tls: opened(tmp_path, options(fake, **tls)), [record(0)], ca_file.name
+        )
     assert len(fake.objects) == 1
 
 
 # -- end to end --------------------------------------------------------------------------------------
 
-TOKEN = "s3-pipeline-token-0123456789"
-
 
 async def test_pipeline_ships_every_simulated_record_to_s3(tmp_path: Path) -> None:
     """The daemon reads 500 records per subtype from the simulator; every `_id` reaches the fake; exit 0."""
-    subtypes = ("dlp", "malware")
-    async with running_simulator(
-        tokens={TOKEN: None}, backlog=500, arrival_rate=0, idle_wait_time=0.2
-    ) as sim:
-        fake = FakeS3(buckets=["netskope"])
-        async with fake as url:
-            assert sim.url is not None
-            config = {
-                "version": 1,
-                "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-                "health": {"interval": "1h", "syslog": {"enabled": False}},
-                "shutdown_grace": "5s",
-                "tenants": [{"name": "sim", "url": sim.url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-                "logs": {
-                    "routes": [
-                        {
-                            "name": "to-s3",
-                            "tenant": "sim",
-                            "alerts": list(subtypes),
-                            "format": "cef",
-                            "batch": {"max_records": 200, "max_wait": "0.2s"},
-                            "sink": {
-                                "type": "s3",
-                                "bucket": "netskope",
-                                "endpoint": url,
-                                "region": "us-east-1",
-                                "access_key_id": {"$env": "S3_KEY"},
-                                "secret_access_key": {"$env": "S3_SECRET"},
-                            },
-                        }
-                    ]
-                },
-            }
-            path = write_pipeline(tmp_path / "pipeline.yaml", config)
-            env = {"SIM_TOKEN": TOKEN, "S3_KEY": fake.access_key_id, "S3_SECRET": fake.secret_access_key}
-            expected = {record_id(sim.seed, "alerts", s, seq) for s in subtypes for seq in range(500)}
+    fake = FakeS3(buckets=["netskope"])
 
-            def shipped() -> set[str]:
-                return {orjson.loads(line)["id"] for o in fake.objects.values() for line in o.lines()}
+    def shipped() -> set[str]:
+        return {orjson.loads(line)["id"] for o in fake.objects.values() for line in o.lines()}
 
-            async with DaemonProcess(path, env=env) as daemon:
-                await fake.wait_for(lambda: shipped() >= expected, timeout=45)
-                daemon.signal(signal.SIGTERM)
-                assert await daemon.wait(30) == 0
-            assert shipped() == expected
-            assert all(
-                re.search(r"/alerts/(dlp|malware)/\d{4}/\d\d/\d\d/\d\d/", key) for _, key in fake.objects
-            )
-            assert fake.secret_access_key not in "\n".join(daemon.raw)
+    async with fake as url:
+        sink = {
+            "type": "s3",
+            "bucket": "netskope",
+            "endpoint": url,
+            "region": "us-east-1",
+            "access_key_id": {"$env": "S3_KEY"},
+            "secret_access_key": {"$env": "S3_SECRET"},
+        }
+        env = {"S3_KEY": fake.access_key_id, "S3_SECRET": fake.secret_access_key}
+        run = await ship_backlog(
+            tmp_path,
+            fake,
+            sink,
+            shipped,
+            streams={"alerts": ["dlp", "malware"]},
+            record_format="cef",
+            env=env,
+        )
+    assert run.exit_code == 0
+    assert shipped() == run.ids
+    assert all(re.search(r"/alerts/(dlp|malware)/\d{4}/\d\d/\d\d/\d\d/", key) for _, key in fake.objects)
+    assert fake.secret_access_key not in run.output

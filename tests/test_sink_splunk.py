@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import random
-import signal
-import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +14,11 @@ import pytest
 from ce_splunk import SplunkHecOptions, SplunkHecSink
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import running_simulator
 from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.splunk import FakeSplunk
-from ce_daemon.testing.fakes.webhook import self_signed_tls
+from ce_daemon.testing.pipelines import ship_backlog
+from ce_daemon.testing.sinks import assert_tls_verified, attempt, closed_port, open_sink
+from ce_daemon.testing.tls import self_signed_tls
 
 TOKEN = "11111111-2222-3333-4444-555555555555"
 
@@ -36,17 +33,8 @@ def js(i: int, kind: str = "events", subtype: str = "page", **extra: Any) -> Out
     return OutRecord(f"js-{i}", 1_700_000_000 + i, data, kind, subtype, "json")
 
 
-@asynccontextmanager
-async def hec_sink(tmp_path: Path, url: str, **options: Any) -> AsyncIterator[SplunkHecSink]:
-    sink = SplunkHecSink(
-        SplunkHecOptions.model_validate({"url": url, "token": TOKEN, **options}),
-        PluginContext(name="splunk", base_dir=tmp_path, data_dir=tmp_path),
-    )
-    await sink.open()
-    try:
-        yield sink
-    finally:
-        await sink.close()
+def hec_sink(tmp_path: Path, url: str, **options: Any) -> AbstractAsyncContextManager[SplunkHecSink]:
+    return open_sink(SplunkHecSink, {"url": url, "token": TOKEN, **options}, tmp_path, "splunk")
 
 
 @pytest.fixture
@@ -54,11 +42,6 @@ async def splunk() -> AsyncIterator[FakeSplunk]:
     fake = FakeSplunk(tokens=[TOKEN])
     async with fake:
         yield fake
-
-
-def url_of(fake: FakeSplunk) -> str:
-    assert fake.url is not None
-    return fake.url
 
 
 async def test_envelopes_carry_time_metadata_and_the_event(tmp_path: Path, splunk: FakeSplunk) -> None:
@@ -69,7 +52,7 @@ async def test_envelopes_carry_time_metadata_and_the_event(tmp_path: Path, splun
         "host": "collector-1",
         "fields": {"tenant": "demo"},
     }
-    async with hec_sink(tmp_path, url_of(splunk), **options) as sink:
+    async with hec_sink(tmp_path, splunk.url, **options) as sink:
         result = await sink.send([cef(1), js(2)])
     assert list(result.rejected) == []
     common = {"index": "netskope", "source": "ce-daemon", "host": "collector-1", "fields": {"tenant": "demo"}}
@@ -87,7 +70,7 @@ async def test_envelopes_carry_time_metadata_and_the_event(tmp_path: Path, splun
 async def test_fixed_sourcetype_and_full_endpoint_url(tmp_path: Path, splunk: FakeSplunk) -> None:
     """A fixed `sourcetype` applies to every kind; a URL given with the endpoint path still works."""
     async with hec_sink(
-        tmp_path, f"{url_of(splunk)}/services/collector/event", sourcetype="netskope:all"
+        tmp_path, f"{splunk.url}/services/collector/event", sourcetype="netskope:all"
     ) as sink:
         await sink.send([cef(1), js(2)])
     assert [event["sourcetype"] for event in splunk.events] == ["netskope:all", "netskope:all"]
@@ -96,7 +79,7 @@ async def test_fixed_sourcetype_and_full_endpoint_url(tmp_path: Path, splunk: Fa
 async def test_large_batch_is_split_under_max_request_bytes(tmp_path: Path, splunk: FakeSplunk) -> None:
     """Envelopes over `max_request_bytes` go in several requests within the cap, none lost or reordered."""
     batch = [js(i, pad="p" * 400) for i in range(300)]
-    async with hec_sink(tmp_path, url_of(splunk), max_request_bytes=20_000) as sink:
+    async with hec_sink(tmp_path, splunk.url, max_request_bytes=20_000) as sink:
         await sink.send(batch)
     assert len(splunk.requests) > 5
     assert all(len(request.body) <= 20_000 for request in splunk.requests)
@@ -122,7 +105,7 @@ async def test_invalid_event_is_rejected_alone_and_the_rest_sent_once(
     """Code 6 + invalid-event-number: that record is rejected; those before are not resent, the rest are."""
     splunk.invalid_when = lambda envelope: envelope["event"].get("user") == "u3"
     batch = [js(i) for i in range(8)]
-    async with hec_sink(tmp_path, url_of(splunk)) as sink:
+    async with hec_sink(tmp_path, splunk.url) as sink:
         result = await sink.send(batch)
     assert [index for index, _ in result.rejected] == [3]
     assert "code 6" in result.rejected[0][1] and "Invalid data format" in result.rejected[0][1]
@@ -134,7 +117,7 @@ async def test_malformed_json_record_is_rejected_by_its_event_number(
 ) -> None:
     """A JSON record that is not valid JSON breaks only its own envelope: it alone is rejected."""
     broken = OutRecord("bad", 1_700_000_000, b'{"user": ', "events", "page", "json")
-    async with hec_sink(tmp_path, url_of(splunk)) as sink:
+    async with hec_sink(tmp_path, splunk.url) as sink:
         result = await sink.send([js(0), js(1), broken, js(3)])
     assert [index for index, _ in result.rejected] == [2]
     assert [event["event"]["_id"] for event in splunk.events] == ["js-0", "js-1", "js-3"]
@@ -143,7 +126,7 @@ async def test_malformed_json_record_is_rejected_by_its_event_number(
 async def test_server_busy_with_retry_after_is_transient(tmp_path: Path, splunk: FakeSplunk) -> None:
     """503 code 9 "Server is busy" with Retry-After raises TransientError(retry_after)."""
     splunk.fail_next(1, 503, retry_after=12)
-    async with hec_sink(tmp_path, url_of(splunk)) as sink:
+    async with hec_sink(tmp_path, splunk.url) as sink:
         with pytest.raises(TransientError, match="code 9") as caught:
             await sink.send([js(1)])
     assert caught.value.retry_after == 12
@@ -175,7 +158,7 @@ async def test_refused_tokens_raise_auth_error(tmp_path: Path, token: str, code:
 async def test_missing_authorization_is_auth_error(tmp_path: Path, splunk: FakeSplunk) -> None:
     """A 401 code 2 (token required), as a proxy stripping the header would cause, is an AuthError."""
     splunk.fail_next(1, 401)
-    async with hec_sink(tmp_path, url_of(splunk)) as sink:
+    async with hec_sink(tmp_path, splunk.url) as sink:
         with pytest.raises(AuthError, match="code 2"):
             await sink.send([js(1)])
 
@@ -191,7 +174,7 @@ async def test_incorrect_index_stops_the_route_instead_of_dead_lettering(tmp_pat
 async def test_no_data_is_permanent(tmp_path: Path, splunk: FakeSplunk) -> None:
     """A 400 without an event number (code 5 "No data" here) raises PermanentError."""
     splunk.fail_next(1, 400, body=b'{"text":"No data","code":5}')
-    async with hec_sink(tmp_path, url_of(splunk)) as sink:
+    async with hec_sink(tmp_path, splunk.url) as sink:
         with pytest.raises(PermanentError, match="code 5"):
             await sink.send([js(1)])
 
@@ -228,7 +211,7 @@ async def test_token_with_ack_but_sink_without_is_a_config_error(tmp_path: Path)
 
 async def test_health_follows_the_collector(tmp_path: Path, splunk: FakeSplunk) -> None:
     """Healthy while HEC says code 17; unhealthy when it answers 503 code 18."""
-    async with hec_sink(tmp_path, url_of(splunk)) as sink:
+    async with hec_sink(tmp_path, splunk.url) as sink:
         assert (await sink.health()).ok
         splunk.healthy = False
         health = await sink.health()
@@ -237,19 +220,16 @@ async def test_health_follows_the_collector(tmp_path: Path, splunk: FakeSplunk) 
 
 async def test_health_unreachable_collector(tmp_path: Path) -> None:
     """Nothing listening: unhealthy, and send raises TransientError."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     async with hec_sink(tmp_path, f"http://127.0.0.1:{port}") as sink:
-        assert not (await sink.health()).ok
-        with pytest.raises(TransientError):
-            await sink.send([js(1)])
+        unreachable = await attempt(sink, [js(1)])
+    assert not unreachable.health.ok and isinstance(unreachable.error, TransientError)
 
 
 async def test_slow_collector_times_out_as_transient(tmp_path: Path, splunk: FakeSplunk) -> None:
     """A collector that does not answer within `timeout` gives a TransientError."""
     splunk.hold_next(1)
-    async with hec_sink(tmp_path, url_of(splunk), timeout=0.3) as sink:
+    async with hec_sink(tmp_path, splunk.url, timeout=0.3) as sink:
         with pytest.raises(TransientError, match="no answer in time"):
             await sink.send([js(1)])
     splunk.release_held()
@@ -260,13 +240,7 @@ async def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     server_context, ca_file = self_signed_tls(tmp_path / "tls")
     fake = FakeSplunk(tokens=[TOKEN], ssl_context=server_context)
     async with fake as url:
-        async with hec_sink(tmp_path, url) as sink:
-            assert not (await sink.health()).ok
-            with pytest.raises(TransientError, match="certificate"):
-                await sink.send([js(1)])
-        async with hec_sink(tmp_path, url, tls={"ca_file": str(ca_file)}) as sink:
-            assert (await sink.health()).ok
-            await sink.send([js(1)])
+        await assert_tls_verified(lambda tls: hec_sink(tmp_path, url, **tls), [js(1)], str(ca_file))
     assert len(fake.events) == 1
 
 
@@ -286,49 +260,30 @@ def test_options_validate() -> None:
 
 async def test_pipeline_ships_every_record_to_splunk(tmp_path: Path) -> None:
     """The daemon ships 500 dlp alerts and 500 audit events (JSON): HEC indexes every _id; SIGTERM exits 0."""
-    sim_token = "sim-token-splunk-0123456789"
     fake = FakeSplunk(tokens=[TOKEN], ack=True)
-    async with (
-        running_simulator(tokens={sim_token: None}, backlog=500, arrival_rate=0, idle_wait_time=0.2) as sim,
-        fake as url,
-    ):
-        assert sim.url is not None
-        config = {
-            "version": 1,
-            "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-            "health": {"interval": "1h", "syslog": {"enabled": False}},
-            "shutdown_grace": "5s",
-            "tenants": [{"name": "sim", "url": sim.url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-            "logs": {
-                "routes": [
-                    {
-                        "name": "to-splunk",
-                        "tenant": "sim",
-                        "alerts": ["dlp"],
-                        "events": ["audit"],
-                        "format": "json",
-                        "batch": {"max_records": 300, "max_wait": "200ms"},
-                        "sink": {
-                            "type": "splunk_hec",
-                            "url": url,
-                            "token": {"$env": "HEC_TOKEN"},
-                            "index": "netskope",
-                            "acknowledgement": True,
-                        },
-                    }
-                ]
-            },
+    async with fake as url:
+        sink = {
+            "type": "splunk_hec",
+            "url": url,
+            "token": {"$env": "HEC_TOKEN"},
+            "index": "netskope",
+            "acknowledgement": True,
         }
-        path = write_pipeline(tmp_path / "pipeline.yaml", config)
-        async with DaemonProcess(path, env={"SIM_TOKEN": sim_token, "HEC_TOKEN": TOKEN}) as daemon:
-            await fake.wait_until(lambda: len(fake.events) >= 1000, timeout=45)
-            daemon.signal(signal.SIGTERM)
-            assert await daemon.wait(30) == 0
+        run = await ship_backlog(
+            tmp_path,
+            fake,
+            sink,
+            lambda: (event["event"]["_id"] for event in fake.events),
+            streams={"alerts": ["dlp"], "events": ["audit"]},
+            env={"HEC_TOKEN": TOKEN},
+            max_records=300,
+        )
+    assert run.exit_code == 0
     by_sourcetype: dict[str, set[str]] = {}
     for event in fake.events:
         by_sourcetype.setdefault(event["sourcetype"], set()).add(event["event"]["_id"])
     assert by_sourcetype == {
-        "netskope:alert": {record_id(sim.seed, "alerts", "dlp", seq) for seq in range(500)},
-        "netskope:event": {record_id(sim.seed, "events", "audit", seq) for seq in range(500)},
+        "netskope:alert": run.expected["alerts", "dlp"],
+        "netskope:event": run.expected["events", "audit"],
     }
-    assert TOKEN not in "\n".join(daemon.raw)
+    assert TOKEN not in run.output

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import email.utils
-import signal
-import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +15,11 @@ import pytest
 from ce_webhook import WebhookOptions, WebhookSink
 
 from ce_daemon.errors import AuthError, PermanentError, TransientError
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import running_simulator
-from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.webhook import FakeWebhook, basic_value, bearer_value, self_signed_tls
+from ce_daemon.plugin import OutRecord
+from ce_daemon.testing.fakes.webhook import FakeWebhook, basic_value, bearer_value
+from ce_daemon.testing.pipelines import ship_backlog
+from ce_daemon.testing.sinks import assert_tls_verified, attempt, closed_port, open_sink
+from ce_daemon.testing.tls import self_signed_tls
 
 TOKEN = "hook-secret-token-0123"
 
@@ -36,17 +34,8 @@ def js(i: int, **extra: Any) -> OutRecord:
     return OutRecord(f"js-{i}", 1_700_000_000 + i, data, "events", "page", "json")
 
 
-@asynccontextmanager
-async def webhook_sink(tmp_path: Path, url: str, **options: Any) -> AsyncIterator[WebhookSink]:
-    sink = WebhookSink(
-        WebhookOptions.model_validate({"url": url, **options}),
-        PluginContext(name="hook", base_dir=tmp_path, data_dir=tmp_path),
-    )
-    await sink.open()
-    try:
-        yield sink
-    finally:
-        await sink.close()
+def webhook_sink(tmp_path: Path, url: str, **options: Any) -> AbstractAsyncContextManager[WebhookSink]:
+    return open_sink(WebhookSink, {"url": url, **options}, tmp_path, "hook")
 
 
 @pytest.fixture
@@ -228,13 +217,10 @@ async def test_health_probe_401_is_unhealthy_with_a_clear_detail(tmp_path: Path,
 
 async def test_health_unreachable_endpoint(tmp_path: Path) -> None:
     """Nothing listening: unhealthy, and send raises TransientError."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     async with webhook_sink(tmp_path, f"http://127.0.0.1:{port}/hook") as sink:
-        assert not (await sink.health()).ok
-        with pytest.raises(TransientError):
-            await sink.send([js(1)])
+        unreachable = await attempt(sink, [js(1)])
+    assert not unreachable.health.ok and isinstance(unreachable.error, TransientError)
 
 
 async def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
@@ -242,13 +228,9 @@ async def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     server_context, ca_file = self_signed_tls(tmp_path / "tls")
     fake = FakeWebhook(ssl_context=server_context)
     async with fake as url:
-        async with webhook_sink(tmp_path, f"{url}/hook") as sink:
-            assert not (await sink.health()).ok
-            with pytest.raises(TransientError, match="certificate"):
-                await sink.send([js(1)])
-        async with webhook_sink(tmp_path, f"{url}/hook", tls={"ca_file": str(ca_file)}) as sink:
-            assert (await sink.health()).ok
-            await sink.send([js(1)])
+        await assert_tls_verified(
+            lambda tls: webhook_sink(tmp_path, f"{url}/hook", **tls), [js(1)], str(ca_file)
+        )
     assert len(fake.records) == 1
 
 
@@ -262,43 +244,22 @@ def test_options_refuse_unknown_keys_and_bad_auth() -> None:
 
 async def test_pipeline_ships_every_record_to_the_webhook(tmp_path: Path) -> None:
     """The daemon ships 500 simulated dlp alerts: the webhook receives every _id; SIGTERM exits 0."""
-    sim_token = "sim-token-webhook-0123456789"
     fake = FakeWebhook(auth=("Authorization", bearer_value(TOKEN)))
-    async with (
-        running_simulator(tokens={sim_token: None}, backlog=500, arrival_rate=0, idle_wait_time=0.2) as sim,
-        fake as url,
-    ):
-        assert sim.url is not None
-        config = {
-            "version": 1,
-            "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-            "health": {"interval": "1h", "syslog": {"enabled": False}},
-            "shutdown_grace": "5s",
-            "tenants": [{"name": "sim", "url": sim.url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-            "logs": {
-                "routes": [
-                    {
-                        "name": "to-hook",
-                        "tenant": "sim",
-                        "alerts": ["dlp"],
-                        "format": "json",
-                        "batch": {"max_records": 200, "max_wait": "200ms"},
-                        "sink": {
-                            "type": "webhook",
-                            "url": f"{url}/hook",
-                            "gzip": True,
-                            "auth": {"type": "bearer", "token": {"$env": "HOOK_TOKEN"}},
-                        },
-                    }
-                ]
-            },
+    async with fake as url:
+        sink = {
+            "type": "webhook",
+            "url": f"{url}/hook",
+            "gzip": True,
+            "auth": {"type": "bearer", "token": {"$env": "HOOK_TOKEN"}},
         }
-        path = write_pipeline(tmp_path / "pipeline.yaml", config)
-        async with DaemonProcess(path, env={"SIM_TOKEN": sim_token, "HOOK_TOKEN": TOKEN}) as daemon:
-            await fake.wait_until(lambda: len(fake.records) >= 500, timeout=45)
-            daemon.signal(signal.SIGTERM)
-            assert await daemon.wait(30) == 0
-    expected = {record_id(sim.seed, "alerts", "dlp", seq) for seq in range(500)}
-    assert {record["_id"] for record in fake.records} == expected
+        run = await ship_backlog(
+            tmp_path,
+            fake,
+            sink,
+            lambda: (record["_id"] for record in fake.records),
+            env={"HOOK_TOKEN": TOKEN},
+        )
+    assert run.exit_code == 0
+    assert {record["_id"] for record in fake.records} == run.expected["alerts", "dlp"]
     assert all(request.headers.get("Content-Encoding") == "gzip" for request in fake.requests)
-    assert TOKEN not in "\n".join(daemon.raw)
+    assert TOKEN not in run.output

@@ -33,11 +33,11 @@ class _Collector:
         self.messages.append(message)
         self._arrived.set()
 
-    async def receive(self, timeout: float = 10) -> str:  # noqa: ASYNC109 -- a bound per wait reads best in tests
+    async def receive(self, timeout: float = 10) -> str:
         """The next message not yet returned by ``receive`` or ``wait_for``."""
         return await self.wait_for(lambda _: True, timeout)
 
-    async def wait_for(self, match: Match, timeout: float = 10) -> str:  # noqa: ASYNC109 -- as receive()
+    async def wait_for(self, match: Match, timeout: float = 10) -> str:
         """The first newer message containing *match* (or satisfying it, if callable).
 
         Messages skipped on the way stay in ``messages`` but are not looked at again.

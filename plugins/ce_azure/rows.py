@@ -1,4 +1,4 @@
-"""Log Analytics rows from formatted records, and their packing into size-capped JSON arrays."""
+"""Log Analytics rows from formatted records, and the JSON arrays that carry them."""
 
 from __future__ import annotations
 
@@ -51,31 +51,6 @@ class RowEncoder:
                 self.id_column: record.id,
             }
         )
-
-
-def pack(sizes: Sequence[int], cap: int) -> tuple[list[list[int]], list[int]]:
-    """Group row positions into JSON arrays of at most ``cap`` bytes, in order.
-
-    Returns ``(chunks, oversize)``: each chunk a list of positions whose ``[a,b,…]`` encoding
-    fits; ``oversize`` the positions of rows that do not fit even alone.
-    """
-    chunks: list[list[int]] = []
-    oversize: list[int] = []
-    current: list[int] = []
-    size = 2  # the brackets
-    for position, row_size in enumerate(sizes):
-        if row_size + 2 > cap:
-            oversize.append(position)
-            continue
-        extra = row_size + (1 if current else 0)
-        if current and size + extra > cap:
-            chunks.append(current)
-            current, size, extra = [], 2, row_size
-        current.append(position)
-        size += extra
-    if current:
-        chunks.append(current)
-    return chunks, oversize
 
 
 def json_array(rows: Sequence[bytes]) -> bytes:

@@ -8,24 +8,22 @@ it expires.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ce_daemon.errors import AuthError, ComponentConfigError, TransientError
-from ce_daemon.http import RETRYABLE, retry_after, transport_error
+from ce_daemon.errors import ComponentConfigError
+from ce_daemon.http import OAuth2Token
 
 INGESTION_SCOPE = "https://www.googleapis.com/auth/malachite-ingestion"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - an endpoint, not a secret
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _LIFETIME = 3600  # Google refuses assertions valid for longer than an hour
-_REFRESH_MARGIN = 300.0
 
 
 @dataclass(frozen=True)
@@ -87,58 +85,19 @@ def jwt_assertion(account: ServiceAccount, scope: str, now: int) -> str:
     return (signing_input + b"." + _b64url(signature)).decode()
 
 
-class GoogleToken:
+class GoogleToken(OAuth2Token):
     """An access token for one service account and scope."""
 
     def __init__(self, account: ServiceAccount, scope: str = INGESTION_SCOPE) -> None:
+        uri = account.token_uri
+        super().__init__(
+            uri, target=f"Google token endpoint {uri}", principal=f"service account {account.client_email}"
+        )
         self.account = account
         self.scope = scope
-        self._token: str | None = None
-        self._renew_at = 0.0
-        self._lock = asyncio.Lock()
 
-    def invalidate(self) -> None:
-        """Forget the cached token (the API refused it)."""
-        self._token = None
-
-    async def get(self, session: aiohttp.ClientSession, *, fresh: bool = False) -> str:
-        """A valid access token: the cached one, or a new one when none, expiring, or ``fresh``."""
-        async with self._lock:
-            if fresh or self._token is None or time.monotonic() >= self._renew_at:
-                await self._fetch(session)
-            assert self._token is not None
-            return self._token
-
-    async def _fetch(self, session: aiohttp.ClientSession) -> None:
-        uri = self.account.token_uri
-        form = {
+    def grant(self) -> Mapping[str, str]:
+        return {
             "grant_type": JWT_BEARER,
             "assertion": jwt_assertion(self.account, self.scope, int(time.time())),
         }
-        target = f"Google token endpoint {uri}"
-        try:
-            async with session.post(uri, data=form) as response:
-                body = await response.read()
-                status, headers = response.status, response.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, target) from exc
-        try:
-            answer = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            answer = {}
-        if not isinstance(answer, dict):
-            answer = {}
-        if status == 200 and isinstance(answer.get("access_token"), str):
-            try:
-                lifetime = float(answer.get("expires_in", 3600))
-            except (TypeError, ValueError):
-                lifetime = 3600.0
-            self._token = answer["access_token"]
-            self._renew_at = time.monotonic() + lifetime - min(_REFRESH_MARGIN, lifetime / 2)
-            return
-        reason = str(answer.get("error_description") or "")[:300]
-        message = f"{target} answered HTTP {status}" + (f" {answer['error']}" if answer.get("error") else "")
-        message += f": {reason}" if reason else ""
-        if status in RETRYABLE:
-            raise TransientError(message, retry_after=retry_after(headers))
-        raise AuthError(message + f" (service account {self.account.client_email})")

@@ -13,8 +13,6 @@ were accepted until the batch succeeds, and a retry of that batch sends only the
 from __future__ import annotations
 
 import asyncio
-import gzip
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Self
@@ -26,13 +24,22 @@ from pydantic import Field, SecretStr, model_validator
 
 from ce_chronicle.auth import GoogleToken, ServiceAccount
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.http import RETRYABLE, HttpOptions, TlsOptions, make_session, retry_after, transport_error
-from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.http import (
+    RETRYABLE,
+    ConnectionOptions,
+    HttpSink,
+    RequestTooLargeError,
+    ResumableSender,
+    json_error,
+    prepare_body,
+    retry_after,
+    transport_error,
+)
+from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
 
 log = structlog.get_logger(__name__)
 
 API_LIMIT = 1_048_576
-_THREAD_MIN_BYTES = 128 * 1024
 
 
 def regional_endpoint(region: str) -> str:
@@ -41,7 +48,7 @@ def regional_endpoint(region: str) -> str:
     return f"https://{prefix}malachiteingestion-pa.googleapis.com"
 
 
-class ChronicleOptions(PluginOptions):
+class ChronicleOptions(ConnectionOptions):
     """Options of the ``chronicle`` sink."""
 
     customer_id: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")]
@@ -58,8 +65,6 @@ class ChronicleOptions(PluginOptions):
     """Or the path of the JSON key (relative to the pipeline file)."""
     gzip: bool = True
     max_request_bytes: Annotated[int, Field(ge=10_000, le=API_LIMIT)] = 800_000
-    timeout: Annotated[float, Field(gt=0)] = 30.0
-    tls: TlsOptions = TlsOptions()
 
     @model_validator(mode="after")
     def _one_key(self) -> Self:
@@ -70,11 +75,7 @@ class ChronicleOptions(PluginOptions):
         return self
 
 
-class _TooLargeError(Exception):
-    """The API refused a request's size."""
-
-
-class ChronicleSink(LogSink):
+class ChronicleSink(HttpSink):
     """The ``chronicle`` log sink."""
 
     Options = ChronicleOptions
@@ -94,15 +95,12 @@ class ChronicleSink(LogSink):
             head["labels"] = [{"key": key, "value": value} for key, value in opts.labels.items()]
         self._head = orjson.dumps(head)[:-1] + b',"entries":['
         self.token: GoogleToken | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._progress: tuple[tuple[int, str, str], set[int]] | None = None
+        self._sender = ResumableSender()
 
     async def open(self) -> None:
         if self.token is None:
             self.token = GoogleToken(await self._account())
-        if self._session is None:
-            http = HttpOptions(url=self.url, timeout=self.options.timeout, tls=self.options.tls)
-            self._session = make_session(http, self.context.base_dir)
+        await super().open()
 
     async def _account(self) -> ServiceAccount:
         if self.options.credentials is not None:
@@ -115,94 +113,51 @@ class ChronicleSink(LogSink):
             raise ComponentConfigError(f"cannot read the service-account key {path}: {exc.strerror}") from exc
         return ServiceAccount.from_json(text)
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
     async def health(self) -> Health:
         """Obtain a token: proves the key, the account and the token endpoint."""
-        session, token = self._ready()
+        token = self._token()
         try:
-            await token.get(session, fresh=True)
+            await token.get(self.session(), fresh=True)
         except (AuthError, TransientError) as exc:
             return Health(ok=False, detail=str(exc))
         return Health(ok=True, detail=f"token obtained for {token.account.client_email}")
 
     async def send(self, batch: Sequence[OutRecord]) -> SendResult:
         """Post the batch as batchCreate requests of at most ``max_request_bytes``."""
-        if not batch:
-            return SendResult()
-        delivered = self._delivered_so_far(batch)
-        pending = [i for i in range(len(batch)) if i not in delivered]
-        entries = {i: _entry(batch[i]) for i in pending}
-        cap = self.options.max_request_bytes - len(self._head) - 2
-        chunks, oversize = _pack([len(entries[i]) for i in pending], cap)
-        rejected = [(pending[p], "entry exceeds the request size limit on its own") for p in oversize]
-        queue = deque([pending[p] for p in chunk] for chunk in chunks)
-        refusal: str | None = None
-        while queue:
-            chunk = queue.popleft()
-            try:
-                await self._post(self._head + b",".join(entries[i] for i in chunk) + b"]}", len(chunk))
-            except _TooLargeError as exc:
-                if len(chunk) == 1:
-                    rejected.append((chunk[0], str(exc)))
-                else:
-                    half = len(chunk) // 2
-                    queue.extendleft([chunk[half:], chunk[:half]])
-                continue
-            except PermanentError as exc:
-                refusal = str(exc)
-                rejected.extend((i, refusal) for i in chunk)
-                continue
-            delivered.update(chunk)
-        self._progress = None
-        if refusal is not None and not delivered and len(rejected) == len(batch):
-            raise PermanentError(refusal)
-        return SendResult(rejected=sorted(rejected)) if rejected else SendResult()
+        return await self._sender.send(
+            batch,
+            _entry,
+            lambda entries: self._post(self._head + b",".join(entries) + b"]}", len(entries)),
+            limit=self.options.max_request_bytes,
+            overhead=len(self._head) + 2,  # the request around the entries, and its closing "]}"
+            separator=1,  # the commas
+            oversize=lambda _: "entry exceeds the request size limit on its own",
+        )
 
-    def _delivered_so_far(self, batch: Sequence[OutRecord]) -> set[int]:
-        key = (len(batch), batch[0].id, batch[-1].id)
-        if self._progress is None or self._progress[0] != key:
-            self._progress = (key, set())
-        return self._progress[1]
-
-    def _ready(self) -> tuple[aiohttp.ClientSession, GoogleToken]:
-        if self._session is None or self.token is None:
+    def _token(self) -> GoogleToken:
+        if self.token is None:
             raise RuntimeError("the chronicle sink is not open")
-        return self._session, self.token
+        return self.token
 
     async def _post(self, body: bytes, entries: int) -> None:
-        session, token_source = self._ready()
-        headers = {"Content-Type": "application/json"}
-        if self.options.gzip:
-            headers["Content-Encoding"] = "gzip"
-            if len(body) >= _THREAD_MIN_BYTES:
-                body = await asyncio.to_thread(gzip.compress, body, 6)
-            else:
-                body = gzip.compress(body, 6)
-        for attempt in (1, 2):
-            headers["Authorization"] = f"Bearer {await token_source.get(session)}"
-            try:
-                async with session.post(self.url, data=body, headers=headers) as response:
-                    if 200 <= response.status < 300:
-                        log.debug("chronicle.entries_accepted", entries=entries, bytes=len(body))
-                        return
-                    if response.status == 401 and attempt == 1:
-                        token_source.invalidate()  # expired or revoked early: one fresh token, one more try
-                        continue
-                    await self._raise(response)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise transport_error(exc, f"Chronicle {self.url}") from exc
+        token, session = self._token(), self.session()
+        body, headers = await prepare_body(body, "application/json", compress=self.options.gzip)
+        try:
+            async with token.post(session, self.url, data=body, headers=headers) as response:
+                if 200 <= response.status < 300:
+                    log.debug("chronicle.entries_accepted", entries=entries, bytes=len(body))
+                    return
+                await self._raise(response)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc, f"Chronicle {self.url}") from exc
 
     async def _raise(self, response: aiohttp.ClientResponse) -> None:
         status = response.status
-        code, detail = _error_of(await response.read())
+        code, detail = json_error(await response.read(), "status")
         message = f"Chronicle {self.url} answered HTTP {status}" + (f" {code}" if code else "")
         message += f": {detail}" if detail else ""
         if status == 413 or (status == 400 and "payload size exceeds" in detail.lower()):
-            raise _TooLargeError(message)
+            raise RequestTooLargeError(message)
         if status in RETRYABLE or code == "RESOURCE_EXHAUSTED":
             raise TransientError(message, retry_after=retry_after(response.headers))
         if status in (401, 403):
@@ -216,36 +171,3 @@ def _entry(record: OutRecord) -> bytes:
     """One entry, built from bytes: the line as a JSON string and its time in microseconds."""
     text = orjson.dumps(record.data.decode("utf-8", "replace"))
     return b'{"log_text":%s,"ts_epoch_microseconds":%d}' % (text, max(0, record.timestamp) * 1_000_000)
-
-
-def _pack(sizes: Sequence[int], cap: int) -> tuple[list[list[int]], list[int]]:
-    """Group entry positions so each group's comma-joined size stays within ``cap``; and the misfits."""
-    chunks: list[list[int]] = []
-    oversize: list[int] = []
-    current: list[int] = []
-    size = 0
-    for position, entry_size in enumerate(sizes):
-        if entry_size > cap:
-            oversize.append(position)
-            continue
-        extra = entry_size + (1 if current else 0)
-        if current and size + extra > cap:
-            chunks.append(current)
-            current, size, extra = [], 0, entry_size
-        current.append(position)
-        size += extra
-    if current:
-        chunks.append(current)
-    return chunks, oversize
-
-
-def _error_of(body: bytes) -> tuple[str, str]:
-    """(status, message) of a Google error body ``{"error": {"code", "message", "status"}}``."""
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        return "", body[:300].decode("utf-8", "replace").strip()
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if not isinstance(error, dict):
-        return "", ""
-    return str(error.get("status") or ""), str(error.get("message") or "")[:300]

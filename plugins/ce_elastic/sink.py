@@ -14,8 +14,6 @@ refused for good (400 mapping or parsing errors) are rejected with ``error.type:
 from __future__ import annotations
 
 import asyncio
-import base64
-import gzip
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -24,11 +22,24 @@ import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.http import RETRYABLE, HttpOptions, make_session, retry_after, transport_error
-from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.http import (
+    RETRYABLE,
+    HttpOptions,
+    HttpSink,
+    RequestTooLargeError,
+    basic,
+    excerpt,
+    json_object,
+    make_session,
+    prepare_body,
+    retry_after,
+    send_halving,
+    split_by_size,
+    transport_error,
+)
+from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
 from ce_elastic.documents import IndexNamer, document
 
-_GZIP_IN_THREAD = 256 * 1024
 _ALREADY_THERE = "version_conflict_engine_exception"
 
 
@@ -67,7 +78,7 @@ class ElasticsearchOptions(HttpOptions):
         return self
 
 
-class ElasticsearchSink(LogSink):
+class ElasticsearchSink(HttpSink):
     """The ``elasticsearch`` log sink."""
 
     Options = ElasticsearchOptions
@@ -81,31 +92,15 @@ class ElasticsearchSink(LogSink):
         self._root_url = base + "/"
         self._bulk_url = base + "/_bulk"
         self._bulk_params = {"pipeline": self.options.pipeline} if self.options.pipeline else None
-        self._session: aiohttp.ClientSession | None = None
 
-    def _auth_headers(self) -> dict[str, str]:
+    def new_session(self) -> aiohttp.ClientSession:
         opts = self.options
+        headers: dict[str, str] = {}
         if opts.api_key is not None:
-            return {"Authorization": f"ApiKey {opts.api_key.get_secret_value()}"}
-        if opts.username is not None and opts.password is not None:
-            pair = f"{opts.username}:{opts.password.get_secret_value()}".encode()
-            return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
-        return {}
-
-    async def open(self) -> None:
-        if self._session is None:
-            self._session = make_session(self.options, self.context.base_dir, **self._auth_headers())
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            await self.open()
-        assert self._session is not None
-        return self._session
+            headers["Authorization"] = f"ApiKey {opts.api_key.get_secret_value()}"
+        elif opts.username is not None and opts.password is not None:
+            headers["Authorization"] = basic(opts.username, opts.password)
+        return make_session(opts, self.context.base_dir, **headers)
 
     # -- health ------------------------------------------------------------------------------
 
@@ -114,7 +109,7 @@ class ElasticsearchSink(LogSink):
 
         A 403 still proves the credentials: a key that may only write has no right to read cluster info.
         """
-        session = await self._client()
+        session = self.session()
         try:
             async with session.get(self._root_url, allow_redirects=False) as response:
                 status = response.status
@@ -200,30 +195,26 @@ class ElasticsearchSink(LogSink):
 
     async def _bulk(self, entries: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
         """One result per entry, in order; entries are split over as many requests as the size cap needs."""
-        results: list[dict[str, Any]] = []
-        limit = self.options.max_request_bytes
-        start, size = 0, 0
-        for position, (_, lines) in enumerate(entries):
-            if position > start and size + len(lines) > limit:
-                results.extend(await self._post(entries[start:position]))
-                start, size = position, 0
-            size += len(lines)
-        if start < len(entries):
-            results.extend(await self._post(entries[start:]))
+        results: list[dict[str, Any]] = [{} for _ in entries]
+
+        async def post(part: range) -> None:
+            results[part.start : part.stop] = await self._post(entries[part.start : part.stop])
+
+        parts = split_by_size([len(lines) for _, lines in entries], self.options.max_request_bytes)
+        too_large = await send_halving(
+            parts, post, on_split=lambda part: self.log.info("elasticsearch.request_split", items=len(part))
+        )
+        for position, _ in too_large:
+            size = len(entries[position][1])
+            reason = f"request_too_large: a document of {size} bytes is over the cluster's limit (413)"
+            results[position] = {"status": 413, "error": {"type": "request_too_large", "reason": reason}}
         return results
 
     async def _post(self, entries: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
         body = b"".join(lines for _, lines in entries)
         status, answer, headers = await self._request(body)
         if status == 413:
-            if len(entries) == 1:
-                reason = (
-                    f"request_too_large: a document of {len(body)} bytes is over the cluster's limit (413)"
-                )
-                return [{"status": 413, "error": {"type": "request_too_large", "reason": reason}}]
-            self.log.info("elasticsearch.request_split", items=len(entries))
-            middle = len(entries) // 2
-            return await self._post(entries[:middle]) + await self._post(entries[middle:])
+            raise RequestTooLargeError(_describe(status, answer))
         if not 200 <= status < 300:
             raise _error(status, answer, headers)
         items = answer.get("items")
@@ -232,11 +223,8 @@ class ElasticsearchSink(LogSink):
         return [_item_result(item) for item in items]
 
     async def _request(self, body: bytes) -> tuple[int, dict[str, Any], Any]:
-        session = await self._client()
-        headers = {"Content-Type": "application/x-ndjson"}
-        if self.options.gzip:
-            headers["Content-Encoding"] = "gzip"
-            body = await _gzip(body)
+        session = self.session()
+        body, headers = await prepare_body(body, "application/x-ndjson", compress=self.options.gzip)
         try:
             async with session.post(
                 self._bulk_url, data=body, headers=headers, params=self._bulk_params, allow_redirects=False
@@ -272,11 +260,8 @@ def _item_reason(item: dict[str, Any]) -> str:
 
 async def _answer(response: aiohttp.ClientResponse) -> dict[str, Any]:
     body = await response.read()
-    try:
-        parsed = orjson.loads(body) if body else {}
-    except orjson.JSONDecodeError:
-        return {"error": body[:200].decode("utf-8", "replace").strip()}
-    return parsed if isinstance(parsed, dict) else {}
+    answer = json_object(body)
+    return answer if answer is not None else {"error": excerpt(body, 200)}
 
 
 def _describe(status: int, answer: dict[str, Any]) -> str:
@@ -295,9 +280,3 @@ def _error(status: int, answer: dict[str, Any], headers: Any) -> Exception:
     if status in RETRYABLE:
         return TransientError(message, retry_after=retry_after(headers))
     return PermanentError(message)
-
-
-async def _gzip(body: bytes) -> bytes:
-    if len(body) < _GZIP_IN_THREAD:
-        return gzip.compress(body, 6, mtime=0)
-    return await asyncio.to_thread(gzip.compress, body, 6, mtime=0)

@@ -15,9 +15,7 @@ another name, and downstream readers should de-duplicate on ``id``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gzip
 import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -31,13 +29,19 @@ from pydantic import Field, SecretStr
 from yarl import URL
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.http import RETRYABLE, USER_AGENT, TlsOptions, retry_after, ssl_context, transport_error
-from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.http import (
+    RETRYABLE,
+    ConnectionOptions,
+    HttpSink,
+    gzip_compress,
+    retry_after,
+    transport_error,
+)
+from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
 from ce_s3.sigv4 import EMPTY_SHA256, Credentials, sha256_hex, signed_headers, uri_encode
 
 log = structlog.get_logger(__name__)
 
-_THREAD_MIN_BYTES = 256 * 1024  # compress larger bodies off the event loop
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
@@ -63,7 +67,7 @@ _AUTH_CODES = frozenset(
 )
 
 
-class S3SinkOptions(PluginOptions):
+class S3SinkOptions(ConnectionOptions):
     """Options of the ``s3`` sink."""
 
     bucket: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")]
@@ -89,10 +93,9 @@ class S3SinkOptions(PluginOptions):
     compression_level: Annotated[int, Field(ge=1, le=9)] = 6
     storage_class: str | None = None
     timeout: Annotated[float, Field(gt=0)] = 60.0
-    tls: TlsOptions = TlsOptions()
 
 
-class S3Sink(LogSink):
+class S3Sink(HttpSink):
     """The ``s3`` log sink."""
 
     Options = S3SinkOptions
@@ -107,21 +110,6 @@ class S3Sink(LogSink):
             opts.session_token.get_secret_value() if opts.session_token else None,
         )
         self.endpoint = (opts.endpoint or f"https://s3.{opts.region}.amazonaws.com").rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        if self._session is None:
-            tls = ssl_context(self.options.tls, self.context.base_dir)
-            self._session = aiohttp.ClientSession(
-                headers={"User-Agent": USER_AGENT},
-                timeout=aiohttp.ClientTimeout(total=self.options.timeout),
-                connector=aiohttp.TCPConnector(ssl=tls, limit=8),
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     # -- addressing ----------------------------------------------------------------------------
 
@@ -219,11 +207,7 @@ class S3Sink(LogSink):
         return "/".join(part for part in parts if part)
 
     async def _put(self, key: str, body: bytes, count: int) -> None:
-        level = self.options.compression_level
-        if len(body) >= _THREAD_MIN_BYTES:
-            payload = await asyncio.to_thread(gzip.compress, body, level, mtime=0)
-        else:
-            payload = gzip.compress(body, level, mtime=0)
+        payload = await gzip_compress(body, self.options.compression_level)
         headers = {
             "Content-Type": "application/x-ndjson" if self.options.content == "ndjson" else "text/plain",
             "Content-Encoding": "gzip",
@@ -244,8 +228,6 @@ class S3Sink(LogSink):
     async def _request(
         self, method: str, host: str, path: str, payload: bytes, extra: dict[str, str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        if self._session is None:
-            raise RuntimeError("the s3 sink is not open")
         headers = signed_headers(
             self.credentials,
             method=method,
@@ -256,7 +238,7 @@ class S3Sink(LogSink):
             moment=datetime.now(UTC),
             extra=extra,
         )
-        async with self._session.request(
+        async with self.session().request(
             method, self.url(host, path), data=payload or None, headers=headers, allow_redirects=False
         ) as response:
             yield response

@@ -21,7 +21,6 @@ that takes longer than ``ack_timeout`` the batch is reported transient and sent 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import re
 import uuid
 from collections.abc import Sequence
@@ -32,15 +31,27 @@ import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.http import RETRYABLE, HttpOptions, make_session, retry_after, transport_error
-from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.http import (
+    RETRYABLE,
+    HttpOptions,
+    HttpSink,
+    RequestTooLargeError,
+    excerpt,
+    json_object,
+    make_session,
+    prepare_body,
+    retry_after,
+    send_halving,
+    split_by_size,
+    transport_error,
+)
+from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
 from ce_splunk.envelope import EnvelopeWriter
 
 _COLLECTOR_PATH = re.compile(r"/services/collector(?:/event|/raw)?(?:/1\.0)?/?$")
 _PER_EVENT_CODES = frozenset({6, 12, 13, 15})
 """Codes whose ``invalid-event-number`` names the one event at fault."""
 _CONFIG_CODES = frozenset({7, 10, 11, 14})
-_GZIP_IN_THREAD = 256 * 1024
 _ACK_FIRST_POLL = 0.1
 _ACK_MAX_POLL = 2.0
 
@@ -74,7 +85,7 @@ class SplunkHecOptions(HttpOptions):
         return _COLLECTOR_PATH.sub("", value.rstrip("/")).rstrip("/")
 
 
-class SplunkHecSink(LogSink):
+class SplunkHecSink(HttpSink):
     """The ``splunk_hec`` log sink."""
 
     Options = SplunkHecOptions
@@ -94,31 +105,18 @@ class SplunkHecSink(LogSink):
         )
         self._channel = str(opts.channel or uuid.uuid4())
         self._event_url = f"{opts.url}/services/collector/event"
-        self._session: aiohttp.ClientSession | None = None
 
-    async def open(self) -> None:
-        if self._session is None:
-            headers = {"Authorization": f"Splunk {self.options.token.get_secret_value()}"}
-            if self.options.acknowledgement:
-                headers["X-Splunk-Request-Channel"] = self._channel
-            self._session = make_session(self.options, self.context.base_dir, **headers)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            await self.open()
-        assert self._session is not None
-        return self._session
+    def new_session(self) -> aiohttp.ClientSession:
+        headers = {"Authorization": f"Splunk {self.options.token.get_secret_value()}"}
+        if self.options.acknowledgement:
+            headers["X-Splunk-Request-Channel"] = self._channel
+        return make_session(self.options, self.context.base_dir, **headers)
 
     # -- health ------------------------------------------------------------------------------
 
     async def health(self) -> Health:
         """HEC's health endpoint, then the token: an empty POST must get "No data", not 401/403."""
-        session = await self._client()
+        session = self.session()
         url = f"{self.options.url}/services/collector/health"
         try:
             async with session.get(url, allow_redirects=False) as response:
@@ -144,49 +142,47 @@ class SplunkHecSink(LogSink):
         envelopes = [envelope(record) for record in batch]
         rejected: list[tuple[int, str]] = []
         acks: list[int] = []
-        for start, end in _chunks(envelopes, self.options.max_request_bytes):
-            await self._post(envelopes, start, end, rejected, acks)
+
+        async def post(part: range) -> range | None:
+            return await self._post(envelopes, part, rejected, acks)
+
+        parts = split_by_size(list(map(len, envelopes)), self.options.max_request_bytes)
+        too_large = await send_halving(
+            parts, post, on_split=lambda part: self.log.info("splunk.request_split", events=len(part))
+        )
+        rejected += [
+            (i, f"HEC refused an event of {len(envelopes[i])} bytes as too large") for i, _ in too_large
+        ]
         if acks:
             await self._wait_for_acks(acks)
-        return SendResult(rejected=rejected)
+        return SendResult(rejected=sorted(rejected))
 
     async def _post(
-        self, envelopes: list[bytes], start: int, end: int, rejected: list[tuple[int, str]], acks: list[int]
-    ) -> None:
-        """Deliver ``envelopes[start:end]``: halve on 413, skip the one event HEC names as invalid."""
-        while start < end:
-            body = b"".join(envelopes[start:end])
-            status, answer, headers = await self._request(self._event_url, body, compress=self.options.gzip)
-            if 200 <= status < 300:
-                if isinstance(answer.get("ackId"), int):
-                    acks.append(answer["ackId"])
-                return
-            if status == 413:
-                if end - start == 1:
-                    rejected.append(
-                        (start, f"HEC refused an event of {len(envelopes[start])} bytes as too large")
-                    )
-                    return
-                self.log.info("splunk.request_split", events=end - start)
-                middle = (start + end) // 2
-                await self._post(envelopes, start, middle, rejected, acks)
-                start = middle
-                continue
-            bad = answer.get("invalid-event-number")
-            per_event = status == 400 and answer.get("code") in _PER_EVENT_CODES
-            if per_event and isinstance(bad, int) and 0 <= bad < end - start:
-                rejected.append((start + bad, f"HEC refused the event: {_describe(status, answer)}"))
-                start += bad + 1
-                continue
-            raise _error(status, answer, headers)
+        self, envelopes: list[bytes], part: range, rejected: list[tuple[int, str]], acks: list[int]
+    ) -> range | None:
+        """Deliver the envelopes at ``part``; after the one event HEC names as invalid, what is left to send.
+
+        HEC parses a request in order and stops at a bad event: those before it were taken.
+        """
+        body = b"".join(envelopes[part.start : part.stop])
+        status, answer, headers = await self._request(self._event_url, body, compress=self.options.gzip)
+        if 200 <= status < 300:
+            if isinstance(answer.get("ackId"), int):
+                acks.append(answer["ackId"])
+            return None
+        if status == 413:
+            raise RequestTooLargeError(_describe(status, answer))
+        bad = answer.get("invalid-event-number")
+        per_event = status == 400 and answer.get("code") in _PER_EVENT_CODES
+        if per_event and isinstance(bad, int) and 0 <= bad < len(part):
+            rejected.append((part[bad], f"HEC refused the event: {_describe(status, answer)}"))
+            return part[bad + 1 :]
+        raise _error(status, answer, headers)
 
     async def _request(self, url: str, body: bytes, *, compress: bool) -> tuple[int, dict[str, Any], Any]:
         """POST ``body``; the status, HEC's JSON answer and the headers (errors are the caller's to map)."""
-        session = await self._client()
-        headers = {"Content-Type": "application/json"}
-        if compress:
-            headers["Content-Encoding"] = "gzip"
-            body = await _gzip(body)
+        session = self.session()
+        body, headers = await prepare_body(body, "application/json", compress=compress)
         try:
             async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 return response.status, await _answer(response), response.headers
@@ -222,11 +218,8 @@ class SplunkHecSink(LogSink):
 async def _answer(response: aiohttp.ClientResponse) -> dict[str, Any]:
     """HEC's JSON answer (``{}`` when the body is not a JSON object, say from a proxy)."""
     body = await response.read()
-    try:
-        parsed = orjson.loads(body) if body else {}
-    except orjson.JSONDecodeError:
-        return {"text": body[:200].decode("utf-8", "replace").strip()}
-    return parsed if isinstance(parsed, dict) else {}
+    answer = json_object(body)
+    return answer if answer is not None else {"text": excerpt(body, 200)}
 
 
 def _describe(status: int, answer: dict[str, Any]) -> str:
@@ -261,23 +254,3 @@ def _error(status: int, answer: dict[str, Any], headers: Any) -> Exception:
     if status in RETRYABLE or code == 9:
         return TransientError(message, retry_after=retry_after(headers))
     return PermanentError(message)
-
-
-def _chunks(envelopes: Sequence[bytes], limit: int) -> list[tuple[int, int]]:
-    """(start, end) ranges whose concatenated size stays within ``limit`` (a lone big envelope alone)."""
-    ranges: list[tuple[int, int]] = []
-    start, size = 0, 0
-    for index, envelope in enumerate(envelopes):
-        if index > start and size + len(envelope) > limit:
-            ranges.append((start, index))
-            start, size = index, 0
-        size += len(envelope)
-    if start < len(envelopes):
-        ranges.append((start, len(envelopes)))
-    return ranges
-
-
-async def _gzip(body: bytes) -> bytes:
-    if len(body) < _GZIP_IN_THREAD:
-        return gzip.compress(body, 6, mtime=0)
-    return await asyncio.to_thread(gzip.compress, body, 6, mtime=0)

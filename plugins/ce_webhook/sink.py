@@ -9,9 +9,6 @@ record the endpoint cannot take, which is refused alone.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import gzip
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -20,12 +17,22 @@ import orjson
 from pydantic import Field, SecretStr
 
 from ce_daemon.errors import ComponentConfigError
-from ce_daemon.http import HttpOptions, bearer, make_session, raise_for_status, transport_error
-from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.http import (
+    HttpOptions,
+    HttpSink,
+    RequestTooLargeError,
+    basic,
+    bearer,
+    make_session,
+    prepare_body,
+    raise_for_status,
+    send_halving,
+    split_by_size,
+    transport_error,
+)
+from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
 
 _HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
-_GZIP_IN_THREAD = 256 * 1024
-"""Bodies larger than this are compressed off the event loop."""
 
 
 class BasicAuth(PluginOptions):
@@ -66,7 +73,7 @@ class WebhookOptions(HttpOptions):
     """Checked with GET at start and reload (2xx: healthy); without it, the URL is probed with HEAD."""
 
 
-class WebhookSink(LogSink):
+class WebhookSink(HttpSink):
     """The ``webhook`` log sink."""
 
     Options = WebhookOptions
@@ -75,43 +82,27 @@ class WebhookSink(LogSink):
     def __init__(self, options: PluginOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.log = context.log
-        self._session: aiohttp.ClientSession | None = None
         if self.options.body == "json":
             self._content_type = "application/json"
         else:
             self._content_type = "application/x-ndjson"
 
-    def _auth_headers(self) -> dict[str, str]:
+    def new_session(self) -> aiohttp.ClientSession:
         auth = self.options.auth
+        headers: dict[str, str] = {}
         if isinstance(auth, BasicAuth):
-            pair = f"{auth.username}:{auth.password.get_secret_value()}".encode()
-            return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
-        if isinstance(auth, BearerAuth):
-            return {"Authorization": bearer(auth.token)}
-        if isinstance(auth, HeaderAuth):
-            return {auth.name: auth.value.get_secret_value()}
-        return {}
-
-    async def open(self) -> None:
-        if self._session is None:
-            self._session = make_session(self.options, self.context.base_dir, **self._auth_headers())
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            await self.open()
-        assert self._session is not None
-        return self._session
+            headers["Authorization"] = basic(auth.username, auth.password)
+        elif isinstance(auth, BearerAuth):
+            headers["Authorization"] = bearer(auth.token)
+        elif isinstance(auth, HeaderAuth):
+            headers[auth.name] = auth.value.get_secret_value()
+        return make_session(self.options, self.context.base_dir, **headers)
 
     # -- health ------------------------------------------------------------------------------
 
     async def health(self) -> Health:
         """GET ``health_url`` when given (2xx: healthy); else HEAD the URL (any answer but 401/403)."""
-        session = await self._client()
+        session = self.session()
         probe = self.options.health_url
         method, url = ("GET", probe) if probe else ("HEAD", self.options.url)
         try:
@@ -129,51 +120,40 @@ class WebhookSink(LogSink):
 
     async def send(self, batch: Sequence[OutRecord]) -> SendResult:
         items = [_item(record) for record in batch]
-        rejected: list[tuple[int, str]] = []
-        for start, end in _chunks(items, self.options.max_request_bytes):
-            await self._post(items, start, end, rejected)
-        return SendResult(rejected=rejected)
 
-    async def _post(self, items: list[bytes], start: int, end: int, rejected: list[tuple[int, str]]) -> None:
-        """Deliver ``items[start:end]`` in one request, halving it while the endpoint says 413."""
-        status = await self._request(self._body(items[start:end]))
-        if status != 413:
-            return
-        if end - start == 1:
-            reason = f"the endpoint refused a record of {len(items[start])} bytes as too large (HTTP 413)"
-            rejected.append((start, reason))
-            return
-        self.log.info("webhook.request_split", records=end - start)
-        middle = (start + end) // 2
-        await self._post(items, start, middle, rejected)
-        await self._post(items, middle, end, rejected)
+        async def post(part: range) -> None:
+            await self._request(self._body(items[part.start : part.stop]))
+
+        # Each item counts one byte more (the "," of an array or the newline of NDJSON), plus the brackets.
+        parts = split_by_size([len(item) + 1 for item in items], self.options.max_request_bytes, overhead=2)
+        refused = await send_halving(
+            parts, post, on_split=lambda part: self.log.info("webhook.request_split", records=len(part))
+        )
+        reason = "the endpoint refused a record of {} bytes as too large (HTTP 413)"
+        return SendResult(rejected=[(index, reason.format(len(items[index]))) for index, _ in refused])
 
     def _body(self, items: list[bytes]) -> bytes:
         if self.options.body == "json":
             return b"[" + b",".join(items) + b"]"
         return b"\n".join(items) + b"\n"
 
-    async def _request(self, body: bytes) -> int:
-        """Send one body; 413 is returned for the caller to split, every other failure raises."""
-        session = await self._client()
-        headers = {"Content-Type": self._content_type}
-        if self.options.gzip:
-            headers["Content-Encoding"] = "gzip"
-            body = await _gzip(body)
+    async def _request(self, body: bytes) -> None:
+        """Send one body; any failure raises (a 413 as RequestTooLargeError, for the caller to split)."""
+        session = self.session()
+        body, headers = await prepare_body(body, self._content_type, compress=self.options.gzip)
         url = self.options.url
         try:
             async with session.request(
                 self.options.method, url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 if response.status == 413:
-                    return 413
+                    raise RequestTooLargeError(f"{url} answered HTTP 413")
                 if 300 <= response.status < 400:
                     location = response.headers.get("Location", "?")
                     raise ComponentConfigError(
                         f"{url} redirects (HTTP {response.status}) to {location}: configure the final URL"
                     )
                 await raise_for_status(response, url)
-                return response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, url) from exc
 
@@ -190,27 +170,3 @@ def _item(record: OutRecord) -> bytes:
             "subtype": record.subtype,
         }
     )
-
-
-def _chunks(items: Sequence[bytes], limit: int) -> list[tuple[int, int]]:
-    """(start, end) ranges of ``items`` whose body stays within ``limit`` (a lone big item alone).
-
-    Each item counts one byte more (the "," of an array or the newline of NDJSON), plus the brackets.
-    """
-    ranges: list[tuple[int, int]] = []
-    start, size = 0, 2
-    for index, item in enumerate(items):
-        grown = size + len(item) + 1
-        if index > start and grown > limit:
-            ranges.append((start, index))
-            start, grown = index, 2 + len(item) + 1
-        size = grown
-    if start < len(items):
-        ranges.append((start, len(items)))
-    return ranges
-
-
-async def _gzip(body: bytes) -> bytes:
-    if len(body) < _GZIP_IN_THREAD:
-        return gzip.compress(body, 6, mtime=0)
-    return await asyncio.to_thread(gzip.compress, body, 6, mtime=0)

@@ -18,23 +18,24 @@ Usage::
 
     fake = FakeAzureMonitor()
     async with fake as url:   # url serves both the authority and the DCE
-        ...  # fake.rows holds every accepted row, decoded; await fake.wait_for_rows(n)
+        ...  # fake.rows holds every accepted row, decoded; await fake.wait_until(predicate)
+
+Scripted failures (:meth:`~ce_daemon.testing.fakes.base.FakeHttpServer.fail_next`, ``code`` and
+``message`` as Azure's error) and holds apply to authenticated ingestion calls only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gzip
 import secrets
 import ssl
-import zlib
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from ce_daemon.testing.fakes.base import FakeHttpServer, VendorError, inflate, json_response
 
 API_LIMIT = 1_048_576
 SCOPE = "https://monitor.azure.com/.default"
@@ -52,24 +53,10 @@ class IngestionCall:
     status: int
 
 
-@dataclass(slots=True)
-class _Planned:
-    status: int
-    code: str
-    message: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class AzureError(Exception):
-    """An ingestion API error answer, raised inside the handler."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-
-
-class FakeAzureMonitor:
+class FakeAzureMonitor(FakeHttpServer):
     """Entra ID plus a Logs Ingestion endpoint on 127.0.0.1, recording what it accepts."""
+
+    auto_decompress = False  # the size limit applies to the bytes on the wire too
 
     def __init__(
         self,
@@ -84,6 +71,7 @@ class FakeAzureMonitor:
         token_lifetime: int = 3599,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        super().__init__(ssl_context=ssl_context)
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.client_secret = client_secret
@@ -97,72 +85,16 @@ class FakeAzureMonitor:
         self.calls: list[IngestionCall] = []
         self.tokens_issued = 0
         self._tokens: set[str] = set()
-        self._ssl = ssl_context
-        self._planned: deque[_Planned | None] = deque()  # None: let that one through
-        self._held = 0
-        self._release = asyncio.Event()
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    # -- scripting ----------------------------------------------------------------------------
-
-    def fail_next(
-        self,
-        count: int,
-        status: int,
-        code: str = "ServiceError",
-        message: str = "scripted failure",
-        *,
-        retry_after: float | None = None,
-        after: int = 0,
-    ) -> None:
-        """Answer the next ``count`` authenticated ingestion calls with this error,
-        once ``after`` more of them have been answered normally."""
-        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
-        self._planned.extend([None] * after)
-        self._planned.extend(_Planned(status, code, message, headers) for _ in range(count))
-
-    def hold_next(self, count: int) -> None:
-        """Keep the next ``count`` ingestion calls waiting (a slow service) until `release` or shutdown."""
-        self._held += count
-
-    def release(self) -> None:
-        """Let held calls answer."""
-        self._release.set()
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return [
+            web.post("/{tenant}/oauth2/v2.0/token", self._token),
+            web.post("/dataCollectionRules/{dcr}/streams/{stream}", self._ingest),
+        ]
 
     def revoke_tokens(self) -> None:
         """Invalidate every token issued so far (the next call with one gets 401 InvalidToken)."""
         self._tokens.clear()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        """Wait until ``predicate()`` holds (checked after every call), at most ``timeout`` seconds."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(predicate)
-
-    async def wait_for_rows(self, count: int, timeout: float = 30.0) -> None:
-        """Wait until ``count`` rows have been accepted."""
-        await self.wait_for(lambda: len(self.rows) >= count, timeout)
-
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    async def __aenter__(self) -> str:
-        app = web.Application(client_max_size=64 * API_LIMIT)
-        app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
-        app.router.add_post("/dataCollectionRules/{dcr}/streams/{stream}", self._ingest)
-        # The size limit applies to the bytes on the wire too: read them before any inflating.
-        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
-        await site.start()
-        self.url = f"{'https' if self._ssl else 'http'}://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self.url
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # -- Entra ID -----------------------------------------------------------------------------
 
@@ -192,46 +124,43 @@ class FakeAzureMonitor:
             "ext_expires_in": lifetime,
             "access_token": token,
         }
-        return web.json_response(body)
+        return json_response(body)
 
     # -- Logs Ingestion API -------------------------------------------------------------------
 
     async def _ingest(self, request: web.Request) -> web.Response:
         wire = await request.read()
         stream = request.match_info["stream"]
-        call: IngestionCall | None = None
         try:
             call = await self._accept(request, wire, stream)
             response = web.Response(status=204)
-        except AzureError as exc:
+        except VendorError as exc:
             headers = {"x-ms-error-code": exc.code, **exc.headers}
             body = {"error": {"code": exc.code, "message": exc.message}}
-            response = web.json_response(body, status=exc.status, headers=headers)
+            response = json_response(body, exc.status, headers)
             call = IngestionCall(stream, len(wire), 0, False, [], exc.status)
         self.calls.append(call)
-        async with self._changed:
-            self._changed.notify_all()
+        await self.record(request, wire, response.status)
         return response
 
     async def _accept(self, request: web.Request, wire: bytes, stream: str) -> IngestionCall:
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self._tokens:
-            raise AzureError(401, "InvalidToken", "The access token is missing, invalid or expired.")
-        if self._held:
-            self._held -= 1
-            await self._release.wait()
-        planned = self._planned.popleft() if self._planned else None
-        if planned is not None:
-            raise AzureError(planned.status, planned.code, planned.message, planned.headers)
+            raise VendorError(401, "The access token is missing, invalid or expired.", code="InvalidToken")
+        failure = await self.scripted()
+        if failure is not None:
+            code = failure.code or "ServiceError"
+            raise VendorError(failure.status, failure.message, code=code, headers=failure.headers)
         if request.query.get("api-version") != "2023-01-01":
-            raise AzureError(400, "InvalidApiVersion", "The api-version query parameter must be 2023-01-01.")
-        if request.match_info["dcr"] != self.dcr_immutable_id:
-            raise AzureError(
-                404, "NotFound", f"Data collection rule {request.match_info['dcr']!r} not found."
+            raise VendorError(
+                400, "The api-version query parameter must be 2023-01-01.", code="InvalidApiVersion"
             )
+        dcr = request.match_info["dcr"]
+        if dcr != self.dcr_immutable_id:
+            raise VendorError(404, f"Data collection rule {dcr!r} not found.", code="NotFound")
         if stream not in self.streams:
-            raise AzureError(
-                400, "InvalidStream", f"Stream {stream!r} is not declared in the data collection rule."
+            raise VendorError(
+                400, f"Stream {stream!r} is not declared in the data collection rule.", code="InvalidStream"
             )
         data, compressed = self._body(request, wire)
         rows = self._rows(data)
@@ -243,16 +172,15 @@ class FakeAzureMonitor:
         limit = self.max_body_bytes
         too_large = f"Maximum allowed content length: {limit} bytes ({limit / API_LIMIT:g} MB)."
         if len(wire) > limit:
-            raise AzureError(413, "ContentLengthLimitExceeded", too_large)
-        compressed = request.headers.get("Content-Encoding", "").lower() == "gzip"
-        data = wire
-        if compressed:
-            try:
-                data = gzip.decompress(wire)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise AzureError(400, "InvalidContentEncoding", f"The body is not valid gzip: {exc}") from exc
+            raise VendorError(413, too_large, code="ContentLengthLimitExceeded")
+        try:
+            data, compressed = inflate(request, wire)
+        except ValueError as exc:
+            raise VendorError(
+                400, f"The body is not valid gzip: {exc}", code="InvalidContentEncoding"
+            ) from exc
         if len(data) > limit:
-            raise AzureError(413, "ContentLengthLimitExceeded", too_large)
+            raise VendorError(413, too_large, code="ContentLengthLimitExceeded")
         return data, compressed
 
     def _rows(self, data: bytes) -> list[dict[str, Any]]:
@@ -260,13 +188,15 @@ class FakeAzureMonitor:
         try:
             rows = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise AzureError(400, "InvalidPayload", f"The body is not valid JSON: {exc}") from exc
+            raise VendorError(400, f"The body is not valid JSON: {exc}", code="InvalidPayload") from exc
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-            raise AzureError(400, "InvalidPayload", "The body must be a JSON array of objects.")
+            raise VendorError(400, "The body must be a JSON array of objects.", code="InvalidPayload")
         for n, row in enumerate(rows):
             missing = [column for column in self.required_columns if column not in row]
             if missing:
-                raise AzureError(400, "InvalidPayload", f"Row {n} lacks the column(s) {', '.join(missing)}.")
+                raise VendorError(
+                    400, f"Row {n} lacks the column(s) {', '.join(missing)}.", code="InvalidPayload"
+                )
         return rows
 
 
@@ -276,4 +206,4 @@ def _entra_error(status: int, error: str, code: int, text: str) -> web.Response:
         "error_description": f"AADSTS{code}: {text}\r\nTrace ID: {secrets.token_hex(8)}\r\nTimestamp: now",
         "error_codes": [code],
     }
-    return web.json_response(body, status=status)
+    return json_response(body, status)

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ce_daemon.testing.fakes.webhook import FakeHttpServer, json_response
+from ce_daemon.testing.fakes.base import FakeHttpServer, json_response
 
 _INVALID_INDEX = re.compile(r'[\\/*?"<>| ,#:]')
 _ITEM_ERRORS = {

@@ -16,22 +16,21 @@ Usage::
     fake = FakeChronicle()
     async with fake as url:
         key = fake.service_account_key()   # JSON key whose token_uri is the fake's /token
-        ...  # fake.entries holds every accepted entry; await fake.wait_for_entries(n)
+        ...  # fake.entries holds every accepted entry; await fake.wait_until(predicate)
+
+Scripted failures (:meth:`~ce_daemon.testing.fakes.base.FakeHttpServer.fail_next`, ``message`` as
+Google's error) and holds apply to authenticated batchCreate calls only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
-import gzip
 import secrets
 import ssl
 import time
-import zlib
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -39,6 +38,8 @@ from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from ce_daemon.testing.fakes.base import FakeHttpServer, VendorError, inflate, json_response
 
 API_LIMIT = 1_048_576
 SCOPE = "https://www.googleapis.com/auth/malachite-ingestion"
@@ -76,23 +77,10 @@ class BatchCall:
     status: int
 
 
-@dataclass(slots=True)
-class _Planned:
-    status: int
-    message: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class GoogleError(Exception):
-    """A Google API error answer, raised inside the handler."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-class FakeChronicle:
+class FakeChronicle(FakeHttpServer):
     """Google's token endpoint plus Chronicle's unstructured-log ingestion on 127.0.0.1."""
+
+    auto_decompress = False  # the size limit applies to the bytes on the wire too
 
     def __init__(
         self,
@@ -104,6 +92,7 @@ class FakeChronicle:
         token_lifetime: int = 3599,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        super().__init__(ssl_context=ssl_context)
         self.customer_id = customer_id
         self.client_email = client_email
         self.log_types = set(log_types)
@@ -115,13 +104,16 @@ class FakeChronicle:
         self.tokens_issued = 0
         self._key = _rsa_key(0)
         self._tokens: set[str] = set()
-        self._ssl = ssl_context
-        self._planned: deque[_Planned | None] = deque()  # None: let that one through
-        self._held = 0
-        self._release = asyncio.Event()
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return [
+            web.post("/token", self._token),
+            web.post("/v2/unstructuredlogentries:batchCreate", self._batch_create),
+        ]
+
+    def revoke_tokens(self) -> None:
+        """Invalidate every token issued so far."""
+        self._tokens.clear()
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -143,63 +135,6 @@ class FakeChronicle:
         }
         return orjson.dumps(info, option=orjson.OPT_INDENT_2).decode()
 
-    # -- scripting ----------------------------------------------------------------------------
-
-    def fail_next(
-        self,
-        count: int,
-        status: int,
-        message: str = "scripted failure",
-        *,
-        retry_after: float | None = None,
-        after: int = 0,
-    ) -> None:
-        """Answer the next ``count`` authenticated batchCreate calls with this error,
-        once ``after`` more of them have been answered normally."""
-        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
-        self._planned.extend([None] * after)
-        self._planned.extend(_Planned(status, message, headers) for _ in range(count))
-
-    def hold_next(self, count: int) -> None:
-        """Keep the next ``count`` batchCreate calls waiting (a slow service) until `release` or shutdown."""
-        self._held += count
-
-    def release(self) -> None:
-        """Let held calls answer."""
-        self._release.set()
-
-    def revoke_tokens(self) -> None:
-        """Invalidate every token issued so far."""
-        self._tokens.clear()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        """Wait until ``predicate()`` holds (checked after every call), at most ``timeout`` seconds."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(predicate)
-
-    async def wait_for_entries(self, count: int, timeout: float = 30.0) -> None:
-        """Wait until ``count`` entries have been accepted."""
-        await self.wait_for(lambda: len(self.entries) >= count, timeout)
-
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    async def __aenter__(self) -> str:
-        app = web.Application(client_max_size=64 * API_LIMIT)
-        app.router.add_post("/token", self._token)
-        app.router.add_post("/v2/unstructuredlogentries:batchCreate", self._batch_create)
-        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
-        await site.start()
-        self.url = f"{'https' if self._ssl else 'http'}://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self.url
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
     # -- OAuth --------------------------------------------------------------------------------
 
     async def _token(self, request: web.Request) -> web.Response:
@@ -213,11 +148,11 @@ class FakeChronicle:
             )
         except _OAuthRefusal as refusal:
             body = {"error": refusal.error, "error_description": refusal.description}
-            return web.json_response(body, status=400)
+            return json_response(body, 400)
         token = "ya29." + secrets.token_urlsafe(32)
         self._tokens.add(token)
         self.tokens_issued += 1
-        return web.json_response(
+        return json_response(
             {"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"}
         )
 
@@ -265,40 +200,33 @@ class FakeChronicle:
         wire = await request.read()
         try:
             call = await self._accept(request, wire)
-            response = web.json_response({})
-        except GoogleError as exc:
+            response = json_response({})
+        except VendorError as exc:
             status_name = _STATUS.get(exc.status, "UNKNOWN")
             body = {"error": {"code": exc.status, "message": exc.message, "status": status_name}}
-            response = web.json_response(body, status=exc.status, headers=exc.headers)
+            response = json_response(body, exc.status, exc.headers)
             call = BatchCall("", "", None, [], [], len(wire), 0, False, exc.status)
         self.calls.append(call)
-        async with self._changed:
-            self._changed.notify_all()
+        await self.record(request, wire, response.status)
         return response
 
     async def _accept(self, request: web.Request, wire: bytes) -> BatchCall:
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self._tokens:
-            raise GoogleError(
+            raise VendorError(
                 401,
                 "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
                 "or other valid authentication credential.",
             )
-        if self._held:
-            self._held -= 1
-            await self._release.wait()
-        planned = self._planned.popleft() if self._planned else None
-        if planned is not None:
-            raise GoogleError(planned.status, planned.message, planned.headers)
-        compressed = request.headers.get("Content-Encoding", "").lower() == "gzip"
-        data = wire
-        if compressed:
-            try:
-                data = gzip.decompress(wire)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise GoogleError(400, f"Invalid gzip body: {exc}") from exc
+        failure = await self.scripted()
+        if failure is not None:
+            raise VendorError(failure.status, failure.message, headers=failure.headers)
+        try:
+            data, compressed = inflate(request, wire)
+        except ValueError as exc:
+            raise VendorError(400, f"Invalid gzip body: {exc}") from exc
         if max(len(wire), len(data)) > self.max_body_bytes:
-            raise GoogleError(400, f"Request payload size exceeds the limit: {self.max_body_bytes} bytes.")
+            raise VendorError(400, f"Request payload size exceeds the limit: {self.max_body_bytes} bytes.")
         body = self._body(data)
         self.entries.extend(body["entries"])
         return BatchCall(
@@ -318,24 +246,24 @@ class FakeChronicle:
         try:
             body = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise GoogleError(400, f"Invalid JSON payload received. {exc}") from exc
+            raise VendorError(400, f"Invalid JSON payload received. {exc}") from exc
         if not isinstance(body, dict):
-            raise GoogleError(400, "Invalid JSON payload received. Expected an object.")
+            raise VendorError(400, "Invalid JSON payload received. Expected an object.")
         unknown = set(body) - {"customer_id", "log_type", "namespace", "labels", "entries"}
         if unknown:
-            raise GoogleError(400, f"Invalid JSON payload received. Unknown name {min(unknown)!r}.")
+            raise VendorError(400, f"Invalid JSON payload received. Unknown name {min(unknown)!r}.")
         if body.get("customer_id") != self.customer_id:
-            raise GoogleError(403, "The caller does not have permission")
+            raise VendorError(403, "The caller does not have permission")
         if body.get("log_type") not in self.log_types:
-            raise GoogleError(400, f"Invalid log type: {body.get('log_type')!r}")
+            raise VendorError(400, f"Invalid log type: {body.get('log_type')!r}")
         labels = body.get("labels", [])
         if not isinstance(labels, list) or not all(
             isinstance(label, dict) and set(label) == {"key", "value"} for label in labels
         ):
-            raise GoogleError(400, "labels must be a list of {key, value}")
+            raise VendorError(400, "labels must be a list of {key, value}")
         entries = body.get("entries")
         if not isinstance(entries, list) or not entries:
-            raise GoogleError(400, "entries must be a non-empty list")
+            raise VendorError(400, "entries must be a non-empty list")
         for n, entry in enumerate(entries):
             good = (
                 isinstance(entry, dict)
@@ -344,7 +272,7 @@ class FakeChronicle:
                 and isinstance(entry.get("ts_epoch_microseconds", 0), int | str)
             )
             if not good:
-                raise GoogleError(
+                raise VendorError(
                     400, f"entries[{n}] must be {{log_text, ts_epoch_microseconds | ts_rfc3339}}"
                 )
         return body

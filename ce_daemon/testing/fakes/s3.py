@@ -10,26 +10,27 @@ Usage::
 
     fake = FakeS3(buckets=["logs"])
     async with fake as url:
-        ...  # point the sink at ``url``; read ``fake.objects`` / ``await fake.wait_for_objects(n)``
+        ...  # point the sink at ``url``; read ``fake.objects`` / ``await fake.wait_until(predicate)``
+
+Scripted failures (:meth:`~ce_daemon.testing.fakes.base.FakeHttpServer.fail_next`, ``code`` and
+``message`` as S3's ``<Error>``) and holds apply to requests whose signature is good.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gzip
 import hashlib
 import hmac
 import re
 import ssl
-import zlib
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, unquote
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+
+from ce_daemon.testing.fakes.base import FakeHttpServer, VendorError, inflate
 
 MAX_OBJECT_BYTES = 5 * 1024**3  # S3's single PUT limit
 _AUTH = re.compile(
@@ -90,24 +91,13 @@ class StoredObject:
         return self.body.splitlines()
 
 
-@dataclass(slots=True)
-class _Planned:
-    status: int
-    code: str
-    message: str
-    headers: dict[str, str] = field(default_factory=dict)
+class FakeS3(FakeHttpServer):
+    """An S3-compatible server on 127.0.0.1 that verifies SigV4 and stores objects in memory.
 
+    ``requests`` records every request (a body as received: S3 stores the bytes on the wire).
+    """
 
-class S3Error(Exception):
-    """An S3 error answer, raised inside the handler."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
-class FakeS3:
-    """An S3-compatible server on 127.0.0.1 that verifies SigV4 and stores objects in memory."""
+    auto_decompress = False  # S3 hashes and stores the bytes on the wire: no inflating on the way in
 
     def __init__(
         self,
@@ -121,6 +111,7 @@ class FakeS3:
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        super().__init__(ssl_context=ssl_context)
         self.access_key_id = access_key_id
         self.secret_access_key = secret_access_key
         self.session_token = session_token
@@ -130,75 +121,14 @@ class FakeS3:
         self.objects: dict[tuple[str, str], StoredObject] = {}
         self.puts: list[tuple[str, str]] = []
         """Every accepted PUT as (bucket, key), in order (a key written twice appears twice)."""
-        self.requests: list[tuple[str, str, int]] = []
-        """Every request as (method, path, status answered)."""
-        self._ssl = ssl_context
         self._clock = clock or (lambda: datetime.now(UTC).timestamp())
-        self._planned: deque[_Planned | None] = deque()  # None: let that one through
-        self._held = 0
-        self._release = asyncio.Event()
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    # -- scripting ----------------------------------------------------------------------------
-
-    def fail_next(
-        self,
-        count: int,
-        status: int,
-        code: str,
-        message: str = "scripted failure",
-        *,
-        retry_after: float | None = None,
-        after: int = 0,
-    ) -> None:
-        """Answer the next ``count`` authenticated requests with this S3 error,
-        once ``after`` more of them have been answered normally."""
-        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
-        self._planned.extend([None] * after)
-        self._planned.extend(_Planned(status, code, message, headers) for _ in range(count))
-
-    def hold_next(self, count: int) -> None:
-        """Keep the next ``count`` requests waiting (a slow server) until `release` or shutdown."""
-        self._held += count
-
-    def release(self) -> None:
-        """Let held requests answer."""
-        self._release.set()
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return [web.route("*", "/{tail:.*}", self._handle)]
 
     def stored(self, key: str, bucket: str | None = None) -> StoredObject:
         """The stored object at ``key`` (in the only bucket unless ``bucket`` is given)."""
         return self.objects[(bucket or next(iter(self.buckets)), key)]
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        """Wait until ``predicate()`` holds (checked after every request), at most ``timeout`` seconds."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(predicate)
-
-    async def wait_for_objects(self, count: int, timeout: float = 30.0) -> None:
-        """Wait until ``count`` distinct objects are stored."""
-        await self.wait_for(lambda: len(self.objects) >= count, timeout)
-
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    async def __aenter__(self) -> str:
-        app = web.Application(client_max_size=self.max_object_bytes + 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        # S3 hashes and stores the bytes on the wire: a gzip body must not be inflated on the way in.
-        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"{'https' if self._ssl else 'http'}://127.0.0.1:{port}"
-        return self.url
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # -- the server ---------------------------------------------------------------------------
 
@@ -206,24 +136,22 @@ class FakeS3:
         body = await request.read()
         try:
             response = await self._answer(request, body)
-        except S3Error as exc:
+        except VendorError as exc:
             response = self._error(request, exc)
-        self.requests.append((request.method, request.path, response.status))
-        async with self._changed:
-            self._changed.notify_all()
+        await self.record(request, body, response.status)
         return response
 
     async def _answer(self, request: web.Request, body: bytes) -> web.StreamResponse:
         self._verify(request, body)
-        if self._held:
-            self._held -= 1
-            await self._release.wait()
-        planned = self._planned.popleft() if self._planned else None
-        if planned is not None:
-            raise S3Error(planned.status, planned.code, planned.message, **planned.headers)
+        failure = await self.scripted()
+        if failure is not None:
+            code = failure.code or "InternalError"
+            raise VendorError(failure.status, failure.message, code=code, headers=failure.headers)
         bucket, key = self._address(request)
         if bucket not in self.buckets:
-            raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist", BucketName=bucket)
+            raise VendorError(
+                404, "The specified bucket does not exist", code="NoSuchBucket", BucketName=bucket
+            )
         if request.method == "HEAD" and not key:
             return web.Response(status=200, headers={"x-amz-bucket-region": self.region})
         if request.method == "PUT" and key:
@@ -231,25 +159,25 @@ class FakeS3:
         if request.method == "GET" and key:
             stored = self.objects.get((bucket, key))
             if stored is None:
-                raise S3Error(404, "NoSuchKey", "The specified key does not exist.", Key=key)
+                raise VendorError(404, "The specified key does not exist.", code="NoSuchKey", Key=key)
             return web.Response(body=stored.raw, headers={"ETag": _etag(stored.raw)})
-        raise S3Error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
+        raise VendorError(
+            405, "The specified method is not allowed against this resource.", code="MethodNotAllowed"
+        )
 
     def _put(self, request: web.Request, bucket: str, key: str, body: bytes) -> web.StreamResponse:
         if len(body) > self.max_object_bytes:
-            raise S3Error(
+            raise VendorError(
                 400,
-                "EntityTooLarge",
                 "Your proposed upload exceeds the maximum allowed object size.",
+                code="EntityTooLarge",
                 ProposedSize=str(len(body)),
                 MaxSizeAllowed=str(self.max_object_bytes),
             )
-        decoded = body
-        if request.headers.get("Content-Encoding", "").lower() == "gzip":
-            try:
-                decoded = gzip.decompress(body)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise S3Error(400, "InvalidRequest", f"the body is not gzip: {exc}") from exc
+        try:
+            decoded, _ = inflate(request, body)
+        except ValueError as exc:
+            raise VendorError(400, f"the body is not gzip: {exc}", code="InvalidRequest") from exc
         headers = {name.lower(): value for name, value in request.headers.items()}
         self.objects[(bucket, key)] = StoredObject(bucket, key, body, decoded, headers)
         self.puts.append((bucket, key))
@@ -269,54 +197,56 @@ class FakeS3:
         header = request.headers.get("Authorization", "")
         match = _AUTH.match(header)
         if match is None:
-            raise S3Error(403, "AccessDenied", "Access Denied")
+            raise VendorError(403, "Access Denied", code="AccessDenied")
         if match["key"] != self.access_key_id:
-            raise S3Error(
+            raise VendorError(
                 403,
-                "InvalidAccessKeyId",
                 "The AWS Access Key Id you provided does not exist in our records.",
+                code="InvalidAccessKeyId",
                 AWSAccessKeyId=match["key"],
             )
         if match["region"] != self.region or match["service"] != "s3":
-            raise S3Error(
+            raise VendorError(
                 400,
-                "AuthorizationHeaderMalformed",
                 f"The authorization header is malformed; the region '{match['region']}' is wrong; "
                 f"expecting '{self.region}'",
+                code="AuthorizationHeaderMalformed",
                 Region=self.region,
             )
         signed = match["signed"].split(";")
         headers = {name.lower(): ",".join(request.headers.getall(name)) for name in request.headers}
         amz_date = headers.get("x-amz-date", "")
         if "host" not in signed or "x-amz-date" not in signed or not amz_date.startswith(match["day"]):
-            raise S3Error(
-                403, "AccessDenied", "host and x-amz-date must be signed, dated the credential's day"
+            raise VendorError(
+                403, "host and x-amz-date must be signed, dated the credential's day", code="AccessDenied"
             )
         try:
             moment = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
         except ValueError as exc:
-            raise S3Error(403, "AccessDenied", "x-amz-date is not a valid date") from exc
+            raise VendorError(403, "x-amz-date is not a valid date", code="AccessDenied") from exc
         if abs(self._clock() - moment) > _MAX_SKEW:
-            raise S3Error(
+            raise VendorError(
                 403,
-                "RequestTimeTooSkewed",
                 "The difference between the request time and the current time is too large.",
+                code="RequestTimeTooSkewed",
             )
         payload_hash = headers.get("x-amz-content-sha256", "")
         if not payload_hash:
-            raise S3Error(
-                400, "InvalidRequest", "Missing required header for this request: x-amz-content-sha256"
+            raise VendorError(
+                400, "Missing required header for this request: x-amz-content-sha256", code="InvalidRequest"
             )
         if payload_hash != "UNSIGNED-PAYLOAD" and payload_hash != hashlib.sha256(body).hexdigest():
-            raise S3Error(
+            raise VendorError(
                 400,
-                "XAmzContentSHA256Mismatch",
                 "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                code="XAmzContentSHA256Mismatch",
             )
         if self.session_token is not None and (
             headers.get("x-amz-security-token") != self.session_token or "x-amz-security-token" not in signed
         ):
-            raise S3Error(403, "InvalidToken", "The provided token is malformed or otherwise invalid.")
+            raise VendorError(
+                403, "The provided token is malformed or otherwise invalid.", code="InvalidToken"
+            )
         raw_path, _, raw_query = request.raw_path.partition("?")
         wanted = expected_signature(
             self.secret_access_key,
@@ -330,25 +260,21 @@ class FakeS3:
             region=match["region"],
         )
         if not hmac.compare_digest(wanted, match["signature"]):
-            raise S3Error(
+            raise VendorError(
                 403,
-                "SignatureDoesNotMatch",
                 "The request signature we calculated does not match the signature you provided. "
                 "Check your key and signing method.",
+                code="SignatureDoesNotMatch",
                 AWSAccessKeyId=match["key"],
             )
 
-    def _error(self, request: web.Request, error: S3Error) -> web.Response:
-        headers = {k: v for k, v in error.extra.items() if k == "Retry-After"}
+    def _error(self, request: web.Request, error: VendorError) -> web.Response:
+        headers = dict(error.headers)
         if request.method == "HEAD":
             if error.code == "AuthorizationHeaderMalformed":
                 headers["x-amz-bucket-region"] = self.region
             return web.Response(status=error.status, headers=headers)
-        details = "".join(
-            f"<{name}>{escape(value)}</{name}>"
-            for name, value in error.extra.items()
-            if name != "Retry-After"
-        )
+        details = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in error.details.items())
         document = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             f"<Error><Code>{error.code}</Code><Message>{escape(error.message)}</Message>{details}"

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ce_daemon.testing.fakes.webhook import FakeHttpServer, json_response
+from ce_daemon.testing.fakes.base import FakeHttpServer, json_response
 
 _HEC_PATHS = ("/services/collector", "/services/collector/event", "/services/collector/event/1.0")
 _DECODER = json.JSONDecoder()

@@ -1,0 +1,79 @@
+"""Helpers for the tests of log sinks: an opened sink, a port nothing listens on, TLS verification."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ce_daemon.errors import TransientError
+from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
+
+SinkT = TypeVar("SinkT", bound=LogSink)
+
+
+@contextlib.asynccontextmanager
+async def open_sink(
+    sink_class: type[SinkT], options: Mapping[str, Any], base_dir: Path, name: str = "sink"
+) -> AsyncIterator[SinkT]:
+    """A ``sink_class`` with ``options`` (from a pipeline file in ``base_dir``): opened, then closed."""
+    sink = sink_class(
+        sink_class.Options.model_validate(dict(options)),
+        PluginContext(name=name, base_dir=base_dir, data_dir=base_dir),
+    )
+    await sink.open()
+    try:
+        yield sink
+    finally:
+        await sink.close()
+
+
+def closed_port() -> int:
+    """A loopback TCP port nothing listens on (the OS gave it out, then it was released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How a sink fared against a peer: its health, and what ``send`` raised (None: delivered)."""
+
+    health: Health
+    error: Exception | None
+
+
+async def attempt(sink: LogSink, batch: Sequence[OutRecord]) -> Attempt:
+    """Check the health of ``sink``, then send ``batch`` through it."""
+    health = await sink.health()
+    try:
+        await sink.send(batch)
+    except Exception as exc:  # noqa: BLE001 - the test asserts which error it expected
+        return Attempt(health, exc)
+    return Attempt(health, None)
+
+
+async def assert_tls_verified(
+    open_with: Callable[[dict[str, Any]], AbstractAsyncContextManager[LogSink]],
+    batch: Sequence[OutRecord],
+    ca_file: str,
+) -> None:
+    """Assert that a sink refuses a peer whose certificate a test CA signed, until told to trust the CA.
+
+    ``open_with(extra_options)`` opens the sink: with ``{}`` its health is bad and ``send`` raises a
+    :class:`TransientError`, both naming the certificate; with ``{"tls": {"ca_file": ca_file}}``
+    it is healthy and delivers ``batch``.
+    """
+    async with open_with({}) as sink:
+        untrusted = await attempt(sink, batch)
+    assert not untrusted.health.ok, untrusted
+    assert "certificate" in untrusted.health.detail.lower(), untrusted
+    assert isinstance(untrusted.error, TransientError) and "certificate" in str(untrusted.error), untrusted
+    async with open_with({"tls": {"ca_file": ca_file}}) as sink:
+        trusted = await attempt(sink, batch)
+    assert trusted.health.ok and trusted.error is None, trusted
