@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -172,27 +173,22 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ce_daemon.control import ask_status, control_socket_path
+    from ce_daemon.control import ask_status
 
-    socket_path = args.socket
-    config = None
+    socket_path, database = args.socket, None
     if socket_path is None:
         if args.config is None:
             print("status needs -c FILE or --socket PATH", file=sys.stderr)
             return 2
-        from ce_daemon.config.load import load_pipeline
-
-        try:
-            config = load_pipeline(args.config, _registry()).config  # type: ignore[arg-type]  # Registry
-        except ConfigError as exc:
-            print(exc.render(), file=sys.stderr)
+        located = _locate(args.config)
+        if located is None:
             return EXIT_CONFIG
-        socket_path = control_socket_path(config)
+        socket_path, database = located
     try:
         snapshot = asyncio.run(ask_status(socket_path))
         source = "live"
     except (OSError, TimeoutError) as exc:
-        saved = asyncio.run(_saved_snapshot(config.state.path)) if config is not None else None
+        saved = asyncio.run(_saved_snapshot(database)) if database is not None else None
         if saved is None:
             print(
                 f"no daemon answers on {socket_path} ({exc.__class__.__name__}) and no saved status",
@@ -207,7 +203,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _saved_snapshot(path: Path) -> dict[str, object] | None:
+def _locate(path: Path) -> tuple[Path, Path] | None:
+    """The control socket and state database a pipeline file names; needs no secret to be resolvable."""
+    from pydantic import ValidationError
+
+    from ce_daemon.config.model import ControlSettings, Pipeline, StateSettings, anchor_paths
+    from ce_daemon.config.source import read_source
+    from ce_daemon.control import control_socket_path
+
+    source = read_source(path, environ={})
+    data = source.data if isinstance(source.data, dict) else None
+    if data is None:
+        print("\n".join(p.render() for p in source.problems), file=sys.stderr)
+        return None
+    try:
+        state = StateSettings.model_validate(data.get("state") or {})
+        control = ControlSettings.model_validate(data.get("control") or {})
+    except ValidationError as exc:
+        print(f"{path}: state/control settings invalid: {exc}", file=sys.stderr)
+        return None
+    config = anchor_paths(Pipeline.model_construct(state=state, control=control), path.parent.absolute())
+    return control_socket_path(config), config.state.path
+
+
+async def _saved_snapshot(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     from ce_daemon.daemon import STATUS_SNAPSHOT_KEY
@@ -221,7 +240,7 @@ async def _saved_snapshot(path: Path) -> dict[str, object] | None:
     return orjson.loads(text) if text else None
 
 
-def _print_status(snapshot: dict[str, object], source: str) -> None:
+def _print_status(snapshot: dict[str, Any], source: str) -> None:
     print(f"ce-daemon {snapshot.get('version')} pid {snapshot.get('pid')} ({source})")
     print(f"  file        {snapshot.get('file')}")
     print(

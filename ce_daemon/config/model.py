@@ -207,5 +207,21 @@ class Pipeline(Strict):
     logs: Logs = Logs()
 
 
+def anchor_paths(config: Pipeline, base: Path) -> Pipeline:
+    """``config`` with relative state and control paths made absolute against the pipeline's folder."""
+    state = (
+        config.state.model_copy(update={"path": base / config.state.path})
+        if not config.state.path.is_absolute()
+        else config.state
+    )
+    socket = config.control.socket
+    control = (
+        config.control.model_copy(update={"socket": base / socket})
+        if socket and not socket.is_absolute()
+        else config.control
+    )
+    return config.model_copy(update={"state": state, "control": control})
+
+
 RESTART_ONLY: tuple[tuple[str, ...], ...] = (("state",), ("control",))
 """Sections a reload cannot change: the running process keeps its database and socket."""
