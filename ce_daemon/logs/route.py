@@ -132,6 +132,7 @@ class RouteComponent(Component):
                 batch.acks[page.stream] = (page.seq, None)
             else:
                 await self.spool.ack(consumer, page.seq)
+            del page  # a decoded 10,000-record page is ~55 MB: never hold it across the next wait
         if batch.records:
             await self._flush(batch, stopping)
 

@@ -106,8 +106,11 @@ class Poller(Component):
                 return
             if await self._commit(page, operation):
                 return
-            operation = "next"
-            if page.wait_time > 0 and await _wait(stopping, page.wait_time):
+            operation, wait_time = "next", page.wait_time
+            # A parsed page of 10,000 records takes ~60 MB: let it go now rather than hold it through
+            # the wait for the next token, or every poller of a tenant keeps one alive.
+            del page
+            if wait_time > 0 and await _wait(stopping, wait_time):
                 return
 
     async def _commit(self, page: Page, operation: str, progress: dict[str, Any] | None = None) -> bool:

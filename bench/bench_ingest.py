@@ -1,0 +1,231 @@
+"""Netskope ingestion throughput: records/s committed to the spool against the 40,000 records/s ceiling.
+
+Run: ``python bench/bench_ingest.py [--per-subtype N] [--subtypes KIND/SUBTYPE,...]``.
+
+The tenant simulator runs in its own process (``python -m ce_daemon simulate``) in backlog mode:
+every subtype holds ``--per-subtype`` records, pages of 10,000 records, ``wait_time`` 0, the
+documented 4 requests/s per token. This process runs what the daemon runs for ingestion: one
+`TenantClient` (one token bucket) for the tenant, one `Poller` per subtype under the `Supervisor`,
+committing to a `Spool` in a fresh SQLite state database, with one spool consumer that reads and
+acknowledges every page so that the spool never fills (its CPU time and memory are included in the
+figures, as a route's would be in the daemon). The clock runs from the pollers' start until the
+consumer has read the last backlog record.
+
+Figures and targets (issue 3): records/s committed compared with the 40,000 records/s ceiling
+(≥ 95 %), the most requests the simulator received in any one-second window (never above 4.0),
+peak RSS of this process (under 300 MB with a backlog of at least 2 million records), and CPU
+seconds per million records. Always exits 0: it is a report, not a gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import SecretStr
+
+from ce_daemon.config.load import Stream
+from ce_daemon.config.model import Tenant
+from ce_daemon.health import HealthRegistry
+from ce_daemon.netskope.poller import Poller
+from ce_daemon.netskope.simulator import DEFAULT_TOKEN
+from ce_daemon.pipeline import Runtime
+from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
+from ce_daemon.state import StateStore
+from ce_daemon.supervisor import Supervisor
+
+RATE_LIMIT = 4
+PAGE_SIZE = 10_000
+CEILING = RATE_LIMIT * PAGE_SIZE
+CEILING_SHARE_TARGET = 0.95
+MAX_RATE_TARGET = 4.0
+RSS_TARGET_MB = 300.0
+BACKLOG_FOR_RSS_TARGET = 2_000_000
+DEFAULT_SUBTYPES = "alerts/dlp,alerts/malware,events/page,events/network"
+TENANT = "bench"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def start_simulator(per_subtype: int, subtypes: str) -> tuple[asyncio.subprocess.Process, str]:
+    """``ce-daemon simulate`` in a child process; returns it and its base URL."""
+    argv = [sys.executable, "-m", "ce_daemon", "simulate", "--port", "0"]
+    argv += ["--backlog", str(per_subtype), "--arrival-rate", "0", "--idle-wait", "0"]
+    argv += ["--page-size", str(PAGE_SIZE), "--rate-limit", str(RATE_LIMIT), "--subtypes", subtypes]
+    child = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert child.stdout is not None
+    while True:
+        line = (await child.stdout.readline()).decode().strip()
+        if not line:
+            raise RuntimeError("the simulator exited before printing its URL")
+        if line.startswith("http"):
+            return child, line
+
+
+async def drain_output(child: asyncio.subprocess.Process) -> None:
+    """Keep reading the simulator's log lines so that a full pipe never blocks it."""
+    assert child.stdout is not None
+    while await child.stdout.readline():
+        pass
+
+
+async def simulator_stats(url: str) -> dict[str, Any]:
+    """The simulator's ``GET /_sim/stats``."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/_sim/stats") as response:
+        response.raise_for_status()
+        stats: dict[str, Any] = orjson.loads(await response.read())
+        return stats
+
+
+async def consume(spool: Spool, total: int, done: asyncio.Event, progress: dict[str, float]) -> None:
+    """Read and acknowledge every page; set ``done`` once ``total`` records were seen."""
+    seen = 0
+    while seen < total:
+        page = await spool.next_page("bench")
+        assert page is not None  # no timeout: next_page waits for a page
+        seen += page.count
+        progress["records"] = seen
+        progress["last_read"] = time.perf_counter()
+        await spool.ack("bench", page.seq)
+        del page  # a decoded page is ~60 MB: not to be held while waiting for the next one
+    done.set()
+
+
+async def run(per_subtype: int, subtypes: str, workdir: Path) -> dict[str, Any]:
+    """One ingestion run; the measured figures."""
+    child, url = await start_simulator(per_subtype, subtypes)
+    drainer = asyncio.create_task(drain_output(child))
+    streams = [Stream(TENANT, *item.split("/", 1)) for item in subtypes.split(",")]
+    total = per_subtype * len(streams)
+    tenant = Tenant(
+        name=TENANT,
+        url=url,
+        token=SecretStr(DEFAULT_TOKEN),
+        rate_limit=RATE_LIMIT,
+        start=time.time() - 2 * 3600,  # before the whole backlog (spread over the last hour)
+    )
+    supervisor = Supervisor()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            store = await StateStore.open(workdir / "state.db", SPOOL_MIGRATIONS)
+            stack.push_async_callback(store.close)
+            spool = Spool(store, 4 * 1024**3)  # room enough: the consumer keeps it near empty anyway
+            await spool.load()
+            runtime = Runtime(store=store, spool=spool, health=HealthRegistry(), data_dir=workdir)
+            stack.push_async_callback(runtime.close)
+            await spool.set_consumers({"bench": [s.key for s in streams]})
+            client = runtime.client_for(tenant, TENANT)  # the one bucket every poller shares
+            done = asyncio.Event()
+            progress: dict[str, float] = {"records": 0, "last_read": 0.0}
+            consumer = asyncio.create_task(consume(spool, total, done, progress))
+            sim_cpu_before = cpu_seconds(child.pid)
+            cpu_before, begin = time.process_time(), time.perf_counter()
+            pollers = [Poller(f"poller:{s.key}", s.key, s, tenant, TENANT, runtime) for s in streams]
+            for poller in pollers:
+                supervisor.start(poller)
+            reporter = asyncio.create_task(report_progress(progress, total, begin))
+            await done.wait()
+            wall = progress["last_read"] - begin
+            cpu = time.process_time() - cpu_before
+            sim_cpu = cpu_seconds(child.pid) - sim_cpu_before
+            reporter.cancel()
+            await supervisor.stop_many(list(supervisor.running), 10.0)
+            await consumer
+            stats = await simulator_stats(url)
+            return {
+                "records": total,
+                "wall": wall,
+                "cpu": cpu,
+                "sim_cpu": sim_cpu,
+                "requests": client.requests,
+                "retries": sum(p.status.counters.get("retries", 0) for p in pollers),
+                "max_rate": stats["max_requests_per_second"],
+                "rate_limited": stats["rate_limited"],
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "load": os.getloadavg()[0],
+            }
+    finally:
+        await supervisor.stop_many(list(supervisor.running), 5.0)
+        child.send_signal(signal.SIGTERM)
+        await child.wait()
+        await drainer
+
+
+async def report_progress(progress: dict[str, float], total: int, begin: float) -> None:
+    """A line every 10 s, so a long run shows it is alive."""
+    while True:
+        await asyncio.sleep(10)
+        elapsed = time.perf_counter() - begin
+        records = progress["records"]
+        print(f"  … {records:>12,.0f} / {total:,} records after {elapsed:5.1f} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--per-subtype", type=int, default=500_000, help="backlog records per subtype")
+    parser.add_argument("--subtypes", default=DEFAULT_SUBTYPES, help="KIND/SUBTYPE,... pulled at once")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
+    count = len(args.subtypes.split(","))
+    print(
+        f"ingest: {count} subtypes of {args.per_subtype:,} records = {count * args.per_subtype:,} "
+        f"backlog records, pages of {PAGE_SIZE:,}, wait_time 0, {RATE_LIMIT} req/s per tenant",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as workdir:
+        figures = asyncio.run(run(args.per_subtype, args.subtypes, Path(workdir)))
+    print_figures(figures)
+
+
+def print_figures(f: dict[str, Any]) -> None:
+    """The figures, each against its target."""
+    rate = f["records"] / f["wall"]
+    share = rate / CEILING
+    per_million = f["cpu"] / (f["records"] / 1e6)
+
+    def verdict(ok: bool) -> str:
+        return "meets" if ok else "MISSES"
+
+    print(
+        f"committed: {f['records']:,} records in {f['wall']:.1f} s = {rate:,.0f} records/s, "
+        f"{share:.1%} of the {CEILING:,} records/s ceiling: {verdict(share >= CEILING_SHARE_TARGET)} "
+        f"≥ {CEILING_SHARE_TARGET:.0%}"
+    )
+    print(
+        f"requests: {f['requests']} sent, {f['rate_limited']} answered 429, {f['retries']} retried; "
+        f"the simulator saw at most {f['max_rate']} in any one-second window: "
+        f"{verdict(f['max_rate'] <= MAX_RATE_TARGET)} ≤ {MAX_RATE_TARGET}"
+    )
+    if f["records"] >= BACKLOG_FOR_RSS_TARGET:
+        rss_verdict = f"{verdict(f['rss_mb'] < RSS_TARGET_MB)} < {RSS_TARGET_MB:.0f} MB"
+    else:
+        rss_verdict = f"not judged: the target is for a backlog of {BACKLOG_FOR_RSS_TARGET:,} or more"
+    print(f"peak RSS: {f['rss_mb']:.0f} MB: {rss_verdict}")
+    print(
+        f"CPU: {f['cpu']:.1f} s = {per_million:.1f} CPU-s per million records "
+        f"(simulator process: {f['sim_cpu']:.1f} s; 1-minute load average at the end: {f['load']:.2f} "
+        f"on {os.cpu_count()} cores)"
+    )
+
+
+if __name__ == "__main__":
+    main()
