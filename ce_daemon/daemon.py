@@ -256,9 +256,9 @@ class Daemon:
             self._attach(component.status)
             self.supervisor.start(component)
         await self.runtime.forget_unused(specs)
-        self.specs, self.loaded = specs, new
+        previous, self.specs, self.loaded = self.loaded, specs, new
         self.generation += 1
-        applog.configure(new.config.logging.level, new.config.logging.format)
+        self._apply_live_settings(previous, new)
         self.phase = Phase.READY
         self.last_reload = {
             "outcome": "applied",
@@ -284,6 +284,16 @@ class Daemon:
             stopped=len(remove),
         )
         await self._save_snapshot()
+
+    def _apply_live_settings(self, previous: LoadedPipeline, new: LoadedPipeline) -> None:
+        """Global settings that change without a restart: log level and format, spool cap, health channel."""
+        assert self.runtime is not None
+        applog.configure(new.config.logging.level, new.config.logging.format)
+        self.runtime.spool.resize(new.config.spool.max_bytes)
+        if new.section_fingerprint("health") != previous.section_fingerprint("health"):
+            if self.syslog:
+                self.syslog.close()
+            self._open_syslog(new)
 
     def _reject(self, reason: str, details: str) -> None:
         self.phase = Phase.READY

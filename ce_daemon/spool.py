@@ -242,6 +242,13 @@ class Spool:
         """The cap pollers respect through :meth:`wait_for_space`."""
         return self._max_bytes
 
+    def resize(self, max_bytes: int) -> None:
+        """Change the cap while running (a reload): waiting pollers resume at once if it grew."""
+        if max_bytes <= 0:
+            raise ValueError(f"spool max_bytes must be positive, got {max_bytes}")
+        self._max_bytes = max_bytes
+        self._update_space()
+
     @property
     def full(self) -> bool:
         """True while stored pages use at least ``max_bytes``."""

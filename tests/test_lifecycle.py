@@ -181,3 +181,25 @@ async def test_second_daemon_on_the_same_state_is_refused(tmp_path: Path, simula
             assert first.process is not None and first.process.returncode is None
             first.signal(signal.SIGTERM)
             assert await first.wait(30) == 0
+
+
+async def test_reload_moves_the_health_channel(tmp_path: Path, simulator: TenantSimulator) -> None:
+    """A reload that changes health.syslog sends the reload message (and later ones) to the new target."""
+    async with (
+        NotifySocket(tmp_path) as notify,
+        SyslogReceiver("udp") as first,
+        SyslogReceiver("udp") as second,
+    ):
+        assert simulator.url is not None
+        config = pipeline(tmp_path, simulator.url, first.target)
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
+            await first.wait_for("event=daemon.started", timeout=30)
+            config["health"]["syslog"]["target"] = second.target
+            write_pipeline(path, config)
+            daemon.signal(signal.SIGHUP)
+            await second.wait_for("event=daemon.reload_applied", timeout=30)
+            daemon.signal(signal.SIGTERM)
+            await second.wait_for("event=daemon.stopping", timeout=30)
+            assert await daemon.wait(30) == 0
+        assert not [m for m in first.messages if "reload_applied" in m]

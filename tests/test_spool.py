@@ -595,3 +595,20 @@ async def test_spool_survives_sigkill_at_random_moments(db_path: Path) -> None:
         assert state is not None
         assert (state.first_id, state.last_id, state.count) == page_marker(last_page.records)
         assert state.progress == {"pages": len(stored)}
+
+
+async def test_resize_releases_waiting_pollers(tmp_path: Path) -> None:
+    """Raising the byte cap on reload lets a poller waiting for space go on at once."""
+    async with await StateStore.open(tmp_path / "state.db", SPOOL_MIGRATIONS) as store:
+        spool = Spool(store, max_bytes=1)
+        await spool.load()
+        await spool.set_consumers({"c": {"t/alerts/dlp"}})
+        await spool.append("t/alerts/dlp", [{"_id": "1", "timestamp": 1}], iterator=IteratorMark())
+        assert spool.full
+        waiter = asyncio.create_task(spool.wait_for_space())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        spool.resize(10_000_000)
+        async with asyncio.timeout(5):
+            await waiter
+        assert not spool.full
