@@ -248,7 +248,7 @@ async def _sink_alone(port: int, control: Connection, already: int, total: int) 
 
 
 async def _measure_spool_read(folder: Path, samples: int) -> float:
-    """µs per record for reading spooled pages back (SQLite read, zlib, orjson), through the public API."""
+    """µs per record for reading spooled pages back (SQLite read, LZ4, orjson), through the public API."""
     from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
     from ce_daemon.state import StateStore
 
@@ -261,7 +261,8 @@ async def _measure_spool_read(folder: Path, samples: int) -> float:
         count, after = 0, None
         started = time.perf_counter()
         while (page := await spool.next_page("reader", timeout=0, after=after)) is not None:
-            count += page.count
+            for _, records in page.frames():  # parsing is lazy, per frame: count it here
+                count += len(records)
             after = page.seq
         return (time.perf_counter() - started) / max(count, 1) * 1e6
 

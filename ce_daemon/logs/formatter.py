@@ -105,6 +105,24 @@ class RecordFormatter:
             writer = self._compile(kind, subtype)
         return writer(record)
 
+    def writer_for(self, kind: str, subtype: str) -> RecordWriter:
+        """``record -> bytes`` for one stream, resolved once (a consumer calls it per page, not per record).
+
+        Same output as :meth:`format`; a subtype the mapping lacks yields a writer that raises
+        `UnmappedSubtypeError` per record, as `format` would.
+        """
+        if self._subtype_from_record:
+            return lambda record: self.format(record, kind, subtype)
+        try:
+            return self._cache.get((kind, subtype)) or self._compile(kind, subtype)
+        except UnmappedSubtypeError as exc:
+            error = exc
+
+            def refuse(record: Record) -> bytes:
+                raise error
+
+            return refuse
+
     def _compile(self, kind: str, subtype: str, *, fallback: tuple[str, str] | None = None) -> RecordWriter:
         """Build the writer of (kind, subtype), or of ``fallback`` when the mapping lacks the first."""
         writer: RecordWriter

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,13 @@ from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, Tr
 from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.plugin import LogSink, OutRecord, PluginContext
+from ce_daemon.spool import Page
 from ce_daemon.supervisor import Component
 
 log = structlog.get_logger("ce_daemon.route")
+
+ACK_INTERVAL = 1.0
+"""Longest wait before a mid-page acknowledgement reaches the spool (whole pages are acknowledged at once)."""
 
 
 @dataclass
@@ -41,14 +46,6 @@ class _Batch:
     opened: float = 0.0
     acks: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     """Per stream, the newest (page seq, next position or None for the whole page) the batch covers."""
-
-    def add(self, out: OutRecord, raw: dict[str, Any], stream: str) -> None:
-        if not self.records:
-            self.opened = time.monotonic()
-        self.records.append(out)
-        self.raw.append(raw)
-        self.streams.append(stream)
-        self.size += len(out.data) + 1
 
 
 class RouteComponent(Component):
@@ -80,6 +77,10 @@ class RouteComponent(Component):
         self.max_bytes = min(self.config.batch.max_bytes, limit) if limit else self.config.batch.max_bytes
         self.log = log.bind(component=name)
         self._opened = False
+        # Acknowledgements the sink has earned but the spool has not been told yet, per stream (the
+        # spool's acknowledgements are cumulative within a stream, so the newest covers the older).
+        self._owed: dict[str, tuple[int, int | None]] = {}
+        self._settled = time.monotonic()
         self._newest_shipped = 0
         self._shipped_once = False
         # Shown from the start, zero until something happens; lag_s appears with the first shipped batch.
@@ -109,46 +110,48 @@ class RouteComponent(Component):
             await self.sink.open()
             self._opened = True
         # A batch abandoned at shutdown ends the run: nothing read after it may be sent or acknowledged.
-        with contextlib.suppress(_BatchAbandonedError):
-            await self._ship(stopping)
+        try:
+            with contextlib.suppress(_BatchAbandonedError):
+                await self._ship(stopping)
+        finally:
+            await self._settle(force=True)
 
     async def _ship(self, stopping: asyncio.Event) -> None:
         batch = _Batch()
         after: int | None = None
-        consumer = self.name
         wait = self.config.batch.max_wait
         while not stopping.is_set():
             timeout = max(0.0, wait - (time.monotonic() - batch.opened)) if batch.records else 1.0
-            page = await self.spool.next_page(consumer, after=after, timeout=timeout)
+            page = await self.spool.next_page(self.name, after=after, timeout=timeout)
             self.status.beat()
             self._update_lag()
             if page is None:
                 if batch.records and time.monotonic() - batch.opened >= wait:
                     batch = await self._flush(batch, stopping)
+                await self._settle()
                 continue
             after = page.seq
             batch = await self._consume_page(page, batch, stopping)
             if batch.records:
                 batch.acks[page.stream] = (page.seq, None)
             else:
-                await self.spool.ack(consumer, page.seq)
+                self._owed[page.stream] = (page.seq, None)
+                await self._settle()
             del page  # a decoded 10,000-record page is ~55 MB: never hold it across the next wait
         if batch.records:
             await self._flush(batch, stopping)
 
-    async def _consume_page(self, page: Any, batch: _Batch, stopping: asyncio.Event) -> _Batch:
+    async def _consume_page(self, page: Page, batch: _Batch, stopping: asyncio.Event) -> _Batch:
         stream = page.stream
         _, kind, subtype = stream.split("/", 2)
         predicate = self.route.predicate
         mutes = self._active_mutes()
-        fmt = self.formatter.format
+        write = self.formatter.writer_for(kind, subtype)
         name = self.config.format
         max_records, max_bytes = self.config.batch.max_records, self.max_bytes
-        records = page.records
         counters = self.status.counters
         received = filtered = muted = bad = 0
-        for position in range(page.start, len(records)):
-            record = records[position]
+        for position, record in _unread(page):
             received += 1
             if predicate is not None and not predicate(record):
                 filtered += 1
@@ -157,7 +160,7 @@ class RouteComponent(Component):
                 muted += 1
                 continue
             try:
-                data = fmt(record, kind, subtype)
+                data = write(record)
             except Exception as exc:  # noqa: BLE001 - one bad record is dead-lettered, never fatal
                 bad += 1
                 await self.dead.add(self.config.name, stream, record, b"", f"formatting failed: {exc}")
@@ -174,7 +177,12 @@ class RouteComponent(Component):
                 # send what is there, acknowledged up to this record, and start the next with it.
                 batch.acks[stream] = (page.seq, position)
                 batch = await self._flush(batch, stopping)
-            batch.add(out, record, stream)
+            if not batch.records:
+                batch.opened = time.monotonic()
+            batch.records.append(out)  # appended inline: this is the per-record hot path
+            batch.raw.append(record)
+            batch.streams.append(stream)
+            batch.size += len(data) + 1
             if len(batch.records) >= max_records or batch.size >= max_bytes:
                 batch.acks[stream] = (page.seq, position + 1)
                 batch = await self._flush(batch, stopping)
@@ -244,10 +252,28 @@ class RouteComponent(Component):
         newest = max((r.timestamp for r in batch.records), default=0)
         self._newest_shipped = max(self._newest_shipped, newest)
         self._update_lag()
-        for seq, position in batch.acks.values():
-            await asyncio.shield(self.spool.ack(self.name, seq, position))
+        self._owed.update(batch.acks)
+        await self._settle()
         self.status.ok(f"shipped {self.status.counters.get('sent', 0)} records")
         return _Batch()
+
+    async def _settle(self, *, force: bool = False) -> None:
+        """Hand the spool what the sink has acknowledged.
+
+        At once when a whole page is owed (so a crash replays at most the unfinished page of each
+        stream), when the spool is full (pollers wait for that space) and at the end; acknowledgements
+        in the middle of a page wait up to ``ACK_INTERVAL``, since each is a SQLite transaction.
+        """
+        if not self._owed:
+            return
+        now = time.monotonic()
+        whole_page = any(position is None for _, position in self._owed.values())
+        if not (force or whole_page or self.spool.full or now - self._settled >= ACK_INTERVAL):
+            return
+        owed, self._owed = self._owed, {}
+        for seq, position in owed.values():
+            await asyncio.shield(self.spool.ack(self.name, seq, position))
+        self._settled = now
 
     def _update_lag(self) -> None:
         # Refreshed on every turn of the loop too, so that the lag keeps growing while the sink is down.
@@ -257,6 +283,16 @@ class RouteComponent(Component):
 
 class _BatchAbandonedError(Exception):
     """A batch was abandoned unacknowledged because the route is stopping."""
+
+
+def _unread(page: Page) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(position, record)`` from the page's ``start`` on, parsed a frame at a time (cache-friendly)."""
+    start = page.start
+    for offset, records in page.frames():
+        if offset + len(records) <= start:
+            continue
+        first = max(0, start - offset)
+        yield from enumerate(records[first:] if first else records, offset + first)
 
 
 def _backoff(attempt: int, cap: float) -> float:
