@@ -24,6 +24,7 @@ import email.utils
 import gzip
 import ssl
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -352,7 +353,7 @@ class ResumableSender:
 # -- OAuth 2.0 bearer tokens -----------------------------------------------------------------------
 
 
-class OAuth2Token:
+class OAuth2Token(ABC):
     """An OAuth 2.0 access token from a token endpoint, cached until shortly before it expires.
 
     Subclasses give the grant's form fields (:meth:`grant`: client credentials, a signed JWT…).
@@ -370,9 +371,9 @@ class OAuth2Token:
         self._renew_at = 0.0
         self._lock = asyncio.Lock()
 
+    @abstractmethod
     def grant(self) -> Mapping[str, str]:
         """The form fields of the token request (called for each request: a JWT grant is dated)."""
-        raise NotImplementedError
 
     def invalidate(self) -> None:
         """Forget the cached token (the API refused it: fetch another before the next call)."""
