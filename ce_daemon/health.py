@@ -67,9 +67,9 @@ class ComponentStatus:
         """Stopped until the configuration changes (bad credentials, forbidden endpoint)."""
         self._move(State.FAILED, reason)
 
-    def stopped(self) -> None:
-        """Shut down on purpose."""
-        self._move(State.STOPPED, "")
+    def stopped(self, detail: str = "") -> None:
+        """Shut down on purpose, or finished (a one-off job such as a look-back)."""
+        self._move(State.STOPPED, detail)
 
     def beat(self) -> None:
         """Proof of progress for the watchdog: a unit of work or a bounded wait completed."""

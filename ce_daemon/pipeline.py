@@ -89,6 +89,7 @@ def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, Compo
                 tenant,
                 tenant_fp,
                 runtime,
+                now=loaded.loaded_at,
             ),
         )
         if tenant.lookback is not None:
@@ -106,6 +107,7 @@ def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, Compo
                     tenant,
                     tenant_fp,
                     runtime,
+                    now=loaded.loaded_at,
                 ),
             )
     for route in loaded.routes.values():
@@ -122,8 +124,8 @@ def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, Compo
     return specs
 
 
-def _bind(factory: Callable[..., Component], *args: object) -> Callable[[], Component]:
-    return lambda: factory(*args)
+def _bind(factory: Callable[..., Component], *args: object, **kwargs: object) -> Callable[[], Component]:
+    return lambda: factory(*args, **kwargs)
 
 
 def _digest(*parts: str) -> str:

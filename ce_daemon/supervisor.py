@@ -116,8 +116,9 @@ class Supervisor:
             await sv.component.close()
         except Exception:
             log.exception("component.close_failed", component=name)
-        if sv.component.status.state is not State.FAILED:
-            sv.component.status.stopped()
+        status = sv.component.status
+        if status.state is not State.FAILED and status.state is not State.STOPPED:
+            status.stopped()
 
     async def stop_many(self, names: list[str], grace: float) -> None:
         """Stop several components at once, sharing one grace period."""

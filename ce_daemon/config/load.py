@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import time
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -78,6 +79,9 @@ class LoadedPipeline:
     routes: dict[str, ResolvedRoute] = field(default_factory=dict)
     tenants: dict[str, Tenant] = field(default_factory=dict)
     tenant_fingerprints: dict[str, str] = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+    """One "now" per load: where a new maintenance iterator starts and where a look-back ends, so that
+    no record falls between the two."""
 
     @property
     def base_dir(self) -> Path:

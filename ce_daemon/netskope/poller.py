@@ -48,8 +48,11 @@ class Poller(Component):
         tenant: Tenant,
         tenant_fingerprint: str,
         runtime: Any,
+        *,
+        now: float | None = None,
     ) -> None:
         super().__init__(name, fingerprint)
+        self.now = time.time() if now is None else now
         self.stream = stream
         self.tenant = tenant
         self.client: TenantClient = runtime.client_for(tenant, tenant_fingerprint)
@@ -79,7 +82,7 @@ class Poller(Component):
     def first_operation(self) -> str:
         """What a brand-new iterator starts with: the configured start, else now."""
         start = self.tenant.start
-        return str(int(start if start is not None else time.time()))
+        return str(int(start if start is not None else self.now))
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -237,8 +240,7 @@ class HistoryPoller(Poller):
     async def run(self, stopping: asyncio.Event) -> None:
         state = await self.spool.iterator_state(self.iterator_key)
         if state is not None and (state.progress or {}).get("done"):
-            self.status.ok("look-back complete")
-            self.status.stopped()
+            self.status.stopped("look-back complete")
             await stopping.wait()
             return
         await super().run(stopping)
@@ -249,7 +251,8 @@ class HistoryPoller(Poller):
         state = await self.spool.iterator_state(self.iterator_key)
         saved = state.progress if state is not None else {}
         start = int(saved.get("start") or lookback.start or time.time())
-        end = int(saved.get("end") or lookback.end or time.time())  # "now" is fixed at the first page
+        # "now" is the load's, where the maintenance iterator starts too: nothing falls in between
+        end = int(saved.get("end") or lookback.end or self.now)
         records = [r for r in page.records if not (isinstance(r, dict) and _after(r, end))]
         hwm = page.timestamp_hwm or start
         percent = 100.0 if end <= start else max(0.0, min(100.0, 100.0 * (hwm - start) / (end - start)))
@@ -271,8 +274,7 @@ class HistoryPoller(Poller):
         self.log.info("history.progress", pages=pages, records=count, percent=progress["percent"])
         if done:
             self.log.info("history.complete", pages=pages, records=count)
-            self.status.ok("look-back complete")
-            self.status.stopped()
+            self.status.stopped("look-back complete")
             assert self._stopping is not None
             await self._stopping.wait()
         return done
