@@ -92,17 +92,17 @@ HEADER = {
 }
 EXTENSION_FIELDS = {"suser": "user", "msg": "message", "cs1": "policy", "request": "url", "fname": "file"}
 PLAIN_HEADER = {**HEADER, "Device Vendor": {"default_value": "Netskope"}}
-PROPERTY_MAPPING = Mapping.from_document(
-    {
-        "taxonomy": {
-            "alerts": {
-                "dlp": {
-                    "header": HEADER,
-                    "extension": {key: {"mapping_field": field} for key, field in EXTENSION_FIELDS.items()},
-                }
-            }
-        }
-    }
+
+
+def dlp_mapping(extension: dict[str, dict[str, str]], header: dict[str, Any] = PLAIN_HEADER) -> Mapping:
+    """A mapping of alerts/dlp alone: ``header`` and the ``extension`` rules (CEF key -> rule)."""
+    return Mapping.from_document(
+        {"taxonomy": {"alerts": {"dlp": {"header": header, "extension": extension}}}}
+    )
+
+
+PROPERTY_MAPPING = dlp_mapping(
+    {key: {"mapping_field": field} for key, field in EXTENSION_FIELDS.items()}, header=HEADER
 )
 NASTY = st.sampled_from(["|", "=", "\\", "\n", "\r", " ", "\\n", "a=b", "x ", " y", "é", "💥", "\x00", "\t"])
 TEXT = st.lists(st.one_of(NASTY, st.text(max_size=4)), max_size=6).map("".join)
@@ -217,20 +217,8 @@ def test_extension_escapes() -> None:
 
 def test_value_types() -> None:
     """None omits the field; bools are true/false; lists and dicts are compact JSON; numbers as text."""
-    mapping = Mapping.from_document(
-        {
-            "taxonomy": {
-                "alerts": {
-                    "dlp": {
-                        "header": PLAIN_HEADER,
-                        "extension": {
-                            key: {"mapping_field": key}
-                            for key in ("cs1", "cs2", "cs3", "cs4", "cs5", "cs6", "cn1")
-                        },
-                    }
-                }
-            }
-        }
+    mapping = dlp_mapping(
+        {key: {"mapping_field": key} for key in ("cs1", "cs2", "cs3", "cs4", "cs5", "cs6", "cn1")}
     )
     record = {
         "cs1": None,
@@ -247,21 +235,12 @@ def test_value_types() -> None:
 
 def test_time_keys_are_epoch_milliseconds() -> None:
     """rt/start/end from epoch seconds become epoch ms; ms stay ms; a formatted date passes through."""
-    mapping = Mapping.from_document(
+    mapping = dlp_mapping(
         {
-            "taxonomy": {
-                "alerts": {
-                    "dlp": {
-                        "header": PLAIN_HEADER,
-                        "extension": {
-                            "rt": {"mapping_field": "timestamp"},
-                            "start": {"mapping_field": "start_ms"},
-                            "end": {"mapping_field": "end_text"},
-                            "cs1": {"mapping_field": "timestamp"},
-                        },
-                    }
-                }
-            }
+            "rt": {"mapping_field": "timestamp"},
+            "start": {"mapping_field": "start_ms"},
+            "end": {"mapping_field": "end_text"},
+            "cs1": {"mapping_field": "timestamp"},
         }
     )
     record = {"timestamp": 1700000000, "start_ms": 1700000000123, "end_text": "Nov 14 2023 22:13:20"}
@@ -274,20 +253,11 @@ def test_time_keys_are_epoch_milliseconds() -> None:
 
 def test_custom_string_label_follows_its_field() -> None:
     """cs1 with a label writes cs1Label right after it, and neither when cs1 has no value."""
-    mapping = Mapping.from_document(
+    mapping = dlp_mapping(
         {
-            "taxonomy": {
-                "alerts": {
-                    "dlp": {
-                        "header": PLAIN_HEADER,
-                        "extension": {
-                            "cs1": {"mapping_field": "policy", "label": "Policy Name"},
-                            "cs2": {"mapping_field": "profile", "label": "Profile"},
-                            "act": {"mapping_field": "activity"},
-                        },
-                    }
-                }
-            }
+            "cs1": {"mapping_field": "policy", "label": "Policy Name"},
+            "cs2": {"mapping_field": "profile", "label": "Profile"},
+            "act": {"mapping_field": "activity"},
         }
     )
     formatter = RecordFormatter("cef", mapping, "t")
@@ -297,10 +267,9 @@ def test_custom_string_label_follows_its_field() -> None:
 
 def test_mapping_order_can_be_kept() -> None:
     """sort_extensions=False writes keys in the mapping file's order."""
-    mapping = Mapping.from_document(
-        {"taxonomy": {"alerts": {"dlp": {"header": PLAIN_HEADER, "extension": {
-            "suser": {"mapping_field": "u"}, "act": {"mapping_field": "a"}, "dst": {"mapping_field": "d"}}}}}}
-    )  # fmt: skip
+    mapping = dlp_mapping(
+        {"suser": {"mapping_field": "u"}, "act": {"mapping_field": "a"}, "dst": {"mapping_field": "d"}}
+    )
     record = {"u": "x", "a": "y", "d": "z"}
     assert (
         RecordFormatter("cef", mapping, "t").format(record, "alerts", "dlp").endswith(b"|act=y dst=z suser=x")

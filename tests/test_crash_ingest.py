@@ -25,9 +25,10 @@ import pytest
 
 from ce_daemon.netskope.records import record_id
 from ce_daemon.netskope.sim_faults import Fault
-from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
+from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.netskope.subtypes import DataKind
 from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config
 
 TOKEN = "crash-ingest-token-0123456789"
 ENV = {"SIM_TOKEN": TOKEN}
@@ -44,32 +45,20 @@ ID_PATTERN = re.compile(rb'"_id":"([0-9a-f]{24})"')
 
 def pipeline(tmp_path: Path, url: str) -> dict[str, Any]:
     """One JSON route over the three streams into a file, in batches of half a page."""
-    return {
-        "version": 1,
-        "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-        # debug: each committed page is logged, which is what the random kills count
-        "logging": {"level": "debug", "format": "json"},
-        "health": {"interval": "1h", "syslog": {"enabled": False}},
-        "shutdown_grace": "5s",
-        "tenants": [
-            {"name": "sim", "url": url, "token": {"$env": "SIM_TOKEN"}, "start": "2h", "rate_limit": RATE}
-        ],
-        "logs": {
-            "routes": [
-                {
-                    "name": "all",
-                    "tenant": "sim",
-                    "alerts": [subtype for kind, subtype in STREAMS if kind == "alerts"],
-                    "events": [subtype for kind, subtype in STREAMS if kind == "events"],
-                    "format": "json",
-                    # half a page: a poller that spooled a page twice would show above what the route
-                    # re-sends after a crash (the one batch its sink had not acknowledged)
-                    "batch": {"max_records": BATCH, "max_wait": "0.1s"},
-                    "sink": {"type": "file", "path": "out/records.ndjson"},
-                }
-            ]
-        },
+    route = {
+        "name": "all",
+        "tenant": "sim",
+        "alerts": [subtype for kind, subtype in STREAMS if kind == "alerts"],
+        "events": [subtype for kind, subtype in STREAMS if kind == "events"],
+        "format": "json",
+        # half a page: a poller that spooled a page twice would show above what the route
+        # re-sends after a crash (the one batch its sink had not acknowledged)
+        "batch": {"max_records": BATCH, "max_wait": "0.1s"},
+        "sink": {"type": "file", "path": "out/records.ndjson"},
     }
+    # debug: each committed page is logged, which is what the random kills count
+    logging = {"level": "debug", "format": "json"}
+    return pipeline_config(tmp_path, url, [route], rate_limit=RATE, logging=logging)
 
 
 def ids_in(data: bytes) -> list[str]:
@@ -126,16 +115,7 @@ async def test_sigkill_while_pulling_loses_nothing_and_doubles_at_most_a_page(tm
         for seq in range(BACKLOG)
     }
     output = tmp_path / "out" / "records.ndjson"
-    async with running_simulator(
-        tokens={TOKEN: None},
-        seed=SEED,
-        backlog=BACKLOG,
-        arrival_rate=0,
-        idle_wait_time=0.2,
-        page_size=PAGE,
-        rate_limit=RATE,
-        subtypes=[f"{kind}/{subtype}" for kind, subtype in STREAMS],
-    ) as sim:
+    async with backlog_simulator(TOKEN, BACKLOG, STREAMS, seed=SEED, page_size=PAGE, rate_limit=RATE) as sim:
         assert sim.url is not None
         config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url))
         moments: list[str] = []

@@ -14,9 +14,10 @@ import orjson
 import pytest
 
 from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
+from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.netskope.subtypes import DataKind
 from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config
 
 TOKEN = "crash-shipping-token-0123456789"
 ENV = {"SIM_TOKEN": TOKEN}
@@ -41,18 +42,9 @@ def pipeline(tmp_path: Path, url: str) -> dict[str, Any]:
         }
         for name, size in ROUTES.items()
     ]
-    return {
-        "version": 1,
-        "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-        # debug: the poller logs each committed page, which is what the kills are timed on
-        "logging": {"level": "debug", "format": "json"},
-        "health": {"interval": "1h", "syslog": {"enabled": False}},
-        "shutdown_grace": "5s",
-        "tenants": [
-            {"name": "sim", "url": url, "token": {"$env": "SIM_TOKEN"}, "start": "2h", "rate_limit": RATE}
-        ],
-        "logs": {"routes": routes},
-    }
+    # debug: the poller logs each committed page, which is what the kills are timed on
+    logging = {"level": "debug", "format": "json"}
+    return pipeline_config(tmp_path, url, routes, rate_limit=RATE, logging=logging)
 
 
 def shipped_ids(path: Path) -> tuple[set[str], int, int]:
@@ -115,16 +107,7 @@ async def test_sigkill_while_shipping_loses_no_record(tmp_path: Path) -> None:
     rng = random.Random(seed)
     expected = {record_id(0, kind, subtype, seq) for kind, subtype in STREAMS for seq in range(BACKLOG)}
     outputs = {name: tmp_path / "out" / f"{name}.ndjson" for name in ROUTES}
-    async with running_simulator(
-        tokens={TOKEN: None},
-        seed=0,
-        backlog=BACKLOG,
-        arrival_rate=0,
-        idle_wait_time=0.2,
-        page_size=100,
-        rate_limit=RATE,
-        subtypes=[f"{kind}/{subtype}" for kind, subtype in STREAMS],
-    ) as sim:
+    async with backlog_simulator(TOKEN, BACKLOG, STREAMS, seed=0, page_size=100, rate_limit=RATE) as sim:
         assert sim.url is not None
         config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url))
         moments = []

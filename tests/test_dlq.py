@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS, DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.mapping import Mapping
-from ce_daemon.netskope.records import RecordFactory, record_id
-from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
+from ce_daemon.netskope.records import RecordFactory
+from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.spool import SPOOL_MIGRATIONS
 from ce_daemon.state import StateStore
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.elastic import FakeElasticsearch
 from ce_daemon.testing.fakes.webhook import FakeWebhook
+from ce_daemon.testing.pipelines import (
+    backlog_ids,
+    backlog_simulator,
+    pipeline_config,
+    route_counters,
+    run_cli,
+)
 
 TOKEN = "dlq-token-0123456789"
 ENV = {"SIM_TOKEN": TOKEN}
@@ -36,17 +40,8 @@ _LISTED = re.compile(r"^\s*(\d+) \S+ (\S+) (\S+) id=(\S+) attempts=(\d+): (.*)$"
 
 def pipeline(tmp_path: Path, url: str, routes: list[dict[str, Any]]) -> dict[str, Any]:
     """A pipeline reading the simulator's backlog (``start: 2h``) into ``routes``."""
-    return {
-        "version": 1,
-        "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-        "logging": {"level": "info", "format": "json"},
-        "health": {"interval": "1h", "syslog": {"enabled": False}},
-        "shutdown_grace": "5s",
-        "tenants": [
-            {"name": "sim", "url": url, "token": {"$env": "SIM_TOKEN"}, "start": "2h", "rate_limit": RATE}
-        ],
-        "logs": {"routes": routes},
-    }
+    logging = {"level": "info", "format": "json"}
+    return pipeline_config(tmp_path, url, routes, rate_limit=RATE, logging=logging)
 
 
 def webhook_route(name: str, url: str, **extra: Any) -> dict[str, Any]:
@@ -63,18 +58,7 @@ def webhook_route(name: str, url: str, **extra: Any) -> dict[str, Any]:
 
 async def cli(*args: str) -> tuple[int, str]:
     """Run ``python -m ce_daemon ARGS`` without blocking the event loop (the fakes live in it)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ce_daemon",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **ENV},
-    )
-    out, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode()
+    return await run_cli(*args, env=ENV)
 
 
 async def dlq_list(config: Path, *extra: str) -> list[dict[str, Any]]:
@@ -100,17 +84,9 @@ async def dlq_list(config: Path, *extra: str) -> list[dict[str, Any]]:
     return rows
 
 
-async def route_counters(config: Path, route: str) -> dict[str, Any]:
-    """The counters ``ce-daemon status --json`` shows for ``route``."""
-    code, out = await cli("status", "-c", str(config), "--json")
-    assert code == 0, out
-    [component] = [c for c in orjson.loads(out)["components"] if c["name"] == f"route:{route}"]
-    return dict(component.get("counters", {}))
-
-
-def backlog_ids(sim: TenantSimulator, backlog: int) -> list[str]:
-    """The alerts/dlp backlog's ``_id``s in order."""
-    return [record_id(sim.seed, "alerts", "dlp", seq) for seq in range(backlog)]
+def simulator(backlog: int, page_size: int) -> AbstractAsyncContextManager[TenantSimulator]:
+    """The tenant: ``backlog`` alerts/dlp records, nothing arriving later."""
+    return backlog_simulator(TOKEN, backlog, page_size=page_size, rate_limit=RATE)
 
 
 @pytest.fixture
@@ -150,25 +126,17 @@ async def test_refused_batches_are_dead_lettered_with_the_reason(
     backlog, refused_requests = 200, 2
     # One page is one batch (50 and 50): the two refused requests are exactly the first 100 records.
     webhook.fail_next(refused_requests, 400, body=b'{"error": "field user is not allowed"}')
-    async with running_simulator(
-        tokens={TOKEN: None},
-        backlog=backlog,
-        arrival_rate=0,
-        idle_wait_time=0.2,
-        page_size=50,
-        rate_limit=RATE,
-        subtypes=["alerts/dlp"],
-    ) as sim:
+    async with simulator(backlog, page_size=50) as sim:
         assert sim.url is not None and webhook.url is not None
         route = webhook_route("hook", webhook.url + "/hook", batch={"max_records": 50, "max_wait": "5s"})
         config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url, [route]))
         async with DaemonProcess(config, env=ENV) as daemon:
             await webhook.wait_until(lambda: len(webhook.records) >= backlog - 50 * refused_requests)
-            counters = await route_counters(config, "hook")
+            counters = await route_counters(config, "hook", env=ENV)
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait(30) == 0
 
-    ids = backlog_ids(sim, backlog)
+    ids = backlog_ids(sim, "alerts", "dlp", backlog)
     assert [r["id"] for r in webhook.records] == ids[100:]
     letters = await dlq_list(config)
     assert [row["record_id"] for row in letters] == ids[:100]
@@ -187,19 +155,11 @@ async def test_records_refused_one_by_one_are_dead_lettered_alone(tmp_path: Path
     backlog = 300
     elastic = FakeElasticsearch()
     async with (
-        running_simulator(
-            tokens={TOKEN: None},
-            backlog=backlog,
-            arrival_rate=0,
-            idle_wait_time=0.2,
-            page_size=100,
-            rate_limit=RATE,
-            subtypes=["alerts/dlp"],
-        ) as sim,
+        simulator(backlog, page_size=100) as sim,
         elastic as elastic_url,
     ):
         assert sim.url is not None
-        ids = backlog_ids(sim, backlog)
+        ids = backlog_ids(sim, "alerts", "dlp", backlog)
         refused = set(ids[5::30])  # ten records spread over every page
         elastic.reject_items(len(refused), 400, when=lambda _index, doc_id: doc_id in refused)
         route = {

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
+from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.webhook import FakeWebhook
+from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
 
 TOKEN = "health-token-0123456789"
@@ -19,24 +20,14 @@ TOKEN = "health-token-0123456789"
 
 @pytest.fixture
 async def simulator() -> AsyncIterator[TenantSimulator]:
-    async with running_simulator(
-        tokens={TOKEN: None}, backlog=200, arrival_rate=0, idle_wait_time=0.2
-    ) as sim:
+    async with backlog_simulator(TOKEN, 200) as sim:
         yield sim
 
 
 def pipeline(tmp_path: Path, url: str, sink: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-        "health": {"interval": "1h", "syslog": {"enabled": False}},
-        "shutdown_grace": "30s",
-        "tenants": [{"name": "sim", "url": url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-        "logs": {
-            "routes": [{"name": "r", "tenant": "sim", "alerts": ["dlp"], "format": "json", "sink": sink}]
-        },
-        **overrides,
-    }
+    """One JSON route of dlp alerts into ``sink``; a stop may drain 30 s (the forced-exit test needs it)."""
+    route = {"name": "r", "tenant": "sim", "alerts": ["dlp"], "format": "json", "sink": sink}
+    return pipeline_config(tmp_path, url, [route], **{"shutdown_grace": "30s", **overrides})
 
 
 async def test_watchdog_pings_while_components_make_progress(

@@ -21,14 +21,15 @@ from ce_daemon.netskope.client import TenantClient
 from ce_daemon.netskope.poller import Poller
 from ce_daemon.netskope.records import record_id
 from ce_daemon.netskope.sim_faults import Fault, corrupt_records
-from ce_daemon.netskope.simulator import RequestInfo, TenantSimulator, running_simulator
-from ce_daemon.netskope.subtypes import DataKind
+from ce_daemon.netskope.simulator import RequestInfo, TenantSimulator
+from ce_daemon.netskope.subtypes import ALERT_SUBTYPES, DataKind
 from ce_daemon.pipeline import Runtime, plan_components
 from ce_daemon.registry import Registry
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.state import StateStore
 from ce_daemon.supervisor import Supervisor
 from ce_daemon.testing import write_pipeline
+from ce_daemon.testing.pipelines import backlog_simulator
 
 SEED = 11
 TOKEN = "ingest-token-0123456789"
@@ -146,17 +147,8 @@ def simulator(
     streams: Iterable[StreamId], backlog: int, **options: Any
 ) -> AbstractAsyncContextManager[TenantSimulator]:
     """A simulator holding ``backlog`` records in each of ``streams`` and nothing more to come."""
-    settings: dict[str, Any] = {
-        "tokens": {TOKEN: None},
-        "seed": SEED,
-        "backlog": backlog,
-        "arrival_rate": 0,
-        "page_size": PAGE,
-        "idle_wait_time": 0.05,
-        "subtypes": [f"{kind}/{subtype}" for kind, subtype in streams],
-    }
-    settings.update(options)
-    return running_simulator(**settings)
+    settings: dict[str, Any] = {"seed": SEED, "page_size": PAGE, "idle_wait_time": 0.05}
+    return backlog_simulator(TOKEN, backlog, streams, **(settings | options))
 
 
 def tenant(name: str, url: str, token_env: str = "SIM_TOKEN", **options: Any) -> dict[str, Any]:
@@ -251,21 +243,7 @@ class RequestLog:
 
 # -- the rate limit ------------------------------------------------------------------------------
 
-TEN_SUBTYPES: list[StreamId] = [
-    ("alerts", subtype)
-    for subtype in (
-        "compromisedcredential",
-        "ctep",
-        "dlp",
-        "malsite",
-        "malware",
-        "policy",
-        "quarantine",
-        "remediation",
-        "securityassessment",
-        "uba",
-    )
-]
+TEN_SUBTYPES: list[StreamId] = [("alerts", subtype) for subtype in ALERT_SUBTYPES[:10]]
 
 
 async def test_ten_pollers_of_one_tenant_stay_within_its_rate_limit(tmp_path: Path) -> None:

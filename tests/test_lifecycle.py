@@ -14,6 +14,7 @@ import pytest
 
 from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.pipelines import pipeline_config
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
 
 TOKEN = "lifecycle-token-0123456789"
@@ -27,27 +28,17 @@ async def simulator() -> AsyncIterator[TenantSimulator]:
         yield sim
 
 
-def pipeline(tmp_path: Path, url: str, syslog: str, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "version": 1,
-        "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-        "health": {"interval": "1h", "syslog": {"target": syslog, "format": "local"}},
-        "shutdown_grace": "5s",
-        "tenants": [{"name": "sim", "url": url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],
-        "logs": {
-            "routes": [
-                {
-                    "name": "alerts",
-                    "tenant": "sim",
-                    "alerts": ["dlp", "malware"],
-                    "format": "cef",
-                    "sink": {"type": "file", "path": "out/alerts.cef"},
-                },
-            ]
-        },
+def pipeline(tmp_path: Path, url: str, syslog: str) -> dict[str, Any]:
+    """One CEF route to a file; the daemon's health messages go to ``syslog``."""
+    route = {
+        "name": "alerts",
+        "tenant": "sim",
+        "alerts": ["dlp", "malware"],
+        "format": "cef",
+        "sink": {"type": "file", "path": "out/alerts.cef"},
     }
-    config.update(overrides)
-    return config
+    health = {"interval": "1h", "syslog": {"target": syslog, "format": "local"}}
+    return pipeline_config(tmp_path, url, [route], health=health)
 
 
 async def test_ready_reload_rejected_reload_and_stop(tmp_path: Path, simulator: TenantSimulator) -> None:

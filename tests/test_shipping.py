@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import re
 import shutil
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,17 @@ from aiohttp import web
 
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.mapping import Mapping
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
-from ce_daemon.netskope.subtypes import DataKind
+from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.webhook import FakeWebhook
+from ce_daemon.testing.pipelines import (
+    backlog_ids,
+    backlog_simulator,
+    daemon_status,
+    pipeline_config,
+    route_counters,
+    route_of,
+)
 
 TOKEN = "shipping-token-0123456789"
 ENV = {"SIM_TOKEN": TOKEN}
@@ -37,28 +41,8 @@ _EXTENSION_KEY = re.compile(rb"(?:^| )([A-Za-z0-9_.]+)=")
 
 def pipeline(tmp_path: Path, url: str, routes: list[dict[str, Any]]) -> dict[str, Any]:
     """A pipeline reading the simulator's backlog (``start: 2h``) into ``routes``."""
-    return {
-        "version": 1,
-        "state": {"path": str(tmp_path / "state" / "db.sqlite")},
-        "logging": {"level": "info", "format": "json"},
-        "health": {"interval": "1h", "syslog": {"enabled": False}},
-        "shutdown_grace": "5s",
-        "tenants": [
-            {
-                "name": "sim",
-                "url": url,
-                "token": {"$env": "SIM_TOKEN"},
-                "start": "2h",
-                "rate_limit": RATE,
-            }
-        ],
-        "logs": {"routes": routes},
-    }
-
-
-def backlog_ids(sim: TenantSimulator, kind: DataKind, subtype: str, backlog: int) -> list[str]:
-    """Every ``_id`` of the stream's backlog, in order, recomputed from the seed."""
-    return [record_id(sim.seed, kind, subtype, seq) for seq in range(backlog)]
+    logging = {"level": "info", "format": "json"}
+    return pipeline_config(tmp_path, url, routes, rate_limit=RATE, logging=logging)
 
 
 def lines_of(path: Path) -> list[bytes]:
@@ -77,48 +61,13 @@ async def poll(check: Callable[[], bool], timeout: float = 40.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def cli(*args: str) -> tuple[int, str]:
-    """Run ``python -m ce_daemon ARGS`` without blocking the event loop (the simulator lives in it)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "ce_daemon",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **ENV},
-    )
-    out, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode()
-
-
-async def status(config: Path) -> dict[str, Any]:
-    """What ``ce-daemon status -c FILE --json`` prints."""
-    code, out = await cli("status", "-c", str(config), "--json")
-    assert code == 0, out
-    snapshot: dict[str, Any] = orjson.loads(out)
-    return snapshot
-
-
-def route_of(snapshot: dict[str, Any], route: str) -> dict[str, Any]:
-    """The component entry of ``route`` in a status snapshot."""
-    [component] = [c for c in snapshot["components"] if c["name"] == f"route:{route}"]
-    return dict(component)
-
-
-async def route_counters(config: Path, route: str) -> dict[str, Any]:
-    """The counters ``ce-daemon status --json`` shows for ``route``."""
-    return dict(route_of(await status(config), route).get("counters", {}))
-
-
 async def counters_when(
     config: Path, route: str, check: Callable[[dict[str, Any]], bool], timeout: float = 30.0
 ) -> dict[str, Any]:
     """Ask ``status`` until the route's counters satisfy ``check`` (the daemon is another process)."""
     async with asyncio.timeout(timeout):
         while True:
-            counters = await route_counters(config, route)
+            counters = await route_counters(config, route, env=ENV)
             if check(counters):
                 return counters
 
@@ -151,17 +100,9 @@ def hook_route(name: str, url: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def simulator(backlog: int, page_size: int = 50) -> Any:
+def simulator(backlog: int, page_size: int = 50) -> contextlib.AbstractAsyncContextManager[TenantSimulator]:
     """The tenant: ``backlog`` alerts/dlp records, nothing arriving later."""
-    return running_simulator(
-        tokens={TOKEN: None},
-        backlog=backlog,
-        arrival_rate=0,
-        idle_wait_time=0.2,
-        page_size=page_size,
-        rate_limit=RATE,
-        subtypes=["alerts/dlp"],
-    )
+    return backlog_simulator(TOKEN, backlog, page_size=page_size, rate_limit=RATE)
 
 
 def extension_keys(line: bytes) -> set[bytes]:
@@ -177,15 +118,7 @@ async def test_ce_mapping_file_produces_the_mapped_cef(tmp_path: Path) -> None:
     """A route with `mapping: <CE mapping file>` writes, for every record, the CEF that mapping defines."""
     backlog = 300
     shutil.copy(CE_MAPPING, tmp_path / "ce_mappings.json")
-    async with running_simulator(
-        tokens={TOKEN: None},
-        backlog=backlog,
-        arrival_rate=0,
-        idle_wait_time=0.2,
-        page_size=50,
-        rate_limit=RATE,
-        subtypes=["alerts/dlp"],
-    ) as sim:
+    async with simulator(backlog) as sim:
         assert sim.url is not None
         routes = [
             {
@@ -250,7 +183,7 @@ async def test_sink_down_across_many_retries_loses_nothing_and_others_keep_shipp
         async with DaemonProcess(config, env=ENV) as daemon:
             await steady.wait_until(lambda: len(steady.records) >= backlog)
             await flaky.wait_until(lambda: flaky.refused >= 40)
-            during = await status(config)
+            during = await daemon_status(config, env=ENV)
             flaky.down = False
             await flaky.wait_until(lambda: len(flaky.records) >= backlog)
             after = await counters_when(config, "flaky", lambda c: c["sent"] >= backlog)

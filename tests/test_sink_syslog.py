@@ -25,13 +25,8 @@ from ce_daemon.netskope.simulator import running_simulator
 from ce_daemon.netskope.subtypes import DataKind
 from ce_daemon.plugin import OutRecord, PluginContext
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.rsyslog import (
-    ReceivedMessage,
-    RsyslogServer,
-    make_certificates,
-    rsyslogd_path,
-    tls_driver_available,
-)
+from ce_daemon.testing.rsyslog import ReceivedMessage, RsyslogServer, rsyslogd_path, tls_driver_available
+from ce_daemon.testing.tls import make_certificates
 
 HOST = "ce-test-host"
 FIRST_TIMESTAMP = 1_714_557_600  # 2024-05-01T10:00:00Z

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -28,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
+
+from ce_daemon.testing.tls import TlsFiles, make_certificates
 
 TlsDriver = Literal["gtls", "ossl"]
 
@@ -68,125 +68,6 @@ class ReceivedMessage:
     severity: int
     version: int
     timestamp: str
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """A throwaway CA with a server and a client certificate (PEM files)."""
-
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-    client_cert: Path
-    client_key: Path
-
-
-def make_certificates(
-    directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), name: str = "ce-daemon test"
-) -> TlsFiles:
-    """A fresh CA in ``directory`` and, signed by it, a server certificate for ``hosts`` and a client one."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-
-    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        path.chmod(0o600)
-        return path
-
-    def issue(
-        subject: str,
-        key: ec.EllipticCurvePrivateKey,
-        issuer: x509.Certificate | None,
-        issuer_key: ec.EllipticCurvePrivateKey,
-        *,
-        usage: list[x509.ObjectIdentifier] | None,
-        sans: tuple[str, ...] = (),
-    ) -> x509.Certificate:
-        subject_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        public = key.public_key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject_name)
-            .issuer_name(issuer.subject if issuer else subject_name)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-            )
-        )
-        if usage is None:  # the CA
-            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            builder = builder.add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-        else:
-            builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            builder = builder.add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-        if sans:
-            names: list[x509.GeneralName] = []
-            for host in sans:
-                try:
-                    names.append(x509.IPAddress(ipaddress.ip_address(host)))
-                except ValueError:
-                    names.append(x509.DNSName(host))
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = issue(f"{name} CA", ca_key, None, ca_key, usage=None)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = issue(hosts[0], server_key, ca, ca_key, usage=[ExtendedKeyUsageOID.SERVER_AUTH], sans=hosts)
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client = issue(f"{name} client", client_key, ca, ca_key, usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
-    pem = serialization.Encoding.PEM
-    files = TlsFiles(
-        ca_file=directory / "ca.pem",
-        cert_file=directory / "server.pem",
-        key_file=write_key(server_key, directory / "server.key"),
-        client_cert=directory / "client.pem",
-        client_key=write_key(client_key, directory / "client.key"),
-    )
-    files.ca_file.write_bytes(ca.public_bytes(pem))
-    files.cert_file.write_bytes(server.public_bytes(pem))
-    files.client_cert.write_bytes(client.public_bytes(pem))
-    return files
 
 
 # Each received message becomes one JSON object per line: the raw message and what rsyslog parsed.
