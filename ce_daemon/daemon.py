@@ -125,6 +125,11 @@ class Daemon:
             log.error("daemon.state_unusable", error=str(exc))
             self._emit("daemon.failed", "crit", reason="state database unusable")
             return EXIT_FAILURE
+        except Exception as exc:  # the last resort: say why before the process ends
+            log.exception("daemon.failed", error=f"{type(exc).__name__}: {exc}")
+            self._emit("daemon.failed", "crit", reason=type(exc).__name__)
+            self.notifier.send(f"STATUS=failed: {type(exc).__name__}", f"ERRNO={EXIT_FAILURE}")
+            return EXIT_FAILURE
         finally:
             if self.syslog:
                 self.syslog.close()
@@ -240,7 +245,7 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await component.close()
             await self.runtime.forget_unused(self.specs)
-            self._reject(f"component {current} failed its start check: {exc}", "")
+            self._reject(f"{new.place_of(current)}: {current} failed its start check: {exc}", "")
             return
         # swap: stop what goes away or changes, then move consumers and start the new ones
         loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ import pytest
 from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import pipeline_config
+from ce_daemon.testing.sinks import closed_port
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
 
 TOKEN = "lifecycle-token-0123456789"
@@ -194,3 +195,26 @@ async def test_reload_moves_the_health_channel(tmp_path: Path, simulator: Tenant
             await second.wait_for("event=daemon.stopping", timeout=30)
             assert await daemon.wait(30) == 0
         assert not [m for m in first.messages if "reload_applied" in m]
+
+
+async def test_reload_with_an_unreachable_new_sink_rolls_back(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """A new route whose sink fails its health check rejects the reload, naming file:line; gen 1 runs on."""
+    async with NotifySocket(tmp_path) as notify:
+        assert simulator.url is not None
+        config = pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9")
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
+            await notify.wait_for("READY=1", timeout=30)
+            dead = {"type": "webhook", "url": f"http://127.0.0.1:{closed_port()}/hook", "timeout": 2}
+            config["logs"]["routes"].append(
+                {"name": "nowhere", "tenant": "sim", "alerts": ["dlp"], "sink": dead}
+            )
+            write_pipeline(path, config)
+            daemon.signal(signal.SIGHUP)
+            rejected = await daemon.wait_for_event("daemon.reload_rejected")
+            assert f"{path}:" in rejected["reason"] and "route:nowhere" in rejected["reason"]
+            assert "still gen=1" in await notify.wait_for("reload rejected", timeout=10)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0

@@ -97,6 +97,22 @@ class LoadedPipeline:
                     found[stream.key] = stream
         return dict(sorted(found.items()))
 
+    def place_of(self, component: str) -> str:
+        """``file:line:col`` of the YAML that defines a component (``route:NAME``, ``poller:TENANT/…``)."""
+        kind, _, name = component.partition(":")
+        tenant = name.split("/", 1)[0]
+        data = self.source.data if isinstance(self.source.data, dict) else {}
+        section, wanted = (("logs", "routes"), name) if kind == "route" else (("tenants",), tenant)
+        entries: Any = data
+        for part in section:
+            entries = entries.get(part) if isinstance(entries, dict) else None
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict) and entry.get("name") == wanted:
+                place = self.source.position((*section, index))
+                if place:
+                    return f"{self.path}:{place[0]}:{place[1]}"
+        return str(self.path)
+
     def section_fingerprint(self, *path: str) -> str:
         """A digest of one raw section of the file (secrets included, never shown)."""
         data: Any = self.source.data
