@@ -237,3 +237,15 @@ def test_unresolved_secret_is_reported_once(tmp_path: Path, registry: Registry) 
     assert [p for p in found if "tenants[0].token" in p] == [
         next(p for p in found if "tenants[0].token" in p)
     ]
+
+
+def test_json_fields_are_checked_and_only_for_json(tmp_path: Path, registry: Registry) -> None:
+    """`fields` is refused on a CEF route, and a malformed entry is reported at the route's `fields`."""
+    cef = GOOD.replace("      sink:", "      fields: [user]\n      sink:")
+    assert any(
+        "`fields` applies to `format: json` only" in p
+        for p in problems_of(write(tmp_path, cef), registry, {"ACME_TOKEN": "x"})
+    )
+    bad = GOOD.replace("      sink:", "      format: json\n      fields: [user, 5]\n      sink:")
+    found = problems_of(write(tmp_path, bad, "bad.yaml"), registry, {"ACME_TOKEN": "x"})
+    assert any("logs.routes[0].fields" in p and "[1]" in p for p in found), found

@@ -65,3 +65,37 @@ async def test_filter_and_active_mute_decide_what_ships(tmp_path: Path) -> None:
     assert counters["filtered"] == BACKLOG - len(wanted)
     assert counters["muted"] == len(muted)
     assert counters["sent"] == len(expected)
+
+
+async def test_json_route_sends_the_selected_and_renamed_fields(tmp_path: Path) -> None:
+    """`fields` on a JSON route sends just those fields, renamed where asked."""
+    route = {
+        "name": "slim",
+        "tenant": "sim",
+        "alerts": ["dlp"],
+        "format": "json",
+        "batch": {"max_wait": "0.1s"},
+        "fields": ["_id", {"name": "who", "mapping_field": "user"}, "severity"],
+    }
+    factory = RecordFactory(SEED)
+    expected = {
+        r["_id"]: {
+            k: v
+            for k, v in {"_id": r["_id"], "who": r.get("user"), "severity": r.get("severity")}.items()
+            if v is not None
+        }
+        for r in (factory.make("alerts", "dlp", seq, 0) for seq in range(50))
+    }
+    async with backlog_simulator(TOKEN, 50, seed=SEED, rate_limit=20) as sim:
+        webhook = FakeWebhook()
+        async with webhook as url:
+            assert sim.url is not None
+            route["sink"] = {"type": "webhook", "url": f"{url}/hook"}
+            path = write_pipeline(
+                tmp_path / "pipeline.yaml", pipeline_config(tmp_path, sim.url, [route], rate_limit=20)
+            )
+            async with DaemonProcess(path, env={"SIM_TOKEN": TOKEN}) as daemon:
+                await webhook.wait_until(lambda: len(webhook.records) >= len(expected), timeout=60)
+                daemon.signal(signal.SIGTERM)
+                assert await daemon.wait(30) == 0
+    assert {r["_id"]: r for r in webhook.records} == expected

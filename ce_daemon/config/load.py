@@ -23,7 +23,7 @@ from ce_daemon.config.source import Loc, Source, read_source
 from ce_daemon.errors import ConfigError, Problem
 from ce_daemon.filter import FilterError, compile_filter
 from ce_daemon.logs.mapping import Mapping as LogMapping
-from ce_daemon.logs.mapping import MappingError
+from ce_daemon.logs.mapping import MappingError, parse_json_fields
 from ce_daemon.netskope.subtypes import normalise_subtype
 from ce_daemon.plugin import PluginOptions
 from ce_daemon.registry import PluginInfo, Registry
@@ -201,6 +201,7 @@ class _Resolver:
                         mute.get("filter"), (*loc, "mute", m, "filter")
                     )
             self._mapping(index, raw, loc)
+            self._fields(raw, loc)
 
     def _unique(self, section: str | tuple[str, ...], names: list[Any]) -> None:
         base = (section,) if isinstance(section, str) else section
@@ -286,6 +287,21 @@ class _Resolver:
                     self.source.problem(where, problem.message, key=inside and problem.at_key)
                 )
             return None
+
+    def _fields(self, raw: dict[str, Any], loc: Loc) -> None:
+        fields = raw.get("fields")
+        if fields is None:
+            return
+        if raw.get("format", "cef") != "json":
+            self.problems.append(
+                self.source.problem((*loc, "fields"), "`fields` applies to `format: json` only")
+            )
+            return
+        try:
+            parse_json_fields(fields, source=self.source.file)
+        except MappingError as exc:
+            for problem in exc.problems:
+                self.problems.append(self.source.problem((*loc, "fields"), str(problem)))
 
     def _mapping(self, index: int, raw: dict[str, Any], loc: Loc) -> None:
         name = raw.get("mapping", "netskope")

@@ -181,6 +181,9 @@ class Route(Strict):
     mute: list[MuteWindow] = []
     format: Literal["cef", "leef", "json"] = "cef"
     mapping: str = "netskope"
+    fields: list[str | dict[str, Any]] | None = None
+    """With ``format: json``: the fields to send (names, or ``{name, mapping_field, default_value}`` to
+    rename); unset sends the mapping's JSON taxonomy, which for the built-in mapping is the raw record."""
     batch: Batch = Batch()
     retry_max_delay: Duration = 300.0
     sink: dict[str, Any]

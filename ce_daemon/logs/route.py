@@ -63,7 +63,10 @@ class RouteComponent(Component):
         self.dead = DeadLetters(runtime.store)
         tenant = loaded.tenants.get(self.config.tenant)
         self.formatter = RecordFormatter(
-            self.config.format, route.mapping, tenant.name if tenant else self.config.tenant
+            self.config.format,
+            route.mapping,
+            tenant.name if tenant else self.config.tenant,
+            json_fields=self.config.fields,
         )
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
         context = PluginContext(
