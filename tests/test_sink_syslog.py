@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import datetime as dt
 import re
 import signal
@@ -39,8 +40,12 @@ TRICKY = {
 }
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-needs_rsyslog = pytest.mark.skipif(rsyslogd_path() is None, reason="rsyslogd is not installed")
-needs_tls = pytest.mark.skipif(not tls_driver_available("gtls"), reason="rsyslog-gnutls is not installed")
+# Outside CI a machine without rsyslog skips these (make test installs it); in CI they must run.
+_IN_CI = bool(os.environ.get("CI"))
+needs_rsyslog = pytest.mark.skipif(rsyslogd_path() is None and not _IN_CI, reason="rsyslogd is not installed")
+needs_tls = pytest.mark.skipif(
+    not tls_driver_available("gtls") and not _IN_CI, reason="rsyslog-gnutls is not installed"
+)
 
 
 def cef_records(
