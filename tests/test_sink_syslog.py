@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import datetime as dt
+import os
 import re
 import signal
 import socket
