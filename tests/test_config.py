@@ -71,18 +71,8 @@ def test_valid_pipeline_resolves_streams_filter_and_sink(tmp_path: Path, registr
 
 
 def test_example_config_passes_check() -> None:
-    """`ce-daemon check` on config.example.yaml exits 0."""
-    secrets = (
-        "NETSKOPE_TOKEN",
-        "HEC_TOKEN",
-        "ES_API_KEY",
-        "WEBHOOK_TOKEN",
-        "AZURE_CLIENT_SECRET",
-        "CHRONICLE_KEY",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    )
-    result = check(ROOT / "config.example.yaml", dict.fromkeys(secrets, "x"))
+    """`ce-daemon check` on config.example.yaml exits 0 as shipped, with no environment set up."""
+    result = check(ROOT / "config.example.yaml")
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
 
