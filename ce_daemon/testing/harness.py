@@ -15,6 +15,21 @@ import orjson
 import yaml
 
 
+async def terminate(process: asyncio.subprocess.Process, timeout: float = 15.0) -> None:
+    """SIGTERM a child server and reap it; SIGKILL it if it has not exited within ``timeout`` seconds."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(timeout):
+            await process.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
 def write_pipeline(path: Path, pipeline: Mapping[str, Any]) -> Path:
     """Write ``pipeline`` as YAML to ``path`` and return the path."""
     path.write_text(yaml.safe_dump(dict(pipeline), sort_keys=False), encoding="utf-8")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
 
+from ce_daemon.testing.harness import terminate
+from ce_daemon.testing.sockets import loopback_ports
 from ce_daemon.testing.tls import TlsFiles, make_certificates
 
 TlsDriver = Literal["gtls", "ossl"]
@@ -178,16 +178,7 @@ class RsyslogServer:
         process, self.process = self.process, None
         if process is None:
             return
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(_STOP_TIMEOUT):
-                    await process.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        await terminate(process, _STOP_TIMEOUT)
         self._read_new()
 
     async def restart(self) -> None:
@@ -332,24 +323,10 @@ class RsyslogServer:
         return port
 
     def _udp_port(self) -> int | None:
-        """The port of rsyslogd's UDP socket on 127.0.0.1, found through its socket inodes in /proc."""
+        """The port of rsyslogd's UDP socket on 127.0.0.1."""
         assert self.process is not None
-        inodes: set[str] = set()
-        fd_dir = Path(f"/proc/{self.process.pid}/fd")
-        with contextlib.suppress(OSError):
-            for fd in fd_dir.iterdir():
-                with contextlib.suppress(OSError):
-                    target = os.readlink(fd)
-                    if target.startswith("socket:["):
-                        inodes.add(target[8:-1])
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-                fields = line.split()
-                local, inode = fields[1], fields[9]
-                address, _, port = local.partition(":")
-                if inode in inodes and address == "0100007F":
-                    return int(port, 16)
-        return None
+        ports = loopback_ports(self.process.pid, "udp")
+        return ports[0] if ports else None
 
 
 def _quote(value: object) -> str:

@@ -230,3 +230,28 @@ async def _bind_unix_datagram(address: str, collector: _Collector) -> asyncio.Da
         sock.close()
         raise
     return transport
+
+
+def loopback_ports(pid: int, protocol: Literal["tcp", "udp"]) -> list[int]:
+    """The ports of process ``pid``'s sockets bound to 127.0.0.1 (for TCP, the listening ones).
+
+    Read from /proc (the socket inodes among the process's file descriptors, matched in
+    /proc/net/tcp or udp): how a test learns the port a server it told to bind port 0 was given,
+    when the server does not say.
+    """
+    inodes: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports: set[int] = set()
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/net/{protocol}").read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, port = fields[1].partition(":")
+            listening = protocol == "udp" or fields[3] == "0A"  # 0A: TCP_LISTEN
+            if fields[9] in inodes and address == "0100007F" and listening:
+                ports.add(int(port, 16))
+    return sorted(ports)
