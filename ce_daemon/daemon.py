@@ -21,17 +21,19 @@ import structlog
 
 from ce_daemon import __version__, applog
 from ce_daemon.config.load import LoadedPipeline, load_pipeline
-from ce_daemon.config.model import RESTART_ONLY
+from ce_daemon.config.model import RESTART_ONLY, HttpSettings
 from ce_daemon.control import ControlServer, control_socket_path
 from ce_daemon.errors import ConfigError
 from ce_daemon.health import ComponentStatus, HealthRegistry, State
 from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
+from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.state import StateError, StateStore
 from ce_daemon.supervisor import Supervisor
 from ce_daemon.syslog import HealthChannel, Severity
 from ce_daemon.systemd import Notifier
+from ce_daemon.web import WebServer
 
 log = structlog.get_logger("ce_daemon.daemon")
 
@@ -69,6 +71,9 @@ class Daemon:
         self.specs: dict[str, ComponentSpec] = {}
         self.runtime: Runtime | None = None
         self.last_reload: dict[str, Any] = {}
+        self.metrics = Metrics()
+        self.metrics.watch(self)
+        self.web = WebServer(self.metrics, self.health, lambda: str(self.phase))
         self._reload_requested = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._force_exit = asyncio.Event()
@@ -113,12 +118,18 @@ class Daemon:
                 spool = Spool(store, loaded.config.spool.max_bytes)
                 await spool.load()
                 self.runtime = Runtime(
-                    store=store, spool=spool, health=self.health, data_dir=store.path.parent
+                    store=store,
+                    spool=spool,
+                    health=self.health,
+                    data_dir=store.path.parent,
+                    metrics=self.metrics,
                 )
                 stack.push_async_callback(self.runtime.close)
                 control = ControlServer(control_socket_path(loaded.config), self.status_snapshot)
                 await control.start()
                 stack.push_async_callback(control.close)
+                stack.push_async_callback(self.web.close)  # first to close, after the drain it reports on
+                await self._listen(loaded.config.http)
                 await self._start_generation(loaded)
                 return await self._serve()
         except StateError as exc:
@@ -264,6 +275,8 @@ class Daemon:
         previous, self.specs, self.loaded = self.loaded, specs, new
         self.generation += 1
         self._apply_live_settings(previous, new)
+        await self._listen(new.config.http)
+        self.metrics.reload_outcome("applied")
         self.phase = Phase.READY
         self.last_reload = {
             "outcome": "applied",
@@ -302,6 +315,7 @@ class Daemon:
 
     def _reject(self, reason: str, details: str) -> None:
         self.phase = Phase.READY
+        self.metrics.reload_outcome("rejected")
         self.last_reload = {"outcome": "rejected", "at": time.time(), "reason": reason}
         log.warning(
             "daemon.reload_rejected", generation=self.generation, reason=reason, errors=details or None
@@ -365,6 +379,19 @@ class Daemon:
         ok, total, bad = self.health.summary()
         line = f"running gen={self.generation} components ok={ok}/{total}"
         return line + (f" failing={','.join(bad[:5])}" if bad else "")
+
+    async def _listen(self, settings: HttpSettings | None) -> None:
+        """Serve /metrics, /healthz and /readyz as ``settings`` say.
+
+        An address that cannot be bound is reported and leaves the listener off, the way an
+        unreachable sink at start leaves one route degraded: the pipeline itself runs on.
+        """
+        try:
+            await self.web.configure(settings)
+        except OSError as exc:
+            assert settings is not None
+            log.error("http.listen_failed", listen=settings.listen, error=str(exc))
+            self._emit("http.listen_failed", "err", listen=settings.listen, error=str(exc)[:200])
 
     def _open_syslog(self, loaded: LoadedPipeline) -> None:
         settings = loaded.config.health.syslog
@@ -433,6 +460,7 @@ class Daemon:
             "components_total": total,
             "failing": bad,
             "last_reload": self.last_reload or None,
+            "http": self.web.url,
             "components": [s.snapshot() for s in self.health.all()],
         }
         if self.runtime is not None:

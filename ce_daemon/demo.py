@@ -33,6 +33,8 @@ health:
 shutdown_grace: 10s
 spool:
   max_bytes: 256MiB
+http:
+  listen: 127.0.0.1:0                       # /metrics, /healthz, /readyz; port 0: the system picks a free one
 tenants:
   - name: demo
     url: {url}
@@ -101,15 +103,18 @@ async def run_demo(directory: Path, duration: float, registry: Any) -> int:
             _say(f"stop with ^C; edit the pipeline and `kill -HUP {os.getpid()}` to reload")
             environ = {**os.environ, DEMO_TOKEN_ENV: DEMO_TOKEN}
             daemon = Daemon(path, registry, environ=environ)
-            progress = asyncio.create_task(_progress(daemon, directory))
-            timer = asyncio.create_task(_stop_after(duration)) if duration > 0 else None
+            tasks = [
+                asyncio.create_task(_progress(daemon, directory)),
+                asyncio.create_task(_announce(daemon)),
+            ]
+            if duration > 0:
+                tasks.append(asyncio.create_task(_stop_after(duration)))
             try:
                 code = await daemon.run()
             finally:
-                progress.cancel()
-                if timer:
-                    timer.cancel()
-                await asyncio.gather(progress, *(t for t in [timer] if t), return_exceptions=True)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             await _summary(directory, sim)
             return code
     finally:
@@ -119,6 +124,11 @@ async def run_demo(directory: Path, duration: float, registry: Any) -> int:
 async def _stop_after(seconds: float) -> None:
     await asyncio.sleep(seconds)
     os.kill(os.getpid(), signal.SIGTERM)  # the same path as a real stop
+
+
+async def _announce(daemon: Daemon) -> None:
+    await daemon.web.listening.wait()
+    _say(f"metrics on {daemon.web.url}metrics — try: curl -s {daemon.web.url}metrics | grep sent_records")
 
 
 async def _progress(daemon: Daemon, directory: Path) -> None:

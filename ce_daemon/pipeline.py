@@ -16,6 +16,7 @@ from typing import Literal
 from ce_daemon.config.load import LoadedPipeline
 from ce_daemon.config.model import Tenant
 from ce_daemon.health import HealthRegistry
+from ce_daemon.metrics import Metrics
 from ce_daemon.netskope.client import TenantClient
 from ce_daemon.spool import Spool
 from ce_daemon.state import StateStore
@@ -37,13 +38,14 @@ class ComponentSpec:
 
 @dataclass
 class Runtime:
-    """What components of every generation share: the database, the spool, one client per tenant."""
+    """What components of every generation share: the database, the spool, one client per tenant, metrics."""
 
     store: StateStore
     spool: Spool
     health: HealthRegistry
     data_dir: Path
     clients: dict[str, TenantClient] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def client_for(self, tenant: Tenant, fingerprint: str) -> TenantClient:
         """The tenant's shared client (one session, one token bucket for all its pollers)."""

@@ -17,6 +17,19 @@ if ! command -v rsyslogd >/dev/null 2>&1 || ! ls /usr/lib/*/rsyslog/lmnsd_gtls.s
   fi
 fi
 
+# prometheus is the real scraper the metrics test starts on a loopback port of its own (its data in the
+# test's folder). On a host with systemd, Debian's package also enables a prometheus service of its own.
+if ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing prometheus (Debian) for the metrics test"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "!! prometheus missing and we are not root: 'sudo apt-get install prometheus'"
+    exit 1
+  fi
+fi
+
 echo "== ruff"
 $BIN/ruff check ce_daemon plugins tests bench
 $BIN/ruff format --check ce_daemon plugins tests bench

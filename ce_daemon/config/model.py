@@ -7,6 +7,7 @@ every problem of the file is reported in one pass.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from datetime import UTC, datetime
@@ -98,6 +99,47 @@ class ControlSettings(Strict):
     """The local socket ``ce-daemon status`` asks; defaults to ``control.sock`` beside the state database."""
 
     socket: Path | None = None
+
+
+def _listen_address(value: str) -> str:
+    split_listen(value)
+    return value
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` → (host to bind, port); ValueError saying what is wrong."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not re.fullmatch(r"[0-9]+", port):
+        raise ValueError("an address to listen on is host:port, e.g. 127.0.0.1:9464 or [::1]:9464")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:9464")
+    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", host):
+        raise ValueError("give the address or host name to listen on (0.0.0.0 for every interface)")
+    if len(port) > 5 or int(port) > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535; 0 lets the system choose)")
+    return host, int(port)
+
+
+class HttpSettings(Strict):
+    """The HTTP listener: /metrics (Prometheus), /healthz and /readyz. Off when the section is absent."""
+
+    listen: Annotated[str, AfterValidator(_listen_address)] = "127.0.0.1:9464"
+
+    @property
+    def host(self) -> str:
+        """The address to bind (an IPv6 address without its brackets)."""
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The port to bind (0: the system chooses one, logged as ``http.listening``)."""
+        return split_listen(self.listen)[1]
 
 
 class SpoolSettings(Strict):
@@ -206,6 +248,7 @@ class Pipeline(Strict):
     control: ControlSettings = ControlSettings()
     shutdown_grace: Duration = 30.0
     spool: SpoolSettings = SpoolSettings()
+    http: HttpSettings | None = None
     tenants: list[Tenant] = []
     logs: Logs = Logs()
 

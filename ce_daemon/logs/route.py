@@ -79,6 +79,7 @@ class RouteComponent(Component):
         limit = self.sink.max_batch_bytes
         self.max_bytes = min(self.config.batch.max_bytes, limit) if limit else self.config.batch.max_bytes
         self.log = log.bind(component=name)
+        self.batch_seconds = runtime.metrics.batch_seconds.labels(self.config.name, route.sink.name)
         self._opened = False
         # Acknowledgements the sink has earned but the spool has not been told yet, per stream (the
         # spool's acknowledgements are cumulative within a stream, so the newest covers the older).
@@ -207,7 +208,9 @@ class RouteComponent(Component):
         attempt = 0
         while True:
             try:
+                started = time.monotonic()
                 result = await self.sink.send(batch.records)
+                self.batch_seconds.observe(time.monotonic() - started)
                 break
             except TransientError as exc:
                 attempt += 1

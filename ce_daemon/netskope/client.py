@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ class TenantClient:
         self._not_before = 0.0
         self.requests = 0
         self.throttled = 0
+        self.bucket_wait_seconds = 0.0
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -95,7 +97,9 @@ class TenantClient:
 
     async def fetch(self, kind: DataKind, subtype: str, index: str, operation: str) -> Page:
         """One attempt at one page; raises TransientError, BrokenPageError or AuthError."""
+        waited = time.monotonic()
         await self._take_token()
+        self.bucket_wait_seconds += time.monotonic() - waited
         self.requests += 1
         session = self._get_session()
         path = dataexport_path(kind, subtype)
