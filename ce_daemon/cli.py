@@ -132,6 +132,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    for info in {route.sink.name: route.sink for route in loaded.routes.values()}.values():
+        if info.note:
+            print(
+                f"{args.config}: note: the {info.name!r} plugin from {info.distribution}: {info.note}",
+                file=sys.stderr,
+            )
     streams = loaded.streams()
     print(
         f"{args.config}: OK — {len(loaded.tenants)} tenant(s), {len(loaded.routes)} log route(s), "
@@ -153,8 +159,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                         "type": p.name,
                         "distribution": p.distribution,
                         "version": p.version,
+                        "api_version": p.api_version,
                         "loaded": p.loaded,
                         "error": p.error,
+                        "note": p.note,
                         "target": p.target,
                     }
                     for p in plugins
@@ -162,13 +170,14 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             ).decode()
         )
         return 0
-    rows = [("KIND", "TYPE", "DISTRIBUTION", "VERSION", "LOADED")]
-    rows += [
-        (p.kind, p.name, p.distribution, p.version, "yes" if p.loaded else f"no: {p.error}") for p in plugins
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    rows = [("KIND", "TYPE", "DISTRIBUTION", "VERSION", "API", "LOADED")]
+    for p in plugins:
+        loaded = f"no: {p.error}" if not p.loaded else f"yes (note: {p.note})" if p.note else "yes"
+        api = "-" if p.api_version is None else str(p.api_version)
+        rows.append((p.kind, p.name, p.distribution, p.version, api, loaded))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
     return 0
 
 

@@ -233,6 +233,18 @@ class RequestTooLargeError(Exception):
     """
 
 
+class ItemRefusedError(Exception):
+    """The target took the items of a request before ``index``, refused that one for good, read no further.
+
+    Raised by the ``post`` callback of :meth:`ResumableSender.send` (Splunk HEC's ``invalid-event-number``).
+    """
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
 def split_by_size(sizes: Sequence[int], limit: int, *, overhead: int = 0, separator: int = 0) -> list[range]:
     """Consecutive ranges of item positions whose request body stays within ``limit`` bytes, in order.
 
@@ -294,7 +306,8 @@ class ResumableSender:
     The core retries a failed batch with the very same records: the positions the requests of a
     failed attempt delivered are remembered until the batch succeeds (or another batch comes), and
     the retry sends only the rest. Requests hold what fits in ``limit`` bytes, halved when the
-    target says too large; a request refused for good rejects its own records only.
+    target says too large; a request refused for good rejects its own records only, one item
+    refused alone (:class:`ItemRefusedError`) only itself.
     """
 
     def __init__(self) -> None:
@@ -311,14 +324,17 @@ class ResumableSender:
         overhead: int = 0,
         separator: int = 0,
         oversize: Callable[[int], str],
+        on_split: Callable[[range], object] | None = None,
     ) -> SendResult:
         """Deliver ``batch``: each record ``encode``-d, the items of each request given to ``post``.
 
-        ``post`` raises :class:`RequestTooLargeError` (the request is halved), :class:`PermanentError`
-        (its records are rejected with the message), or anything else (the batch fails; what was
-        delivered is remembered). A body is ``overhead + items + separator between items`` bytes (see
-        :func:`split_by_size`); an item too large for any request is rejected with ``oversize(size)``.
-        If every record is refused by the target, the batch raises its :class:`PermanentError`.
+        ``post`` raises :class:`RequestTooLargeError` (the request is halved, ``on_split`` told),
+        :class:`PermanentError` (its records are rejected with the message), :class:`ItemRefusedError`
+        (the items before that one were delivered, it is rejected, the rest is posted again), or
+        anything else (the batch fails; what was delivered is remembered). A body is ``overhead +
+        items + separator between items`` bytes (see :func:`split_by_size`); an item too large for any
+        request is rejected with ``oversize(size)``. If every record is refused by the target, the
+        batch raises its :class:`PermanentError`.
         """
         if not batch:
             return SendResult()
@@ -331,7 +347,7 @@ class ResumableSender:
         rejected = [(i, oversize(len(item))) for i, item in items.items() if overhead + len(item) > limit]
         refusal: str | None = None
 
-        async def post_part(part: range) -> None:
+        async def post_part(part: range) -> range | None:
             nonlocal refusal
             positions = [fitting[p] for p in part]
             try:
@@ -339,15 +355,28 @@ class ResumableSender:
             except PermanentError as exc:
                 refusal = str(exc)
                 rejected.extend((i, refusal) for i in positions)
-                return
+                return None
+            except ItemRefusedError as exc:
+                delivered.update(positions[: exc.index])
+                rejected.append((positions[exc.index], exc.reason))
+                return part[exc.index + 1 :]
             delivered.update(positions)
+            return None
 
         parts = split_by_size([len(items[i]) for i in fitting], limit, overhead=overhead, separator=separator)
-        rejected += [(fitting[p], reason) for p, reason in await send_halving(parts, post_part)]
+        refused = await send_halving(parts, post_part, on_split=on_split)
+        rejected += [(fitting[p], reason) for p, reason in refused]
         self._batch = None
         if refusal is not None and not delivered and len(rejected) == len(batch):
             raise PermanentError(refusal)
         return SendResult(rejected=sorted(rejected)) if rejected else SendResult()
+
+    def forget(self) -> None:
+        """Forget what the current batch delivered: its retry sends every record again.
+
+        For a target whose 2xx is not yet a delivery (Splunk's indexer acknowledgement not confirmed).
+        """
+        self._batch, self._delivered = None, set()
 
 
 # -- OAuth 2.0 bearer tokens -----------------------------------------------------------------------

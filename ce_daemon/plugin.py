@@ -4,6 +4,9 @@ A plugin is a thin adapter to one external system. It owns a pydantic options mo
 (``Options``, ``extra="forbid"``) and implements the kind's small async contract: ``open``,
 ``health``, the kind's operations, ``close``. Module logic (batching, retries of whole
 batches, dead-lettering, offsets) lives in the core.
+
+A plugin class says which version of this contract it was written for (``api_version``); the
+registry checks it against :data:`API_VERSION` when it loads the plugin (see ``docs/plugins.md``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import structlog
 from pydantic import BaseModel, ConfigDict
@@ -20,6 +23,8 @@ from pydantic import BaseModel, ConfigDict
 from ce_daemon.config.model import Duration, Size
 
 __all__ = [
+    "API_VERSION",
+    "OLDEST_API_VERSION",
     "Duration",
     "Health",
     "LogSink",
@@ -30,6 +35,19 @@ __all__ = [
     "SendResult",
     "Size",
 ]
+
+
+API_VERSION: Final = 1
+"""The version of the plugin contract this core provides.
+
+Bumped by one whenever what a plugin sees changes: a new hook or operation, a new field in what
+the core hands a plugin, a changed meaning of a return value or an exception. A change that
+plugins written for earlier versions cannot survive also raises :data:`OLDEST_API_VERSION` to the
+new value.
+"""
+
+OLDEST_API_VERSION: Final = 1
+"""The oldest ``api_version`` this core still loads (plugins older than that need updating)."""
 
 
 class PluginOptions(BaseModel):
@@ -92,24 +110,41 @@ class SendResult:
 
 
 class Plugin(ABC):
-    """What every plugin kind shares."""
+    """What every plugin kind shares.
+
+    The core calls, on one instance: ``open`` once, then ``health``, then the kind's operations
+    one at a time, then ``close`` exactly once — also when ``open`` raised. A start attempt that
+    failed is retried with a new instance.
+    """
 
     Options: ClassVar[type[PluginOptions]]
     kind: ClassVar[str]
+    api_version: ClassVar[int]
+    """The :data:`API_VERSION` the plugin was written for: set it as a number, never as ``API_VERSION``.
+
+    Declared by each plugin class, not here, so that the registry can tell a plugin that declares none.
+    """
 
     def __init__(self, options: PluginOptions, context: PluginContext) -> None:
         self.options = options
         self.context = context
 
     async def open(self) -> None:  # noqa: B027 - optional hook, empty by default on purpose
-        """Acquire connections and sessions."""
+        """Acquire connections and sessions; anything it raises is a start failure of the component."""
 
     async def health(self) -> Health:
-        """Check the target is reachable and accepts our credentials (used at start and reload)."""
+        """Check the target is reachable and accepts our credentials (used at start and reload).
+
+        Answer ``Health(ok=False, detail=why)`` for a target that is down or refuses the credentials
+        rather than raising.
+        """
         return Health(ok=True)
 
     async def close(self) -> None:  # noqa: B027 - optional hook, empty by default on purpose
-        """Release everything ``open`` acquired; called once, also after a failed ``open``."""
+        """Release everything ``open`` acquired; called once, also after a failed ``open``.
+
+        It must not raise when ``open`` stopped half-way or never ran, and a second call does nothing.
+        """
 
 
 class LogSink(Plugin):

@@ -2,6 +2,17 @@
 
 First-party plugins are registered exactly like third-party ones. A plugin that fails to
 import is recorded with its distribution and the error; it only matters if the pipeline uses it.
+
+Each plugin class declares the plugin API version it was written for (``api_version``):
+
+- from :data:`~ce_daemon.plugin.OLDEST_API_VERSION` to :data:`~ce_daemon.plugin.API_VERSION`: loaded
+  (an older one with a note saying so);
+- newer than ``API_VERSION``: refused, the core is too old for it;
+- older than ``OLDEST_API_VERSION``: refused, the plugin is too old for this core;
+- none: taken as version 1, the contract every plugin written before versions existed follows, and
+  loaded with a note asking its author to declare it. Refusing those would break working installs
+  on upgrade for no safety gained; once version 1 is no longer supported they are refused like any
+  other plugin that old.
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ import os
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from ce_daemon.plugin import LogSink, Plugin, PluginOptions
+from ce_daemon.plugin import API_VERSION, OLDEST_API_VERSION, LogSink, Plugin, PluginOptions
 
 GROUPS: dict[str, str] = {
     "log_sink": "ce_daemon.log_sinks",
@@ -35,6 +46,10 @@ class PluginInfo:
     version: str
     cls: type[Plugin] | None
     error: str | None
+    api_version: int | None = None
+    """The plugin API version the class declares (None: it declares none)."""
+    note: str | None = None
+    """Something the operator should know about a plugin that loaded (an older or missing api_version)."""
 
     @property
     def loaded(self) -> bool:
@@ -99,4 +114,34 @@ def _load(kind: str, ep: EntryPoint) -> PluginInfo:
         return PluginInfo(
             kind, ep.name, ep.value, dist, version, None, f"{ep.value}.Options is not a PluginOptions model"
         )
-    return PluginInfo(kind, ep.name, ep.value, dist, version, obj, None)
+    declared = getattr(obj, "api_version", None)
+    error, note = api_compatibility(declared, dist)
+    if error is not None:
+        return PluginInfo(kind, ep.name, ep.value, dist, version, None, error, declared)
+    return PluginInfo(kind, ep.name, ep.value, dist, version, obj, None, declared, note)
+
+
+def api_compatibility(
+    declared: object, distribution: str, *, current: int = API_VERSION, oldest: int = OLDEST_API_VERSION
+) -> tuple[str | None, str | None]:
+    """``(error, note)`` for a plugin class whose ``api_version`` is ``declared`` (None: not declared)."""
+    if declared is not None and (not isinstance(declared, int) or isinstance(declared, bool)):
+        return f"api_version must be an int (the plugin API version), not {declared!r}", None
+    version = 1 if declared is None else declared
+    if version > current:
+        newer = f"written for plugin API {version}, newer than this ce-daemon's (API {current})"
+        return f"{newer}: upgrade ce-daemon", None
+    if version < oldest:
+        undeclared = " (it declares no api_version)" if declared is None else ""
+        error = (
+            f"written for plugin API {version}{undeclared}; this ce-daemon loads API {oldest} to {current}: "
+            f"install a release of {distribution} written for it"
+        )
+        return error, None
+    if declared is None:
+        note = "declares no api_version, taken as plugin API 1: its author should add `api_version = 1`"
+    elif version < current:
+        note = f"written for plugin API {version}; this ce-daemon provides API {current} and still runs it"
+    else:
+        note = None
+    return None, note

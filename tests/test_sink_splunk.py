@@ -103,7 +103,7 @@ async def test_invalid_event_is_rejected_alone_and_the_rest_sent_once(
     tmp_path: Path, splunk: FakeSplunk
 ) -> None:
     """Code 6 + invalid-event-number: that record is rejected; those before are not resent, the rest are."""
-    splunk.invalid_when = lambda envelope: envelope["event"].get("user") == "u3"
+    splunk.refuse_when = lambda envelope: envelope["event"].get("user") == "u3"
     batch = [js(i) for i in range(8)]
     async with hec_sink(tmp_path, splunk.url) as sink:
         result = await sink.send(batch)

@@ -24,10 +24,16 @@ from typing import Any
 import structlog
 
 from ce_daemon.config.load import LoadedPipeline, ResolvedRoute
-from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
+from ce_daemon.errors import (
+    AuthError,
+    CeDaemonError,
+    ComponentConfigError,
+    PermanentError,
+    TransientError,
+)
 from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
-from ce_daemon.plugin import LogSink, OutRecord, PluginContext
+from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
 from ce_daemon.spool import Page
 from ce_daemon.supervisor import Component
 
@@ -69,18 +75,23 @@ class RouteComponent(Component):
             json_fields=self.config.fields,
         )
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
-        context = PluginContext(
+        self._sink_class: type[LogSink] = route.sink.cls
+        self._context = PluginContext(
             name=self.config.name,
             base_dir=loaded.base_dir,
             data_dir=runtime.data_dir,
             log=log.bind(component=name, sink=route.sink.name),
         )
-        self.sink: LogSink = route.sink.cls(route.sink_options, context)
-        limit = self.sink.max_batch_bytes
+        limit = self._sink_class.max_batch_bytes
         self.max_bytes = min(self.config.batch.max_bytes, limit) if limit else self.config.batch.max_bytes
         self.log = log.bind(component=name)
         self.batch_seconds = runtime.metrics.batch_seconds.labels(self.config.name, route.sink.name)
-        self._opened = False
+        # One sink instance per start attempt: opened once, closed exactly once (also after a failed open).
+        self.sink: LogSink | None = None
+        self._close_owed = False
+        self._ready = False
+        self._failed_starts = 0
+        self._start_failure: CeDaemonError | None = None
         # Acknowledgements the sink has earned but the spool has not been told yet, per stream (the
         # spool's acknowledgements are cumulative within a stream, so the newest covers the older).
         self._owed: dict[str, tuple[int, int | None]] = {}
@@ -91,28 +102,80 @@ class RouteComponent(Component):
         self.status.counters.update({"received": 0, "sent": 0, "failed": 0, "dead_lettered": 0, "bytes": 0})
 
     async def start(self) -> None:
-        """Open the sink and check its health; a failure here rejects a reload."""
-        try:
-            await self.sink.open()
-            self._opened = True
-            health = await self.sink.health()
-        except (OSError, TransientError, AuthError, PermanentError) as exc:
-            raise ComponentConfigError(f"sink {self.route.sink.name!r} not usable: {exc}") from exc
+        """Open the sink and check its health: a failure is a start failure of this route.
+
+        Whatever the plugin raises is re-raised as :class:`AuthError` or :class:`ComponentConfigError`
+        when the plugin classified it so, else as :class:`TransientError` (an unhealthy answer too),
+        naming the sink and the reason. At daemon start the route then runs degraded and ``run``
+        tries again; at a reload the reload policy decides.
+        """
+        if self.route.sink.note:
+            self.log.warning("sink.plugin_note", sink=self.route.sink.name, note=self.route.sink.note)
+        health = await self._open_sink()
         if not health.ok:
-            raise ComponentConfigError(f"sink {self.route.sink.name!r} unhealthy: {health.detail}")
+            raise TransientError(f"sink {self.route.sink.name!r} unhealthy: {health.detail}")
         self.status.ok(health.detail)
 
     async def close(self) -> None:
-        if self._opened:
-            self._opened = False
+        await self._close_sink()
+
+    async def _open_sink(self) -> Health:
+        """Make and open a new sink and ask its health; on any failure it is closed and the failure raised."""
+        name = self.route.sink.name
+        try:
+            sink = self.sink = self._sink_class(self.route.sink_options, self._context)
+            self._close_owed = True  # from here on close() is owed, whether open() returns or raises
+            await sink.open()
+            health = _checked(await sink.health(), self._sink_class)
+        except Exception as exc:  # anything a plugin raises here is a start failure, never a crash
+            self._failed_starts += 1
+            try:
+                await self._close_sink()
+            except Exception as failure:  # noqa: BLE001 - the start failure is what the operator needs
+                self.log.warning("sink.close_failed", sink=name, error=_describe(failure))
+            self._start_failure = _start_failure(f"sink {name!r} not usable: {_describe(exc)}", exc)
+            raise self._start_failure from exc
+        self._ready = True
+        self._start_failure = None
+        return health
+
+    async def _close_sink(self) -> None:
+        """Close the sink once if ``open`` was called on it (returned or raised)."""
+        if self._close_owed and self.sink is not None:
+            self._close_owed = self._ready = False
             await self.sink.close()
+
+    async def _reopen(self, stopping: asyncio.Event) -> bool:
+        """After a failed start, open a new sink with backoff until it opens; False when asked to stop first.
+
+        A failure the plugin classified as auth or configuration ends the run (the supervisor stops the
+        route until a reload); any other is retried, the route degraded with the reason meanwhile.
+        """
+        while not stopping.is_set():
+            if isinstance(self._start_failure, AuthError | ComponentConfigError):
+                raise self._start_failure  # not worth another try: the supervisor waits for a reload
+            if self._failed_starts and await _wait(
+                stopping, _backoff(self._failed_starts, self.config.retry_max_delay)
+            ):
+                return False
+            try:
+                health = await self._open_sink()
+            except TransientError as exc:
+                self.status.degraded(f"start failed: {exc}")
+                self.log.warning("route.start_failed", error=str(exc), attempt=self._failed_starts)
+                continue
+            if health.ok:
+                self.status.ok(health.detail)
+            else:
+                self.status.degraded(f"sink {self.route.sink.name!r} unhealthy: {health.detail}")
+            return True
+        return False
 
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
-        if not self._opened:
-            await self.sink.open()
-            self._opened = True
+        if not self._ready and not await self._reopen(stopping):
+            return
         # A batch abandoned at shutdown ends the run: nothing read after it may be sent or acknowledged.
         try:
             with contextlib.suppress(_BatchAbandonedError):
@@ -206,10 +269,12 @@ class RouteComponent(Component):
     async def _flush(self, batch: _Batch, stopping: asyncio.Event) -> _Batch:
         """Send ``batch`` until the sink acknowledges it, then move the offset. Returns a fresh batch."""
         attempt = 0
+        sink = self.sink
+        assert sink is not None
         while True:
             try:
                 started = time.monotonic()
-                result = await self.sink.send(batch.records)
+                result = await sink.send(batch.records)
                 self.batch_seconds.observe(time.monotonic() - started)
                 break
             except TransientError as exc:
@@ -299,6 +364,29 @@ def _unread(page: Page) -> Iterator[tuple[int, dict[str, Any]]]:
             continue
         first = max(0, start - offset)
         yield from enumerate(records[first:] if first else records, offset + first)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for an operator: our own errors by their message, others by type and message."""
+    if isinstance(exc, CeDaemonError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _checked(health: object, plugin: type) -> Health:
+    """``health`` if it is a :class:`Health` (a plugin may return anything); else a TypeError saying so."""
+    if not isinstance(health, Health):
+        raise TypeError(f"{plugin.__name__}.health() returned {health!r}, not a Health")
+    return health
+
+
+def _start_failure(message: str, cause: Exception) -> CeDaemonError:
+    """How a start failure is raised: as the plugin's class when auth or config, else as transient."""
+    if isinstance(cause, AuthError):
+        return AuthError(message)
+    if isinstance(cause, ComponentConfigError):
+        return ComponentConfigError(message)
+    return TransientError(message)
 
 
 def _backoff(attempt: int, cap: float) -> float:

@@ -85,14 +85,21 @@ class DaemonProcess:
 
     async def wait_for_event(self, name: str, timeout: float = 30.0, *, count: int = 1) -> dict[str, Any]:
         """The ``count``-th log line with ``event == name`` (waits for it; fails if the child exits first)."""
+        return await self.wait_for_any((name,), timeout, count=count)
+
+    async def wait_for_any(
+        self, names: tuple[str, ...], timeout: float = 30.0, *, count: int = 1
+    ) -> dict[str, Any]:
+        """The ``count``-th log line whose event is one of ``names`` (waits; fails if the child exits)."""
         async with asyncio.timeout(timeout), self._changed:
             while True:
-                found = self.events(name)
+                found = [line for line in self.lines if line.get("event") in names]
                 if len(found) >= count:
                     return found[count - 1]
                 if self._reader is not None and self._reader.done():
                     raise AssertionError(
-                        f"daemon exited before logging {name!r}; output:\n" + "\n".join(self.raw[-40:])
+                        f"daemon exited before logging {' or '.join(names)}; output:\n"
+                        + "\n".join(self.raw[-40:])
                     )
                 await self._changed.wait()
 

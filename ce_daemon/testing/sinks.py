@@ -1,4 +1,4 @@
-"""Helpers for the tests of log sinks: an opened sink, a port nothing listens on, TLS verification."""
+"""Helpers for the tests of log sinks: a sink made or opened, a port nothing listens on, TLS verification."""
 
 from __future__ import annotations
 
@@ -16,15 +16,22 @@ from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
 SinkT = TypeVar("SinkT", bound=LogSink)
 
 
+def make_sink(
+    sink_class: type[SinkT], options: Mapping[str, Any], base_dir: Path, name: str = "sink"
+) -> SinkT:
+    """A ``sink_class`` with ``options`` (as in a pipeline file in ``base_dir``), not opened yet."""
+    return sink_class(
+        sink_class.Options.model_validate(dict(options)),
+        PluginContext(name=name, base_dir=base_dir, data_dir=base_dir),
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_sink(
     sink_class: type[SinkT], options: Mapping[str, Any], base_dir: Path, name: str = "sink"
 ) -> AsyncIterator[SinkT]:
     """A ``sink_class`` with ``options`` (from a pipeline file in ``base_dir``): opened, then closed."""
-    sink = sink_class(
-        sink_class.Options.model_validate(dict(options)),
-        PluginContext(name=name, base_dir=base_dir, data_dir=base_dir),
-    )
+    sink = make_sink(sink_class, options, base_dir, name)
     await sink.open()
     try:
         yield sink

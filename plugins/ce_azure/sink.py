@@ -69,6 +69,7 @@ class AzureLogsIngestionOptions(ConnectionOptions):
 class AzureLogsIngestionSink(HttpSink):
     """The ``azure_logs_ingestion`` log sink."""
 
+    api_version = 1
     Options = AzureLogsIngestionOptions
     options: AzureLogsIngestionOptions
     max_batch_bytes = 900_000

@@ -78,6 +78,7 @@ class ChronicleOptions(ConnectionOptions):
 class ChronicleSink(HttpSink):
     """The ``chronicle`` log sink."""
 
+    api_version = 1
     Options = ChronicleOptions
     options: ChronicleOptions
     max_batch_bytes = 700_000

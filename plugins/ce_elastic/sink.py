@@ -81,6 +81,7 @@ class ElasticsearchOptions(HttpOptions):
 class ElasticsearchSink(HttpSink):
     """The ``elasticsearch`` log sink."""
 
+    api_version = 1
     Options = ElasticsearchOptions
     options: ElasticsearchOptions
 

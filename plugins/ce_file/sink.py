@@ -35,6 +35,7 @@ class FileSinkOptions(PluginOptions):
 class FileSink(LogSink):
     """The ``file`` log sink."""
 
+    api_version = 1
     Options = FileSinkOptions
     options: FileSinkOptions
 

@@ -98,6 +98,7 @@ class S3SinkOptions(ConnectionOptions):
 class S3Sink(HttpSink):
     """The ``s3`` log sink."""
 
+    api_version = 1
     Options = S3SinkOptions
     options: S3SinkOptions
 

@@ -8,14 +8,20 @@ documented ``{"text", "code"}`` table:
 - code 6 "invalid data format" with ``invalid-event-number`` (also 12/13/15, which carry it too):
   HEC parses a batch in order and stops at the bad event, so the events before it were taken,
   that one is refused alone and the rest is sent again;
+- a request refused for good otherwise: its events are refused, the other requests go on;
 - code 7 "incorrect index", 10/11 (channel), 14 (acknowledgement disabled): the settings do not
   match the token → :class:`ComponentConfigError`, the route stops, nothing is dead-lettered;
 - code 9 "server is busy" (503), 429 and 5xx → :class:`TransientError` with ``Retry-After``;
 - anything else 4xx (5 "no data", 6 without an event number) → :class:`PermanentError`.
 
+HEC has no idempotency key: so that a batch retried after a failure half-way does not send again
+the requests HEC took, the sink remembers which events of the batch were delivered until it
+succeeds (the core retries with the very same records), as for Azure and Chronicle.
+
 With ``acknowledgement: true`` every request carries ``X-Splunk-Request-Channel``, and ``send``
 returns only once ``/services/collector/ack`` says every ``ackId`` of the batch was indexed; if
-that takes longer than ``ack_timeout`` the batch is reported transient and sent again.
+that takes longer than ``ack_timeout``, or the batch fails before, nothing of it counts as
+delivered: it is reported transient and sent again whole (at least once, as HEC promises).
 """
 
 from __future__ import annotations
@@ -35,14 +41,14 @@ from ce_daemon.http import (
     RETRYABLE,
     HttpOptions,
     HttpSink,
+    ItemRefusedError,
     RequestTooLargeError,
+    ResumableSender,
     excerpt,
     json_object,
     make_session,
     prepare_body,
     retry_after,
-    send_halving,
-    split_by_size,
     transport_error,
 )
 from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
@@ -88,6 +94,7 @@ class SplunkHecOptions(HttpOptions):
 class SplunkHecSink(HttpSink):
     """The ``splunk_hec`` log sink."""
 
+    api_version = 1
     Options = SplunkHecOptions
     options: SplunkHecOptions
     max_batch_bytes = 900_000
@@ -105,6 +112,7 @@ class SplunkHecSink(HttpSink):
         )
         self._channel = str(opts.channel or uuid.uuid4())
         self._event_url = f"{opts.url}/services/collector/event"
+        self._sender = ResumableSender()
 
     def new_session(self) -> aiohttp.ClientSession:
         headers = {"Authorization": f"Splunk {self.options.token.get_secret_value()}"}
@@ -138,45 +146,41 @@ class SplunkHecSink(HttpSink):
     # -- sending -----------------------------------------------------------------------------
 
     async def send(self, batch: Sequence[OutRecord]) -> SendResult:
-        envelope = self._writer.envelope
-        envelopes = [envelope(record) for record in batch]
-        rejected: list[tuple[int, str]] = []
         acks: list[int] = []
+        try:
+            result = await self._sender.send(
+                batch,
+                self._writer.envelope,
+                lambda envelopes: self._post(envelopes, acks),
+                limit=self.options.max_request_bytes,
+                oversize=lambda size: f"HEC event of {size} bytes exceeds max_request_bytes",
+                on_split=lambda part: self.log.info("splunk.request_split", events=len(part)),
+            )
+            if acks:
+                await self._wait_for_acks(acks)
+        except BaseException:
+            if self.options.acknowledgement:
+                self._sender.forget()  # nothing HEC has not confirmed counts as delivered
+            raise
+        return result
 
-        async def post(part: range) -> range | None:
-            return await self._post(envelopes, part, rejected, acks)
-
-        parts = split_by_size(list(map(len, envelopes)), self.options.max_request_bytes)
-        too_large = await send_halving(
-            parts, post, on_split=lambda part: self.log.info("splunk.request_split", events=len(part))
-        )
-        rejected += [
-            (i, f"HEC refused an event of {len(envelopes[i])} bytes as too large") for i, _ in too_large
-        ]
-        if acks:
-            await self._wait_for_acks(acks)
-        return SendResult(rejected=sorted(rejected))
-
-    async def _post(
-        self, envelopes: list[bytes], part: range, rejected: list[tuple[int, str]], acks: list[int]
-    ) -> range | None:
-        """Deliver the envelopes at ``part``; after the one event HEC names as invalid, what is left to send.
+    async def _post(self, envelopes: list[bytes], acks: list[int]) -> None:
+        """Deliver ``envelopes`` in one request (their ``ackId`` goes in ``acks``).
 
         HEC parses a request in order and stops at a bad event: those before it were taken.
         """
-        body = b"".join(envelopes[part.start : part.stop])
+        body = b"".join(envelopes)
         status, answer, headers = await self._request(self._event_url, body, compress=self.options.gzip)
         if 200 <= status < 300:
             if isinstance(answer.get("ackId"), int):
                 acks.append(answer["ackId"])
-            return None
+            return
         if status == 413:
             raise RequestTooLargeError(_describe(status, answer))
         bad = answer.get("invalid-event-number")
         per_event = status == 400 and answer.get("code") in _PER_EVENT_CODES
-        if per_event and isinstance(bad, int) and 0 <= bad < len(part):
-            rejected.append((part[bad], f"HEC refused the event: {_describe(status, answer)}"))
-            return part[bad + 1 :]
+        if per_event and isinstance(bad, int) and 0 <= bad < len(envelopes):
+            raise ItemRefusedError(bad, f"HEC refused the event: {_describe(status, answer)}")
         raise _error(status, answer, headers)
 
     async def _request(self, url: str, body: bytes, *, compress: bool) -> tuple[int, dict[str, Any], Any]:

@@ -36,6 +36,7 @@ _CLOSE_TIMEOUT: Final = 5.0
 class SyslogSink(LogSink):
     """The ``syslog`` log sink."""
 
+    api_version = 1
     Options = SyslogSinkOptions
     options: SyslogSinkOptions
     max_batch_bytes = None  # a stream has no request size; each message is checked on its own

@@ -4,7 +4,12 @@ The body is a JSON array of records, or NDJSON. A record formatted as JSON is em
 object itself (its bytes spliced in, never re-parsed); a CEF or LEEF line is wrapped as
 ``{"message", "id", "timestamp", "kind", "subtype"}``. Batches larger than ``max_request_bytes``
 are split into several requests; a 413 answer splits the request in halves, down to the one
-record the endpoint cannot take, which is refused alone.
+record the endpoint cannot take, which is refused alone (as is a record larger than
+``max_request_bytes`` on its own). A request refused for good (a 400) refuses its own records only.
+
+A webhook has no idempotency key: so that a batch retried after a failure half-way does not send
+again the requests the endpoint took, the sink remembers which records of the batch were
+delivered until it succeeds (the core retries with the very same records).
 """
 
 from __future__ import annotations
@@ -21,13 +26,12 @@ from ce_daemon.http import (
     HttpOptions,
     HttpSink,
     RequestTooLargeError,
+    ResumableSender,
     basic,
     bearer,
     make_session,
     prepare_body,
     raise_for_status,
-    send_halving,
-    split_by_size,
     transport_error,
 )
 from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
@@ -76,6 +80,7 @@ class WebhookOptions(HttpOptions):
 class WebhookSink(HttpSink):
     """The ``webhook`` log sink."""
 
+    api_version = 1
     Options = WebhookOptions
     options: WebhookOptions
 
@@ -86,6 +91,7 @@ class WebhookSink(HttpSink):
             self._content_type = "application/json"
         else:
             self._content_type = "application/x-ndjson"
+        self._sender = ResumableSender()
 
     def new_session(self) -> aiohttp.ClientSession:
         auth = self.options.auth
@@ -119,18 +125,17 @@ class WebhookSink(HttpSink):
     # -- sending -----------------------------------------------------------------------------
 
     async def send(self, batch: Sequence[OutRecord]) -> SendResult:
-        items = [_item(record) for record in batch]
-
-        async def post(part: range) -> None:
-            await self._request(self._body(items[part.start : part.stop]))
-
-        # Each item counts one byte more (the "," of an array or the newline of NDJSON), plus the brackets.
-        parts = split_by_size([len(item) + 1 for item in items], self.options.max_request_bytes, overhead=2)
-        refused = await send_halving(
-            parts, post, on_split=lambda part: self.log.info("webhook.request_split", records=len(part))
+        json_array = self.options.body == "json"
+        return await self._sender.send(
+            batch,
+            _item,
+            lambda items: self._request(self._body(items)),
+            limit=self.options.max_request_bytes,
+            overhead=2 if json_array else 1,  # the brackets, or the last newline
+            separator=1,  # the commas, or the newlines
+            oversize=lambda size: f"record of {size} bytes exceeds max_request_bytes",
+            on_split=lambda part: self.log.info("webhook.request_split", records=len(part)),
         )
-        reason = "the endpoint refused a record of {} bytes as too large (HTTP 413)"
-        return SendResult(rejected=[(index, reason.format(len(items[index]))) for index, _ in refused])
 
     def _body(self, items: list[bytes]) -> bytes:
         if self.options.body == "json":
@@ -147,7 +152,7 @@ class WebhookSink(HttpSink):
                 self.options.method, url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 if response.status == 413:
-                    raise RequestTooLargeError(f"{url} answered HTTP 413")
+                    raise RequestTooLargeError(f"{url} refused {len(body)} bytes as too large (HTTP 413)")
                 if 300 <= response.status < 400:
                     location = response.headers.get("Location", "?")
                     raise ComponentConfigError(

@@ -92,6 +92,11 @@ class FakeAzureMonitor(FakeHttpServer):
             web.post("/dataCollectionRules/{dcr}/streams/{stream}", self._ingest),
         ]
 
+    def refuse_credentials(self) -> None:
+        """The client secret is rotated and every token revoked: token requests get 401 invalid_client."""
+        self.client_secret = secrets.token_urlsafe(24)
+        self.revoke_tokens()
+
     def revoke_tokens(self) -> None:
         """Invalidate every token issued so far (the next call with one gets 401 InvalidToken)."""
         self._tokens.clear()
@@ -197,6 +202,8 @@ class FakeAzureMonitor(FakeHttpServer):
                 raise VendorError(
                     400, f"Row {n} lacks the column(s) {', '.join(missing)}.", code="InvalidPayload"
                 )
+            if self.refuses(row):
+                raise VendorError(400, f"Row {n} was refused.", code="InvalidPayload")
         return rows
 
 

@@ -9,6 +9,11 @@ perhaps once M more have passed, or are held until the test releases them (a slo
 A fake decides where in its handlers the script applies (:meth:`FakeHttpServer.scripted`): before
 authentication for the generic ones, after it for those whose vendor only answers an
 authenticated caller with a service error.
+
+What every fake can also be told, the same way (what the contract kit, :mod:`ce_daemon.testing.contract`,
+drives): refuse records for good (:attr:`FakeHttpServer.refuse_when`, for fakes whose vendor refuses
+records for their content), refuse the credentials it issued (:meth:`FakeHttpServer.refuse_credentials`),
+and go down and come back on the same port (:meth:`FakeHttpServer.stop`, :meth:`FakeHttpServer.start_again`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -101,6 +107,8 @@ class FakeHttpServer:
         self._released = asyncio.Event()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self.refuse_when: Callable[[Any], bool] | None = None
+        """Records it returns True for are refused for good, the vendor's way (see :meth:`refuses`)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -145,6 +153,12 @@ class FakeHttpServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+    async def start_again(self) -> str:
+        """Listen again where the previous start did, after :meth:`stop` (a target back from an outage)."""
+        address = urlsplit(self.url)
+        assert address.hostname is not None and address.port is not None
+        return await self.start(address.hostname, address.port)
 
     async def __aenter__(self) -> str:
         return await self.start()
@@ -200,6 +214,14 @@ class FakeHttpServer:
             finally:
                 self._held -= 1
         return self._script.popleft() if self._script else None
+
+    def refuses(self, record: Any) -> bool:
+        """Whether :attr:`refuse_when` refuses ``record`` (the vendor's unit: an HEC envelope, a row…)."""
+        return self.refuse_when is not None and self.refuse_when(record)
+
+    def refuse_credentials(self) -> None:
+        """From now on refuse the credentials clients were given (a revoked token, a rotated key)."""
+        raise NotImplementedError(f"{type(self).__name__} checks no credentials")
 
     def error_body(self, status: int) -> bytes:
         """The vendor's error body for a scripted failure (subclasses give their own shape)."""

@@ -12,7 +12,8 @@
   ``auto_create_index`` is off → 404 ``index_not_found_exception``. The answer is 200 with
   ``errors`` and one ``items[]`` entry per action.
 - Scripting: :meth:`FakeElasticsearch.reject_items` makes the next N matching items fail with 429
-  ``es_rejected_execution_exception`` (or another status), as a busy write queue does.
+  ``es_rejected_execution_exception`` (or another status), as a busy write queue does; documents
+  ``refuse_when`` returns True for are refused for good (400 ``document_parsing_exception``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import secrets
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -100,6 +102,11 @@ class FakeElasticsearch(FakeHttpServer):
     def all_documents(self) -> dict[str, dict[str, Any]]:
         """Every indexed document by ``_id``, whatever its index."""
         return {doc_id: source for docs in self.documents.values() for doc_id, source in docs.items()}
+
+    def refuse_credentials(self) -> None:
+        """Every user's password and every API key change (security stays on): requests get 401."""
+        self.users = {"elastic": secrets.token_hex(16)}
+        self.api_keys = {}
 
     def error_body(self, status: int) -> bytes:
         kind = {429: "es_rejected_execution_exception", 503: "cluster_block_exception"}.get(
@@ -248,6 +255,8 @@ class FakeElasticsearch(FakeHttpServer):
             reason = f"no such index [{index}]"
             return {**head, "status": 404, "error": {"type": "index_not_found_exception", "reason": reason}}
         problem = self._parse_problem(source_line, doc_id)
+        if problem is None and self.refuses(orjson.loads(source_line)):
+            problem = {"type": "document_parsing_exception", "reason": f"[1:1] document '{doc_id}' refused"}
         if problem is not None:
             return {**head, "status": 400, "error": problem}
         docs = self.documents.setdefault(index, {})

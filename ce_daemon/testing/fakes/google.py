@@ -111,6 +111,11 @@ class FakeChronicle(FakeHttpServer):
             web.post("/v2/unstructuredlogentries:batchCreate", self._batch_create),
         ]
 
+    def refuse_credentials(self) -> None:
+        """The service account's key is deleted (another takes its place) and every token revoked."""
+        self._key = _rsa_key(2)
+        self.revoke_tokens()
+
     def revoke_tokens(self) -> None:
         """Invalidate every token issued so far."""
         self._tokens.clear()
@@ -275,6 +280,8 @@ class FakeChronicle(FakeHttpServer):
                 raise VendorError(
                     400, f"entries[{n}] must be {{log_text, ts_epoch_microseconds | ts_rfc3339}}"
                 )
+            if self.refuses(entry):
+                raise VendorError(400, f"entries[{n}] was refused")
         return body
 
 

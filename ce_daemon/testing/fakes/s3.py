@@ -13,7 +13,8 @@ Usage::
         ...  # point the sink at ``url``; read ``fake.objects`` / ``await fake.wait_until(predicate)``
 
 Scripted failures (:meth:`~ce_daemon.testing.fakes.base.FakeHttpServer.fail_next`, ``code`` and
-``message`` as S3's ``<Error>``) and holds apply to requests whose signature is good.
+``message`` as S3's ``<Error>``) and holds apply to requests whose signature is good. S3 never
+refuses an object for its content, so ``refuse_when`` is ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -125,6 +127,10 @@ class FakeS3(FakeHttpServer):
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.route("*", "/{tail:.*}", self._handle)]
+
+    def refuse_credentials(self) -> None:
+        """The secret key is rotated: requests signed with the old one get 403 SignatureDoesNotMatch."""
+        self.secret_access_key = "rotated/" + secrets.token_hex(16)
 
     def stored(self, key: str, bucket: str | None = None) -> StoredObject:
         """The stored object at ``key`` (in the only bucket unless ``bucket`` is given)."""

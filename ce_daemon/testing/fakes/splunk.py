@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import ssl
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import orjson
@@ -42,8 +42,8 @@ def hec_error(text: str, code: int, invalid_event: int | None = None) -> dict[st
 class FakeSplunk(FakeHttpServer):
     """The HEC endpoints of one Splunk instance; ``events`` holds the indexed envelopes (decoded).
 
-    ``indexes``: the indexes the tokens may write to (None: any). ``invalid_when``: envelopes it
-    returns True for are refused as "Invalid data format" (a per-event refusal to script).
+    ``indexes``: the indexes the tokens may write to (None: any). Envelopes ``refuse_when`` returns
+    True for are refused as "Invalid data format" (a per-event refusal to script).
     ``ack_after_polls``: how many polls an ack id needs before it turns true; ``acks_lost``: never.
     """
 
@@ -64,7 +64,6 @@ class FakeSplunk(FakeHttpServer):
         self.ack = ack
         self.max_content_length = max_content_length
         self.healthy = True
-        self.invalid_when: Callable[[dict[str, Any]], bool] | None = None
         self.ack_after_polls = 0
         self.acks_lost = False
         self.events: list[dict[str, Any]] = []
@@ -80,6 +79,10 @@ class FakeSplunk(FakeHttpServer):
             for path in ("/services/collector/health", "/services/collector/health/1.0")
         )
         return routes
+
+    def refuse_credentials(self) -> None:
+        """Every token is revoked: requests get 403 code 4 "Invalid token"."""
+        self.tokens.clear()
 
     def error_body(self, status: int) -> bytes:
         known = {
@@ -182,7 +185,7 @@ class FakeSplunk(FakeHttpServer):
         index = envelope.get("index")
         if index is not None and self.indexes is not None and index not in self.indexes:
             return json_response(hec_error("Incorrect index", 7, number), 400)
-        if self.invalid_when is not None and self.invalid_when(envelope):
+        if self.refuses(envelope):
             return json_response(hec_error("Invalid data format", 6, number), 400)
         return None
 

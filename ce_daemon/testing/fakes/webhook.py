@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import secrets
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -20,7 +21,8 @@ class FakeWebhook(FakeHttpServer):
     ``auth`` is the (header, expected value) every request must carry (None: no auth); see
     :func:`basic_value` and :func:`bearer_value`. Bodies over ``max_body`` bytes (decoded) get 413.
     ``GET health_path`` answers 200 while ``healthy``, else 503. ``HEAD``/``OPTIONS`` on ``path``
-    answer 405 with ``Allow`` once authenticated, as many receivers do.
+    answer 405 with ``Allow`` once authenticated, as many receivers do. A request holding an item
+    ``refuse_when`` returns True for is refused whole (400), as receivers that validate do.
     """
 
     def __init__(
@@ -49,6 +51,11 @@ class FakeWebhook(FakeHttpServer):
             web.options(self.path, self._probe),
             web.get(self.health_path, self._health),
         ]
+
+    def refuse_credentials(self) -> None:
+        """The expected secret changes (a receiver without auth starts asking for a bearer token)."""
+        header = self.auth[0] if self.auth is not None else "Authorization"
+        self.auth = (header, bearer_value(secrets.token_hex(16)))
 
     def _authorised(self, request: web.Request) -> bool:
         if self.auth is None:
@@ -87,14 +94,25 @@ class FakeWebhook(FakeHttpServer):
             await self.record(request, body, 415)
             return json_response({"error": f"unsupported content type {content_type}"}, 415)
         try:
-            items = _decode(body, ndjson=content_type == "application/x-ndjson")
+            items = self._accept(body, ndjson=content_type == "application/x-ndjson")
         except ValueError as exc:
             await self.record(request, body, 400)
-            return json_response({"error": f"bad JSON: {exc}"}, 400)
+            return json_response({"error": str(exc)}, 400)
         self.batches.append(items)
         self.records.extend(items)
         await self.record(request, body, 200)
         return json_response({"received": len(items)})
+
+    def _accept(self, body: bytes, *, ndjson: bool) -> list[Any]:
+        """The items of a body; ValueError when it is not JSON or holds an item it refuses."""
+        try:
+            items = _decode(body, ndjson=ndjson)
+        except ValueError as exc:
+            raise ValueError(f"bad JSON: {exc}") from exc
+        refused = [n for n, item in enumerate(items) if self.refuses(item)]
+        if refused:
+            raise ValueError(f"item {refused[0]} refused")
+        return items
 
 
 def _decode(body: bytes, *, ndjson: bool) -> list[Any]:
