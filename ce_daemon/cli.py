@@ -5,29 +5,54 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 
 from ce_daemon import __version__, applog
 from ce_daemon.errors import ConfigError
 
 EXIT_CONFIG = os.EX_CONFIG
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""141: what a shell reports for any program ended by SIGPIPE (``yes | head -1``)."""
+
+# `ce-daemon status` answers with the LSB init-script status codes (0 running, 3 not running, 4 unknown);
+# LSB leaves 150-199 to applications, which is where "running but not all well" goes.
+STATUS_OK = 0
+STATUS_NOT_RUNNING = 3
+STATUS_UNKNOWN = 4
+STATUS_DEGRADED = 150
+STATUS_FAILED = 151
+_STATUS_CODES = """exit codes (LSB init-script status codes, 150-151 being ce-daemon's own):
+  0    a live daemon answered and every component is ok
+  150  it answered, and a component is degraded or starting, or the last reload was rejected
+  151  it answered, and a component failed (it waits for a configuration change)
+  3    no daemon is running (the last saved status is shown, marked as such)
+  4    the status cannot be determined (unreadable file, socket permission, no sensible answer)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ce-daemon`` script."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
-    code: int = args.func(args)
-    return code
+    try:
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        code: int = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here at the latest, not in the flush at exit
+    except BrokenPipeError:
+        # `ce-daemon plugins | head -1`: the reader has what it wanted; end quietly.
+        applog.silence_stdout()
+        return EXIT_BROKEN_PIPE
+    return EXIT_BROKEN_PIPE if applog.output_lost() else code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,13 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         help="ask a running daemon how it is",
-        description="Ask a running daemon (control socket, else its last saved snapshot).",
+        description="Ask a running daemon through its control socket; when none runs,\n"
+        "show its last saved status, marked as such.",
+        epilog=_STATUS_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument(
         "-c", "--config", type=Path, help="the pipeline file (to find the socket and database)"
     )
     status.add_argument("--socket", type=Path, help="the control socket path")
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument(
+        "--json", action="store_true", help='print the JSON snapshot (with "live": true|false)'
+    )
     status.set_defaults(func=_cmd_status)
 
     demo = sub.add_parser(
@@ -188,32 +218,77 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if socket_path is None:
         if args.config is None:
             print("status needs -c FILE or --socket PATH", file=sys.stderr)
-            return 2
+            return STATUS_UNKNOWN
         located = _locate(args.config)
         if located is None:
-            return EXIT_CONFIG
+            return STATUS_UNKNOWN
         socket_path, database = located
     try:
         snapshot = asyncio.run(ask_status(socket_path))
-        source = "live"
-    except (OSError, TimeoutError) as exc:
-        saved = asyncio.run(_saved_snapshot(database)) if database is not None else None
-        if saved is None:
-            print(
-                f"no daemon answers on {socket_path} ({exc.__class__.__name__}) and no saved status",
-                file=sys.stderr,
-            )
-            return 1
-        snapshot, source = saved, "saved (daemon not answering)"
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        return _not_running(args, f"nothing answers on {socket_path} ({_why(exc)})", database)
+    except PermissionError:
+        print(
+            f"cannot ask the daemon on {socket_path}: permission denied (run as its user, or root)",
+            file=sys.stderr,
+        )
+        return STATUS_UNKNOWN
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: an answer that is not a status
+        print(f"no usable answer on {socket_path}: {_why(exc)}", file=sys.stderr)
+        return STATUS_UNKNOWN
+    snapshot["live"] = True
+    code = _verdict(snapshot)
     if args.json:
         print(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    _print_status(snapshot, source)
-    return 0
+    else:
+        print(f"ce-daemon {snapshot.get('version')} pid {snapshot.get('pid')}: {_HEALTH[code]}")
+        _print_status(snapshot)
+    return code
+
+
+_HEALTH = {STATUS_OK: "ok", STATUS_DEGRADED: "DEGRADED", STATUS_FAILED: "FAILED"}
+
+
+def _verdict(snapshot: dict[str, Any]) -> int:
+    """The exit code for a live daemon's answer (see ``_STATUS_CODES``)."""
+    components = snapshot.get("components")
+    listed = components if isinstance(components, list) else []
+    if any(isinstance(c, dict) and c.get("state") == "failed" for c in listed):
+        return STATUS_FAILED
+    reload = snapshot.get("last_reload")
+    rejected = isinstance(reload, dict) and reload.get("outcome") == "rejected"
+    if snapshot.get("failing") or snapshot.get("phase") not in ("ready", "reloading") or rejected:
+        return STATUS_DEGRADED
+    return STATUS_OK
+
+
+def _not_running(args: argparse.Namespace, why: str, database: Path | None) -> int:
+    """No daemon: the last saved status, if any, clearly marked; LSB's "not running"."""
+    saved = asyncio.run(_saved_snapshot(database)) if database is not None else None
+    if args.json:
+        print(orjson.dumps({**(saved or {}), "live": False}, option=orjson.OPT_INDENT_2).decode())
+        return STATUS_NOT_RUNNING
+    print(f"ce-daemon is NOT RUNNING: {why}")
+    if saved is not None:
+        at = saved.get("at")
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if isinstance(at, int | float) else "?"
+        print(f"its last saved status ({when}, pid {saved.get('pid')}), not a live answer:")
+        _print_status(saved)
+    return STATUS_NOT_RUNNING
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
 
 
 def _locate(path: Path) -> tuple[Path, Path] | None:
-    """The control socket and state database a pipeline file names; needs no secret to be resolvable."""
+    """The control socket and state database a pipeline file names; needs no secret to be resolvable.
+
+    A file that does not load any more (the very case `status` must explain after a rejected reload)
+    is searched for its top-level `state:` and `control:` sections alone.
+    """
     from pydantic import ValidationError
 
     from ce_daemon.config.model import ControlSettings, Pipeline, StateSettings, anchor_paths
@@ -221,7 +296,7 @@ def _locate(path: Path) -> tuple[Path, Path] | None:
     from ce_daemon.control import control_socket_path
 
     source = read_source(path, environ={})
-    data = source.data if isinstance(source.data, dict) else None
+    data = source.data if isinstance(source.data, dict) else _salvage_sections(path, ("state", "control"))
     if data is None:
         print("\n".join(p.render() for p in source.problems), file=sys.stderr)
         return None
@@ -235,6 +310,31 @@ def _locate(path: Path) -> tuple[Path, Path] | None:
     return control_socket_path(config), config.state.path
 
 
+_SALVAGE_LIMIT = 1024 * 1024
+
+
+def _salvage_sections(path: Path, names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The top-level sections ``names`` of a YAML file that does not parse as a whole, or None."""
+    if not path.is_file() or path.stat().st_size > _SALVAGE_LIMIT:  # never a FIFO, never a huge file
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    heading = re.compile(rf"({'|'.join(map(re.escape, names))})\s*:")
+    kept, keep = [], False
+    for line in lines:
+        if line[:1] not in ("", " ", "\t", "#"):  # a line at column 0 starts the next top-level key
+            keep = heading.match(line) is not None
+        if keep:
+            kept.append(line)
+    try:
+        data = yaml.safe_load("\n".join(kept))
+    except (yaml.YAMLError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 async def _saved_snapshot(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -244,22 +344,30 @@ async def _saved_snapshot(path: Path) -> dict[str, Any] | None:
     try:
         async with await StateStore.open(path) as store:
             text = await store.get_meta(STATUS_SNAPSHOT_KEY)
-    except StateError:
+    except (StateError, OSError):
         return None
-    return orjson.loads(text) if text else None
+    saved = orjson.loads(text) if text else None
+    return saved if isinstance(saved, dict) else None
 
 
-def _print_status(snapshot: dict[str, Any], source: str) -> None:
-    print(f"ce-daemon {snapshot.get('version')} pid {snapshot.get('pid')} ({source})")
+def _print_status(snapshot: dict[str, Any]) -> None:
     print(f"  file        {snapshot.get('file')}")
     print(
         f"  phase       {snapshot.get('phase')}  generation {snapshot.get('generation')}  "
         f"uptime {snapshot.get('uptime_s')}s"
     )
-    print(f"  components  {snapshot.get('components_ok')}/{snapshot.get('components_total')} ok")
+    failing = snapshot.get("failing") or []
+    print(
+        f"  components  {snapshot.get('components_ok')}/{snapshot.get('components_total')} ok"
+        + (f"; not ok: {', '.join(map(str, failing))}" if failing else "")
+    )
     reload = snapshot.get("last_reload")
     if isinstance(reload, dict):
         print(f"  last reload {reload.get('outcome')} {reload.get('reason', '')}".rstrip())
+        if reload.get("started_degraded"):
+            print(f"    started degraded: {', '.join(map(str, reload['started_degraded']))}")
+        for line in reload.get("problems") or []:
+            print(f"    {line}")
     components = snapshot.get("components")
     for comp in components if isinstance(components, list) else []:
         counters = comp.get("counters") or {}

@@ -73,7 +73,7 @@ class ControlServer:
 
 
 async def ask_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109 - one bound overall
-    """Ask the daemon listening on ``path`` for its status snapshot."""
+    """Ask the daemon listening on ``path`` for its status snapshot (ValueError: the answer is not one)."""
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(str(path))
         try:
@@ -84,5 +84,7 @@ async def ask_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:  # noq
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
-    result: dict[str, Any] = orjson.loads(data)
+    result = orjson.loads(data)
+    if not isinstance(result, dict):
+        raise ValueError(f"not a status snapshot: {type(result).__name__}")  # noqa: TRY004 - a bad answer, not a bad call
     return result

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from ce_daemon import __version__, applog
+from ce_daemon import __version__, applog, redact
 from ce_daemon.config.load import LoadedPipeline, load_pipeline
 from ce_daemon.config.model import RESTART_ONLY, HttpSettings
 from ce_daemon.control import ControlServer, control_socket_path
@@ -30,7 +30,7 @@ from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.state import StateError, StateStore
-from ce_daemon.supervisor import Supervisor
+from ce_daemon.supervisor import Component, Supervisor
 from ce_daemon.syslog import HealthChannel, Severity
 from ce_daemon.systemd import Notifier
 from ce_daemon.web import WebServer
@@ -106,6 +106,7 @@ class Daemon:
             )
             self.notifier.send("STATUS=configuration invalid, not started", f"ERRNO={EXIT_CONFIG}")
             return EXIT_CONFIG
+        redact.remember_pipeline(loaded)
         applog.configure(loaded.config.logging.level, loaded.config.logging.format)
         self._open_syslog(loaded)
         try:
@@ -155,11 +156,7 @@ class Daemon:
         for spec in self._start_order(self.specs.values()):
             component = spec.build()
             self._attach(component.status)
-            try:
-                await component.start()
-            except Exception as exc:  # noqa: BLE001 - at start an unreachable target degrades one component only
-                component.status.degraded(f"start failed: {exc}")
-                log.warning("component.start_failed", component=spec.name, error=str(exc))
+            await self._start_check(component)
             self.supervisor.start(component)
         self.phase = Phase.READY
         line = self._status_line()
@@ -231,6 +228,7 @@ class Daemon:
         except ConfigError as exc:
             self._reject(f"{len(exc.problems)} configuration problem(s)", exc.render())
             return
+        redact.remember_pipeline(new)  # before anything quotes an answer from one of its targets
         restart = [
             ".".join(p)
             for p in RESTART_ONLY
@@ -243,20 +241,10 @@ class Daemon:
         keep = {n for n, s in specs.items() if n in self.specs and self.specs[n].fingerprint == s.fingerprint}
         replace = [n for n in specs if n not in keep]
         remove = [n for n in self.specs if n not in specs or n not in keep]
-        built = []
-        current = ""
-        try:
-            for spec in self._start_order(specs[n] for n in replace):
-                current = spec.name
-                component = spec.build()
-                built.append(component)
-                await component.start()
-        except Exception as exc:  # noqa: BLE001 - any build failure rolls back to the running generation
-            for component in built:
-                with contextlib.suppress(Exception):
-                    await component.close()
+        built, refusal = await self._build(new, [specs[n] for n in replace])
+        if refusal:
             await self.runtime.forget_unused(self.specs)
-            self._reject(f"{new.place_of(current)}: {current} failed its start check: {exc}", "")
+            self._reject(refusal, "")
             return
         # swap: stop what goes away or changes, then move consumers and start the new ones
         loop = asyncio.get_running_loop()
@@ -268,8 +256,12 @@ class Daemon:
                 self.health.unregister(name)
         await self.runtime.spool.set_consumers(self._consumers(specs))
         structlog.contextvars.bind_contextvars(gen=self.generation + 1)
+        degraded = []
         for component in built:
             self._attach(component.status)
+            if component.status.state is not State.OK:  # its start check failed before it was watched
+                degraded.append(component.name)
+                self._on_transition(component.status, State.STARTING, component.status.state)
             self.supervisor.start(component)
         await self.runtime.forget_unused(specs)
         previous, self.specs, self.loaded = self.loaded, specs, new
@@ -284,6 +276,7 @@ class Daemon:
             "kept": len(keep),
             "started": len(built),
             "stopped": len(remove),
+            "started_degraded": degraded,
         }
         log.info(
             "daemon.reload_applied",
@@ -291,6 +284,7 @@ class Daemon:
             kept=len(keep),
             started=len(built),
             stopped=len(remove),
+            degraded=degraded or None,
         )
         self.notifier.ready(self._status_line())
         self._emit(
@@ -302,6 +296,36 @@ class Daemon:
             stopped=len(remove),
         )
         await self._save_snapshot()
+
+    async def _build(self, new: LoadedPipeline, specs: list[ComponentSpec]) -> tuple[list[Component], str]:
+        """Build and start-check the new or changed components: them, and why the reload is refused, or "".
+
+        Only what the configuration gets wrong refuses a reload: a target that cannot be reached
+        degrades its component, which runs and retries as at start, unless it asks for
+        ``require_healthy``. After a refusal, what was built is closed again.
+        """
+        built: list[Component] = []
+        refusal = ""
+        for spec in self._start_order(specs):
+            try:
+                component = spec.build()
+            except Exception as exc:  # noqa: BLE001 - a component its settings cannot build refuses the reload
+                refusal = f"{new.place_of(spec.name)}: {spec.name} cannot be built: {exc}"
+                break
+            built.append(component)
+            failure = await self._start_check(component)
+            if failure is not None and spec.require_healthy:
+                place = new.place_of(spec.name)
+                refusal = f"{place}: {spec.name} failed its start check (require_healthy): {failure}"
+                break
+        if not refusal:
+            return built, ""
+        for component in reversed(built):
+            try:
+                await component.close()
+            except Exception:
+                log.exception("component.close_failed", component=component.name)
+        return [], refusal
 
     def _apply_live_settings(self, previous: LoadedPipeline, new: LoadedPipeline) -> None:
         """Global settings that change without a restart: log level and format, spool cap, health channel."""
@@ -316,7 +340,9 @@ class Daemon:
     def _reject(self, reason: str, details: str) -> None:
         self.phase = Phase.READY
         self.metrics.reload_outcome("rejected")
-        self.last_reload = {"outcome": "rejected", "at": time.time(), "reason": reason}
+        # The rendered problems stay in `status` until the next reload: the file may no longer load.
+        problems = details.splitlines()
+        self.last_reload = {"outcome": "rejected", "at": time.time(), "reason": reason, "problems": problems}
         log.warning(
             "daemon.reload_rejected", generation=self.generation, reason=reason, errors=details or None
         )
@@ -363,7 +389,7 @@ class Daemon:
                 f"component.{new}",
                 "warning" if new is State.DEGRADED else "err",
                 component=status.name,
-                reason=status.detail[:200],
+                reason=status.detail,
             )
         elif new is State.OK and old in (State.DEGRADED, State.FAILED):
             log.info("component.recovered", component=status.name)
@@ -430,6 +456,16 @@ class Daemon:
                 snapshot = await self.status_snapshot()
                 await self.runtime.store.set_meta(STATUS_SNAPSHOT_KEY, orjson.dumps(snapshot).decode())
 
+    async def _start_check(self, component: Component) -> Exception | None:
+        """Run ``component.start()``; on failure the component is degraded (it runs and retries anyway)."""
+        try:
+            await component.start()
+        except Exception as exc:  # noqa: BLE001 - an unreachable target degrades one component only
+            component.status.degraded(f"start failed: {exc}")
+            log.warning("component.start_failed", component=component.name, error=str(exc))
+            return exc
+        return None
+
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()
         if interval is None:
@@ -449,6 +485,7 @@ class Daemon:
         """What ``ce-daemon status`` shows: generation, phase, components and their health (no secrets)."""
         ok, total, bad = self.health.summary()
         snapshot: dict[str, Any] = {
+            "at": round(time.time(), 3),
             "version": __version__,
             "pid": os.getpid(),
             "file": str(self.path),
@@ -466,7 +503,8 @@ class Daemon:
         if self.runtime is not None:
             with contextlib.suppress(Exception):
                 snapshot["spool"] = await self.runtime.spool.stats()
-        return snapshot
+        cleaned: dict[str, Any] = redact.scrub_data(snapshot, redact.STATUS_LIMIT)  # the one way out
+        return cleaned
 
 
 @contextlib.contextmanager

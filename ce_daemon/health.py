@@ -44,6 +44,8 @@ class ComponentStatus:
     restarts: int = 0
     counters: dict[str, Any] = field(default_factory=dict)
     on_transition: Transition | None = None
+    refresh: Callable[[], None] | None = None
+    """Brings counters that follow the clock up to date (a route's ``lag_s``); called by :meth:`snapshot`."""
 
     def _move(self, state: State, detail: str) -> None:
         self.last_beat = time.monotonic()
@@ -80,7 +82,9 @@ class ComponentStatus:
         self.counters[name] = self.counters.get(name, 0) + amount
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-able view (no secrets, no record contents)."""
+        """A JSON-able view (no record contents; the daemon scrubs secrets from the whole snapshot)."""
+        if self.refresh is not None:
+            self.refresh()
         return {
             "name": self.name,
             "kind": self.kind,

@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr
 
-from ce_daemon import __version__
+from ce_daemon import __version__, redact
 from ce_daemon.errors import AuthError, PermanentError, TransientError
 from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SendResult
 
@@ -42,6 +42,7 @@ USER_AGENT = f"ce-daemon/{__version__}"
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 508, 509, 520, 521, 522, 523, 524})
 _GZIP_IN_THREAD = 256 * 1024  # compress larger bodies off the event loop
 _TOKEN_REFRESH_MARGIN = 300.0  # renew early so that a request never leaves with a token about to lapse
+_EXCERPT_MARGIN = 8192  # read past an excerpt's cut, so that a secret across the cut is still recognised
 
 
 class TlsOptions(PluginOptions):
@@ -119,7 +120,7 @@ async def raise_for_status(response: aiohttp.ClientResponse, target: str) -> Non
     status = response.status
     if 200 <= status < 300:
         return
-    body = (await response.text(errors="replace"))[:300].strip().replace("\n", " ")
+    body = excerpt(await response.text(errors="replace"))
     message = f"{target} answered HTTP {status}" + (f": {body}" if body else "")
     if status in (401, 403):
         raise AuthError(message)
@@ -145,7 +146,9 @@ def bearer(token: SecretStr) -> str:
 def basic(username: str, password: SecretStr) -> str:
     """An ``Authorization`` value for HTTP basic authentication."""
     pair = f"{username}:{password.get_secret_value()}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
+    encoded = base64.b64encode(pair).decode("ascii")
+    redact.register(encoded)  # what goes on the wire, and what an echoing proxy would quote back
+    return "Basic " + encoded
 
 
 class HttpSink(LogSink):
@@ -204,9 +207,14 @@ def json_object(body: bytes) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def excerpt(body: bytes, limit: int = 300) -> str:
-    """The start of a body that is not what we expected (a proxy's page, say), for an error message."""
-    return body[:limit].decode("utf-8", "replace").strip()
+def excerpt(body: bytes | str, limit: int = redact.REMOTE_LIMIT) -> str:
+    """The start of an answer quoted in an error message (a proxy's page, say): one line, no secret.
+
+    Scrubbed before it is cut, so that a cut never leaves the start of a secret the answer echoed.
+    """
+    raw = body[: limit + _EXCERPT_MARGIN]
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return redact.scrub(" ".join(text.split()), limit)
 
 
 def json_error(body: bytes, key: str) -> tuple[str, str]:
@@ -220,7 +228,7 @@ def json_error(body: bytes, key: str) -> tuple[str, str]:
     error = parsed.get("error")
     if not isinstance(error, dict):
         return "", ""
-    return str(error.get(key) or ""), str(error.get("message") or "")[:300]
+    return str(error.get(key) or ""), excerpt(str(error.get("message") or ""))
 
 
 # -- requests under a size cap ---------------------------------------------------------------------
@@ -444,10 +452,11 @@ class OAuth2Token(ABC):
             except (TypeError, ValueError):
                 lifetime = 3600.0
             self._token = answer["access_token"]
+            redact.register(self._token)
             self._renew_at = time.monotonic() + lifetime - min(_TOKEN_REFRESH_MARGIN, lifetime / 2)
             return
         # Only the first line of error_description: Entra's later lines carry trace ids, no reason.
-        reason = str(answer.get("error_description") or "").split("\n", 1)[0].strip()[:300]
+        reason = excerpt(str(answer.get("error_description") or "").split("\n", 1)[0])
         message = f"{self.target} answered HTTP {status}"
         message += f" {answer['error']}" if answer.get("error") else ""
         message += f": {reason}" if reason else ""

@@ -297,6 +297,8 @@ class _StateCollector:
                 continue
             key = (route.config.name, route.route.sink.name)
             live.setdefault(key, []).append(route.status)
+            if route.status.refresh is not None:
+                route.status.refresh()  # counters that follow the clock (lag_s) are brought up to date
             if isinstance(lag_s := route.status.counters.get("lag_s"), int | float):
                 lag.add_metric(list(key), lag_s)
             if self.spool is not None:

@@ -34,6 +34,8 @@ class ComponentSpec:
     stage: Stage
     build: Callable[[], Component]
     consumes: frozenset[str] | None = None
+    require_healthy: bool = False
+    """A reload that adds or changes it is refused when its start check fails (else it runs degraded)."""
 
 
 @dataclass
@@ -122,6 +124,7 @@ def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, Compo
             stage="consumer",
             build=_bind(RouteComponent, name, route.fingerprint, route, loaded, runtime),
             consumes=frozenset(s.key for s in route.streams),
+            require_healthy=route.config.require_healthy,
         )
     return specs
 

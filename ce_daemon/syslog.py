@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import structlog
 from structlog.processors import LogfmtRenderer
 
+from ce_daemon import redact
+
 log = structlog.get_logger(__name__)
 
 Format = Literal["local", "rfc5424"]
@@ -76,8 +78,9 @@ class HealthChannel:
     An unreachable target is warned about once (``syslog.unavailable``), never raised, and
     ``syslog.available`` is logged when it works again.
 
-    The channel sends whatever fields it is given: callers must never pass record contents or
-    secrets (tokens, credentials, URLs with passwords). Health lines are counts, states and names.
+    Health lines are counts, states and names: callers must never pass record contents. Text fields
+    are scrubbed of the configured secrets and cut to 300 characters (a reason quoting a remote
+    answer may carry anything).
 
     *pid*, *now* (an aware datetime) and *monotonic* exist so tests can fix the header and the clock.
     """
@@ -118,7 +121,11 @@ class HealthChannel:
         """
         if severity not in _SEVERITIES:
             raise ValueError(f"unknown syslog severity {severity!r}")
-        body = _render_logfmt(None, "", {"event": event, **fields})
+        cleaned = {
+            key: redact.scrub(value, redact.SYSLOG_LIMIT) if isinstance(value, str) else value
+            for key, value in fields.items()
+        }
+        body = _render_logfmt(None, "", {"event": event, **cleaned})
         if self._is_repeat(event, f"{severity} {body}"):
             return
         self._link.submit(self._format(event, _SEVERITIES[severity], body).encode("utf-8"))

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 import structlog
 
+from ce_daemon import redact
+
 log = structlog.get_logger(__name__)
 
 
@@ -135,4 +137,5 @@ def _status_field(text: str | None) -> tuple[str, ...]:
     if text is None:
         return ()
     # A newline would start a new field in the datagram; systemctl shows one line anyway.
-    return ("STATUS=" + " ".join(line.strip() for line in text.splitlines() if line.strip()),)
+    line = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return ("STATUS=" + redact.scrub(line, redact.NOTIFY_LIMIT),)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ import pytest
 
 from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.pipelines import pipeline_config, run_cli
+from ce_daemon.testing.fakes.webhook import FakeWebhook
+from ce_daemon.testing.pipelines import daemon_status, pipeline_config, route_of, route_when, run_cli
 from ce_daemon.testing.sinks import closed_port
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
 
@@ -189,24 +191,109 @@ async def test_reload_moves_the_health_channel(tmp_path: Path, simulator: Tenant
         assert not [m for m in first.messages if "reload_applied" in m]
 
 
-async def test_reload_with_an_unreachable_new_sink_rolls_back(
+# -- a reload is not stricter than a start ------------------------------------------------------------
+
+
+def with_route(config: dict[str, Any], name: str, port: int, **extra: Any) -> dict[str, Any]:
+    """``config`` plus a JSON route of dlp alerts to a webhook on ``port`` of loopback."""
+    sink = {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook", "timeout": 2}
+    route = {"name": name, "tenant": "sim", "alerts": ["dlp"], "format": "json", "sink": sink, **extra}
+    return {**config, "logs": {"routes": [*config["logs"]["routes"], route]}}
+
+
+async def test_reload_adding_a_route_whose_sink_is_down_applies_with_that_route_degraded(
     tmp_path: Path, simulator: TenantSimulator
 ) -> None:
-    """A new route whose sink fails its health check rejects the reload, naming file:line; gen 1 runs on."""
+    """The reload is applied; the new route runs degraded ("start failed"); the running route is untouched."""
+    async with NotifySocket(tmp_path) as notify, SyslogReceiver("udp") as syslog:
+        assert simulator.url is not None
+        config = pipeline(tmp_path, simulator.url, syslog.target)
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
+            await notify.wait_for("READY=1", timeout=30)
+            before = route_of(await daemon_status(path, env={}), "alerts")
+            write_pipeline(path, with_route(config, "nowhere", closed_port()))
+            daemon.signal(signal.SIGHUP)
+            applied = await daemon.wait_for_event("daemon.reload_applied")
+            degraded = await syslog.wait_for("event=component.degraded component=route:nowhere", timeout=10)
+            after = await daemon_status(path, env={})
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+    assert applied["generation"] == 2 and applied["started"] == 1 and applied["degraded"] == ["route:nowhere"]
+    assert 'reason="start failed:' in degraded
+    assert route_of(after, "nowhere")["state"] == "degraded"  # retrying what it reads meanwhile
+    kept = route_of(after, "alerts")
+    assert kept["state"] == "ok" and kept["since"] == before["since"] and kept["restarts"] == 0
+    assert after["last_reload"]["outcome"] == "applied"
+
+
+async def test_reload_adding_a_require_healthy_route_whose_sink_is_down_is_rejected(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """With `require_healthy: true` the reload is rejected, naming file:line; generation 1 runs on."""
     async with NotifySocket(tmp_path) as notify:
         assert simulator.url is not None
         config = pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9")
         path = write_pipeline(tmp_path / "pipeline.yaml", config)
         async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
             await notify.wait_for("READY=1", timeout=30)
-            dead = {"type": "webhook", "url": f"http://127.0.0.1:{closed_port()}/hook", "timeout": 2}
-            config["logs"]["routes"].append(
-                {"name": "nowhere", "tenant": "sim", "alerts": ["dlp"], "sink": dead}
-            )
-            write_pipeline(path, config)
+            write_pipeline(path, with_route(config, "nowhere", closed_port(), require_healthy=True))
             daemon.signal(signal.SIGHUP)
             rejected = await daemon.wait_for_event("daemon.reload_rejected")
-            assert f"{path}:" in rejected["reason"] and "route:nowhere" in rejected["reason"]
             assert "still gen=1" in await notify.wait_for("reload rejected", timeout=10)
+            status = await daemon_status(path, env={})
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait(30) == 0
+    assert f"{path}:" in rejected["reason"] and "route:nowhere" in rejected["reason"]
+    assert "require_healthy" in rejected["reason"]
+    assert status["generation"] == 1
+    assert [c["name"] for c in status["components"] if c["name"].startswith("route:")] == ["route:alerts"]
+
+
+@contextlib.asynccontextmanager
+async def added_while_down(
+    tmp_path: Path, simulator: TenantSimulator, name: str, **extra: Any
+) -> AsyncIterator[tuple[Path, FakeWebhook]]:
+    """A reload added route ``name`` while its webhook was down (it runs degraded); then the webhook comes up.
+
+    Yields the pipeline file and the webhook; the daemon is stopped (exit 0) afterwards.
+    """
+    port = closed_port()
+    hook = FakeWebhook()
+    async with NotifySocket(tmp_path) as notify:
+        assert simulator.url is not None
+        config = pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9")
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
+            await notify.wait_for("READY=1", timeout=30)
+            write_pipeline(path, with_route(config, name, port, **extra))
+            daemon.signal(signal.SIGHUP)
+            await daemon.wait_for_event("daemon.reload_applied")
+            await route_when(path, name, lambda r: r["state"] == "degraded")
+            await hook.start(port=port)
+            try:
+                yield path, hook
+            finally:
+                await hook.stop()
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+
+
+async def test_a_route_added_while_its_sink_was_down_delivers_once_it_is_up(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """The sink comes up after the reload: the route ships what waited and is ok again."""
+    async with added_while_down(tmp_path, simulator, "late", retry_max_delay="0.2s") as (path, hook):
+        await hook.wait_until(lambda: len(hook.records) >= 200)  # the simulator's whole backlog
+        recovered = await route_when(path, "late", lambda r: r["state"] == "ok")
+    assert recovered["counters"]["sent"] >= 200
+
+
+async def test_an_idle_route_whose_sink_comes_up_is_ok_again(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """With nothing to send, a route whose start check failed checks its sink again and turns ok."""
+    quiet = {"filter": {"_id": "no such record"}, "retry_max_delay": "0.5s"}
+    async with added_while_down(tmp_path, simulator, "idle", **quiet) as (path, hook):
+        recovered = await route_when(path, "idle", lambda r: r["state"] == "ok")
+    assert recovered["counters"]["sent"] == 0 and hook.records == []

@@ -230,6 +230,9 @@ class Route(Strict):
     retry_max_delay: Duration = 300.0
     sink: dict[str, Any]
     enabled: bool = True
+    require_healthy: bool = False
+    """Refuse a reload that adds or changes this route when its sink fails the start check (by default
+    the route starts degraded and retries, as at daemon start)."""
 
 
 class Logs(Strict):

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from ce_daemon import redact
 from ce_daemon.state import Migration, StateStore
 
 DEADLETTER_MIGRATIONS = (
@@ -50,7 +51,7 @@ class DeadLetters:
                     route,
                     stream,
                     str(record.get("_id", "")),
-                    reason[:2000],
+                    _reason(reason),
                     formatted,
                     orjson.dumps(record, default=str),
                     time.time(),
@@ -102,7 +103,7 @@ class DeadLetters:
         async with self.store.transaction() as db:
             await db.executemany(
                 "UPDATE dead_letters SET attempts = attempts + 1, reason = ? WHERE id = ?",
-                [(reason[:2000], i) for i in ids],
+                [(_reason(reason), i) for i in ids],
             )
 
     async def purge(self, route: str | None = None) -> int:
@@ -151,6 +152,7 @@ async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
     from ce_daemon.errors import CeDaemonError
     from ce_daemon.plugin import LogSink, OutRecord, PluginContext
 
+    redact.remember_pipeline(loaded)  # a replay's failures are stored as reasons: scrubbed like the daemon's
     failures = 0
     for name, route in loaded.routes.items():
         if only and name != only:
@@ -199,6 +201,11 @@ async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
         finally:
             await sink.close()
     return 1 if failures else 0
+
+
+def _reason(text: str) -> str:
+    """A reason as stored: it may quote a target's answer, so scrubbed of secrets and bounded."""
+    return redact.scrub(text, redact.DEAD_LETTER_LIMIT)
 
 
 def _timestamp(record: bytes) -> int:

@@ -7,8 +7,14 @@ broken holds only its own offset, never another route's.
 Counters in ``ce-daemon status``: ``received`` (records read from the spool), ``sent`` (accepted
 by the sink), ``failed`` (records of send attempts that failed and are being retried, counted per
 attempt), ``dead_lettered``, ``bytes`` (formatted bytes handed to the sink, one separator each),
-``lag_s`` (now minus the newest record timestamp shipped), plus ``filtered``, ``muted``,
-``retries`` and ``batches``.
+``lag_s`` (now minus the newest record timestamp shipped; before the first batch is through, minus
+the oldest record waiting; computed when status is read, so it grows while the sink is down), plus
+``filtered``, ``muted``, ``retries`` and ``batches``.
+
+Health: the route is degraded while its sink fails (retrying), while its start check has not passed
+(its health is checked again while no batch is pending), and while at least half of the records of its
+last ``HEALTH_WINDOW`` batches were dead-lettered (refused for good, or impossible to format): a route
+whose every record is refused is not "ok". It is ok again once most of what it handles is delivered.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +38,7 @@ from ce_daemon.errors import (
     PermanentError,
     TransientError,
 )
+from ce_daemon.health import State
 from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
@@ -41,6 +49,10 @@ log = structlog.get_logger("ce_daemon.route")
 
 ACK_INTERVAL = 1.0
 """Longest wait before a mid-page acknowledgement reaches the spool (whole pages are acknowledged at once)."""
+HEALTH_WINDOW = 10
+"""Batches whose outcome decides whether the sink refuses what the route sends (see the module docstring)."""
+FIRST_PROBE_DELAY = 1.0
+"""Seconds to the first re-check of a sink that failed its start check (doubling to ``retry_max_delay``)."""
 
 
 @dataclass
@@ -97,8 +109,16 @@ class RouteComponent(Component):
         self._owed: dict[str, tuple[int, int | None]] = {}
         self._settled = time.monotonic()
         self._newest_shipped = 0
+        self._oldest_waiting = 0
         self._shipped_once = False
-        # Shown from the start, zero until something happens; lag_s appears with the first shipped batch.
+        # (delivered, dead-lettered) of the latest batches, and the last reason a record was refused.
+        self._recent: deque[tuple[int, int]] = deque(maxlen=HEALTH_WINDOW)
+        self._unformatted = 0
+        self._last_refusal = ""
+        self._probe_at: float | None = None
+        self._probe_delay = FIRST_PROBE_DELAY
+        self.status.refresh = self._update_lag
+        # Shown from the start, zero until something happens; lag_s appears with the first batch sent.
         self.status.counters.update({"received": 0, "sent": 0, "failed": 0, "dead_lettered": 0, "bytes": 0})
 
     async def start(self) -> None:
@@ -176,6 +196,11 @@ class RouteComponent(Component):
     async def run(self, stopping: asyncio.Event) -> None:
         if not self._ready and not await self._reopen(stopping):
             return
+        if self.status.state is not State.OK:
+            # The start check failed (or the last run crashed): until a batch goes through, the sink's
+            # health is checked again whenever no batch is pending, so that a route with nothing to
+            # send still shows when its target is back.
+            self._probe_at = time.monotonic() + self._probe_delay
         # A batch abandoned at shutdown ends the run: nothing read after it may be sent or acknowledged.
         try:
             with contextlib.suppress(_BatchAbandonedError):
@@ -188,6 +213,8 @@ class RouteComponent(Component):
         after: int | None = None
         wait = self.config.batch.max_wait
         while not stopping.is_set():
+            if self._probe_at is not None and not batch.records and time.monotonic() >= self._probe_at:
+                await self._probe()  # nothing of its own tells whether the sink is back
             timeout = max(0.0, wait - (time.monotonic() - batch.opened)) if batch.records else 1.0
             page = await self.spool.next_page(self.name, after=after, timeout=timeout)
             self.status.beat()
@@ -230,7 +257,8 @@ class RouteComponent(Component):
                 data = write(record)
             except Exception as exc:  # noqa: BLE001 - one bad record is dead-lettered, never fatal
                 bad += 1
-                await self.dead.add(self.config.name, stream, record, b"", f"formatting failed: {exc}")
+                self._last_refusal = f"formatting failed: {exc}"
+                await self.dead.add(self.config.name, stream, record, b"", self._last_refusal)
                 continue
             if data is None:
                 filtered += 1
@@ -260,6 +288,9 @@ class RouteComponent(Component):
             counters["muted"] = counters.get("muted", 0) + muted
         if bad:
             counters["dead_lettered"] = counters.get("dead_lettered", 0) + bad
+            self._unformatted += bad
+            if not batch.records:
+                self._judge(0, 0)  # no batch will carry them into the health window: judge now
         return batch
 
     def _active_mutes(self) -> list[Any]:
@@ -268,22 +299,49 @@ class RouteComponent(Component):
 
     async def _flush(self, batch: _Batch, stopping: asyncio.Event) -> _Batch:
         """Send ``batch`` until the sink acknowledges it, then move the offset. Returns a fresh batch."""
-        attempt = 0
+        if not self._newest_shipped and not self._oldest_waiting:
+            self._oldest_waiting = min((r.timestamp for r in batch.records if r.timestamp), default=0)
+        rejected = await self._send(batch, stopping)
+        for index, reason in rejected:
+            await self.dead.add(
+                self.config.name, batch.streams[index], batch.raw[index], batch.records[index].data, reason
+            )
+        if rejected:
+            self._last_refusal = rejected[0][1]
+            self.status.count("dead_lettered", len(rejected))
+        sent = len(batch.records) - len(rejected)
+        if not self._shipped_once:
+            self._shipped_once = True
+            self.log.info("route.first_batch_shipped", records=sent, sink=self.route.sink.name)
+        self.status.count("sent", sent)
+        self.status.count("bytes", batch.size)
+        self.status.count("batches")
+        newest = max((r.timestamp for r in batch.records), default=0)
+        self._newest_shipped = max(self._newest_shipped, newest)
+        self._update_lag()
+        self._owed.update(batch.acks)
+        await self._settle()
+        self._judge(sent, len(rejected))
+        return _Batch()
+
+    async def _send(self, batch: _Batch, stopping: asyncio.Event) -> list[tuple[int, str]]:
+        """Hand ``batch`` to the sink, retrying what fails for now; returns what it refused for good."""
         sink = self.sink
-        assert sink is not None
+        assert sink is not None  # run() opened it before shipping
+        attempt = 0
         while True:
             try:
                 started = time.monotonic()
                 result = await sink.send(batch.records)
                 self.batch_seconds.observe(time.monotonic() - started)
-                break
             except TransientError as exc:
                 attempt += 1
                 self.status.count("retries")
                 self.status.count("failed", len(batch.records))
                 delay = max(exc.retry_after or 0.0, _backoff(attempt, self.config.retry_max_delay))
                 if attempt >= 2:
-                    self.status.degraded(f"sink failing, retrying: {exc}")
+                    never = "" if self.status.counters.get("sent") else " (nothing delivered yet)"
+                    self.status.degraded(f"sink failing, retrying{never}: {exc}")
                 self.log.warning(
                     "sink.batch_failed",
                     error=str(exc),
@@ -296,37 +354,50 @@ class RouteComponent(Component):
                     # batch may be sent either, or its acknowledgement would cover these records.
                     raise _BatchAbandonedError from exc
                 await _wait(stopping, delay)
+                continue
             except PermanentError as exc:
                 self.log.error("sink.batch_rejected", error=str(exc), records=len(batch.records))
-                for i in range(len(batch.records)):
-                    await self.dead.add(
-                        self.config.name, batch.streams[i], batch.raw[i], batch.records[i].data, str(exc)
-                    )
-                self.status.count("dead_lettered", len(batch.records))
-                result = None
-                break
-        rejected = list(result.rejected) if result is not None else []
-        for index, reason in rejected:
-            await self.dead.add(
-                self.config.name, batch.streams[index], batch.raw[index], batch.records[index].data, reason
+                return [(i, str(exc)) for i in range(len(batch.records))]
+            rejected = list(result.rejected)
+            if rejected:
+                self.log.warning(
+                    "sink.records_dead_lettered", records=len(rejected), first_reason=rejected[0][1]
+                )
+            return rejected
+
+    def _judge(self, delivered: int, refused: int) -> None:
+        """The route's health after a batch: degraded while at least half of the recent records were refused.
+
+        Records that could not be formatted count with the batch after them (or alone, when none follows).
+        """
+        self._recent.append((delivered, refused + self._unformatted))
+        self._unformatted = 0
+        self._probe_at = None  # the sink answered: no need to check its health apart
+        good = sum(count for count, _ in self._recent)
+        bad = sum(count for _, count in self._recent)
+        sent = self.status.counters.get("sent", 0)
+        if bad and bad >= good:
+            never = ", none delivered yet" if not sent else ""
+            self.status.degraded(
+                f"{bad} of the last {good + bad} records were dead-lettered{never}: {self._last_refusal}"
             )
-        if rejected:
-            self.status.count("dead_lettered", len(rejected))
-            self.log.warning("sink.records_dead_lettered", records=len(rejected), first_reason=rejected[0][1])
-        sent = len(batch.records) - len(rejected) if result is not None else 0
-        if not self._shipped_once:
-            self._shipped_once = True
-            self.log.info("route.first_batch_shipped", records=sent, sink=self.route.sink.name)
-        self.status.count("sent", sent)
-        self.status.count("bytes", batch.size)
-        self.status.count("batches")
-        newest = max((r.timestamp for r in batch.records), default=0)
-        self._newest_shipped = max(self._newest_shipped, newest)
-        self._update_lag()
-        self._owed.update(batch.acks)
-        await self._settle()
-        self.status.ok(f"shipped {self.status.counters.get('sent', 0)} records")
-        return _Batch()
+        else:
+            self.status.ok(f"shipped {sent} records")
+
+    async def _probe(self) -> None:
+        """Check the sink's health again (its start check failed): ok ends the checks, else back off."""
+        assert self.sink is not None  # run() opened it before shipping
+        try:
+            health = _checked(await self.sink.health(), self._sink_class)
+        except Exception as exc:  # noqa: BLE001 - a health check that raises is a finding, not a crash
+            health = Health(ok=False, detail=_describe(exc))
+        if health.ok:
+            self._probe_at = None
+            self.status.ok(health.detail)
+            return
+        self.status.degraded(f"sink unhealthy: {health.detail}")
+        self._probe_delay = min(self._probe_delay * 2, max(self.config.retry_max_delay, FIRST_PROBE_DELAY))
+        self._probe_at = time.monotonic() + self._probe_delay
 
     async def _settle(self, *, force: bool = False) -> None:
         """Hand the spool what the sink has acknowledged.
@@ -347,9 +418,10 @@ class RouteComponent(Component):
         self._settled = now
 
     def _update_lag(self) -> None:
-        # Refreshed on every turn of the loop too, so that the lag keeps growing while the sink is down.
-        if self._newest_shipped:
-            self.status.counters["lag_s"] = max(0, int(time.time()) - self._newest_shipped)
+        # Also the status's refresh hook: read while a batch is being retried, it keeps growing.
+        since = self._newest_shipped or self._oldest_waiting
+        if since:
+            self.status.counters["lag_s"] = max(0, int(time.time()) - since)
 
 
 class _BatchAbandonedError(Exception):
