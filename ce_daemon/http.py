@@ -36,7 +36,7 @@ from pydantic import Field, SecretStr
 
 from ce_daemon import __version__
 from ce_daemon.errors import AuthError, PermanentError, TransientError
-from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SendResult
+from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SendResult, Timeout
 
 USER_AGENT = f"ce-daemon/{__version__}"
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 508, 509, 520, 521, 522, 523, 524})
@@ -57,7 +57,7 @@ class TlsOptions(PluginOptions):
 class ConnectionOptions(PluginOptions):
     """What every connection has: how long to wait for an answer, and TLS."""
 
-    timeout: Annotated[float, Field(gt=0)] = 30.0
+    timeout: Timeout = 30.0
     tls: TlsOptions = TlsOptions()
 
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from ce_daemon.config.model import Duration, Size
+from ce_daemon.config.model import Duration, Size, Timeout
 
 __all__ = [
     "Duration",
@@ -29,13 +29,14 @@ __all__ = [
     "PluginOptions",
     "SendResult",
     "Size",
+    "Timeout",
 ]
 
 
 class PluginOptions(BaseModel):
-    """Base of every plugin's options model: unknown keys are errors."""
+    """Base of every plugin's options model: unknown keys are errors, floats are finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
