@@ -177,8 +177,8 @@ class Tenant(Strict):
     page_size_hint: Annotated[int, Field(gt=0, le=10_000)] = 10_000
     start: Moment = None
     lookback: Lookback | None = None
-    max_retry_delay: Annotated[Duration, Field(ge=1, le=86400)] = 900.0
-    """At least a second (zero retries in a tight loop), at most a day."""
+    max_retry_delay: Annotated[Duration, Field(gt=0, le=86400)] = 900.0
+    """More than zero (zero retries in a busy loop), at most a day."""
 
 
 class Batch(Strict):
@@ -220,7 +220,8 @@ class Route(Strict):
     """With ``format: json``: the fields to send (names, or ``{name, mapping_field, default_value}`` to
     rename); unset sends the mapping's JSON taxonomy, which for the built-in mapping is the raw record."""
     batch: Batch = Batch()
-    retry_max_delay: Annotated[Duration, Field(ge=1, le=86400)] = 300.0
+    retry_max_delay: Annotated[Duration, Field(gt=0, le=86400)] = 300.0
+    """More than zero (zero retries in a busy loop), at most a day."""
     sink: dict[str, Any]
     enabled: bool = True
 
