@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate the whole pipeline exactly as a reload would. Exit 0 if valid, 78 if not.",
     )
     check.add_argument("-c", "--config", type=Path, required=True, help="the pipeline YAML file")
+    check.add_argument(
+        "--allow-unresolved-secrets",
+        action="store_true",
+        help="exit 0 when the only problems are secret references this environment cannot resolve "
+        "(an unset variable, $credential outside systemd, a file this user may not read): everything "
+        "else is validated, and those references are listed as not verified",
+    )
     check.set_defaults(func=_cmd_check)
 
     plugins = sub.add_parser(
@@ -154,7 +162,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from ce_daemon.registry import Registry
 
     try:
-        loaded = load_pipeline(args.config, Registry.discover())
+        loaded = load_pipeline(
+            args.config, Registry.discover(), allow_unresolved_secrets=args.allow_unresolved_secrets
+        )
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         print(
@@ -168,10 +178,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 f"{args.config}: note: the {info.name!r} plugin from {info.distribution}: {info.note}",
                 file=sys.stderr,
             )
+    for problem in loaded.unverified_secrets:
+        print(
+            replace(problem, message=f"not verified: {problem.message}", hint=None).render(), file=sys.stderr
+        )
     streams = loaded.streams()
+    unverified = len(loaded.unverified_secrets)
     print(
         f"{args.config}: OK — {len(loaded.tenants)} tenant(s), {len(loaded.routes)} log route(s), "
         f"{len(streams)} stream(s) to pull"
+        + (f"; {unverified} secret reference(s) not verified in this environment" if unverified else "")
     )
     return 0
 
@@ -295,7 +311,7 @@ def _locate(path: Path) -> tuple[Path, Path] | None:
     from ce_daemon.config.source import read_source
     from ce_daemon.control import control_socket_path
 
-    source = read_source(path, environ={})
+    source = read_source(path, secrets=False)
     data = source.data if isinstance(source.data, dict) else _salvage_sections(path, ("state", "control"))
     if data is None:
         print("\n".join(p.render() for p in source.problems), file=sys.stderr)
@@ -406,7 +422,13 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     from ce_daemon.logs.deadletter import dlq_command
 
     applog.configure(fmt="console")
-    return asyncio.run(dlq_command(args, _registry()))
+    database = None
+    if args.action != "replay":  # list and purge read the state database only: no secret needed
+        located = _locate(args.config)
+        if located is None:
+            return EXIT_CONFIG
+        database = located[1]
+    return asyncio.run(dlq_command(args, _registry(), database))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pydantic import Field, SecretStr
 
 from ce_daemon import __version__, redact
 from ce_daemon.errors import AuthError, PermanentError, TransientError
-from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SendResult
+from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SecretOrText, SendResult, Timeout
 
 USER_AGENT = f"ce-daemon/{__version__}"
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 508, 509, 520, 521, 522, 523, 524})
@@ -58,7 +58,7 @@ class TlsOptions(PluginOptions):
 class ConnectionOptions(PluginOptions):
     """What every connection has: how long to wait for an answer, and TLS."""
 
-    timeout: Annotated[float, Field(gt=0)] = 30.0
+    timeout: Timeout = 30.0
     tls: TlsOptions = TlsOptions()
 
 
@@ -66,7 +66,8 @@ class HttpOptions(ConnectionOptions):
     """What every HTTP target given by URL has: where, how long to wait, TLS, extra headers."""
 
     url: Annotated[str, Field(pattern=r"^https?://")]
-    headers: dict[str, str] = {}
+    headers: dict[str, SecretOrText] = {}
+    """Extra request headers; a value may be a secret reference (``X-Api-Key: {$env: KEY}``)."""
 
 
 def ssl_context(tls: TlsOptions, base_dir: Path | None = None) -> ssl.SSLContext | bool:

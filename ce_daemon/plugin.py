@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Final
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from ce_daemon.config.model import Duration, Size
+from ce_daemon.config.model import Duration, SecretOrText, Size, Timeout
 
 __all__ = [
     "API_VERSION",
@@ -32,8 +32,10 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "PluginOptions",
+    "SecretOrText",
     "SendResult",
     "Size",
+    "Timeout",
 ]
 
 
@@ -51,9 +53,9 @@ OLDEST_API_VERSION: Final = 1
 
 
 class PluginOptions(BaseModel):
-    """Base of every plugin's options model: unknown keys are errors."""
+    """Base of every plugin's options model: unknown keys are errors, floats are finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

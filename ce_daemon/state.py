@@ -29,7 +29,7 @@ import structlog
 
 from ce_daemon.errors import CeDaemonError
 
-__all__ = ["CORE_MIGRATIONS", "Migration", "StateError", "StateStore"]
+__all__ = ["CORE_MIGRATIONS", "Migration", "StateError", "StateStore", "shared_directory_problem"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +38,8 @@ log = structlog.get_logger(__name__)
 BUSY_TIMEOUT_MS = 10_000
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
-_SIDE_FILES = ("-wal", "-shm", "-journal")
+_SIDE_FILES = ("-wal", "-shm", "-journal", ".lock")
+_CONTROL_SOCKET = "control.sock"  # the control socket's default place, beside the database
 
 
 class StateError(CeDaemonError):
@@ -88,9 +89,10 @@ class StateStore:
     async def open(cls, path: Path, migrations: Sequence[Migration] = ()) -> StateStore:
         """Open (creating if needed) the database at ``path`` and apply pending migrations.
 
-        Creates the parent directory with mode 0700 when it is missing and the file with mode 0600.
-        Raises :class:`StateError` when the file is not a usable SQLite database or records a schema
-        version newer than the given migrations know.
+        Creates the parent directory with mode 0700 when it is missing and the file with mode 0600;
+        tightens an existing directory and files that others may read, or refuses them when that is
+        not safe (see :func:`_prepare_directory`). Raises :class:`StateError` when the file is not a
+        usable SQLite database or records a schema version newer than the given migrations know.
         """
         plan = _plan(CORE_MIGRATIONS, migrations)
         _prepare_file(path)
@@ -110,7 +112,6 @@ class StateStore:
                     "state database, move it aside or point state.path elsewhere"
                 ) from exc
             raise
-        _tighten_modes(path)
         return store
 
     async def close(self) -> None:
@@ -273,29 +274,111 @@ def _plan(*groups: Sequence[Migration]) -> dict[str, list[Migration]]:
     return dict(plan)
 
 
-def _prepare_file(path: Path) -> None:
-    """Create the directory (0700) and an empty database file (0600) before SQLite touches them.
+def shared_directory_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot hold a state database whoever runs ce-daemon, else None.
 
-    SQLite gives the -wal and -shm files the mode of the database file, so creating the file ourselves
-    with 0600 keeps all three private regardless of the process umask.
+    A directory that other users may write to (``/tmp``, a group-writable share) lets them delete or
+    replace the database and its journal files: refused, whoever owns it. A missing directory is
+    fine (it is created 0700).
     """
     try:
-        if not path.parent.exists():
-            path.parent.mkdir(mode=_DIR_MODE, parents=True)
+        found = directory.stat()
+    except OSError:
+        return None  # missing (created later), or not ours to look into: opening it will tell
+    if not stat.S_ISDIR(found.st_mode):
+        return f"the state directory {directory} is not a directory"
+    mode = stat.S_IMODE(found.st_mode)
+    if mode & 0o022:
+        return (
+            f"the state directory {directory} is writable by other users (mode {mode:04o}): they could "
+            "delete or replace the database"
+        )
+    return None
+
+
+def _prepare_file(path: Path) -> None:
+    """Make the directory (0700) and the database file (0600) private before SQLite touches them.
+
+    SQLite gives the -wal and -shm files the mode of the database file, so a 0600 database file keeps
+    all three private regardless of the process umask.
+    """
+    _prepare_directory(path.parent, path.name)
+    try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
         os.close(fd)
     except OSError as exc:
         raise StateError(f"cannot create state database {path}: {exc.strerror or exc}") from exc
+    _tighten_modes(path)
+
+
+def _prepare_directory(directory: Path, database: str) -> None:
+    """Create the state directory 0700, or make an existing one private, or refuse it.
+
+    An existing directory that others may read is tightened to 0700 (with a log line) when this user
+    owns it and it holds nothing but ce-daemon's files; otherwise tightening could lock others out of
+    a directory that is not ce-daemon's (``/var/lib``, a home directory), so it is refused with what
+    to do instead. One others may write to is always refused (:func:`shared_directory_problem`).
+    """
+    try:
+        if not directory.exists():
+            directory.mkdir(mode=_DIR_MODE, parents=True)
+            return
+    except OSError as exc:
+        raise StateError(f"cannot create the state directory {directory}: {exc.strerror or exc}") from exc
+    problem = shared_directory_problem(directory)
+    if problem:
+        raise StateError(f"{problem}; give ce-daemon a directory of its own (created 0700 when missing)")
+    found = directory.stat()
+    mode = stat.S_IMODE(found.st_mode)
+    if not mode & 0o077:
+        return
+    wide = f"the state directory {directory} is readable by other users (mode {mode:04o})"
+    if found.st_uid != os.geteuid():
+        raise StateError(
+            f"{wide} and belongs to uid {found.st_uid}, not to this user: make it private "
+            f"(chmod 0700 {directory}) or choose another state.path"
+        )
+    ours = {database + suffix for suffix in ("", *_SIDE_FILES)} | {_CONTROL_SOCKET}
+    try:
+        with os.scandir(directory) as entries:
+            foreign = next((entry.name for entry in entries if entry.name not in ours), None)
+    except OSError as exc:
+        raise StateError(f"cannot list the state directory {directory}: {exc.strerror or exc}") from exc
+    if foreign is not None:
+        raise StateError(
+            f"{wide} and holds files that are not ce-daemon's ({foreign!r}): give the state a directory "
+            f"of its own, e.g. state.path: {directory / 'ce-daemon' / database}"
+        )
+    try:
+        directory.chmod(_DIR_MODE)
+    except OSError as exc:
+        raise StateError(f"{wide} and cannot be made private: {exc.strerror or exc}") from exc
+    log.warning("state.directory_tightened", path=str(directory), mode_was=f"{mode:04o}", mode="0700")
 
 
 def _tighten_modes(path: Path) -> None:
-    """Make a database inherited from an older install (or copied around) private again."""
+    """Make a database and its side files inherited from an older install (or copied around) private.
+
+    A file others may read that cannot be made private (it belongs to another user) is refused.
+    """
     for candidate in (path, *(path.with_name(path.name + suffix) for suffix in _SIDE_FILES)):
         try:
             mode = stat.S_IMODE(candidate.stat().st_mode)
-            if mode != _FILE_MODE:
-                candidate.chmod(_FILE_MODE)
         except FileNotFoundError:
             continue
         except OSError as exc:
+            raise StateError(f"cannot use {candidate}: {exc.strerror or exc}") from exc
+        if mode == _FILE_MODE:
+            continue
+        try:
+            candidate.chmod(_FILE_MODE)
+        except OSError as exc:
+            if mode & 0o077:
+                raise StateError(
+                    f"{candidate} is readable by other users (mode {mode:04o}) and cannot be made private: "
+                    f"{exc.strerror or exc}"
+                ) from exc
             log.warning("state.mode_unfixable", path=str(candidate), error=str(exc))
+            continue
+        if mode & 0o077:
+            log.warning("state.file_tightened", path=str(candidate), mode_was=f"{mode:04o}", mode="0600")

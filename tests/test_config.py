@@ -11,6 +11,8 @@ import pytest
 from ce_daemon.config.load import load_pipeline
 from ce_daemon.errors import ConfigError
 from ce_daemon.registry import Registry
+from ce_daemon.testing.configs import config_problems
+from ce_daemon.testing.configs import write_config as write
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,16 +39,8 @@ def registry() -> Registry:
     return Registry.discover()
 
 
-def write(tmp_path: Path, text: str, name: str = "pipeline.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def problems_of(path: Path, registry: Registry, env: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load_pipeline(path, registry, environ=env or {})
-    return [p.render() for p in caught.value.problems]
+    return config_problems(path, registry, env or {})
 
 
 def check(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -239,3 +233,143 @@ def test_json_fields_are_checked_and_only_for_json(tmp_path: Path, registry: Reg
     bad = GOOD.replace("      sink:", "      format: json\n      fields: [user, 5]\n      sink:")
     found = problems_of(write(tmp_path, bad, "bad.yaml"), registry, {"ACME_TOKEN": "x"})
     assert any("logs.routes[0].fields" in p and "[1]" in p for p in found), found
+
+
+# -- secrets: references only, resolvable or told apart ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "message", "hint"),
+    [
+        ("s3cret-Inline-9", "a secret must not be written in the file", "refer to it: {$env: NAME}"),
+        ("${NS_TOKEN}", "${…} is not expanded", "refer to the variable: {$env: NS_TOKEN}"),
+        (
+            '"{$env: NS_TOKEN}"',
+            "this is text that looks like a $env reference",
+            "remove the quotes: {$env: NS_TOKEN}",
+        ),
+        ("12345678", "expects a secret reference", "write {$env: NAME}"),
+    ],
+)
+def test_inline_secret_is_refused_with_the_reference_form(
+    tmp_path: Path, registry: Registry, written: str, message: str, hint: str
+) -> None:
+    """A token written in the file (plain, shell-style or a quoted reference) is refused with a hint."""
+    path = write(tmp_path, GOOD.replace("{$env: ACME_TOKEN}", written))
+    found = problems_of(path, registry, {"NS_TOKEN": "x"})
+    assert len(found) == 1, found
+    assert f"{path}:6:12: tenants[0].token: {message}" in found[0]
+    assert f"Hint: {hint}" in found[0]
+    assert "s3cret-Inline-9" not in found[0] and "12345678" not in found[0]
+
+
+def test_inline_secret_in_a_plugin_option_is_found_by_its_type(tmp_path: Path, registry: Registry) -> None:
+    """A sink's secret field (a webhook bearer token inside a union) is refused inline like a tenant's."""
+    sink = "sink: {type: webhook, url: 'https://h.example/x', auth: {type: bearer, token: abc-Inline}}"
+    path = write(tmp_path, GOOD.replace("sink: {type: file, path: out/x.cef}", sink))
+    found = problems_of(path, registry, {"ACME_TOKEN": "x"})
+    assert [p.split("\n")[0] for p in found] == [
+        f"{path}:14:85: logs.routes[0].sink.auth.token: a secret must not be written in the file"
+    ]
+    assert "abc-Inline" not in found[0]
+
+
+def test_unresolvable_reference_is_told_apart_from_an_invalid_one(tmp_path: Path, registry: Registry) -> None:
+    """`$credential` outside systemd "cannot be resolved in this environment"; a missing `$file` is wrong."""
+    text = GOOD.replace("{$env: ACME_TOKEN}", "{$credential: netskope-token}").replace(
+        "sink: {type: file, path: out/x.cef}",
+        "sink: {type: splunk_hec, url: 'https://s.example:8088', token: {$file: missing-token}}",
+    )
+    found = problems_of(write(tmp_path, text), registry, {})
+    assert any(
+        "tenants[0].token: credential 'netskope-token' cannot be resolved in this environment" in p
+        and "--allow-unresolved-secrets" in p
+        for p in found
+    ), found
+    assert any(
+        "logs.routes[0].sink.token: cannot read secret file" in p and "no such file or directory" in p
+        for p in found
+    ), found
+
+
+def test_allow_unresolved_secrets_validates_the_rest_and_lists_them(tmp_path: Path) -> None:
+    """`check --allow-unresolved-secrets` exits 0 when only unresolvable references remain, naming them."""
+    path = write(tmp_path, GOOD.replace("{$env: ACME_TOKEN}", "{$credential: netskope-token}"))
+    plain = check(path)
+    assert plain.returncode == 78
+    allowed = subprocess.run(
+        [sys.executable, "-m", "ce_daemon", "check", "-c", str(path), "--allow-unresolved-secrets"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert f"{path}:6:12: tenants[0].token: not verified: credential 'netskope-token'" in allowed.stderr
+    assert "1 secret reference(s) not verified in this environment" in allowed.stdout
+
+
+def test_allow_unresolved_secrets_still_refuses_everything_else(tmp_path: Path, registry: Registry) -> None:
+    """The flag skips only references another environment may resolve, not a missing file or a bad value."""
+    text = GOOD.replace("{$env: ACME_TOKEN}", "{$file: missing-token}").replace("tenant: acme", "tenant: acm")
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(write(tmp_path, text), registry, environ={}, allow_unresolved_secrets=True)
+    found = caught.value.render()
+    assert "cannot read secret file" in found and "no tenant named 'acm'" in found
+
+
+def test_disabled_route_needs_no_secret(tmp_path: Path, registry: Registry) -> None:
+    """A disabled route's unresolvable secret is no problem, and the route is known to hold a stand-in."""
+    route = (
+        GOOD.split("  routes:\n", 1)[1]
+        .replace("name: to-file", "name: later")
+        .replace(
+            "sink: {type: file, path: out/x.cef}",
+            "enabled: false\n      sink: {type: splunk_hec, url: 'https://s', token: {$env: HEC_TOKEN}}",
+        )
+    )
+    loaded = load_pipeline(write(tmp_path, GOOD + route), registry, environ={"ACME_TOKEN": "x"})
+    assert not loaded.routes["later"].config.enabled
+    assert loaded.secrets_resolved("to-file") and not loaded.secrets_resolved("later")
+    assert loaded.unverified_secrets == []
+
+
+def test_empty_secret_is_refused(tmp_path: Path, registry: Registry) -> None:
+    """An empty secret file or variable would only fail at run time with a 401: `check` refuses it."""
+    (tmp_path / "token.txt").write_text("\n")
+    found = problems_of(write(tmp_path, GOOD.replace("{$env: ACME_TOKEN}", "{$file: token.txt}")), registry)
+    assert any("tenants[0].token: secret file" in p and "is empty" in p for p in found), found
+    found = problems_of(write(tmp_path, GOOD, "p2.yaml"), registry, {"ACME_TOKEN": " "})
+    assert any("tenants[0].token: environment variable ACME_TOKEN is empty" in p for p in found), found
+
+
+def test_check_refuses_a_state_directory_others_may_write(tmp_path: Path, registry: Registry) -> None:
+    """A state directory writable by other users (a shared one such as /tmp) is refused by `check`."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    path = write(tmp_path, GOOD.replace("./state/db.sqlite", f"{shared}/db.sqlite"))
+    found = problems_of(path, registry, {"ACME_TOKEN": "x"})
+    assert any(
+        f":2:15: state.path: the state directory {shared} is writable by other users (mode 1777)" in p
+        for p in found
+    ), found
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("tenant: acme", "tenant: {$env: ACME_TOKEN}"),
+        ("type: file", "type: {$env: ACME_TOKEN}"),
+        ("alerts: [dlp, Malware]", "alerts: [{$env: ACME_TOKEN}]"),
+        ("- name: to-file", "- name: {$env: ACME_TOKEN}"),
+        ("path: out/x.cef", "path: {$env: ACME_TOKEN}"),
+    ],
+)
+def test_secret_reference_where_no_secret_goes_is_refused_unseen(
+    tmp_path: Path, registry: Registry, old: str, new: str
+) -> None:
+    """A reference put in a name, a type, a subtype or a sink option is refused, its value never quoted."""
+    found = problems_of(write(tmp_path, GOOD.replace(old, new)), registry, {"ACME_TOKEN": "Secret-Value-77"})
+    assert any("a secret reference where no secret is expected" in p for p in found), found
+    assert not any("Secret-Value-77" in p for p in found), found

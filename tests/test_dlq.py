@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from collections.abc import AsyncIterator
@@ -282,3 +283,28 @@ async def test_purge_of_one_route_then_of_all(tmp_path: Path) -> None:
     assert code == 0, out
     assert "purged 2 dead letter(s)" in out
     assert await dlq_list(config) == []
+
+
+async def test_list_and_purge_read_no_secret_but_replay_does(tmp_path: Path) -> None:
+    """`dlq list|purge` work with no secret resolvable (state only); `replay`, which sends, needs them."""
+    config = offline_pipeline(tmp_path, [webhook_route("one", "http://127.0.0.1:9/hook")])
+    await seed_dead_letters(config, "one", 2, "refused")
+
+    code, out = await run_cli("dlq", "list", "-c", str(config), env={})
+    assert code == 0, out
+    assert "2 dead letter(s)" in out
+    code, out = await run_cli("dlq", "replay", "-c", str(config), env={})
+    assert code == 78, out
+    assert "environment variable SIM_TOKEN is not set" in out
+    code, out = await run_cli("dlq", "purge", "-c", str(config), env={})
+    assert code == 0, out
+    assert "purged 2 dead letter(s)" in out
+
+
+async def test_list_without_a_state_database_creates_none(tmp_path: Path) -> None:
+    """`dlq list` before the daemon ever ran says there is nothing, and leaves no database behind."""
+    config = offline_pipeline(tmp_path, [webhook_route("one", "http://127.0.0.1:9/hook")])
+    code, out = await cli("dlq", "list", "-c", str(config))
+    assert code == 0, out
+    assert "0 dead letter(s)" in out
+    assert os.listdir(tmp_path) == ["pipeline.yaml"]

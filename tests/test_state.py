@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from ce_daemon.state import Migration, StateError, StateStore
 
@@ -57,6 +59,51 @@ async def test_existing_loose_file_is_made_private(db_path: Path) -> None:
     plant_file(db_path, b"", 0o644)
     async with await StateStore.open(db_path):
         assert mode_of(db_path) == 0o600
+
+
+async def test_loose_directory_of_our_own_is_made_private(db_path: Path) -> None:
+    """A state directory others may read, holding only ce-daemon's files, is tightened to 0700 and logged."""
+    plant_file(db_path, b"", 0o644)
+    db_path.with_name(db_path.name + ".lock").write_text("")
+    db_path.parent.chmod(0o755)
+    with capture_logs() as logs:
+        async with await StateStore.open(db_path):
+            pass
+    assert mode_of(db_path.parent) == 0o700
+    assert mode_of(db_path.with_name(db_path.name + ".lock")) == 0o600
+    events = {(e["event"], e.get("mode_was")) for e in logs}
+    assert {("state.directory_tightened", "0755"), ("state.file_tightened", "0644")} <= events
+
+
+async def test_directory_others_may_write_is_refused(db_path: Path) -> None:
+    """A shared state directory (others may write, as in /tmp) is refused and left as it is."""
+    plant_directory(db_path.parent)
+    db_path.parent.chmod(0o1777)
+    with pytest.raises(StateError, match=r"is writable by other users \(mode 1777\)"):
+        await StateStore.open(db_path)
+    assert mode_of(db_path.parent) == 0o1777
+    assert os.listdir(db_path.parent) == []
+
+
+async def test_loose_directory_holding_other_files_is_refused(db_path: Path) -> None:
+    """A readable directory that is not ce-daemon's alone (a home, /var/lib) is refused, not tightened."""
+    plant_directory(db_path.parent)
+    (db_path.parent / "notes.txt").write_text("someone else's")
+    db_path.parent.chmod(0o755)
+    with pytest.raises(StateError, match=r"holds files that are not ce-daemon's \('notes.txt'\)"):
+        await StateStore.open(db_path)
+    assert mode_of(db_path.parent) == 0o755
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+async def test_loose_directory_of_another_user_is_refused(db_path: Path) -> None:
+    """A readable directory owned by another user is refused with the command that fixes it."""
+    plant_directory(db_path.parent)
+    db_path.parent.chmod(0o755)
+    os.chown(db_path.parent, 65534, 65534)
+    with pytest.raises(StateError, match=r"belongs to uid 65534, not to this user: make it private"):
+        await StateStore.open(db_path)
+    assert mode_of(db_path.parent) == 0o755
 
 
 async def test_connection_pragmas(store: StateStore) -> None:

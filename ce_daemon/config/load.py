@@ -19,6 +19,14 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from ce_daemon.config.model import Pipeline, Route, Tenant, anchor_paths
+from ce_daemon.config.secrets import (
+    expects_secret,
+    inline_secret_problem,
+    inline_secrets,
+    misplaced_secrets,
+    settle_unresolved,
+    valid_sections,
+)
 from ce_daemon.config.source import Loc, Source, read_source
 from ce_daemon.errors import ConfigError, Problem
 from ce_daemon.filter import FilterError, compile_filter
@@ -27,6 +35,7 @@ from ce_daemon.logs.mapping import MappingError, parse_json_fields
 from ce_daemon.netskope.subtypes import normalise_subtype
 from ce_daemon.plugin import PluginOptions
 from ce_daemon.registry import PluginInfo, Registry
+from ce_daemon.state import shared_directory_problem
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -82,6 +91,11 @@ class LoadedPipeline:
     loaded_at: float = field(default_factory=time.time)
     """One "now" per load: where a new maintenance iterator starts and where a look-back ends, so that
     no record falls between the two."""
+    unverified_secrets: list[Problem] = field(default_factory=list)
+    """Secret references left unresolved on request (``check --allow-unresolved-secrets``)."""
+    stand_ins: set[Loc] = field(default_factory=set)
+    """Places of secrets that hold a stand-in, not the secret: disabled routes' unresolved ones, and
+    the unverified ones. A component using one must not be run."""
 
     @property
     def base_dir(self) -> Path:
@@ -113,6 +127,14 @@ class LoadedPipeline:
                     return f"{self.path}:{place[0]}:{place[1]}"
         return str(self.path)
 
+    def secrets_resolved(self, route: str) -> bool:
+        """True when every secret of the named route was resolved (none is a stand-in)."""
+        for index, config in enumerate(self.config.logs.routes):
+            if config.name == route:
+                where = ("logs", "routes", index)
+                return not any(loc[:3] == where for loc in self.stand_ins)
+        return True
+
     def section_fingerprint(self, *path: str) -> str:
         """A digest of one raw section of the file (secrets included, never shown)."""
         data: Any = self.source.data
@@ -122,23 +144,44 @@ class LoadedPipeline:
 
 
 def load_pipeline(
-    path: Path, registry: Registry, *, environ: Mapping[str, str] | None = None
+    path: Path,
+    registry: Registry,
+    *,
+    environ: Mapping[str, str] | None = None,
+    allow_unresolved_secrets: bool = False,
 ) -> LoadedPipeline:
-    """Parse, validate and resolve ``path``; raise :class:`ConfigError` with every problem found."""
+    """Parse, validate and resolve ``path``; raise :class:`ConfigError` with every problem found.
+
+    Secrets of disabled routes need not resolve. With ``allow_unresolved_secrets``, neither do
+    references this environment cannot resolve (an unset variable, no ``$CREDENTIALS_DIRECTORY``,
+    an unreadable file): they get a stand-in, are listed in ``unverified_secrets``, and the rest of
+    the file is validated. Only ``check`` may ask for that; nothing may run such a pipeline.
+    """
     source = read_source(path, environ=environ)
     problems = list(source.problems)
-    if source.data is None:
+    if not isinstance(source.data, dict):
         raise ConfigError(problems)
+    problems.extend(misplaced_secrets(source, registry))
+    unverified, stand_ins = settle_unresolved(source, problems, allow_unresolved_secrets)
     config: Pipeline | None = None
     try:
         config = Pipeline.model_validate(source.data)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(source, exc, (), Pipeline))
+    problems.extend(inline_secrets(source, config if config is not None else valid_sections(source), ()))
     resolved = _Resolver(source, registry, problems)
     resolved.check_routes()
+    if config is not None:
+        problems.extend(_state_problems(source, anchor_paths(config, path.parent.absolute())))
     if problems or config is None:
         raise ConfigError(_dedupe(problems))
-    loaded = LoadedPipeline(path=path, config=anchor_paths(config, path.parent.absolute()), source=source)
+    loaded = LoadedPipeline(
+        path=path,
+        config=anchor_paths(config, path.parent.absolute()),
+        source=source,
+        unverified_secrets=unverified,
+        stand_ins=stand_ins,
+    )
     loaded.tenants = {t.name: t for t in config.tenants}
     raw_tenants = source.data.get("tenants") or []
     for index, tenant in enumerate(config.tenants):
@@ -195,7 +238,8 @@ class _Resolver:
             self._streams(index, raw, loc)
             self._sink(index, raw.get("sink"), (*loc, "sink"))
             self.predicates[(*loc, "filter")] = self._filter(raw.get("filter"), (*loc, "filter"))
-            for m, mute in enumerate(raw.get("mute") or []):
+            mutes = raw.get("mute")
+            for m, mute in enumerate(mutes if isinstance(mutes, list) else []):
                 if isinstance(mute, dict):
                     self.predicates[(*loc, "mute", m)] = self._filter(
                         mute.get("filter"), (*loc, "mute", m, "filter")
@@ -207,7 +251,9 @@ class _Resolver:
         base = (section,) if isinstance(section, str) else section
         seen: set[Any] = set()
         for i, name in enumerate(names):
-            if isinstance(name, str) and name in seen:
+            if not isinstance(name, str):
+                continue  # the model reports a name that is not text
+            if name in seen:
                 self.problems.append(
                     self.source.problem((*base, i, "name"), f"the name {name!r} is used twice")
                 )
@@ -273,6 +319,17 @@ class _Resolver:
             self.sinks[index] = (info, info.cls.Options.model_validate(options))
         except ValidationError as exc:
             self.problems.extend(_pydantic_problems(self.source, exc, loc, info.cls.Options))
+            return
+        except Exception as exc:  # noqa: BLE001 - a plugin's validator that fails otherwise must not crash check
+            self.problems.append(
+                self.source.problem(
+                    loc,
+                    f"the {type_name!r} plugin failed to validate these options ({type(exc).__name__})",
+                    hint=f"a bug of {info.distribution} {info.version}: please report it with the options",
+                )
+            )
+            return
+        self.problems.extend(inline_secrets(self.source, self.sinks[index][1], loc))
 
     def _filter(self, spec: object, loc: Loc) -> Predicate | None:
         if spec is None:
@@ -378,23 +435,25 @@ def _pydantic_problems(
     misspelt: set[Loc] = set()
     for error in errors:
         if error["type"] == "extra_forbidden":
-            extra: Loc = (*prefix, *(p for p in error["loc"] if _is_field_part(p)))
+            extra = _error_loc(source, prefix, error["loc"], missing=False)
             valid = _fields_at(model, extra[len(prefix) : -1])
+            written = str(extra[-1]) if extra else ""
             misspelt.update(
-                (*extra[:-1], c) for c in difflib.get_close_matches(str(extra[-1]), valid, n=1, cutoff=0.6)
+                (*extra[:-1], c) for c in difflib.get_close_matches(written, valid, n=1, cutoff=0.6)
             )
     for error in errors:
-        loc: Loc = (*prefix, *(part for part in error["loc"] if _is_field_part(part)))
         kind = error["type"]
+        loc = _error_loc(source, prefix, error["loc"], missing=kind == "missing")
         secret = source.is_secret(loc)
         value = error.get("input")
-        if secret and value is None:
-            continue  # an unresolved secret reference was already reported where it is written
+        if (secret and value is None) or loc in source.unresolved or loc in source.refused:
+            continue  # already reported where it is written: an unresolved reference, an unreadable value
         hint = None
         if kind == "extra_forbidden":
             valid = _fields_at(model, loc[len(prefix) : -1])
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
-            message = f"unknown key {loc[-1]!r}"
+            name = loc[-1] if loc else ""
+            close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
+            message = f"unknown key {name!r}"
             if close:
                 hint = f"did you mean {close[0]!r}?"
             elif valid:
@@ -402,6 +461,9 @@ def _pydantic_problems(
             problems.append(source.problem(loc, message, hint=hint, key=True))
             continue
         if kind == "missing" and loc in misspelt:
+            continue
+        if not secret and kind != "missing" and expects_secret(model, loc[len(prefix) :]):
+            problems.append(inline_secret_problem(source, loc))  # never quote what was written there
             continue
         message = error["msg"]
         if kind == "string_type" and isinstance(value, int | float | bool) and not secret:
@@ -412,18 +474,42 @@ def _pydantic_problems(
             and not secret
         ):
             hint = "give a plain number (no units or words)"
-        elif kind == "missing":
+        elif kind == "missing" and loc:
             message = f"required key {loc[-1]!r} is missing"
         problems.append(source.problem(loc, message, hint=hint))
     return problems
 
 
-def _is_field_part(part: object) -> bool:
-    # pydantic adds union-member and validator tags (e.g. 'function-after[...]') to locs
-    return isinstance(part, int) or (isinstance(part, str) and "[" not in part and part not in _TYPE_TAGS)
+def _error_loc(source: Source, prefix: Loc, parts: tuple[int | str, ...], *, missing: bool) -> Loc:
+    """Where in the file a pydantic error is: its loc without the union and validator tags pydantic adds.
+
+    Tags (``function-after[...]``, ``str``, a discriminator's value) are told apart from keys by
+    walking the data itself, so a key of any spelling (``"a[0]"``, ``str``) keeps its place.
+    """
+    data = source.value_at(prefix)
+    loc: list[str | int] = list(prefix)
+    for position, part in enumerate(parts):
+        in_dict = isinstance(data, dict) and part in data
+        if in_dict or (isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)):
+            data = data[part]  # type: ignore[index] # a dict holding the key, or a list long enough
+            loc.append(part)
+        elif missing and position == len(parts) - 1:
+            loc.append(part)  # the required key, absent from the data
+    return tuple(loc)
 
 
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "datetime", "list", "dict", "none", "literal"})
+def _state_problems(source: Source, config: Pipeline) -> list[Problem]:
+    """A state directory other users may write to cannot be used, whoever runs the daemon."""
+    reason = shared_directory_problem(config.state.path.parent)
+    if reason is None:
+        return []
+    return [
+        source.problem(
+            ("state", "path"),
+            reason,
+            hint="give ce-daemon a directory of its own (created 0700 when missing), e.g. /var/lib/ce-daemon",
+        )
+    ]
 
 
 def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:

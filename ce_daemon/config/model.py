@@ -8,11 +8,12 @@ every problem of the file is reported in one pass.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -21,10 +22,17 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    model_validator,
 )
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZES = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+MAX_SIZE = 2**50
+"""The largest size any setting may give (1 PiB): beyond it, a value is a mistake, and overflows."""
+MAX_TIMEOUT = 3600.0
+"""The longest wait for one answer: an hour covers the slowest SIEM; beyond it, a typo (ms for s)."""
 
 
 def _duration(value: object) -> object:
@@ -43,7 +51,10 @@ def _size(value: object) -> object:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*", value.lower())
         if not match:
             raise ValueError("a size is a number of bytes or a number with a unit: 512KiB, 64MiB, 2GiB, 1GB")
-        return int(float(match.group(1)) * _SIZES[match.group(2) or "b"])
+        size = float(match.group(1)) * _SIZES[match.group(2) or "b"]
+        if not size <= MAX_SIZE:  # also a number too long to be finite
+            raise ValueError(f"a size is at most {MAX_SIZE} bytes (1 PiB)")
+        return int(size)
     return value
 
 
@@ -54,14 +65,28 @@ def _name(value: str) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
-Size = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+Size = Annotated[int, BeforeValidator(_size), Field(gt=0, le=MAX_SIZE)]
+Timeout = Annotated[float, BeforeValidator(_duration), Field(gt=0, le=MAX_TIMEOUT)]
+"""How long to wait for one answer: more than zero, at most :data:`MAX_TIMEOUT`."""
 Name = Annotated[str, AfterValidator(_name)]
 
 
-class Strict(BaseModel):
-    """Base of every model of ours: unknown keys are errors, defaults are validated too."""
+class SecretAllowed:
+    """Marks a text setting that may be written inline or given as a secret reference (a header's value)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+SecretOrText = Annotated[str, SecretAllowed()]
+"""Text that is not secret in general but may be (an HTTP header): ``{$env: …}`` is accepted there."""
+
+
+class Strict(BaseModel):
+    """Base of every model of ours: unknown keys are errors, defaults are validated too.
+
+    Floats must be finite: an infinite timeout or a NaN interval would pass every comparison
+    check and then hang or spin a component at run time.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class StateSettings(Strict):
@@ -91,7 +116,8 @@ class SyslogSettings(Strict):
 class HealthSettings(Strict):
     """Heartbeat cadence and where health goes."""
 
-    interval: Duration = 300.0
+    interval: Annotated[Duration, Field(ge=0.1, le=86400)] = 300.0
+    """At least 100ms (zero would spin and flood syslog), at most a day."""
     syslog: SyslogSettings = SyslogSettings()
 
 
@@ -148,21 +174,30 @@ class SpoolSettings(Strict):
     max_bytes: Size = 1024**3
 
 
+_LAST_MOMENT = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant a datetime can hold
+
+
 def _moment(value: object) -> object:
     """A point in time as epoch seconds: a date, ``now``, an epoch, or a duration counting back from now."""
     if value is None or value == "now":
         return None
     if isinstance(value, datetime):
-        return _aware(value).timestamp()
+        return _within_dates(_aware(value).timestamp())
     if isinstance(value, str) and re.match(r"\d{4}-\d\d-\d\d", value):
         try:
-            return _aware(datetime.fromisoformat(value)).timestamp()
-        except ValueError as exc:
+            return _within_dates(_aware(datetime.fromisoformat(value)).timestamp())
+        except (ValueError, OverflowError) as exc:
             raise ValueError(f"not a valid date and time: {exc}") from exc
     seconds = _duration(value)
     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-        return float(seconds) if seconds > 1e9 else time.time() - float(seconds)
+        return _within_dates(float(seconds) if seconds > 1e9 else time.time() - float(seconds))
     raise ValueError("a time is `now`, an ISO date (2026-11-01T00:00:00Z), or how long ago (24h, 7d)")
+
+
+def _within_dates(epoch: float) -> float:
+    if not (math.isfinite(epoch) and 0 <= epoch <= _LAST_MOMENT):
+        raise ValueError("a time must lie between 1970-01-01 and 9999-12-31")
+    return epoch
 
 
 def _aware(moment: datetime) -> datetime:
@@ -186,21 +221,23 @@ class Tenant(Strict):
     url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(:\d+)?/?$")]
     token: SecretStr
     rate_limit: Annotated[float, Field(gt=0, le=100)] = 4.0
-    timeout: Duration = 120.0
+    timeout: Timeout = 120.0
     verify_tls: bool = True
     ca_file: Path | None = None
     page_size_hint: Annotated[int, Field(gt=0, le=10_000)] = 10_000
     start: Moment = None
     lookback: Lookback | None = None
-    max_retry_delay: Duration = 900.0
+    max_retry_delay: Annotated[Duration, Field(gt=0, le=86400)] = 900.0
+    """More than zero (zero retries in a busy loop), at most a day."""
 
 
 class Batch(Strict):
     """When a route hands a batch to its sink: whichever limit is reached first."""
 
-    max_records: Annotated[int, Field(gt=0)] = 5000
-    max_bytes: Size = 1_000_000
-    max_wait: Duration = 1.0
+    max_records: Annotated[int, Field(gt=0, le=1_000_000)] = 5000
+    max_bytes: Annotated[Size, Field(le=1024**3)] = 1_000_000
+    max_wait: Annotated[Duration, Field(le=3600)] = 1.0
+    """Zero sends whatever has arrived at once."""
 
 
 class MuteWindow(Strict):
@@ -210,6 +247,12 @@ class MuteWindow(Strict):
     start: datetime
     end: datetime
     filter: Any = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if _aware(self.end) <= _aware(self.start):
+            raise ValueError("a mute window's end must come after its start")
+        return self
 
 
 class Route(Strict):
@@ -227,7 +270,8 @@ class Route(Strict):
     """With ``format: json``: the fields to send (names, or ``{name, mapping_field, default_value}`` to
     rename); unset sends the mapping's JSON taxonomy, which for the built-in mapping is the raw record."""
     batch: Batch = Batch()
-    retry_max_delay: Duration = 300.0
+    retry_max_delay: Annotated[Duration, Field(gt=0, le=86400)] = 300.0
+    """More than zero (zero retries in a busy loop), at most a day."""
     sink: dict[str, Any]
     enabled: bool = True
     require_healthy: bool = False
@@ -249,7 +293,7 @@ class Pipeline(Strict):
     logging: LoggingSettings = LoggingSettings()
     health: HealthSettings = HealthSettings()
     control: ControlSettings = ControlSettings()
-    shutdown_grace: Duration = 30.0
+    shutdown_grace: Annotated[Duration, Field(le=MAX_TIMEOUT)] = 30.0
     spool: SpoolSettings = SpoolSettings()
     http: HttpSettings | None = None
     tenants: list[Tenant] = []

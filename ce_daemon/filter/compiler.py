@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from typing import Any, Final, TypeGuard
 
 import orjson
 
+from ce_daemon.config.compose import MAX_DEPTH
 from ce_daemon.filter.problems import FilterError, FilterProblem, Loc
 from ce_daemon.filter.values import (
     COMPARISONS,
@@ -88,7 +89,27 @@ def _load(spec: object) -> Mapping[Any, Any] | None:
             raise FilterError([FilterProblem((), f"invalid JSON filter: {exc}")]) from None
     if not isinstance(spec, Mapping):
         raise FilterError([FilterProblem((), f"a filter must be a mapping, got {_kind(spec)}")])
+    if _deeper_than(spec, MAX_DEPTH):  # the compiler recurses once per level
+        raise FilterError([FilterProblem((), f"the filter nests deeper than {MAX_DEPTH} levels")])
     return spec
+
+
+def _deeper_than(spec: object, limit: int) -> bool:
+    """True when lists and mappings in ``spec`` nest more than ``limit`` levels (walked without recursion)."""
+    pending: list[tuple[object, int]] = [(spec, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children: Iterable[object]
+        if isinstance(value, Mapping):
+            children = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _shorten(text: str) -> str:

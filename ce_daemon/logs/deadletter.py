@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ce_daemon import redact
 from ce_daemon.state import Migration, StateStore
+
+if TYPE_CHECKING:
+    from ce_daemon.config.load import LoadedPipeline
 
 DEADLETTER_MIGRATIONS = (
     Migration(
@@ -117,20 +121,28 @@ class DeadLetters:
         return count
 
 
-async def dlq_command(args: argparse.Namespace, registry: Any) -> int:
-    """``ce-daemon dlq list|replay|purge``."""
+async def dlq_command(args: argparse.Namespace, registry: Any, database: Path | None = None) -> int:
+    """``ce-daemon dlq list|replay|purge``.
+
+    ``list`` and ``purge`` touch the state database only (``database``, located from the pipeline
+    file without resolving any secret); ``replay`` loads the whole pipeline, since it contacts the sinks.
+    """
     from ce_daemon.config.load import load_pipeline
     from ce_daemon.errors import ConfigError
     from ce_daemon.spool import SPOOL_MIGRATIONS
 
-    try:
-        loaded = load_pipeline(args.config, registry)
-    except ConfigError as exc:
-        print(exc.render())
-        return 78
-    async with await StateStore.open(
-        loaded.config.state.path, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)
-    ) as store:
+    loaded: LoadedPipeline | None = None
+    if args.action == "replay" or database is None:
+        try:
+            loaded = load_pipeline(args.config, registry)
+        except ConfigError as exc:
+            print(exc.render())
+            return 78
+        database = loaded.config.state.path
+    elif not database.exists():
+        print(f"no state database at {database}: 0 dead letter(s)")
+        return 0
+    async with await StateStore.open(database, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)) as store:
         dead = DeadLetters(store)
         if args.action == "list":
             rows = await dead.oldest(args.route, args.limit)
@@ -145,10 +157,11 @@ async def dlq_command(args: argparse.Namespace, registry: Any) -> int:
         if args.action == "purge":
             print(f"purged {await dead.purge(args.route)} dead letter(s)")
             return 0
+        assert loaded is not None
         return await _replay(loaded, dead, args.route)
 
 
-async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
+async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -> int:
     from ce_daemon.errors import CeDaemonError
     from ce_daemon.plugin import LogSink, OutRecord, PluginContext
 
@@ -159,6 +172,10 @@ async def _replay(loaded: Any, dead: DeadLetters, only: str | None) -> int:
             continue
         rows = await dead.oldest(name, limit=100_000)
         if not rows:
+            continue
+        if not loaded.secrets_resolved(name):
+            print(f"{name}: the route is disabled and its secrets are not resolved here, nothing replayed")
+            failures += len(rows)
             continue
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
         context = PluginContext(name=name, base_dir=loaded.base_dir, data_dir=loaded.config.state.path.parent)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ce_daemon.errors import ConfigError, Problem
+from ce_daemon.files import UnusableFileError, read_regular_file
 
 Record = MappingABC[str, Any]
 Getter = Callable[[Record], Any]
@@ -51,6 +52,8 @@ _JSON_FIELD_KEYS: Final = ("name", "mapping_field", "default_value", "transforma
 _LABELLED_KEY = re.compile(
     r"(?:cs[1-6]|cn[1-3]|cfp[1-4]|c6a[1-4]|flexString[12]|flexNumber[12]|flexDate1|deviceCustomDate[12])"
 )
+MAX_MAPPING_BYTES: Final = 4 * 1024 * 1024
+"""The largest mapping file read (CE's own mapping files are a few hundred KiB at most)."""
 # CE formats the ips and c2 alert types with the ctep entry of a mapping.
 _SUBTYPE_FALLBACK: Final = {"ips": "ctep", "c2": "ctep"}
 
@@ -143,14 +146,22 @@ class Mapping:
 
     @classmethod
     def load(cls, path: Path) -> Mapping:
-        """Read and validate a mapping file; raises `MappingError` listing every problem."""
+        """Read and validate a mapping file; raises `MappingError` listing every problem.
+
+        The file must be a regular file of at most :data:`MAX_MAPPING_BYTES`.
+        """
         try:
-            text = path.read_bytes()
-        except OSError as exc:
+            text = read_regular_file(path, limit=MAX_MAPPING_BYTES)
+        except UnusableFileError as exc:
             raise MappingError(
-                [MappingProblem(str(path), "", f"cannot read mapping file: {exc.strerror}")]
-            ) from exc
-        return cls.loads(text, source=str(path))
+                [MappingProblem(str(path), "", f"cannot read mapping file: {exc.reason}")]
+            ) from None
+        try:
+            return cls.loads(text, source=str(path))
+        except RecursionError:  # json's decoder recurses once per level of nesting
+            raise MappingError(
+                [MappingProblem(str(path), "", "nested too deeply to be a mapping file")]
+            ) from None
 
     @classmethod
     def loads(cls, text: str | bytes, *, source: str = "<mapping>") -> Mapping:

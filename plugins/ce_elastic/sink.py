@@ -57,11 +57,11 @@ class ElasticsearchOptions(HttpOptions):
     timestamp_field: str | None = "@timestamp"
     """Add the record time (ISO 8601) under this name, unless the document has it (None: don't)."""
     gzip: bool = True
-    max_request_bytes: Annotated[int, Field(ge=4096)] = 10_000_000
+    max_request_bytes: Annotated[int, Field(ge=4096, le=1024**3)] = 10_000_000
     """The largest body (before compression) of one request; keep it under ``http.max_content_length``."""
     item_retries: Annotated[int, Field(ge=0, le=10)] = 3
     """How many times items refused with 429/5xx are retried before the batch is reported transient."""
-    item_retry_delay: Annotated[float, Field(gt=0)] = 0.5
+    item_retry_delay: Annotated[float, Field(gt=0, le=60)] = 0.5
     """The first pause before retrying items; it doubles each time."""
 
     @field_validator("index")

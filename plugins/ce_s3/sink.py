@@ -37,7 +37,7 @@ from ce_daemon.http import (
     retry_after,
     transport_error,
 )
-from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult, Timeout
 from ce_s3.sigv4 import EMPTY_SHA256, Credentials, sha256_hex, signed_headers, uri_encode
 
 log = structlog.get_logger(__name__)
@@ -88,11 +88,11 @@ class S3SinkOptions(ConnectionOptions):
     content: Literal["ndjson", "lines"] = "ndjson"
     """``ndjson``: JSON records as they are, CEF/LEEF lines as ``{"message", "id", "timestamp"}``;
     ``lines``: every record as its formatted line."""
-    max_object_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    max_object_bytes: Annotated[int, Field(ge=1024, le=5 * 1024**3)] = 64 * 1024 * 1024
     """The most uncompressed bytes in one object; a larger batch is written as several objects."""
     compression_level: Annotated[int, Field(ge=1, le=9)] = 6
     storage_class: str | None = None
-    timeout: Annotated[float, Field(gt=0)] = 60.0
+    timeout: Timeout = 60.0
 
 
 class S3Sink(HttpSink):

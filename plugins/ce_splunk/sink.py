@@ -51,7 +51,7 @@ from ce_daemon.http import (
     retry_after,
     transport_error,
 )
-from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult, Timeout
 from ce_splunk.envelope import EnvelopeWriter
 
 _COLLECTOR_PATH = re.compile(r"/services/collector(?:/event|/raw)?(?:/1\.0)?/?$")
@@ -75,13 +75,13 @@ class SplunkHecOptions(HttpOptions):
     fields: dict[str, str] = {}
     """Indexed fields added to every event."""
     gzip: bool = True
-    max_request_bytes: Annotated[int, Field(ge=4096)] = 1_000_000
+    max_request_bytes: Annotated[int, Field(ge=4096, le=1024**3)] = 1_000_000
     """The largest body (before compression) of one request; match the server's ``max_content_length``."""
     acknowledgement: bool = False
     """Wait for indexer acknowledgement (the token must have it enabled)."""
     channel: uuid.UUID | None = None
     """The request channel for acknowledgement (default: a new one per start)."""
-    ack_timeout: Annotated[float, Field(gt=0)] = 60.0
+    ack_timeout: Timeout = 60.0
     """How long to wait for acknowledgement before the batch is sent again."""
 
     @field_validator("url")

@@ -23,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ce_daemon.http import TlsOptions
 from ce_daemon.logs.framing import SyslogFramer
-from ce_daemon.plugin import PluginOptions
+from ce_daemon.plugin import PluginOptions, Timeout
 
 Protocol = Literal["udp", "tcp", "tls"]
 
@@ -80,10 +80,10 @@ class SyslogSinkOptions(PluginOptions):
     tls: TlsOptions = TlsOptions()
     tls_server_name: str | None = None
     """Name the receiver's certificate must carry (SNI too); default: ``host``."""
-    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
-    write_timeout: Annotated[float, Field(gt=0)] = 60.0
+    connect_timeout: Timeout = 10.0
+    write_timeout: Timeout = 60.0
     """How long a batch may wait for the receiver to take it before the connection is given up."""
-    max_message_bytes: Annotated[int, Field(ge=64)] = STREAM_MAX_MESSAGE_BYTES
+    max_message_bytes: Annotated[int, Field(ge=64, le=64 * 1024 * 1024)] = STREAM_MAX_MESSAGE_BYTES
 
     @model_validator(mode="before")
     @classmethod
@@ -91,7 +91,7 @@ class SyslogSinkOptions(PluginOptions):
         if not isinstance(data, dict):
             return data
         protocol = data.get("protocol", "tcp")
-        if protocol not in _DEFAULT_PORTS:
+        if not isinstance(protocol, str) or protocol not in _DEFAULT_PORTS:
             return data  # the field validator reports it
         filled = dict(data)
         filled.setdefault("port", _DEFAULT_PORTS[protocol])

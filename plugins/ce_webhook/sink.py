@@ -71,7 +71,7 @@ class WebhookOptions(HttpOptions):
     auth: Annotated[BasicAuth | BearerAuth | HeaderAuth, Field(discriminator="type")] | None = None
     gzip: bool = False
     """Compress request bodies (``Content-Encoding: gzip``); only if the endpoint accepts it."""
-    max_request_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
+    max_request_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1_000_000
     """The largest body (before compression) one request may carry."""
     health_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     """Checked with GET at start and reload (2xx: healthy); without it, the URL is probed with HEAD."""
