@@ -5,6 +5,7 @@ Every problem is collected with its place in the file; nothing touches the runni
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import time
@@ -317,7 +318,9 @@ class _Resolver:
                 mapping = LogMapping.builtin(name)
         except MappingError as exc:
             for problem in exc.problems:
-                self.problems.append(self.source.problem((*loc, "mapping"), str(problem)))
+                # said as the mapping file's own place (file:line:col: json.path: message), hint apart
+                where = dataclasses.replace(problem, hint=None).render()
+                self.problems.append(self.source.problem((*loc, "mapping"), where, hint=problem.hint))
             return
         except (OSError, ValueError) as exc:
             self.problems.append(
