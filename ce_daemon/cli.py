@@ -132,10 +132,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    for warning in loaded.warnings:
+        print(warning.render(label="warning"), file=sys.stderr)
     streams = loaded.streams()
     print(
         f"{args.config}: OK — {len(loaded.tenants)} tenant(s), {len(loaded.routes)} log route(s), "
         f"{len(streams)} stream(s) to pull"
+        + (f", {len(loaded.warnings)} warning(s)" if loaded.warnings else "")
     )
     return 0
 

@@ -102,6 +102,7 @@ class Daemon:
             self.notifier.send("STATUS=configuration invalid, not started", f"ERRNO={EXIT_CONFIG}")
             return EXIT_CONFIG
         applog.configure(loaded.config.logging.level, loaded.config.logging.format)
+        _log_warnings(loaded)
         self._open_syslog(loaded)
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -220,6 +221,7 @@ class Daemon:
         except ConfigError as exc:
             self._reject(f"{len(exc.problems)} configuration problem(s)", exc.render())
             return
+        _log_warnings(new)
         restart = [
             ".".join(p)
             for p in RESTART_ONLY
@@ -463,3 +465,9 @@ def _exclusive_lock(database: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _log_warnings(loaded: LoadedPipeline) -> None:
+    """Log each warning of a newly loaded file once (at start and at each reload), placed like an error."""
+    for warning in loaded.warnings:
+        log.warning("config.warning", file=str(loaded.path), warning=warning.render(label="warning"))

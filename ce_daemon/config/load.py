@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from ce_daemon.config.model import Pipeline, Route, Tenant, anchor_paths
 from ce_daemon.config.source import Loc, Source, read_source
 from ce_daemon.errors import ConfigError, Problem
-from ce_daemon.filter import FilterError, compile_filter
+from ce_daemon.filter import FilterError, FilterProblem, compile_filter
 from ce_daemon.logs.mapping import Mapping as LogMapping
 from ce_daemon.logs.mapping import MappingError, parse_json_fields
 from ce_daemon.netskope.subtypes import normalise_subtype
@@ -83,6 +83,9 @@ class LoadedPipeline:
     loaded_at: float = field(default_factory=time.time)
     """One "now" per load: where a new maintenance iterator starts and where a look-back ends, so that
     no record falls between the two."""
+    warnings: list[Problem] = field(default_factory=list)
+    """What is valid but probably not meant (a filter comparing a field to a list literal...), placed
+    like problems; ``check`` prints them and the daemon logs them (``config.warning``)."""
 
     @property
     def base_dir(self) -> Path:
@@ -147,6 +150,7 @@ def load_pipeline(
     loaded.routes = resolved.build_routes(config)
     if problems:
         raise ConfigError(_dedupe(problems))
+    loaded.warnings = _dedupe(resolved.warnings)
     return loaded
 
 
@@ -157,6 +161,7 @@ class _Resolver:
         self.source = source
         self.registry = registry
         self.problems = problems
+        self.warnings: list[Problem] = []
         self.sinks: dict[int, tuple[PluginInfo, PluginOptions]] = {}
         self.predicates: dict[Loc, Predicate | None] = {}
         self.streams: dict[int, tuple[Stream, ...]] = {}
@@ -278,16 +283,21 @@ class _Resolver:
     def _filter(self, spec: object, loc: Loc) -> Predicate | None:
         if spec is None:
             return None
+        inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
+        warnings: list[FilterProblem] = []
         try:
-            return compile_filter(spec)
+            return compile_filter(spec, warnings=warnings)
         except FilterError as exc:
-            inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
             for problem in exc.problems:
                 where = (*loc, *problem.loc) if inside else loc
                 self.problems.append(
                     self.source.problem(where, problem.message, key=inside and problem.at_key)
                 )
             return None
+        finally:
+            for warning in warnings:
+                where = (*loc, *warning.loc) if inside else loc
+                self.warnings.append(self.source.problem(where, warning.message))
 
     def _fields(self, raw: dict[str, Any], loc: Loc) -> None:
         fields = raw.get("fields")
