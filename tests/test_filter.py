@@ -828,6 +828,14 @@ ROBUSTNESS_SPECS: list[dict[str, Any]] = [
     {"a.b": {"$contains": "x", "$startswith": "a"}},
     {"$or": [{"a": {"$ne": "x"}}, {"b.a": {"$eq": [1]}}]},
     {"$nor": [{"x": {"$ne": None}}]},
+    {"a": {"$all": [1, "x", [None]]}},
+    {"a.b": {"$all": [{"$elemMatch": {"x": {"$gt": 0}}}]}},
+    {"a": {"$size": 1}},
+    {"a": {"$elemMatch": {"b": 1, "$or": [{"x": None}]}}},
+    {"a": {"$elemMatch": {"$gt": 0, "$type": "string"}}},
+    {"a.b": {"$type": ["string", "number", "array", "object", "null", "bool"]}},
+    {"a": {"$mod": [3, 1]}},
+    {"x": {"$not": {"$mod": [-2, 0], "$size": 0}}},
 ]
 
 
