@@ -173,7 +173,7 @@ def header_text(text: str | None) -> str:
     return text
 
 
-def header_text_unchecked(text: str | None, *, careful: bool) -> str:
+def header_text_unchecked(text: str | None, careful: bool) -> str:
     """`header_text` for a writer that checks the whole line for control characters afterwards: unless
     ``careful``, only ``\\`` and ``|`` are looked for here."""
     if text and (careful or "\\" in text or "|" in text):
@@ -532,28 +532,29 @@ def compile_cef(
     plan = FieldPlan(items, tenant_name, converters=converters, separator=_KEY_END)
     collect = plan.collect
 
-    def head(record: Record, careful: bool) -> list[str]:
-        """The header up to the extension; unless ``careful``, control characters are left to the check."""
+    def careful(record: Record) -> bytes:
+        """Every field escaped on its own, pictures included: the rare record with a control character."""
+        parts = [prefix]
+        for constant, getter in dynamic:
+            text = constant if constant is not None else header_text(getter(record))  # type: ignore[misc]  # see write
+            parts.append(text)
+            parts.append("|")
+        parts.append(severity_of(record))
+        parts.append("|")
+        parts.append(" ".join([_escape_field(field) for field in collect(record)]))
+        return "".join(parts).encode("utf-8", "replace")
+
+    def write(record: Record) -> bytes:
         parts = [prefix]
         for constant, getter in dynamic:
             if constant is not None:
                 parts.append(constant)
             else:
                 text = getter(record)  # type: ignore[misc]  # set when constant is None
-                parts.append(header_text_unchecked(text, careful=careful))
+                parts.append(header_text_unchecked(text, False))  # control characters: the check below
             parts.append("|")
         parts.append(severity_of(record))
         parts.append("|")
-        return parts
-
-    def careful(record: Record) -> bytes:
-        """Every field escaped on its own, pictures included: the rare record with a control character."""
-        parts = head(record, careful=True)
-        parts.append(" ".join([_escape_field(field) for field in collect(record)]))
-        return "".join(parts).encode("utf-8", "replace")
-
-    def write(record: Record) -> bytes:
-        parts = head(record, careful=False)
         fields = collect(record)
         extension = " ".join(fields)
         if "\\" in extension or "=" in extension or "\n" in extension or "\r" in extension:

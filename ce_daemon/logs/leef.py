@@ -165,7 +165,7 @@ def _cut(text_of: Callable[[Record], str | None], limit: int) -> Callable[[Recor
 
 def _text_of(field: HeaderField, record: Record, careful: bool) -> str:
     """A header field's text; control characters are left to the writer's check unless ``careful``."""
-    return field if isinstance(field, str) else header_text_unchecked(field(record), careful=careful)
+    return field if isinstance(field, str) else header_text_unchecked(field(record), careful)
 
 
 def compile_leef(
