@@ -94,25 +94,27 @@ class _DevTimeText:
         last_value, last_text = self._last
         if value is last_value:
             return last_text
-        text = self._text(value)
+        text: str | None = None
+        ms = epoch_ms(value)
+        if ms is not None:
+            second, millis = divmod(ms, 1000)
+            base = self._seconds.get(second)
+            if base is None:
+                base = self._date(second)
+            if base is not None:
+                text = f"{base}.{millis:03d}+0000"
         self._last = (value, text)
         return text
 
-    def _text(self, value: Any) -> str | None:
-        ms = epoch_ms(value)
-        if ms is None:
+    def _date(self, second: int) -> str | None:
+        try:
+            base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        except (OverflowError, OSError, ValueError):
             return None
-        second, millis = divmod(ms, 1000)
-        base = self._seconds.get(second)
-        if base is None:
-            try:
-                base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            except (OverflowError, OSError, ValueError):
-                return None
-            if len(self._seconds) >= 4096:
-                self._seconds.clear()
-            self._seconds[second] = base
-        return f"{base}.{millis:03d}+0000"
+        if len(self._seconds) >= 4096:
+            self._seconds.clear()
+        self._seconds[second] = base
+        return base
 
 
 def _attributes(rules: SubtypeRules, sort_keys: bool) -> list[tuple[str, FieldRule]]:
