@@ -182,11 +182,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(
             replace(problem, message=f"not verified: {problem.message}", hint=None).render(), file=sys.stderr
         )
+    for warning in loaded.warnings:
+        print(warning.render(label="warning"), file=sys.stderr)
     streams = loaded.streams()
     unverified = len(loaded.unverified_secrets)
     print(
         f"{args.config}: OK — {len(loaded.tenants)} tenant(s), {len(loaded.routes)} log route(s), "
         f"{len(streams)} stream(s) to pull"
+        + (f", {len(loaded.warnings)} warning(s)" if loaded.warnings else "")
         + (f"; {unverified} secret reference(s) not verified in this environment" if unverified else "")
     )
     return 0

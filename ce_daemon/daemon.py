@@ -108,6 +108,7 @@ class Daemon:
             return EXIT_CONFIG
         redact.remember_pipeline(loaded)
         applog.configure(loaded.config.logging.level, loaded.config.logging.format)
+        _log_warnings(loaded)
         self._open_syslog(loaded)
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -229,6 +230,7 @@ class Daemon:
             self._reject(f"{len(exc.problems)} configuration problem(s)", exc.render())
             return
         redact.remember_pipeline(new)  # before anything quotes an answer from one of its targets
+        _log_warnings(new)
         restart = [
             ".".join(p)
             for p in RESTART_ONLY
@@ -529,3 +531,9 @@ def _exclusive_lock(database: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _log_warnings(loaded: LoadedPipeline) -> None:
+    """Log each warning of a newly loaded file once (at start and at each reload), placed like an error."""
+    for warning in loaded.warnings:
+        log.warning("config.warning", file=str(loaded.path), warning=warning.render(label="warning"))

@@ -53,12 +53,16 @@ class Problem:
     column: int | None = None
     hint: str | None = None
 
-    def render(self) -> str:
-        """The compiler-style line: ``file:line:col: path: message`` plus an indented hint."""
+    def render(self, *, label: str = "") -> str:
+        """The compiler-style line: ``file:line:col: path: message`` plus an indented hint.
+
+        ``label`` goes before the message: ``warning`` gives ``file:line:col: path: warning: message``.
+        """
         place = self.file
         if self.line is not None:
             place += f":{self.line}:{self.column or 1}"
-        text = f"{place}: {self.path}: {self.message}" if self.path else f"{place}: {self.message}"
+        message = f"{label}: {self.message}" if label else self.message
+        text = f"{place}: {self.path}: {message}" if self.path else f"{place}: {message}"
         if self.hint:
             text += f"\n    Hint: {self.hint}"
         return text

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cef_reader import read_cef
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,70 +15,6 @@ from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.mapping import FieldRule, Mapping
 
 FIXTURE = Path(__file__).parent / "data" / "ce_syslog_mappings.json"
-
-
-# --- an independent CEF reader: a character state machine, sharing nothing with the writer --------
-
-
-def read_cef(line: str) -> tuple[list[str], dict[str, str]]:
-    """Split a CEF line into its 7 unescaped header fields and its unescaped extension pairs."""
-    assert line.startswith("CEF:")
-    header: list[str] = []
-    field: list[str] = []
-    position = 0
-    while len(header) < 7:
-        char = line[position]
-        if char == "\\":
-            escaped = line[position + 1]
-            assert escaped in "\\|", f"bad header escape \\{escaped}"
-            field.append(escaped)
-            position += 2
-        elif char == "|":
-            header.append("".join(field))
-            field = []
-            position += 1
-        else:
-            assert char not in "\r\n", "line break in header"
-            field.append(char)
-            position += 1
-    return header, _read_extension(line[position:])
-
-
-_UNESCAPE = {"\\": "\\", "=": "=", "n": "\n", "r": "\r"}
-
-
-def _read_extension(text: str) -> dict[str, str]:
-    # Pass 1: decode escapes into (char, was_escaped) cells, so "=" and " " are only syntax when bare.
-    cells: list[tuple[str, bool]] = []
-    position = 0
-    while position < len(text):
-        char = text[position]
-        if char == "\\":
-            escaped = text[position + 1]
-            assert escaped in _UNESCAPE, f"bad extension escape \\{escaped}"
-            cells.append((_UNESCAPE[escaped], True))
-            position += 2
-        else:
-            assert char not in "\r\n", "raw line break in extension"
-            cells.append((char, False))
-            position += 1
-    # Pass 2: every bare "=" ends a key: the run of letters/digits before it, which starts the text
-    # or follows a bare space. A value runs to the space before the next key.
-    starts: list[tuple[int, int]] = []  # (key start, index of its "=")
-    for index, (char, was_escaped) in enumerate(cells):
-        if char == "=" and not was_escaped:
-            start = index
-            while start > 0 and cells[start - 1][0].isalnum() and cells[start - 1][0].isascii():
-                start -= 1
-            assert start < index, "'=' without a key"
-            assert start == 0 or cells[start - 1] == (" ", False), "key not preceded by a space"
-            starts.append((start, index))
-    pairs: dict[str, str] = {}
-    for number, (start, equals) in enumerate(starts):
-        end = starts[number + 1][0] - 1 if number + 1 < len(starts) else len(cells)
-        key = "".join(char for char, _ in cells[start:equals])
-        pairs[key] = "".join(char for char, _ in cells[equals + 1 : end])
-    return pairs
 
 
 # --- property: anything written reads back the same --------------------------------------------
@@ -90,7 +27,16 @@ HEADER = {
     "Name": {"mapping_field": "alert_name"},
     "Severity": {"mapping_field": "severity", "default_value": "Low"},
 }
-EXTENSION_FIELDS = {"suser": "user", "msg": "message", "cs1": "policy", "request": "url", "fname": "file"}
+EXTENSION_FIELDS = {
+    "suser": "user",
+    "msg": "message",
+    "cs1": "policy",
+    "request": "url",
+    "fname": "file",
+    "event_type": "event_type",  # key shapes of CE's own mapping files
+    "uba_inst1": "instance",
+    "IncidentID": "transaction_id",
+}
 PLAIN_HEADER = {**HEADER, "Device Vendor": {"default_value": "Netskope"}}
 
 
@@ -104,12 +50,22 @@ def dlp_mapping(extension: dict[str, dict[str, str]], header: dict[str, Any] = P
 PROPERTY_MAPPING = dlp_mapping(
     {key: {"mapping_field": field} for key, field in EXTENSION_FIELDS.items()}, header=HEADER
 )
-NASTY = st.sampled_from(["|", "=", "\\", "\n", "\r", " ", "\\n", "a=b", "x ", " y", "é", "💥", "\x00", "\t"])
+CONTROLS = [chr(code) for code in range(0x20)] + ["\x7f"]
+NASTY = st.sampled_from(["|", "=", "\\", " ", "\\n", "a=b", "x ", " y", "é", "💥", "␀", *CONTROLS])
 TEXT = st.lists(st.one_of(NASTY, st.text(max_size=4)), max_size=6).map("".join)
+# The Unicode Control Pictures: U+2400 + code for C0 characters, U+2421 for DEL.
+PICTURES = {code: 0x2400 + code for code in range(0x20)} | {0x7F: 0x2421}
+EXTENSION_PICTURES = {code: picture for code, picture in PICTURES.items() if chr(code) not in "\r\n"}
 
 
 def header_expected(value: str | None) -> str:
-    return "" if value is None else value.replace("\r", " ").replace("\n", " ")
+    """A header field as it reads back: every control character (CR and LF too) as its picture."""
+    return "" if value is None else value.translate(PICTURES)
+
+
+def value_expected(value: str) -> str:
+    """An extension value as it reads back: LF and CR from \\n and \\r, other controls as pictures."""
+    return value.translate(EXTENSION_PICTURES)
 
 
 @settings(max_examples=300, deadline=None)
@@ -123,7 +79,7 @@ def header_expected(value: str | None) -> str:
 def test_written_fields_read_back_identically(
     alert_type: str | None, alert_name: str | None, tenant: str, values: dict[str, str | None], sort: bool
 ) -> None:
-    """Header fields and extension values survive CEF escaping, whatever characters they hold."""
+    """Header fields and extension values read back as written, control characters as their pictures."""
     record: dict[str, Any] = {field: value for field, value in values.items() if value is not None}
     if alert_type is not None:
         record["alert_type"] = alert_type
@@ -132,6 +88,7 @@ def test_written_fields_read_back_identically(
     formatter = RecordFormatter("cef", PROPERTY_MAPPING, tenant, sort_extensions=sort)
     line = formatter.format(record, "alerts", "dlp").decode("utf-8")
 
+    assert not set(line) & set(CONTROLS), "a raw control character reached the line"
     header, pairs = read_cef(line)
     assert header == [
         "CEF:0",
@@ -142,7 +99,9 @@ def test_written_fields_read_back_identically(
         header_expected(alert_name),
         "Low",
     ]
-    expected = {key: values[field] for key, field in EXTENSION_FIELDS.items() if values[field]}
+    expected = {
+        key: value_expected(text) for key, field in EXTENSION_FIELDS.items() if (text := values[field])
+    }
     assert pairs == expected
     if sort:
         assert list(pairs) == sorted(pairs)
@@ -198,13 +157,24 @@ def test_nested_fields_through_the_ce_fixture() -> None:
     )
 
 
-def test_header_line_breaks_become_spaces() -> None:
-    """CR and LF cannot appear in a header field; each becomes a space."""
-    record = {"alert_name": "a\r\nb", "alert_type": "x\ny"}
+def test_header_control_characters_become_pictures() -> None:
+    """CR, LF, TAB, NUL... cannot appear in a header field; each becomes its Unicode Control Picture."""
+    record = {"alert_name": "a\r\nb\x00", "alert_type": "x\ty\x7f"}
     line = RecordFormatter("cef", PROPERTY_MAPPING, "t").format(record, "alerts", "dlp").decode()
-    assert "\n" not in line
-    assert "\r" not in line
-    assert read_cef(line)[0][4:6] == ["x y", "a  b"]
+    assert read_cef(line)[0][4:6] == ["x␉y␡", "a␍␊b␀"]
+
+
+@pytest.mark.parametrize("code", [*range(0x20), 0x7F], ids=lambda code: f"U+{code:04X}")
+def test_every_control_character_is_escaped_in_header_and_extension(code: int) -> None:
+    """No C0 character or DEL reaches header or extension raw: LF/CR are escaped, the rest are pictures."""
+    char = chr(code)
+    line = RecordFormatter("cef", PROPERTY_MAPPING, "t").format(
+        {"alert_name": f"a{char}b", "message": f"c{char}d", "user": "u"}, "alerts", "dlp"
+    )
+    escaped = {"\n": "\\n", "\r": "\\r"}.get(char, chr(PICTURES[code]))
+    assert (
+        line.decode() == f"CEF:0|Net\\|sk\\\\ope|t|1.0||a{chr(PICTURES[code])}b|Low|msg=c{escaped}d suser=u"
+    )
 
 
 def test_extension_escapes() -> None:
@@ -279,12 +249,12 @@ def test_mapping_order_can_be_kept() -> None:
 
 
 def test_value_with_nul_is_still_escaped() -> None:
-    """A NUL inside a value does not confuse the writer's key placeholder."""
+    """A NUL inside a value does not confuse the writer's key placeholder, and is written as ␀."""
     line = RecordFormatter("cef", PROPERTY_MAPPING, "t").format(
         {"message": "a\x00b=c", "user": "u"}, "alerts", "dlp"
     )
-    assert read_cef(line.decode())[1] == {"msg": "a\x00b=c", "suser": "u"}
-    assert line.endswith(b"|Low|msg=a\x00b\\=c suser=u")
+    assert read_cef(line.decode())[1] == {"msg": "a␀b=c", "suser": "u"}
+    assert line.endswith("|Low|msg=a␀b\\=c suser=u".encode())
 
 
 # --- severity --------------------------------------------------------------------------------------
@@ -323,31 +293,70 @@ def test_severity_normalisation(value: object, expected: str) -> None:
     assert normalize_severity(value) == expected
 
 
+# CE's AUDIT_SEVERITY_MAP (syslog, QRadar, ArcSight and LogRhythm plugins), applied to str(value).lower().
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (0, "Very-High"),
+        (0, "Unknown"),
         (1, "High"),
-        ("2", "High"),
-        (3, "Medium"),
-        (4, "Medium"),
-        (5, "Low"),
-        (6, "Low"),
-        (7, "Low"),
-        ("high", "High"),
-        (9, "Very-High"),
-        ("x", "Unknown"),
+        (2, "Medium"),
+        (3, "Unknown"),
+        (4, "Low"),
+        (5, "Unknown"),
+        (6, "Info"),
+        (7, "Unknown"),
+        ("0", "Unknown"),
+        ("1", "High"),
+        ("2", "Medium"),
+        ("3", "Unknown"),
+        ("4", "Low"),
+        ("5", "Unknown"),
+        ("6", "Info"),
+        ("7", "Unknown"),
+        (8, "Unknown"),
+        (9, "Unknown"),
+        (10, "Unknown"),
+        (-1, "Unknown"),
+        (100, "Unknown"),
+        ("low", "Low"),
+        ("Med", "Medium"),
+        ("medium", "Medium"),
+        ("HIGH", "High"),
+        ("very-high", "High"),
+        ("critical", "High"),
+        ("informational", "Unknown"),
+        (" 1", "Unknown"),
+        ("1.0", "Unknown"),
+        (1.0, "Unknown"),
+        (True, "Unknown"),
+        (None, "Unknown"),
+        ("", "Unknown"),
+        ([1], "Unknown"),
+        ({"level": 1}, "Unknown"),
     ],
 )
 def test_audit_severity_normalisation(value: object, expected: str) -> None:
-    """Audit severity_level is syslog-style; words and 8-10 fall back to the general table."""
+    """severity_level maps exactly as CE's audit table: 1 High, 2 Medium, 4 Low, 6 Info, else Unknown."""
     assert normalize_audit_severity(value) == expected
 
 
-def test_audit_events_use_the_audit_table() -> None:
-    """events/audit picks the audit table: severity_level 1 is High, not Low."""
-    line = RecordFormatter("cef", Mapping.builtin(), "t").format({"severity_level": 1}, "events", "audit")
-    assert line.split(b"|")[6] == b"High"
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [(0, b"Unknown"), (1, b"High"), (2, b"Medium"), (3, b"Unknown"),
+     (4, b"Low"), (5, b"Unknown"), (6, b"Info"), (7, b"Unknown")],
+)  # fmt: skip
+def test_audit_events_use_the_audit_table(level: int, expected: bytes) -> None:
+    """events/audit writes the severity CE writes for each severity_level 0-7."""
+    line = RecordFormatter("cef", Mapping.builtin(), "t").format({"severity_level": level}, "events", "audit")
+    assert line.split(b"|")[6] == expected
+
+
+def test_audit_severity_default_applies_when_the_level_is_missing() -> None:
+    """Without severity_level, the mapping's default (Low) is looked up in the audit table, as CE does."""
+    line = RecordFormatter("cef", Mapping.load(FIXTURE), "t").format(
+        {"audit_log_event": "x"}, "events", "audit"
+    )
+    assert line.split(b"|")[6] == b"Low"
 
 
 # --- the shipped mapping ---------------------------------------------------------------------------

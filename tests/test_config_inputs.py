@@ -352,7 +352,10 @@ def test_mapping_file_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
     """A route's mapping file that is a FIFO is a problem at `mapping`, not a hang."""
     special_file(tmp_path, "fifo", "ce.json")
     path = write(tmp_path, BASE.replace("alerts: [dlp]", "alerts: [dlp]\n      mapping: ./ce.json"))
-    refused(hostile("check", "-c", str(path)), "logs.routes[0].mapping: cannot read mapping file: is a FIFO")
+    mapping = tmp_path / "ce.json"
+    result = hostile("check", "-c", str(path))
+    refused(result, f"logs.routes[0].mapping: {mapping}: cannot read mapping file")
+    refused(result, "is a FIFO (named pipe), not a regular file")
 
 
 def test_mapping_file_nested_too_deeply_is_refused(tmp_path: Path, registry: Registry) -> None:

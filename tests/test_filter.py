@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import re
+import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,8 @@ from hypothesis import strategies as st
 
 from ce_daemon.errors import CeDaemonError
 from ce_daemon.filter import FilterError, FilterProblem, compile_filter, describe, match_all
+from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.pipelines import SIM_TOKEN, backlog_simulator, pipeline_config, run_cli
 
 
 def matches(spec: object, record: Mapping[str, Any]) -> bool:
@@ -451,6 +456,354 @@ def test_field_names_are_case_sensitive() -> None:
     assert matches({"Severity": {"$exists": True}}, ALERT) is False
 
 
+# --- $all $size $elemMatch $type $mod, on the MongoDB manual's own examples -----------------------
+# Each collection and expected answer below is the one the MongoDB manual gives for the operator
+# (reference/operator/query/<operator>); comments quote where the manual states a rule in words.
+
+
+def selected(spec: object, collection: list[dict[str, Any]]) -> list[Any]:
+    """The ``_id`` of every document of ``collection`` the filter selects, as db.collection.find would."""
+    predicate = compile_filter(spec)
+    return [document["_id"] for document in collection if predicate(document)]
+
+
+INVENTORY = [  # $all
+    {"_id": "xyz", "tags": ["school", "book", "bag", "headphone", "appliance"],
+     "qty": [{"size": "S", "num": 10, "color": "blue"}, {"size": "M", "num": 45, "color": "blue"},
+             {"size": "L", "num": 100, "color": "green"}]},
+    {"_id": "abc", "tags": ["appliance", "school", "book"],
+     "qty": [{"size": "6", "num": 100, "color": "green"}, {"size": "6", "num": 50, "color": "blue"},
+             {"size": "8", "num": 100, "color": "brown"}]},
+    {"_id": "efg", "tags": ["school", "book"],
+     "qty": [{"size": "S", "num": 10, "color": "blue"}, {"size": "M", "num": 100, "color": "blue"},
+             {"size": "L", "num": 100, "color": "green"}]},
+    {"_id": "ijk", "tags": ["electronics", "school"], "qty": [{"size": "M", "num": 100, "color": "green"}]},
+]  # fmt: skip
+
+
+def test_all_matches_arrays_holding_every_value() -> None:
+    """$all: the tags array must contain appliance, school and book (manual: xyz and abc)."""
+    assert selected({"tags": {"$all": ["appliance", "school", "book"]}}, INVENTORY) == ["xyz", "abc"]
+
+
+def test_all_with_elem_match_conditions() -> None:
+    """$all of two $elemMatch: some qty element meets each (manual: efg and ijk)."""
+    spec = {"qty": {"$all": [
+        {"$elemMatch": {"size": "M", "num": {"$gt": 50}}},
+        {"$elemMatch": {"num": 100, "color": "green"}},
+    ]}}  # fmt: skip
+    assert selected(spec, INVENTORY) == ["efg", "ijk"]
+
+
+def test_all_on_a_non_array_field_is_equality() -> None:
+    """Manual: {"qty.num": {$all: [50]}} selects what {"qty.num": 50} selects."""
+    assert selected({"qty.num": {"$all": [50]}}, INVENTORY) == selected({"qty.num": 50}, INVENTORY) == ["abc"]
+
+
+def test_all_of_a_nested_array() -> None:
+    """Manual: $all: [["ssl", "security"]] matches a field equal to that array or holding it as an element."""
+    spec = {"tags": {"$all": [["ssl", "security"]]}}
+    assert matches(spec, {"tags": [["ssl", "security"], "x"]}) is True
+    assert matches(spec, {"tags": ["ssl", "security"]}) is True
+    assert matches(spec, {"tags": ["security", "ssl"]}) is False
+
+
+def test_empty_all_matches_nothing() -> None:
+    """{$all: []} selects no document: MongoDB parses it as $alwaysFalse (SERVER-3337, SERVER-99098)."""
+    assert selected({"tags": {"$all": []}}, INVENTORY) == []
+
+
+SCORES = [{"_id": 1, "results": [82, 85, 88]}, {"_id": 2, "results": [75, 88, 89]}]  # $elemMatch
+SURVEY = [
+    {"_id": 1, "results": [{"product": "abc", "score": 10}, {"product": "xyz", "score": 5}]},
+    {"_id": 2, "results": [{"product": "abc", "score": 8}, {"product": "xyz", "score": 7}]},
+    {"_id": 3, "results": [{"product": "abc", "score": 7}, {"product": "xyz", "score": 8}]},
+    {"_id": 4, "results": [{"product": "abc", "score": 7}, {"product": "def", "score": 8}]},
+    {"_id": 5, "results": {"product": "xyz", "score": 7}},
+]
+
+
+def test_elem_match_operator_form_tests_each_element() -> None:
+    """An element both >= 80 and < 85 (manual: _id 1, for its 82)."""
+    assert selected({"results": {"$elemMatch": {"$gte": 80, "$lt": 85}}}, SCORES) == [1]
+
+
+def test_elem_match_query_form_needs_one_element_meeting_every_condition() -> None:
+    """An element with product xyz and score >= 8 (manual: _id 3); _id 5 is no array and never matches."""
+    spec = {"results": {"$elemMatch": {"product": "xyz", "score": {"$gte": 8}}}}
+    assert selected(spec, SURVEY) == [3]
+
+
+def test_elem_match_single_condition_differs_from_a_dotted_path_only_on_non_arrays() -> None:
+    """Manual: $elemMatch {product: xyz} and "results.product": xyz agree on arrays; _id 5 only the latter."""
+    assert selected({"results": {"$elemMatch": {"product": "xyz"}}}, SURVEY) == [1, 2, 3]
+    assert selected({"results.product": "xyz"}, SURVEY) == [1, 2, 3, 5]
+
+
+def test_elem_match_with_ne_is_not_a_dotted_ne() -> None:
+    """Manual: $elemMatch {product: {$ne: xyz}} gives 1-4 (some product is not xyz); the dotted $ne only 4."""
+    arrays = SURVEY[:4]
+    assert selected({"results": {"$elemMatch": {"product": {"$ne": "xyz"}}}}, arrays) == [1, 2, 3, 4]
+    assert selected({"results.product": {"$ne": "xyz"}}, arrays) == [4]
+
+
+def test_elem_match_needs_every_condition_on_the_same_element() -> None:
+    """Manual: {array: {$elemMatch: {value1: 1, value2: {$gt: 1}}}} needs one element with both."""
+    spec = {"array": {"$elemMatch": {"value1": 1, "value2": {"$gt": 1}}}}
+    assert matches(spec, {"array": [{"value1": 1, "value2": 0}, {"value1": 2, "value2": 2}]}) is False
+    assert matches(spec, {"array": [{"value1": 1, "value2": 0}, {"value1": 1, "value2": 2}]}) is True
+
+
+def test_elem_match_accepts_logical_operators_on_elements() -> None:
+    """A query form may combine element conditions with $or, as any filter."""
+    spec = {"results": {"$elemMatch": {"$or": [{"product": "def"}, {"score": {"$gte": 10}}]}}}
+    assert selected(spec, SURVEY) == [1, 4]
+
+
+def test_size_matches_arrays_of_exactly_that_length() -> None:
+    """Manual: $size 2 returns [red, green] and [apple, lime], not {field: fruit} nor three elements."""
+    collection = [
+        {"_id": 1, "field": ["red", "green"]},
+        {"_id": 2, "field": ["apple", "lime"]},
+        {"_id": 3, "field": "fruit"},
+        {"_id": 4, "field": ["orange", "lemon", "grapefruit"]},
+        {"_id": 5},
+        {"_id": 6, "field": ["one"]},
+    ]
+    assert selected({"field": {"$size": 2}}, collection) == [1, 2]
+    assert selected({"field": {"$size": 1}}, collection) == [6]
+    assert selected({"field": {"$size": 0}}, [{"_id": 1, "field": []}, {"_id": 2}]) == [1]
+
+
+ADDRESS_BOOK = [  # $type; the shell's 43339374 is a double, NumberLong/NumberInt are integers
+    {"_id": 1, "zipCode": "90698345"},
+    {"_id": 2, "zipCode": 43339374.0},
+    {"_id": 3, "zipCode": 3921412},
+    {"_id": 4, "zipCode": 88602117},
+    {"_id": 5, "zipCode": ["834847278", "1893289032"]},
+]
+GRADES = [
+    {"_id": 1, "classAverage": 87.333333333333333},
+    {"_id": 2, "classAverage": "83.52"},
+    {"_id": 3, "classAverage": "94.06"},
+    {"_id": 4, "classAverage": 93},
+]
+SENSOR_READINGS = [
+    {"_id": 1, "readings": [25, 23, ["Warn: High Temp!", 55], ["ERROR: SYSTEM SHUTDOWN!", 66]]},
+    {"_id": 2, "readings": [25, 25, 24, 23]},
+    {"_id": 3, "readings": [22, 24, []]},
+    {"_id": 4, "readings": []},
+    {"_id": 5, "readings": 24},
+]
+
+
+@pytest.mark.parametrize("operand", [2, "string"])
+def test_type_string_also_matches_arrays_holding_a_string(operand: object) -> None:
+    """Manual: $type 2 / "string" returns _id 1 and the array of strings _id 5."""
+    assert selected({"zipCode": {"$type": operand}}, ADDRESS_BOOK) == [1, 5]
+
+
+@pytest.mark.parametrize("operand", [1, "double"])
+def test_type_double(operand: object) -> None:
+    """Manual: $type 1 / "double" returns _id 2."""
+    assert selected({"zipCode": {"$type": operand}}, ADDRESS_BOOK) == [2]
+
+
+def test_type_number_matches_every_number_type() -> None:
+    """Manual: the "number" alias returns _id 2, 3 and 4."""
+    assert selected({"zipCode": {"$type": "number"}}, ADDRESS_BOOK) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("operand", [[2, 1], ["string", "double"]])
+def test_type_list_matches_any_listed_type(operand: object) -> None:
+    """Manual: $type [2, 1] / ["string", "double"] returns _id 1, 2 and 3."""
+    assert selected({"classAverage": {"$type": operand}}, GRADES) == [1, 2, 3]
+
+
+def test_type_array_matches_the_field_itself() -> None:
+    """Manual: $type "array" returns every document whose readings is an array, empty or not (1-4)."""
+    assert selected({"readings": {"$type": "array"}}, SENSOR_READINGS) == [1, 2, 3, 4]
+
+
+def test_type_null_matches_null_but_not_a_missing_field() -> None:
+    """Manual (query for null): {item: {$type: 10}} matches only a null item, not a missing one."""
+    assert selected({"item": {"$type": 10}}, [{"_id": 1, "item": None}, {"_id": 2}]) == [1]
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [(True, {"bool"}), ({"a": 1}, {"object"}), (7, {"int", "number"}), (2**31, {"long", "number"}),
+     (-(2**31), {"int", "number"}), (7.5, {"double", "number"}), ("s", {"string"}), (None, {"null"})],
+)  # fmt: skip
+def test_type_of_json_values(value: object, names: set[str]) -> None:
+    """JSON values have the types a driver stores them as: integers are int within 32 bits, else long."""
+    every = ["double", "string", "object", "array", "bool", "null", "int", "long", "number"]
+    assert {name for name in every if matches({"f": {"$type": name}}, {"f": value})} == names
+
+
+QUANTITIES = [{"_id": 1, "qty": 0}, {"_id": 2, "qty": 5}, {"_id": 3, "qty": 12}]  # $mod
+
+
+@pytest.mark.parametrize("divisor", [4, 4.0, 4.5, 4.99, -4])
+def test_mod_selects_by_remainder(divisor: float) -> None:
+    """Manual: qty mod 4 == 0 returns _id 1 and 3; a fraction of 4 counts as 4, and -4 too (-0 is 0)."""
+    assert selected({"qty": {"$mod": [divisor, 0]}}, QUANTITIES) == [1, 3]
+
+
+def test_mod_remainder_is_negative_for_a_negative_dividend() -> None:
+    """Manual: "When the dividend is negative, the remainder is also negative" (-5 mod 4 is -1)."""
+    assert matches({"qty": {"$mod": [4, -1]}}, {"qty": -5}) is True
+    assert matches({"qty": {"$mod": [4, 3]}}, {"qty": -5}) is False
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "12", True, None])
+def test_mod_ignores_non_finite_and_non_numbers(value: object) -> None:
+    """Manual: a NaN or Infinity field is not included; strings, booleans and null are no numbers."""
+    assert matches({"qty": {"$mod": [4, 0]}}, {"qty": value}) is False
+
+
+def test_mod_on_a_float_field_uses_its_whole_part() -> None:
+    """A double value is truncated toward zero first, as Mongo converts it to a 64-bit integer."""
+    assert matches({"qty": {"$mod": [4, 0]}}, {"qty": 12.9}) is True
+    assert matches({"qty": {"$mod": [4, -1]}}, {"qty": -5.5}) is True
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"f": {"$all": ["x"]}}, {"f": {"$size": 0}}, {"f": {"$elemMatch": {"a": 1}}}, {"f": {"$type": "null"}},
+     {"f": {"$mod": [2, 0]}}],
+)  # fmt: skip
+def test_new_operators_never_match_a_missing_field_and_not_inverts_them(spec: dict[str, Any]) -> None:
+    """A missing field has no elements, size, type or remainder; $not of each therefore holds."""
+    assert matches(spec, {}) is False
+    ((field, condition),) = spec.items()
+    assert matches({field: {"$not": condition}}, {}) is True
+
+
+def test_all_with_null_matches_a_missing_field() -> None:
+    """$all [null] is {f: null}, which matches null and a missing field."""
+    assert matches({"f": {"$all": [None]}}, {}) is True
+    assert matches({"f": {"$all": [None]}}, {"f": 1}) is False
+
+
+def test_array_elements_are_matched_implicitly_by_type_and_mod_but_not_size() -> None:
+    """$type and $mod look at each element of a list; $size and $elemMatch look at the list itself."""
+    record = {"f": [3, "x", [1, 2]]}
+    assert matches({"f": {"$type": "string"}}, record) is True
+    assert matches({"f": {"$mod": [3, 0]}}, record) is True
+    assert matches({"f": {"$size": 3}}, record) is True
+    assert matches({"f": {"$size": 2}}, record) is False
+
+
+def test_new_operators_follow_a_path_through_a_list_of_objects() -> None:
+    """`grades.scores` reaches into every grade, as any dotted path does."""
+    record = {"grades": [{"scores": [1, 2]}, {"scores": [3, 4, 5]}, {"kind": "x"}]}
+    assert matches({"grades.scores": {"$size": 3}}, record) is True
+    assert matches({"grades.scores": {"$elemMatch": {"$gt": 4}}}, record) is True
+    assert matches({"grades.kind": {"$type": "string"}}, record) is True
+    assert matches({"grades.scores": {"$all": [3, 5]}}, record) is True
+    assert matches({"grades.scores": {"$all": [1, 5]}}, record) is True  # any value found, like $and of eqs
+
+
+SIZE_NEEDS = "$size needs a whole number of elements (0 or more), got"
+TYPE_NEEDS = "$type needs a type name such as 'string' or a type code, got"
+MOD_NEEDS = "$mod needs [divisor, remainder]"
+MOD_FINITE = "must be a finite number that fits in 64 bits"
+
+
+@pytest.mark.parametrize(
+    ("condition", "loc", "message"),
+    [
+        ({"$all": 5}, ("f", "$all"), "$all needs a list of values, got int"),
+        ({"$all": [{"$gt": 1}]}, ("f", "$all", 0),
+         "$all takes values or {$elemMatch: ...} conditions, not other operators"),
+        ({"$all": [{"$elemMatch": {"a": 1}}, "x"]}, ("f", "$all"),
+         "$all cannot mix {$elemMatch: ...} conditions with plain values"),
+        ({"$size": -1}, ("f", "$size"), f"{SIZE_NEEDS} -1"),
+        ({"$size": 2.5}, ("f", "$size"), f"{SIZE_NEEDS} 2.5"),
+        ({"$size": "2"}, ("f", "$size"), f"{SIZE_NEEDS} '2'"),
+        ({"$size": True}, ("f", "$size"), f"{SIZE_NEEDS} True"),
+        ({"$elemMatch": [1]}, ("f", "$elemMatch"), "$elemMatch needs a mapping of conditions, got list"),
+        ({"$elemMatch": {"$gte": 1, "a": 2}}, ("f", "$elemMatch", "a"),
+         "cannot mix operators and plain keys in one condition"),
+        ({"$elemMatch": {"a": {"$gtt": 1}}}, ("f", "$elemMatch", "a", "$gtt"),
+         "unknown operator '$gtt'; did you mean '$gt'?"),
+        ({"$type": "strin"}, ("f", "$type"), "unknown $type 'strin'; did you mean 'string'?"),
+        ({"$type": "String"}, ("f", "$type"), "unknown $type 'String'; did you mean 'string'?"),
+        ({"$type": 0}, ("f", "$type"), f"{TYPE_NEEDS} 0"),
+        ({"$type": 2.5}, ("f", "$type"), f"{TYPE_NEEDS} 2.5"),
+        ({"$type": []}, ("f", "$type"), "$type needs at least one type"),
+        ({"$type": ["string", None]}, ("f", "$type", 1), f"{TYPE_NEEDS} null"),
+        ({"$mod": "4"}, ("f", "$mod"), f"{MOD_NEEDS}, got str"),
+        ({"$mod": [4]}, ("f", "$mod"), f"{MOD_NEEDS}: not enough elements (1)"),
+        ({"$mod": []}, ("f", "$mod"), f"{MOD_NEEDS}: not enough elements (0)"),
+        ({"$mod": [4, 1, 2, 3]}, ("f", "$mod"), f"{MOD_NEEDS}: too many elements (4)"),
+        ({"$mod": ["4", 0]}, ("f", "$mod", 0), "$mod divisor must be a number, got str"),
+        ({"$mod": [4, True]}, ("f", "$mod", 1), "$mod remainder must be a number, got bool"),
+        ({"$mod": [float("nan"), 0]}, ("f", "$mod", 0), f"$mod divisor {MOD_FINITE}"),
+        ({"$mod": [4, float("inf")]}, ("f", "$mod", 1), f"$mod remainder {MOD_FINITE}"),
+        ({"$mod": [2**63, 0]}, ("f", "$mod", 0), f"$mod divisor {MOD_FINITE}"),
+        ({"$mod": [0.5, 0]}, ("f", "$mod", 0),
+         "$mod divisor cannot be 0 (a fraction counts as its whole part)"),
+    ],
+)  # fmt: skip
+def test_wrong_operand_shapes_are_placed_compile_errors(
+    condition: dict[str, Any], loc: tuple[str | int, ...], message: str
+) -> None:
+    """Each wrong operand is a compile error at its exact place in the spec, never a traceback."""
+    assert problems_of({"f": condition}) == [(loc, message)]
+
+
+# --- warnings ------------------------------------------------------------------------------------
+
+
+def warnings_of(spec: object) -> list[tuple[tuple[str | int, ...], str]]:
+    warnings: list[FilterProblem] = []
+    compile_filter(spec, warnings=warnings)
+    return [(warning.loc, warning.message) for warning in warnings]
+
+
+def test_list_literal_warns_and_keeps_whole_list_equality() -> None:
+    """`severity: [high, critical]` warns with the $in it probably meant, and still compares whole lists."""
+    spec = {"severity": ["high", "critical"]}
+    assert warnings_of(spec) == [
+        (
+            ("severity",),
+            (
+                'matches only a field equal to the whole list ["high","critical"]; to match any one of these '
+                'values write {$in: ["high","critical"]} ({$eq: [...]} keeps whole-list equality, unwarned)'
+            ),
+        )
+    ]
+    assert matches(spec, {"severity": "high"}) is False
+    assert matches(spec, {"severity": ["high", "critical"]}) is True
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"severity": {"$eq": ["high"]}}, {"severity": {"$in": ["high"]}}, {"tags": {"$all": [["a"]]}},
+     {"severity": "high"}, {"f": {"$type": ["string", "number"]}}, {"tags": []}],
+)  # fmt: skip
+def test_no_warning_for_meant_forms(spec: dict[str, Any]) -> None:
+    """Explicit $eq of a list, $in, $all, plain values and an empty list (an empty field) do not warn."""
+    assert warnings_of(spec) == []
+
+
+def test_warnings_are_placed_inside_logical_operators_and_elem_match() -> None:
+    """A list literal anywhere is found, with its full place."""
+    spec = {"$or": [{"a": 1}, {"b": {"$elemMatch": {"c": ["x", "y"]}}}]}
+    assert [loc for loc, _ in warnings_of(spec)] == [("$or", 1, "b", "$elemMatch", "c")]
+
+
+def test_type_no_json_value_has_warns() -> None:
+    """$type date (or any BSON-only type) is accepted, as Mongo does, with a warning that it never matches."""
+    assert warnings_of({"f": {"$type": ["string", "date", 127]}}) == [
+        (("f", "$type", 1), "$type 'date' never matches a value of a JSON record"),
+        (("f", "$type", 2), "$type 'maxKey' never matches a value of a JSON record"),
+    ]
+    assert matches({"f": {"$type": "date"}}, {"f": "2024-01-01"}) is False
+
+
 # --- robustness ----------------------------------------------------------------------------------
 
 json_values = st.recursive(
@@ -475,6 +828,14 @@ ROBUSTNESS_SPECS: list[dict[str, Any]] = [
     {"a.b": {"$contains": "x", "$startswith": "a"}},
     {"$or": [{"a": {"$ne": "x"}}, {"b.a": {"$eq": [1]}}]},
     {"$nor": [{"x": {"$ne": None}}]},
+    {"a": {"$all": [1, "x", [None]]}},
+    {"a.b": {"$all": [{"$elemMatch": {"x": {"$gt": 0}}}]}},
+    {"a": {"$size": 1}},
+    {"a": {"$elemMatch": {"b": 1, "$or": [{"x": None}]}}},
+    {"a": {"$elemMatch": {"$gt": 0, "$type": "string"}}},
+    {"a.b": {"$type": ["string", "number", "array", "object", "null", "bool"]}},
+    {"a": {"$mod": [3, 1]}},
+    {"x": {"$not": {"$mod": [-2, 0], "$size": 0}}},
 ]
 
 
@@ -527,7 +888,7 @@ def test_unknown_operator_without_close_match_lists_operators() -> None:
     """A far-off name lists the known operators instead of guessing."""
     [(loc, message)] = problems_of({"$where": "this.a > 1"})
     assert loc == ("$where",)
-    assert message.startswith("unknown operator '$where'; known operators: $and, $contains")
+    assert message.startswith("unknown operator '$where'; known operators: $all, $and, $contains")
 
 
 def test_field_operator_at_top_level_is_explained() -> None:
@@ -849,3 +1210,75 @@ def test_nested_path_agrees_with_top_level(spec: dict[str, dict[str, Any]], reco
     """The dotted-path code path gives the same answers as the top-level fast paths."""
     nested_spec = {f"inner.{field}": condition for field, condition in spec.items()}
     assert compile_filter(nested_spec)({"inner": record}) is reference(spec, record)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(scalars, min_size=1, max_size=3), record=flat_records)
+def test_all_is_an_and_of_equalities(values: list[Any], record: dict[str, Any]) -> None:
+    """Manual: {tags: {$all: [ssl, security]}} is equivalent to {$and: [{tags: ssl}, {tags: security}]}."""
+    spec = {"a": {"$all": values}}
+    assert matches(spec, record) is matches({"$and": [{"a": value} for value in values]}, record)
+
+
+# --- warnings reach the operator: `check` and the daemon's log --------------------------------------
+
+
+def warned_pipeline(tmp_path: Path, url: str) -> Path:
+    """A valid pipeline: its filter compares to a list literal, its mute (a JSON string) asks $type date."""
+    route = {
+        "name": "alerts",
+        "tenant": "sim",
+        "alerts": ["dlp"],
+        "filter": {"severity": ["high", "critical"]},
+        "mute": [
+            {
+                "name": "never",
+                "start": "2026-01-01T00:00:00Z",
+                "end": "2026-01-02T00:00:00Z",
+                "filter": '{"timestamp": {"$type": "date"}}',
+            }
+        ],
+        "sink": {"type": "file", "path": "out/alerts.cef"},
+    }
+    return write_pipeline(tmp_path / "pipeline.yaml", pipeline_config(tmp_path, url, [route]))
+
+
+async def test_check_prints_warnings_with_their_place_and_exits_0(tmp_path: Path) -> None:
+    """`check` prints each warning as file:line:col: path: warning: …, and the file still checks OK."""
+    config = warned_pipeline(tmp_path, "https://acme.goskope.com")
+    code, output = await run_cli("check", "-c", str(config), env={"SIM_TOKEN": SIM_TOKEN})
+    assert code == 0, output
+    lines = output.splitlines()
+    assert any(line.endswith("1 stream(s) to pull, 2 warning(s)") for line in lines), output
+    first, second = [line for line in lines if ": warning: " in line]
+    place = rf"{re.escape(str(config))}:\d+:\d+: logs\.routes\[0\]"
+    assert re.fullmatch(
+        rf"{place}\.filter\.severity: warning: matches only a field equal to the whole list "
+        r'\["high","critical"\]; .*\{\$in: \["high","critical"\]\}.*',
+        first,
+    ), first
+    # a JSON-string filter is placed at its key, as its errors are
+    assert re.fullmatch(
+        rf"{place}\.mute\[0\]\.filter: warning: \$type 'date' never matches a value of a JSON record",
+        second,
+    ), second
+
+
+async def test_daemon_logs_each_warning_once_at_start_and_at_reload(tmp_path: Path) -> None:
+    """The daemon logs config.warning for each warning at start, and again when a reload loads the file."""
+    async with backlog_simulator(SIM_TOKEN, 0) as sim:
+        assert sim.url is not None
+        config = warned_pipeline(tmp_path, sim.url)
+        async with DaemonProcess(config, env={"SIM_TOKEN": SIM_TOKEN}) as daemon:
+            await daemon.wait_for_event("config.warning", count=2)
+            daemon.signal(signal.SIGHUP)
+            await daemon.wait_for_event("daemon.reload_applied")
+            warnings = daemon.events("config.warning")
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+    assert len(warnings) == 4
+    assert [w["warning"].split(": warning: ")[0].rsplit(": ", 1)[1] for w in warnings] == [
+        "logs.routes[0].filter.severity",
+        "logs.routes[0].mute[0].filter",
+    ] * 2
+    assert all(w["file"] == str(config) for w in warnings)

@@ -89,14 +89,14 @@ def test_header_and_attributes_exactly() -> None:
 
 @pytest.mark.parametrize(
     ("delimiter", "field"),
-    [("\t", "x09"), ("^", "^"), ("|", "x7C"), ("\\", "x5C"), ("\x1f", "x1F"), ("¦", "xA6")],
+    [("\t", "x09"), ("^", "^"), ("|", "x7C"), ("\\", "x5C"), ("\xa0", "xA0"), ("¦", "xA6")],
 )
 def test_delimiter_field(delimiter: str, field: str) -> None:
     """Tab is written x09, printable punctuation as itself, anything ambiguous or invisible as hex."""
     assert delimiter_field(delimiter) == field
 
 
-@pytest.mark.parametrize("delimiter", ["", "ab", "a", "7", "=", " ", "\n"])
+@pytest.mark.parametrize("delimiter", ["", "ab", "a", "7", "=", " ", "\n", "\r", "\x00", "\x1f", "\x7f"])
 def test_unusable_delimiters_are_refused(delimiter: str) -> None:
     """A delimiter that would break keys or values is refused when the formatter is built."""
     with pytest.raises(ValueError, match="LEEF delimiter"):
@@ -109,20 +109,29 @@ def test_caret_delimiter_line() -> None:
     assert line == "LEEF:2.0|Netskope|acme|NULL|DLP|^|msg=hi^usrName=u"
 
 
-def test_values_cannot_carry_the_delimiter_or_line_breaks() -> None:
-    """Delimiter, CR and LF inside a value become spaces; '=' and '|' stay as they are."""
-    line = leef({"message": "a\tb^c\r\nd=e|f"}, delimiter="\t")
-    assert line.endswith("|x09|msg=a b^c  d=e|f")
+def test_values_cannot_carry_the_delimiter_or_control_characters() -> None:
+    """A printable delimiter in a value becomes a space, control characters (tab included) their pictures."""
+    line = leef({"message": "a\tb^c\r\nd=e|f\x00g\x1bh"}, delimiter="\t")
+    assert line.endswith("|x09|msg=a␉b^c␍␊d=e|f␀g␛h")
     line = leef({"message": "a\tb^c"}, delimiter="^")
-    assert line.endswith("|^|msg=a\tb c")
+    assert line.endswith("|^|msg=a␉b c")
 
 
 def test_header_fields_escape_pipes_and_backslashes() -> None:
-    """Header fields escape '|' and '\\' and lose line breaks; EventID is cut at 255 characters first."""
-    line = leef({"alert_type": "a|b\\c\nd"})
-    assert line.startswith("LEEF:2.0|Netskope|acme|NULL|a\\|b\\\\c d|x09|")
+    """Header fields escape '|' and '\\', control characters become pictures; EventID is cut at 255."""
+    line = leef({"alert_type": "a|b\\c\nd\x00"})
+    assert line.startswith("LEEF:2.0|Netskope|acme|NULL|a\\|b\\\\c␊d␀|x09|")
     long_id = leef({"alert_type": "e" * 254 + "\\|" + "e" * 50})
     assert read_leef(long_id)[0][3] == "e" * 254 + "\\"
+
+
+def test_delimiter_inside_an_extension_key_is_refused() -> None:
+    """A mapping key holding the chosen delimiter could not be read back: the formatter refuses it."""
+    mapping = Mapping.from_document(
+        {"taxonomy": {"alerts": {"dlp": {"header": HEADER, "extension": {"a^b": {"mapping_field": "x"}}}}}}
+    )
+    with pytest.raises(ValueError, match=r"LEEF delimiter '\^' appears in extension keys \['a\^b'\]"):
+        RecordFormatter("leef", mapping, "acme", leef_delimiter="^")
 
 
 def test_explicit_leef_attribute_wins_over_a_renamed_one() -> None:
@@ -160,6 +169,16 @@ def test_sev_from_the_cef_severity(severity: object, sev: str) -> None:
     assert read_leef(leef({"severity": severity}))[1]["sev"] == sev
 
 
+@pytest.mark.parametrize(
+    ("level", "sev"), [(0, None), (1, "8"), (2, "6"), (3, None), (4, "3"), (5, None), (6, "1"), (7, None)]
+)
+def test_audit_sev_follows_the_audit_table(level: int, sev: str | None) -> None:
+    """Audit events: High 8, Medium 6, Low 3, Info 1, and no sev where CE's audit table says Unknown."""
+    formatter = RecordFormatter("leef", Mapping.builtin(), "acme")
+    _, pairs = read_leef(formatter.format({"severity_level": level}, "events", "audit").decode())
+    assert pairs.get("sev") == sev
+
+
 def test_default_mapping_writes_leef_for_clientstatus() -> None:
     """The shipped mapping drives LEEF too, nested paths included."""
     record = {"timestamp": 1700000000, "host_info": {"hostname": "pc-1"}, "user_info": {"username": "u@x"}}
@@ -171,8 +190,10 @@ def test_default_mapping_writes_leef_for_clientstatus() -> None:
     assert pairs["devTime"] == "2023-11-14T22:13:20.000+0000"
 
 
+CONTROLS = [chr(code) for code in range(0x20)] + ["\x7f"]
+PICTURES = {code: 0x2400 + code for code in range(0x20)} | {0x7F: 0x2421}
 TEXT = st.lists(
-    st.one_of(st.sampled_from(["\t", "^", "=", "|", "\\", "\n", "\r", " ", "é"]), st.text(max_size=3)),
+    st.one_of(st.sampled_from(["^", "=", "|", "\\", " ", "é", "␉", *CONTROLS]), st.text(max_size=3)),
     max_size=6,
 ).map("".join)
 
@@ -180,14 +201,17 @@ TEXT = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(message=TEXT, user=TEXT, delimiter=st.sampled_from(["\t", "^", "|", "#"]))
 def test_values_read_back_flattened(message: str, user: str, delimiter: str) -> None:
-    """Any value reads back through a delimiter-splitting reader, with only delimiter/CR/LF flattened."""
+    """Any value reads back through a delimiter-splitting reader: only the delimiter and controls change."""
     line = leef({"message": message, "user": user}, delimiter=delimiter)
-    assert "\n" not in line
-    assert "\r" not in line
+    assert set(line) & set(CONTROLS) <= {delimiter}, "a raw control character reached the line"
     _, pairs = read_leef(line)
 
     def flat(text: str) -> str:
-        return text.replace(delimiter, " ").replace("\r", " ").replace("\n", " ")
+        return (
+            text.replace(delimiter, " ").translate(PICTURES)
+            if delimiter != "\t"
+            else text.translate(PICTURES)
+        )
 
     expected = {key: flat(value) for key, value in (("msg", message), ("usrName", user)) if value}
     assert pairs == expected

@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from cef_reader import read_cef
 
 from ce_daemon.errors import ConfigError
 from ce_daemon.logs.formatter import RecordFormatter
-from ce_daemon.logs.mapping import Mapping, MappingError, UnmappedSubtypeError, parse_field_path
+from ce_daemon.logs.mapping import FieldRule, Mapping, MappingError, UnmappedSubtypeError, parse_field_path
+from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.pipelines import SIM_TOKEN, backlog_ids, backlog_simulator, pipeline_config, run_cli
+from ce_daemon.testing.sockets import SyslogReceiver
 
-FIXTURE = Path(__file__).parent / "data" / "ce_syslog_mappings.json"
+DATA = Path(__file__).parent / "data"
+FIXTURE = DATA / "ce_syslog_mappings.json"
+# Our own files in the form of the mapping files CE's CLS plugins ship: the same wrapper, taxonomy
+# (logs, webtx, alerts, events, json), header/extension tables per subtype, transformations, defaults,
+# nested and hyphenated field paths, and every shape of extension key those plugins use.
+CE_PLUGIN_FIXTURES = {
+    "syslog": ("ce_syslog_mappings.json", "Syslog Default Mappings"),
+    "qradar": ("ce_qradar_mappings.json", "QRadar Default Mappings"),
+    "arcsight": ("ce_arcsight_mappings.json", "ArcSight Default Mappings"),
+    "logrhythm": ("ce_logrhythm_mappings.json", "LogRhythm Default Mappings"),
+}
+UBA_KEYS = {
+    "syslog": ("event_type", "policy_name", "md5_list", "policy_actions", "uba_inst1", "uba_inst2",
+               "uba_ap1", "uba_ap2", "IncidentID", "NetskopeJustificationType"),
+    "qradar": ("eventType", "policyName", "md5List", "policyActions", "ubaInst1", "ubaInst2", "ubaAp1",
+               "ubaAp2", "IncidentID", "netskopeJustificationType"),
+}  # fmt: skip
+UBA_KEYS["arcsight"] = UBA_KEYS["logrhythm"] = UBA_KEYS["syslog"]
 HEADER = {
     "Device Vendor": {"default_value": "Netskope"},
     "Device Product": {"default_value": "$tenant_name"},
@@ -24,7 +47,7 @@ HEADER = {
 }
 
 
-TRANSFORMATIONS = "(expected String, Integer, Floating Point, IP Address, MAC Address)"
+TRANSFORMATIONS = "(expected String, Integer, Floating Point, IP Address, MAC Address, Time Stamp)"
 FIELD_KEYS = "(expected mapping_field, default_value, transformation, is_json_path, label)"
 DATA_TYPES = "(expected alerts, events, webtx, logs or json)"
 
@@ -104,6 +127,131 @@ def test_builtin_mapping_by_name() -> None:
         Mapping.builtin("nope")
 
 
+# --- CE's own mapping files, as shipped ------------------------------------------------------------
+
+SAMPLE_BY_TRANSFORMATION: dict[str, object] = {
+    "String": "a value",
+    "Integer": 7,
+    "Floating Point": 1.5,
+    "IP Address": "192.0.2.1",
+    "MAC Address": "00:1a:2b:3c:4d:5e",
+    "Time Stamp": 1700000000,
+}
+
+
+def record_for(rules: dict[str, FieldRule]) -> dict[str, Any]:
+    """A record giving every field the rules read a value of the kind its transformation expects."""
+    record: dict[str, Any] = {}
+    for rule in rules.values():
+        if rule.mapping_field:
+            *parents, leaf = rule.mapping_field.split(".")
+            target = record
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = SAMPLE_BY_TRANSFORMATION[rule.transformation]
+    return record
+
+
+@pytest.mark.parametrize("family", CE_PLUGIN_FIXTURES)
+def test_ce_plugin_mapping_file_loads(family: str) -> None:
+    """The mapping file of CE's syslog, QRadar, ArcSight and LogRhythm plugins loads in the form they ship."""
+    file, name = CE_PLUGIN_FIXTURES[family]
+    mapping = Mapping.load(DATA / file)
+    assert mapping.name == name
+    for kind, subtype in [
+        ("alerts", "uba"), ("alerts", "Compromised Credential"), ("alerts", "Legal Hold"), ("alerts", "ctep"),
+        ("alerts", "c2"), ("events", "audit"), ("events", "network"), ("webtx", "v2"), ("logs", "error"),
+    ]:  # fmt: skip
+        assert mapping.covers(kind, subtype), (kind, subtype)
+    assert mapping.json_fields("alerts", "uba") == ()
+    uba = mapping.rules("alerts", "uba")
+    assert uba is not None
+    assert set(UBA_KEYS[family]) <= set(uba.extension)
+
+
+@pytest.mark.parametrize("family", CE_PLUGIN_FIXTURES)
+@pytest.mark.parametrize(("kind", "subtype"), [("alerts", "uba"), ("webtx", "v2"), ("events", "page")])
+def test_ce_plugin_keys_are_written_as_the_file_names_them(family: str, kind: str, subtype: str) -> None:
+    """Every extension key (underscored, camelCase, capitalised, numbered) reaches the CEF line unchanged."""
+    mapping = Mapping.load(DATA / CE_PLUGIN_FIXTURES[family][0])
+    rules = mapping.rules(kind, subtype)
+    assert rules is not None
+    line = RecordFormatter("cef", mapping, "acme").format(record_for(dict(rules.extension)), kind, subtype)
+    _, pairs = read_cef(line.decode())
+    assert set(pairs) == set(rules.extension)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["event_type", "uba_inst1", "IncidentID", "NetskopeJustificationType", "md5List", "cs1", "x-forwarded",
+     "a.b", "größe"],
+)  # fmt: skip
+def test_extension_keys_are_accepted_as_ce_writes_them(key: str) -> None:
+    """Any key CEF and LEEF can carry is written as it is named, as CE does."""
+    line = RecordFormatter("cef", one_subtype({key: {"mapping_field": "v"}}), "t").format(
+        {"v": "x"}, "alerts", "dlp"
+    )
+    assert read_cef(line.decode())[1] == {key: "x"}
+
+
+CANNOT = ": CEF and LEEF have no way to write it in a key"
+NOT_PRINTING = "a non-printing character"
+TRY_A_B = "(hint: try 'a_b')"
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("", ": extension key is empty"),
+        ("src ip", f"src ip: extension key cannot contain a space{CANNOT} (hint: try 'src_ip')"),
+        ("a=b", f"a=b: extension key cannot contain '='{CANNOT} (hint: try 'a_b')"),
+        ("a|b", f"a|b: extension key cannot contain '|'{CANNOT} (hint: try 'a_b')"),
+        ("a\\b", f"a\\b: extension key cannot contain '\\\\'{CANNOT} (hint: try 'a_b')"),
+        ("a\tb", f"'a\\tb': extension key cannot contain U+0009 (white space){CANNOT} (hint: try 'a_b')"),
+        (
+            "a\x00b ",
+            f"'a\\x00b ': extension key cannot contain U+0000 ({NOT_PRINTING}), a space{CANNOT} {TRY_A_B}",
+        ),
+        (
+            "a\x7fb",
+            f"'a\\x7fb': extension key cannot contain U+007F ({NOT_PRINTING}){CANNOT} (hint: try 'a_b')",
+        ),
+        ("=", f"=: extension key cannot contain '='{CANNOT}"),
+    ],
+)
+def test_keys_cef_and_leef_cannot_carry_are_refused(key: str, problem: str) -> None:
+    """Empty keys, white space, '=', '|', '\\' and control characters are refused, with why and a hint."""
+    assert problems_of({"taxonomy": {"alerts": {"dlp": {"header": HEADER, "extension": {
+        key: {"mapping_field": "v"}}}}}}) == [f"taxonomy.alerts.dlp.extension.{problem}"]  # fmt: skip
+
+
+async def test_check_names_the_mapping_file_and_the_place_in_it(tmp_path: Path) -> None:
+    """`ce-daemon check` refuses a bad mapping file naming the route, the file, the JSON path and why."""
+    document = json.loads(FIXTURE.read_text())
+    data = json.loads(document["jsonData"])
+    data["taxonomy"]["alerts"]["uba"]["extension"]["policy name"] = {"mapping_field": "policy_name"}
+    (tmp_path / "mine.json").write_text(json.dumps({**document, "jsonData": json.dumps(data)}))
+    (tmp_path / "broken.json").write_text('{\n  "taxonomy": {,\n}')
+    pipeline = pipeline_config(tmp_path, "https://acme.goskope.com", [
+        {"name": "mine", "tenant": "sim", "alerts": ["uba"], "mapping": "mine.json",
+         "sink": {"type": "file", "path": "out.cef"}},
+        {"name": "broken", "tenant": "sim", "alerts": ["uba"], "mapping": "broken.json",
+         "sink": {"type": "file", "path": "out2.cef"}},
+    ])  # fmt: skip
+    config = write_pipeline(tmp_path / "pipeline.yaml", pipeline)
+    code, output = await run_cli("check", "-c", str(config), env={"SIM_TOKEN": SIM_TOKEN})
+    assert code == 78
+    lines = output.splitlines()
+    [bad_key] = [number for number, line in enumerate(lines) if "logs.routes[0].mapping" in line]
+    assert lines[bad_key].endswith(
+        f"logs.routes[0].mapping: {tmp_path}/mine.json: taxonomy.alerts.uba.extension.policy name: "
+        "extension key cannot contain a space: CEF and LEEF have no way to write it in a key"
+    )
+    assert lines[bad_key + 1] == "    Hint: try 'policy_name'"
+    [broken] = [line for line in lines if "logs.routes[1].mapping" in line]
+    assert f"logs.routes[1].mapping: {tmp_path}/broken.json:2:16: not valid JSON:" in broken
+
+
 # --- validation ------------------------------------------------------------------------------------
 
 
@@ -119,7 +267,7 @@ def test_validation_collects_every_problem_with_its_path() -> None:
                     "header": header,
                     "extension": {
                         "src": {"transformation": "IP Address"},
-                        "src_ip": {"mapping_field": "srcip"},
+                        "src ip": {"mapping_field": "srcip"},
                         "dst": {"mapping_field": "dstip", "transformation": "Hostname"},
                         "act": {"mapping_feild": "activity", "mapping_field": "activity"},
                     },
@@ -134,7 +282,10 @@ def test_validation_collects_every_problem_with_its_path() -> None:
         f"{where}.header.Severity.transformation: unknown transformation 'Int' {TRANSFORMATIONS}",
         f"{where}.header: missing header field 'Name'",
         f"{where}.extension.src: needs mapping_field or default_value",
-        f"{where}.extension.src_ip: extension key must contain only letters and digits (hint: try 'srcip')",
+        (
+            f"{where}.extension.src ip: extension key cannot contain a space: CEF and LEEF have no way to "
+            "write it in a key (hint: try 'src_ip')"
+        ),
         f"{where}.extension.dst.transformation: unknown transformation 'Hostname' {TRANSFORMATIONS}",
         f"{where}.extension.act.mapping_feild: unknown key {FIELD_KEYS}",
         f"taxonomy.event: unknown data type {DATA_TYPES} (hint: did you mean 'events'?)",
@@ -315,6 +466,10 @@ def test_defaults_fill_missing_and_empty_values() -> None:
         ("MAC Address", "aabb.ccdd.ee0f", "AA:BB:CC:DD:EE:0F"),
         ("MAC Address", "aa:bb:cc", None),
         ("String", 7, "7"),
+        ("Time Stamp", 1700000000, "1700000000"),
+        ("Time Stamp", 1700000000.9, "1700000000"),
+        ("Time Stamp", "1700000000", "1700000000"),
+        ("Time Stamp", "2023-11-14T22:13:20Z", "2023-11-14T22:13:20Z"),
     ],
 )
 def test_transformations(transformation: str, value: object, expected: str | None) -> None:
@@ -354,6 +509,8 @@ def test_json_field_list_selects_and_renames() -> None:
                         "host_info.hostname",
                         {"name": "size", "mapping_field": "file_size", "transformation": "Integer"},
                         {"name": "tenant", "default_value": "$tenant_name"},
+                        {"name": "seen", "mapping_field": "timestamp", "transformation": "Time Stamp"},
+                        {"name": "when", "mapping_field": "date", "transformation": "Time Stamp"},
                         "missing",
                     ]
                 }
@@ -361,9 +518,23 @@ def test_json_field_list_selects_and_renames() -> None:
         }
     }
     mapping = Mapping.from_document(document)
-    record = {"_id": "x1", "host_info": {"hostname": "pc"}, "file_size": "2048", "other": 1}
+    record = {
+        "_id": "x1",
+        "host_info": {"hostname": "pc"},
+        "file_size": "2048",
+        "timestamp": "1700000000",
+        "date": "2023-11-14",
+        "other": 1,
+    }
     out = RecordFormatter("json", mapping, "acme").format(record, "alerts", "dlp")
-    assert orjson.loads(out) == {"_id": "x1", "host_info.hostname": "pc", "size": 2048, "tenant": "acme"}
+    assert orjson.loads(out) == {
+        "_id": "x1",
+        "host_info.hostname": "pc",
+        "size": 2048,
+        "tenant": "acme",
+        "seen": 1700000000,
+        "when": "2023-11-14",
+    }
 
 
 def test_route_json_fields_override_the_mapping() -> None:
@@ -384,3 +555,50 @@ def test_json_survives_integers_beyond_64_bits() -> None:
     record = {"_id": "big", "n": 2**70}
     out = RecordFormatter("json", Mapping.load(FIXTURE), "t").format(record, "alerts", "dlp")
     assert json.loads(out) == record
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+
+async def test_ce_syslog_mapping_ships_underscore_keys_through_a_real_pipeline(tmp_path: Path) -> None:
+    """Simulator → daemon → syslog: with CE's syslog mapping, each uba alert's CEF has the underscore keys."""
+    backlog = 60
+    shutil.copy(FIXTURE, tmp_path / "ce_syslog_mappings.json")
+    async with (
+        backlog_simulator(SIM_TOKEN, backlog, [("alerts", "uba")], rate_limit=20) as sim,
+        SyslogReceiver("tcp") as cef_receiver,
+        SyslogReceiver("tcp") as json_receiver,
+    ):
+        assert sim.url is not None
+
+        def route(name: str, receiver: SyslogReceiver, **options: Any) -> dict[str, Any]:
+            port = int(receiver.target.rsplit(":", 1)[1])
+            sink = {"type": "syslog", "host": "127.0.0.1", "port": port, "protocol": "tcp"}
+            return {"name": name, "tenant": "sim", "alerts": ["uba"], "sink": sink, **options}
+
+        routes = [
+            route("uba-cef", cef_receiver, format="cef", mapping="ce_syslog_mappings.json"),
+            route("uba-json", json_receiver, format="json"),
+        ]
+        config = write_pipeline(
+            tmp_path / "pipeline.yaml", pipeline_config(tmp_path, sim.url, routes, rate_limit=20)
+        )
+        async with DaemonProcess(config, env={"SIM_TOKEN": SIM_TOKEN}) as daemon:
+            cef_lines = [await cef_receiver.wait_for("CEF:0|", timeout=30) for _ in range(backlog)]
+            json_lines = [await json_receiver.wait_for('{"', timeout=30) for _ in range(backlog)]
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+
+    records = [orjson.loads(line[line.index("{") :]) for line in json_lines]
+    assert [record["_id"] for record in records] == backlog_ids(sim, "alerts", "uba", backlog)
+    reference = RecordFormatter("cef", Mapping.load(FIXTURE), "sim")
+    underscored = set(UBA_KEYS["syslog"][:8])
+    # Both routes read the one stream in spool order, so line i of each is the same record.
+    for record, line in zip(records, cef_lines, strict=True):
+        cef = line[line.index("CEF:0|") :]
+        header, pairs = read_cef(cef)
+        assert header[1:5] == ["Netskope", "sim", "NULL", "uba"]
+        assert underscored <= set(pairs)
+        assert pairs["uba_inst1"] == record["uba_inst1"]
+        assert pairs["md5_list"] == orjson.dumps(record["md5_list"]).decode()
+        assert cef.encode() == reference.format(record, "alerts", "uba")

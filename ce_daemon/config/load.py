@@ -5,6 +5,7 @@ Every problem is collected with its place in the file; nothing touches the runni
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import time
@@ -29,7 +30,7 @@ from ce_daemon.config.secrets import (
 )
 from ce_daemon.config.source import Loc, Source, read_source
 from ce_daemon.errors import ConfigError, Problem
-from ce_daemon.filter import FilterError, compile_filter
+from ce_daemon.filter import FilterError, FilterProblem, compile_filter
 from ce_daemon.logs.mapping import Mapping as LogMapping
 from ce_daemon.logs.mapping import MappingError, parse_json_fields
 from ce_daemon.netskope.subtypes import normalise_subtype
@@ -96,6 +97,9 @@ class LoadedPipeline:
     stand_ins: set[Loc] = field(default_factory=set)
     """Places of secrets that hold a stand-in, not the secret: disabled routes' unresolved ones, and
     the unverified ones. A component using one must not be run."""
+    warnings: list[Problem] = field(default_factory=list)
+    """What is valid but probably not meant (a filter comparing a field to a list literal...), placed
+    like problems; ``check`` prints them and the daemon logs them (``config.warning``)."""
 
     @property
     def base_dir(self) -> Path:
@@ -189,6 +193,7 @@ def load_pipeline(
     loaded.routes = resolved.build_routes(config)
     if problems:
         raise ConfigError(_dedupe(problems))
+    loaded.warnings = _dedupe(resolved.warnings)
     return loaded
 
 
@@ -199,6 +204,7 @@ class _Resolver:
         self.source = source
         self.registry = registry
         self.problems = problems
+        self.warnings: list[Problem] = []
         self.sinks: dict[int, tuple[PluginInfo, PluginOptions]] = {}
         self.predicates: dict[Loc, Predicate | None] = {}
         self.streams: dict[int, tuple[Stream, ...]] = {}
@@ -334,16 +340,21 @@ class _Resolver:
     def _filter(self, spec: object, loc: Loc) -> Predicate | None:
         if spec is None:
             return None
+        inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
+        warnings: list[FilterProblem] = []
         try:
-            return compile_filter(spec)
+            return compile_filter(spec, warnings=warnings)
         except FilterError as exc:
-            inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
             for problem in exc.problems:
                 where = (*loc, *problem.loc) if inside else loc
                 self.problems.append(
                     self.source.problem(where, problem.message, key=inside and problem.at_key)
                 )
             return None
+        finally:
+            for warning in warnings:
+                where = (*loc, *warning.loc) if inside else loc
+                self.warnings.append(self.source.problem(where, warning.message))
 
     def _fields(self, raw: dict[str, Any], loc: Loc) -> None:
         fields = raw.get("fields")
@@ -374,7 +385,9 @@ class _Resolver:
                 mapping = LogMapping.builtin(name)
         except MappingError as exc:
             for problem in exc.problems:
-                self.problems.append(self.source.problem((*loc, "mapping"), str(problem)))
+                # said as the mapping file's own place (file:line:col: json.path: message), hint apart
+                where = dataclasses.replace(problem, hint=None).render()
+                self.problems.append(self.source.problem((*loc, "mapping"), where, hint=problem.hint))
             return
         except (OSError, ValueError) as exc:
             self.problems.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
@@ -13,7 +14,9 @@ import orjson
 from ce_daemon.config.compose import MAX_DEPTH
 from ce_daemon.filter.problems import FilterError, FilterProblem, Loc
 from ce_daemon.filter.values import (
+    BSON_TYPES,
     COMPARISONS,
+    JSON_TYPES,
     MISSING,
     Matcher,
     Predicate,
@@ -22,8 +25,12 @@ from ce_daemon.filter.values import (
     fast_path,
     lift,
     member_of,
+    of_type,
     on_strings,
+    remainder_is,
     resolver,
+    size_is,
+    some_element,
 )
 
 
@@ -32,18 +39,21 @@ def match_all(record: Mapping[str, Any]) -> bool:
     return True
 
 
-def compile_filter(spec: object) -> Predicate:
+def compile_filter(spec: object, *, warnings: list[FilterProblem] | None = None) -> Predicate:
     """Compile a filter spec into a predicate over records.
 
     ``spec`` is a mapping (as YAML gives it), a JSON string of one (as CE stores its ``mongo``
     queries), or ``None``/``{}`` for "match everything". Raises :class:`FilterError` listing every
-    problem in the spec.
+    problem in the spec. What is valid but probably not meant (a field compared to a list literal, a
+    ``$type`` no JSON value has) is appended to ``warnings`` when a list is given.
     """
     document = _load(spec)
     if not document:
         return match_all
     compiler = _Compiler()
     predicate = compiler.document(document, ())
+    if warnings is not None:
+        warnings.extend(compiler.warnings)
     if compiler.problems:
         raise FilterError(compiler.problems)
     return predicate
@@ -70,11 +80,15 @@ def describe(spec: object) -> str:
 _DESCRIBE_LIMIT: Final = 200
 _FIELD_OPERATORS: Final = frozenset(
     {"$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$regex", "$options", "$exists", "$not"}
+    | {"$all", "$size", "$elemMatch", "$type", "$mod"}
     | {"$contains", "$startswith"}
 )
 _LOGICAL_OPERATORS: Final = frozenset({"$and", "$or", "$nor"})
 _ALL_OPERATORS: Final = sorted(_FIELD_OPERATORS | _LOGICAL_OPERATORS)
 _REGEX_FLAGS: Final = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "u": 0}
+_NUMBER_TYPES: Final = frozenset({"double", "int", "long", "decimal"})
+_TYPE_BY_CODE: Final = {code: name for name, code in BSON_TYPES.items()}
+_INT64: Final = 2**63
 
 
 def _load(spec: object) -> Mapping[Any, Any] | None:
@@ -139,9 +153,13 @@ class _Compiler:
 
     def __init__(self) -> None:
         self.problems: list[FilterProblem] = []
+        self.warnings: list[FilterProblem] = []
 
     def problem(self, loc: Loc, message: str, *, at_key: bool = False) -> None:
         self.problems.append(FilterProblem(loc, message, at_key))
+
+    def warn(self, loc: Loc, message: str) -> None:
+        self.warnings.append(FilterProblem(loc, message))
 
     def document(self, document: Mapping[Any, Any], loc: Loc) -> Predicate:
         """A whole filter: every key (field or logical operator) must hold."""
@@ -195,6 +213,13 @@ class _Compiler:
             fast = fast_path(segments, condition)
             matcher = self.operators(condition, loc, fans_out)
         else:
+            if isinstance(condition, list) and condition:  # `field: []` plainly means an empty list
+                listed = _json(condition)
+                self.warn(
+                    loc,
+                    f"matches only a field equal to the whole list {listed}; to match any one of these "
+                    f"values write {{$in: {listed}}} ({{$eq: [...]}} keeps whole-list equality, unwarned)",
+                )
             fast = fast_path(segments, {"$eq": condition})
             matcher = lift(equals(condition), fans_out)
         if fast is not None:
@@ -260,6 +285,11 @@ class _Compiler:
             return (lambda value: value is not MISSING) if operand else (lambda value: value is MISSING)
         if operator == "$not":
             return self.negation(operand, loc, fans_out)
+        if operator == "$all":
+            return self.all_of(operand, loc, fans_out)
+        if operator in self._ARRAY_AND_TYPE:
+            matcher = self._ARRAY_AND_TYPE[operator](self, operand, loc)
+            return None if matcher is None else lift(matcher, fans_out)
         # $contains and $startswith: substring tests on strings
         if not isinstance(operand, str):
             self.problem(loc, f"{operator} needs a string, got {_kind(operand)}")
@@ -267,6 +297,128 @@ class _Compiler:
         if operator == "$contains":
             return lift(on_strings(lambda text: operand in text), fans_out)
         return lift(on_strings(lambda text: text.startswith(operand)), fans_out)
+
+    # -- $all $size $elemMatch $type $mod: each gives the matcher of one resolved value -------------
+
+    def all_of(self, operand: object, loc: Loc, fans_out: bool) -> Matcher | None:
+        """``$all``: every listed value matches as ``{field: value}`` would, or every ``$elemMatch``.
+
+        Each entry is tested on its own, as Mongo's ``$and`` of them: across a list of objects, one
+        object may give one value and another object the next.
+        """
+        if not isinstance(operand, list):
+            self.problem(loc, f"$all needs a list of values, got {_kind(operand)}")
+            return None
+        if not operand:
+            return _match_none  # Mongo: an empty $all matches no document
+        parts: list[Matcher] = []
+        elem_matches = 0
+        for index, entry in enumerate(operand):
+            here = (*loc, index)
+            if not _is_operator_mapping(entry):
+                parts.append(lift(equals(entry), fans_out))
+            elif set(entry) == {"$elemMatch"}:
+                elem_matches += 1
+                matcher = self.elem_match(entry["$elemMatch"], (*here, "$elemMatch"))
+                if matcher is not None:
+                    parts.append(lift(matcher, fans_out))
+            else:
+                self.problem(here, "$all takes values or {$elemMatch: ...} conditions, not other operators")
+        if 0 < elem_matches < len(operand):
+            self.problem(loc, "$all cannot mix {$elemMatch: ...} conditions with plain values")
+        return _all_of(parts)
+
+    def size(self, operand: object, loc: Loc) -> Matcher | None:
+        """``$size``: a list of exactly that many elements."""
+        count = _whole_number(operand)
+        if count is None or count < 0:
+            self.problem(loc, f"$size needs a whole number of elements (0 or more), got {_shown(operand)}")
+            return None
+        return size_is(count)
+
+    def elem_match(self, operand: object, loc: Loc) -> Matcher | None:
+        """``$elemMatch``: a list with one element meeting every condition.
+
+        Conditions on the element's fields (``{product: xyz, score: {$gte: 8}}``) test elements that are
+        mappings; operators alone (``{$gte: 80, $lt: 85}``) test each element's value.
+        """
+        if not isinstance(operand, Mapping):
+            self.problem(loc, f"$elemMatch needs a mapping of conditions, got {_kind(operand)}")
+            return None
+        first = next(iter(operand), None)
+        if isinstance(first, str) and first.startswith("$") and first not in _LOGICAL_OPERATORS:
+            test = self.operators(operand, loc, False)
+            return some_element(test)
+        predicate = self.document(operand, loc) if operand else match_all
+        return some_element(lambda element: isinstance(element, Mapping) and predicate(element))
+
+    def type_of(self, operand: object, loc: Loc) -> Matcher | None:
+        """``$type``: a BSON type alias or code, or a list of them; ``number`` means any number."""
+        listed = operand if isinstance(operand, list) else [operand]
+        if not listed:
+            self.problem(loc, "$type needs at least one type")
+            return None
+        names: set[str] = set()
+        for index, entry in enumerate(listed):
+            here = (*loc, index) if isinstance(operand, list) else loc
+            name = self.type_name(entry, here)
+            if name is None:
+                continue
+            if name == "number":
+                names |= _NUMBER_TYPES
+            else:
+                names.add(name)
+                if name not in JSON_TYPES:
+                    self.warn(here, f"$type {name!r} never matches a value of a JSON record")
+        return of_type(frozenset(names)) if names else None
+
+    def type_name(self, entry: object, loc: Loc) -> str | None:
+        if isinstance(entry, str):
+            if entry in BSON_TYPES or entry == "number":
+                return entry
+            known = [*BSON_TYPES, "number"]
+            close = [name for name in known if name.lower() == entry.lower()]
+            close = close or difflib.get_close_matches(entry, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known types: {', '.join(known)}"
+            self.problem(loc, f"unknown $type {entry!r}{hint}")
+            return None
+        code = _whole_number(entry)
+        if code is None or code not in _TYPE_BY_CODE:
+            self.problem(loc, f"$type needs a type name such as 'string' or a type code, got {_shown(entry)}")
+            return None
+        return _TYPE_BY_CODE[code]
+
+    def modulo(self, operand: object, loc: Loc) -> Matcher | None:
+        """``$mod: [divisor, remainder]``: both truncated toward zero, as Mongo does."""
+        if not isinstance(operand, list):
+            self.problem(loc, f"$mod needs [divisor, remainder], got {_kind(operand)}")
+            return None
+        if len(operand) != 2:
+            amount = "not enough" if len(operand) < 2 else "too many"
+            self.problem(loc, f"$mod needs [divisor, remainder]: {amount} elements ({len(operand)})")
+            return None
+        numbers: list[int] = []
+        for index, (role, entry) in enumerate(zip(("divisor", "remainder"), operand, strict=True)):
+            if isinstance(entry, bool) or not isinstance(entry, int | float):
+                self.problem((*loc, index), f"$mod {role} must be a number, got {_kind(entry)}")
+            elif not math.isfinite(entry) or not -_INT64 <= int(entry) < _INT64:
+                self.problem((*loc, index), f"$mod {role} must be a finite number that fits in 64 bits")
+            else:
+                numbers.append(int(entry))
+        if len(numbers) != 2:
+            return None
+        divisor, remainder = numbers
+        if divisor == 0:
+            self.problem((*loc, 0), "$mod divisor cannot be 0 (a fraction counts as its whole part)")
+            return None
+        return remainder_is(divisor, remainder)
+
+    _ARRAY_AND_TYPE: Final[dict[str, Callable[[_Compiler, object, Loc], Matcher | None]]] = {
+        "$size": size,
+        "$elemMatch": elem_match,
+        "$type": type_of,
+        "$mod": modulo,
+    }
 
     def negation(self, operand: object, loc: Loc, fans_out: bool) -> Matcher | None:
         if isinstance(operand, str):
@@ -300,6 +452,34 @@ class _Compiler:
         except re.error as exc:
             self.problem(loc, f"invalid regular expression: {exc}")
             return None
+
+
+def _json(value: object) -> str:
+    """Compact JSON of a spec value for messages, shortened; never raises."""
+    try:
+        text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson goes
+        text = " ".join(repr(value).split())
+    return _shorten(text)
+
+
+def _shown(value: object) -> str:
+    return _kind(value) if isinstance(value, Mapping | list) or value is None else repr(value)
+
+
+def _whole_number(value: object) -> int | None:
+    """An int, or a float with no fraction, as an int; None for anything else (booleans included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _match_none(value: Any) -> bool:
+    return False
 
 
 def _is_operator_mapping(condition: object) -> TypeGuard[Mapping[Any, Any]]:

@@ -6,6 +6,7 @@ isinstance fallbacks for subclasses) and never raises, whatever a record holds.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -238,3 +239,98 @@ def fast_path(segments: tuple[str, ...], condition: Mapping[Any, Any]) -> Predic
 
         return member if op == "$in" else lambda record: not member(record)
     return None
+
+
+# --- array, type and arithmetic operators -------------------------------------------------------
+
+
+def size_is(length: int) -> Matcher:
+    """``$size``: the value is a list of exactly ``length`` elements (its elements are not looked into)."""
+    return lambda value: type(value) is list and len(value) == length
+
+
+def some_element(test: Callable[[Any], bool]) -> Matcher:
+    """``$elemMatch``: the value is a list and one of its elements passes ``test``."""
+
+    def element_matches(value: Any) -> bool:
+        if type(value) is not list:
+            return False
+        for element in value:  # noqa: SIM110 -- a plain loop beats any(generator) on the hot path
+            if test(element):
+                return True
+        return False
+
+    return element_matches
+
+
+#: The BSON type aliases ``$type`` accepts, with their numeric codes.
+BSON_TYPES: Final = {
+    "double": 1, "string": 2, "object": 3, "array": 4, "binData": 5, "undefined": 6, "objectId": 7,
+    "bool": 8, "date": 9, "null": 10, "regex": 11, "dbPointer": 12, "javascript": 13, "symbol": 14,
+    "javascriptWithScope": 15, "int": 16, "timestamp": 17, "long": 18, "decimal": 19, "minKey": -1,
+    "maxKey": 127,
+}  # fmt: skip
+#: The types a JSON value can have once stored as BSON (an integer is an int when it fits 32 bits).
+JSON_TYPES: Final = frozenset({"double", "string", "object", "array", "bool", "null", "int", "long"})
+_INT32: Final = 2**31
+
+
+def json_type(value: Any) -> str | None:  # noqa: PLR0911 - one return per JSON type reads clearest
+    """The BSON type name of a JSON value as a driver would store it, or None for anything else."""
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -_INT32 <= value < _INT32 else "long"
+    if isinstance(value, float):
+        return "double"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return None
+
+
+def of_type(names: frozenset[str]) -> Matcher:
+    """``$type``: the value has one of the types, or is a list holding an element of one of them.
+
+    ``array`` matches the list itself; a missing field has no type.
+    """
+    wants_array = "array" in names
+
+    def typed(value: Any) -> bool:
+        if type(value) is list:
+            return wants_array or any(json_type(element) in names for element in value)
+        return json_type(value) in names
+
+    return typed
+
+
+def remainder_is(divisor: int, remainder: int) -> Matcher:
+    """``$mod``: the number (a float truncated toward zero) leaves ``remainder`` when divided by ``divisor``.
+
+    The remainder takes the dividend's sign, as in C and in Mongo (``-5 % 4`` is ``-1``); non-finite
+    numbers, booleans and anything else do not match; a list matches when an element does.
+    """
+    divide_by = abs(divisor)
+
+    def one(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return False
+            value = int(value)
+        number: int = value
+        left = abs(number) % divide_by
+        return (-left if number < 0 else left) == remainder
+
+    def modulo(value: Any) -> bool:
+        if type(value) is list:
+            return any(one(element) for element in value)
+        return one(value)
+
+    return modulo

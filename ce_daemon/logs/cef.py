@@ -3,18 +3,25 @@
 Line shape: ``CEF:0|Vendor|Product|Version|Class ID|Name|Severity|key=value key=value ...``.
 
 Escaping (ArcSight CEF guide, as parsed by Elastic's CEF decoder): header fields escape ``\\`` and
-``|`` and may not hold line breaks (CR and LF become spaces); extension values escape ``\\``, ``=``,
-and write LF/CR as ``\\n``/``\\r``; pipes are left alone in extensions. Extension keys are validated
-(letters and digits) when the mapping is loaded, never per record.
+``|``; extension values escape ``\\`` and ``=``, and write LF/CR as ``\\n``/``\\r``; pipes are left
+alone in extensions. Extension keys are validated when the mapping is loaded, never per record.
+
+Control characters: CEF defines no escape for any control character but LF and CR in an extension
+value, and a raw one breaks receivers (a NUL ends the extension for syslog-ng, rsyslog rewrites
+control characters as ``#ooo``). Every other C0 character (NUL, TAB, ESC...) and DEL, and LF/CR in a
+header field, is written as its Unicode Control Picture (U+2400 + code, DEL as U+2421: ``␀ ␉ ␛ ␡``):
+one visible character that no parser takes for syntax. The same rule applies to LEEF.
 
 Values: None, missing, empty strings and empty containers omit the field (or use its default);
 booleans are ``true``/``false``; lists and dicts are compact JSON; CEF time keys (``rt``, ``start``,
 ``end``, ...) holding epoch seconds are written as epoch milliseconds.
 
 Severity follows Cloud Exchange: low/0-3 → Low, med/medium/4-6 → Medium, high/7-8 → High,
-very-high/critical/9-10 → Very-High, anything else → Unknown. Audit events carry a syslog-style
-``severity_level`` instead; ours maps 0 → Very-High, 1-2 → High, 3-4 → Medium, 5-7 → Low (CE writes
-``Info`` for 6, which is not a CEF severity, so we say Low) and falls back to the general table for words.
+very-high/critical/9-10 → Very-High, anything else → Unknown. Audit events carry ``severity_level``
+and use CE's audit table, exactly as its CLS plugins (syslog, QRadar, ArcSight, LogRhythm) apply it to
+``str(value).lower()``: 1 → High, 2 → Medium, 4 → Low, 6 → Info, every other level → Unknown; the words
+low → Low, med/medium → Medium, high/very-high/critical → High. ``Info`` is not one of the CEF
+specification's severity words; CE writes it, so ce-daemon does too.
 """
 
 from __future__ import annotations
@@ -64,7 +71,6 @@ _SEVERITY_WORDS: Final = {
     "critical": "Very-High",
 }
 _SEVERITY_BANDS: Final = ("Low",) * 4 + ("Medium",) * 3 + ("High",) * 2 + ("Very-High",) * 2
-_AUDIT_BANDS: Final = ("Very-High", "High", "High", "Medium", "Medium", "Low", "Low", "Low")
 
 
 def _severity_table(bands: tuple[str, ...], words: MappingABC[str, str]) -> dict[object, str]:
@@ -77,7 +83,19 @@ def _severity_table(bands: tuple[str, ...], words: MappingABC[str, str]) -> dict
 
 
 _SEVERITY: Final = _severity_table(_SEVERITY_BANDS, _SEVERITY_WORDS)
-_AUDIT_SEVERITY: Final = _severity_table(_AUDIT_BANDS, {})
+# CE's AUDIT_SEVERITY_MAP; a level it does not list (0, 3, 5, 7 and above) is Unknown.
+_AUDIT_SEVERITY: Final = {
+    "low": "Low",
+    "med": "Medium",
+    "medium": "Medium",
+    "high": "High",
+    "very-high": "High",
+    "critical": "High",
+    "1": "High",
+    "2": "Medium",
+    "4": "Low",
+    "6": "Info",
+}
 
 
 def normalize_severity(value: object) -> str:
@@ -96,30 +114,37 @@ def normalize_severity(value: object) -> str:
 
 
 def normalize_audit_severity(value: object) -> str:
-    """An audit event's ``severity_level`` (syslog-style 0-7) as a CEF severity word."""
-    if value.__class__ is not bool:
-        try:
-            found = _AUDIT_SEVERITY.get(value.strip() if isinstance(value, str) else value)
-        except TypeError:
-            return "Unknown"
-        if found is not None:
-            return found
-    return normalize_severity(value)
+    """An audit event's ``severity_level`` as the CEF severity word CE writes for it (see the module doc)."""
+    if value is None:
+        return "Unknown"
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - a value whose str() fails is no severity, and must not stop the route
+        return "Unknown"
+    return _AUDIT_SEVERITY.get(text.lower(), "Unknown")
+
+
+# C0 control characters and DEL → their Unicode Control Pictures, for str.translate.
+CONTROL_PICTURES: Final = {code: 0x2400 + code for code in range(0x20)} | {0x7F: 0x2421}
+# The same characters as UTF-8 bytes (no multi-byte sequence contains them). Deleting them from an
+# encoded line and comparing lengths is the cheapest whole-line test we measured (~1 ns a byte;
+# str.isprintable takes two to three times as long, a regular expression five to ten times).
+CONTROL_BYTES: Final = bytes(CONTROL_PICTURES)
 
 
 def escape_header(text: str) -> str:
-    """Escape a CEF header field: ``\\`` and ``|`` get a backslash, CR and LF become spaces."""
+    """Escape a CEF header field: ``\\`` and ``|`` get a backslash, control characters become pictures."""
     if "\\" in text:
         text = text.replace("\\", "\\\\")
     if "|" in text:
         text = text.replace("|", "\\|")
-    if "\n" in text or "\r" in text:
-        text = text.replace("\r", " ").replace("\n", " ")
+    if not text.isprintable():
+        text = text.translate(CONTROL_PICTURES)
     return text
 
 
-def escape_extension(text: str) -> str:
-    """Escape a CEF extension value: ``\\`` → ``\\\\``, ``=`` → ``\\=``, LF → ``\\n``, CR → ``\\r``."""
+def _escape_syntax(text: str) -> str:
+    """CEF's own escapes of an extension value: ``\\``, ``=``, LF (``\\n``) and CR (``\\r``)."""
     if "\\" in text:
         text = text.replace("\\", "\\\\")
     if "=" in text:
@@ -131,13 +156,29 @@ def escape_extension(text: str) -> str:
     return text
 
 
+def escape_extension(text: str) -> str:
+    """Escape a CEF extension value: the CEF escapes, then other control characters become pictures."""
+    text = _escape_syntax(text)
+    if not text.isprintable():
+        text = text.translate(CONTROL_PICTURES)
+    return text
+
+
 def header_text(text: str | None) -> str:
     """A header field ready to write: empty for None, escaped only when it needs to be."""
     if not text:
         return ""
-    if "\\" in text or "|" in text or "\n" in text or "\r" in text:
+    if "\\" in text or "|" in text or not text.isprintable():
         return escape_header(text)
     return text
+
+
+def header_text_unchecked(text: str | None, careful: bool) -> str:
+    """`header_text` for a writer that checks the whole line for control characters afterwards: unless
+    ``careful``, only ``\\`` and ``|`` are looked for here."""
+    if text and (careful or "\\" in text or "|" in text):
+        return escape_header(text)
+    return text or ""
 
 
 # --- values ----------------------------------------------------------------------------------------
@@ -198,6 +239,11 @@ def _to_int_text(value: Any) -> str | None:
     return None if number is None else str(int(number))
 
 
+def _to_timestamp_text(value: Any) -> str | None:
+    number = _as_number(value)
+    return render_text(value) if number is None else str(int(number))
+
+
 def _to_float_text(value: Any) -> str | None:
     number = _as_number(value)
     return None if number is None else repr(float(number))
@@ -254,8 +300,9 @@ def text_converter(transformation: str) -> TextConverter | None:
 
     Integer → whole number text (floats truncated, numeric strings parsed; anything else omitted);
     Floating Point → shortest float text; IP Address → canonical address text;
-    MAC Address → ``AA:BB:CC:DD:EE:FF``. Invalid values give None, so the field falls back to its
-    default or is omitted.
+    MAC Address → ``AA:BB:CC:DD:EE:FF``; Time Stamp → a number as a whole number, anything else as it
+    is (CE's QRadar plugin: ``int(value)`` when that works). Invalid values give None, so the field falls
+    back to its default or is omitted.
     """
     if transformation == "Integer":
         return _to_int_text
@@ -265,6 +312,8 @@ def text_converter(transformation: str) -> TextConverter | None:
         return _ValidatedCache(_check_ip)
     if transformation == "MAC Address":
         return _ValidatedCache(_check_mac)
+    if transformation == "Time Stamp":
+        return _to_timestamp_text
     return None
 
 
@@ -321,26 +370,39 @@ class FieldPlan:
         *,
         converters: MappingABC[str, TextConverter] | None = None,
         companions: MappingABC[str, tuple[str, str]] | None = None,
+        getters: MappingABC[str, Getter] | None = None,
         separator: str = "=",
     ) -> None:
         """``converters`` override the transformation of some output keys (timestamps);
         ``companions`` add a constant ``(key, text)`` written right after a key whenever it has a value;
-        ``separator`` joins key and text (``=``, or a placeholder the writer swaps in later).
+        ``getters`` read some keys' values themselves, defaults included (the rule's default is then
+        not used: a value the converter refuses omits the key); ``separator`` joins key and text
+        (``=``, or a placeholder the writer swaps in later).
         """
         converters = converters or {}
         companions = companions or {}
-        steps: list[tuple[str, str, Getter | None, TextConverter | None, str | None, str | None]] = []
+        getters = getters or {}
+        steps: list[tuple[str, str, Getter | None, TextConverter | None, str | None]] = []
         for key, rule in entries:
             converter = converters.get(key) or text_converter(rule.transformation)
             field, getter = make_getter(rule) if rule.mapping_field else ("", _absent)
-            follower: str | None = None
-            if rule.label:
-                follower = f"{key}Label{separator}{rule.label}"
-            elif key in companions:
-                companion_key, companion_text = companions[key]
-                follower = f"{companion_key}{separator}{companion_text}"
-            default = default_text(rule, tenant_name, converter)
-            steps.append((f"{key}{separator}", field, getter, converter, default, follower))
+            getter = getters.get(key, getter)
+            default = None if key in getters else default_text(rule, tenant_name, converter)
+            steps.append((f"{key}{separator}", field, getter, converter, default))
+            follower = (f"{key}Label", rule.label) if rule.label else companions.get(key)
+            if follower is not None:
+                # A step of its own that reads the same value and writes the constant whenever the
+                # key above was written: the loop then needs no per-field test for followers.
+                follower_key, follower_text = follower
+                steps.append(
+                    (
+                        f"{follower_key}{separator}",
+                        field,
+                        getter,
+                        _written_with(converter, default is not None, follower_text),
+                        follower_text if default is not None else None,
+                    )
+                )
         self._steps = tuple(steps)
 
     def __len__(self) -> int:
@@ -351,7 +413,7 @@ class FieldPlan:
         get = record.get
         parts: list[str] = []
         add = parts.append
-        for key_eq, field, getter, converter, default, follower in self._steps:
+        for key_eq, field, getter, converter, default in self._steps:
             value = get(field) if getter is None else getter(record)
             if value is None:
                 text = default
@@ -371,12 +433,19 @@ class FieldPlan:
                     text = repr(value)
                 else:
                     text = render_text(value) or default
-            if text is None:
-                continue
-            add(key_eq + text)
-            if follower is not None:
-                add(follower)
+            if text is not None:
+                add(key_eq + text)
         return parts
+
+
+def _written_with(converter: TextConverter | None, has_default: bool, text: str) -> TextConverter:
+    """The converter of a follower: ``text`` whenever the key it follows gets a text from ``value``."""
+    render = converter if converter is not None else render_text
+
+    def follow(value: Any) -> str | None:
+        return text if has_default or render(value) is not None else None
+
+    return follow
 
 
 # --- time ------------------------------------------------------------------------------------------
@@ -405,6 +474,7 @@ def epoch_ms_text(value: Any) -> str | None:
 _EMPTY: Final[Record] = {}
 # Ends each key while the extension is assembled; becomes "=" once the values are escaped.
 _KEY_END: Final = "\x00"
+_KEY_END_BYTE: Final = _KEY_END.encode()
 
 
 def _escape_field(field: str) -> str:
@@ -413,6 +483,28 @@ def _escape_field(field: str) -> str:
 
 
 # --- the CEF writer --------------------------------------------------------------------------------
+
+
+HeaderPart = tuple[str | None, Callable[[Record], "str | None"] | None]
+
+
+def _header_plan(rules: SubtypeRules, tenant_name: str, cef_version: str) -> tuple[str, list[HeaderPart]]:
+    """The header's constant start (``CEF:0|Vendor|...|``, escaped) and its other fields up to Name:
+    ``(constant, None)`` or ``(None, record -> text)``."""
+    leading = [f"CEF:{cef_version}"]
+    dynamic: list[HeaderPart] = []
+    for field in HEADER_FIELDS[:5]:
+        rule = rules.header.get(field)
+        getter = value_text(rule, tenant_name) if rule is not None else None
+        if rule is None or not rule.mapping_field:
+            constant = header_text(getter(_EMPTY) if getter is not None else None)
+            if not dynamic:
+                leading.append(constant)
+            else:
+                dynamic.append((constant, None))
+        else:
+            dynamic.append((None, getter))
+    return "|".join(leading) + "|", dynamic
 
 
 def compile_cef(
@@ -428,31 +520,29 @@ def compile_cef(
     ``sort_keys`` writes extensions sorted by key as CE does; False keeps the mapping file's order.
     ``audit`` selects the audit severity table.
     """
-    header = rules.header
-    leading = [f"CEF:{cef_version}"]
-    dynamic: list[tuple[str | None, Callable[[Record], str | None] | None]] = []
-    for field in HEADER_FIELDS[:5]:
-        rule = header.get(field)
-        getter = value_text(rule, tenant_name) if rule is not None else None
-        if rule is None or not rule.mapping_field:
-            constant = header_text(getter(_EMPTY) if getter is not None else None)
-            if not dynamic:
-                leading.append(constant)
-            else:
-                dynamic.append((constant, None))
-        else:
-            dynamic.append((None, getter))
-    prefix = "|".join(leading) + "|"
-    severity_of = _severity_reader(header.get("Severity"), tenant_name, audit)
-
+    prefix, dynamic = _header_plan(rules, tenant_name, cef_version)
+    severity_of = severity_reader(rules.header.get("Severity"), tenant_name, audit=audit)
     items = list(rules.extension.items())
     if sort_keys:
         items.sort(key=operator.itemgetter(0))
     converters = {key: epoch_ms_text for key, _ in items if key in TIME_KEYS}
     # Keys end in a NUL placeholder instead of "=": the whole extension can then be escaped in a few
-    # C-level passes (URLs make escaping the common case) and the placeholders turned into "=" after.
+    # C-level passes (URLs make escaping the common case) and the placeholders turned into "=" after,
+    # once the pass that looks for control characters has counted them.
     plan = FieldPlan(items, tenant_name, converters=converters, separator=_KEY_END)
     collect = plan.collect
+
+    def careful(record: Record) -> bytes:
+        """Every field escaped on its own, pictures included: the rare record with a control character."""
+        parts = [prefix]
+        for constant, getter in dynamic:
+            text = constant if constant is not None else header_text(getter(record))  # type: ignore[misc]  # see write
+            parts.append(text)
+            parts.append("|")
+        parts.append(severity_of(record))
+        parts.append("|")
+        parts.append(" ".join([_escape_field(field) for field in collect(record)]))
+        return "".join(parts).encode("utf-8", "replace")
 
     def write(record: Record) -> bytes:
         parts = [prefix]
@@ -460,25 +550,29 @@ def compile_cef(
             if constant is not None:
                 parts.append(constant)
             else:
-                parts.append(header_text(getter(record)))  # type: ignore[misc]  # set when constant is None
+                text = getter(record)  # type: ignore[misc]  # set when constant is None
+                parts.append(header_text_unchecked(text, False))  # control characters: the check below
             parts.append("|")
         parts.append(severity_of(record))
         parts.append("|")
         fields = collect(record)
         extension = " ".join(fields)
         if "\\" in extension or "=" in extension or "\n" in extension or "\r" in extension:
-            extension = escape_extension(extension)
-        if extension.count(_KEY_END) == len(fields):
-            extension = extension.replace(_KEY_END, "=")
-        else:  # a value holds a NUL itself: escape field by field instead
-            extension = " ".join(_escape_field(field) for field in fields)
+            extension = _escape_syntax(extension)
         parts.append(extension)
-        return "".join(parts).encode("utf-8", "replace")
+        data = "".join(parts).encode("utf-8", "replace")
+        # One pass finds every control character: if the key placeholders are the only ones, they become
+        # "="; any other (in a value or a header field, a NUL among them) means the careful path.
+        if len(data) - len(data.translate(None, CONTROL_BYTES)) == len(fields):
+            return data.replace(_KEY_END_BYTE, b"=")
+        return careful(record)
 
     return write
 
 
-def _severity_reader(rule: FieldRule | None, tenant_name: str, audit: bool) -> Callable[[Record], str]:
+def severity_reader(rule: FieldRule | None, tenant_name: str, *, audit: bool) -> Callable[[Record], str]:
+    """``record -> CEF severity word`` for a Severity rule: the record's value, or the rule's default
+    when the record has none, normalised with the general or the audit table."""
     normalize = normalize_audit_severity if audit else normalize_severity
     if rule is None:
         return lambda _record: "Unknown"

@@ -75,6 +75,9 @@ class RecordFormatter:
             raise ValueError(f"unknown log format {format!r} (expected cef, leef or json)")
         if format == "leef":
             delimiter_field(leef_delimiter)  # refuse a bad delimiter now, not at the first record
+            clashing = sorted(key for key in mapping.extension_keys() if leef_delimiter in key)
+            if clashing:
+                raise ValueError(f"LEEF delimiter {leef_delimiter!r} appears in extension keys {clashing}")
         self.output: OutputFormat = format
         self.mapping = mapping
         self.tenant_name = tenant_name
@@ -186,6 +189,13 @@ def _native(transformation: str) -> Callable[[Any], Any] | None:
         return lambda value: None if (text := to_text(value)) is None else int(text)
     if transformation == "Floating Point":
         return lambda value: None if (text := to_text(value)) is None else float(text)
+    if transformation == "Time Stamp":
+
+        def whole_number(value: Any) -> Any:
+            text = to_text(value)
+            return int(text) if text is not None and text.lstrip("-").isdigit() else value
+
+        return whole_number
     return to_text
 
 

@@ -8,18 +8,20 @@ prefixed by 0x or x").
 Escaping, as chosen here: IBM's LEEF guide defines no escape sequence for attribute values. It asks
 producers to keep the delimiter out of keys and values, and QRadar extracts a value as everything up
 to the next delimiter (``key=([^\\t]+)``), so a backslash in front of a delimiter would not protect it.
-We therefore replace every delimiter character, CR and LF inside a value with a space: the line stays
-parseable by QRadar and by any strict parser, at the cost of that one character. ``=`` needs nothing
-(a value runs from the first ``=`` after its key to the next delimiter) and neither does ``|`` (only
-the header is pipe-delimited). Header fields escape ``\\`` and ``|`` with a backslash and turn CR/LF
-into spaces, as in CEF; EventID is cut to IBM's 255-character limit.
+A delimiter character inside a value therefore becomes a space unless it is a control character, and every
+control character (the default tab delimiter, CR, LF, NUL, ESC... and DEL) becomes its Unicode
+Control Picture (``␉ ␍ ␊ ␀ ␛ ␡``), as in CEF: the line stays parseable by QRadar and by any strict
+parser, and the reader still sees which character was there. ``=`` needs nothing (a value runs from
+the first ``=`` after its key to the next delimiter) and neither does ``|`` (only the header is
+pipe-delimited). Header fields escape ``\\`` and ``|`` with a backslash and write control characters
+as pictures, as in CEF; EventID is cut to IBM's 255-character limit.
 
 From the mapping: the header's Vendor, Product, Version and Event Class ID fill the LEEF header.
 Extension keys with a LEEF predefined equivalent are renamed (``suser`` → ``usrName``, ``spt`` →
 ``srcPort``, ``dpt`` → ``dstPort``, ``smac`` → ``srcMAC``, ``dmac`` → ``dstMAC``, ``rt`` → ``devTime``);
 ``src``, ``dst``, ``proto`` and every other key stay as they are. ``devTime`` is written as
 ``yyyy-MM-dd'T'HH:mm:ss.SSSZ`` in UTC followed by the matching ``devTimeFormat``. ``sev`` (1-10) comes
-from the CEF severity word (Low 3, Medium 6, High 8, Very-High 10; Unknown omits it) and ``cat`` from
+from the CEF severity word (Info 1, Low 3, Medium 6, High 8, Very-High 10; Unknown omits it) and ``cat`` from
 the header's Name when Name reads a record field, unless the mapping already defines those keys.
 """
 
@@ -31,6 +33,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ce_daemon.logs.cef import (
+    CONTROL_BYTES,
+    CONTROL_PICTURES,
     TIME_KEYS,
     FieldPlan,
     RecordWriter,
@@ -38,8 +42,8 @@ from ce_daemon.logs.cef import (
     epoch_ms,
     epoch_ms_text,
     header_text,
-    normalize_audit_severity,
-    normalize_severity,
+    header_text_unchecked,
+    severity_reader,
     value_text,
 )
 from ce_daemon.logs.mapping import FieldRule, Record, SubtypeRules
@@ -53,7 +57,7 @@ LEEF_KEYS: Final = {
     "rt": "devTime",
 }
 DEVTIME_FORMAT: Final = "yyyy-MM-dd'T'HH:mm:ss.SSSZ"
-SEVERITY_NUMBERS: Final = {"Low": "3", "Medium": "6", "High": "8", "Very-High": "10"}
+SEVERITY_NUMBERS: Final = {"Info": "1", "Low": "3", "Medium": "6", "High": "8", "Very-High": "10"}
 EVENT_ID_LIMIT: Final = 255
 
 HeaderField = Callable[[Record], "str | None"] | str
@@ -63,9 +67,9 @@ def delimiter_field(delimiter: str) -> str:
     """The LEEF 2.0 header's delimiter field for ``delimiter``; raises ValueError for unusable ones."""
     if len(delimiter) != 1:
         raise ValueError(f"LEEF delimiter must be a single character, not {delimiter!r}")
-    if delimiter.isalnum() or delimiter in "= \r\n":
-        raise ValueError(f"LEEF delimiter {delimiter!r} would break keys or values; use a tab or '^'")
     code = ord(delimiter)
+    if delimiter.isalnum() or delimiter in "= " or (code in CONTROL_PICTURES and delimiter != "\t"):
+        raise ValueError(f"LEEF delimiter {delimiter!r} would break keys or values; use a tab or '^'")
     if code > 0xFFFF:
         raise ValueError("LEEF delimiter must be in the Basic Multilingual Plane (at most 4 hex digits)")
     if 0x21 <= code <= 0x7E and delimiter not in "|\\":
@@ -74,28 +78,43 @@ def delimiter_field(delimiter: str) -> str:
 
 
 class _DevTimeText:
-    """``devTime`` text from epoch seconds/ms; the date part is cached since records share seconds."""
+    """``devTime`` text from epoch seconds/ms; the date part is cached since records share seconds.
 
-    __slots__ = ("_seconds",)
+    The last value and its text are kept too: the ``devTimeFormat`` step asks again for the same value
+    right after, to know whether devTime was written.
+    """
+
+    __slots__ = ("_last", "_seconds")
 
     def __init__(self) -> None:
         self._seconds: dict[int, str] = {}
+        self._last: tuple[Any, str | None] = (None, None)
 
     def __call__(self, value: Any) -> str | None:
+        last_value, last_text = self._last
+        if value is last_value:
+            return last_text
+        text: str | None = None
         ms = epoch_ms(value)
-        if ms is None:
+        if ms is not None:
+            second, millis = divmod(ms, 1000)
+            base = self._seconds.get(second)
+            if base is None:
+                base = self._date(second)
+            if base is not None:
+                text = f"{base}.{millis:03d}+0000"
+        self._last = (value, text)
+        return text
+
+    def _date(self, second: int) -> str | None:
+        try:
+            base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        except (OverflowError, OSError, ValueError):
             return None
-        second, millis = divmod(ms, 1000)
-        base = self._seconds.get(second)
-        if base is None:
-            try:
-                base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            except (OverflowError, OSError, ValueError):
-                return None
-            if len(self._seconds) >= 4096:
-                self._seconds.clear()
-            self._seconds[second] = base
-        return f"{base}.{millis:03d}+0000"
+        if len(self._seconds) >= 4096:
+            self._seconds.clear()
+        self._seconds[second] = base
+        return base
 
 
 def _attributes(rules: SubtypeRules, sort_keys: bool) -> list[tuple[str, FieldRule]]:
@@ -146,8 +165,9 @@ def _cut(text_of: Callable[[Record], str | None], limit: int) -> Callable[[Recor
     return cut
 
 
-def _text_of(field: HeaderField, record: Record) -> str:
-    return field if isinstance(field, str) else header_text(field(record))
+def _text_of(field: HeaderField, record: Record, careful: bool) -> str:
+    """A header field's text; control characters are left to the writer's check unless ``careful``."""
+    return field if isinstance(field, str) else header_text_unchecked(field(record), careful)
 
 
 def compile_leef(
@@ -162,19 +182,18 @@ def compile_leef(
     tail = f"|{delimiter_field(delimiter)}|"
     vendor, product, version, event_id = _header_fields(rules, tenant_name)
     entries = _attributes(rules, sort_keys)
-    normalize = normalize_audit_severity if audit else normalize_severity
-
-    def sev_text(value: Any) -> str | None:
-        return SEVERITY_NUMBERS.get(normalize(value))
-
     converters: dict[str, TextConverter] = {key: epoch_ms_text for key, _ in entries if key in TIME_KEYS}
     converters["devTime"] = _DevTimeText()
-    converters["sev"] = sev_text
+    converters["sev"] = SEVERITY_NUMBERS.get
+    # sev is read as the CEF severity word, default included, so that a value the CEF line shows as
+    # Unknown omits sev instead of falling back to the default.
+    getters = {key: severity_reader(rule, tenant_name, audit=audit) for key, rule in entries if key == "sev"}
     plan = FieldPlan(
         entries,
         tenant_name,
         converters=converters,
         companions={"devTime": ("devTimeFormat", DEVTIME_FORMAT)},
+        getters=getters,
     )
     collect = plan.collect
     lead = (vendor, product, version)
@@ -182,25 +201,51 @@ def compile_leef(
         f"LEEF:2.0|{vendor}|{product}|{version}|" if all(isinstance(field, str) for field in lead) else None
     )
 
-    def write(record: Record) -> bytes:
-        head = fixed_head
-        if head is None:
-            head = "LEEF:2.0|" + "|".join(_text_of(field, record) for field in lead) + "|"
-        event = _text_of(event_id, record)
-        fields = collect(record)
-        body = delimiter.join(fields)
-        # Keys are letters and digits, so any delimiter, CR or LF beyond the joints sits in a value.
-        if body.count(delimiter) >= len(fields) or "\n" in body or "\r" in body:
-            body = delimiter.join([_flatten(field, delimiter) for field in fields])
-        return (head + event + tail + body).encode("utf-8", "replace")
+    def head_of(record: Record, careful: bool) -> str:
+        """``LEEF:2.0|Vendor|Product|Version|EventID|Delimiter|``."""
+        head = fixed_head or "LEEF:2.0|" + "|".join(_text_of(field, record, careful) for field in lead) + "|"
+        return head + _text_of(event_id, record, careful) + tail
+
+    def careful(record: Record) -> bytes:
+        """Every field made safe on its own: the rare record with a control character or a delimiter."""
+        body = delimiter.join([_flatten(field, delimiter) for field in collect(record)])
+        return (head_of(record, careful=True) + body).encode("utf-8", "replace")
+
+    if ord(delimiter) in CONTROL_PICTURES:
+        # A tab delimiter is a control character itself: the one pass that looks for control characters
+        # also finds a tab inside a value, as one more than the joints between fields. The common case
+        # (a constant head) is written out here: it is the path every record of a route takes.
+        def write(record: Record) -> bytes:
+            fields = collect(record)
+            head = (
+                fixed_head + _text_of(event_id, record, False) + tail
+                if fixed_head
+                else head_of(record, False)
+            )
+            data = (head + delimiter.join(fields)).encode("utf-8", "replace")
+            if len(data) - len(data.translate(None, CONTROL_BYTES)) == len(fields) - 1:
+                return data
+            return careful(record)
+
+    else:
+
+        def write(record: Record) -> bytes:
+            fields = collect(record)
+            body = delimiter.join(fields)
+            data = (head_of(record, careful=False) + body).encode("utf-8", "replace")
+            # Keys never hold the delimiter, so a delimiter beyond the joints sits in a value.
+            if body.count(delimiter) < len(fields) and len(data.translate(None, CONTROL_BYTES)) == len(data):
+                return data
+            return careful(record)
 
     return write
 
 
 def _flatten(text: str, delimiter: str) -> str:
-    """Replace the characters LEEF cannot carry in a value (delimiter, CR, LF) with spaces."""
-    if delimiter in text:
+    """Make a value LEEF can carry: the delimiter becomes a space, control characters (a tab delimiter
+    among them) their pictures."""
+    if delimiter in text and ord(delimiter) not in CONTROL_PICTURES:
         text = text.replace(delimiter, " ")
-    if "\n" in text or "\r" in text:
-        text = text.replace("\r", " ").replace("\n", " ")
+    if not text.isprintable():
+        text = text.translate(CONTROL_PICTURES)
     return text

@@ -6,6 +6,14 @@ keeps. ce-daemon reads CE's own files unchanged: the wrapper ``{"name": ..., "js
 or the bare ``jsonData`` object. Everything is validated at load time and every problem is reported
 with its path, so a bad file never reaches the record path.
 
+Extension keys are written as the file names them, as CE does: ``suser``, ``cs1``, ``IncidentID``,
+``NetskopeJustificationType``, ``event_type``, ``uba_inst1``... Only what cannot be written as a
+CEF or LEEF key is refused: an empty key, white space, ``=``, ``|``, ``\\`` and non-printing
+characters (control characters among them).
+
+CE's ``Time Stamp`` transformation (QRadar's mapping) writes an epoch number as a whole number and
+any other value as it is.
+
 Two additions of ours, used only by files written for ce-daemon:
 
 * an extension entry may carry ``"label"`` on a custom key (``cs1``..``cs6``, ``cn1``..``cn3``, ...):
@@ -44,10 +52,13 @@ HEADER_FIELDS: Final = (
     "Name",
     "Severity",
 )
-TRANSFORMATIONS: Final = ("String", "Integer", "Floating Point", "IP Address", "MAC Address")
+TRANSFORMATIONS: Final = ("String", "Integer", "Floating Point", "IP Address", "MAC Address", "Time Stamp")
 DATA_TYPES: Final = ("alerts", "events", "webtx", "logs")
 _FIELD_KEYS: Final = ("mapping_field", "default_value", "transformation", "is_json_path", "label")
 _JSON_FIELD_KEYS: Final = ("name", "mapping_field", "default_value", "transformation", "is_json_path")
+# Characters no CEF/LEEF key can hold besides white space and control characters: "=" ends a key,
+# and a backslash or pipe in a key has no escape a parser would undo.
+_KEY_FORBIDDEN: Final = frozenset("=|\\")
 # CEF keys that come with a "<key>Label" companion in the CEF dictionary.
 _LABELLED_KEY = re.compile(
     r"(?:cs[1-6]|cn[1-3]|cfp[1-4]|c6a[1-4]|flexString[12]|flexNumber[12]|flexDate1|deviceCustomDate[12])"
@@ -195,6 +206,12 @@ class Mapping:
     def json_fields(self, kind: str, subtype: str) -> tuple[JsonField, ...] | None:
         """The JSON field list for (kind, subtype); None or empty means "the raw record"."""
         return _lookup(self._json.get(kind), subtype)
+
+    def extension_keys(self) -> frozenset[str]:
+        """Every extension key the mapping's CEF/LEEF entries write, over all data types and subtypes."""
+        return frozenset(
+            key for table in self._rules.values() for rules in table.values() for key in rules.extension
+        )
 
     def subtypes(self, kind: str) -> list[str]:
         """The lookup keys of every subtype mapped for CEF/LEEF under ``kind``."""
@@ -362,14 +379,11 @@ class _MappingReader:
             self.problem(path, "must be an object")
             return extension
         for key, raw in raw_extension.items():
-            here = f"{path}.{key}"
-            if not (key.isascii() and key.isalnum()):
-                suggestion = "".join(ch for ch in key if ch.isascii() and ch.isalnum())
-                self.problem(
-                    here,
-                    "extension key must contain only letters and digits",
-                    f"try {suggestion!r}" if suggestion else None,
-                )
+            here = f"{path}.{key}" if key.isprintable() else f"{path}.{key!r}"
+            refused = key_problem(key)
+            if refused is not None:
+                suggestion = "_".join("".join(ch if _key_char(ch) else " " for ch in key).split())
+                self.problem(here, refused, f"try {suggestion!r}" if suggestion else None)
                 continue
             rule = self.field_rule(raw, here, allow_label=_LABELLED_KEY.fullmatch(key) is not None)
             if rule is not None:
@@ -481,6 +495,29 @@ class _MappingReader:
             if rule is not None:
                 fields.append(JsonField(name=name, rule=rule))
         return tuple(fields)
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be written as a CEF/LEEF extension key, or None when it can."""
+    if not key:
+        return "extension key is empty"
+    bad = [ch for ch in dict.fromkeys(key) if not _key_char(ch)]
+    if not bad:
+        return None
+    shown = ", ".join(_describe_char(ch) for ch in bad)
+    return f"extension key cannot contain {shown}: CEF and LEEF have no way to write it in a key"
+
+
+def _key_char(ch: str) -> bool:
+    return ch.isprintable() and not ch.isspace() and ch not in _KEY_FORBIDDEN
+
+
+def _describe_char(ch: str) -> str:
+    if ch == " ":
+        return "a space"
+    if ch in _KEY_FORBIDDEN:
+        return repr(ch)
+    return f"U+{ord(ch):04X} ({'white space' if ch.isspace() else 'a non-printing character'})"
 
 
 _PATH_STEP = re.compile(r"([^.\[\]$]+)|\[(\d+)\]|\.")

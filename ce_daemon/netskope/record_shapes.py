@@ -240,6 +240,15 @@ def _uba(rng: random.Random) -> Record:
         "risk_level": _SEVERITIES[min(score // 250, 3)],
         "threshold": rng.randrange(10, 200),
         "bucket_size": rng.choice((600, 3600, 86400)),
+        # the fields CE's own mapping files read from UBA alerts (under keys such as uba_inst1)
+        "event_type": rng.choice(("Data Exfiltration", "Bulk Download", "Rare Event")),
+        "policy_name": rng.choice(_POLICIES),
+        "policy_actions": rng.sample(_ACTIONS, 2),
+        "md5_list": [rng.randbytes(16).hex() for _ in range(rng.randrange(1, 4))],
+        "uba_inst1": rng.choice(("corp-tenant", "example.onmicrosoft.com")),
+        "uba_inst2": rng.choice(("personal", "gmail.com")),
+        "uba_ap1": rng.choice(("Box", "Microsoft OneDrive for Business")),
+        "uba_ap2": rng.choice(("Dropbox", "Google Drive")),
     }
 
 
