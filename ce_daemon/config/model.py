@@ -151,6 +151,10 @@ class Tenant(Strict):
     start: Moment = None
     lookback: Lookback | None = None
     max_retry_delay: Duration = 900.0
+    max_wait_time: Duration = 300.0
+    """The longest pause a page's ``wait_time`` may impose; larger or invalid values are corrected."""
+    max_page_bytes: Size = 64 * 1024**2
+    """The largest answer taken, counted after decompression (a 10,000-record page is ~15 MB)."""
 
 
 class Batch(Strict):
