@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from ce_daemon.config.load import Stream
 from ce_daemon.config.model import Tenant
 from ce_daemon.errors import TransientError
+from ce_daemon.health import State
 from ce_daemon.netskope.client import Page, TenantClient, UncertainAnswerError
 from ce_daemon.netskope.pages import Repair, repair_records
 from ce_daemon.netskope.subtypes import all_streams
@@ -157,7 +158,6 @@ class Poller(Component):
         self._last_page_at = time.monotonic()
         self._stall_reported = False
         records = self._clean(page.records)
-        self._note_repairs(page.repairs)
         state = await self.spool.iterator_state(self.iterator_key)
         hwm = page.timestamp_hwm
         if records:
@@ -166,6 +166,7 @@ class Poller(Component):
                 self.log.info("poller.resend_already_committed", records=len(records))
                 await self.spool.mark_empty_page(self.iterator_key, hwm, progress=progress)
                 return False
+            self._note_repairs(page.repairs)
             mark = IteratorMark(timestamp_hwm=hwm, progress=progress)
             key = self.iterator_key
             try:
@@ -313,7 +314,9 @@ class Poller(Component):
     async def _watch_progress(self, stopping: asyncio.Event) -> None:
         """Report the poller degraded when no page came for longer than :func:`stall_limit` allows."""
         while not await _wait(stopping, self._stall_limit / 4):
-            if self._stalled_for() is not None and not self.spool.full:
+            # not while the spool is full (the consumers' doing) or once a look-back has finished
+            done = self.status.state is State.STOPPED
+            if self._stalled_for() is not None and not self.spool.full and not done:
                 self._trouble(self._doing)
 
     def _stalled_for(self) -> float | None:
@@ -325,7 +328,7 @@ class Poller(Component):
         """Degraded for ``reason``, saying first that no page came for too long when that is so."""
         age = self._stalled_for()
         if age is not None:
-            reason = f"no page for {age:.0f}s (at most {self._stall_limit:.0f}s expected): {reason}"
+            reason = f"no page for {_seconds(age)} (at most {_seconds(self._stall_limit)} expected): {reason}"
             if not self._stall_reported:
                 self._stall_reported = True
                 limit = round(self._stall_limit)
@@ -388,6 +391,10 @@ class HistoryPoller(Poller):
 def _after(record: dict[str, Any], end: int) -> bool:
     ts = record.get("timestamp")
     return isinstance(ts, int | float) and ts > end
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
