@@ -188,3 +188,12 @@ async def test_a_connection_dropped_before_the_answer_is_never_sent_again_behind
             await client.fetch("alerts", "dlp", "i", "next")
     # aiohttp on its own would have sent the GET again: a second `next` moving the cursor past a page
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("hwm", [2**64 - 1, -1, 1.5e9, "1700000000", True])
+async def test_a_timestamp_hwm_sqlite_cannot_store_is_ignored(hwm: object) -> None:
+    """Only a non-negative integer epoch below 2**63 is kept as the page's high-water mark."""
+    body = orjson.dumps({"ok": 1, "result": [], "wait_time": 0, "timestamp_hwm": hwm})
+    async with client_of(page(body)) as (_, client):
+        fetched = await client.fetch("alerts", "dlp", "i", "next")
+    assert fetched.timestamp_hwm is None

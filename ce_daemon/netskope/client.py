@@ -296,7 +296,8 @@ class TenantClient:
         return Page(
             records=records,
             wait_time=wait,
-            timestamp_hwm=hwm if type(hwm) is int else None,
+            # an epoch SQLite can store (a hostile 2**64 - 1 would crash every commit of the stream)
+            timestamp_hwm=hwm if type(hwm) is int and 0 <= hwm < 2**63 else None,
             size=len(body),
             wait_problem=problem,
             repairs=repairs,
