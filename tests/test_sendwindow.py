@@ -31,6 +31,7 @@ def most_in_any_window(stamps: list[float], width: float = 1.0) -> int:
 @settings(max_examples=300, deadline=None)
 @given(
     limit=st.integers(1, 6),
+    paced=st.booleans(),
     requests=st.lists(
         st.tuples(
             st.floats(0, 0.6),  # time until the next request asks for a slot
@@ -42,10 +43,10 @@ def most_in_any_window(stamps: list[float], width: float = 1.0) -> int:
     ),
 )
 def test_no_one_second_window_of_sends_ever_holds_more_than_the_rate(
-    limit: int, requests: list[tuple[float, float, bool]]
+    limit: int, paced: bool, requests: list[tuple[float, float, bool]]
 ) -> None:
     """Requests granted at random moments leave after random stalls: no second of sends exceeds the limit."""
-    window = SendWindow(limit, width=1.0)  # no margin: the property holds on the bare window
+    window = SendWindow(limit, width=1.0, paced=paced)  # no margin: the property holds on the bare window
     now = 0.0
     in_flight: list[tuple[float, Slot]] = []  # (when it leaves, its slot)
     sent: list[float] = []
@@ -64,7 +65,7 @@ def test_no_one_second_window_of_sends_ever_holds_more_than_the_rate(
             next_leave = min(leaves for leaves, _ in in_flight) if in_flight else math.inf
             now = min(now + wait, next_leave)  # time runs on to whatever frees a slot first
             leave_until(now)
-        slot = window.grant()
+        slot = window.grant(now)
         if never_leaves:
             slot.unused()
         else:
@@ -75,24 +76,35 @@ def test_no_one_second_window_of_sends_ever_holds_more_than_the_rate(
 
 def test_a_full_window_waits_for_its_oldest_send_to_leave() -> None:
     """Four sends at 0, .1, .2, .3 in a window of 4: the fifth may go at 1.0, not before."""
-    window = SendWindow(4, width=1.0)
+    window = SendWindow(4, width=1.0, paced=False)
     for moment in (0.0, 0.1, 0.2, 0.3):
         assert window.delay(moment) == 0
-        window.grant().sent(moment)
+        window.grant(moment).sent(moment)
     assert window.delay(0.5) == 0.5
     assert window.delay(1.0) == 0
 
 
 def test_granted_requests_not_yet_sent_count_until_they_leave_or_are_given_back() -> None:
     """A grant holds its place: the window is full with pending ones, and frees at once when one is let go."""
-    window = SendWindow(2, width=1.0)
-    first, second = window.grant(), window.grant()
+    window = SendWindow(2, width=1.0, paced=False)
+    first, second = window.grant(10.0), window.grant(10.0)
     assert window.delay(10.0) == math.inf  # only a send or a give-back can change that
     second.unused()
     assert window.delay(10.0) == 0
     first.sent(10.0)
     first.sent(10.5)  # stamped once only
     assert window.stamps(10.9) == [10.0]
+
+
+def test_grants_keep_an_even_pace_and_catch_up_one_missed_turn() -> None:
+    """Paced at 0.25 s: back to back only after a pause (one turn caught up), then one every 0.25 s."""
+    window = SendWindow(4, width=1.0)
+    assert window.delay(5.0) == 0
+    window.grant(5.0).sent(5.0)
+    assert window.delay(5.0) == 0  # the turn at 5.25 may be taken now
+    window.grant(5.0).sent(5.0)
+    assert window.delay(5.0) == 0.25
+    assert window.delay(5.25) == 0
 
 
 def test_the_window_for_a_rate_keeps_whole_requests_per_second_and_the_margin() -> None:

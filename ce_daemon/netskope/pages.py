@@ -60,7 +60,7 @@ class _Verbatim:
         self.reason = reason
 
 
-def parse_page(body: bytes | bytearray) -> tuple[Any, bool]:
+def parse_page(body: bytes) -> tuple[Any, bool]:
     """``(the parsed JSON, whether it took the fallback)``; raises PageSyntaxError.
 
     A page that took the fallback must go through :func:`repair_records` before it is stored.
@@ -69,7 +69,7 @@ def parse_page(body: bytes | bytearray) -> tuple[Any, bool]:
         return orjson.loads(body), False
     except orjson.JSONDecodeError as fast_error:
         try:
-            text = bytes(body).decode("utf-8-sig")  # a BOM is legal to ignore (RFC 8259 §8.1)
+            text = body.decode("utf-8-sig")  # a BOM is legal to ignore (RFC 8259 §8.1)
         except UnicodeDecodeError:
             raise PageSyntaxError(str(fast_error)) from fast_error
         depth = nesting_depth(text.encode())

@@ -8,7 +8,9 @@ ones bunch together and the tenant answers 429, so the bucket had to run a few p
 :class:`SendWindow` instead stamps each request when its headers are written (an aiohttp trace hook)
 and lets a new one go only while the stamps of the last second, plus the requests granted but not sent
 yet, number fewer than the rate. A stall delays the stamps with the sends, so it can never crowd the
-tenant's window, and the budget is used in full.
+tenant's window, and the budget is used in full. Grants are also paced evenly over the window (one
+turn may be caught up after a pause): pollers sent off together would parse their pages together, and
+on a busy machine that contention made them miss the window's next opening.
 
 No library does this: aiolimiter (a leaky bucket) and the sliding-window limiters we know count grants,
 not sends, and none counts a granted request that has not left yet.
@@ -20,10 +22,11 @@ import asyncio
 import math
 from collections import deque
 
-MARGIN = 0.02
+MARGIN = 0.01
 """Seconds a stamp stays counted beyond the tenant's one-second window. The tenant stamps arrivals, we
-stamp departures: the margin absorbs a request that takes up to 20 ms longer to arrive than the one
-sent a second after it (network or server-side jitter). It costs 2 % of the ceiling."""
+stamp departures: the margin absorbs a request that takes up to 10 ms longer to arrive than the one
+sent a second after it (network or server-side jitter). It costs 1 % of the ceiling; a 429 that still
+slips through holds the tenant back for its Retry-After and loses nothing."""
 
 
 class Slot:
@@ -56,12 +59,14 @@ class SendWindow:
     caller at a time in arrival order.
     """
 
-    def __init__(self, limit: int, width: float = 1.0) -> None:
+    def __init__(self, limit: int, width: float = 1.0, *, paced: bool = True) -> None:
         if limit < 1 or not width > 0:
             raise ValueError("a send window allows at least one request in a positive width")
         self.limit = limit
         self.width = width
+        self.interval = width / limit if paced else 0.0
         self.pending = 0  # granted, not stamped yet: they may leave at any moment
+        self._due = -math.inf  # when the next grant is due on an even pace
         self._stamps: deque[float] = deque()
         self._turn = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -80,19 +85,22 @@ class SendWindow:
 
     def delay(self, now: float) -> float:
         """Seconds until a request may be granted (0: now; inf: when a pending one is stamped or let go)."""
+        # the pace allows one grant ahead of its turn, so that a turn nobody was ready for is caught up
+        pace = max(self._due - self.interval - now, 0.0)
         self._expire(now)
         if len(self._stamps) + self.pending < self.limit:
-            return 0.0
+            return pace
         if self.pending >= self.limit:
             return math.inf
         # the oldest stamps leave first: wait until enough of them have left for one more request (at
         # least a microsecond: rounding can make the difference 0 while the stamp is still counted)
         leaves = self._stamps[len(self._stamps) + self.pending - self.limit] + self.width
-        return max(leaves - now, 1e-6)
+        return max(leaves - now, pace, 1e-6)
 
-    def grant(self) -> Slot:
-        """Count a request as granted and about to leave (check :meth:`delay` first)."""
+    def grant(self, now: float) -> Slot:
+        """Count a request as granted at ``now`` and about to leave (check :meth:`delay` first)."""
         self.pending += 1
+        self._due = max(self._due, now) + self.interval
         return Slot(self)
 
     def stamp(self, now: float) -> None:
@@ -118,7 +126,7 @@ class SendWindow:
                         await self._changed.wait()
                 except TimeoutError:
                     pass
-            return self.grant()
+            return self.grant(loop.time())
 
     def _expire(self, now: float) -> None:
         edge = now - self.width
