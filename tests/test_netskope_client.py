@@ -25,6 +25,7 @@ from ce_daemon.netskope.client import (
     UncertainAnswerError,
     sane_wait_time,
 )
+from ce_daemon.netskope.sendwindow import MARGIN
 from ce_daemon.testing.fakes.base import FakeHttpServer
 from ce_daemon.testing.hostile import gzip_bomb
 
@@ -108,6 +109,7 @@ async def test_a_429_asking_for_a_billion_seconds_holds_the_tenant_no_longer_tha
     assert [record["_id"] for record in fetched.records] == ["a"]
     assert (client.requests, client.throttled) == (2, 1)
     assert client.bucket_wait_seconds > 0
+    assert client.window.margin == 2 * MARGIN  # the tenant's window looked fuller than ours: widened
 
 
 async def test_a_compression_bomb_is_refused_within_the_page_limit_of_memory() -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.sendwindow import MARGIN, SendWindow, Slot
+from ce_daemon.netskope.sendwindow import CALM_SENDS, MARGIN, MAX_MARGIN, SendWindow, Slot
 from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.testing.ingest import StreamId, ingesting, route, tenant
 
@@ -37,16 +37,17 @@ def most_in_any_window(stamps: list[float], width: float = 1.0) -> int:
             st.floats(0, 0.6),  # time until the next request asks for a slot
             st.floats(0, 0.4),  # the stall between its grant and its send
             st.booleans(),  # its connection could not be made: it never leaves
+            st.booleans(),  # the tenant answered it 429 (the margin widens)
         ),
         min_size=1,
         max_size=60,
     ),
 )
 def test_no_one_second_window_of_sends_ever_holds_more_than_the_rate(
-    limit: int, paced: bool, requests: list[tuple[float, float, bool]]
+    limit: int, paced: bool, requests: list[tuple[float, float, bool, bool]]
 ) -> None:
     """Requests granted at random moments leave after random stalls: no second of sends exceeds the limit."""
-    window = SendWindow(limit, width=1.0, paced=paced)  # no margin: the property holds on the bare window
+    window = SendWindow(limit, margin=0.0, paced=paced)  # from no margin: it holds on the bare window
     now = 0.0
     in_flight: list[tuple[float, Slot]] = []  # (when it leaves, its slot)
     sent: list[float] = []
@@ -58,7 +59,7 @@ def test_no_one_second_window_of_sends_ever_holds_more_than_the_rate(
             slot.sent(leaves)
             sent.append(leaves)
 
-    for gap, stall, never_leaves in requests:
+    for gap, stall, never_leaves, refused in requests:
         now += gap
         leave_until(now)
         while (wait := window.delay(now)) > 0:
@@ -70,13 +71,15 @@ def test_no_one_second_window_of_sends_ever_holds_more_than_the_rate(
             slot.unused()
         else:
             in_flight.append((now + stall, slot))
+        if refused:
+            window.refused()
     leave_until(math.inf)
     assert most_in_any_window(sent) <= limit
 
 
 def test_a_full_window_waits_for_its_oldest_send_to_leave() -> None:
     """Four sends at 0, .1, .2, .3 in a window of 4: the fifth may go at 1.0, not before."""
-    window = SendWindow(4, width=1.0, paced=False)
+    window = SendWindow(4, margin=0.0, paced=False)
     for moment in (0.0, 0.1, 0.2, 0.3):
         assert window.delay(moment) == 0
         window.grant(moment).sent(moment)
@@ -86,7 +89,7 @@ def test_a_full_window_waits_for_its_oldest_send_to_leave() -> None:
 
 def test_granted_requests_not_yet_sent_count_until_they_leave_or_are_given_back() -> None:
     """A grant holds its place: the window is full with pending ones, and frees at once when one is let go."""
-    window = SendWindow(2, width=1.0, paced=False)
+    window = SendWindow(2, margin=0.0, paced=False)
     first, second = window.grant(10.0), window.grant(10.0)
     assert window.delay(10.0) == math.inf  # only a send or a give-back can change that
     second.unused()
@@ -96,15 +99,32 @@ def test_granted_requests_not_yet_sent_count_until_they_leave_or_are_given_back(
     assert window.stamps(10.9) == [10.0]
 
 
-def test_grants_keep_an_even_pace_and_catch_up_one_missed_turn() -> None:
-    """Paced at 0.25 s: back to back only after a pause (one turn caught up), then one every 0.25 s."""
-    window = SendWindow(4, width=1.0)
+def test_grants_keep_an_even_pace_over_the_window() -> None:
+    """Four a second: one grant every 0.25 s, even when the window has room for more."""
+    window = SendWindow(4, margin=0.0)
     assert window.delay(5.0) == 0
-    window.grant(5.0).sent(5.0)
-    assert window.delay(5.0) == 0  # the turn at 5.25 may be taken now
     window.grant(5.0).sent(5.0)
     assert window.delay(5.0) == 0.25
     assert window.delay(5.25) == 0
+
+
+def test_a_429_widens_the_margin_and_calm_sends_narrow_it_back() -> None:
+    """Each 429 doubles the margin up to its cap; every CALM_SENDS sends without one halve it again."""
+    window = SendWindow(4)
+    window.refused()
+    assert window.margin == 2 * MARGIN
+    for _ in range(10):
+        window.refused()
+    assert window.margin == MAX_MARGIN
+    now = 0.0
+    for _ in range(CALM_SENDS):
+        window.grant(now).sent(now)
+        now += 1.0
+    assert window.margin == MAX_MARGIN / 2
+    for _ in range(10 * CALM_SENDS):
+        window.grant(now).sent(now)
+        now += 1.0
+    assert window.margin == MARGIN
 
 
 def test_the_window_for_a_rate_keeps_whole_requests_per_second_and_the_margin() -> None:
@@ -118,7 +138,7 @@ def test_the_window_for_a_rate_keeps_whole_requests_per_second_and_the_margin() 
 
 async def test_callers_are_served_in_the_order_they_asked() -> None:
     """Five callers of a window of one: each gets the slot after the one before gave it back."""
-    window = SendWindow(1, width=1.0)
+    window = SendWindow(1, paced=False)
     order: list[int] = []
 
     async def caller(number: int) -> None:

@@ -236,6 +236,7 @@ class TenantClient:
         retry_after = self._asked_delay(response)
         if status == 429:
             self.throttled += 1
+            self.window.refused()
             raise TransientError(f"rate limited (429) on {where}", retry_after=retry_after or 1.0)
         text = await read_excerpt(response)
         message = f"HTTP {status} on {where}: {text[:160]}"

@@ -4,13 +4,20 @@ Netskope (and the simulator, `ce_daemon.netskope.sim_iterator.SlidingWindow`) re
 window of the last second already holds ``rate`` requests. A token bucket that spaces its grants evenly
 does not know when each request actually left: when the event loop stalls between a grant and its
 send (a 10,000-record page being parsed holds it for 100-200 ms), a late send and the next on-time
-ones bunch together and the tenant answers 429, so the bucket had to run a few percent below the rate.
-:class:`SendWindow` instead stamps each request when its headers are written (an aiohttp trace hook)
-and lets a new one go only while the stamps of the last second, plus the requests granted but not sent
-yet, number fewer than the rate. A stall delays the stamps with the sends, so it can never crowd the
-tenant's window, and the budget is used in full. Grants are also paced evenly over the window (one
-turn may be caught up after a pause): pollers sent off together would parse their pages together, and
-on a busy machine that contention made them miss the window's next opening.
+ones can bunch together, so the bucket had to run a few percent below the rate. :class:`SendWindow`
+stamps each request when its headers are written (an aiohttp trace hook) and grants a new one only
+while the stamps of the last second, plus the requests granted but not sent yet, number fewer than
+the rate. A stall delays the stamps with the sends, so it can never crowd the tenant's window.
+
+Grants are also paced, one per ``width / limit`` seconds: a burst of requests granted together would
+have the pollers parse their pages together and, on a busy machine, hold more pages in memory at once
+without fetching any faster.
+
+The tenant stamps arrivals, we stamp departures: a request that takes longer to arrive than the one
+sent a second after it looks, to the tenant, closer to it than it was. The window is therefore a
+little wider than the tenant's, by a margin that starts at :data:`MARGIN` and doubles with each 429
+(up to :data:`MAX_MARGIN`), then halves back after every :data:`CALM_SENDS` requests sent without one:
+it settles at the jitter of the path to the tenant.
 
 No library does this: aiolimiter (a leaky bucket) and the sliding-window limiters we know count grants,
 not sends, and none counts a granted request that has not left yet.
@@ -23,10 +30,11 @@ import math
 from collections import deque
 
 MARGIN = 0.01
-"""Seconds a stamp stays counted beyond the tenant's one-second window. The tenant stamps arrivals, we
-stamp departures: the margin absorbs a request that takes up to 10 ms longer to arrive than the one
-sent a second after it (network or server-side jitter). It costs 1 % of the ceiling; a 429 that still
-slips through holds the tenant back for its Retry-After and loses nothing."""
+"""Seconds a stamp stays counted beyond the tenant's window to begin with (1 % of the ceiling)."""
+MAX_MARGIN = 0.16
+"""The widest margin 429s can push it to."""
+CALM_SENDS = 200
+"""Requests sent without a 429 after which the margin halves back towards :data:`MARGIN`."""
 
 
 class Slot:
@@ -52,31 +60,38 @@ class Slot:
 
 
 class SendWindow:
-    """At most ``limit`` requests sent in any window of ``width`` seconds, by the time each was sent.
+    """At most ``limit`` requests sent in any window of ``span`` seconds plus the margin, by send time.
 
-    The pure core (:meth:`delay`, :meth:`grant`, :meth:`stamp`, :meth:`give_back`) takes the time from
-    its caller, so it can be driven by a simulated clock; :meth:`acquire` waits on the event loop, one
-    caller at a time in arrival order.
+    The pure core (:meth:`delay`, :meth:`grant`, :meth:`stamp`, :meth:`give_back`, :meth:`refused`)
+    takes the time from its caller, so it can be driven by a simulated clock; :meth:`acquire` waits on
+    the event loop, one caller at a time in arrival order.
     """
 
-    def __init__(self, limit: int, width: float = 1.0, *, paced: bool = True) -> None:
-        if limit < 1 or not width > 0:
-            raise ValueError("a send window allows at least one request in a positive width")
+    def __init__(self, limit: int, span: float = 1.0, margin: float = MARGIN, *, paced: bool = True) -> None:
+        if limit < 1 or not span > 0 or margin < 0:
+            raise ValueError("a send window allows at least one request in a positive span")
         self.limit = limit
-        self.width = width
-        self.interval = width / limit if paced else 0.0
+        self.span = span
+        self.base_margin = self.margin = margin
+        self.paced = paced
         self.pending = 0  # granted, not stamped yet: they may leave at any moment
-        self._due = -math.inf  # when the next grant is due on an even pace
+        self._calm = 0  # sends since the last 429 or the last easing of the margin
+        self._due = -math.inf  # when the next grant is due on the pace
         self._stamps: deque[float] = deque()
         self._turn = asyncio.Lock()
         self._changed = asyncio.Event()
 
     @classmethod
-    def for_rate(cls, rate: float, margin: float = MARGIN) -> SendWindow:
+    def for_rate(cls, rate: float) -> SendWindow:
         """The window for ``rate`` requests a second: whole requests per second, one per 1/rate s below 1."""
         if rate >= 1:
-            return cls(math.floor(rate), 1.0 + margin)
-        return cls(1, 1.0 / rate + margin)
+            return cls(math.floor(rate), 1.0)
+        return cls(1, 1.0 / rate)
+
+    @property
+    def width(self) -> float:
+        """Seconds a stamp is counted: the tenant's span and the margin."""
+        return self.span + self.margin
 
     def stamps(self, now: float) -> list[float]:
         """The send times still counted at ``now``."""
@@ -85,8 +100,7 @@ class SendWindow:
 
     def delay(self, now: float) -> float:
         """Seconds until a request may be granted (0: now; inf: when a pending one is stamped or let go)."""
-        # the pace allows one grant ahead of its turn, so that a turn nobody was ready for is caught up
-        pace = max(self._due - self.interval - now, 0.0)
+        pace = max(self._due - now, 0.0)
         self._expire(now)
         if len(self._stamps) + self.pending < self.limit:
             return pace
@@ -100,7 +114,8 @@ class SendWindow:
     def grant(self, now: float) -> Slot:
         """Count a request as granted at ``now`` and about to leave (check :meth:`delay` first)."""
         self.pending += 1
-        self._due = max(self._due, now) + self.interval
+        if self.paced:
+            self._due = max(self._due, now) + self.width / self.limit
         return Slot(self)
 
     def stamp(self, now: float) -> None:
@@ -108,12 +123,21 @@ class SendWindow:
         self.pending -= 1
         # kept in order (loop time never goes back; a caller's stale `now` only counts the stamp longer)
         self._stamps.append(max(now, self._stamps[-1]) if self._stamps else now)
+        self._calm += 1
+        if self._calm >= CALM_SENDS and self.margin > self.base_margin:
+            self._calm = 0
+            self.margin = max(self.base_margin, self.margin / 2)
         self._changed.set()
 
     def give_back(self) -> None:
         """A granted request never left."""
         self.pending -= 1
         self._changed.set()
+
+    def refused(self) -> None:
+        """The tenant answered 429 although the window had room: its arrivals vary more than the margin."""
+        self._calm = 0
+        self.margin = min(MAX_MARGIN, max(self.margin * 2, MARGIN))
 
     async def acquire(self) -> Slot:
         """Wait for a slot: callers are served in arrival order, each as soon as the window allows."""
