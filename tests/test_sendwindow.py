@@ -99,13 +99,15 @@ def test_granted_requests_not_yet_sent_count_until_they_leave_or_are_given_back(
     assert window.stamps(10.9) == [10.0]
 
 
-def test_grants_keep_an_even_pace_over_the_window() -> None:
-    """Four a second: one grant every 0.25 s, even when the window has room for more."""
+def test_grants_keep_an_even_pace_making_up_half_a_late_turn() -> None:
+    """Four a second: one grant per 0.25 s; after a late one, the next may come 0.125 s early."""
     window = SendWindow(4, margin=0.0)
-    assert window.delay(5.0) == 0
     window.grant(5.0).sent(5.0)
-    assert window.delay(5.0) == 0.25
-    assert window.delay(5.25) == 0
+    assert window.delay(5.0) == 0.125  # never two at once
+    window.grant(5.125).sent(5.125)
+    assert window.delay(5.125) == 0.25  # its turn came at 5.25 after all: the next is due at 5.5
+    window.grant(6.0).sent(6.0)  # late: no one asked at 5.5
+    assert window.delay(6.0) == 0.125  # half of the lost time made up
 
 
 def test_a_429_widens_the_margin_and_calm_sends_narrow_it_back() -> None:

@@ -9,9 +9,9 @@ stamps each request when its headers are written (an aiohttp trace hook) and gra
 while the stamps of the last second, plus the requests granted but not sent yet, number fewer than
 the rate. A stall delays the stamps with the sends, so it can never crowd the tenant's window.
 
-Grants are also paced, one per ``width / limit`` seconds: a burst of requests granted together would
-have the pollers parse their pages together and, on a busy machine, hold more pages in memory at once
-without fetching any faster.
+Grants are also paced, one per ``width / limit`` seconds (half a turn may be made up after a late
+one): a burst of requests granted together would have the pollers parse their pages together and hold
+more pages in memory at once, without fetching any faster.
 
 The tenant stamps arrivals, we stamp departures: a request that takes longer to arrive than the one
 sent a second after it looks, to the tenant, closer to it than it was. The window is therefore a
@@ -33,6 +33,8 @@ MARGIN = 0.01
 """Seconds a stamp stays counted beyond the tenant's window to begin with (1 % of the ceiling)."""
 MAX_MARGIN = 0.16
 """The widest margin 429s can push it to."""
+TOLERANCE = 0.5
+"""How much of a turn a grant may come early, when the turn before it came late (its time is made up)."""
 CALM_SENDS = 200
 """Requests sent without a 429 after which the margin halves back towards :data:`MARGIN`."""
 
@@ -100,7 +102,7 @@ class SendWindow:
 
     def delay(self, now: float) -> float:
         """Seconds until a request may be granted (0: now; inf: when a pending one is stamped or let go)."""
-        pace = max(self._due - now, 0.0)
+        pace = max(self._due - TOLERANCE * self.width / self.limit - now, 0.0)
         self._expire(now)
         if len(self._stamps) + self.pending < self.limit:
             return pace
