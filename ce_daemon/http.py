@@ -119,12 +119,14 @@ async def _refuse_redirect(
     raise redirect_error(params.response.status, params.response.headers, str(params.url))
 
 
-def redirect_error(status: int, headers: Any, target: str) -> ComponentConfigError:
+def redirect_error(
+    status: int, headers: Any, target: str, fix: str = "set the URL to the address that answers itself"
+) -> ComponentConfigError:
     """The error for a 3xx answer: it names where it pointed; nothing is retried until the URL changes."""
     location = headers.get("Location") if headers is not None else None
     return ComponentConfigError(
         f"{target} answered HTTP {status}, a redirect to {location or 'nowhere (no Location header)'};"
-        " redirects are not followed (the credentials would go along): configure the URL it points to"
+        f" redirects are not followed (the credentials would go along): {fix}"
     )
 
 

@@ -15,12 +15,11 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from ce_daemon.config.model import Tenant
-from ce_daemon.errors import TransientError
+from ce_daemon.errors import ComponentConfigError, TransientError
 from ce_daemon.netskope.client import (
     ABSENT_WAIT_FALLBACK,
     BrokenPageError,
     OversizedPageError,
-    RedirectError,
     TenantClient,
     UncertainAnswerError,
     sane_wait_time,
@@ -161,14 +160,14 @@ async def test_a_200_that_is_not_json_is_an_uncertain_answer_not_a_page() -> Non
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 async def test_a_redirect_is_a_configuration_error_naming_its_target(status: int) -> None:
-    """Any 3xx: not followed, a RedirectError naming where it pointed (a config error: no retry storm)."""
+    """Any 3xx: not followed, a configuration error naming where it pointed (no retry storm)."""
 
     async def redirect(request: web.Request) -> web.StreamResponse:
         return web.Response(status=status, headers={"Location": "https://elsewhere.example/api"})
 
     async with client_of(redirect) as (server, client):
         with pytest.raises(
-            RedirectError, match=f"HTTP {status}, a redirect to https://elsewhere.example/api"
+            ComponentConfigError, match=f"HTTP {status}, a redirect to https://elsewhere.example/api"
         ):
             await client.fetch("alerts", "dlp", "i", "next")
     assert len(server.requests) == 1

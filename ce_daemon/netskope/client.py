@@ -11,7 +11,8 @@ the server's cursor, which is what the pollers need to know:
   may have moved, ask ``resend``.
 - :class:`TransientError`: the request certainly did not move the cursor (no connection made, a 429
   or another 4xx refused it, ``ok != 1``): ask the same again.
-- :class:`AuthError` (401, 403) and :class:`RedirectError` (3xx): no retry until the settings change.
+- :class:`AuthError` (401, 403) and :class:`ComponentConfigError` (3xx: a redirect is never followed,
+  the API token would go along): no retry until the settings change.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import orjson
 
 from ce_daemon import __version__
 from ce_daemon.config.model import Tenant
-from ce_daemon.errors import AuthError, ComponentConfigError, TransientError
-from ce_daemon.http import read_excerpt
+from ce_daemon.errors import AuthError, TransientError
+from ce_daemon.http import read_excerpt, redirect_error
 from ce_daemon.netskope.pages import PageSyntaxError, Repair, parse_page, repair_records
 from ce_daemon.netskope.sendwindow import SendWindow, Slot
 from ce_daemon.netskope.subtypes import DataKind, dataexport_path
@@ -77,10 +78,6 @@ class OversizedPageError(BrokenPageError):
 
 class NotOkError(TransientError):
     """The server answered ``ok != 1``: no page was delivered, retry the same operation (as CE does)."""
-
-
-class RedirectError(ComponentConfigError):
-    """The tenant answered a redirect: not followed (the API token would go along to the new address)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +155,7 @@ class TenantClient:
             slot.unused()
 
     async def fetch(self, kind: DataKind, subtype: str, index: str, operation: str) -> Page:
-        """One attempt at one page; raises TransientError, AuthError or RedirectError."""
+        """One attempt at one page; raises TransientError, AuthError or ComponentConfigError."""
         slot = await self._take_slot()
         self.requests += 1
         session = self._get_session()
@@ -222,11 +219,8 @@ class TenantClient:
         status = response.status
         name = self.tenant.name
         if 300 <= status < 400:
-            target = response.headers.get("Location", "nowhere (no Location header)")
-            raise RedirectError(
-                f"tenant {name}: {where} answered HTTP {status}, a redirect to {target}; it is not followed"
-                " (the API token would go along): set the tenant's `url` to the address the API answers at"
-            )
+            fix = "set the tenant's `url` to the address the API answers at"
+            raise redirect_error(status, response.headers, f"tenant {name}: {where}", fix)
         if status == 401:
             raise AuthError(f"tenant {name}: token refused (401) on {where}; check the API token")
         if status == 403:
