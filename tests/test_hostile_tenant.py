@@ -219,11 +219,13 @@ async def test_absurd_wait_times_are_corrected_counted_and_never_stall_the_polle
         await ingest.watch.until(lambda: len(ingest.ids(DLP)) >= PAGE)
         for value in absurd:
             proxy.play(*DLP, Trick("wait_time", value=value))
-        await ingest.watch.until(lambda: proxy.pending() == 0 and setup.all_arrived())
-        counters, state = ingest.counters(DLP), ingest.state(DLP)
+        await ingest.watch.until(setup.all_arrived)
+        # the poller goes on asking (its stream is idle now): each request is a moment to look again
+        await proxy.wait_until(lambda: ingest.counters(DLP).get("wait_time_corrected") == len(absurd))
+        counters, state, pending = ingest.counters(DLP), ingest.state(DLP), proxy.pending()
     setup.assert_all_arrived_once_in_order()
     assert counters.get("wait_time_corrected") == len(absurd)
-    assert state is State.OK
+    assert (state, pending) == (State.OK, 0)
 
 
 async def test_records_the_spool_cannot_encode_are_kept_as_json_text_and_the_stream_advances(
