@@ -194,7 +194,7 @@ async def test_a_redirect_fails_the_poller_naming_its_target_and_the_token_stays
             malware_then = len(ingest.ids(MALWARE))
             await ingest.watch.until(lambda: len(ingest.ids(MALWARE)) > malware_then)
             meanwhile = (ingest.state(DLP), len(proxy.tricked(*DLP)), sim.stats().requests["alerts/dlp"])
-            first = {stream: ingest.ids(stream) for stream in BACKLOG}
+        first = {stream: ingest.ids(stream) for stream in BACKLOG}  # all the first run consumed
         # the operator points `url` where the API answers and restarts: the poller goes on where it stood
         async with pulling(tmp_path, proxy) as restarted:
             rest = {stream: BACKLOG[stream] - len(first[stream]) for stream in BACKLOG}
