@@ -3,16 +3,18 @@
 Run: ``python bench/bench_ingest.py [--per-subtype N] [--subtypes KIND/SUBTYPE,...]``.
 
 The tenant simulator runs in its own process (``python -m ce_daemon simulate``) in backlog mode:
-every subtype holds ``--per-subtype`` records, pages of 10,000 records, ``wait_time`` 0, the
-documented 4 requests/s per token. This process runs what the daemon runs for ingestion: one
-`TenantClient` (one token bucket) for the tenant, one `Poller` per subtype under the `Supervisor`,
-committing to a `Spool` in a fresh SQLite state database, with one spool consumer that reads and
-acknowledges every page so that the spool never fills (its CPU time and memory are included in the
-figures, as a route's would be in the daemon). The clock runs from the pollers' start until the
-consumer has read the last backlog record.
+every subtype holds ``--per-subtype`` records, pages of 10,000 records, the documented 4 requests/s
+per token. A full page with more behind it says ``wait_time`` 0; the last one says 1 s, as a tenant
+does when it has nothing more (with 0, the poller of a subtype that had finished spent the tenant's
+budget on empty pages while the others still had pages to fetch). This process runs what the daemon
+runs for ingestion: one `TenantClient` (one send window) for the tenant, one `Poller` per subtype
+under the `Supervisor`, committing to a `Spool` in a fresh SQLite state database, with one spool
+consumer that reads and acknowledges every page so that the spool never fills (its CPU time and
+memory are included in the figures, as a route's would be in the daemon). The clock runs from the
+pollers' start until the consumer has read the last backlog record.
 
-Figures and targets (issue 3): records/s committed compared with the 40,000 records/s ceiling
-(≥ 95 %), the most requests the simulator received in any one-second window (never above 4.0),
+Figures and targets (issues 3 and 7): records/s committed compared with the 40,000 records/s ceiling
+(≥ 98 %), the most requests the simulator received in any one-second window (never above 4.0),
 peak RSS of this process (under 300 MB with a backlog of at least 2 million records), and CPU
 seconds per million records. Always exits 0: it is a report, not a gate.
 """
@@ -49,12 +51,13 @@ from ce_daemon.supervisor import Supervisor
 RATE_LIMIT = 4
 PAGE_SIZE = 10_000
 CEILING = RATE_LIMIT * PAGE_SIZE
-CEILING_SHARE_TARGET = 0.95
+CEILING_SHARE_TARGET = 0.98
 MAX_RATE_TARGET = 4.0
 RSS_TARGET_MB = 300.0
 BACKLOG_FOR_RSS_TARGET = 2_000_000
 DEFAULT_SUBTYPES = "alerts/dlp,alerts/malware,events/page,events/network"
 TENANT = "bench"
+IDLE_WAIT = 1.0  # wait_time of a page that is not full: the simulator's default
 
 
 def cpu_seconds(pid: int) -> float:
@@ -67,7 +70,7 @@ def cpu_seconds(pid: int) -> float:
 async def start_simulator(per_subtype: int, subtypes: str) -> tuple[asyncio.subprocess.Process, str]:
     """``ce-daemon simulate`` in a child process; returns it and its base URL."""
     argv = [sys.executable, "-m", "ce_daemon", "simulate", "--port", "0"]
-    argv += ["--backlog", str(per_subtype), "--arrival-rate", "0", "--idle-wait", "0"]
+    argv += ["--backlog", str(per_subtype), "--arrival-rate", "0", "--idle-wait", str(IDLE_WAIT)]
     argv += ["--page-size", str(PAGE_SIZE), "--rate-limit", str(RATE_LIMIT), "--subtypes", subtypes]
     child = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
@@ -157,6 +160,7 @@ async def run(per_subtype: int, subtypes: str, workdir: Path) -> dict[str, Any]:
                 "cpu": cpu,
                 "sim_cpu": sim_cpu,
                 "requests": client.requests,
+                "bucket_wait": getattr(client, "bucket_wait_seconds", 0.0),  # absent before issue 7
                 "retries": sum(p.status.counters.get("retries", 0) for p in pollers),
                 "max_rate": stats["max_requests_per_second"],
                 "rate_limited": stats["rate_limited"],
@@ -188,7 +192,8 @@ def main() -> None:
     count = len(args.subtypes.split(","))
     print(
         f"ingest: {count} subtypes of {args.per_subtype:,} records = {count * args.per_subtype:,} "
-        f"backlog records, pages of {PAGE_SIZE:,}, wait_time 0, {RATE_LIMIT} req/s per tenant",
+        f"backlog records, pages of {PAGE_SIZE:,}, wait_time 0 ({IDLE_WAIT:g} s once a subtype has no more), "
+        f"{RATE_LIMIT} req/s per tenant",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as workdir:
@@ -211,7 +216,8 @@ def print_figures(f: dict[str, Any]) -> None:
         f"≥ {CEILING_SHARE_TARGET:.0%}"
     )
     print(
-        f"requests: {f['requests']} sent, {f['rate_limited']} answered 429, {f['retries']} retried; "
+        f"requests: {f['requests']} sent ({f['bucket_wait']:.0f} s waited for the send window in all), "
+        f"{f['rate_limited']} answered 429, {f['retries']} retried; "
         f"the simulator saw at most {f['max_rate']} in any one-second window: "
         f"{verdict(f['max_rate'] <= MAX_RATE_TARGET)} ≤ {MAX_RATE_TARGET}"
     )

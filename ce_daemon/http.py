@@ -6,7 +6,13 @@ honoured, and statuses map onto the core's error taxonomy the same way everywher
 
 - 408, 425, 429 and 5xx (except 501, 505) → :class:`TransientError` (retry the batch);
 - 401 and 403 → :class:`AuthError` (stop the component, no retry storm);
+- 3xx → :class:`ComponentConfigError` naming where it pointed: no redirect is ever followed, since the
+  credentials a session carries would go along to wherever it points (:func:`make_session` refuses
+  one even when a request allows it);
 - any other 4xx → :class:`PermanentError` (dead-letter what was sent).
+
+Answers are read within bounds (:func:`read_body`, :func:`read_at_most`, :func:`read_excerpt`): a target
+cannot make us hold more than what we need of what it sends.
 
 It also holds what several HTTP sinks need alike: one session for a sink's life (:class:`HttpSink`),
 gzip bodies (:func:`prepare_body`), requests kept under a byte cap and halved when the target
@@ -35,7 +41,7 @@ import orjson
 from pydantic import Field, SecretStr
 
 from ce_daemon import __version__, redact
-from ce_daemon.errors import AuthError, PermanentError, TransientError
+from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SecretOrText, SendResult, Timeout
 
 USER_AGENT = f"ce-daemon/{__version__}"
@@ -43,6 +49,10 @@ RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 508, 509, 520, 52
 _GZIP_IN_THREAD = 256 * 1024  # compress larger bodies off the event loop
 _TOKEN_REFRESH_MARGIN = 300.0  # renew early so that a request never leaves with a token about to lapse
 _EXCERPT_MARGIN = 8192  # read past an excerpt's cut, so that a secret across the cut is still recognised
+MAX_ANSWER_BYTES = 16 * 1024**2
+"""The largest answer body a sink parses (an Elasticsearch bulk answer for 5,000 documents is ~1 MB)."""
+ERROR_BODY_BYTES = 64 * 1024
+"""How much of an error answer is read to find its code and message (the rest is never read)."""
 
 
 class TlsOptions(PluginOptions):
@@ -93,10 +103,32 @@ def make_session(
 ) -> aiohttp.ClientSession:
     """A client session for one target: timeouts, TLS, our User-Agent, the configured headers."""
     configured = options.headers if isinstance(options, HttpOptions) else {}
+    refuse = aiohttp.TraceConfig()
+    refuse.on_request_redirect.append(_refuse_redirect)
     return aiohttp.ClientSession(
         headers={"User-Agent": USER_AGENT, **configured, **headers},
         timeout=aiohttp.ClientTimeout(total=options.timeout),
         connector=aiohttp.TCPConnector(ssl=ssl_context(options.tls, base_dir), limit=16),
+        trace_configs=[refuse],
+    )
+
+
+async def _refuse_redirect(
+    session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestRedirectParams
+) -> None:
+    """Called by aiohttp before it follows a redirect (a request sent without ``allow_redirects=False``)."""
+    params.response.release()
+    raise redirect_error(params.response.status, params.response.headers, str(params.url))
+
+
+def redirect_error(
+    status: int, headers: Any, target: str, fix: str = "set the URL to the address that answers itself"
+) -> ComponentConfigError:
+    """The error for a 3xx answer: it names where it pointed; nothing is retried until the URL changes."""
+    location = headers.get("Location") if headers is not None else None
+    return ComponentConfigError(
+        f"{target} answered HTTP {status}, a redirect to {location or 'nowhere (no Location header)'};"
+        f" redirects are not followed (the credentials would go along): {fix}"
     )
 
 
@@ -121,13 +153,40 @@ async def raise_for_status(response: aiohttp.ClientResponse, target: str) -> Non
     status = response.status
     if 200 <= status < 300:
         return
-    body = excerpt(await response.text(errors="replace"))
+    if 300 <= status < 400:
+        raise redirect_error(status, response.headers, target)
+    body = await read_excerpt(response)
     message = f"{target} answered HTTP {status}" + (f": {body}" if body else "")
     if status in (401, 403):
         raise AuthError(message)
     if status in RETRYABLE:
         raise TransientError(message, retry_after=retry_after(response.headers))
     raise PermanentError(message)
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The first ``limit`` bytes of an answer's body (all of it when shorter); the rest is never read."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await response.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+async def read_body(response: aiohttp.ClientResponse, target: str, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """An answer's whole body, or a :class:`TransientError` when it is longer than ``limit`` bytes."""
+    data = await read_at_most(response, limit + 1)
+    if len(data) > limit:
+        raise TransientError(f"{target} answered a body of more than {limit:,} bytes; it was not read")
+    return data
+
+
+async def read_excerpt(response: aiohttp.ClientResponse, limit: int = redact.REMOTE_LIMIT) -> str:
+    """The start of an answer's body as text, for an error message: read a little past ``limit`` so that
+    a secret the answer echoes across the cut is still recognised, then scrubbed and cut (:func:`excerpt`)."""
+    return excerpt(await read_at_most(response, limit + _EXCERPT_MARGIN), limit)
 
 
 def transport_error(exc: BaseException, target: str) -> TransientError:
@@ -442,7 +501,7 @@ class OAuth2Token(ABC):
     async def _fetch(self, session: aiohttp.ClientSession) -> None:
         try:
             async with session.post(self.url, data=dict(self.grant())) as response:
-                body = await response.read()
+                body = await read_at_most(response, ERROR_BODY_BYTES)
                 status, headers = response.status, response.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, self.target) from exc

@@ -55,6 +55,24 @@ STREAM_COUNTERS: Mapping[str, tuple[str, str]] = {
         "ce_daemon_stream_malformed_records",
         "Records dropped because they are not JSON objects.",
     ),
+    "timeouts": ("ce_daemon_stream_timeouts", "Requests whose answer did not come in time (then resent)."),
+    "lost_answers": (
+        "ce_daemon_stream_lost_answers",
+        "Requests whose connection dropped before the answer (then resent).",
+    ),
+    "server_errors": ("ce_daemon_stream_server_errors", "Answers with a 5xx status (then resent)."),
+    "oversized_pages": (
+        "ce_daemon_stream_oversized_pages",
+        "Answers refused for exceeding max_page_bytes after decompression (then resent).",
+    ),
+    "records_repaired": (
+        "ce_daemon_stream_records_repaired",
+        "Records with a value the spool cannot encode, kept with that value as its JSON text.",
+    ),
+    "wait_time_corrected": (
+        "ce_daemon_stream_wait_time_corrected",
+        "Pages whose wait_time was invalid or above max_wait_time, and was corrected.",
+    ),
 }
 # What a log route counts in its status → (metric family, help). Per (route, sink).
 ROUTE_COUNTERS: Mapping[str, tuple[str, str]] = {

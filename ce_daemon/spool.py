@@ -40,6 +40,7 @@ __all__ = [
     "Pending",
     "Spool",
     "SpoolCorruptError",
+    "UnencodableRecordsError",
     "page_marker",
 ]
 
@@ -113,6 +114,13 @@ SPOOL_MIGRATIONS: tuple[Migration, ...] = (
 
 class SpoolCorruptError(StateError):
     """A stored page cannot be decoded (the database was damaged or edited by hand)."""
+
+
+class UnencodableRecordsError(ValueError):
+    """A page holds a value the codec cannot write (nested too deep, say); nothing was committed.
+
+    The caller repairs the records (`ce_daemon.netskope.pages.repair_records`) and appends again.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +296,8 @@ class Spool:
         In the same transaction the iterator's pending intent goes back to ``"none"`` and the page's
         marker becomes the last committed one. The iterator is ``iterator_key`` when given (a second
         iterator feeding the same stream), else the stream itself. Once this returns the page survives
-        a crash.
+        a crash. A record the codec cannot write raises :class:`UnencodableRecordsError` before anything
+        is written.
         """
         self._require_loaded()
         if not records:
@@ -693,10 +702,16 @@ def _dump_progress(progress: Mapping[str, Any] | None) -> str | None:
 
 
 def _encode(records: list[dict[str, Any]]) -> bytes:
-    return b"".join(
-        lz4.frame.compress(orjson.dumps(records[start : start + FRAME_RECORDS]), content_checksum=True)
-        for start in range(0, len(records), FRAME_RECORDS)
-    )
+    frames = []
+    for start in range(0, len(records), FRAME_RECORDS):
+        try:
+            text = orjson.dumps(records[start : start + FRAME_RECORDS])
+        except orjson.JSONEncodeError as exc:
+            raise UnencodableRecordsError(
+                f"records {start}-{min(start + FRAME_RECORDS, len(records)) - 1} of the page: {exc}"
+            ) from exc
+        frames.append(lz4.frame.compress(text, content_checksum=True))
+    return b"".join(frames)
 
 
 def _decompress(seq: int, codec: str, body: bytes) -> tuple[bytes, ...]:

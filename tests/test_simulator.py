@@ -189,6 +189,20 @@ async def test_default_page_size_is_ten_thousand_records(session: aiohttp.Client
     assert second["result"][-1]["_id"] == record_id(SEED, "alerts", "dlp", 11_999)
 
 
+async def test_a_large_page_is_written_byte_for_byte_as_orjson_writes_it() -> None:
+    """A page written a slice at a time (the simulator's loop keeps taking requests) is the same JSON."""
+    options = sim_options(backlog=1_234, page_size=2_000, gzip=False)
+    async with running_simulator(**options) as simulator, aiohttp.ClientSession() as client:
+        url = f"{simulator.url}{dataexport_path('alerts', 'dlp')}"
+        headers = {"Netskope-Api-Token": DEFAULT_TOKEN}
+        async with client.get(url, params={"index": "ix", "operation": "head"}, headers=headers) as resp:
+            body = await resp.read()
+    timeline, seqs = Timeline(START, 1_234, 100), range(1_234)
+    records = RecordFactory(SEED, "demo").make_many("alerts", "dlp", seqs, timeline.timestamps(seqs))
+    page = {"ok": 1, "result": records, "wait_time": 0.25, "timestamp_hwm": timeline.timestamp(1_233)}
+    assert body == orjson.dumps(page)
+
+
 async def test_resend_repeats_the_last_page_exactly_without_moving(
     session: aiohttp.ClientSession, sim: TenantSimulator
 ) -> None:

@@ -229,6 +229,10 @@ class Tenant(Strict):
     lookback: Lookback | None = None
     max_retry_delay: Annotated[Duration, Field(gt=0, le=86400)] = 900.0
     """More than zero (zero retries in a busy loop), at most a day."""
+    max_wait_time: Duration = 300.0
+    """The longest pause a page's ``wait_time`` may impose; larger or invalid values are corrected."""
+    max_page_bytes: Size = 64 * 1024**2
+    """The largest answer taken, counted after decompression (a 10,000-record page is ~15 MB)."""
 
 
 class Batch(Strict):

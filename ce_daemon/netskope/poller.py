@@ -2,15 +2,22 @@
 
 The crash windows of the iterator are closed like this: the intent to advance is written
 durably *before* ``operation=next`` is sent; the page and the cleared intent are committed
-in one transaction. On restart with an intent recorded, or after a body broken mid-transfer,
-the poller asks ``resend``; a resend answering with the page already committed (same first
-and last ``_id``, same count) is recognised and not spooled twice.
+in one transaction. On restart with an intent recorded, or after any answer that leaves it
+uncertain whether the server's cursor moved (see `_fetch`), the poller asks ``resend``; a resend
+answering with the page already committed (same first and last ``_id``, same count) is
+recognised and not spooled twice.
+
+A record the spool cannot store as it came is stored with the offending values as their JSON
+text (`ce_daemon.netskope.pages`), counted and logged: one bad record never stalls its stream.
+A poller that gets no page for longer than its settings explain (:func:`stall_limit`) reports
+itself degraded, saying what it is waiting for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import time
 from typing import Any
@@ -21,8 +28,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from ce_daemon.config.load import Stream
 from ce_daemon.config.model import Tenant
 from ce_daemon.errors import TransientError
-from ce_daemon.netskope.client import BrokenPageError, Page, TenantClient
-from ce_daemon.spool import IteratorMark
+from ce_daemon.health import State
+from ce_daemon.netskope.client import Page, TenantClient, UncertainAnswerError
+from ce_daemon.netskope.pages import Repair, repair_records
+from ce_daemon.netskope.subtypes import all_streams
+from ce_daemon.spool import IteratorMark, UnencodableRecordsError
 from ce_daemon.supervisor import Component
 
 log = structlog.get_logger("ce_daemon.poller")
@@ -32,6 +42,17 @@ INSTALL_ID_KEY = "netskope.install_id"
 
 class Stopping(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised inside the retry loop when the component was asked to stop."""
+
+
+def stall_limit(tenant: Tenant) -> float:
+    """How long a working poller of ``tenant`` can go without a page, in seconds.
+
+    Between two pages it pauses once (the page's ``wait_time``, a retry's backoff or a 429's
+    ``Retry-After``: each capped by a setting), queues once for the tenant's send window (behind,
+    at worst, every stream and its look-back) and waits for one answer (``timeout``).
+    """
+    queue = 2 * len(all_streams()) / tenant.rate_limit
+    return max(tenant.max_wait_time, tenant.max_retry_delay) + queue + tenant.timeout
 
 
 class Poller(Component):
@@ -61,6 +82,11 @@ class Poller(Component):
         self.iterator_key = stream.key + self.iterator_suffix
         self.log = log.bind(component=name)
         self._stopping: asyncio.Event | None = None
+        self._stall_limit = stall_limit(tenant)
+        self._last_page_at = time.monotonic()
+        self._doing = "starting"
+        self._stall_reported = False
+        self._wait_problem: str | None = None
 
     # -- naming ------------------------------------------------------------------------------
 
@@ -98,6 +124,15 @@ class Poller(Component):
         else:
             operation = "next"
         self.status.ok(f"index {index}")
+        self._last_page_at = time.monotonic()
+        watch = asyncio.create_task(self._watch_progress(stopping))
+        try:
+            await self._pull(stopping, index, operation)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _pull(self, stopping: asyncio.Event, index: str, operation: str) -> None:
         while not stopping.is_set():
             if not await self._wait_for_space(stopping):
                 return
@@ -109,15 +144,19 @@ class Poller(Component):
                 return
             if await self._commit(page, operation):
                 return
+            self._note_wait_problem(page.wait_problem)
             operation, wait_time = "next", page.wait_time
             # A parsed page of 10,000 records takes ~60 MB: let it go now rather than hold it through
             # the wait for the next token, or every poller of a tenant keeps one alive.
             del page
+            self._doing = f"waiting {wait_time:g}s, as the last page's wait_time asked"
             if wait_time > 0 and await _wait(stopping, wait_time):
                 return
 
     async def _commit(self, page: Page, operation: str, progress: dict[str, Any] | None = None) -> bool:
         """Spool the page (unless it is a resend of one already committed); True when this poller is done."""
+        self._last_page_at = time.monotonic()
+        self._stall_reported = False
         records = self._clean(page.records)
         state = await self.spool.iterator_state(self.iterator_key)
         hwm = page.timestamp_hwm
@@ -127,8 +166,15 @@ class Poller(Component):
                 self.log.info("poller.resend_already_committed", records=len(records))
                 await self.spool.mark_empty_page(self.iterator_key, hwm, progress=progress)
                 return False
+            self._note_repairs(page.repairs)
             mark = IteratorMark(timestamp_hwm=hwm, progress=progress)
-            await self.spool.append(self.stream.key, records, iterator=mark, iterator_key=self.iterator_key)
+            key = self.iterator_key
+            try:
+                await self.spool.append(self.stream.key, records, iterator=mark, iterator_key=key)
+            except UnencodableRecordsError:
+                # Rare (a hostile or broken tenant), so the check costs nothing on the usual path.
+                self._note_repairs(await asyncio.to_thread(repair_records, records))
+                await self.spool.append(self.stream.key, records, iterator=mark, iterator_key=key)
             self.status.count("pages")
             self.status.count("records", len(records))
             self.log.debug("poller.page_committed", records=len(records), hwm=hwm, operation=operation)
@@ -139,6 +185,27 @@ class Poller(Component):
             self.status.counters["timestamp_hwm"] = hwm
         self.status.ok(f"last page {len(records)} records")
         return False
+
+    def _note_repairs(self, repairs: list[Repair] | tuple[Repair, ...]) -> None:
+        """Count and name the records stored with some values as JSON text."""
+        if not repairs:
+            return
+        self.status.count("records_repaired", len(repairs))
+        self.log.warning(
+            "poller.records_repaired",
+            records=len(repairs),
+            ids=[repair.record_id for repair in repairs[:20]],
+            reasons=sorted({reason for repair in repairs for reason in repair.reasons}),
+            kept="each value the spool cannot store is kept as a string holding its JSON text",
+        )
+
+    def _note_wait_problem(self, problem: str | None) -> None:
+        """Count a corrected ``wait_time``; log it when it differs from the last one (not on every page)."""
+        if problem is not None:
+            self.status.count("wait_time_corrected")
+            if problem != self._wait_problem:
+                self.log.warning("poller.wait_time_corrected", problem=problem)
+        self._wait_problem = problem
 
     def _clean(self, records: list[Any]) -> list[dict[str, Any]]:
         """Keep every record that is an object; count and name what is not (bad input never stops us)."""
@@ -173,12 +240,26 @@ class Poller(Component):
         space.cancel()
         if stopping.is_set():
             return False
+        self._last_page_at = time.monotonic()  # the pause was the consumers' doing, not a stall
         self.status.ok("resumed: spool has space")
         self.log.info("poller.resumed")
         return True
 
     async def _fetch(self, index: str, operation: str) -> tuple[Page, str]:
-        """One page, retrying transient failures; switches to ``resend`` once a body broke after a 200."""
+        """One page, retrying transient failures; switches from ``next`` to ``resend`` on an uncertain answer.
+
+        The rule: ``resend`` after any failure that leaves it uncertain whether the request moved the
+        server's cursor (`UncertainAnswerError`: no answer in time, the connection lost after the
+        request left, a 5xx, a 200 that is no whole page), since only ``resend`` brings back a page the
+        cursor moved past. Not after an answer proving it did not move (a 429 or another 4xx refused
+        the request, ``ok != 1`` delivered no page, no connection was made): a resend there would bring
+        back the page already committed, recognised and skipped, so it would be safe, but it would waste
+        one of the tenant's few requests a second every time the window is crowded. An epoch (the first
+        request of an iterator) is asked again as it is: it repositions the cursor whatever happened,
+        whereas a resend on an index the server never saw answers an empty page (the simulator does),
+        and taking that as the first page would start the stream at "now", skipping the configured start.
+        The durable intent stays recorded until the page commits, so a crash meanwhile resends too.
+        """
         assert self._stopping is not None
         current = operation
         retrying = AsyncRetrying(
@@ -192,11 +273,13 @@ class Poller(Component):
             with attempt:
                 if self._stopping.is_set():
                     raise Stopping
+                self._doing = f"asking the tenant ({current})"
                 try:
                     page = await self.client.fetch(self.stream.kind, self.stream.subtype, index, current)  # type: ignore[arg-type]  # kind is alerts|events
-                except BrokenPageError:
-                    self.status.count("broken_pages")
-                    current = "resend"
+                except UncertainAnswerError as exc:
+                    self.status.count(exc.counter)
+                    if current == "next":
+                        current = "resend"
                     raise
                 return page, current
         raise AssertionError("unreachable: the retry loop either returns or raises")
@@ -216,14 +299,41 @@ class Poller(Component):
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         self.status.count("retries")
-        if state.attempt_number >= 3:
-            self.status.degraded(f"retrying: {exc}")
+        self._doing = f"retrying after: {exc}"
+        if state.attempt_number >= 3 or self._stalled_for() is not None:
+            self._trouble(f"retrying: {exc}")
         self.log.warning(
             "poller.retrying",
             attempt=state.attempt_number,
             error=str(exc),
             delay=round(state.upcoming_sleep, 2),
         )
+
+    # -- progress --------------------------------------------------------------------------------
+
+    async def _watch_progress(self, stopping: asyncio.Event) -> None:
+        """Report the poller degraded when no page came for longer than :func:`stall_limit` allows."""
+        while not await _wait(stopping, self._stall_limit / 4):
+            # not while the spool is full (the consumers' doing) or once a look-back has finished
+            done = self.status.state is State.STOPPED
+            if self._stalled_for() is not None and not self.spool.full and not done:
+                self._trouble(self._doing)
+
+    def _stalled_for(self) -> float | None:
+        """Seconds since the last page, when that is longer than the stall limit."""
+        age = time.monotonic() - self._last_page_at
+        return age if age > self._stall_limit else None
+
+    def _trouble(self, reason: str) -> None:
+        """Degraded for ``reason``, saying first that no page came for too long when that is so."""
+        age = self._stalled_for()
+        if age is not None:
+            reason = f"no page for {_seconds(age)} (at most {_seconds(self._stall_limit)} expected): {reason}"
+            if not self._stall_reported:
+                self._stall_reported = True
+                limit = round(self._stall_limit)
+                self.log.warning("poller.stalled", seconds=round(age), limit=limit, doing=self._doing)
+        self.status.degraded(reason)
 
 
 class HistoryPoller(Poller):
@@ -267,9 +377,7 @@ class HistoryPoller(Poller):
             "end": end,
             "done": done,
         }
-        await super()._commit(
-            Page(records, page.wait_time, page.timestamp_hwm, page.size), operation, progress
-        )
+        await super()._commit(dataclasses.replace(page, records=records), operation, progress)
         self.status.counters.update(percent=progress["percent"])
         self.log.info("history.progress", pages=pages, records=count, percent=progress["percent"])
         if done:
@@ -283,6 +391,10 @@ class HistoryPoller(Poller):
 def _after(record: dict[str, Any], end: int) -> bool:
     ts = record.get("timestamp")
     return isinstance(ts, int | float) and ts > end
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:

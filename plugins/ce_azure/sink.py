@@ -24,6 +24,7 @@ from ce_azure.entra import EntraToken
 from ce_azure.rows import RowEncoder, json_array
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import (
+    ERROR_BODY_BYTES,
     RETRYABLE,
     ConnectionOptions,
     HttpSink,
@@ -31,6 +32,7 @@ from ce_daemon.http import (
     ResumableSender,
     json_error,
     prepare_body,
+    read_at_most,
     retry_after,
     transport_error,
 )
@@ -121,7 +123,7 @@ class AzureLogsIngestionSink(HttpSink):
 
     async def _raise(self, response: aiohttp.ClientResponse) -> None:
         status = response.status
-        code, detail = json_error(await response.read(), "code")
+        code, detail = json_error(await read_at_most(response, ERROR_BODY_BYTES), "code")
         code = code or response.headers.get("x-ms-error-code", "")
         message = f"{self._target()} answered HTTP {status}" + (f" {code}" if code else "")
         message += f": {detail}" if detail else ""

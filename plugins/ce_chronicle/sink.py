@@ -25,6 +25,7 @@ from pydantic import Field, SecretStr, model_validator
 from ce_chronicle.auth import GoogleToken, ServiceAccount
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import (
+    ERROR_BODY_BYTES,
     RETRYABLE,
     ConnectionOptions,
     HttpSink,
@@ -32,6 +33,7 @@ from ce_daemon.http import (
     ResumableSender,
     json_error,
     prepare_body,
+    read_at_most,
     retry_after,
     transport_error,
 )
@@ -154,7 +156,7 @@ class ChronicleSink(HttpSink):
 
     async def _raise(self, response: aiohttp.ClientResponse) -> None:
         status = response.status
-        code, detail = json_error(await response.read(), "status")
+        code, detail = json_error(await read_at_most(response, ERROR_BODY_BYTES), "status")
         message = f"Chronicle {self.url} answered HTTP {status}" + (f" {code}" if code else "")
         message += f": {detail}" if detail else ""
         if status == 413 or (status == 400 and "payload size exceeds" in detail.lower()):

@@ -32,6 +32,8 @@ from ce_daemon.http import (
     json_object,
     make_session,
     prepare_body,
+    read_body,
+    redirect_error,
     retry_after,
     send_halving,
     split_by_size,
@@ -260,7 +262,7 @@ def _item_reason(item: dict[str, Any]) -> str:
 
 
 async def _answer(response: aiohttp.ClientResponse) -> dict[str, Any]:
-    body = await response.read()
+    body = await read_body(response, "Elasticsearch")
     answer = json_object(body)
     return answer if answer is not None else {"error": excerpt(body, 200)}
 
@@ -277,7 +279,7 @@ def _error(status: int, answer: dict[str, Any], headers: Any) -> Exception:
     if status in (401, 403):
         return AuthError(message)
     if 300 <= status < 400:
-        return ComponentConfigError(f"{message}: the URL redirects, configure the cluster's own URL")
+        return redirect_error(status, headers, "Elasticsearch")
     if status in RETRYABLE:
         return TransientError(message, retry_after=retry_after(headers))
     return PermanentError(message)

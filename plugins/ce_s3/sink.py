@@ -30,10 +30,13 @@ from yarl import URL
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import (
+    ERROR_BODY_BYTES,
     RETRYABLE,
     ConnectionOptions,
     HttpSink,
     gzip_compress,
+    read_at_most,
+    redirect_error,
     retry_after,
     transport_error,
 )
@@ -245,7 +248,7 @@ class S3Sink(HttpSink):
             yield response
 
     async def _raise(self, response: aiohttp.ClientResponse, key: str) -> None:
-        body = await response.read()
+        body = await read_at_most(response, ERROR_BODY_BYTES)
         code_match, message_match = _CODE.search(body), _MESSAGE.search(body)
         code = code_match.group(1).decode("utf-8", "replace") if code_match else ""
         message = message_match.group(1).decode("utf-8", "replace").strip() if message_match else ""
@@ -265,6 +268,8 @@ class S3Sink(HttpSink):
             )
             where = f"region {region!r}" if region else "another region"
             raise ComponentConfigError(f"{what} (the bucket lives in {where}; set `region:` to match)")
+        if 300 <= status < 400:
+            raise redirect_error(status, response.headers, self._target())
         if code in _AUTH_CODES or status in (401, 403):
             hint = " (check the system clock)" if code == "RequestTimeTooSkewed" else ""
             raise AuthError(what + hint)

@@ -48,6 +48,8 @@ from ce_daemon.http import (
     json_object,
     make_session,
     prepare_body,
+    read_body,
+    redirect_error,
     retry_after,
     transport_error,
 )
@@ -221,7 +223,7 @@ class SplunkHecSink(HttpSink):
 
 async def _answer(response: aiohttp.ClientResponse) -> dict[str, Any]:
     """HEC's JSON answer (``{}`` when the body is not a JSON object, say from a proxy)."""
-    body = await response.read()
+    body = await read_body(response, "Splunk HEC")
     answer = json_object(body)
     return answer if answer is not None else {"text": excerpt(body, 200)}
 
@@ -246,7 +248,7 @@ def _error(status: int, answer: dict[str, Any], headers: Any) -> Exception:
     if status in (401, 403):
         return AuthError(message)
     if 300 <= status < 400:
-        return ComponentConfigError(f"{message}: the URL redirects, configure the collector's own URL")
+        return redirect_error(status, headers, "Splunk HEC")
     if code in _CONFIG_CODES:
         hints = {
             7: "is `index` allowed for this token?",
