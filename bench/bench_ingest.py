@@ -26,15 +26,11 @@ import asyncio
 import contextlib
 import os
 import resource
-import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import orjson
 import structlog
 from pydantic import SecretStr
 
@@ -42,6 +38,7 @@ from ce_daemon.config.load import Stream
 from ce_daemon.config.model import Tenant
 from ce_daemon.health import HealthRegistry
 from ce_daemon.netskope.poller import Poller
+from ce_daemon.netskope.sim_process import SimulatorProcess, simulator_process
 from ce_daemon.netskope.simulator import DEFAULT_TOKEN
 from ce_daemon.pipeline import Runtime
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
@@ -67,38 +64,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def start_simulator(per_subtype: int, subtypes: str) -> tuple[asyncio.subprocess.Process, str]:
-    """``ce-daemon simulate`` in a child process; returns it and its base URL."""
-    argv = [sys.executable, "-m", "ce_daemon", "simulate", "--port", "0"]
-    argv += ["--backlog", str(per_subtype), "--arrival-rate", "0", "--idle-wait", str(IDLE_WAIT)]
-    argv += ["--page-size", str(PAGE_SIZE), "--rate-limit", str(RATE_LIMIT), "--subtypes", subtypes]
-    child = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    assert child.stdout is not None
-    while True:
-        line = (await child.stdout.readline()).decode().strip()
-        if not line:
-            raise RuntimeError("the simulator exited before printing its URL")
-        if line.startswith("http"):
-            return child, line
-
-
-async def drain_output(child: asyncio.subprocess.Process) -> None:
-    """Keep reading the simulator's log lines so that a full pipe never blocks it."""
-    assert child.stdout is not None
-    while await child.stdout.readline():
-        pass
-
-
-async def simulator_stats(url: str) -> dict[str, Any]:
-    """The simulator's ``GET /_sim/stats``."""
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/_sim/stats") as response:
-        response.raise_for_status()
-        stats: dict[str, Any] = orjson.loads(await response.read())
-        return stats
-
-
 async def consume(spool: Spool, total: int, done: asyncio.Event, progress: dict[str, float]) -> None:
     """Read and acknowledge every page; set ``done`` once ``total`` records were seen."""
     seen = 0
@@ -115,8 +80,14 @@ async def consume(spool: Spool, total: int, done: asyncio.Event, progress: dict[
 
 async def run(per_subtype: int, subtypes: str, workdir: Path) -> dict[str, Any]:
     """One ingestion run; the measured figures."""
-    child, url = await start_simulator(per_subtype, subtypes)
-    drainer = asyncio.create_task(drain_output(child))
+    options = {"backlog": per_subtype, "arrival_rate": 0, "idle_wait": IDLE_WAIT, "page_size": PAGE_SIZE}
+    async with simulator_process({**options, "rate_limit": RATE_LIMIT, "subtypes": subtypes}) as sim:
+        return await measure(sim, per_subtype, subtypes, workdir)
+
+
+async def measure(sim: SimulatorProcess, per_subtype: int, subtypes: str, workdir: Path) -> dict[str, Any]:
+    """Pull the simulator's backlog as the daemon would; the measured figures."""
+    child, url = sim.process, sim.url
     streams = [Stream(TENANT, *item.split("/", 1)) for item in subtypes.split(",")]
     total = per_subtype * len(streams)
     tenant = Tenant(
@@ -153,14 +124,14 @@ async def run(per_subtype: int, subtypes: str, workdir: Path) -> dict[str, Any]:
             reporter.cancel()
             await supervisor.stop_many(list(supervisor.running), 10.0)
             await consumer
-            stats = await simulator_stats(url)
+            stats = await sim.stats()
             return {
                 "records": total,
                 "wall": wall,
                 "cpu": cpu,
                 "sim_cpu": sim_cpu,
                 "requests": client.requests,
-                "bucket_wait": getattr(client, "bucket_wait_seconds", 0.0),  # absent before issue 7
+                "bucket_wait": client.bucket_wait_seconds,
                 "retries": sum(p.status.counters.get("retries", 0) for p in pollers),
                 "max_rate": stats["max_requests_per_second"],
                 "rate_limited": stats["rate_limited"],
@@ -169,9 +140,6 @@ async def run(per_subtype: int, subtypes: str, workdir: Path) -> dict[str, Any]:
             }
     finally:
         await supervisor.stop_many(list(supervisor.running), 5.0)
-        child.send_signal(signal.SIGTERM)
-        await child.wait()
-        await drainer
 
 
 async def report_progress(progress: dict[str, float], total: int, begin: float) -> None:

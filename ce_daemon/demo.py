@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ce_daemon.daemon import Daemon
-from ce_daemon.netskope.simulator import running_simulator
+from ce_daemon.netskope.sim_process import SimulatorProcess, simulator_process
 
 DEMO_TOKEN_ENV = "CE_DEMO_TOKEN"  # noqa: S105 - the name of a variable, not a password
 DEMO_TOKEN = "demo-token-not-secret"  # noqa: S105 - the simulator's token, printed nowhere by the daemon
@@ -77,16 +77,18 @@ async def run_demo(directory: Path, duration: float, registry: Any) -> int:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(_HealthPrinter, local_addr=("127.0.0.1", 0))
     syslog_port = transport.get_extra_info("sockname")[1]
-    options: dict[str, Any] = {
-        "tokens": {DEMO_TOKEN: None},
+    # The simulator runs in a process of its own, as a tenant would: on the daemon's event loop it
+    # would stamp arrivals late while the daemon parses a page, and refuse requests a tenant accepts.
+    options: dict[str, object] = {
+        "token": DEMO_TOKEN,
         "seed": 7,
         "backlog": 5_000,
         "backlog_span": 3_600,
         "arrival_rate": 20.0,
-        "idle_wait_time": 2.0,
+        "idle_wait": 2.0,
     }
     try:
-        async with running_simulator(**options) as sim:
+        async with simulator_process(options) as sim:
             url = sim.url
             path = directory / "pipeline.yaml"
             path.write_text(
@@ -154,12 +156,13 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
             )
 
 
-async def _summary(directory: Path, sim: Any) -> None:
-    stats = sim.stats()
-    served = sum(sum(per_index.values()) for per_index in stats.records_served.values())
+async def _summary(directory: Path, sim: SimulatorProcess) -> None:
+    stats = await sim.stats()
+    served = sum(sum(per_index.values()) for per_index in stats["records_served"].values())
     _say(
-        f"simulator served {served} records in {stats.requests_total} requests; highest rate "
-        f"{stats.max_requests_per_second} req/s in any one-second window; 429s sent {stats.rate_limited}"
+        f"simulator served {served} records in {stats['requests_total']} requests; highest rate "
+        f"{stats['max_requests_per_second']} req/s in any one-second window; "
+        f"429s sent {stats['rate_limited']}"
     )
     for out in sorted((directory / "out").glob("*")):
         with contextlib.suppress(OSError):

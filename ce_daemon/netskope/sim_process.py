@@ -1,0 +1,69 @@
+"""The tenant simulator in a process of its own (``ce-daemon simulate``), for the demo and benchmarks.
+
+A simulator sharing the daemon's event loop stamps a request's arrival only when its handler gets
+the loop, which can be tens of milliseconds after the request arrived while the daemon parses a
+page: its one-second rate-limit window then holds requests the daemon sent more than a second
+apart, and it answers 429s a real tenant would not. In its own process it stamps them on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ce_daemon.testing.harness import terminate
+
+
+@dataclass
+class SimulatorProcess:
+    """A running ``ce-daemon simulate`` child: its base URL, and its statistics on request."""
+
+    process: asyncio.subprocess.Process
+    url: str
+
+    async def stats(self) -> dict[str, Any]:
+        """``GET /_sim/stats`` (see `SimulatorStats.to_dict`)."""
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/_sim/stats") as response:
+            response.raise_for_status()
+            stats: dict[str, Any] = orjson.loads(await response.read())
+            return stats
+
+
+@contextlib.asynccontextmanager
+async def simulator_process(options: Mapping[str, object]) -> AsyncIterator[SimulatorProcess]:
+    """Start ``ce-daemon simulate --port 0`` with ``options`` (``{"backlog": 5000}`` → ``--backlog
+    5000``; a list repeats the option), stop it on exit. Its log lines are read and dropped."""
+    argv = [sys.executable, "-m", "ce_daemon", "simulate", "--port", "0"]
+    for name, value in options.items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            argv += [f"--{name.replace('_', '-')}", str(item)]
+    child = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert child.stdout is not None
+    try:
+        while not (line := (await child.stdout.readline()).decode().strip()).startswith("http"):
+            if not line and child.stdout.at_eof():
+                raise RuntimeError(f"the tenant simulator exited before it listened: {' '.join(argv)}")
+        drain = asyncio.create_task(_drain(child.stdout))
+        try:
+            yield SimulatorProcess(child, line)
+        finally:
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+    finally:
+        await terminate(child)
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    """Keep reading the child's log lines, so that a full pipe never blocks it."""
+    while await stream.readline():
+        pass
