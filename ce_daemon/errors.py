@@ -38,6 +38,13 @@ class PermanentError(CeDaemonError):
     """A request the target refused for good (a 4xx other than auth and throttling)."""
 
 
+def describe(exc: BaseException) -> str:
+    """An exception for an operator: our own errors by their message, others by type and message."""
+    if isinstance(exc, CeDaemonError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One configuration problem, with its place in the file when known.

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from ce_daemon import redact
 from ce_daemon.config.model import HttpSettings
 from ce_daemon.health import HealthRegistry
 from ce_daemon.metrics import Metrics
@@ -27,8 +28,8 @@ log = structlog.get_logger("ce_daemon.web")
 
 SHUTDOWN_TIMEOUT = 2.0
 """How long a closing listener lets a request in progress finish (a scrape takes milliseconds)."""
-DETAIL_LIMIT = 200
-"""``/readyz`` quotes at most this much of a component's reason (as the syslog health channel does)."""
+DETAIL_LIMIT = redact.SYSLOG_LIMIT
+"""``/readyz`` quotes at most this much of a component's reason, scrubbed (as the syslog channel does)."""
 READY_PHASES = frozenset({"ready", "reloading"})
 
 
@@ -109,7 +110,7 @@ def readiness(health: HealthRegistry, phase: str) -> tuple[bool, dict[str, Any]]
         {
             "component": name,
             "state": str(statuses[name].state),
-            "detail": statuses[name].detail[:DETAIL_LIMIT],
+            "detail": redact.scrub(statuses[name].detail, DETAIL_LIMIT),
         }
         for name in bad
     ]

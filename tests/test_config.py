@@ -274,6 +274,21 @@ def test_inline_secret_in_a_plugin_option_is_found_by_its_type(tmp_path: Path, r
     assert "abc-Inline" not in found[0]
 
 
+def test_a_credential_header_is_a_secret_other_headers_are_text(tmp_path: Path, registry: Registry) -> None:
+    """`Authorization` written in a sink's headers is refused inline; by reference it is fine, and so is
+    `Content-Type` written as text."""
+    sink = (
+        "sink: {type: webhook, url: 'https://h.example/x', headers: {Content-Type: text/plain, "
+        "Authorization: Bearer abc-Inline-77, X-Api-Key: {$env: HOOK_KEY}}}"
+    )
+    path = write(tmp_path, GOOD.replace("sink: {type: file, path: out/x.cef}", sink))
+    found = problems_of(path, registry, {"ACME_TOKEN": "x", "HOOK_KEY": "key-by-reference"})
+    assert [p.split("\n")[0].split(": ", 1)[1] for p in found] == [
+        "logs.routes[0].sink.headers.Authorization: a secret must not be written in the file"
+    ]
+    assert "abc-Inline-77" not in found[0]
+
+
 def test_unresolvable_reference_is_told_apart_from_an_invalid_one(tmp_path: Path, registry: Registry) -> None:
     """`$credential` outside systemd "cannot be resolved in this environment"; a missing `$file` is wrong."""
     text = GOOD.replace("{$env: ACME_TOKEN}", "{$credential: netskope-token}").replace(

@@ -122,7 +122,7 @@ class _Against(LogSinkContract):
         async with fake:
             target = WebhookTarget(fake)
             if not self.token:
-                target.options = lambda: {"url": f"{fake.url}/hook"}  # type: ignore[method-assign]
+                target.options = lambda: {"url": f"{fake.url}/hook"}  # type: ignore[method-assign]  # a target whose options name no credential
             yield target
 
 

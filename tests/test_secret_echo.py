@@ -1,7 +1,8 @@
 """A target that quotes our request back (headers included) leaks no secret into any output of the daemon.
 
-Logs (stdout), `ce-daemon status --json`, the dead-letter table, the syslog health channel, and a
-rejected reload's texts: each exit scrubs every configured secret, and the forms derived from them.
+Logs (stdout), `ce-daemon status --json`, the dead-letter table, the syslog health channel, the HTTP
+listener's `/readyz` and `/metrics`, and a rejected reload's texts: each exit scrubs every configured
+secret, and the forms derived from them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -129,6 +131,12 @@ async def status_text(config: Path) -> str:
     return out
 
 
+async def http_text(url: str) -> str:
+    """The body of a GET to the daemon's HTTP listener (``/readyz`` answers 503 while a route is degraded)."""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
+
+
 def dead_letter_reasons(tmp_path: Path) -> list[str]:
     """Every reason in the dead-letter table of the test's state database."""
     with sqlite3.connect(tmp_path / "state" / "db.sqlite") as db:
@@ -152,13 +160,18 @@ async def test_an_echoed_secret_reaches_no_output(tmp_path: Path, name: str) -> 
             "sink": sink_block(shape.sink, url),
         }
         health = {"interval": "1h", "syslog": {"target": syslog.target}}
+        listen = {"listen": "127.0.0.1:0"}
         config = write_pipeline(
-            tmp_path / "pipeline.yaml", pipeline_config(tmp_path, sim.url, [route], health=health)
+            tmp_path / "pipeline.yaml",
+            pipeline_config(tmp_path, sim.url, [route], health=health, http=listen),
         )
         async with DaemonProcess(config, env={"SIM_TOKEN": TOKEN, "SINK_SECRET": shape.secret}) as daemon:
+            web_url = (await daemon.wait_for_event("http.listening"))["url"]
             degraded = await syslog.wait_for("event=component.degraded", timeout=30)
+            readyz = await http_text(f"{web_url}readyz")  # while the route is degraded by the echo
             await route_when(config, "leaky", lambda r: r["counters"]["dead_lettered"] == BACKLOG)
             refused = await status_text(config)
+            metrics = await http_text(f"{web_url}metrics")
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait(30) == 0
     reasons = dead_letter_reasons(tmp_path)
@@ -167,8 +180,9 @@ async def test_an_echoed_secret_reaches_no_output(tmp_path: Path, name: str) -> 
     assert shape.scrubbed in refused
     assert "proxy error" in degraded and shape.scrubbed in degraded
     assert all(shape.scrubbed in reason for reason in reasons)
+    assert "proxy error" in readyz and shape.scrubbed in readyz
     outputs = {"stdout": "\n".join(daemon.raw), "status": refused, "syslog": "\n".join(syslog.messages)}
-    outputs["dead letters"] = "\n".join(reasons)
+    outputs.update({"dead letters": "\n".join(reasons), "/readyz": readyz, "/metrics": metrics})
     for form in shape.on_the_wire:
         leaks = [where for where, text in outputs.items() if form in text]
         assert not leaks, f"{form!r} leaked into {leaks}"

@@ -170,18 +170,35 @@ def _may_hold_secret(annotation: Any) -> bool:
 
 
 def _secret_fields(value: object, loc: Loc) -> Iterator[Loc]:
-    """The place of every :class:`SecretStr` in a validated value, found by walking it."""
+    """The place of every secret in a validated value, found by walking it: each :class:`SecretStr`,
+    and each entry named like a credential (``Authorization``, ``X-Api-Key``…) of a mapping of
+    :data:`~ce_daemon.config.model.SecretOrText` (extra HTTP headers)."""
     if isinstance(value, SecretStr):
         yield loc
     elif isinstance(value, BaseModel):
         for name, info in type(value).model_fields.items():
-            yield from _secret_fields(getattr(value, name), (*loc, info.alias or name))
+            here, item = (*loc, info.alias or name), getattr(value, name)
+            if isinstance(item, dict) and _holds_text_or_secret(info.annotation):
+                yield from ((*here, key) for key in item if CREDENTIAL_NAME.search(str(key)))
+            yield from _secret_fields(item, here)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             yield from _secret_fields(item, (*loc, index))
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _secret_fields(item, (*loc, str(key)))
+
+
+CREDENTIAL_NAME: Final = re.compile(r"auth|token|secret|passw|api[-_]?key|cookie|signature", re.IGNORECASE)
+"""Header names whose value is a credential: written in the file, it would be a secret written inline."""
+
+
+def _holds_text_or_secret(annotation: Any) -> bool:
+    """True for a ``dict[str, SecretOrText]`` annotation (possibly optional)."""
+    return any(
+        typing.get_origin(member) is dict and _may_hold_secret(typing.get_args(member)[1])
+        for member in _members(annotation)
+    )
 
 
 def _members(annotation: Any) -> list[Any]:

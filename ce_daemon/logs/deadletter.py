@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ce_daemon import redact
+from ce_daemon.errors import describe
+from ce_daemon.plugin import LogSink, OutRecord, PluginContext
 from ce_daemon.state import Migration, StateStore
 
 if TYPE_CHECKING:
-    from ce_daemon.config.load import LoadedPipeline
+    from ce_daemon.config.load import LoadedPipeline, ResolvedRoute
 
 DEADLETTER_MIGRATIONS = (
     Migration(
@@ -162,9 +164,6 @@ async def dlq_command(args: argparse.Namespace, registry: Any, database: Path | 
 
 
 async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -> int:
-    from ce_daemon.errors import CeDaemonError
-    from ce_daemon.plugin import LogSink, OutRecord, PluginContext
-
     redact.remember_pipeline(loaded)  # a replay's failures are stored as reasons: scrubbed like the daemon's
     failures = 0
     for name, route in loaded.routes.items():
@@ -174,7 +173,7 @@ async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -
         if not rows:
             continue
         if not loaded.secrets_resolved(name):
-            print(f"{name}: the route is disabled and its secrets are not resolved here, nothing replayed")
+            _say(f"{name}: the route is disabled and its secrets are not resolved here, nothing replayed")
             failures += len(rows)
             continue
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
@@ -182,42 +181,59 @@ async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -
         sink = route.sink.cls(route.sink_options, context)
         try:
             await sink.open()
-        except (OSError, CeDaemonError) as exc:
-            await sink.close()
-            print(f"{name}: cannot open the sink, nothing replayed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - whatever a plugin raises, the operator reads why
+            _say(f"{name}: cannot open the sink, nothing replayed: {describe(exc)}")
             failures += len(rows)
+            await _close(name, sink)
             continue
         try:
-            for start in range(0, len(rows), 500):
-                chunk = rows[start : start + 500]
-                batch = []
-                for row in chunk:
-                    _, kind, subtype = row["stream"].split("/", 2)
-                    batch.append(
-                        OutRecord(
-                            row["record_id"],
-                            row["timestamp"],
-                            row["formatted"],
-                            kind,
-                            subtype,
-                            route.config.format,
-                        )
-                    )
-                try:
-                    result = await sink.send(batch)
-                except CeDaemonError as exc:
-                    await dead.retried([r["id"] for r in chunk], f"replay failed: {exc}")
-                    failures += len(chunk)
-                    continue
-                refused = {i for i, _ in result.rejected}
-                await dead.remove([r["id"] for i, r in enumerate(chunk) if i not in refused])
-                if refused:
-                    await dead.retried([chunk[i]["id"] for i in refused], "refused again on replay")
-                failures += len(refused)
-                print(f"{name}: replayed {len(chunk) - len(refused)} of {len(chunk)}")
+            failures += await _replay_rows(name, route, rows, sink, dead)
         finally:
-            await sink.close()
+            await _close(name, sink)
     return 1 if failures else 0
+
+
+async def _replay_rows(
+    name: str, route: ResolvedRoute, rows: list[dict[str, Any]], sink: LogSink, dead: DeadLetters
+) -> int:
+    """Send ``rows`` again in chunks of 500; how many are still dead letters afterwards."""
+    failures = 0
+    for start in range(0, len(rows), 500):
+        chunk = rows[start : start + 500]
+        batch = []
+        for row in chunk:
+            _, kind, subtype = row["stream"].split("/", 2)
+            batch.append(
+                OutRecord(
+                    row["record_id"], row["timestamp"], row["formatted"], kind, subtype, route.config.format
+                )
+            )
+        try:
+            result = await sink.send(batch)
+        except Exception as exc:  # noqa: BLE001 - a failed chunk stays dead-lettered, with the reason
+            await dead.retried([r["id"] for r in chunk], f"replay failed: {describe(exc)}")
+            failures += len(chunk)
+            continue
+        refused = {i for i, _ in result.rejected}
+        await dead.remove([r["id"] for i, r in enumerate(chunk) if i not in refused])
+        if refused:
+            await dead.retried([chunk[i]["id"] for i in refused], "refused again on replay")
+        failures += len(refused)
+        _say(f"{name}: replayed {len(chunk) - len(refused)} of {len(chunk)}")
+    return failures
+
+
+async def _close(name: str, sink: LogSink) -> None:
+    """Close the sink once (also after a failed open, as the plugin contract says); a failure is told."""
+    try:
+        await sink.close()
+    except Exception as exc:  # noqa: BLE001 - the replay's outcome is already decided
+        _say(f"{name}: closing the sink failed: {describe(exc)}")
+
+
+def _say(text: str) -> None:
+    """A line of the replay's report: it may quote a target's answer, so scrubbed of secrets."""
+    print(redact.scrub(text, redact.STATUS_LIMIT))
 
 
 def _reason(text: str) -> str:

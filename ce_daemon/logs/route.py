@@ -37,6 +37,7 @@ from ce_daemon.errors import (
     ComponentConfigError,
     PermanentError,
     TransientError,
+    describe,
 )
 from ce_daemon.health import State
 from ce_daemon.logs.deadletter import DeadLetters
@@ -152,8 +153,8 @@ class RouteComponent(Component):
             try:
                 await self._close_sink()
             except Exception as failure:  # noqa: BLE001 - the start failure is what the operator needs
-                self.log.warning("sink.close_failed", sink=name, error=_describe(failure))
-            self._start_failure = _start_failure(f"sink {name!r} not usable: {_describe(exc)}", exc)
+                self.log.warning("sink.close_failed", sink=name, error=describe(failure))
+            self._start_failure = _start_failure(f"sink {name!r} not usable: {describe(exc)}", exc)
             raise self._start_failure from exc
         self._ready = True
         self._start_failure = None
@@ -373,6 +374,7 @@ class RouteComponent(Component):
         self._recent.append((delivered, refused + self._unformatted))
         self._unformatted = 0
         self._probe_at = None  # the sink answered: no need to check its health apart
+        self._probe_delay = FIRST_PROBE_DELAY  # a later failed start check probes from the start again
         good = sum(count for count, _ in self._recent)
         bad = sum(count for _, count in self._recent)
         sent = self.status.counters.get("sent", 0)
@@ -390,9 +392,10 @@ class RouteComponent(Component):
         try:
             health = _checked(await self.sink.health(), self._sink_class)
         except Exception as exc:  # noqa: BLE001 - a health check that raises is a finding, not a crash
-            health = Health(ok=False, detail=_describe(exc))
+            health = Health(ok=False, detail=describe(exc))
         if health.ok:
             self._probe_at = None
+            self._probe_delay = FIRST_PROBE_DELAY
             self.status.ok(health.detail)
             return
         self.status.degraded(f"sink unhealthy: {health.detail}")
@@ -436,13 +439,6 @@ def _unread(page: Page) -> Iterator[tuple[int, dict[str, Any]]]:
             continue
         first = max(0, start - offset)
         yield from enumerate(records[first:] if first else records, offset + first)
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception for an operator: our own errors by their message, others by type and message."""
-    if isinstance(exc, CeDaemonError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _checked(health: object, plugin: type) -> Health:

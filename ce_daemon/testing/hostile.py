@@ -298,10 +298,6 @@ class Decoy(FakeHttpServer):
         await self.record(request, b"", 200)
         return json_response({"ok": 1, "result": [], "wait_time": 0, "timestamp_hwm": int(time.time())})
 
-    def tokens_seen(self) -> list[str]:
-        """The ``Netskope-Api-Token`` values it was sent (it must never get one)."""
-        return [r.headers[TOKEN_HEADER] for r in self.requests if TOKEN_HEADER in r.headers]
-
 
 def _answer(request: web.Request, status: int, headers: dict[str, str], body: bytes) -> web.Response:
     """The answer as the simulator gives it: gzip when the client accepts it."""

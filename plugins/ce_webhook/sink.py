@@ -21,7 +21,6 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr
 
-from ce_daemon.errors import ComponentConfigError
 from ce_daemon.http import (
     HttpOptions,
     HttpSink,
@@ -153,11 +152,6 @@ class WebhookSink(HttpSink):
             ) as response:
                 if response.status == 413:
                     raise RequestTooLargeError(f"{url} refused {len(body)} bytes as too large (HTTP 413)")
-                if 300 <= response.status < 400:
-                    location = response.headers.get("Location", "?")
-                    raise ComponentConfigError(
-                        f"{url} redirects (HTTP {response.status}) to {location}: configure the final URL"
-                    )
                 await raise_for_status(response, url)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, url) from exc
