@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import signal
 import sys
 import time
@@ -15,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from ce_daemon import __version__, applog
-from ce_daemon.errors import ConfigError
+from ce_daemon.errors import ConfigError, Problem
 
 EXIT_CONFIG = os.EX_CONFIG
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -36,7 +34,8 @@ _STATUS_CODES = """exit codes (LSB init-script status codes, 150-151 being ce-da
   150  it answered, and a component is degraded or starting, or the last reload was rejected
   151  it answered, and a component failed (it waits for a configuration change)
   3    no daemon is running (the last saved status is shown, marked as such)
-  4    the status cannot be determined (unreadable file, socket permission, no sensible answer)"""
+  4    the status cannot be determined (unreadable file, socket permission, no sensible answer), or
+       a daemon runs (it holds the state database's lock) but its control socket does not answer"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -245,7 +244,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     try:
         snapshot = asyncio.run(ask_status(socket_path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        return _not_running(args, f"nothing answers on {socket_path} ({_why(exc)})", database)
+        return _no_answer(args, f"nothing answers on {socket_path} ({_why(exc)})", database)
     except PermissionError:
         print(
             f"cannot ask the daemon on {socket_path}: permission denied (run as its user, or root)",
@@ -281,19 +280,35 @@ def _verdict(snapshot: dict[str, Any]) -> int:
     return STATUS_OK
 
 
-def _not_running(args: argparse.Namespace, why: str, database: Path | None) -> int:
-    """No daemon: the last saved status, if any, clearly marked; LSB's "not running"."""
+def _no_answer(args: argparse.Namespace, why: str, database: Path | None) -> int:
+    """Nothing answers on the socket: a daemon without its socket (4), or none (LSB's 3 "not running").
+
+    A daemon runs when it holds the state database's lock. Either way the last saved status, if
+    any, follows, clearly marked as not a live answer.
+    """
+    from ce_daemon.daemon import lock_holder
+
+    try:
+        holder = lock_holder(database) if database is not None else None
+    except OSError as exc:
+        print(f"{why}; whether a daemon runs with {database} cannot be told: {_why(exc)}", file=sys.stderr)
+        return STATUS_UNKNOWN
+    code = STATUS_UNKNOWN if holder else STATUS_NOT_RUNNING
     saved = asyncio.run(_saved_snapshot(database)) if database is not None else None
     if args.json:
-        print(orjson.dumps({**(saved or {}), "live": False}, option=orjson.OPT_INDENT_2).decode())
-        return STATUS_NOT_RUNNING
-    print(f"ce-daemon is NOT RUNNING: {why}")
+        running = {"running_pid": holder} if holder else {}
+        print(orjson.dumps({**(saved or {}), **running, "live": False}, option=orjson.OPT_INDENT_2).decode())
+        return code
+    if holder:
+        print(f"ce-daemon pid {holder} is RUNNING, but its control socket does not answer: {why}")
+    else:
+        print(f"ce-daemon is NOT RUNNING: {why}")
     if saved is not None:
         at = saved.get("at")
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if isinstance(at, int | float) else "?"
         print(f"its last saved status ({when}, pid {saved.get('pid')}), not a live answer:")
         _print_status(saved)
-    return STATUS_NOT_RUNNING
+    return code
 
 
 def _why(exc: BaseException) -> str:
@@ -305,53 +320,35 @@ def _why(exc: BaseException) -> str:
 def _locate(path: Path) -> tuple[Path, Path] | None:
     """The control socket and state database a pipeline file names; needs no secret to be resolvable.
 
-    A file that does not load any more (the very case `status` must explain after a rejected reload)
-    is searched for its top-level `state:` and `control:` sections alone.
+    A file that does not read any more (the very case `status` must explain after a rejected reload)
+    is read for its top-level `state:` and `control:` sections alone, within the same bounds. What
+    stands in the way is printed on stderr, each problem at its place; then None.
     """
-    from pydantic import ValidationError
-
+    from ce_daemon.config.load import section_settings
     from ce_daemon.config.model import ControlSettings, Pipeline, StateSettings, anchor_paths
     from ce_daemon.config.source import read_source
     from ce_daemon.control import control_socket_path
 
     source = read_source(path, secrets=False)
-    data = source.data if isinstance(source.data, dict) else _salvage_sections(path, ("state", "control"))
-    if data is None:
+    if not isinstance(source.data, dict):
+        source = read_source(path, secrets=False, sections=("state", "control"))
+    if not isinstance(source.data, dict):
         print("\n".join(p.render() for p in source.problems), file=sys.stderr)
         return None
+    problems: list[Problem] = []
     try:
-        state = StateSettings.model_validate(data.get("state") or {})
-        control = ControlSettings.model_validate(data.get("control") or {})
-    except ValidationError as exc:
-        print(f"{path}: state/control settings invalid: {exc}", file=sys.stderr)
+        state = section_settings(source, StateSettings, "state")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        control = section_settings(source, ControlSettings, "control")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        print(ConfigError(problems).render(), file=sys.stderr)
         return None
     config = anchor_paths(Pipeline.model_construct(state=state, control=control), path.parent.absolute())
     return control_socket_path(config), config.state.path
-
-
-_SALVAGE_LIMIT = 1024 * 1024
-
-
-def _salvage_sections(path: Path, names: tuple[str, ...]) -> dict[str, Any] | None:
-    """The top-level sections ``names`` of a YAML file that does not parse as a whole, or None."""
-    if not path.is_file() or path.stat().st_size > _SALVAGE_LIMIT:  # never a FIFO, never a huge file
-        return None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    heading = re.compile(rf"({'|'.join(map(re.escape, names))})\s*:")
-    kept, keep = [], False
-    for line in lines:
-        if line[:1] not in ("", " ", "\t", "#"):  # a line at column 0 starts the next top-level key
-            keep = heading.match(line) is not None
-        if keep:
-            kept.append(line)
-    try:
-        data = yaml.safe_load("\n".join(kept))
-    except (yaml.YAMLError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 async def _saved_snapshot(path: Path) -> dict[str, Any] | None:

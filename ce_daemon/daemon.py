@@ -12,7 +12,7 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,9 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = os.EX_CONFIG  # 78: systemd's RestartPreventExitStatus keeps a bad file from looping
 WATCHDOG_STALL_LIMIT = 600.0
 STATUS_SNAPSHOT_KEY = "daemon.status"
+START_CHECK_LIMIT = 30.0
+"""How long the start checks of a generation's new components may take, all together (they run at once):
+a component whose check has not finished by then joins degraded and retries, as after a failed check."""
 
 
 class Phase(StrEnum):
@@ -109,8 +112,8 @@ class Daemon:
         redact.remember_pipeline(loaded)
         applog.configure(loaded.config.logging.level, loaded.config.logging.format)
         _log_warnings(loaded)
-        self._open_syslog(loaded)
         try:
+            self.syslog = _health_channel(loaded)
             async with contextlib.AsyncExitStack() as stack:
                 stack.enter_context(_exclusive_lock(loaded.config.state.path))
                 store = await StateStore.open(
@@ -154,10 +157,16 @@ class Daemon:
         self.specs = plan_components(loaded, self.runtime)
         structlog.contextvars.bind_contextvars(gen=self.generation)  # copied into every component task
         await self.runtime.spool.set_consumers(self._consumers(self.specs))
-        for spec in self._start_order(self.specs.values()):
-            component = spec.build()
+        components = [spec.build() for spec in self._start_order(self.specs.values())]
+        for component in components:
             self._attach(component.status)
-            await self._start_check(component)
+        if await start_checks(components, START_CHECK_LIMIT, self._stop_requested) is None:
+            await _close_all(components)  # asked to stop before it was ready: nothing ran
+            for component in components:
+                component.status.stopped()
+            log.info("daemon.start_abandoned", generation=self.generation, reason="stop requested")
+            return
+        for component in components:
             self.supervisor.start(component)
         self.phase = Phase.READY
         line = self._status_line()
@@ -224,11 +233,41 @@ class Daemon:
         self.phase = Phase.RELOADING
         self.notifier.reloading(f"reloading {self.path}")
         log.info("daemon.reloading", generation=self.generation)
+        new = self._load_again()
+        if new is None:
+            return
+        channel = self.syslog
+        if new.section_fingerprint("health") != self.loaded.section_fingerprint("health"):
+            try:  # opened before the swap: a channel that cannot open refuses the reload, not the process
+                channel = _health_channel(new)
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the running channel stays
+                place = _place(new, "health", "syslog")
+                self._reject(f"{place}: the health channel cannot be opened: {exc}", "")
+                return
+        specs = plan_components(new, self.runtime)
+        keep = {n for n, s in specs.items() if n in self.specs and self.specs[n].fingerprint == s.fingerprint}
+        replace = [n for n in specs if n not in keep]
+        remove = [n for n in self.specs if n not in specs or n not in keep]
+        outcome = await self._build(new, [specs[n] for n in replace])
+        if outcome is None or outcome[1]:
+            if channel is not None and channel is not self.syslog:
+                channel.close()
+            await self.runtime.forget_unused(self.specs)
+            if outcome is None:
+                self._abandon()
+            else:
+                self._reject(outcome[1], "")
+            return
+        await self._swap(new, specs, outcome[0], kept=len(keep), remove=remove, channel=channel)
+
+    def _load_again(self) -> LoadedPipeline | None:
+        """The file as it is now, or None when it cannot replace the running one (the reload is rejected)."""
+        assert self.loaded is not None
         try:
             new = load_pipeline(self.path, self.registry, environ=self.environ)
         except ConfigError as exc:
             self._reject(f"{len(exc.problems)} configuration problem(s)", exc.render())
-            return
+            return None
         redact.remember_pipeline(new)  # before anything quotes an answer from one of its targets
         _log_warnings(new)
         restart = [
@@ -238,16 +277,21 @@ class Daemon:
         ]
         if restart:
             self._reject(f"restart needed: {', '.join(restart)} cannot change while running", "")
-            return
-        specs = plan_components(new, self.runtime)
-        keep = {n for n, s in specs.items() if n in self.specs and self.specs[n].fingerprint == s.fingerprint}
-        replace = [n for n in specs if n not in keep]
-        remove = [n for n in self.specs if n not in specs or n not in keep]
-        built, refusal = await self._build(new, [specs[n] for n in replace])
-        if refusal:
-            await self.runtime.forget_unused(self.specs)
-            self._reject(refusal, "")
-            return
+            return None
+        return new
+
+    async def _swap(
+        self,
+        new: LoadedPipeline,
+        specs: dict[str, ComponentSpec],
+        built: list[Component],
+        *,
+        kept: int,
+        remove: list[str],
+        channel: HealthChannel | None,
+    ) -> None:
+        """Make ``new`` the running generation: ``built`` (checked) replace ``remove``, the rest is kept."""
+        assert self.runtime is not None
         # swap: stop what goes away or changes, then move consumers and start the new ones
         loop = asyncio.get_running_loop()
         deadline = loop.time() + new.config.shutdown_grace
@@ -266,16 +310,16 @@ class Daemon:
                 self._on_transition(component.status, State.STARTING, component.status.state)
             self.supervisor.start(component)
         await self.runtime.forget_unused(specs)
-        previous, self.specs, self.loaded = self.loaded, specs, new
+        self.specs, self.loaded = specs, new
         self.generation += 1
-        self._apply_live_settings(previous, new)
+        self._apply_live_settings(new, channel)
         await self._listen(new.config.http)
         self.metrics.reload_outcome("applied")
         self.phase = Phase.READY
         self.last_reload = {
             "outcome": "applied",
             "at": time.time(),
-            "kept": len(keep),
+            "kept": kept,
             "started": len(built),
             "stopped": len(remove),
             "started_degraded": degraded,
@@ -283,7 +327,7 @@ class Daemon:
         log.info(
             "daemon.reload_applied",
             generation=self.generation,
-            kept=len(keep),
+            kept=kept,
             started=len(built),
             stopped=len(remove),
             degraded=degraded or None,
@@ -293,51 +337,61 @@ class Daemon:
             "daemon.reload_applied",
             "notice",
             gen=self.generation,
-            kept=len(keep),
+            kept=kept,
             started=len(built),
             stopped=len(remove),
         )
         await self._save_snapshot()
 
-    async def _build(self, new: LoadedPipeline, specs: list[ComponentSpec]) -> tuple[list[Component], str]:
-        """Build and start-check the new or changed components: them, and why the reload is refused, or "".
+    async def _build(
+        self, new: LoadedPipeline, specs: list[ComponentSpec]
+    ) -> tuple[list[Component], str] | None:
+        """Build and start-check the new or changed components: them, and why the reload is refused, or "";
+        None when a stop request came first.
 
         Only what the configuration gets wrong refuses a reload: a target that cannot be reached
         degrades its component, which runs and retries as at start, unless it asks for
-        ``require_healthy``. After a refusal, what was built is closed again.
+        ``require_healthy``. The start checks run at once, within :data:`START_CHECK_LIMIT` together;
+        a stop request cancels them. After a refusal or a stop, what was built is closed again.
         """
         built: list[Component] = []
-        refusal = ""
         for spec in self._start_order(specs):
             try:
-                component = spec.build()
+                built.append(spec.build())
             except Exception as exc:  # noqa: BLE001 - a component its settings cannot build refuses the reload
-                refusal = f"{new.place_of(spec.name)}: {spec.name} cannot be built: {exc}"
-                break
-            built.append(component)
-            failure = await self._start_check(component)
+                await _close_all(built)
+                return [], f"{new.place_of(spec.name)}: {spec.name} cannot be built: {exc}"
+        failures = await start_checks(built, START_CHECK_LIMIT, self._stop_requested)
+        if failures is None:
+            await _close_all(built)
+            return None
+        for spec in self._start_order(specs):
+            failure = failures.get(spec.name)
             if failure is not None and spec.require_healthy:
+                await _close_all(built)
                 place = new.place_of(spec.name)
-                refusal = f"{place}: {spec.name} failed its start check (require_healthy): {failure}"
-                break
-        if not refusal:
-            return built, ""
-        for component in reversed(built):
-            try:
-                await component.close()
-            except Exception:
-                log.exception("component.close_failed", component=component.name)
-        return [], refusal
+                return [], f"{place}: {spec.name} failed its start check (require_healthy): {failure}"
+        return built, ""
 
-    def _apply_live_settings(self, previous: LoadedPipeline, new: LoadedPipeline) -> None:
-        """Global settings that change without a restart: log level and format, spool cap, health channel."""
+    def _apply_live_settings(self, new: LoadedPipeline, channel: HealthChannel | None) -> None:
+        """Global settings that change without a restart: log level and format, spool cap, health channel.
+
+        ``channel`` is the health channel of ``new``, opened before the swap (the running one when the
+        ``health`` section did not change).
+        """
         assert self.runtime is not None
         applog.configure(new.config.logging.level, new.config.logging.format)
         self.runtime.spool.resize(new.config.spool.max_bytes)
-        if new.section_fingerprint("health") != previous.section_fingerprint("health"):
+        if channel is not self.syslog:
             if self.syslog:
                 self.syslog.close()
-            self._open_syslog(new)
+            self.syslog = channel
+
+    def _abandon(self) -> None:
+        """A stop request came before the swap: the running generation stays, and stops next."""
+        self.phase = Phase.READY
+        self.last_reload = {"outcome": "abandoned", "at": time.time(), "reason": "stop requested"}
+        log.warning("daemon.reload_abandoned", generation=self.generation, reason="stop requested")
 
     def _reject(self, reason: str, details: str) -> None:
         self.phase = Phase.READY
@@ -421,16 +475,6 @@ class Daemon:
             log.error("http.listen_failed", listen=settings.listen, error=str(exc))
             self._emit("http.listen_failed", "err", listen=settings.listen, error=str(exc)[:200])
 
-    def _open_syslog(self, loaded: LoadedPipeline) -> None:
-        settings = loaded.config.health.syslog
-        if settings.enabled:
-            self.syslog = HealthChannel(
-                settings.target,
-                settings.format,
-                settings.facility,
-                repeat_after=loaded.config.health.interval,
-            )
-
     def _emit(self, event: str, severity: Severity, **fields: Any) -> None:
         if self.syslog:
             self.syslog.emit(event, severity, **fields)
@@ -457,16 +501,6 @@ class Daemon:
             with contextlib.suppress(Exception):
                 snapshot = await self.status_snapshot()
                 await self.runtime.store.set_meta(STATUS_SNAPSHOT_KEY, orjson.dumps(snapshot).decode())
-
-    async def _start_check(self, component: Component) -> Exception | None:
-        """Run ``component.start()``; on failure the component is degraded (it runs and retries anyway)."""
-        try:
-            await component.start()
-        except Exception as exc:  # noqa: BLE001 - an unreachable target degrades one component only
-            component.status.degraded(f"start failed: {exc}")
-            log.warning("component.start_failed", component=component.name, error=str(exc))
-            return exc
-        return None
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()
@@ -509,28 +543,131 @@ class Daemon:
         return cleaned
 
 
+async def start_checks(
+    components: Sequence[Component], limit: float, stop: asyncio.Event
+) -> dict[str, Exception] | None:
+    """Run every component's ``start()`` at once, for ``limit`` seconds overall: the failures by name.
+
+    A component whose check fails or does not finish in time is degraded with the reason (it runs
+    anyway and retries). None when ``stop`` is set first: the checks still running are cancelled.
+    """
+    checks = {asyncio.create_task(_start_check(c), name=f"start-check:{c.name}"): c for c in components}
+    every: asyncio.Future[Any] = asyncio.gather(*checks, return_exceptions=True)
+    stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait(), name="start-checks:stop")
+    try:
+        await asyncio.wait({every, stopping}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        for task in checks:
+            task.cancel(f"start checks: not done within {limit:g}s, or asked to stop")
+        await asyncio.wait({every})  # each start cut short closes what it opened before it ends
+    if stop.is_set():
+        return None
+    failures: dict[str, Exception] = {}
+    for task, component in checks.items():
+        if task.cancelled():
+            failure: Exception | None = TimeoutError(f"start check not done within {limit:g}s")
+            component.status.degraded(f"start failed: {failure}")
+            log.warning("component.start_failed", component=component.name, error=str(failure))
+        else:
+            failure = task.result()
+        if failure is not None:
+            failures[component.name] = failure
+    return failures
+
+
+async def _start_check(component: Component) -> Exception | None:
+    """Run ``component.start()``; on failure the component is degraded (it runs and retries anyway)."""
+    try:
+        await component.start()
+    except Exception as exc:  # noqa: BLE001 - an unreachable target degrades one component only
+        component.status.degraded(f"start failed: {exc}")
+        log.warning("component.start_failed", component=component.name, error=str(exc))
+        return exc
+    return None
+
+
+async def _close_all(components: Sequence[Component]) -> None:
+    """Close components that never ran, the last built first, each close failure logged."""
+    for component in reversed(components):
+        try:
+            await component.close()
+        except Exception:
+            log.exception("component.close_failed", component=component.name)
+
+
+def _health_channel(loaded: LoadedPipeline) -> HealthChannel | None:
+    """The syslog health channel ``loaded`` asks for (None when it is off)."""
+    settings = loaded.config.health.syslog
+    if not settings.enabled:
+        return None
+    return HealthChannel(
+        settings.target, settings.format, settings.facility, repeat_after=loaded.config.health.interval
+    )
+
+
+def _place(loaded: LoadedPipeline, *loc: str) -> str:
+    """``file:line:col`` of a section of ``loaded`` (the file alone when it is not written there)."""
+    place = loaded.source.position(loc)
+    return f"{loaded.path}:{place[0]}:{place[1]}" if place else str(loaded.path)
+
+
 @contextlib.contextmanager
 def _exclusive_lock(database: Path) -> Iterator[None]:
     """Hold ``<database>.lock``: two daemons sharing one state (and so one iterator index) would lose data."""
     database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = database.with_name(database.name + ".lock")
-    handle = path.open("a+")
-    try:
+    # created 0600, as the state store wants every file beside the database (it would tighten it, warning)
+    descriptor = os.open(_lock_path(database), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with os.fdopen(descriptor, "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
             holder = handle.read().strip() or "?"
             raise StateError(
                 f"another ce-daemon (pid {holder}) is running with the state database {database}"
             ) from None
-        handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         yield
-    finally:
-        handle.close()
+
+
+def lock_holder(database: Path) -> int | None:
+    """The pid of the ce-daemon running with ``database`` (holding its lock), or None when none is.
+
+    The lock is probed only when the pid written in it is alive: a daemon starting at that moment (the
+    file still naming its stopped predecessor) does not find its lock held by the question. OSError when
+    the lock file cannot be read.
+    """
+    try:
+        descriptor = os.open(_lock_path(database), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(descriptor) as handle:
+        written = handle.read(20).strip()
+        pid = int(written) if written.isdigit() else 0
+        if pid <= 0 or not _alive(pid):
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return pid
+        fcntl.flock(handle, fcntl.LOCK_UN)  # free: that pid is some other process now
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    return True
+
+
+def _lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
 
 
 def _log_warnings(loaded: LoadedPipeline) -> None:

@@ -17,12 +17,12 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal, Protocol
-from urllib.parse import urlsplit
 
 import structlog
 from structlog.processors import LogfmtRenderer
 
 from ce_daemon import redact
+from ce_daemon.config.model import parse_syslog_target
 
 log = structlog.get_logger(__name__)
 
@@ -68,9 +68,11 @@ class HealthChannel:
     """Sends health events to syslog: state changes as they happen, heartbeats on a schedule.
 
     *target* is a unix datagram socket (``/dev/log``, ``/run/x.sock`` or ``unix:/path``),
-    ``udp://host:port`` or ``tcp://host:port``. Network targets are written by a small background
-    task on the running event loop (name resolution and connecting never block it); a message that
-    cannot be delivered waits, with at most 100 others, for the next message to try again.
+    ``udp://host:port`` or ``tcp://host:port``, as :func:`~ce_daemon.config.model.parse_syslog_target`
+    reads it (a ValueError names what is wrong with any other). Network targets are written by a
+    small background task on the running event loop (name resolution and connecting never block it);
+    a message that cannot be delivered waits, with at most 100 others, for the next message to try
+    again.
 
     A message identical to the previous one of the same event (same severity and fields) is dropped
     unless *repeat_after* seconds have passed since that one was sent; pass the heartbeat interval.
@@ -196,20 +198,12 @@ class _Link(Protocol):
 
 
 def _open_link(target: str, availability: _Availability, *, octet_counting: bool) -> _Link:
-    if target.startswith(("/", "unix:/")):
-        return _UnixDatagramLink(target.removeprefix("unix:"), availability)
-    parts = urlsplit(target)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme not in ("udp", "tcp") or not parts.hostname or port is None or parts.path:
-        raise ValueError(
-            f"syslog target {target!r} is not a socket path, unix:/path, udp://host:port or tcp://host:port"
-        )
-    if parts.scheme == "udp":
-        return _NetworkLink(_UdpSender(parts.hostname, port), availability)
-    return _NetworkLink(_TcpSender(parts.hostname, port, octet_counting=octet_counting), availability)
+    where = parse_syslog_target(target)  # the reading `check` validated the target with
+    if where.transport == "unix":
+        return _UnixDatagramLink(where.address, availability)
+    if where.transport == "udp":
+        return _NetworkLink(_UdpSender(where.address, where.port), availability)
+    return _NetworkLink(_TcpSender(where.address, where.port, octet_counting=octet_counting), availability)
 
 
 class _UnixDatagramLink:

@@ -7,10 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from ce_daemon.config.load import load_pipeline
+from ce_daemon.config.model import SyslogSettings
 from ce_daemon.errors import ConfigError
 from ce_daemon.registry import Registry
+from ce_daemon.syslog import HealthChannel
 from ce_daemon.testing.configs import config_problems
 from ce_daemon.testing.configs import write_config as write
 
@@ -388,3 +393,109 @@ def test_secret_reference_where_no_secret_goes_is_refused_unseen(
     found = problems_of(write(tmp_path, GOOD.replace(old, new)), registry, {"ACME_TOKEN": "Secret-Value-77"})
     assert any("a secret reference where no secret is expected" in p for p in found), found
     assert not any("Secret-Value-77" in p for p in found), found
+
+
+# -- health and control: what the daemon could not use at run time is refused here ---------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ("http://x", "is neither a socket path nor a udp:// or tcp:// address"),
+        ("udp://x:99999", "needs a port from 1 to 65535 after the host"),
+        ("udp://x", "needs a port from 1 to 65535 after the host"),
+        ("tcp://x:0", "needs a port from 1 to 65535 after the host"),
+        ("udp://[::1", "needs the collector's host name or address"),
+        ("udp://[::g]:514", "'::g' is not an IPv6 address"),
+        ("tcp://:514", "needs the collector's host name or address"),
+        ("udp://x:514/path", "needs a port from 1 to 65535 after the host"),
+        ("unix:run/x.sock", "a socket is named by its absolute path"),
+        ("/" + "s" * 107, "a unix socket path is at most 107 bytes long, this one has 108"),
+    ],
+)
+def test_a_syslog_target_the_channel_cannot_use_is_a_placed_problem(
+    tmp_path: Path, registry: Registry, target: str, problem: str
+) -> None:
+    """`check` refuses a syslog target no health channel could open, at its place, hinting the forms."""
+    text = GOOD.replace("version: 1\n", f'version: 1\nhealth: {{syslog: {{target: "{target}"}}}}\n')
+    found = problems_of(write(tmp_path, text), registry, {"ACME_TOKEN": "x"})
+    assert len(found) == 1, found
+    assert f":2:27: health.syslog.target: syslog target {target!r}" in found[0] and problem in found[0]
+    assert found[0].endswith(
+        "Hint: a syslog target is /dev/log, unix:/path/to/socket, udp://host:514 or tcp://host:514 "
+        "(an IPv6 address in brackets: udp://[::1]:514)"
+    )
+
+
+@given(
+    st.builds(
+        "{}{}{}{}".format,
+        st.sampled_from(["", "/", "unix:", "unix:/", "udp://", "tcp://", "http://", "udp:/"]),
+        st.text(alphabet="ab.-:[]/1 ", max_size=12),
+        st.sampled_from(["", ":", ":514", ":0", ":65536", "]:514"]),
+        st.text(alphabet="0123456789/?#", max_size=3),
+    )
+)
+def test_check_and_the_health_channel_read_a_target_alike(target: str) -> None:
+    """Any text: `check` accepts it as a syslog target exactly when a health channel opens on it."""
+    try:
+        SyslogSettings(target=target)
+    except ValidationError:
+        accepted = False
+    else:
+        accepted = True
+    try:
+        HealthChannel(target).close()
+    except ValueError:
+        opened = False
+    else:
+        opened = True
+    assert accepted == opened, target
+
+
+@pytest.mark.parametrize(
+    ("interval", "refused"), [("500ms", True), ("0.9", True), ("1s", False), ("1d", False)]
+)
+def test_the_heartbeat_interval_is_at_least_a_second(
+    tmp_path: Path, registry: Registry, interval: str, refused: bool
+) -> None:
+    """Each heartbeat saves a status snapshot (a query over the spool): `health.interval` is 1 s to 1 d."""
+    text = GOOD.replace("version: 1\n", f"version: 1\nhealth: {{interval: {interval}}}\n")
+    found = problems_of(write(tmp_path, text), registry, {"ACME_TOKEN": "x"})
+    if refused:
+        assert found == [
+            f"{tmp_path / 'pipeline.yaml'}:2:20: health.interval: Input should be greater than or equal to 1"
+        ]
+    else:
+        assert found == []
+
+
+@pytest.mark.parametrize(
+    ("socket", "problem"),
+    [
+        ("/proc/x.sock", "/proc/x.sock would lie in /proc, which cannot hold sockets"),
+        ("/sys/fs/x.sock", "/sys/fs/x.sock would lie in /sys, which cannot hold sockets"),
+        ("{tmp}/afile/x.sock", "{tmp}/afile is not a directory"),
+        ("{tmp}/afile/deeper/x.sock", "{tmp}/afile is not a directory"),
+        ("{tmp}/afile", "{tmp}/afile exists and is not a socket"),
+        ("{tmp}/" + "d" * 100 + "/x.sock", "a unix socket path is at most 107 bytes long"),
+    ],
+)
+def test_a_control_socket_no_daemon_could_listen_on_is_a_placed_problem(
+    tmp_path: Path, registry: Registry, socket: str, problem: str
+) -> None:
+    """`check` refuses a control socket path where no socket can be, at its place, with a hint."""
+    (tmp_path / "afile").write_text("not a socket\n")
+    socket, problem = socket.format(tmp=tmp_path), problem.format(tmp=tmp_path)
+    text = GOOD.replace("version: 1\n", f"version: 1\ncontrol: {{socket: {socket}}}\n")
+    found = problems_of(write(tmp_path, text), registry, {"ACME_TOKEN": "x"})
+    assert len(found) == 1, found
+    assert f":2:19: control.socket: {problem}" in found[0]
+    assert "Hint: leave `control.socket` unset (control.sock beside the state database)" in found[0]
+    assert (tmp_path / "afile").read_text() == "not a socket\n"
+
+
+def test_a_control_socket_in_a_directory_yet_to_be_made_passes(tmp_path: Path, registry: Registry) -> None:
+    """A socket whose directory does not exist yet is fine: the daemon creates the directory."""
+    text = GOOD.replace("version: 1\n", f"version: 1\ncontrol: {{socket: {tmp_path}/run/new/control.sock}}\n")
+    assert problems_of(write(tmp_path, text), registry, {"ACME_TOKEN": "x"}) == []

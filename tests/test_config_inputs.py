@@ -9,10 +9,8 @@ cannot work at run time. Hostile files run in a child process under a memory lim
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from ce_daemon.config.load import load_pipeline
 from ce_daemon.filter import FilterError, compile_filter
 from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SendResult
 from ce_daemon.registry import PluginInfo, Registry
-from ce_daemon.testing.configs import config_problems
+from ce_daemon.testing.configs import billion_laughs, config_problems, run_bounded
 from ce_daemon.testing.configs import write_config as write
 
 BASE = """\
@@ -41,7 +39,6 @@ logs:
       sink: {type: file, path: out/x.cef}
 """
 ENV = {"ACME_TOKEN": "t0k3n"}
-MEMORY_LIMIT = 1024**3  # far above what `check` needs (~60 MB resident), far below a bomb's appetite
 
 
 @pytest.fixture(scope="module")
@@ -53,21 +50,9 @@ def problems_of(path: Path, registry: Registry) -> list[str]:
     return config_problems(path, registry, ENV)
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-
 def hostile(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m ce_daemon ARGS`` in a child limited to 1 GiB of address space and 30 s."""
-    return subprocess.run(
-        [sys.executable, "-m", "ce_daemon", *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", **ENV, **(env or {})},
-        timeout=30,
-        preexec_fn=_limit_memory,
-        check=False,
-    )
+    return run_bounded(*args, env={**ENV, **(env or {})})
 
 
 def refused(result: subprocess.CompletedProcess[str], message: str) -> None:
@@ -75,12 +60,6 @@ def refused(result: subprocess.CompletedProcess[str], message: str) -> None:
     assert result.returncode == 78, result.stdout + result.stderr
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-
-
-def billion_laughs(levels: int = 9) -> str:
-    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
-    return "\n".join(lines) + "\n"
 
 
 # -- alias expansion ------------------------------------------------------------------------------

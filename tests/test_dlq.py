@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -308,3 +310,20 @@ async def test_list_without_a_state_database_creates_none(tmp_path: Path) -> Non
     assert code == 0, out
     assert "0 dead letter(s)" in out
     assert os.listdir(tmp_path) == ["pipeline.yaml"]
+
+
+@pytest.mark.parametrize("action", ["list", "replay"])
+def test_a_file_that_does_not_load_is_told_on_stderr(tmp_path: Path, action: str) -> None:
+    """What stands in the way of `dlq` is said on stderr, placed; stdout stays for what it lists."""
+    config = offline_pipeline(tmp_path, [webhook_route("one", "http://127.0.0.1:9/hook")])
+    config.write_text(config.read_text().replace("state:\n", "state:\n  bogus: 1\n", 1))
+    result = subprocess.run(
+        [sys.executable, "-m", "ce_daemon", "dlq", action, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        check=False,
+    )
+    assert result.returncode == 78
+    assert result.stdout == ""
+    assert f"{config}:3:3: state.bogus: unknown key 'bogus'" in result.stderr

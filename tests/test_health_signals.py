@@ -54,7 +54,7 @@ async def test_heartbeat_goes_to_syslog_every_interval(tmp_path: Path, simulator
     """Every health.interval a heartbeat with the generation and component counts reaches syslog."""
     assert simulator.url is not None
     async with SyslogReceiver("udp") as syslog:
-        health = {"interval": "300ms", "syslog": {"target": syslog.target}}
+        health = {"interval": "1s", "syslog": {"target": syslog.target}}
         config = pipeline(tmp_path, simulator.url, {"type": "file", "path": "out.ndjson"}, health=health)
         path = write_pipeline(tmp_path / "pipeline.yaml", config)
         async with DaemonProcess(path, env={"SIM_TOKEN": TOKEN}) as daemon:

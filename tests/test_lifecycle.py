@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sqlite3
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import daemon_status, pipeline_config, route_of, route_when, run_cli
-from ce_daemon.testing.sinks import closed_port
+from ce_daemon.testing.sinks import SilentListener, closed_port
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
 
 TOKEN = "lifecycle-token-0123456789"
@@ -191,6 +192,43 @@ async def test_reload_moves_the_health_channel(tmp_path: Path, simulator: Tenant
         assert not [m for m in first.messages if "reload_applied" in m]
 
 
+async def test_reload_to_a_syslog_target_no_channel_can_reach_is_rejected(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """A reload naming a malformed syslog target is rejected at its place; the old channel reports it."""
+    async with NotifySocket(tmp_path) as notify, SyslogReceiver("udp") as syslog:
+        assert simulator.url is not None
+        config = pipeline(tmp_path, simulator.url, syslog.target)
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
+            await syslog.wait_for("event=daemon.started", timeout=30)
+            config["health"]["syslog"]["target"] = "udp://127.0.0.1:99999"
+            write_pipeline(path, config)
+            daemon.signal(signal.SIGHUP)
+            rejected = await daemon.wait_for_event("daemon.reload_rejected")
+            await syslog.wait_for("event=daemon.reload_rejected", timeout=10)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+    assert "health.syslog.target: syslog target 'udp://127.0.0.1:99999' needs a port" in rejected["errors"]
+    assert f"{path}:" in rejected["errors"]
+    assert not daemon.events("daemon.failed")
+
+
+async def test_a_fresh_state_directory_starts_without_a_file_to_tighten(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """Every file the daemon creates beside its database is 0600 from the start: no tightening warning."""
+    assert simulator.url is not None
+    path = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9"))
+    async with DaemonProcess(path, env={"SIM_TOKEN": TOKEN}) as daemon:
+        await daemon.wait_for_event("daemon.ready")
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+    assert daemon.events("state.file_tightened") == []
+    lock = tmp_path / "state" / "db.sqlite.lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
 # -- a reload is not stricter than a start ------------------------------------------------------------
 
 
@@ -297,3 +335,76 @@ async def test_an_idle_route_whose_sink_comes_up_is_ok_again(
     async with added_while_down(tmp_path, simulator, "idle", **quiet) as (path, hook):
         recovered = await route_when(path, "idle", lambda r: r["state"] == "ok")
     assert recovered["counters"]["sent"] == 0 and hook.records == []
+
+
+# -- start checks: at once, within a bound, abandoned on a stop ----------------------------------------
+
+
+def with_silent_routes(config: dict[str, Any], port: int, names: list[str]) -> dict[str, Any]:
+    """``config`` plus a JSON route per name to a webhook on ``port`` that waits 120 s for an answer."""
+    sink = {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook", "timeout": 120}
+    routes = [{"name": n, "tenant": "sim", "alerts": ["dlp"], "format": "json", "sink": sink} for n in names]
+    return {**config, "logs": {"routes": [*config["logs"]["routes"], *routes]}}
+
+
+@contextlib.asynccontextmanager
+async def reloading_to_silent_sinks(
+    tmp_path: Path, simulator: TenantSimulator, names: list[str]
+) -> AsyncIterator[tuple[DaemonProcess, SilentListener, Path]]:
+    """The daemon, ready, then reloading a file that adds routes ``names`` to sinks that never answer.
+
+    Yields the daemon (signalled SIGHUP), the silent listener and the pipeline file.
+    """
+    async with SilentListener() as silent, NotifySocket(tmp_path) as notify:
+        assert simulator.url is not None
+        config = pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9")
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
+            await notify.wait_for("READY=1", timeout=30)
+            write_pipeline(path, with_silent_routes(config, silent.port, names))
+            daemon.signal(signal.SIGHUP)
+            yield daemon, silent, path
+
+
+async def test_a_reload_start_checks_its_new_sinks_at_once(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """Three routes added to sinks that never answer: their three start checks are under way together."""
+    async with reloading_to_silent_sinks(tmp_path, simulator, ["a", "b", "c"]) as (daemon, silent, _):
+        await silent.wait_for_connections(3, timeout=20)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+
+
+async def test_a_stop_during_a_reload_abandons_it_at_once(tmp_path: Path, simulator: TenantSimulator) -> None:
+    """SIGTERM while new sinks are checked (120 s each): the reload is abandoned, gen 1 stops, exit 0."""
+    async with reloading_to_silent_sinks(tmp_path, simulator, ["a", "b"]) as (daemon, silent, path):
+        await silent.wait_for_connections(1, timeout=20)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0  # the checks alone would take 120 s
+    saved = await daemon_status(path, env={})
+    abandoned = daemon.events("daemon.reload_abandoned")
+    assert abandoned and abandoned[0]["generation"] == 1
+    assert not daemon.events("daemon.reload_applied")
+    assert daemon.events("daemon.stopped")[0]["generation"] == 1
+    assert saved["live"] is False and saved["last_reload"]["outcome"] == "abandoned"
+    assert [c["name"] for c in saved["components"] if c["name"].startswith("route:")] == ["route:alerts"]
+
+
+async def test_a_stop_during_the_first_start_checks_ends_the_start_at_once(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """SIGTERM while the sinks of the first generation are checked (120 s each): never ready, exit 0."""
+    async with SilentListener() as silent, NotifySocket(tmp_path) as notify:
+        assert simulator.url is not None
+        config = with_silent_routes(
+            pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9"), silent.port, ["a"]
+        )
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
+            await silent.wait_for_connections(1, timeout=30)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+    assert daemon.events("daemon.start_abandoned") and daemon.events("daemon.stopped")
+    assert not daemon.events("daemon.ready")
+    assert not [m for m in notify.messages if "READY=1" in m]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from ce_daemon import applog, redact
 from ce_daemon.config.load import load_pipeline
 from ce_daemon.http import basic, excerpt
 from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS, DeadLetters
-from ce_daemon.redact import MARKER, MIN_LENGTH, Redactor
+from ce_daemon.redact import LOG_LIMIT, MARKER, MIN_LENGTH, Redactor
 from ce_daemon.registry import Registry
 from ce_daemon.state import StateStore
 from ce_daemon.syslog import HealthChannel
@@ -174,7 +177,7 @@ def json_logs() -> Iterator[None]:
     """Application logs configured as the daemon configures them, put back to defaults afterwards."""
     applog.configure("info", "json")
     yield
-    structlog.reset_defaults()
+    applog.reset()
 
 
 def test_log_lines_and_their_tracebacks_are_scrubbed(
@@ -191,6 +194,34 @@ def test_log_lines_and_their_tracebacks_are_scrubbed(
     assert line["error"] == f"the proxy answered: Bearer {MARKER}"
     assert line["cause"] == f"the proxy answered: Bearer {MARKER}"
     assert f"ValueError: the proxy answered: Bearer {MARKER}" in line["exception"]
+
+
+async def test_a_stray_tasks_exception_is_logged_as_json_without_the_secret(
+    remembered: str, json_logs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """asyncio's "Task exception was never retrieved" (stdlib logging) is a JSON line, the secret scrubbed."""
+
+    async def stray() -> None:
+        raise RuntimeError(f"the proxy answered: Bearer {remembered}")
+
+    task = asyncio.create_task(stray())
+    await asyncio.wait({task})
+    del task  # never awaited: asyncio logs the exception when the task is collected
+    gc.collect()
+    captured = capsys.readouterr()
+    [line] = [orjson.loads(text) for text in captured.out.splitlines()]
+    assert remembered not in captured.out + captured.err
+    assert (line["logger"], line["level"]) == ("asyncio", "error")
+    assert line["event"].startswith("Task exception was never retrieved")
+    assert f"RuntimeError: the proxy answered: Bearer {MARKER}" in line["exception"]
+
+
+def test_a_library_record_is_cut_like_ours(json_logs: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """A standard-library record of any length is one JSON line, its message cut to LOG_LIMIT."""
+    logging.getLogger("aiohttp.server").error("Error handling request: %s", "x" * (2 * LOG_LIMIT))
+    [line] = [orjson.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["logger"] == "aiohttp.server"
+    assert len(line["event"]) == LOG_LIMIT and line["event"].startswith("Error handling request: xxx")
 
 
 async def test_syslog_health_fields_are_scrubbed_and_cut(remembered: str, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """`ce-daemon status` for scripts: an exit code for each answer, and what a rejected reload left behind.
 
 0 live and all ok; 150 live and degraded (or the last reload rejected); 151 live with a failed
-component; 3 no daemon running (LSB); 4 status unknown (LSB).
+component; 3 no daemon running (LSB); 4 status unknown (LSB), a daemon without its control socket
+included. The file is read for its state and control settings alone, within the reader's bounds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.configs import billion_laughs, run_bounded
 from ce_daemon.testing.fakes.webhook import FakeWebhook, bearer_value
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config, route_when, run_cli
 
@@ -183,3 +185,54 @@ async def test_a_rejected_reload_shows_its_problems_though_the_file_no_longer_lo
     problems = orjson.loads(json_out)["last_reload"]["problems"]
     assert problems and problems[0].startswith(f"{path}:")
     assert f"    {problems[0]}" in out.splitlines()
+
+
+async def test_4_with_the_pid_when_a_running_daemon_has_lost_its_control_socket(
+    tmp_path: Path, simulator: TenantSimulator
+) -> None:
+    """The daemon runs (it holds the state lock) but nothing answers on its socket: 4, not 3, with its pid."""
+    assert simulator.url is not None
+    path = pipeline(tmp_path, simulator.url, {"type": "file", "path": "out.ndjson"})
+    async with running(path) as daemon:
+        (tmp_path / "state" / "control.sock").unlink()  # a cleaner of /tmp or /run, say
+        code, out = await status(path)
+        json_code, json_out = await status(path, "--json")
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    assert code == 4
+    assert out.startswith(f"ce-daemon pid {pid} is RUNNING, but its control socket does not answer: ")
+    assert "its last saved status (" in out and "not a live answer" in out
+    assert json_code == 4
+    answer = orjson.loads(json_out)
+    assert answer["live"] is False and answer["running_pid"] == pid
+
+
+@pytest.mark.parametrize(("command", "code"), [(("status",), 4), (("dlq", "list"), 78)])
+def test_a_billion_laughs_in_the_state_section_is_refused_within_bounds(
+    tmp_path: Path, command: tuple[str, ...], code: int
+) -> None:
+    """An alias bomb inside `state:` of a file that does not load: refused at its place, in 1 GiB and 30 s."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "version: 1\nstate:\n  path: ./state/db.sqlite\n" + billion_laughs(indent="  ") + "logs: [\n"
+    )
+    result = run_bounded(*command, "-c", str(path))
+    assert result.returncode == code, result.stderr
+    assert f"{path}:4:" in result.stderr, result.stderr
+    assert "more than 100,000 values once aliases and merges are expanded" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+async def test_a_wrong_state_setting_is_told_at_its_place(tmp_path: Path) -> None:
+    """A misspelt key in `state:` of a file that does not load: placed problems on stderr, nothing quoted."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "version: 1\nstate:\n  path: ./db.sqlite\n  bogus: [a, b, c]\ncontrol: {socket: 5}\nlogs: [\n"
+    )
+    code, out = await run_cli("status", "-c", str(path), env={})
+    assert code == 4
+    assert out.splitlines() == [
+        f"{path}:4:3: state.bogus: unknown key 'bogus'",
+        "    Hint: valid keys here: path",
+        f"{path}:5:19: control.socket: Input is not a valid path for <class 'pathlib.Path'>",
+    ]

@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
-from ce_daemon.config.model import Pipeline, Route, Tenant, anchor_paths
+from ce_daemon.config.model import Pipeline, Route, SettingError, Tenant, anchor_paths
 from ce_daemon.config.secrets import (
     expects_secret,
     inline_secret_problem,
@@ -29,6 +30,7 @@ from ce_daemon.config.secrets import (
     valid_sections,
 )
 from ce_daemon.config.source import Loc, Source, read_source
+from ce_daemon.control import control_socket_path, socket_path_problem
 from ce_daemon.errors import ConfigError, Problem
 from ce_daemon.filter import FilterError, FilterProblem, compile_filter
 from ce_daemon.logs.mapping import Mapping as LogMapping
@@ -39,6 +41,7 @@ from ce_daemon.registry import PluginInfo, Registry
 from ce_daemon.state import shared_directory_problem
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+SectionT = typing.TypeVar("SectionT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,9 @@ def load_pipeline(
     resolved = _Resolver(source, registry, problems)
     resolved.check_routes()
     if config is not None:
-        problems.extend(_state_problems(source, anchor_paths(config, path.parent.absolute())))
+        anchored = anchor_paths(config, path.parent.absolute())
+        problems.extend(_state_problems(source, anchored))
+        problems.extend(_control_problems(source, anchored))
     if problems or config is None:
         raise ConfigError(_dedupe(problems))
     loaded = LoadedPipeline(
@@ -195,6 +200,26 @@ def load_pipeline(
         raise ConfigError(_dedupe(problems))
     loaded.warnings = _dedupe(resolved.warnings)
     return loaded
+
+
+def section_settings(source: Source, model: type[SectionT], *loc: str) -> SectionT:
+    """``model`` validated from the section at ``loc`` of ``source`` (its defaults when it is absent).
+
+    For commands that need a few settings of a file that may not load as a whole (``status``, ``dlq
+    list``): :class:`ConfigError` with every problem of that section, placed in the file.
+    """
+    prefix = ".".join(loc)
+    problems = [
+        p for p in source.problems if p.path == prefix or p.path.startswith((f"{prefix}.", f"{prefix}["))
+    ]
+    value = source.value_at(loc)
+    try:
+        settings = model.model_validate({} if value is None else value)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(source, exc, loc, model))
+    if problems:
+        raise ConfigError(_dedupe(problems))
+    return settings
 
 
 class _Resolver:
@@ -478,19 +503,28 @@ def _pydantic_problems(
         if not secret and kind != "missing" and expects_secret(model, loc[len(prefix) :]):
             problems.append(inline_secret_problem(source, loc))  # never quote what was written there
             continue
-        message = error["msg"]
-        if kind == "string_type" and isinstance(value, int | float | bool) and not secret:
-            hint = f"YAML read this as {type(value).__name__} {value!r}; put the value in quotes"
-        elif (
-            kind in {"int_parsing", "float_parsing", "int_type", "float_type"}
-            and isinstance(value, str)
-            and not secret
-        ):
-            hint = "give a plain number (no units or words)"
-        elif kind == "missing" and loc:
-            message = f"required key {loc[-1]!r} is missing"
+        message, hint = _message_and_hint(error, loc, secret=secret)
         problems.append(source.problem(loc, message, hint=hint))
     return problems
+
+
+def _message_and_hint(error: ErrorDetails, loc: Loc, *, secret: bool) -> tuple[str, str | None]:
+    """What to say of a pydantic error at ``loc``, and a hint where a common mistake is likely."""
+    kind, value = error["type"], error.get("input")
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, SettingError):  # a validator of ours that says what would be right
+        return str(cause), cause.hint
+    if kind == "string_type" and isinstance(value, int | float | bool) and not secret:
+        return error["msg"], f"YAML read this as {type(value).__name__} {value!r}; put the value in quotes"
+    if (
+        kind in {"int_parsing", "float_parsing", "int_type", "float_type"}
+        and isinstance(value, str)
+        and not secret
+    ):
+        return error["msg"], "give a plain number (no units or words)"
+    if kind == "missing" and loc:
+        return f"required key {loc[-1]!r} is missing", None
+    return error["msg"], None
 
 
 def _error_loc(source: Source, prefix: Loc, parts: tuple[int | str, ...], *, missing: bool) -> Loc:
@@ -521,6 +555,21 @@ def _state_problems(source: Source, config: Pipeline) -> list[Problem]:
             ("state", "path"),
             reason,
             hint="give ce-daemon a directory of its own (created 0700 when missing), e.g. /var/lib/ce-daemon",
+        )
+    ]
+
+
+def _control_problems(source: Source, config: Pipeline) -> list[Problem]:
+    """A control socket path no daemon could listen on (where that is told without trying)."""
+    reason = socket_path_problem(control_socket_path(config))
+    if reason is None:
+        return []
+    return [
+        source.problem(
+            ("control", "socket") if config.control.socket else ("state", "path"),
+            reason,
+            hint="leave `control.socket` unset (control.sock beside the state database), or name a path "
+            "in a local directory the daemon's user may write to",
         )
     ]
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -102,11 +104,90 @@ class LoggingSettings(Strict):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class SettingError(ValueError):
+    """A value a validator refuses, with a ``hint`` of what would be right (``check`` prints it below)."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+UNIX_SOCKET_PATH_MAX = 107
+"""The longest path of a unix socket, in bytes (Linux's ``sun_path`` holds 108, the final NUL included)."""
+_HOST_NAME = r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?"
+
+
+def unix_socket_path_problem(path: str) -> str | None:
+    """Why no unix socket can live at ``path`` whatever the file system holds, or None."""
+    length = len(os.fsencode(path))
+    if length > UNIX_SOCKET_PATH_MAX:
+        return f"a unix socket path is at most {UNIX_SOCKET_PATH_MAX} bytes long, this one has {length}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogTarget:
+    """Where health messages go: a local datagram socket (``unix``, ``address`` its path) or a collector."""
+
+    transport: Literal["unix", "udp", "tcp"]
+    address: str
+    """The socket path, or the collector's host name or address (an IPv6 address without brackets)."""
+    port: int = 0
+
+
+SYSLOG_TARGET_HINT = (
+    "a syslog target is /dev/log, unix:/path/to/socket, udp://host:514 or tcp://host:514 "
+    "(an IPv6 address in brackets: udp://[::1]:514)"
+)
+
+
+def parse_syslog_target(target: str) -> SyslogTarget:
+    """The target ``health.syslog.target`` names; :class:`SettingError` saying what is wrong with it.
+
+    The one reading of a target: ``check`` validates with it and the health channel connects by it.
+    """
+    if target.startswith(("/", "unix:")):
+        path = target.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise SettingError(
+                f"syslog target {target!r}: a socket is named by its absolute path", SYSLOG_TARGET_HINT
+            )
+        if problem := unix_socket_path_problem(path):
+            raise SettingError(f"syslog target {target!r}: {problem}", SYSLOG_TARGET_HINT)
+        return SyslogTarget("unix", path)
+    scheme, separator, rest = target.partition("://")
+    if not separator or scheme not in ("udp", "tcp"):
+        message = f"syslog target {target!r} is neither a socket path nor a udp:// or tcp:// address"
+        raise SettingError(message, SYSLOG_TARGET_HINT)
+    host, colon, port = rest.rpartition(":")
+    if not colon or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        message = f"syslog target {target!r} needs a port from 1 to 65535 after the host"
+        raise SettingError(message, SYSLOG_TARGET_HINT)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            message = f"syslog target {target!r}: {host!r} is not an IPv6 address"
+            raise SettingError(message, SYSLOG_TARGET_HINT) from None
+    elif not re.fullmatch(_HOST_NAME, host):
+        message = f"syslog target {target!r} needs the collector's host name or address"
+        raise SettingError(message, SYSLOG_TARGET_HINT)
+    return SyslogTarget("udp" if scheme == "udp" else "tcp", host, int(port))
+
+
+def _syslog_target(value: str) -> str:
+    parse_syslog_target(value)
+    return value
+
+
 class SyslogSettings(Strict):
     """The health channel: state changes and heartbeats, separate from application logs."""
 
     enabled: bool = True
-    target: str = "/dev/log"
+    target: Annotated[str, AfterValidator(_syslog_target)] = "/dev/log"
+    """A local datagram socket (``/dev/log``, ``unix:/path``) or a collector (``udp://host:port``,
+    ``tcp://host:port``): see :func:`parse_syslog_target`."""
     format: Literal["local", "rfc5424"] = "local"
     facility: Literal[
         "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"
@@ -116,8 +197,9 @@ class SyslogSettings(Strict):
 class HealthSettings(Strict):
     """Heartbeat cadence and where health goes."""
 
-    interval: Annotated[Duration, Field(ge=0.1, le=86400)] = 300.0
-    """At least 100ms (zero would spin and flood syslog), at most a day."""
+    interval: Annotated[Duration, Field(ge=1, le=86400)] = 300.0
+    """At least a second (each heartbeat also saves a status snapshot, a query over the spool), at most
+    a day."""
     syslog: SyslogSettings = SyslogSettings()
 
 
@@ -145,7 +227,7 @@ def split_listen(listen: str) -> tuple[str, int]:
             raise ValueError(f"{host!r} is not an IPv6 address") from None
     elif ":" in host:
         raise ValueError("an IPv6 address goes in brackets: [::1]:9464")
-    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", host):
+    elif not re.fullmatch(_HOST_NAME, host):
         raise ValueError("give the address or host name to listen on (0.0.0.0 for every interface)")
     if len(port) > 5 or int(port) > 65535:
         raise ValueError(f"port {port} is out of range (0-65535; 0 lets the system choose)")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,11 +147,20 @@ def dotted(loc: Loc) -> str:
     return text
 
 
-def read_source(path: Path, *, environ: Mapping[str, str] | None = None, secrets: bool = True) -> Source:
+def read_source(
+    path: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    secrets: bool = True,
+    sections: tuple[str, ...] | None = None,
+) -> Source:
     """Parse ``path``; problems (unreadable, not YAML, not a mapping, bad secrets) are collected.
 
     With ``secrets=False`` secret references are recognised (and their shape checked) but not
-    resolved: for commands that only need the file's other settings.
+    resolved: for commands that only need the file's other settings. With ``sections``, only those
+    top-level sections are read (each written in block style, ``name:`` at the start of a line),
+    within the same bounds and at their places in the file: for commands that need a few settings
+    of a file that may not read as a whole (``status`` after a rejected reload).
     """
     env = os.environ if environ is None else environ
     name = str(path)
@@ -158,13 +168,20 @@ def read_source(path: Path, *, environ: Mapping[str, str] | None = None, secrets
     text = _read_text(path, source)
     if text is None:
         return source
+    if sections is not None:
+        text = _only_sections(text, sections)
     try:
         node = compose(text, name)
     except ComposeError as exc:
         source.problems.append(exc.problem)
         return source
     if node is None:
-        source.problems.append(Problem(name, "", "the file is empty; a pipeline needs at least `tenants:`"))
+        if sections is not None:  # none of them is written: each has its defaults
+            source.data = {}
+        else:
+            source.problems.append(
+                Problem(name, "", "the file is empty; a pipeline needs at least `tenants:`")
+            )
         return source
     walker = _Walker(source, env, path.parent, resolve=secrets)
     try:
@@ -201,6 +218,17 @@ def _read_text(path: Path, source: Source) -> str | None:
         message = f"not UTF-8 text (byte 0x{raw[exc.start]:02x})"
         source.problems.append(Problem(source.file, "", message, line, column))
         return None
+
+
+def _only_sections(text: str, names: tuple[str, ...]) -> str:
+    """``text`` with the lines outside the top-level sections ``names`` blanked (others keep their places)."""
+    heading = re.compile(rf"({'|'.join(map(re.escape, names))})\s*:")
+    kept, keep = [], False
+    for line in text.split("\n"):
+        if line[:1] not in ("", " ", "\t", "#"):  # a line at column 0 starts the next top-level key
+            keep = heading.match(line) is not None
+        kept.append(line if keep else "")
+    return "\n".join(kept)
 
 
 class _Stop(Exception):  # noqa: N818 - a control-flow signal inside the walker, never seen outside it

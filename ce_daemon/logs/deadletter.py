@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,7 +139,7 @@ async def dlq_command(args: argparse.Namespace, registry: Any, database: Path | 
         try:
             loaded = load_pipeline(args.config, registry)
         except ConfigError as exc:
-            print(exc.render())
+            print(exc.render(), file=sys.stderr)
             return 78
         database = loaded.config.state.path
     elif not database.exists():

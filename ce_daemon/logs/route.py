@@ -148,12 +148,14 @@ class RouteComponent(Component):
             self._close_owed = True  # from here on close() is owed, whether open() returns or raises
             await sink.open()
             health = _checked(await sink.health(), self._sink_class)
-        except Exception as exc:  # anything a plugin raises here is a start failure, never a crash
+        except BaseException as exc:  # anything a plugin raises here is a start failure, never a crash
             self._failed_starts += 1
             try:
                 await self._close_sink()
             except Exception as failure:  # noqa: BLE001 - the start failure is what the operator needs
                 self.log.warning("sink.close_failed", sink=name, error=describe(failure))
+            if not isinstance(exc, Exception):
+                raise  # cancelled (the start checks' bound, a stop): closed, and cancelled still
             self._start_failure = _start_failure(f"sink {name!r} not usable: {describe(exc)}", exc)
             raise self._start_failure from exc
         self._ready = True

@@ -1,17 +1,20 @@
-"""Helpers for the tests of log sinks: a sink made or opened, a port nothing listens on, TLS verification."""
+"""Helpers for the tests of log sinks: a sink made or opened, a port nothing listens on or that never
+answers, TLS verification."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from ce_daemon.errors import TransientError
 from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
+from ce_daemon.testing.sockets import stop_serving
 
 SinkT = TypeVar("SinkT", bound=LogSink)
 
@@ -84,3 +87,55 @@ async def assert_tls_verified(
     async with open_with({"tls": {"ca_file": ca_file}}) as sink:
         trusted = await attempt(sink, batch)
     assert trusted.health.ok and trusted.error is None, trusted
+
+
+class SilentListener:
+    """A loopback TCP port that accepts connections and never answers (a peer hung mid-request).
+
+    ``async with SilentListener() as silent:`` then point a sink at ``127.0.0.1:{silent.port}``; a
+    test waits until so many connections are open at once (:meth:`wait_for_connections`). Every
+    connection is dropped on exit.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.open = 0
+        """Connections open right now."""
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            await stop_serving(self._server, self._connections)
+            self._server = None
+
+    async def wait_for_connections(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` connections are open at the same time (TimeoutError after ``timeout`` s)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.open >= count)
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        await self._count(+1)
+        try:
+            while await reader.read(65536):  # take whatever is sent, answer nothing, until the peer leaves
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            await self._count(-1)
+
+    async def _count(self, change: int) -> None:
+        async with self._changed:
+            self.open += change
+            self._changed.notify_all()

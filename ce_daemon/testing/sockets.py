@@ -174,11 +174,7 @@ class SyslogReceiver(_Collector):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path)
         if self._server is not None:
-            self._server.close()
-            for connection in self._connections:
-                connection.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
-            await self._server.wait_closed()
+            await stop_serving(self._server, self._connections)
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -230,6 +226,16 @@ async def _bind_unix_datagram(address: str, collector: _Collector) -> asyncio.Da
         sock.close()
         raise
     return transport
+
+
+async def stop_serving(server: asyncio.Server, connections: set[asyncio.Task[None]]) -> None:
+    """Stop ``server`` and end ``connections``, the tasks handling its clients (before Python 3.12,
+    ``wait_closed`` waits for none of them)."""
+    server.close()
+    for connection in connections:
+        connection.cancel()
+    await asyncio.gather(*connections, return_exceptions=True)
+    await server.wait_closed()
 
 
 def loopback_ports(pid: int, protocol: Literal["tcp", "udp"]) -> list[int]:
