@@ -474,3 +474,60 @@ def test_run_logs_the_problems_and_exits_78(tmp_path: Path) -> None:
     assert "daemon.config_invalid" in result.stdout + result.stderr
     assert "values once aliases and merges are expanded" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# -- the tenant's address and CA bundle: what the client could not use is refused by check ----------
+
+
+def tenant_with(tmp_path: Path, line: str, url: str = "https://acme.goskope.com") -> Path:
+    text = BASE.replace("    url: https://acme.goskope.com\n", f"    url: {url}\n    {line}\n")
+    return write(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("ca_file", "problem"),
+    [
+        ("missing.pem", "missing.pem: no such file or directory"),
+        (".", "is a directory, not a regular file"),
+        ("pipeline.yaml", "holds no usable PEM certificate"),
+    ],
+)
+def test_tenant_ca_file_the_client_cannot_load_is_refused(
+    tmp_path: Path, registry: Registry, ca_file: str, problem: str
+) -> None:
+    problems = problems_of(tenant_with(tmp_path, f"ca_file: {ca_file}"), registry)
+    assert len(problems) == 1
+    assert f"{tmp_path}/pipeline.yaml:6:14: tenants[0].ca_file:" in problems[0]
+    assert problem in problems[0]
+
+
+def test_tenant_ca_file_is_read_relative_to_the_pipeline(tmp_path: Path, registry: Registry) -> None:
+    from ce_daemon.testing.tls import make_certificates
+
+    files = make_certificates(tmp_path / "tls")
+    path = tenant_with(tmp_path, f"ca_file: tls/{files.ca_file.name}")
+    loaded = load_pipeline(path, registry, environ=ENV)
+    assert loaded.config.tenants[0].ca_file == (tmp_path / "tls" / files.ca_file.name).absolute()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://acme.goskope.com", "would send the API token unencrypted"),
+        ("https://acme.goskope.com:70000", "has a port outside 1-65535"),
+    ],
+)
+def test_tenant_url_the_client_must_not_use_is_refused(
+    tmp_path: Path, registry: Registry, url: str, problem: str
+) -> None:
+    problems = problems_of(tenant_with(tmp_path, "verify_tls: true", url=url), registry)
+    assert len(problems) == 1
+    assert f"{tmp_path}/pipeline.yaml:5:10: tenants[0].url:" in problems[0]
+    assert problem in problems[0]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"])
+def test_plain_http_to_loopback_is_allowed_for_the_simulator(
+    tmp_path: Path, registry: Registry, url: str
+) -> None:
+    assert problems_of(tenant_with(tmp_path, "verify_tls: true", url=url), registry) == []

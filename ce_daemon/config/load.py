@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import ssl
 import time
 import types
 import typing
@@ -32,6 +33,7 @@ from ce_daemon.config.secrets import (
 from ce_daemon.config.source import Loc, Source, read_source
 from ce_daemon.control import control_socket_path, socket_path_problem
 from ce_daemon.errors import ConfigError, Problem
+from ce_daemon.files import UnusableFileError, read_regular_file
 from ce_daemon.filter import FilterError, FilterProblem, compile_filter
 from ce_daemon.logs.mapping import Mapping as LogMapping
 from ce_daemon.logs.mapping import MappingError, parse_json_fields
@@ -39,6 +41,9 @@ from ce_daemon.netskope.subtypes import normalise_subtype
 from ce_daemon.plugin import PluginOptions
 from ce_daemon.registry import PluginInfo, Registry
 from ce_daemon.state import shared_directory_problem
+
+MAX_CA_FILE_BYTES = 1024**2
+"""The largest tenant CA bundle read (Mozilla's whole root store is about 200 KB)."""
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 SectionT = typing.TypeVar("SectionT", bound=BaseModel)
@@ -182,6 +187,7 @@ def load_pipeline(
         anchored = anchor_paths(config, path.parent.absolute())
         problems.extend(_state_problems(source, anchored))
         problems.extend(_control_problems(source, anchored))
+        problems.extend(_tenant_problems(source, anchored))
     if problems or config is None:
         raise ConfigError(_dedupe(problems))
     loaded = LoadedPipeline(
@@ -557,6 +563,31 @@ def _state_problems(source: Source, config: Pipeline) -> list[Problem]:
             hint="give ce-daemon a directory of its own (created 0700 when missing), e.g. /var/lib/ce-daemon",
         )
     ]
+
+
+def _tenant_problems(source: Source, config: Pipeline) -> list[Problem]:
+    """A tenant's CA bundle that the client could not load: missing, not a regular file, not PEM."""
+    problems = []
+    for index, tenant in enumerate(config.tenants):
+        if tenant.ca_file is None or not tenant.verify_tls:
+            continue
+        try:
+            pem = read_regular_file(tenant.ca_file, limit=MAX_CA_FILE_BYTES)
+            ssl.create_default_context().load_verify_locations(cadata=pem.decode("ascii"))
+        except UnusableFileError as exc:
+            reason = str(exc)
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            reason = f"{tenant.ca_file} holds no usable PEM certificate ({exc})"
+        else:
+            continue
+        problems.append(
+            source.problem(
+                ("tenants", index, "ca_file"),
+                reason,
+                hint="a PEM bundle of the CAs that sign the tenant's (or its proxy's) certificate",
+            )
+        )
+    return problems
 
 
 def _control_problems(source: Source, config: Pipeline) -> list[Problem]:

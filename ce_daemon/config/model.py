@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_validator,
     model_validator,
 )
 
@@ -296,6 +298,9 @@ class Lookback(Strict):
     end: Moment = None
 
 
+_TENANT_URL_HINT = "the tenant's address, e.g. https://example.goskope.com"
+
+
 class Tenant(Strict):
     """One Netskope tenant: where it is, how to authenticate, how fast to ask."""
 
@@ -315,6 +320,22 @@ class Tenant(Strict):
     """The longest pause a page's ``wait_time`` may impose; larger or invalid values are corrected."""
     max_page_bytes: Size = 64 * 1024**2
     """The largest answer taken, counted after decompression (a 10,000-record page is ~15 MB)."""
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - urllib checks the port's range only when it is read
+        except ValueError:
+            raise SettingError(f"{url!r} has a port outside 1-65535", _TENANT_URL_HINT) from None
+        if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+            raise SettingError(
+                f"{url!r} would send the API token unencrypted: plain http is only for a loopback "
+                "address (such as the tenant simulator)",
+                _TENANT_URL_HINT,
+            )
+        return url
 
 
 class Batch(Strict):
@@ -387,7 +408,13 @@ class Pipeline(Strict):
 
 
 def anchor_paths(config: Pipeline, base: Path) -> Pipeline:
-    """``config`` with relative state and control paths made absolute against the pipeline's folder."""
+    """``config`` with relative state, control and tenant CA paths made absolute (against its folder)."""
+    tenants = [
+        t.model_copy(update={"ca_file": base / t.ca_file})
+        if t.ca_file is not None and not t.ca_file.is_absolute()
+        else t
+        for t in config.tenants
+    ]
     state = (
         config.state.model_copy(update={"path": base / config.state.path})
         if not config.state.path.is_absolute()
@@ -399,8 +426,17 @@ def anchor_paths(config: Pipeline, base: Path) -> Pipeline:
         if socket and not socket.is_absolute()
         else config.control
     )
-    return config.model_copy(update={"state": state, "control": control})
+    return config.model_copy(update={"state": state, "control": control, "tenants": tenants})
 
 
 RESTART_ONLY: tuple[tuple[str, ...], ...] = (("state",), ("control",))
 """Sections a reload cannot change: the running process keeps its database and socket."""
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
