@@ -109,7 +109,7 @@ class MetricsSource(Protocol):
 
 
 class Metrics:
-    """The daemon's Prometheus registry: the batch latency histogram, reload outcomes, and the live state."""
+    """The daemon's Prometheus registry: reload outcomes, the live state, and each job's own families."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
