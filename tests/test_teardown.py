@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ce_daemon.health import HealthRegistry
+from ce_daemon.health import HealthRegistry, State
 from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import Runtime
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.state import StateStore
-from ce_daemon.supervisor import Component
+from ce_daemon.supervisor import Component, Supervisor
 from ce_daemon.teardown import Teardown, close_all
 
 
@@ -128,3 +128,15 @@ async def test_runtime_close_tries_every_tenant_client(tmp_path: Path) -> None:
             await runtime.close()
     assert closed == ["c", "b", "a"] and not runtime.clients
     assert [e.__notes__ for e in caught.value.exceptions] == [["while closing b:1"]]
+
+
+async def test_stopping_components_whose_close_raises_still_stops_and_closes_each() -> None:
+    """The supervisor stops every component of a group; a close that raises is logged, the others go on."""
+    closed: list[str] = []
+    supervisor = Supervisor()
+    parts = [Part("a", closed, fails=True), Part("b", closed), Part("c", closed, fails=True)]
+    for part in parts:
+        supervisor.start(part)
+    await supervisor.stop_many([p.name for p in parts], 5.0)
+    assert sorted(closed) == ["a", "b", "c"] and not supervisor.running
+    assert all(p.status.state is State.STOPPED for p in parts)
