@@ -149,9 +149,8 @@ class Daemon:
                 control = ControlServer(control_socket_path(loaded.config), self.status_snapshot)
                 await control.start()
                 teardown.push("control socket", control.close)
-                teardown.push(
-                    "http listener", self.web.close
-                )  # first to close, after the drain it reports on
+                # first to close, after the drain it reports on
+                teardown.push("http listener", self.web.close)
                 await self._listen(loaded.config.http)
                 await self._start_generation(loaded)
                 return await self._serve()
