@@ -54,6 +54,7 @@ ENTRY_POINTS: Final = "ce_daemon.jobs"
 SectionT = TypeVar("SectionT", bound=BaseModel)
 ResolvedT = TypeVar("ResolvedT")
 SubParsers = argparse._SubParsersAction
+"""What ``add_subparsers()`` returns (argparse names it no other way): where a job adds its commands."""
 
 
 @dataclass
