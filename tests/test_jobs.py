@@ -17,7 +17,7 @@ import pytest
 import ce_daemon
 from ce_daemon.config.load import load_pipeline
 from ce_daemon.errors import ConfigError
-from ce_daemon.jobs import ENTRY_POINTS, Jobs
+from ce_daemon.jobs import API_VERSION, ENTRY_POINTS, Jobs
 from ce_daemon.registry import Registry
 from ce_daemon.testing.distribution import write_distribution
 from ce_daemon.testing.harness import DaemonProcess, write_pipeline
@@ -174,6 +174,21 @@ def test_a_job_that_fails_to_import_is_reported_where_its_section_is(
     assert caught.value.render().splitlines() == [
         f"{path}:2:1: broken: the 'broken' job from ce-broken 2.0 failed to load: ImportError: no such thing"
     ]
+
+
+def test_a_job_written_for_a_newer_contract_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job contract is versioned like the plugin API: a job newer than the core does not load."""
+    source = BEACON_JOB + "\nBeaconJob.api_version = 99\n"
+    entry_points = {ENTRY_POINTS: {"beacon": "ce_beacon_next:BeaconJob"}}
+    site = write_distribution(tmp_path / "site", "ce-beacon", "2.0", {"ce_beacon_next": source}, entry_points)
+    monkeypatch.syspath_prepend(str(site))
+    [info] = [info for info in Jobs.discover().all() if info.name == "beacon"]
+    assert info.job is None
+    assert info.error == (
+        f"written for plugin API 99, newer than this ce-daemon's (API {API_VERSION}): upgrade ce-daemon"
+    )
 
 
 def test_a_jobs_section_is_validated_with_places_and_hints(
