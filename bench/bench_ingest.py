@@ -34,9 +34,10 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
-from ce_daemon.config.load import Stream
 from ce_daemon.config.model import Tenant
 from ce_daemon.health import HealthRegistry
+from ce_daemon.keys import ComponentKey, StreamKey
+from ce_daemon.metrics import Metrics
 from ce_daemon.netskope.poller import Poller
 from ce_daemon.netskope.sim_process import SimulatorProcess, simulator_process
 from ce_daemon.netskope.simulator import DEFAULT_TOKEN
@@ -88,7 +89,7 @@ async def run(per_subtype: int, subtypes: str, workdir: Path) -> dict[str, Any]:
 async def measure(sim: SimulatorProcess, per_subtype: int, subtypes: str, workdir: Path) -> dict[str, Any]:
     """Pull the simulator's backlog as the daemon would; the measured figures."""
     child, url = sim.process, sim.url
-    streams = [Stream(TENANT, *item.split("/", 1)) for item in subtypes.split(",")]
+    streams = [StreamKey.parse(f"{TENANT}/{item}") for item in subtypes.split(",")]
     total = per_subtype * len(streams)
     tenant = Tenant(
         name=TENANT,
@@ -104,7 +105,9 @@ async def measure(sim: SimulatorProcess, per_subtype: int, subtypes: str, workdi
             stack.push_async_callback(store.close)
             spool = Spool(store, 4 * 1024**3)  # room enough: the consumer keeps it near empty anyway
             await spool.load()
-            runtime = Runtime(store=store, spool=spool, health=HealthRegistry(), data_dir=workdir)
+            runtime = Runtime(
+                store=store, spool=spool, health=HealthRegistry(), data_dir=workdir, metrics=Metrics()
+            )
             stack.push_async_callback(runtime.close)
             await spool.set_consumers({"bench": [s.key for s in streams]})
             client = runtime.client_for(tenant, TENANT)  # the one bucket every poller shares
@@ -113,7 +116,9 @@ async def measure(sim: SimulatorProcess, per_subtype: int, subtypes: str, workdi
             consumer = asyncio.create_task(consume(spool, total, done, progress))
             sim_cpu_before = cpu_seconds(child.pid)
             cpu_before, begin = time.process_time(), time.perf_counter()
-            pollers = [Poller(f"poller:{s.key}", s.key, s, tenant, TENANT, runtime) for s in streams]
+            pollers = [
+                Poller(str(ComponentKey.poller(s)), s.key, s, tenant, TENANT, runtime) for s in streams
+            ]
             for poller in pollers:
                 supervisor.start(poller)
             reporter = asyncio.create_task(report_progress(progress, total, begin))

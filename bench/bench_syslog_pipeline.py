@@ -157,6 +157,7 @@ async def _run_route(folder: Path, db_path: Path, port: int) -> float:
     from ce_daemon.config.load import load_pipeline
     from ce_daemon.health import HealthRegistry
     from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
+    from ce_daemon.metrics import Metrics
     from ce_daemon.pipeline import Runtime, plan_components
     from ce_daemon.registry import Registry
     from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
@@ -190,7 +191,7 @@ async def _run_route(folder: Path, db_path: Path, port: int) -> float:
     store = await StateStore.open(db_path, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS))
     spool = Spool(store, max_bytes=64 * 1024**3)
     await spool.load()
-    runtime = Runtime(store=store, spool=spool, health=HealthRegistry(), data_dir=folder)
+    runtime = Runtime(store=store, spool=spool, health=HealthRegistry(), data_dir=folder, metrics=Metrics())
     spec = plan_components(loaded, runtime)["route:bench"]
     assert spec.consumes is not None
     await spool.set_consumers({spec.name: spec.consumes})

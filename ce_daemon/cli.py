@@ -1,4 +1,4 @@
-"""The ``ce-daemon`` command: run, check, plugins, status, demo, simulate, dlq."""
+"""The ``ce-daemon`` command: run, check, plugins, status, demo, simulate, and each job's own (``dlq``)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ce_daemon import __version__, applog
-from ce_daemon.errors import ConfigError, Problem
+from ce_daemon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ce_daemon.registry import Registry
 
 EXIT_CONFIG = os.EX_CONFIG
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -130,20 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     add_simulate_arguments(simulate)
     simulate.set_defaults(func=_cmd_simulate)
 
-    dlq = sub.add_parser(
-        "dlq",
-        help="list, replay or purge dead-lettered records",
-        description="Records a target refused for good, kept with the reason.",
-    )
-    dlq.add_argument("action", choices=["list", "replay", "purge"])
-    dlq.add_argument("-c", "--config", type=Path, required=True, help="the pipeline YAML file")
-    dlq.add_argument("--route", help="only this route")
-    dlq.add_argument("--limit", type=int, default=50, help="list at most this many")
-    dlq.set_defaults(func=_cmd_dlq)
+    from ce_daemon.jobs import Jobs
+
+    for job in Jobs.discover().loaded():
+        job.add_commands(sub)
+
     return parser
 
 
-def _registry() -> object:
+def _registry() -> Registry:
     from ce_daemon.registry import Registry
 
     return Registry.discover()
@@ -171,7 +169,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    for info in {route.sink.name: route.sink for route in loaded.routes.values()}.values():
+    used = {info.name: info for job, resolved in loaded.resolved_jobs() for info in job.plugins(resolved)}
+    for info in used.values():
         if info.note:
             print(
                 f"{args.config}: note: the {info.name!r} plugin from {info.distribution}: {info.note}",
@@ -185,9 +184,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(warning.render(label="warning"), file=sys.stderr)
     streams = loaded.streams()
     unverified = len(loaded.unverified_secrets)
+    summaries = [line for job, resolved in loaded.resolved_jobs() if (line := job.summary(resolved))]
     print(
-        f"{args.config}: OK — {len(loaded.tenants)} tenant(s), {len(loaded.routes)} log route(s), "
-        f"{len(streams)} stream(s) to pull"
+        f"{args.config}: OK — "
+        + ", ".join([f"{len(loaded.tenants)} tenant(s)", *summaries, f"{len(streams)} stream(s) to pull"])
         + (f", {len(loaded.warnings)} warning(s)" if loaded.warnings else "")
         + (f"; {unverified} secret reference(s) not verified in this environment" if unverified else "")
     )
@@ -230,6 +230,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from ce_daemon.config.locate import locate_state
     from ce_daemon.control import ask_status
 
     socket_path, database = args.socket, None
@@ -237,7 +238,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if args.config is None:
             print("status needs -c FILE or --socket PATH", file=sys.stderr)
             return STATUS_UNKNOWN
-        located = _locate(args.config)
+        located = locate_state(args.config)
         if located is None:
             return STATUS_UNKNOWN
         socket_path, database = located
@@ -317,45 +318,11 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _locate(path: Path) -> tuple[Path, Path] | None:
-    """The control socket and state database a pipeline file names; needs no secret to be resolvable.
-
-    A file that does not read any more (the very case `status` must explain after a rejected reload)
-    is read for its top-level `state:` and `control:` sections alone, within the same bounds. What
-    stands in the way is printed on stderr, each problem at its place; then None.
-    """
-    from ce_daemon.config.load import section_settings
-    from ce_daemon.config.model import ControlSettings, Pipeline, StateSettings, anchor_paths
-    from ce_daemon.config.source import read_source
-    from ce_daemon.control import control_socket_path
-
-    source = read_source(path, secrets=False)
-    if not isinstance(source.data, dict):
-        source = read_source(path, secrets=False, sections=("state", "control"))
-    if not isinstance(source.data, dict):
-        print("\n".join(p.render() for p in source.problems), file=sys.stderr)
-        return None
-    problems: list[Problem] = []
-    try:
-        state = section_settings(source, StateSettings, "state")
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    try:
-        control = section_settings(source, ControlSettings, "control")
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    if problems:
-        print(ConfigError(problems).render(), file=sys.stderr)
-        return None
-    config = anchor_paths(Pipeline.model_construct(state=state, control=control), path.parent.absolute())
-    return control_socket_path(config), config.state.path
-
-
 async def _saved_snapshot(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
-    from ce_daemon.daemon import STATUS_SNAPSHOT_KEY
     from ce_daemon.state import StateError, StateStore
+    from ce_daemon.status import STATUS_SNAPSHOT_KEY
 
     try:
         async with await StateStore.open(path) as store:
@@ -389,6 +356,10 @@ def _print_status(snapshot: dict[str, Any]) -> None:
         counters = comp.get("counters") or {}
         figures = " ".join(f"{k}={v}" for k, v in counters.items())
         print(f"    {comp['state']:<9} {comp['name']:<44} {figures}  {comp.get('detail', '')}".rstrip())
+    jobs = snapshot.get("jobs")
+    for name, section in (jobs if isinstance(jobs, dict) else {}).items():
+        figures = " ".join(f"{k}={v}" for k, v in section.items()) if isinstance(section, dict) else ""
+        print(f"  {name:<11} {figures}".rstrip())
     spool = snapshot.get("spool")
     if isinstance(spool, dict):
         print(
@@ -416,19 +387,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     applog.configure()
     return asyncio.run(serve())
-
-
-def _cmd_dlq(args: argparse.Namespace) -> int:
-    from ce_daemon.logs.deadletter import dlq_command
-
-    applog.configure(fmt="console")
-    database = None
-    if args.action != "replay":  # list and purge read the state database only: no secret needed
-        located = _locate(args.config)
-        if located is None:
-            return EXIT_CONFIG
-        database = located[1]
-    return asyncio.run(dlq_command(args, _registry(), database))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The daemon: one lifecycle, STARTING → READY → RELOADING → READY → STOPPING.
 
 Signal handlers only record what was asked; this module's main loop acts on it. Each
-transition logs one fixed event name and sends one sd_notify message.
+transition logs one fixed event name and sends one sd_notify message. What a reload changes is a
+:class:`~ce_daemon.topology.Difference`; the status snapshot is :mod:`ce_daemon.status`'s, the
+watchdog :mod:`ce_daemon.systemd`'s, and teardown :mod:`ce_daemon.teardown`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,18 @@ from ce_daemon.config.model import RESTART_ONLY, HttpSettings
 from ce_daemon.control import ControlServer, control_socket_path
 from ce_daemon.errors import ConfigError
 from ce_daemon.health import ComponentStatus, HealthRegistry, State
-from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
+from ce_daemon.jobs import Jobs
 from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
+from ce_daemon.registry import Registry
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.state import StateError, StateStore
+from ce_daemon.status import save_snapshot, status_snapshot
 from ce_daemon.supervisor import Component, Supervisor
 from ce_daemon.syslog import HealthChannel, Severity
-from ce_daemon.systemd import Notifier
+from ce_daemon.systemd import Notifier, keep_watchdog_fed
+from ce_daemon.teardown import Teardown, close_all, log_failures
+from ce_daemon.topology import Difference
 from ce_daemon.web import WebServer
 
 log = structlog.get_logger("ce_daemon.daemon")
@@ -41,7 +47,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = os.EX_CONFIG  # 78: systemd's RestartPreventExitStatus keeps a bad file from looping
 WATCHDOG_STALL_LIMIT = 600.0
-STATUS_SNAPSHOT_KEY = "daemon.status"
 START_CHECK_LIMIT = 30.0
 """How long the start checks of a generation's new components may take, all together (they run at once):
 a component whose check has not finished by then joins degraded and retries, as after a failed check."""
@@ -59,9 +64,18 @@ class Phase(StrEnum):
 class Daemon:
     """Runs one pipeline file until asked to stop."""
 
-    def __init__(self, path: Path, registry: Any, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        registry: Registry,
+        *,
+        jobs: Jobs | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.registry = registry
+        self.jobs = Jobs.discover() if jobs is None else jobs
+        """The jobs of this process: found once, so that every generation has the same tables and metrics."""
         self.environ = dict(os.environ if environ is None else environ)
         self.phase = Phase.STARTING
         self.generation = 0
@@ -76,6 +90,8 @@ class Daemon:
         self.last_reload: dict[str, Any] = {}
         self.metrics = Metrics()
         self.metrics.watch(self)
+        for job in self.jobs.loaded():
+            job.register_metrics(self.metrics)
         self.web = WebServer(self.metrics, self.health, lambda: str(self.phase))
         self._reload_requested = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -102,7 +118,7 @@ class Daemon:
         self._install_signals()
         self.notifier.status(f"loading {self.path}")
         try:
-            loaded = load_pipeline(self.path, self.registry, environ=self.environ)
+            loaded = load_pipeline(self.path, self.registry, jobs=self.jobs, environ=self.environ)
         except ConfigError as exc:
             log.error(
                 "daemon.config_invalid", file=str(self.path), problems=len(exc.problems), errors=exc.render()
@@ -114,12 +130,12 @@ class Daemon:
         _log_warnings(loaded)
         try:
             self.syslog = _health_channel(loaded)
-            async with contextlib.AsyncExitStack() as stack:
-                stack.enter_context(_exclusive_lock(loaded.config.state.path))
+            async with Teardown("daemon resources") as teardown:
+                teardown.enter_context("state lock", _exclusive_lock(loaded.config.state.path))
                 store = await StateStore.open(
-                    loaded.config.state.path, SPOOL_MIGRATIONS + DEADLETTER_MIGRATIONS
+                    loaded.config.state.path, SPOOL_MIGRATIONS + self.jobs.migrations()
                 )
-                stack.push_async_callback(store.close)
+                teardown.push("state database", store.close)
                 spool = Spool(store, loaded.config.spool.max_bytes)
                 await spool.load()
                 self.runtime = Runtime(
@@ -129,11 +145,12 @@ class Daemon:
                     data_dir=store.path.parent,
                     metrics=self.metrics,
                 )
-                stack.push_async_callback(self.runtime.close)
+                teardown.push("tenant clients", self.runtime.close)
                 control = ControlServer(control_socket_path(loaded.config), self.status_snapshot)
                 await control.start()
-                stack.push_async_callback(control.close)
-                stack.push_async_callback(self.web.close)  # first to close, after the drain it reports on
+                teardown.push("control socket", control.close)
+                # first to close, after the drain it reports on
+                teardown.push("http listener", self.web.close)
                 await self._listen(loaded.config.http)
                 await self._start_generation(loaded)
                 return await self._serve()
@@ -161,7 +178,7 @@ class Daemon:
         for component in components:
             self._attach(component.status)
         if await start_checks(components, START_CHECK_LIMIT, self._stop_requested) is None:
-            await _close_all(components)  # asked to stop before it was ready: nothing ran
+            await _close_unrun(components)  # asked to stop before it was ready: nothing ran
             for component in components:
                 component.status.stopped()
             log.info("daemon.start_abandoned", generation=self.generation, reason="stop requested")
@@ -175,12 +192,14 @@ class Daemon:
         self._emit(
             "daemon.started", "notice", gen=self.generation, version=__version__, components=len(self.specs)
         )
-        await self._save_snapshot()
+        await save_snapshot(self)
 
     async def _serve(self) -> int:
         tasks = [
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
-            asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(
+                keep_watchdog_fed(self.notifier, self.health, WATCHDOG_STALL_LIMIT), name="watchdog"
+            ),
         ]
         try:
             while True:
@@ -215,7 +234,7 @@ class Daemon:
             log.warning("daemon.forced_exit")
             return EXIT_FAILURE
         force.cancel()
-        await self._save_snapshot()
+        await save_snapshot(self)
         log.info("daemon.stopped", generation=self.generation)
         return EXIT_OK
 
@@ -241,14 +260,12 @@ class Daemon:
             try:  # opened before the swap: a channel that cannot open refuses the reload, not the process
                 channel = _health_channel(new)
             except Exception as exc:  # noqa: BLE001 - whatever it is, the running channel stays
-                place = _place(new, "health", "syslog")
+                place = new.place(("health", "syslog"))
                 self._reject(f"{place}: the health channel cannot be opened: {exc}", "")
                 return
         specs = plan_components(new, self.runtime)
-        keep = {n for n, s in specs.items() if n in self.specs and self.specs[n].fingerprint == s.fingerprint}
-        replace = [n for n in specs if n not in keep]
-        remove = [n for n in self.specs if n not in specs or n not in keep]
-        outcome = await self._build(new, [specs[n] for n in replace])
+        difference = Difference.between(self.specs, specs)
+        outcome = await self._build(new, [specs[n] for n in difference.to_start])
         if outcome is None or outcome[1]:
             if channel is not None and channel is not self.syslog:
                 channel.close()
@@ -258,13 +275,13 @@ class Daemon:
             else:
                 self._reject(outcome[1], "")
             return
-        await self._swap(new, specs, outcome[0], kept=len(keep), remove=remove, channel=channel)
+        await self._swap(new, specs, outcome[0], difference, channel=channel)
 
     def _load_again(self) -> LoadedPipeline | None:
         """The file as it is now, or None when it cannot replace the running one (the reload is rejected)."""
         assert self.loaded is not None
         try:
-            new = load_pipeline(self.path, self.registry, environ=self.environ)
+            new = load_pipeline(self.path, self.registry, jobs=self.jobs, environ=self.environ)
         except ConfigError as exc:
             self._reject(f"{len(exc.problems)} configuration problem(s)", exc.render())
             return None
@@ -285,21 +302,20 @@ class Daemon:
         new: LoadedPipeline,
         specs: dict[str, ComponentSpec],
         built: list[Component],
+        difference: Difference,
         *,
-        kept: int,
-        remove: list[str],
         channel: HealthChannel | None,
     ) -> None:
-        """Make ``new`` the running generation: ``built`` (checked) replace ``remove``, the rest is kept."""
+        """Make ``new`` the running generation: ``built`` (checked) replace what ``difference`` stops."""
         assert self.runtime is not None
+        remove, kept = list(difference.to_stop), len(difference.kept)
         # swap: stop what goes away or changes, then move consumers and start the new ones
         loop = asyncio.get_running_loop()
         deadline = loop.time() + new.config.shutdown_grace
         for group in self._stop_groups(remove):
             await self.supervisor.stop_many(group, max(0.0, deadline - loop.time()))
-        for name in remove:
-            if name not in specs:
-                self.health.unregister(name)
+        for name in difference.removed:
+            self.health.unregister(name)
         await self.runtime.spool.set_consumers(self._consumers(specs))
         structlog.contextvars.bind_contextvars(gen=self.generation + 1)
         degraded = []
@@ -341,7 +357,7 @@ class Daemon:
             started=len(built),
             stopped=len(remove),
         )
-        await self._save_snapshot()
+        await save_snapshot(self)
 
     async def _build(
         self, new: LoadedPipeline, specs: list[ComponentSpec]
@@ -359,17 +375,17 @@ class Daemon:
             try:
                 built.append(spec.build())
             except Exception as exc:  # noqa: BLE001 - a component its settings cannot build refuses the reload
-                await _close_all(built)
-                return [], f"{new.place_of(spec.name)}: {spec.name} cannot be built: {exc}"
+                await _close_unrun(built)
+                return [], f"{new.place(spec.place)}: {spec.name} cannot be built: {exc}"
         failures = await start_checks(built, START_CHECK_LIMIT, self._stop_requested)
         if failures is None:
-            await _close_all(built)
+            await _close_unrun(built)
             return None
         for spec in self._start_order(specs):
             failure = failures.get(spec.name)
             if failure is not None and spec.require_healthy:
-                await _close_all(built)
-                place = new.place_of(spec.name)
+                await _close_unrun(built)
+                place = new.place(spec.place)
                 return [], f"{place}: {spec.name} failed its start check (require_healthy): {failure}"
         return built, ""
 
@@ -415,7 +431,7 @@ class Daemon:
         return {s.name: s.consumes for s in specs.values() if s.consumes is not None}
 
     @staticmethod
-    def _start_order(specs: Any) -> list[ComponentSpec]:
+    def _start_order(specs: Iterable[ComponentSpec]) -> list[ComponentSpec]:
         # consumers before producers, so a first start reads every page from the beginning
         return sorted(specs, key=lambda s: (s.stage != "consumer", s.name))
 
@@ -492,55 +508,11 @@ class Daemon:
                 failing=",".join(bad) or None,
                 uptime_s=int(time.time() - self.started),
             )
-            await self._save_snapshot()
-
-    async def _save_snapshot(self) -> None:
-        if self.runtime is not None:
-            import orjson
-
-            with contextlib.suppress(Exception):
-                snapshot = await self.status_snapshot()
-                await self.runtime.store.set_meta(STATUS_SNAPSHOT_KEY, orjson.dumps(snapshot).decode())
-
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval()
-        if interval is None:
-            return
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(interval)
-            lag = loop.time() - before - interval
-            stalled = self.health.stalled(WATCHDOG_STALL_LIMIT)
-            if lag < interval and not stalled:
-                self.notifier.watchdog()
-            else:
-                log.error("daemon.watchdog_withheld", loop_lag_s=round(lag, 3), stalled=stalled)
+            await save_snapshot(self)
 
     async def status_snapshot(self) -> dict[str, Any]:
-        """What ``ce-daemon status`` shows: generation, phase, components and their health (no secrets)."""
-        ok, total, bad = self.health.summary()
-        snapshot: dict[str, Any] = {
-            "at": round(time.time(), 3),
-            "version": __version__,
-            "pid": os.getpid(),
-            "file": str(self.path),
-            "phase": str(self.phase),
-            "generation": self.generation,
-            "started": round(self.started, 3),
-            "uptime_s": int(time.time() - self.started),
-            "components_ok": ok,
-            "components_total": total,
-            "failing": bad,
-            "last_reload": self.last_reload or None,
-            "http": self.web.url,
-            "components": [s.snapshot() for s in self.health.all()],
-        }
-        if self.runtime is not None:
-            with contextlib.suppress(Exception):
-                snapshot["spool"] = await self.runtime.spool.stats()
-        cleaned: dict[str, Any] = redact.scrub_data(snapshot, redact.STATUS_LIMIT)  # the one way out
-        return cleaned
+        """What ``ce-daemon status`` shows (see :mod:`ce_daemon.status`)."""
+        return await status_snapshot(self)
 
 
 async def start_checks(
@@ -587,13 +559,12 @@ async def _start_check(component: Component) -> Exception | None:
     return None
 
 
-async def _close_all(components: Sequence[Component]) -> None:
+async def _close_unrun(components: Sequence[Component]) -> None:
     """Close components that never ran, the last built first, each close failure logged."""
-    for component in reversed(components):
-        try:
-            await component.close()
-        except Exception:
-            log.exception("component.close_failed", component=component.name)
+    try:
+        await close_all([(c.name, c) for c in components], "components")
+    except ExceptionGroup as group:
+        log_failures(group, "component.close_failed")
 
 
 def _health_channel(loaded: LoadedPipeline) -> HealthChannel | None:
@@ -604,12 +575,6 @@ def _health_channel(loaded: LoadedPipeline) -> HealthChannel | None:
     return HealthChannel(
         settings.target, settings.format, settings.facility, repeat_after=loaded.config.health.interval
     )
-
-
-def _place(loaded: LoadedPipeline, *loc: str) -> str:
-    """``file:line:col`` of a section of ``loaded`` (the file alone when it is not written there)."""
-    place = loaded.source.position(loc)
-    return f"{loaded.path}:{place[0]}:{place[1]}" if place else str(loaded.path)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 
 from ce_daemon.daemon import Daemon
 from ce_daemon.netskope.sim_process import SimulatorProcess, simulator_process
+from ce_daemon.registry import Registry
 
 DEMO_TOKEN_ENV = "CE_DEMO_TOKEN"  # noqa: S105 - the name of a variable, not a password
 DEMO_TOKEN = "demo-token-not-secret"  # noqa: S105 - the simulator's token, printed nowhere by the daemon
@@ -70,7 +71,7 @@ class _HealthPrinter(asyncio.DatagramProtocol):
         print(f"[health] {message}", flush=True)  # noqa: T201 - the demo shows what syslog receives
 
 
-async def run_demo(directory: Path, duration: float, registry: Any) -> int:
+async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
     """Start the simulator and the demo pipeline; run until ^C (or ``duration`` seconds)."""
     directory = directory.resolve()  # noqa: ASYNC240 - once, before anything runs
     (directory / "out").mkdir(parents=True, exist_ok=True)

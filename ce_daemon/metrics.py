@@ -19,17 +19,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import structlog
-from prometheus_client import CollectorRegistry, Histogram, Info, ProcessCollector
+from prometheus_client import CollectorRegistry, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from ce_daemon import __version__
 from ce_daemon.health import HealthRegistry, State
-from ce_daemon.logs.route import RouteComponent
 from ce_daemon.netskope.poller import HistoryPoller, Poller
 from ce_daemon.state import StateError
 
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ce_daemon.metrics")
 
 Labels = tuple[str, ...]
+OwnedT = TypeVar("OwnedT")
 
 # What a poller counts in its status → (metric family, help). Per (tenant, kind, subtype, iterator).
 STREAM_COUNTERS: Mapping[str, tuple[str, str]] = {
@@ -74,24 +74,6 @@ STREAM_COUNTERS: Mapping[str, tuple[str, str]] = {
         "Pages whose wait_time was invalid or above max_wait_time, and was corrected.",
     ),
 }
-# What a log route counts in its status → (metric family, help). Per (route, sink).
-ROUTE_COUNTERS: Mapping[str, tuple[str, str]] = {
-    "received": ("ce_daemon_route_received_records", "Records read from the spool."),
-    "filtered": ("ce_daemon_route_filtered_records", "Records the route's filter or mapping left out."),
-    "muted": ("ce_daemon_route_muted_records", "Records not shipped because a mute window matched."),
-    "sent": ("ce_daemon_route_sent_records", "Records the sink accepted."),
-    "failed": (
-        "ce_daemon_route_failed_records",
-        "Records of send attempts that failed and are retried (counted per attempt).",
-    ),
-    "dead_lettered": (
-        "ce_daemon_route_dead_lettered_records",
-        "Records refused for good, kept in the dead-letter table.",
-    ),
-    "bytes": ("ce_daemon_route_bytes", "Formatted bytes handed to the sink (one separator per record)."),
-    "retries": ("ce_daemon_route_retries", "Batch send attempts that failed and were retried."),
-    "batches": ("ce_daemon_route_batches", "Batches handed to the sink."),
-}
 # What a tenant client counts → (metric family, help). Per tenant: the bucket and a 429 are the tenant's.
 TENANT_COUNTERS: Mapping[str, tuple[str, str]] = {
     "requests": (
@@ -104,7 +86,6 @@ TENANT_COUNTERS: Mapping[str, tuple[str, str]] = {
         "Time requests spent waiting for the tenant's token bucket (or a 429 pause).",
     ),
 }
-BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class MetricsSource(Protocol):
@@ -128,17 +109,10 @@ class MetricsSource(Protocol):
 
 
 class Metrics:
-    """The daemon's Prometheus registry: the batch latency histogram, reload outcomes, and the live state."""
+    """The daemon's Prometheus registry: reload outcomes, the live state, and each job's own families."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.batch_seconds = Histogram(
-            "ce_daemon_route_batch_duration_seconds",
-            "Time the sink took to accept a batch (sink.send), per route.",
-            ["route", "sink"],
-            buckets=BATCH_SECONDS_BUCKETS,
-            registry=self.registry,
-        )
         self.reloads: Counter[str] = Counter(applied=0, rejected=0)
         build = Info("ce_daemon_build", "The running ce-daemon.", registry=self.registry)
         build.info({"version": __version__, "python": sys.version.split()[0]})
@@ -146,6 +120,19 @@ class Metrics:
         self._state = _StateCollector(self)
         self.registry.register(self._state)
         self.source: MetricsSource | None = None
+        self._owned: dict[Callable[[Metrics], object], object] = {}
+
+    @property
+    def spool(self) -> dict[str, Any] | None:
+        """The spool's statistics read for the scrape being rendered (None when unavailable)."""
+        return self._state.spool
+
+    def own(self, kind: Callable[[Metrics], OwnedT]) -> OwnedT:
+        """The one ``kind(self)`` of this registry, made at the first call: how a job adds its families
+        (``kind`` registers its collectors and metrics on :attr:`registry`) and its components find them."""
+        if kind not in self._owned:
+            self._owned[kind] = kind(self)
+        return cast("OwnedT", self._owned[kind])
 
     def watch(self, source: MetricsSource) -> None:
         """Read the live state from ``source`` at every scrape."""
@@ -170,7 +157,7 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
-class _Carry:
+class Carry:
     """Counter totals per label set that survive the replacement of the objects counting them.
 
     Each scrape passes the live objects per label set; an object seen before and gone now has its
@@ -198,7 +185,7 @@ class _Carry:
         return totals
 
 
-def _status_counters(table: Mapping[str, object]) -> Callable[[Any], Mapping[str, float]]:
+def status_counters(table: Mapping[str, object]) -> Callable[[Any], Mapping[str, float]]:
     """Read the counters of ``table`` from a ``ComponentStatus``."""
 
     def read(status: Any) -> Mapping[str, float]:
@@ -222,10 +209,9 @@ class _StateCollector:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self.spool: dict[str, Any] | None = None
-        self._streams = _Carry(_status_counters(STREAM_COUNTERS))
-        self._routes = _Carry(_status_counters(ROUTE_COUNTERS))
-        self._components = _Carry(_restarts)
-        self._tenants = _Carry(_client_counters)
+        self._streams = Carry(status_counters(STREAM_COUNTERS))
+        self._components = Carry(_restarts)
+        self._tenants = Carry(_client_counters)
 
     def collect(self) -> Iterable[Metric]:
         source = self._metrics.source
@@ -241,7 +227,6 @@ class _StateCollector:
         )  # fmt: skip
         yield from self._component_families(source)
         yield from self._stream_families(source)
-        yield from self._route_families(source)
         if source.runtime is not None:
             yield from self._tenant_families(source.runtime)
         if self.spool is not None:
@@ -292,49 +277,20 @@ class _StateCollector:
             hwm = poller.status.counters.get("timestamp_hwm")
             if isinstance(hwm, int | float):
                 lag.add_metric(list(key), max(0.0, now - hwm))
-        yield from _counter_families(STREAM_COUNTERS, labels, self._streams.totals(live))
+        yield from counter_families(STREAM_COUNTERS, labels, self._streams.totals(live))
         yield lag
-
-    def _route_families(self, source: MetricsSource) -> Iterator[Metric]:
-        labels = ["route", "sink"]
-        live: dict[Labels, list[object]] = {}
-        lag = GaugeMetricFamily(
-            "ce_daemon_route_lag_seconds",
-            "Now minus the newest record timestamp the route shipped.",
-            labels=labels,
-        )
-        backlog = GaugeMetricFamily(
-            "ce_daemon_route_backlog_records",
-            "Records in the spool the route has not had acknowledged by its sink yet.",
-            labels=labels,
-        )
-        consumers = (self.spool or {}).get("consumers", {})
-        for supervised in source.supervisor.running.values():
-            route = supervised.component
-            if not isinstance(route, RouteComponent):
-                continue
-            key = (route.config.name, route.route.sink.name)
-            live.setdefault(key, []).append(route.status)
-            if route.status.refresh is not None:
-                route.status.refresh()  # counters that follow the clock (lag_s) are brought up to date
-            if isinstance(lag_s := route.status.counters.get("lag_s"), int | float):
-                lag.add_metric(list(key), lag_s)
-            if self.spool is not None:
-                backlog.add_metric(list(key), consumers.get(route.name, {}).get("records", 0))
-        yield from _counter_families(ROUTE_COUNTERS, labels, self._routes.totals(live))
-        yield lag
-        yield backlog
 
     def _tenant_families(self, runtime: Runtime) -> Iterator[Metric]:
         live: dict[Labels, list[object]] = {}
         for client in runtime.clients.values():
             live.setdefault((client.tenant.name,), []).append(client)
-        yield from _counter_families(TENANT_COUNTERS, ["tenant"], self._tenants.totals(live))
+        yield from counter_families(TENANT_COUNTERS, ["tenant"], self._tenants.totals(live))
 
 
-def _counter_families(
+def counter_families(
     table: Mapping[str, tuple[str, str]], labels: list[str], totals: Mapping[Labels, Counter[str]]
 ) -> Iterator[Metric]:
+    """One counter family per entry of ``table`` (counter → (family, help)), a series per label set."""
     for counter, (name, documentation) in table.items():
         family = CounterMetricFamily(name, documentation, labels=labels)
         for key, total in sorted(totals.items()):

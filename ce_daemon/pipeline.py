@@ -1,26 +1,30 @@
 """From a loaded pipeline to the components that run it, each keyed by name with a fingerprint.
 
 Reload by diff compares fingerprints: a component whose name and fingerprint are unchanged
-keeps running untouched. Pollers are derived, not configured: one per stream that any
-consumer subscribes to (the union over every module), recomputed on every reload.
+keeps running untouched (see :mod:`ce_daemon.topology`). Each job plans its own components
+(:meth:`ce_daemon.jobs.Job.plan`); pollers are derived, not configured: one per stream that any
+job's consumers subscribe to (the union over every job), recomputed on every reload.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ce_daemon.config.load import LoadedPipeline
 from ce_daemon.config.model import Tenant
+from ce_daemon.config.source import Loc
 from ce_daemon.health import HealthRegistry
+from ce_daemon.keys import ComponentKey, StreamKey
 from ce_daemon.metrics import Metrics
 from ce_daemon.netskope.client import TenantClient
 from ce_daemon.spool import Spool
 from ce_daemon.state import StateStore
 from ce_daemon.supervisor import Component
+from ce_daemon.teardown import close_all
 
 Stage = Literal["producer", "consumer", "other"]
 
@@ -29,13 +33,23 @@ Stage = Literal["producer", "consumer", "other"]
 class ComponentSpec:
     """How to build one component, and what identifies its settings."""
 
-    name: str
+    key: ComponentKey
     fingerprint: str
     stage: Stage
     build: Callable[[], Component]
+    place: Loc = ()
+    """Where the YAML that defines it is (``("logs", "routes", 2)``): a reload it refuses points there."""
     consumes: frozenset[str] | None = None
+    """The spool streams a consumer reads (``tenant/kind/subtype``)."""
     require_healthy: bool = False
     """A reload that adds or changes it is refused when its start check fails (else it runs degraded)."""
+    client: str | None = None
+    """The key of the tenant client it uses (:meth:`Runtime.client_for`), kept open while any uses it."""
+
+    @property
+    def name(self) -> str:
+        """The component's name, as status, metrics and logs show it."""
+        return str(self.key)
 
 
 @dataclass
@@ -46,85 +60,76 @@ class Runtime:
     spool: Spool
     health: HealthRegistry
     data_dir: Path
+    metrics: Metrics
     clients: dict[str, TenantClient] = field(default_factory=dict)
-    metrics: Metrics = field(default_factory=Metrics)
+
+    @staticmethod
+    def client_key(tenant: Tenant, fingerprint: str) -> str:
+        """The key of the client of ``tenant`` with settings ``fingerprint``."""
+        return f"{tenant.name}:{fingerprint}"
 
     def client_for(self, tenant: Tenant, fingerprint: str) -> TenantClient:
         """The tenant's shared client (one session, one token bucket for all its pollers)."""
-        key = f"{tenant.name}:{fingerprint}"
+        key = self.client_key(tenant, fingerprint)
         client = self.clients.get(key)
         if client is None:
             client = self.clients[key] = TenantClient(tenant)
         return client
 
-    async def forget_unused(self, specs: dict[str, ComponentSpec]) -> None:
-        """Close the clients no component of the new generation uses."""
-        used = {":".join(s.fingerprint.split(":")[:2]) for s in specs.values() if s.stage == "producer"}
-        for key in [k for k in self.clients if k not in used]:
-            await self.clients.pop(key).close()
+    async def forget_unused(self, specs: Mapping[str, ComponentSpec]) -> None:
+        """Close the clients no component of ``specs`` uses (each close tried, failures raised together)."""
+        used = {s.client for s in specs.values() if s.client is not None}
+        await close_all(
+            [(k, self.clients.pop(k)) for k in list(self.clients) if k not in used], "tenant clients"
+        )
 
     async def close(self) -> None:
         """Close every tenant client."""
-        for client in self.clients.values():
-            await client.close()
+        clients = list(self.clients.items())
         self.clients.clear()
+        await close_all(clients, "tenant clients")
 
 
 def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, ComponentSpec]:
-    """Every component ``loaded`` needs, by name."""
-    from ce_daemon.logs.route import RouteComponent
+    """Every component ``loaded`` needs, by name: each job's, and one poller per stream they read."""
+    specs: dict[str, ComponentSpec] = {}
+    for job, resolved in loaded.resolved_jobs():
+        for spec in job.plan(loaded, resolved, runtime):
+            if spec.name in specs:
+                raise ValueError(f"two components named {spec.name!r} (the {job.name!r} job planned one)")
+            specs[spec.name] = spec
+    for stream in loaded.streams().values():
+        specs.update((spec.name, spec) for spec in _pollers(loaded, stream, runtime))
+    return specs
+
+
+def _pollers(loaded: LoadedPipeline, stream: StreamKey, runtime: Runtime) -> list[ComponentSpec]:
+    """The live poller of ``stream``, and its look-back when the tenant asks for one."""
     from ce_daemon.netskope.poller import HistoryPoller, Poller
 
-    specs: dict[str, ComponentSpec] = {}
-    for stream in loaded.streams().values():
-        tenant = loaded.tenants[stream.tenant]
-        tenant_fp = loaded.tenant_fingerprints[tenant.name]
-        client_key = f"{tenant.name}:{tenant_fp}"
-        name = f"poller:{stream.key}"
-        specs[name] = ComponentSpec(
-            name=name,
-            fingerprint=f"{client_key}:{_digest(stream.key)}",
-            stage="producer",
-            build=_bind(
-                Poller,
-                name,
-                f"{client_key}:{_digest(stream.key)}",
-                stream,
-                tenant,
-                tenant_fp,
-                runtime,
-                now=loaded.loaded_at,
-            ),
-        )
-        if tenant.lookback is not None:
-            history = f"history:{stream.key}"
-            fingerprint = f"{client_key}:{_digest(stream.key, 'history')}"
-            specs[history] = ComponentSpec(
-                name=history,
+    tenant = loaded.tenants[stream.tenant]
+    tenant_fp = loaded.tenant_fingerprints[tenant.name]
+    client = runtime.client_key(tenant, tenant_fp)
+    place = ("tenants", [t.name for t in loaded.config.tenants].index(tenant.name))
+    roles: list[tuple[ComponentKey, type[Poller], tuple[str, ...]]] = [
+        (ComponentKey.poller(stream), Poller, (str(stream),))
+    ]
+    if tenant.lookback is not None:
+        roles.append((ComponentKey.history(stream), HistoryPoller, (str(stream), "history")))
+    specs = []
+    for key, factory, digested in roles:
+        fingerprint = f"{client}:{_digest(*digested)}"
+        specs.append(
+            ComponentSpec(
+                key=key,
                 fingerprint=fingerprint,
                 stage="producer",
                 build=_bind(
-                    HistoryPoller,
-                    history,
-                    fingerprint,
-                    stream,
-                    tenant,
-                    tenant_fp,
-                    runtime,
-                    now=loaded.loaded_at,
+                    factory, str(key), fingerprint, stream, tenant, tenant_fp, runtime, now=loaded.loaded_at
                 ),
+                place=place,
+                client=client,
             )
-    for route in loaded.routes.values():
-        if not route.config.enabled:
-            continue
-        name = f"route:{route.config.name}"
-        specs[name] = ComponentSpec(
-            name=name,
-            fingerprint=route.fingerprint,
-            stage="consumer",
-            build=_bind(RouteComponent, name, route.fingerprint, route, loaded, runtime),
-            consumes=frozenset(s.key for s in route.streams),
-            require_healthy=route.config.require_healthy,
         )
     return specs
 

@@ -166,8 +166,9 @@ def remember_pipeline(loaded: LoadedPipeline) -> None:
 def pipeline_secrets(loaded: LoadedPipeline) -> set[str]:
     """Every secret value of a loaded pipeline: resolved references and ``SecretStr`` settings."""
     found = set(_secret_strings(loaded.config))
-    for route in loaded.routes.values():
-        found.update(_secret_strings(route.sink_options))
+    for job, resolved in loaded.resolved_jobs():
+        for holder in job.secret_holders(resolved):
+            found.update(_secret_strings(holder))
     source = loaded.source
     for loc in source.secret_paths:  # references may sit in plain fields too (a header's value)
         value: Any = source.data

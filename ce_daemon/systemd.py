@@ -7,6 +7,7 @@ unset and every method quietly does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 import structlog
 
 from ce_daemon import redact
+from ce_daemon.health import HealthRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +110,28 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+async def keep_watchdog_fed(notifier: Notifier, health: HealthRegistry, stall_limit: float) -> None:
+    """Pet the systemd watchdog every half period while the event loop keeps time and no component stalls.
+
+    Returns at once when systemd asked for no watchdog. A loop late by a whole period, or a component
+    that made no progress for ``stall_limit`` seconds, withholds the ping (``daemon.watchdog_withheld``):
+    systemd then restarts the daemon, as it should for a hung process.
+    """
+    interval = notifier.watchdog_interval()
+    if interval is None:
+        return
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(interval)
+        lag = loop.time() - before - interval
+        stalled = health.stalled(stall_limit)
+        if lag < interval and not stalled:
+            notifier.watchdog()
+        else:
+            log.error("daemon.watchdog_withheld", loop_lag_s=round(lag, 3), stalled=stalled)
 
 
 def _socket_address(notify_socket: str | None) -> str | None:

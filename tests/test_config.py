@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ce_daemon.config.load import load_pipeline
 from ce_daemon.config.model import SyslogSettings
 from ce_daemon.errors import ConfigError
+from ce_daemon.logs.job import routes_of, secrets_resolved
 from ce_daemon.registry import Registry
 from ce_daemon.syslog import HealthChannel
 from ce_daemon.testing.configs import config_problems
@@ -61,7 +62,7 @@ def check(path: Path, env: dict[str, str] | None = None) -> subprocess.Completed
 def test_valid_pipeline_resolves_streams_filter_and_sink(tmp_path: Path, registry: Registry) -> None:
     """A valid file loads with its subtypes normalised, its filter compiled and its sink options validated."""
     loaded = load_pipeline(write(tmp_path, GOOD), registry, environ={"ACME_TOKEN": "t0k3n"})
-    route = loaded.routes["to-file"]
+    route = routes_of(loaded)["to-file"]
     assert [s.key for s in route.streams] == ["acme/alerts/dlp", "acme/alerts/malware", "acme/events/audit"]
     assert route.predicate is not None
     assert route.predicate({"severity": "high"}) and not route.predicate({"severity": "low"})
@@ -349,8 +350,8 @@ def test_disabled_route_needs_no_secret(tmp_path: Path, registry: Registry) -> N
         )
     )
     loaded = load_pipeline(write(tmp_path, GOOD + route), registry, environ={"ACME_TOKEN": "x"})
-    assert not loaded.routes["later"].config.enabled
-    assert loaded.secrets_resolved("to-file") and not loaded.secrets_resolved("later")
+    assert not routes_of(loaded)["later"].config.enabled
+    assert secrets_resolved(loaded, "to-file") and not secrets_resolved(loaded, "later")
     assert loaded.unverified_secrets == []
 
 

@@ -19,6 +19,7 @@ from pydantic import model_validator
 
 from ce_daemon.config.load import load_pipeline
 from ce_daemon.filter import FilterError, compile_filter
+from ce_daemon.logs.job import routes_of
 from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SendResult
 from ce_daemon.registry import PluginInfo, Registry
 from ce_daemon.testing.configs import billion_laughs, config_problems, run_bounded
@@ -248,7 +249,7 @@ def test_merge_keys_share_defaults_and_written_keys_win(tmp_path: Path, registry
         "alerts: [dlp]", "alerts: [dlp]\n      batch: &defaults {max_records: 10, max_wait: 2s}"
     )
     loaded = load_pipeline(write(tmp_path, text), registry, environ=ENV)
-    batch = loaded.routes["second"].config.batch
+    batch = routes_of(loaded)["second"].config.batch
     assert (batch.max_records, batch.max_wait) == (20, 2.0)
 
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ce_daemon.config.load import load_pipeline
 from ce_daemon.health import HealthRegistry
-from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
+from ce_daemon.jobs import Jobs
 from ce_daemon.logs.route import RouteComponent
 from ce_daemon.metrics import Metrics
 from ce_daemon.netskope.poller import Poller
@@ -116,11 +116,15 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 async def live(tmp_path: Path) -> AsyncIterator[Live]:
     (tmp_path / "pipeline.yaml").write_text(PIPELINE, encoding="utf-8")
     loaded = load_pipeline(tmp_path / "pipeline.yaml", Registry.discover(), environ={"ACME_TOKEN": "t"})
-    store = await StateStore.open(loaded.config.state.path, SPOOL_MIGRATIONS + DEADLETTER_MIGRATIONS)
+    jobs = Jobs.discover()
+    store = await StateStore.open(loaded.config.state.path, SPOOL_MIGRATIONS + jobs.migrations())
     spool = Spool(store, SPOOL_CAP)
     await spool.load()
     health = HealthRegistry()
-    runtime = Runtime(store=store, spool=spool, health=health, data_dir=tmp_path)
+    metrics = Metrics()
+    for job in jobs.loaded():
+        job.register_metrics(metrics)
+    runtime = Runtime(store=store, spool=spool, health=health, data_dir=tmp_path, metrics=metrics)
     state = Live(health, Supervisor(), runtime, plan_components(loaded, runtime))
     await spool.set_consumers({"route:to-file": {"acme/alerts/dlp"}})
     for name in state.specs:

@@ -21,6 +21,7 @@ import pytest
 from ce_file.sink import FileSinkOptions
 
 from ce_daemon.config.load import load_pipeline
+from ce_daemon.logs.job import routes_of
 from ce_daemon.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +135,7 @@ def test_installed_example_uses_the_units_directories(installed: Path, tmp_path:
     assert loaded.config.state.path.parent == Path("/var/lib") / unit["StateDirectory"][0]
     assert loaded.tenants["acme"].token.get_secret_value() == CREDENTIAL_VALUE
     writable = [Path("/var/log") / unit["LogsDirectory"][0], *map(Path, unit.get("ReadWritePaths", []))]
-    files = [r.sink_options for r in loaded.routes.values() if r.config.enabled and r.sink.name == "file"]
+    files = [r.sink_options for r in routes_of(loaded).values() if r.config.enabled and r.sink.name == "file"]
     assert files
     for options in files:
         assert isinstance(options, FileSinkOptions)

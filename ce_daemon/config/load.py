@@ -1,11 +1,11 @@
 """Load and validate a pipeline file completely: the one code path ``check``, start and reload share.
 
-Every problem is collected with its place in the file; nothing touches the running system.
+Every problem is collected with its place in the file; nothing touches the running system. The core
+validates its own sections; each installed job (:mod:`ce_daemon.jobs`) validates and resolves its own.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import ssl
@@ -21,7 +21,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from ce_daemon.config.model import Pipeline, Route, SettingError, Tenant, anchor_paths
+from ce_daemon.config.model import Pipeline, SettingError, Tenant, anchor_paths, compose_pipeline
 from ce_daemon.config.secrets import (
     expects_secret,
     inline_secret_problem,
@@ -34,67 +34,27 @@ from ce_daemon.config.source import Loc, Source, read_source
 from ce_daemon.control import control_socket_path, socket_path_problem
 from ce_daemon.errors import ConfigError, Problem
 from ce_daemon.files import UnusableFileError, read_regular_file
-from ce_daemon.filter import FilterError, FilterProblem, compile_filter
-from ce_daemon.logs.mapping import Mapping as LogMapping
-from ce_daemon.logs.mapping import MappingError, parse_json_fields
-from ce_daemon.netskope.subtypes import normalise_subtype
-from ce_daemon.plugin import PluginOptions
-from ce_daemon.registry import PluginInfo, Registry
+from ce_daemon.jobs import Job, Jobs, Resolution
+from ce_daemon.keys import StreamKey
+from ce_daemon.registry import Registry
 from ce_daemon.state import shared_directory_problem
 
 MAX_CA_FILE_BYTES = 1024**2
 """The largest tenant CA bundle read (Mozilla's whole root store is about 200 KB)."""
 
-Predicate = Callable[[Mapping[str, Any]], bool]
 SectionT = typing.TypeVar("SectionT", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One Netskope data stream: a (tenant, alerts|events, subtype) pulled once for all consumers."""
-
-    tenant: str
-    kind: str
-    subtype: str
-
-    @property
-    def key(self) -> str:
-        """The spool's name for it: ``tenant/kind/subtype``."""
-        return f"{self.tenant}/{self.kind}/{self.subtype}"
-
-
-@dataclass(frozen=True)
-class Mute:
-    """A resolved mute window."""
-
-    name: str
-    start: float
-    end: float
-    predicate: Predicate | None
-
-
-@dataclass(frozen=True)
-class ResolvedRoute:
-    """A log route with everything resolved: its streams, filter, mapping and sink."""
-
-    config: Route
-    streams: tuple[Stream, ...]
-    predicate: Predicate | None
-    mutes: tuple[Mute, ...]
-    mapping: LogMapping
-    sink: PluginInfo
-    sink_options: PluginOptions
-    fingerprint: str
+ResolvedT = typing.TypeVar("ResolvedT")
 
 
 @dataclass
 class LoadedPipeline:
-    """A valid pipeline file, resolved, with a fingerprint per component for reload by diff."""
+    """A valid pipeline file, resolved: the core's sections, and what each job made of its own."""
 
     path: Path
     config: Pipeline
     source: Source
-    routes: dict[str, ResolvedRoute] = field(default_factory=dict)
+    jobs: tuple[Job[Any, Any], ...] = ()
+    """The jobs installed when the file was loaded (each resolved its section, present or not)."""
     tenants: dict[str, Tenant] = field(default_factory=dict)
     tenant_fingerprints: dict[str, str] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
@@ -103,109 +63,151 @@ class LoadedPipeline:
     unverified_secrets: list[Problem] = field(default_factory=list)
     """Secret references left unresolved on request (``check --allow-unresolved-secrets``)."""
     stand_ins: set[Loc] = field(default_factory=set)
-    """Places of secrets that hold a stand-in, not the secret: disabled routes' unresolved ones, and
+    """Places of secrets that hold a stand-in, not the secret: disabled entries' unresolved ones, and
     the unverified ones. A component using one must not be run."""
     warnings: list[Problem] = field(default_factory=list)
     """What is valid but probably not meant (a filter comparing a field to a list literal...), placed
     like problems; ``check`` prints them and the daemon logs them (``config.warning``)."""
+    _resolved: dict[str, object] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
         """The folder of the pipeline file (relative paths resolve from here)."""
         return self.path.parent
 
-    def streams(self) -> dict[str, Stream]:
-        """Every stream any consumer subscribes to: the union the pollers must pull."""
-        found: dict[str, Stream] = {}
-        for route in self.routes.values():
-            if route.config.enabled:
-                for stream in route.streams:
-                    found[stream.key] = stream
+    def resolved(self, job: type[Job[Any, ResolvedT]]) -> ResolvedT:
+        """What ``job`` made of its section (KeyError when that job was not installed at load)."""
+        value = self._resolved[job.name]
+        return typing.cast("ResolvedT", value)
+
+    def resolved_jobs(self) -> list[tuple[Job[Any, Any], object]]:
+        """Every job with what it made of its section, by name."""
+        return [(job, self._resolved[job.name]) for job in self.jobs]
+
+    def streams(self) -> dict[str, StreamKey]:
+        """Every stream any job's consumers subscribe to: the union the pollers must pull."""
+        found = {str(s): s for job, resolved in self.resolved_jobs() for s in job.streams(resolved)}
         return dict(sorted(found.items()))
 
-    def place_of(self, component: str) -> str:
-        """``file:line:col`` of the YAML that defines a component (``route:NAME``, ``poller:TENANT/…``)."""
-        kind, _, name = component.partition(":")
-        tenant = name.split("/", 1)[0]
-        data = self.source.data if isinstance(self.source.data, dict) else {}
-        section, wanted = (("logs", "routes"), name) if kind == "route" else (("tenants",), tenant)
-        entries: Any = data
-        for part in section:
-            entries = entries.get(part) if isinstance(entries, dict) else None
-        for index, entry in enumerate(entries if isinstance(entries, list) else []):
-            if isinstance(entry, dict) and entry.get("name") == wanted:
-                place = self.source.position((*section, index))
-                if place:
-                    return f"{self.path}:{place[0]}:{place[1]}"
-        return str(self.path)
+    def place(self, loc: Loc) -> str:
+        """``file:line:col`` of ``loc`` in the file (the file alone when it is not written there)."""
+        place = self.source.position(loc)
+        return f"{self.path}:{place[0]}:{place[1]}" if place else str(self.path)
 
-    def secrets_resolved(self, route: str) -> bool:
-        """True when every secret of the named route was resolved (none is a stand-in)."""
-        for index, config in enumerate(self.config.logs.routes):
-            if config.name == route:
-                where = ("logs", "routes", index)
-                return not any(loc[:3] == where for loc in self.stand_ins)
-        return True
+    def stand_in_under(self, loc: Loc) -> bool:
+        """True when a secret at or below ``loc`` holds a stand-in (it was not resolved)."""
+        return any(where[: len(loc)] == loc for where in self.stand_ins)
 
     def section_fingerprint(self, *path: str) -> str:
         """A digest of one raw section of the file (secrets included, never shown)."""
         data: Any = self.source.data
         for part in path:
             data = data.get(part) if isinstance(data, dict) else None
-        return _digest(data)
+        return digest(data)
 
 
 def load_pipeline(
     path: Path,
     registry: Registry,
     *,
+    jobs: Jobs | None = None,
     environ: Mapping[str, str] | None = None,
     allow_unresolved_secrets: bool = False,
 ) -> LoadedPipeline:
     """Parse, validate and resolve ``path``; raise :class:`ConfigError` with every problem found.
 
-    Secrets of disabled routes need not resolve. With ``allow_unresolved_secrets``, neither do
-    references this environment cannot resolve (an unset variable, no ``$CREDENTIALS_DIRECTORY``,
+    ``jobs`` are the installed jobs (discovered when not given): each validates and resolves its
+    section. Secrets of disabled entries need not resolve. With ``allow_unresolved_secrets``, neither
+    do references this environment cannot resolve (an unset variable, no ``$CREDENTIALS_DIRECTORY``,
     an unreadable file): they get a stand-in, are listed in ``unverified_secrets``, and the rest of
     the file is validated. Only ``check`` may ask for that; nothing may run such a pipeline.
     """
+    jobs = Jobs.discover() if jobs is None else jobs
+    active = tuple(jobs.loaded())
+    model = compose_pipeline(tuple((job.name, job.section) for job in active))
     source = read_source(path, environ=environ)
     problems = list(source.problems)
     if not isinstance(source.data, dict):
         raise ConfigError(problems)
-    problems.extend(misplaced_secrets(source, registry))
-    unverified, stand_ins = settle_unresolved(source, problems, allow_unresolved_secrets)
+    problems.extend(_failed_jobs(source, jobs))
+    problems.extend(misplaced_secrets(source, model, _options_model(active, registry)))
+    inactive = {loc for job in active for loc in job.inactive(source)}
+    unverified, stand_ins = settle_unresolved(source, problems, allow_unresolved_secrets, inactive)
+    failed = {info.name for info in jobs.failed()}
     config: Pipeline | None = None
     try:
-        config = Pipeline.model_validate(source.data)
+        config = model.model_validate({k: v for k, v in source.data.items() if k not in failed})
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(source, exc, (), Pipeline))
-    problems.extend(inline_secrets(source, config if config is not None else valid_sections(source), ()))
-    resolved = _Resolver(source, registry, problems)
-    resolved.check_routes()
+        problems.extend(pydantic_problems(source, exc, (), model))
+    valid = config if config is not None else valid_sections(source, model)
+    problems.extend(inline_secrets(source, valid, ()))
+    problems.extend(unique_names(source, ("tenants",)))
+    resolution = Resolution(source, registry, problems, [])
+    resolved = {job.name: job.resolve(resolution, job.settings(config) if config else None) for job in active}
     if config is not None:
         anchored = anchor_paths(config, path.parent.absolute())
         problems.extend(_state_problems(source, anchored))
         problems.extend(_control_problems(source, anchored))
         problems.extend(_tenant_problems(source, anchored))
     if problems or config is None:
-        raise ConfigError(_dedupe(problems))
+        raise ConfigError(dedupe(problems))
     loaded = LoadedPipeline(
         path=path,
         config=anchor_paths(config, path.parent.absolute()),
         source=source,
+        jobs=active,
         unverified_secrets=unverified,
         stand_ins=stand_ins,
+        warnings=dedupe(resolution.warnings),
+        _resolved=resolved,
     )
     loaded.tenants = {t.name: t for t in config.tenants}
     raw_tenants = source.data.get("tenants") or []
     for index, tenant in enumerate(config.tenants):
-        loaded.tenant_fingerprints[tenant.name] = _digest(raw_tenants[index])
-    loaded.routes = resolved.build_routes(config)
-    if problems:
-        raise ConfigError(_dedupe(problems))
-    loaded.warnings = _dedupe(resolved.warnings)
+        loaded.tenant_fingerprints[tenant.name] = digest(raw_tenants[index])
     return loaded
+
+
+def _failed_jobs(source: Source, jobs: Jobs) -> list[Problem]:
+    """The file has the section of a job that did not load: say which, from where, and why."""
+    data = source.data if isinstance(source.data, dict) else {}
+    return [
+        source.problem(
+            (info.name,),
+            f"the {info.name!r} job from {info.distribution} {info.version} failed to load: {info.error}",
+            key=True,
+        )
+        for info in jobs.failed()
+        if info.name in data
+    ]
+
+
+def _options_model(
+    jobs: tuple[Job[Any, Any], ...], registry: Registry
+) -> Callable[[Source, Loc], tuple[type[BaseModel] | None, Loc] | None]:
+    """Which plugin's model validates a place of the file, asking the job whose section it is in."""
+    by_name = {job.name: job for job in jobs}
+
+    def model_at(source: Source, loc: Loc) -> tuple[type[BaseModel] | None, Loc] | None:
+        job = by_name.get(str(loc[0])) if loc else None
+        return job.options_model(source, registry, loc) if job is not None else None
+
+    return model_at
+
+
+def unique_names(source: Source, loc: Loc) -> list[Problem]:
+    """A problem for each entry of the list at ``loc`` whose ``name`` an earlier entry already has."""
+    entries = source.value_at(loc)
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            continue  # the model reports a name that is not text
+        if name in seen:
+            problems.append(source.problem((*loc, index, "name"), f"the name {name!r} is used twice"))
+        seen.add(name)
+    return problems
 
 
 def section_settings(source: Source, model: type[SectionT], *loc: str) -> SectionT:
@@ -222,257 +224,27 @@ def section_settings(source: Source, model: type[SectionT], *loc: str) -> Sectio
     try:
         settings = model.model_validate({} if value is None else value)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(source, exc, loc, model))
+        problems.extend(pydantic_problems(source, exc, loc, model))
     if problems:
-        raise ConfigError(_dedupe(problems))
+        raise ConfigError(dedupe(problems))
     return settings
 
 
-class _Resolver:
-    """The checks that need more than the model: plugins, filters, subtypes, mappings, references."""
-
-    def __init__(self, source: Source, registry: Registry, problems: list[Problem]) -> None:
-        self.source = source
-        self.registry = registry
-        self.problems = problems
-        self.warnings: list[Problem] = []
-        self.sinks: dict[int, tuple[PluginInfo, PluginOptions]] = {}
-        self.predicates: dict[Loc, Predicate | None] = {}
-        self.streams: dict[int, tuple[Stream, ...]] = {}
-        self.mappings: dict[int, LogMapping] = {}
-
-    def _raw_routes(self) -> list[tuple[int, dict[str, Any]]]:
-        data = self.source.data
-        logs = data.get("logs") if isinstance(data, dict) else None
-        routes = logs.get("routes") if isinstance(logs, dict) else None
-        if not isinstance(routes, list):
-            return []
-        return [(i, r) for i, r in enumerate(routes) if isinstance(r, dict)]
-
-    def check_routes(self) -> None:
-        data = self.source.data
-        tenants = (
-            [t.get("name") for t in (data.get("tenants") or []) if isinstance(t, dict)]
-            if isinstance(data.get("tenants"), list)
-            else []
-        )
-        self._unique("tenants", tenants)
-        routes = self._raw_routes()
-        self._unique(("logs", "routes"), [r.get("name") for _, r in routes])
-        for index, raw in routes:
-            loc: Loc = ("logs", "routes", index)
-            tenant = raw.get("tenant")
-            if isinstance(tenant, str) and tenants and tenant not in tenants:
-                close = difflib.get_close_matches(tenant, [str(t) for t in tenants], n=1)
-                self.problems.append(
-                    self.source.problem(
-                        (*loc, "tenant"),
-                        f"no tenant named {tenant!r}",
-                        hint=(f"did you mean {close[0]!r}? " if close else "")
-                        + f"tenants: {', '.join(map(str, tenants))}",
-                    )
-                )
-            self._streams(index, raw, loc)
-            self._sink(index, raw.get("sink"), (*loc, "sink"))
-            self.predicates[(*loc, "filter")] = self._filter(raw.get("filter"), (*loc, "filter"))
-            mutes = raw.get("mute")
-            for m, mute in enumerate(mutes if isinstance(mutes, list) else []):
-                if isinstance(mute, dict):
-                    self.predicates[(*loc, "mute", m)] = self._filter(
-                        mute.get("filter"), (*loc, "mute", m, "filter")
-                    )
-            self._mapping(index, raw, loc)
-            self._fields(raw, loc)
-
-    def _unique(self, section: str | tuple[str, ...], names: list[Any]) -> None:
-        base = (section,) if isinstance(section, str) else section
-        seen: set[Any] = set()
-        for i, name in enumerate(names):
-            if not isinstance(name, str):
-                continue  # the model reports a name that is not text
-            if name in seen:
-                self.problems.append(
-                    self.source.problem((*base, i, "name"), f"the name {name!r} is used twice")
-                )
-            seen.add(name)
-
-    def _streams(self, index: int, raw: dict[str, Any], loc: Loc) -> None:
-        tenant = raw.get("tenant") if isinstance(raw.get("tenant"), str) else "?"
-        found: list[Stream] = []
-        for kind in ("alerts", "events"):
-            names = raw.get(kind) or []
-            if not isinstance(names, list):
-                continue
-            for i, name in enumerate(names):
-                if not isinstance(name, str):
-                    continue
-                try:
-                    found.append(Stream(str(tenant), kind, normalise_subtype(kind, name)))
-                except ValueError as exc:
-                    self.problems.append(self.source.problem((*loc, kind, i), str(exc)))
-        if not found and isinstance(raw.get("name"), str):
-            self.problems.append(
-                self.source.problem(
-                    loc,
-                    "the route reads nothing",
-                    hint="list subtypes under `alerts:` and/or `events:` (e.g. alerts: [dlp])",
-                )
-            )
-        self.streams[index] = tuple(dict.fromkeys(found))
-
-    def _sink(self, index: int, raw: object, loc: Loc) -> None:
-        if not isinstance(raw, dict):
-            return  # the model reports the wrong shape
-        kind = "log_sink"
-        type_name = raw.get("type")
-        if not isinstance(type_name, str):
-            self.problems.append(
-                self.source.problem(
-                    (*loc, "type"), "the sink needs a `type:`", hint=self.registry.unknown_hint(kind, "")
-                )
-            )
-            return
-        info = self.registry.get(kind, type_name)
-        if info is None:
-            self.problems.append(
-                self.source.problem(
-                    (*loc, "type"),
-                    f"unknown log sink type {type_name!r}",
-                    hint=self.registry.unknown_hint(kind, type_name),
-                )
-            )
-            return
-        if info.cls is None:
-            self.problems.append(
-                self.source.problem(
-                    (*loc, "type"),
-                    f"the {type_name!r} plugin from {info.distribution} {info.version} failed to load: "
-                    f"{info.error}",
-                )
-            )
-            return
-        options = {k: v for k, v in raw.items() if k != "type"}
-        try:
-            self.sinks[index] = (info, info.cls.Options.model_validate(options))
-        except ValidationError as exc:
-            self.problems.extend(_pydantic_problems(self.source, exc, loc, info.cls.Options))
-            return
-        except Exception as exc:  # noqa: BLE001 - a plugin's validator that fails otherwise must not crash check
-            self.problems.append(
-                self.source.problem(
-                    loc,
-                    f"the {type_name!r} plugin failed to validate these options ({type(exc).__name__})",
-                    hint=f"a bug of {info.distribution} {info.version}: please report it with the options",
-                )
-            )
-            return
-        self.problems.extend(inline_secrets(self.source, self.sinks[index][1], loc))
-
-    def _filter(self, spec: object, loc: Loc) -> Predicate | None:
-        if spec is None:
-            return None
-        inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
-        warnings: list[FilterProblem] = []
-        try:
-            return compile_filter(spec, warnings=warnings)
-        except FilterError as exc:
-            for problem in exc.problems:
-                where = (*loc, *problem.loc) if inside else loc
-                self.problems.append(
-                    self.source.problem(where, problem.message, key=inside and problem.at_key)
-                )
-            return None
-        finally:
-            for warning in warnings:
-                where = (*loc, *warning.loc) if inside else loc
-                self.warnings.append(self.source.problem(where, warning.message))
-
-    def _fields(self, raw: dict[str, Any], loc: Loc) -> None:
-        fields = raw.get("fields")
-        if fields is None:
-            return
-        if raw.get("format", "cef") != "json":
-            self.problems.append(
-                self.source.problem((*loc, "fields"), "`fields` applies to `format: json` only")
-            )
-            return
-        try:
-            parse_json_fields(fields, source=self.source.file)
-        except MappingError as exc:
-            for problem in exc.problems:
-                self.problems.append(self.source.problem((*loc, "fields"), str(problem)))
-
-    def _mapping(self, index: int, raw: dict[str, Any], loc: Loc) -> None:
-        name = raw.get("mapping", "netskope")
-        if not isinstance(name, str):
-            return
-        try:
-            if "/" in name or name.endswith(".json"):
-                path = Path(name)
-                mapping = LogMapping.load(
-                    path if path.is_absolute() else Path(self.source.file).parent / path
-                )
-            else:
-                mapping = LogMapping.builtin(name)
-        except MappingError as exc:
-            for problem in exc.problems:
-                # said as the mapping file's own place (file:line:col: json.path: message), hint apart
-                where = dataclasses.replace(problem, hint=None).render()
-                self.problems.append(self.source.problem((*loc, "mapping"), where, hint=problem.hint))
-            return
-        except (OSError, ValueError) as exc:
-            self.problems.append(
-                self.source.problem((*loc, "mapping"), f"cannot load mapping {name!r}: {exc}")
-            )
-            return
-        if raw.get("format", "cef") != "json":
-            for stream in self.streams.get(index, ()):
-                if not mapping.covers(stream.kind, stream.subtype):
-                    self.problems.append(
-                        self.source.problem(
-                            (*loc, "mapping"),
-                            f"mapping {name!r} has no taxonomy for {stream.kind} {stream.subtype!r}",
-                            hint="add it to the mapping file, or use the built-in `netskope` mapping",
-                        )
-                    )
-        self.mappings[index] = mapping
-
-    def build_routes(self, config: Pipeline) -> dict[str, ResolvedRoute]:
-        routes: dict[str, ResolvedRoute] = {}
-        raw_routes = dict(self._raw_routes())
-        for index, route in enumerate(config.logs.routes):
-            loc: Loc = ("logs", "routes", index)
-            sink, options = self.sinks[index]
-            mutes = tuple(
-                Mute(m.name, m.start.timestamp(), m.end.timestamp(), self.predicates.get((*loc, "mute", i)))
-                for i, m in enumerate(route.mute)
-            )
-            mapping = self.mappings[index]
-            routes[route.name] = ResolvedRoute(
-                config=route,
-                streams=self.streams[index],
-                predicate=self.predicates.get((*loc, "filter")),
-                mutes=mutes,
-                mapping=mapping,
-                sink=sink,
-                sink_options=options,
-                fingerprint=_digest([raw_routes.get(index), mapping.fingerprint, sink.version]),
-            )
-        return routes
-
-
-def _digest(value: object) -> str:
+def digest(value: object) -> str:
+    """A short stable digest of plain data (a fingerprint of settings for reload by diff)."""
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:16]
 
 
-def _dedupe(problems: list[Problem]) -> list[Problem]:
+def dedupe(problems: list[Problem]) -> list[Problem]:
+    """``problems`` once each, in the order of the file."""
     unique = list(dict.fromkeys(problems))
     return sorted(unique, key=lambda p: (p.line or 0, p.column or 0))
 
 
-def _pydantic_problems(
+def pydantic_problems(
     source: Source, exc: ValidationError, prefix: Loc, model: type[BaseModel]
 ) -> list[Problem]:
+    """The problems of a pydantic error of ``model``, validated from ``prefix`` in ``source``, each placed."""
     problems: list[Problem] = []
     errors = exc.errors(include_url=False)
     # a misspelt required key yields "unknown key" and "missing"; report it once, as the misspelling

@@ -2,11 +2,13 @@
 
 Structure is validated here; what needs the installed plugins or other modules (a sink's own
 options, a filter, subtype names, a mapping file) is resolved afterwards in ``load.py`` so that
-every problem of the file is reported in one pass.
+every problem of the file is reported in one pass. These are the core's sections: each job's
+section model is added to :class:`Pipeline` by :func:`compose_pipeline`.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -16,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -25,8 +27,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    create_model,
     field_validator,
-    model_validator,
 )
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -266,10 +268,10 @@ def _moment(value: object) -> object:
     if value is None or value == "now":
         return None
     if isinstance(value, datetime):
-        return _within_dates(_aware(value).timestamp())
+        return _within_dates(as_aware(value).timestamp())
     if isinstance(value, str) and re.match(r"\d{4}-\d\d-\d\d", value):
         try:
-            return _within_dates(_aware(datetime.fromisoformat(value)).timestamp())
+            return _within_dates(as_aware(datetime.fromisoformat(value)).timestamp())
         except (ValueError, OverflowError) as exc:
             raise ValueError(f"not a valid date and time: {exc}") from exc
     seconds = _duration(value)
@@ -284,7 +286,8 @@ def _within_dates(epoch: float) -> float:
     return epoch
 
 
-def _aware(moment: datetime) -> datetime:
+def as_aware(moment: datetime) -> datetime:
+    """``moment`` with UTC as its zone when it has none."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -338,62 +341,8 @@ class Tenant(Strict):
         return url
 
 
-class Batch(Strict):
-    """When a route hands a batch to its sink: whichever limit is reached first."""
-
-    max_records: Annotated[int, Field(gt=0, le=1_000_000)] = 5000
-    max_bytes: Annotated[Size, Field(le=1024**3)] = 1_000_000
-    max_wait: Annotated[Duration, Field(le=3600)] = 1.0
-    """Zero sends whatever has arrived at once."""
-
-
-class MuteWindow(Strict):
-    """Records are not shipped while a mute window is active (they are acknowledged and counted)."""
-
-    name: str = "mute"
-    start: datetime
-    end: datetime
-    filter: Any = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if _aware(self.end) <= _aware(self.start):
-            raise ValueError("a mute window's end must come after its start")
-        return self
-
-
-class Route(Strict):
-    """A log route: what to read, how to filter and format it, and the one sink it goes to."""
-
-    name: Name
-    tenant: str
-    alerts: list[str] = []
-    events: list[str] = []
-    filter: Any = None
-    mute: list[MuteWindow] = []
-    format: Literal["cef", "leef", "json"] = "cef"
-    mapping: str = "netskope"
-    fields: list[str | dict[str, Any]] | None = None
-    """With ``format: json``: the fields to send (names, or ``{name, mapping_field, default_value}`` to
-    rename); unset sends the mapping's JSON taxonomy, which for the built-in mapping is the raw record."""
-    batch: Batch = Batch()
-    retry_max_delay: Annotated[Duration, Field(gt=0, le=86400)] = 300.0
-    """More than zero (zero retries in a busy loop), at most a day."""
-    sink: dict[str, Any]
-    enabled: bool = True
-    require_healthy: bool = False
-    """Refuse a reload that adds or changes this route when its sink fails the start check (by default
-    the route starts degraded and retries, as at daemon start)."""
-
-
-class Logs(Strict):
-    """The Cloud Log Shipper job."""
-
-    routes: list[Route] = []
-
-
 class Pipeline(Strict):
-    """The whole pipeline file."""
+    """The core's sections of the pipeline file; each job adds its own (see :func:`compose_pipeline`)."""
 
     version: Literal[1] = 1
     state: StateSettings = StateSettings()
@@ -404,7 +353,6 @@ class Pipeline(Strict):
     spool: SpoolSettings = SpoolSettings()
     http: HttpSettings | None = None
     tenants: list[Tenant] = []
-    logs: Logs = Logs()
 
 
 def anchor_paths(config: Pipeline, base: Path) -> Pipeline:
@@ -427,6 +375,20 @@ def anchor_paths(config: Pipeline, base: Path) -> Pipeline:
         else config.control
     )
     return config.model_copy(update={"state": state, "control": control, "tenants": tenants})
+
+
+@functools.cache
+def compose_pipeline(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[Pipeline]:
+    """The model of a whole file: :class:`Pipeline` plus one section per job ``(name, model)``.
+
+    A job's section is optional (its model's defaults apply), and a key that is neither the core's
+    nor a job's is an unknown key, with the nearest name as a hint.
+    """
+    if not sections:
+        return Pipeline
+    fields: dict[str, Any] = {name: (model, Field(default_factory=model)) for name, model in sections}
+    composed: type[Pipeline] = create_model("Pipeline", __base__=Pipeline, __doc__=Pipeline.__doc__, **fields)
+    return composed
 
 
 RESTART_ONLY: tuple[tuple[str, ...], ...] = (("state",), ("control",))

@@ -9,9 +9,9 @@ remembers where each one is. This module holds the rules that need the validated
   reference);
 * a reference anywhere else is refused and its value dropped, since messages quote what names,
   types and subtypes hold;
-* a reference that cannot be resolved is a problem, unless its route is disabled or ``check`` was
-  asked to skip those only another environment can resolve; either way it gets a stand-in value
-  that nothing may run with.
+* a reference that cannot be resolved is a problem, unless its entry is disabled (a job says which)
+  or ``check`` was asked to skip those only another environment can resolve; either way it gets a
+  stand-in value that nothing may run with.
 """
 
 from __future__ import annotations
@@ -19,17 +19,14 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
 from ce_daemon.config.model import Pipeline, SecretAllowed
 from ce_daemon.config.source import Loc, Source
 from ce_daemon.errors import Problem
-
-if TYPE_CHECKING:
-    from ce_daemon.registry import Registry
 
 STAND_IN: Final = "unresolved-secret-stand-in"
 """What an unresolved secret holds when it is allowed to stay unresolved; never sent anywhere."""
@@ -42,36 +39,43 @@ _BRACED_VARIABLE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BARE_VARIABLE: Final = re.compile(r"\$[A-Z_][A-Z0-9_]*")
 
 
-def settle_unresolved(source: Source, problems: list[Problem], allow: bool) -> tuple[list[Problem], set[Loc]]:
+def settle_unresolved(
+    source: Source, problems: list[Problem], allow: bool, inactive: set[Loc]
+) -> tuple[list[Problem], set[Loc]]:
     """Which unresolved references are problems (added to ``problems``); the others get a stand-in.
 
-    A disabled route's secrets are not needed; with ``allow``, neither are those another environment
-    may resolve. Returns the problems left unreported on request, and the place of every stand-in.
+    The secrets of an ``inactive`` entry (a disabled route) are not needed; with ``allow``, neither
+    are those another environment may resolve. Returns the problems left unreported on request, and
+    the place of every stand-in.
     """
-    disabled = _disabled_routes(source)
     unverified: list[Problem] = []
     stand_ins: set[Loc] = set()
     for loc, item in source.unresolved.items():
-        inactive = loc[:3] in disabled
-        if inactive or (allow and item.environmental):
+        unused = any(loc[:length] in inactive for length in range(len(loc) + 1))
+        if unused or (allow and item.environmental):
             _put(source.data, loc, STAND_IN)
             stand_ins.add(loc)
-            if not inactive:
+            if not unused:
                 unverified.append(item.problem)
         else:
             problems.append(item.problem)
     return unverified, stand_ins
 
 
-def misplaced_secrets(source: Source, registry: Registry) -> list[Problem]:
+OptionsModel = Callable[[Source, Loc], tuple[type[BaseModel] | None, Loc] | None]
+"""Which plugin's options model validates a place of the file and the place inside it; None: the file's
+own model does; ``(None, ())``: nothing does (the options of an unknown plugin)."""
+
+
+def misplaced_secrets(source: Source, model: type[Pipeline], options_model: OptionsModel) -> list[Problem]:
     """A reference where no secret is expected is a problem, and its value is dropped unseen."""
     problems: list[Problem] = []
     for loc in sorted(source.secret_paths, key=repr):
-        model, inside = _model_at(source, registry, loc)
-        if model is not None and expects_secret(model, inside):
+        found, inside = options_model(source, loc) or (model, loc)
+        if found is None:
+            continue  # in the options of a plugin that is unknown: never validated, never shown
+        if expects_secret(found, inside):
             continue
-        if model is None and loc[4:] != ("type",):
-            continue  # in the options of a sink type that is unknown: never validated, never shown
         problems.append(
             source.problem(
                 loc,
@@ -86,11 +90,11 @@ def misplaced_secrets(source: Source, registry: Registry) -> list[Problem]:
     return problems
 
 
-def valid_sections(source: Source) -> dict[str, object]:
-    """The pipeline's sections that validate on their own (for a file whose whole does not)."""
+def valid_sections(source: Source, model: type[Pipeline]) -> dict[str, object]:
+    """The sections of ``model`` that validate on their own (for a file whose whole does not)."""
     data = source.data if isinstance(source.data, dict) else {}
     valid: dict[str, object] = {}
-    for name, info in Pipeline.model_fields.items():
+    for name, info in model.model_fields.items():
         if name in data:
             adapter: TypeAdapter[Any] = TypeAdapter(info.annotation or Any)
             try:
@@ -209,28 +213,6 @@ def _members(annotation: Any) -> list[Any]:
     if origin in (typing.Union, types.UnionType):
         return [member for alternative in typing.get_args(annotation) for member in _members(alternative)]
     return [annotation]
-
-
-def _model_at(source: Source, registry: Registry, loc: Loc) -> tuple[type[BaseModel] | None, Loc]:
-    """The model that validates ``loc`` and the place inside it: the pipeline's, or a sink plugin's."""
-    if loc[:2] != ("logs", "routes") or len(loc) < 5 or loc[3] != "sink":
-        return Pipeline, loc
-    kind = source.value_at((*loc[:4], "type"))
-    info = registry.get("log_sink", kind) if isinstance(kind, str) and loc[4:] != ("type",) else None
-    if info is None or info.cls is None:
-        return None, ()
-    return info.cls.Options, loc[4:]
-
-
-def _disabled_routes(source: Source) -> set[Loc]:
-    routes = source.value_at(("logs", "routes"))
-    if not isinstance(routes, list):
-        return set()
-    return {
-        ("logs", "routes", i)
-        for i, r in enumerate(routes)
-        if isinstance(r, dict) and r.get("enabled") is False
-    }
 
 
 def _put(data: Any, loc: Loc, value: object) -> None:

@@ -12,11 +12,14 @@ import orjson
 
 from ce_daemon import redact
 from ce_daemon.errors import describe
+from ce_daemon.keys import StreamKey
 from ce_daemon.plugin import LogSink, OutRecord, PluginContext
 from ce_daemon.state import Migration, StateStore
 
 if TYPE_CHECKING:
-    from ce_daemon.config.load import LoadedPipeline, ResolvedRoute
+    from ce_daemon.config.load import LoadedPipeline
+    from ce_daemon.logs.resolve import ResolvedRoute
+    from ce_daemon.registry import Registry
 
 DEADLETTER_MIGRATIONS = (
     Migration(
@@ -124,7 +127,7 @@ class DeadLetters:
         return count
 
 
-async def dlq_command(args: argparse.Namespace, registry: Any, database: Path | None = None) -> int:
+async def dlq_command(args: argparse.Namespace, registry: Registry, database: Path | None = None) -> int:
     """``ce-daemon dlq list|replay|purge``.
 
     ``list`` and ``purge`` touch the state database only (``database``, located from the pipeline
@@ -165,15 +168,17 @@ async def dlq_command(args: argparse.Namespace, registry: Any, database: Path | 
 
 
 async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -> int:
+    from ce_daemon.logs.job import routes_of, secrets_resolved
+
     redact.remember_pipeline(loaded)  # a replay's failures are stored as reasons: scrubbed like the daemon's
     failures = 0
-    for name, route in loaded.routes.items():
+    for name, route in routes_of(loaded).items():
         if only and name != only:
             continue
         rows = await dead.oldest(name, limit=100_000)
         if not rows:
             continue
-        if not loaded.secrets_resolved(name):
+        if not secrets_resolved(loaded, name):
             _say(f"{name}: the route is disabled and its secrets are not resolved here, nothing replayed")
             failures += len(rows)
             continue
@@ -203,10 +208,15 @@ async def _replay_rows(
         chunk = rows[start : start + 500]
         batch = []
         for row in chunk:
-            _, kind, subtype = row["stream"].split("/", 2)
+            stream = StreamKey.parse(row["stream"])
             batch.append(
                 OutRecord(
-                    row["record_id"], row["timestamp"], row["formatted"], kind, subtype, route.config.format
+                    row["record_id"],
+                    row["timestamp"],
+                    row["formatted"],
+                    stream.kind,
+                    stream.subtype,
+                    route.config.format,
                 )
             )
         try:

@@ -26,11 +26,11 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ce_daemon.config.load import LoadedPipeline, ResolvedRoute
+from ce_daemon.config.load import LoadedPipeline
 from ce_daemon.errors import (
     AuthError,
     CeDaemonError,
@@ -40,11 +40,17 @@ from ce_daemon.errors import (
     describe,
 )
 from ce_daemon.health import State
+from ce_daemon.keys import StreamKey
 from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
+from ce_daemon.logs.metrics import RouteMetrics
+from ce_daemon.logs.resolve import ResolvedRoute
 from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
 from ce_daemon.spool import Page
 from ce_daemon.supervisor import Component
+
+if TYPE_CHECKING:
+    from ce_daemon.pipeline import Runtime
 
 log = structlog.get_logger("ce_daemon.route")
 
@@ -73,7 +79,7 @@ class RouteComponent(Component):
     kind = "route"
 
     def __init__(
-        self, name: str, fingerprint: str, route: ResolvedRoute, loaded: LoadedPipeline, runtime: Any
+        self, name: str, fingerprint: str, route: ResolvedRoute, loaded: LoadedPipeline, runtime: Runtime
     ) -> None:
         super().__init__(name, fingerprint)
         self.route = route
@@ -98,7 +104,9 @@ class RouteComponent(Component):
         limit = self._sink_class.max_batch_bytes
         self.max_bytes = min(self.config.batch.max_bytes, limit) if limit else self.config.batch.max_bytes
         self.log = log.bind(component=name)
-        self.batch_seconds = runtime.metrics.batch_seconds.labels(self.config.name, route.sink.name)
+        self.batch_seconds = runtime.metrics.own(RouteMetrics).batch_seconds.labels(
+            self.config.name, route.sink.name
+        )
         # One sink instance per start attempt: opened once, closed exactly once (also after a failed open).
         self.sink: LogSink | None = None
         self._close_owed = False
@@ -240,10 +248,10 @@ class RouteComponent(Component):
 
     async def _consume_page(self, page: Page, batch: _Batch, stopping: asyncio.Event) -> _Batch:
         stream = page.stream
-        _, kind, subtype = stream.split("/", 2)
+        key = StreamKey.parse(stream)
         predicate = self.route.predicate
         mutes = self._active_mutes()
-        write = self.formatter.writer_for(kind, subtype)
+        write = self.formatter.writer_for(key.kind, key.subtype)
         name = self.config.format
         max_records, max_bytes = self.config.batch.max_records, self.max_bytes
         counters = self.status.counters
@@ -268,7 +276,12 @@ class RouteComponent(Component):
                 continue
             ts = record.get("timestamp")
             out = OutRecord(
-                str(record.get("_id", "")), ts if isinstance(ts, int) else 0, data, kind, subtype, name
+                str(record.get("_id", "")),
+                ts if isinstance(ts, int) else 0,
+                data,
+                key.kind,
+                key.subtype,
+                name,
             )
             if batch.records and batch.size + len(data) + 1 > max_bytes:
                 # The record would take the batch past the byte cap (a target's hard request limit):

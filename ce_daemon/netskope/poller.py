@@ -20,20 +20,23 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from ce_daemon.config.load import Stream
 from ce_daemon.config.model import Tenant
 from ce_daemon.errors import TransientError
 from ce_daemon.health import State
+from ce_daemon.keys import StreamKey
 from ce_daemon.netskope.client import Page, TenantClient, UncertainAnswerError
 from ce_daemon.netskope.pages import Repair, repair_records
 from ce_daemon.netskope.subtypes import all_streams
 from ce_daemon.spool import IteratorMark, UnencodableRecordsError
 from ce_daemon.supervisor import Component
+
+if TYPE_CHECKING:
+    from ce_daemon.pipeline import Runtime
 
 log = structlog.get_logger("ce_daemon.poller")
 
@@ -65,10 +68,10 @@ class Poller(Component):
         self,
         name: str,
         fingerprint: str,
-        stream: Stream,
+        stream: StreamKey,
         tenant: Tenant,
         tenant_fingerprint: str,
-        runtime: Any,
+        runtime: Runtime,
         *,
         now: float | None = None,
     ) -> None:
@@ -275,7 +278,7 @@ class Poller(Component):
                     raise Stopping
                 self._doing = f"asking the tenant ({current})"
                 try:
-                    page = await self.client.fetch(self.stream.kind, self.stream.subtype, index, current)  # type: ignore[arg-type]  # kind is alerts|events
+                    page = await self.client.fetch(self.stream.kind, self.stream.subtype, index, current)
                 except UncertainAnswerError as exc:
                     self.status.count(exc.counter)
                     if current == "next":

@@ -16,6 +16,8 @@ from typing import Any
 
 from ce_daemon.config.load import LoadedPipeline, load_pipeline
 from ce_daemon.health import ComponentStatus, HealthRegistry, State
+from ce_daemon.keys import ComponentKey, StreamKey
+from ce_daemon.metrics import Metrics
 from ce_daemon.netskope.client import TenantClient
 from ce_daemon.netskope.poller import Poller
 from ce_daemon.netskope.subtypes import DataKind
@@ -60,7 +62,9 @@ class Ingest:
         self.watch = Watch()
         self.spool = spool
         self.health = HealthRegistry(on_transition=self._on_transition)
-        self.runtime = Runtime(store=store, spool=spool, health=self.health, data_dir=data_dir)
+        self.runtime = Runtime(
+            store=store, spool=spool, health=self.health, data_dir=data_dir, metrics=Metrics()
+        )
         self.specs = plan_components(loaded, self.runtime)
         self.pollers: dict[str, Poller] = {}
         self.supervisor = Supervisor()
@@ -73,7 +77,7 @@ class Ingest:
     async def start(self) -> None:
         """Subscribe the test to every polled stream, then start the consumer and every poller."""
         producers = [spec for spec in self.specs.values() if spec.stage == "producer"]
-        streams = {spec.name.removeprefix("poller:") for spec in producers}
+        streams = {spec.key.name for spec in producers}  # a poller and its look-back fill one stream
         await self.spool.set_consumers({CONSUMER: streams})
         self._consumer = asyncio.create_task(self._consume())
         for spec in producers:
@@ -109,7 +113,7 @@ class Ingest:
 
     def poller(self, stream: StreamId, tenant: str = "sim") -> Poller:
         """The poller of ``tenant``'s ``stream``."""
-        return self.pollers[f"poller:{tenant}/{stream[0]}/{stream[1]}"]
+        return self.pollers[str(ComponentKey.poller(StreamKey(tenant, *stream)))]
 
     @property
     def client(self) -> TenantClient:

@@ -1,0 +1,45 @@
+"""Where a pipeline file puts its control socket and state database, read without its secrets.
+
+For commands that must work when the file does not load any more (``status`` after a rejected
+reload, ``dlq list``): only the ``state:`` and ``control:`` sections need to be valid.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ce_daemon.config.load import section_settings
+from ce_daemon.config.model import ControlSettings, Pipeline, StateSettings, anchor_paths
+from ce_daemon.config.source import read_source
+from ce_daemon.control import control_socket_path
+from ce_daemon.errors import ConfigError, Problem
+
+
+def locate_state(path: Path) -> tuple[Path, Path] | None:
+    """The control socket and state database a pipeline file names; needs no secret to be resolvable.
+
+    A file that does not read any more (the very case `status` must explain after a rejected reload)
+    is read for its top-level `state:` and `control:` sections alone, within the same bounds. What
+    stands in the way is printed on stderr, each problem at its place; then None.
+    """
+    source = read_source(path, secrets=False)
+    if not isinstance(source.data, dict):
+        source = read_source(path, secrets=False, sections=("state", "control"))
+    if not isinstance(source.data, dict):
+        print("\n".join(p.render() for p in source.problems), file=sys.stderr)
+        return None
+    problems: list[Problem] = []
+    try:
+        state = section_settings(source, StateSettings, "state")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        control = section_settings(source, ControlSettings, "control")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        print(ConfigError(problems).render(), file=sys.stderr)
+        return None
+    config = anchor_paths(Pipeline.model_construct(state=state, control=control), path.parent.absolute())
+    return control_socket_path(config), config.state.path
