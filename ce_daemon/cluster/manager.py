@@ -234,7 +234,8 @@ class LeaseManager:
                     if await leases.join(conn, self._me, self._ttl, replace_live=replace):
                         await leases.announce(conn, self.node)
                         break
-                assert other is not None
+                if other is None:  # its row was written between our two statements: look again
+                    continue
                 if loop.time() + other.expires_in > give_up:
                     raise ClusterError(
                         f"node name {self.node!r} is in use by the live process {other.pid} on "
@@ -244,7 +245,7 @@ class LeaseManager:
                 await asyncio.sleep(max(other.expires_in, 0) + EXPIRY_SLACK)
         except DB_ERRORS as exc:
             self._balancer.drop()
-            raise ClusterError(f"cannot join the cluster on {_safe_dsn(self._dsn)}: {describe(exc)}") from exc
+            raise ClusterError(f"cannot join the cluster in the state database: {describe(exc)}") from exc
         self._renewed_at = time.monotonic()
 
     async def _listen(self, conn: Connection) -> None:
@@ -389,12 +390,3 @@ def _pid_running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _safe_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    scheme, sep, rest = dsn.partition("://")
-    credentials, at, place = rest.rpartition("@")
-    if not sep or not at:
-        return dsn
-    return f"{scheme}://{credentials.split(':', 1)[0]}@{place}"
