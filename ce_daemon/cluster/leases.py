@@ -27,7 +27,7 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 """What a statement raises when the database is out of reach, restarting, or refusing it."""
 
 CHANNEL = "ce_cluster"
-"""``NOTIFY`` channel: a node that joins, releases or leaves wakes the others' balancing at once."""
+"""``NOTIFY`` channel: a node that joins, acquires, releases or leaves wakes the others' balancing."""
 
 FORGET_DEAD_NODES_AFTER = 86_400.0
 """Seconds a dead node stays listed by ``status`` before the next node that joins forgets it."""
@@ -147,26 +147,29 @@ async def acquire(conn: Connection, node: str, ttl: float, units: Collection[str
     An expired lease is locked ``FOR UPDATE SKIP LOCKED``: one another node is taking, or whose old
     holder is committing under its fence (``FOR KEY SHARE``), is left for a later round.
     """
-    rows = await conn.fetch(
-        "WITH expired AS ("
-        " SELECT unit FROM ce_leases WHERE unit = ANY($3::text[]) AND expires_at < now()"
-        " ORDER BY unit FOR UPDATE SKIP LOCKED"
-        "), taken AS ("
-        " UPDATE ce_leases SET node = $1, token = nextval('ce_lease_tokens'), acquired_at = now(),"
-        " renewed_at = now(), expires_at = now() + make_interval(secs => $2)"
-        " FROM expired WHERE ce_leases.unit = expired.unit"
-        " RETURNING ce_leases.unit, ce_leases.token"
-        "), created AS ("
-        " INSERT INTO ce_leases (unit, node, token, acquired_at, renewed_at, expires_at)"
-        " SELECT unit, $1, nextval('ce_lease_tokens'), now(), now(), now() + make_interval(secs => $2)"
-        " FROM unnest($3::text[]) AS wanted(unit) ORDER BY unit"
-        " ON CONFLICT (unit) DO NOTHING"
-        " RETURNING unit, token"
-        ") SELECT unit, token FROM taken UNION ALL SELECT unit, token FROM created",
-        node,
-        ttl,
-        sorted(units),
-    )
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "WITH expired AS ("
+            " SELECT unit FROM ce_leases WHERE unit = ANY($3::text[]) AND expires_at < now()"
+            " ORDER BY unit FOR UPDATE SKIP LOCKED"
+            "), taken AS ("
+            " UPDATE ce_leases SET node = $1, token = nextval('ce_lease_tokens'), acquired_at = now(),"
+            " renewed_at = now(), expires_at = now() + make_interval(secs => $2)"
+            " FROM expired WHERE ce_leases.unit = expired.unit"
+            " RETURNING ce_leases.unit, ce_leases.token"
+            "), created AS ("
+            " INSERT INTO ce_leases (unit, node, token, acquired_at, renewed_at, expires_at)"
+            " SELECT unit, $1, nextval('ce_lease_tokens'), now(), now(), now() + make_interval(secs => $2)"
+            " FROM unnest($3::text[]) AS wanted(unit) ORDER BY unit"
+            " ON CONFLICT (unit) DO NOTHING"
+            " RETURNING unit, token"
+            ") SELECT unit, token FROM taken UNION ALL SELECT unit, token FROM created",
+            node,
+            ttl,
+            sorted(units),
+        )
+        if rows:  # a node that lost a race for a unit looks for another at once
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, node)
     return {row["unit"]: row["token"] for row in rows}
 
 
