@@ -90,8 +90,9 @@ class AsyncpgTransaction:
 class Cluster:
     """Lease managers on one database, and who holds what according to their callbacks.
 
-    ``on_acquired`` records a violation when another running manager still holds the unit: the
-    callbacks' view is what a daemon would run, so two holders there means two drivers.
+    ``on_acquired`` records a violation when another running manager's handle of the unit is still
+    held: its component could still drive the unit, so that would be two drivers. (A handle that is
+    no longer held may await its ``on_released`` a little longer: it drives nothing meanwhile.)
     """
 
     def __init__(self, dsn: str, ttl: float = 2.0) -> None:
@@ -108,7 +109,11 @@ class Cluster:
         self.holding[node] = {}
 
         async def acquired(handle: LeaseHandle) -> None:
-            others = [n for n, held in self.holding.items() if n != node and handle.unit in held]
+            others = [
+                other
+                for other, held in self.holding.items()
+                if other != node and handle.unit in held and held[handle.unit].held()
+            ]
             if others:
                 self.violations.append(f"{node} acquired {handle.unit} still held by {others}")
             await self._record(node, "acquired", handle.unit, handle)

@@ -160,7 +160,7 @@ async def test_removed_units_are_released() -> None:
 
 async def test_nodes_joining_one_by_one_converge_without_flapping() -> None:
     """Nodes joining one after another end at 3/3/3 and then move nothing for several rounds."""
-    async with cluster(ttl=1.5) as group:
+    async with cluster() as group:
         await group.start("node-a", UNITS)
         await group.until(lambda: group.shares() == [9], timeout=20)
         await group.start("node-b", UNITS)
@@ -168,7 +168,7 @@ async def test_nodes_joining_one_by_one_converge_without_flapping() -> None:
         await group.start("node-c", UNITS)
         await group.until(lambda: group.shares() == [3, 3, 3], timeout=20)
         settled = len(group.events)
-        await asyncio.sleep(4 * 0.5)  # an observation window of four renewal rounds, not a synchronisation
+        await asyncio.sleep(4 * 2.0 / 3)  # an observation window of four rounds, not a synchronisation
         assert group.events[settled:] == []
         assert group.exclusive(UNITS)
         assert group.violations == []
