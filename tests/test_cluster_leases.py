@@ -144,6 +144,26 @@ async def test_held_turns_false_when_renewals_are_blocked() -> None:
         assert all(group.holding["node-a"][old.unit].token > old.token for old in handles)
 
 
+async def test_a_lease_taken_behind_a_node_s_back_is_lost_at_its_next_renewal() -> None:
+    """A renewal that finds another holder's token loses that handle and stops its unit, and only it."""
+    async with cluster() as group:
+        await group.start("node-a", UNITS[:2])
+        await group.until(lambda: len(group.holding["node-a"]) == 2, timeout=20)
+        taken = group.holding["node-a"][UNITS[0]]
+        conn = await asyncpg.connect(group.dsn)
+        try:
+            await conn.execute(
+                "UPDATE ce_leases SET node = 'elsewhere', token = nextval('ce_lease_tokens'),"
+                " expires_at = now() + interval '1 hour' WHERE unit = $1",
+                UNITS[0],
+            )
+        finally:
+            await conn.close()
+        await group.until(lambda: UNITS[0] not in group.holding["node-a"], timeout=10)
+        assert not taken.held()
+        assert list(group.holding["node-a"]) == [UNITS[1]]
+
+
 async def test_removed_units_are_released() -> None:
     """set_units without some units: their holders stop and release them; the rest stay put."""
     async with cluster() as group:

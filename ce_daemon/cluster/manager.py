@@ -139,7 +139,11 @@ class LeaseManager:
         process uses the name: each node needs its own ``node_name``).
         """
         self._wanted = frozenset(units)
-        await self._join()
+        try:
+            await self._join()
+        except BaseException:
+            self._balancer.drop()
+            raise
         self._tasks = [
             asyncio.create_task(self._renew_forever(), name=f"cluster-renew:{self.node}"),
             asyncio.create_task(self._balance_forever(), name=f"cluster-balance:{self.node}"),
@@ -244,7 +248,6 @@ class LeaseManager:
                 log.info("cluster.join_waiting", node=self.node, host=other.host, pid=other.pid)
                 await asyncio.sleep(max(other.expires_in, 0) + EXPIRY_SLACK)
         except DB_ERRORS as exc:
-            self._balancer.drop()
             raise ClusterError(f"cannot join the cluster in the state database: {describe(exc)}") from exc
         self._renewed_at = time.monotonic()
 
