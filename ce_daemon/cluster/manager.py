@@ -8,7 +8,7 @@ Two tasks, each on its own connection, so a heartbeat never queues behind anythi
   the node reports ``cannot reach the database since …`` and stops its units.
 - the *balancer* runs a round (`ce_daemon.cluster.balance.plan`) every ``renew_interval``, sooner when
   another node's lease is due to expire (so a dead node's units move ``lease_ttl`` after its last
-  renewal), and at once when a node joins, releases or leaves (``LISTEN``/``NOTIFY``) or
+  renewal), and at once when a node joins, acquires, releases or leaves (``LISTEN``/``NOTIFY``) or
   `LeaseManager.set_units` changes the wanted set. It alone calls ``on_acquired`` and ``on_released``,
   and releases a lease only after ``on_released`` returned: a graceful handover never has two drivers.
 
