@@ -4,6 +4,8 @@ They let a test that drives the daemon as a subprocess script faults and read wh
 
 - ``GET /_sim/stats``: `SimulatorStats` as JSON.
 - ``GET /_sim/served[?kind=&subtype=&index=]``: the pages built, per endpoint, by sequence numbers.
+- ``GET /_sim/leases``: who drove each index under a lease, and the violations
+  (`ce_daemon.netskope.sim_leases.LeaseLedger.report`).
 - ``GET /_sim/faults``: the faults still queued; ``DELETE /_sim/faults`` drops them.
 - ``POST /_sim/faults`` with ``{"kind": ..., "subtype": ..., "fault": {...}}`` (or a list of
   those): queue faults (`Fault.from_dict` gives the fault keys).
@@ -49,6 +51,9 @@ def control_routes(simulator: TenantSimulator) -> list[web.RouteDef]:
         pages = {f"{k}/{s}": [asdict(p) for p in simulator.served(k, s, index)] for k, s in streams}
         return _json({endpoint: listed for endpoint, listed in pages.items() if listed})
 
+    async def leases(request: web.Request) -> web.Response:
+        return _json(simulator.leases.report())
+
     async def list_faults(request: web.Request) -> web.Response:
         return _json(simulator.pending_faults())
 
@@ -72,6 +77,7 @@ def control_routes(simulator: TenantSimulator) -> list[web.RouteDef]:
     return [
         web.get("/_sim/stats", stats),
         web.get("/_sim/served", served),
+        web.get("/_sim/leases", leases),
         web.get("/_sim/faults", list_faults),
         web.post("/_sim/faults", inject),
         web.delete("/_sim/faults", clear_faults),

@@ -35,6 +35,13 @@ class SimulatorProcess:
             stats: dict[str, Any] = orjson.loads(await response.read())
             return stats
 
+    async def leases(self) -> dict[str, Any]:
+        """``GET /_sim/leases`` (see `LeaseLedger.report`)."""
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/_sim/leases") as response:
+            response.raise_for_status()
+            report: dict[str, Any] = orjson.loads(await response.read())
+            return report
+
 
 @contextlib.asynccontextmanager
 async def simulator_process(options: Mapping[str, object]) -> AsyncIterator[SimulatorProcess]:

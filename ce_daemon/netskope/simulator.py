@@ -29,6 +29,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from ce_daemon.cluster.handle import LEASE_HEADER
 from ce_daemon.netskope.records import RecordFactory
 from ce_daemon.netskope.sim_control import control_routes
 from ce_daemon.netskope.sim_faults import (
@@ -50,6 +51,7 @@ from ce_daemon.netskope.sim_iterator import (
     Timeline,
     advance,
 )
+from ce_daemon.netskope.sim_leases import LeaseLedger
 from ce_daemon.netskope.subtypes import DataKind, all_streams, check_kind, normalise_subtype, parse_stream
 
 log = structlog.get_logger(__name__)
@@ -206,6 +208,8 @@ class TenantSimulator:
         self._in_flight: list[RequestInfo] = []
         self._waiters: list[tuple[StreamKey, str | None, asyncio.Future[RequestInfo]]] = []
         self._stopping = asyncio.Event()
+        self.leases = LeaseLedger(monotonic)
+        """Who drove each index, for clustered pollers (`ce_daemon.netskope.sim_leases`)."""
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -301,6 +305,17 @@ class TenantSimulator:
     # -- the data-export endpoint --------------------------------------------------------------
 
     async def _handle_dataexport(self, request: web.Request) -> web.StreamResponse:
+        leased = self.leases.begin(
+            f"{request.match_info['kind']}/{request.match_info['subtype']}",
+            request.query.get("index", ""),
+            request.headers.get(LEASE_HEADER),
+        )
+        try:
+            return await self._answer_dataexport(request)
+        finally:
+            self.leases.end(leased)
+
+    async def _answer_dataexport(self, request: web.Request) -> web.StreamResponse:
         answer, info = self._decide(request)
         if info is not None:
             self._in_flight.append(info)

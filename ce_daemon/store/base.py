@@ -68,8 +68,10 @@ class Fence:
     A component that holds a unit passes its fence to every commit of that unit's work; the commit
     checks it inside the same transaction (:meth:`check`). Taking a lease over increments its token,
     so a node whose lease was taken can no longer commit: its transaction is rolled back with
-    :class:`LeaseLostError`. The row lock (``FOR SHARE``) makes a takeover wait for a commit that passed the
-    check, so the check and the commit are one atomic step.
+    :class:`LeaseLostError`. The row lock (``FOR KEY SHARE``) keeps a takeover (which locks the row
+    ``FOR UPDATE``) off until a commit that passed the check has ended, so the check and the commit are one
+    atomic step; renewals of the lease (an ``UPDATE`` of no key column) do not wait for it. Run the check
+    last, just before the commit: the lock is held until then.
     """
 
     unit: str
@@ -77,7 +79,7 @@ class Fence:
     token: int
 
     CHECK: ClassVar[str] = (
-        "SELECT 1 FROM ce_leases WHERE unit = :unit AND node = :node AND token = :token FOR SHARE"
+        "SELECT 1 FROM ce_leases WHERE unit = :unit AND node = :node AND token = :token FOR KEY SHARE"
     )
 
     async def check(self, tx: Transaction) -> None:
