@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.mapping import Mapping
-from ce_daemon.netskope.simulator import TenantSimulator
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import (

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ce_daemon.netskope.simulator import TenantSimulator
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.configs import billion_laughs, run_bounded
 from ce_daemon.testing.fakes.webhook import FakeWebhook, bearer_value

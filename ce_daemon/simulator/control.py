@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from ce_daemon.netskope.sim_faults import Fault
 from ce_daemon.netskope.subtypes import all_streams, check_kind, normalise_subtype
+from ce_daemon.simulator.faults import Fault
 
 if TYPE_CHECKING:
-    from ce_daemon.netskope.simulator import TenantSimulator
+    from ce_daemon.simulator.tenant import TenantSimulator
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
