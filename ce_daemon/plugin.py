@@ -6,8 +6,9 @@ implements the kind's small async contract: ``open``, ``health``, the kind's ope
 Module logic (batching, retries of whole batches, dead-lettering, offsets) lives in the core.
 
 This module and :mod:`ce_daemon.http` are the whole public surface a plugin imports from: the error
-taxonomy (:class:`TransientError`, :class:`AuthError`…), :func:`register_secret` and the syslog
-framing (:class:`SyslogFramer`) are re-exported here so that a plugin never reaches into the core.
+taxonomy (:class:`TransientError`, :class:`AuthError`…), :func:`register_secret`, the syslog
+framing (:class:`SyslogFramer`) and the daemon's one backoff (:class:`Backoff`, for a plugin's own
+retries inside one ``send``) are re-exported here so that a plugin never reaches into the core.
 
 A plugin class says which version of this contract it was written for (``api_version``); the
 registry checks it against :data:`API_VERSION` when it loads the plugin (see ``docs/plugins.md``).
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from structlog.typing import FilteringBoundLogger
 from typing_extensions import TypeVar
 
+from ce_daemon.backoff import Backoff
 from ce_daemon.config.model import Duration, SecretOrText, Size, Timeout
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.framing import Framing, SyslogFramer, SyslogHeader
@@ -35,6 +37,7 @@ __all__ = [
     "API_VERSION",
     "OLDEST_API_VERSION",
     "AuthError",
+    "Backoff",
     "ComponentConfigError",
     "Duration",
     "Framing",

@@ -14,6 +14,7 @@ refused for good (400 mapping or parsing errors) are rejected with ``error.type:
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -38,6 +39,7 @@ from ce_daemon.http import (
 )
 from ce_daemon.plugin import (
     AuthError,
+    Backoff,
     ComponentConfigError,
     Health,
     OutRecord,
@@ -69,7 +71,7 @@ class ElasticsearchOptions(HttpOptions):
     item_retries: Annotated[int, Field(ge=0, le=10)] = 3
     """How many times items refused with 429/5xx are retried before the batch is reported transient."""
     item_retry_delay: Annotated[float, Field(gt=0, le=60)] = 0.5
-    """The first pause before retrying items; it doubles each time."""
+    """The longest first pause before retrying items; the bound doubles each time (full jitter)."""
 
     @field_validator("index")
     @classmethod
@@ -172,7 +174,7 @@ class ElasticsearchSink(HttpSink[ElasticsearchOptions]):
                     f"Elasticsearch still refuses {len(retry)} item(s) after {attempt - 1} retries: "
                     + failures[0]
                 )
-            delay = self.options.item_retry_delay * 2 ** (attempt - 1)
+            delay = Backoff(first=self.options.item_retry_delay, cap=math.inf).delay(attempt)
             self.log.info("elasticsearch.items_retried", items=len(retry), attempt=attempt, first=failures[0])
             await asyncio.sleep(delay)  # no Retry-After for items: back off before asking again
             entries = retry
