@@ -297,9 +297,9 @@ class Poller(Component):
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         self.status.count("retries")
-        self._doing = f"retrying after: {exc}"
+        self._doing = f"retrying: {exc}"  # the watch and this report say it in the same words
         if state.attempt_number >= 3 or self._stalled_for() is not None:
-            self._trouble(f"retrying: {exc}")
+            self._trouble(self._doing)
         self.log.warning(
             "poller.retrying",
             attempt=state.attempt_number,
