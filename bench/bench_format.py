@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
+from ce_daemon.framing import SyslogFramer
 from ce_daemon.logs.formatter import RecordFormatter
-from ce_daemon.logs.framing import SyslogFramer
 from ce_daemon.logs.mapping import Mapping
 
 TARGET_US = 10.0

@@ -39,9 +39,9 @@ from ce_daemon.health import HealthRegistry
 from ce_daemon.keys import ComponentKey, StreamKey
 from ce_daemon.metrics import Metrics
 from ce_daemon.netskope.poller import Poller
-from ce_daemon.netskope.sim_process import SimulatorProcess, simulator_process
-from ce_daemon.netskope.simulator import DEFAULT_TOKEN
 from ce_daemon.pipeline import Runtime
+from ce_daemon.simulator.process import SimulatorProcess, simulator_process
+from ce_daemon.simulator.tenant import DEFAULT_TOKEN
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.state import StateStore
 from ce_daemon.supervisor import Supervisor

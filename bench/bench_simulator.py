@@ -23,9 +23,10 @@ import time
 import aiohttp
 import structlog
 
-from ce_daemon.netskope.records import RecordFactory
-from ce_daemon.netskope.simulator import DEFAULT_TOKEN, add_simulate_arguments, run_simulator
 from ce_daemon.netskope.subtypes import DataKind, all_streams, dataexport_path
+from ce_daemon.simulator.command import add_simulate_arguments, run_simulator
+from ce_daemon.simulator.records import RecordFactory
+from ce_daemon.simulator.tenant import DEFAULT_TOKEN
 
 GENERATE_TARGET_US = 4.0
 SERVE_TARGET_PER_SECOND = 50_000

@@ -28,7 +28,7 @@ import lz4.frame
 import orjson
 import structlog
 
-from ce_daemon.netskope.records import RecordFactory
+from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.spool import SPOOL_MIGRATIONS, IteratorMark, Spool
 from ce_daemon.state import StateStore
 

@@ -65,7 +65,7 @@ def _fill(db_path: str, total: int, reply: Connection) -> None:
 
 async def _fill_async(db_path: Path, total: int) -> tuple[int, float]:
     from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
-    from ce_daemon.netskope.records import RecordFactory
+    from ce_daemon.simulator.records import RecordFactory
     from ce_daemon.spool import SPOOL_MIGRATIONS, IteratorMark, Spool
     from ce_daemon.state import StateStore
 
@@ -224,8 +224,8 @@ async def _sink_alone(port: int, control: Connection, already: int, total: int) 
 
     from ce_daemon.logs.formatter import RecordFormatter
     from ce_daemon.logs.mapping import Mapping
-    from ce_daemon.netskope.records import RecordFactory
     from ce_daemon.plugin import OutRecord, PluginContext
+    from ce_daemon.simulator.records import RecordFactory
 
     factory = RecordFactory(seed=2, tenant=TENANT)
     formatter = RecordFormatter("cef", Mapping.builtin("netskope"), TENANT)
@@ -274,7 +274,7 @@ def _measure_formatting(samples: int) -> tuple[float, float]:
 
     from ce_daemon.logs.formatter import RecordFormatter
     from ce_daemon.logs.mapping import Mapping
-    from ce_daemon.netskope.records import RecordFactory
+    from ce_daemon.simulator.records import RecordFactory
 
     factory = RecordFactory(seed=1, tenant=TENANT)
     per = samples // len(STREAMS)

@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
-    from ce_daemon.netskope.simulator import add_simulate_arguments
+    from ce_daemon.simulator.command import add_simulate_arguments
 
     simulate = sub.add_parser(
         "simulate",
@@ -376,7 +376,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from ce_daemon.netskope.simulator import run_simulator
+    from ce_daemon.simulator.command import run_simulator
 
     async def serve() -> int:
         stop = asyncio.Event()

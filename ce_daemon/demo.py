@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ce_daemon.daemon import Daemon
-from ce_daemon.netskope.sim_process import SimulatorProcess, simulator_process
 from ce_daemon.registry import Registry
+from ce_daemon.simulator.process import SimulatorProcess, simulator_process
 
 DEMO_TOKEN_ENV = "CE_DEMO_TOKEN"  # noqa: S105 - the name of a variable, not a password
 DEMO_TOKEN = "demo-token-not-secret"  # noqa: S105 - the simulator's token, printed nowhere by the daemon

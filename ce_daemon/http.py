@@ -11,6 +11,10 @@ honoured, and statuses map onto the core's error taxonomy the same way everywher
   one even when a request allows it);
 - any other 4xx → :class:`PermanentError` (dead-letter what was sent).
 
+:func:`status_error` is that classification, written once; a sink first handles what only its
+vendor says (a 413 to split, a 404 naming a missing index, an error code that means "busy") and
+hands every other answer to it, with the vendor's own verdict when its error code gives one.
+
 Answers are read within bounds (:func:`read_body`, :func:`read_at_most`, :func:`read_excerpt`): a target
 cannot make us hold more than what we need of what it sends.
 
@@ -39,9 +43,10 @@ from typing import Annotated, Any
 import aiohttp
 import orjson
 from pydantic import Field, SecretStr
+from typing_extensions import TypeVar
 
 from ce_daemon import __version__, redact
-from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
+from ce_daemon.errors import AuthError, CeDaemonError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SecretOrText, SendResult, Timeout
 
 USER_AGENT = f"ce-daemon/{__version__}"
@@ -122,7 +127,10 @@ async def _refuse_redirect(
 
 
 def redirect_error(
-    status: int, headers: Any, target: str, fix: str = "set the URL to the address that answers itself"
+    status: int,
+    headers: Mapping[str, str] | None,
+    target: str,
+    fix: str = "set the URL to the address that answers itself",
 ) -> ComponentConfigError:
     """The error for a 3xx answer: it names where it pointed; nothing is retried until the URL changes."""
     location = headers.get("Location") if headers is not None else None
@@ -132,7 +140,7 @@ def redirect_error(
     )
 
 
-def retry_after(headers: Any, now: float | None = None) -> float | None:
+def retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
     """``Retry-After`` in seconds (it may be a number of seconds or an HTTP date); None when absent."""
     value = headers.get("Retry-After") if headers is not None else None
     if not value:
@@ -148,20 +156,41 @@ def retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(0.0, moment.timestamp() - (now if now is not None else time.time()))
 
 
+def status_error(
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None,
+    target: str,
+    *,
+    retry: bool | None = None,
+    auth: bool = False,
+) -> CeDaemonError:
+    """The error for a non-2xx answer, by the classification in the module docstring.
+
+    ``message`` says what was answered (the redirect error names ``target`` and where it pointed
+    instead). The vendor's own verdict, when its error code gives one, overrides the status:
+    ``retry=True`` retries (``Retry-After`` honoured), ``retry=False`` never does, ``None`` lets the
+    status decide; ``auth=True`` is a refusal of the credentials whatever the status.
+    """
+    if 300 <= status < 400:
+        return redirect_error(status, headers, target)
+    if retry:
+        return TransientError(message, retry_after=retry_after(headers))
+    if auth or status in (401, 403):
+        return AuthError(message)
+    if retry is None and status in RETRYABLE:
+        return TransientError(message, retry_after=retry_after(headers))
+    return PermanentError(message)
+
+
 async def raise_for_status(response: aiohttp.ClientResponse, target: str) -> None:
-    """Map a non-2xx answer onto the error taxonomy, with a short excerpt of the body."""
+    """Map a non-2xx answer onto the error taxonomy (:func:`status_error`), with an excerpt of the body."""
     status = response.status
     if 200 <= status < 300:
         return
-    if 300 <= status < 400:
-        raise redirect_error(status, response.headers, target)
-    body = await read_excerpt(response)
+    body = "" if 300 <= status < 400 else await read_excerpt(response)
     message = f"{target} answered HTTP {status}" + (f": {body}" if body else "")
-    if status in (401, 403):
-        raise AuthError(message)
-    if status in RETRYABLE:
-        raise TransientError(message, retry_after=retry_after(response.headers))
-    raise PermanentError(message)
+    raise status_error(status, message, response.headers, target)
 
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -211,7 +240,13 @@ def basic(username: str, password: SecretStr) -> str:
     return "Basic " + encoded
 
 
-class HttpSink(LogSink):
+ConnectionOptionsT_co = TypeVar(
+    "ConnectionOptionsT_co", bound="ConnectionOptions", covariant=True, default="ConnectionOptions"
+)
+"""The options model of an :class:`HttpSink`: :class:`ConnectionOptions` or a model derived from it."""
+
+
+class HttpSink(LogSink[ConnectionOptionsT_co]):
     """A log sink that talks HTTP through one client session for its whole life (connection reuse).
 
     :meth:`session` gives it, made on first use (``open`` makes it), and ``close`` closes it. The
@@ -223,8 +258,6 @@ class HttpSink(LogSink):
 
     def new_session(self) -> aiohttp.ClientSession:
         """A new session from the options' timeout, TLS (and headers, for :class:`HttpOptions`)."""
-        if not isinstance(self.options, ConnectionOptions):
-            raise TypeError(f"{type(self).__name__}.Options must derive from ConnectionOptions")
         return make_session(self.options, self.context.base_dir)
 
     def session(self) -> aiohttp.ClientSession:

@@ -1,9 +1,14 @@
 """The plugin contract: what a plugin of each kind implements, and what the core hands it.
 
 A plugin is a thin adapter to one external system. It owns a pydantic options model
-(``Options``, ``extra="forbid"``) and implements the kind's small async contract: ``open``,
-``health``, the kind's operations, ``close``. Module logic (batching, retries of whole
-batches, dead-lettering, offsets) lives in the core.
+(``extra="forbid"``), named once as the type parameter of its base (``LogSink[AcmeOptions]``), and
+implements the kind's small async contract: ``open``, ``health``, the kind's operations, ``close``.
+Module logic (batching, retries of whole batches, dead-lettering, offsets) lives in the core.
+
+This module and :mod:`ce_daemon.http` are the whole public surface a plugin imports from: the error
+taxonomy (:class:`TransientError`, :class:`AuthError`…), :func:`register_secret`, the syslog
+framing (:class:`SyslogFramer`) and the daemon's one backoff (:class:`Backoff`, for a plugin's own
+retries inside one ``send``) are re-exported here so that a plugin never reaches into the core.
 
 A plugin class says which version of this contract it was written for (``api_version``); the
 registry checks it against :data:`API_VERSION` when it loads the plugin (see ``docs/plugins.md``).
@@ -15,27 +20,43 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final, Generic, get_args
 
 import structlog
 from pydantic import BaseModel, ConfigDict
+from structlog.typing import FilteringBoundLogger
+from typing_extensions import TypeVar
 
+from ce_daemon.backoff import Backoff
 from ce_daemon.config.model import Duration, SecretOrText, Size, Timeout
+from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
+from ce_daemon.framing import Framing, SyslogFramer, SyslogHeader
+from ce_daemon.redact import register as register_secret
 
 __all__ = [
     "API_VERSION",
     "OLDEST_API_VERSION",
+    "AuthError",
+    "Backoff",
+    "ComponentConfigError",
     "Duration",
+    "Framing",
     "Health",
     "LogSink",
+    "OptionsT_co",
     "OutRecord",
+    "PermanentError",
     "Plugin",
     "PluginContext",
     "PluginOptions",
     "SecretOrText",
     "SendResult",
     "Size",
+    "SyslogFramer",
+    "SyslogHeader",
     "Timeout",
+    "TransientError",
+    "register_secret",
 ]
 
 
@@ -58,6 +79,10 @@ class PluginOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
+OptionsT_co = TypeVar("OptionsT_co", bound=PluginOptions, covariant=True, default=PluginOptions)
+"""A plugin's options model, the type parameter of its base class (``LogSink[AcmeOptions]``)."""
+
+
 @dataclass(frozen=True)
 class PluginContext:
     """What the core gives a plugin instance.
@@ -69,7 +94,8 @@ class PluginContext:
     name: str
     base_dir: Path
     data_dir: Path
-    log: Any = field(default_factory=structlog.get_logger)
+    log: FilteringBoundLogger = field(default_factory=structlog.get_logger)
+    """The component's logger, already bound to its name (``component=``, ``sink=``)."""
 
     def resolve(self, path: Path) -> Path:
         """``path`` made absolute against the pipeline file's folder."""
@@ -111,7 +137,16 @@ class SendResult:
     rejected: Sequence[tuple[int, str]] = ()
 
 
-class Plugin(ABC):
+def _options_model(cls: type) -> type[PluginOptions] | None:
+    """The options model ``cls`` names as a type parameter of its own bases, if it names one."""
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        for argument in get_args(base):
+            if isinstance(argument, type) and issubclass(argument, PluginOptions):
+                return argument
+    return None
+
+
+class Plugin(ABC, Generic[OptionsT_co]):
     """What every plugin kind shares.
 
     The core calls, on one instance: ``open`` once, then ``health``, then the kind's operations
@@ -120,6 +155,12 @@ class Plugin(ABC):
     """
 
     Options: ClassVar[type[PluginOptions]]
+    """The options model the core validates a component's settings with.
+
+    Derived from the type parameter (``class AcmeSink(LogSink[AcmeOptions])``): a plugin names its
+    model once. A plugin written before the base was generic sets ``Options = AcmeOptions`` instead.
+    """
+    options: OptionsT_co
     kind: ClassVar[str]
     api_version: ClassVar[int]
     """The :data:`API_VERSION` the plugin was written for: set it as a number, never as ``API_VERSION``.
@@ -127,11 +168,24 @@ class Plugin(ABC):
     Declared by each plugin class, not here, so that the registry can tell a plugin that declares none.
     """
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        model = _options_model(cls)
+        if model is None:
+            return
+        declared = cls.__dict__.get("Options")
+        if declared is not None and declared is not model:
+            raise TypeError(
+                f"{cls.__name__} declares Options = {declared.__name__} but is parameterised with "
+                f"{model.__name__}: name the options model once, as the type parameter"
+            )
+        cls.Options = model
+
+    def __init__(self, options: OptionsT_co, context: PluginContext) -> None:
         self.options = options
         self.context = context
 
-    async def open(self) -> None:  # noqa: B027 - optional hook, empty by default on purpose
+    async def open(self) -> None:
         """Acquire connections and sessions; anything it raises is a start failure of the component."""
 
     async def health(self) -> Health:
@@ -142,14 +196,14 @@ class Plugin(ABC):
         """
         return Health(ok=True)
 
-    async def close(self) -> None:  # noqa: B027 - optional hook, empty by default on purpose
+    async def close(self) -> None:
         """Release everything ``open`` acquired; called once, also after a failed ``open``.
 
         It must not raise when ``open`` stopped half-way or never ran, and a second call does nothing.
         """
 
 
-class LogSink(Plugin):
+class LogSink(Plugin[OptionsT_co]):
     """Ships formatted log records to a SIEM, a store or a socket."""
 
     kind: ClassVar[str] = "log_sink"

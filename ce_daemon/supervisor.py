@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import structlog
 
+from ce_daemon.backoff import Backoff, pause
 from ce_daemon.errors import AuthError, ComponentConfigError
 from ce_daemon.health import ComponentStatus, State
 
@@ -74,7 +74,7 @@ class Supervisor:
     async def _loop(self, sv: Supervised) -> None:
         component, status = sv.component, sv.component.status
         bound = log.bind(component=component.name)
-        delay = self.backoff_initial
+        backoff, crashes = Backoff(self.backoff_initial, self.backoff_max), 0
         while not sv.stopping.is_set():
             try:
                 await component.run(sv.stopping)
@@ -86,13 +86,12 @@ class Supervisor:
                 await sv.stopping.wait()
                 return
             except Exception as exc:  # noqa: BLE001 - a crash in one component must never reach its siblings
+                crashes += 1
+                delay = backoff.delay(crashes)
                 status.restarts += 1
                 status.degraded(f"crashed: {type(exc).__name__}: {exc}")
                 bound.exception("component.crashed", restart_in=round(delay, 2))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
-                        await sv.stopping.wait()
-                delay = min(delay * 2, self.backoff_max)
+                await pause(sv.stopping, delay)
                 continue
             return  # run() returned: it finished its work (a one-off job) or was asked to stop
 

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from ce_webhook.fake import FakeWebhook
 from pydantic import SecretStr
 
 from ce_daemon.http import HttpOptions, make_session, raise_for_status, transport_error
@@ -25,7 +26,6 @@ from ce_daemon.testing.contract import (
     refused_record_is_rejected_alone,
     retry_after_partial_failure_does_not_duplicate,
 )
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 
 
 class AcmeOptions(HttpOptions):

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.sim_faults import Fault
-from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.netskope.subtypes import DataKind
+from ce_daemon.simulator.faults import Fault
+from ce_daemon.simulator.records import record_id
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config
 

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import TenantSimulator
 from ce_daemon.netskope.subtypes import DataKind
+from ce_daemon.simulator.records import record_id
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config
 

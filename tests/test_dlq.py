@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ce_elastic.fake import FakeElasticsearch
+from ce_webhook.fake import FakeWebhook
 
 from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS, DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.mapping import Mapping
-from ce_daemon.netskope.records import RecordFactory
-from ce_daemon.netskope.simulator import TenantSimulator
+from ce_daemon.simulator.records import RecordFactory
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.spool import SPOOL_MIGRATIONS
 from ce_daemon.state import StateStore
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.elastic import FakeElasticsearch
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import (
     backlog_ids,
     backlog_simulator,

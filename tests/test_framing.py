@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from ce_daemon.logs.framing import SyslogFramer
+from ce_daemon.framing import SyslogFramer
 
 MESSAGE = b"CEF:0|Netskope|acme|NULL|DLP|n|High|suser=z\xc3\xab"  # ends in a two-byte UTF-8 character
 WHEN = 1700000000.123  # 2023-11-14 22:13:20.123 UTC

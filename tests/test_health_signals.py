@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from ce_webhook.fake import FakeWebhook
 
-from ce_daemon.netskope.simulator import TenantSimulator
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config, route_when
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
 

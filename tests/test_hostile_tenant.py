@@ -22,9 +22,9 @@ import pytest
 
 from ce_daemon.health import State
 from ce_daemon.netskope.pages import RECORD_DEPTH_LIMIT
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.sim_faults import Fault
-from ce_daemon.netskope.simulator import TenantSimulator
+from ce_daemon.simulator.faults import Fault
+from ce_daemon.simulator.records import record_id
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing.hostile import Decoy, HostileTenant, Trick
 from ce_daemon.testing.ingest import Ingest, StreamId, ingesting, route, tenant
 from ce_daemon.testing.pipelines import backlog_simulator

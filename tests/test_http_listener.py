@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from ce_webhook.fake import FakeWebhook
 from prometheus_client.parser import text_string_to_metric_families
 
 from ce_daemon.config.load import load_pipeline
@@ -23,7 +24,6 @@ from ce_daemon.config.model import HttpSettings
 from ce_daemon.errors import ConfigError
 from ce_daemon.registry import Registry
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import SIM_TOKEN, backlog_simulator, pipeline_config
 
 ENV = {"SIM_TOKEN": SIM_TOKEN}

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ce_daemon.health import State
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.sim_faults import Fault, corrupt_records
-from ce_daemon.netskope.simulator import RequestInfo, TenantSimulator
 from ce_daemon.netskope.subtypes import ALERT_SUBTYPES
+from ce_daemon.simulator.faults import Fault, corrupt_records
+from ce_daemon.simulator.records import record_id
+from ce_daemon.simulator.reports import RequestInfo
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing.ingest import Ingest, StreamId, Watch, route, tenant
 from ce_daemon.testing.ingest import ingesting as ingesting_with
 from ce_daemon.testing.pipelines import backlog_simulator

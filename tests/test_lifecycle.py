@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ce_webhook.fake import FakeWebhook
 
-from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
+from ce_daemon.simulator.tenant import TenantSimulator, running_simulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import daemon_status, pipeline_config, route_of, route_when, run_cli
 from ce_daemon.testing.sinks import SilentListener, closed_port
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver

@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from ce_webhook.fake import FakeWebhook
+
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import backlog_ids, backlog_simulator, daemon_status, pipeline_config
 
 TOKEN = "lookback-token-0123456789"

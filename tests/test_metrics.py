@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from ce_webhook.fake import FakeWebhook
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,7 +31,6 @@ from ce_daemon.spool import SPOOL_MIGRATIONS, IteratorMark, Spool
 from ce_daemon.state import StateStore
 from ce_daemon.supervisor import Component, Supervised, Supervisor
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import SIM_TOKEN, backlog_simulator, pipeline_config
 from ce_daemon.testing.prometheus import PrometheusServer, prometheus_path
 

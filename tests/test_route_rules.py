@@ -6,9 +6,10 @@ import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ce_daemon.netskope.records import RecordFactory
+from ce_webhook.fake import FakeWebhook
+
+from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config, route_counters
 
 TOKEN = "rules-token-0123456789"

@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ce_daemon.netskope.records import record_id
 from ce_daemon.netskope.sendwindow import CALM_SENDS, MARGIN, MAX_MARGIN, SendWindow, Slot
-from ce_daemon.netskope.simulator import TenantSimulator
+from ce_daemon.simulator.records import record_id
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing.ingest import StreamId, ingesting, route, tenant
 
 TOKEN = "window-token-0123456789"

@@ -14,12 +14,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from ce_webhook.fake import FakeWebhook
 
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.mapping import Mapping
-from ce_daemon.netskope.simulator import TenantSimulator
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.fakes.webhook import FakeWebhook
 from ce_daemon.testing.pipelines import (
     backlog_ids,
     backlog_simulator,

@@ -6,8 +6,8 @@ import aiohttp
 import orjson
 
 from ce_daemon.cluster.handle import LEASE_HEADER
-from ce_daemon.netskope.sim_leases import LeaseLedger
-from ce_daemon.netskope.simulator import DEFAULT_TOKEN, TOKEN_HEADER, running_simulator
+from ce_daemon.simulator.leases import LeaseLedger
+from ce_daemon.simulator.tenant import DEFAULT_TOKEN, TOKEN_HEADER, running_simulator
 
 ENDPOINT = "events/page"
 

@@ -16,17 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
 
-from ce_daemon.netskope.records import RecordFactory, record_id
-from ce_daemon.netskope.sim_faults import Fault
-from ce_daemon.netskope.sim_iterator import SlidingWindow, Timeline
-from ce_daemon.netskope.simulator import (
-    DEFAULT_TOKEN,
-    TenantSimulator,
-    add_simulate_arguments,
-    run_simulator,
-    running_simulator,
-    simulator_from_arguments,
-)
 from ce_daemon.netskope.subtypes import (
     ALERT_DISPLAY_NAMES,
     DataKind,
@@ -34,6 +23,11 @@ from ce_daemon.netskope.subtypes import (
     dataexport_path,
     normalise_subtype,
 )
+from ce_daemon.simulator.command import add_simulate_arguments, run_simulator, simulator_from_arguments
+from ce_daemon.simulator.faults import Fault
+from ce_daemon.simulator.iterator import SlidingWindow, Timeline
+from ce_daemon.simulator.records import RecordFactory, record_id
+from ce_daemon.simulator.tenant import DEFAULT_TOKEN, TenantSimulator, running_simulator
 
 START = 1_700_000_000.0
 SEED = 42

@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 from ce_azure import AzureLogsIngestionSink
+from ce_azure.fake import FakeAzureMonitor
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import split_by_size
 from ce_daemon.plugin import OutRecord
-from ce_daemon.testing.fakes.azure import FakeAzureMonitor
 from ce_daemon.testing.pipelines import ship_backlog
 from ce_daemon.testing.sinks import assert_tls_verified, open_sink
 from ce_daemon.testing.tls import self_signed_tls

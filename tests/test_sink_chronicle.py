@@ -11,12 +11,12 @@ from typing import Any
 import orjson
 import pytest
 from ce_chronicle import ChronicleSink
+from ce_chronicle.fake import FakeChronicle
 from ce_chronicle.sink import regional_endpoint
 from pydantic import ValidationError
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing.fakes.google import FakeChronicle
 from ce_daemon.testing.pipelines import ship_backlog
 from ce_daemon.testing.sinks import assert_tls_verified, open_sink
 from ce_daemon.testing.tls import self_signed_tls

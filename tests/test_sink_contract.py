@@ -16,21 +16,21 @@ from typing import Any
 import orjson
 import pytest
 from ce_azure import AzureLogsIngestionSink
+from ce_azure.fake import FakeAzureMonitor
 from ce_chronicle import ChronicleSink
+from ce_chronicle.fake import FakeChronicle
 from ce_elastic import ElasticsearchSink
+from ce_elastic.fake import FakeElasticsearch
 from ce_file import FileSink
 from ce_s3 import S3Sink
+from ce_s3.fake import FakeS3
 from ce_splunk import SplunkHecSink
+from ce_splunk.fake import FakeSplunk
 from ce_syslog import SyslogSink
 from ce_webhook import WebhookSink
+from ce_webhook.fake import FakeWebhook, bearer_value
 
 from ce_daemon.testing.contract import FakeServerTarget, LogSinkContract, SinkTarget, ids_in
-from ce_daemon.testing.fakes.azure import FakeAzureMonitor
-from ce_daemon.testing.fakes.elastic import FakeElasticsearch
-from ce_daemon.testing.fakes.google import FakeChronicle
-from ce_daemon.testing.fakes.s3 import FakeS3
-from ce_daemon.testing.fakes.splunk import FakeSplunk
-from ce_daemon.testing.fakes.webhook import FakeWebhook, bearer_value
 from ce_daemon.testing.rsyslog import RsyslogServer, rsyslogd_path
 
 SECRET = "contract-secret-0123456789"  # the fakes' own throwaway credential

@@ -13,10 +13,10 @@ import orjson
 import pydantic
 import pytest
 from ce_elastic import ElasticsearchOptions, ElasticsearchSink
+from ce_elastic.fake import FakeElasticsearch
 
 from ce_daemon.errors import AuthError, ComponentConfigError, TransientError
 from ce_daemon.plugin import OutRecord
-from ce_daemon.testing.fakes.elastic import FakeElasticsearch
 from ce_daemon.testing.pipelines import ship_backlog
 from ce_daemon.testing.sinks import assert_tls_verified, attempt, closed_port, open_sink
 from ce_daemon.testing.tls import self_signed_tls

@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 from ce_s3 import S3Sink
+from ce_s3.fake import FakeS3, expected_signature
 from ce_s3.sigv4 import EMPTY_SHA256, Credentials, authorization, sha256_hex, uri_encode
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing.fakes.s3 import FakeS3, expected_signature
 from ce_daemon.testing.pipelines import ship_backlog
 from ce_daemon.testing.sinks import assert_tls_verified, open_sink
 from ce_daemon.testing.tls import self_signed_tls

@@ -12,10 +12,10 @@ import orjson
 import pydantic
 import pytest
 from ce_splunk import SplunkHecOptions, SplunkHecSink
+from ce_splunk.fake import FakeSplunk
 
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.plugin import OutRecord, PluginContext
-from ce_daemon.testing.fakes.splunk import FakeSplunk
 from ce_daemon.testing.pipelines import ship_backlog
 from ce_daemon.testing.sinks import assert_tls_verified, attempt, closed_port, open_sink
 from ce_daemon.testing.tls import self_signed_tls

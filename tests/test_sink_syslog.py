@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from ce_daemon.errors import TransientError
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.mapping import Mapping
-from ce_daemon.netskope.records import RecordFactory, record_id
-from ce_daemon.netskope.simulator import running_simulator
 from ce_daemon.netskope.subtypes import DataKind
 from ce_daemon.plugin import OutRecord, PluginContext
+from ce_daemon.simulator.records import RecordFactory, record_id
+from ce_daemon.simulator.tenant import running_simulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.rsyslog import ReceivedMessage, RsyslogServer, rsyslogd_path, tls_driver_available
 from ce_daemon.testing.tls import make_certificates

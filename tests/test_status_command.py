@@ -19,11 +19,11 @@ from typing import Any
 
 import orjson
 import pytest
+from ce_webhook.fake import FakeWebhook, bearer_value
 
-from ce_daemon.netskope.simulator import TenantSimulator
+from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.configs import billion_laughs, run_bounded
-from ce_daemon.testing.fakes.webhook import FakeWebhook, bearer_value
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config, route_when, run_cli
 
 TOKEN = "status-token-0123456789"

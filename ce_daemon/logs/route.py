@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ce_daemon.backoff import Backoff, pause
 from ce_daemon.config.load import LoadedPipeline
 from ce_daemon.errors import (
     AuthError,
@@ -185,8 +185,8 @@ class RouteComponent(Component):
         while not stopping.is_set():
             if isinstance(self._start_failure, AuthError | ComponentConfigError):
                 raise self._start_failure  # not worth another try: the supervisor waits for a reload
-            if self._failed_starts and await _wait(
-                stopping, _backoff(self._failed_starts, self.config.retry_max_delay)
+            if self._failed_starts and await pause(
+                stopping, Backoff(cap=self.config.retry_max_delay).delay(self._failed_starts)
             ):
                 return False
             try:
@@ -354,7 +354,7 @@ class RouteComponent(Component):
                 attempt += 1
                 self.status.count("retries")
                 self.status.count("failed", len(batch.records))
-                delay = max(exc.retry_after or 0.0, _backoff(attempt, self.config.retry_max_delay))
+                delay = Backoff(cap=self.config.retry_max_delay).delay(attempt, exc.retry_after)
                 if attempt >= 2:
                     never = "" if self.status.counters.get("sent") else " (nothing delivered yet)"
                     self.status.degraded(f"sink failing, retrying{never}: {exc}")
@@ -369,7 +369,7 @@ class RouteComponent(Component):
                     # Never acknowledged: the pages are read again after a restart. Nothing after this
                     # batch may be sent either, or its acknowledgement would cover these records.
                     raise _BatchAbandonedError from exc
-                await _wait(stopping, delay)
+                await pause(stopping, delay)
                 continue
             except PermanentError as exc:
                 self.log.error("sink.batch_rejected", error=str(exc), records=len(batch.records))
@@ -470,15 +470,3 @@ def _start_failure(message: str, cause: Exception) -> CeDaemonError:
     if isinstance(cause, ComponentConfigError):
         return ComponentConfigError(message)
     return TransientError(message)
-
-
-def _backoff(attempt: int, cap: float) -> float:
-    base = min(cap, 0.5 * 2.0 ** min(attempt - 1, 16))
-    return base * (0.5 + secrets.randbelow(1000) / 1000)
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    return event.is_set()

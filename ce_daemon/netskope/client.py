@@ -30,7 +30,7 @@ import orjson
 from ce_daemon import __version__
 from ce_daemon.config.model import Tenant
 from ce_daemon.errors import AuthError, TransientError
-from ce_daemon.http import read_excerpt, redirect_error
+from ce_daemon.http import excerpt, read_excerpt, redirect_error
 from ce_daemon.netskope.pages import PageSyntaxError, Repair, parse_page, repair_records
 from ce_daemon.netskope.sendwindow import SendWindow, Slot
 from ce_daemon.netskope.subtypes import DataKind, dataexport_path
@@ -232,8 +232,7 @@ class TenantClient:
             self.throttled += 1
             self.window.refused()
             raise TransientError(f"rate limited (429) on {where}", retry_after=retry_after or 1.0)
-        text = await read_excerpt(response)
-        message = f"HTTP {status} on {where}: {text[:160]}"
+        message = f"HTTP {status} on {where}: {await read_excerpt(response, 160)}"
         if status >= 500:
             raise ServerError(message, retry_after=retry_after)
         raise TransientError(message, retry_after=retry_after)
@@ -245,10 +244,8 @@ class TenantClient:
         media = declared.split(";", 1)[0].strip().lower()
         if media in _PAGE_TYPES or media.endswith("+json"):
             return
-        text = await read_excerpt(response)
-        raise BrokenPageError(
-            f"{where} answered 200 with Content-Type {media}, not a JSON page: {text[:120]}"
-        )
+        text = await read_excerpt(response, 120)
+        raise BrokenPageError(f"{where} answered 200 with Content-Type {media}, not a JSON page: {text}")
 
     async def _read(self, response: aiohttp.ClientResponse, where: str) -> bytes:
         """The body, decompressed, refused as soon as it passes ``max_page_bytes``."""
@@ -284,7 +281,7 @@ class TenantClient:
             raise BrokenPageError(f"page on {where} is a JSON {type(data).__name__}, not an object")
         if data.get("ok", 1) != 1:
             message = data.get("message") or data.get("error") or data.get("errors") or "no message"
-            raise NotOkError(f"ok={data.get('ok')!r}: {str(message)[:200]}")
+            raise NotOkError(f"ok={excerpt(repr(data.get('ok')), 40)}: {excerpt(str(message), 200)}")
         records = data.get("result")
         if not isinstance(records, list):
             raise BrokenPageError(f"page on {where} has no `result` list")

@@ -16,7 +16,6 @@ itself degraded, saying what it is waiting for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import secrets
 import time
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from ce_daemon.backoff import Backoff, pause
 from ce_daemon.config.model import Tenant
 from ce_daemon.errors import TransientError
 from ce_daemon.health import State
@@ -153,7 +153,7 @@ class Poller(Component):
             # the wait for the next token, or every poller of a tenant keeps one alive.
             del page
             self._doing = f"waiting {wait_time:g}s, as the last page's wait_time asked"
-            if wait_time > 0 and await _wait(stopping, wait_time):
+            if wait_time > 0 and await pause(stopping, wait_time):
                 return
 
     async def _commit(self, page: Page, operation: str, progress: dict[str, Any] | None = None) -> bool:
@@ -289,22 +289,20 @@ class Poller(Component):
 
     def _delay(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        asked = exc.retry_after if isinstance(exc, TransientError) and exc.retry_after else 0.0
-        backoff = min(self.tenant.max_retry_delay, 0.5 * 2 ** min(state.attempt_number - 1, 16))
-        jittered: float = backoff * (0.5 + secrets.randbelow(1000) / 1000)
-        return max(asked, jittered)
+        asked = exc.retry_after if isinstance(exc, TransientError) else None
+        return Backoff(cap=self.tenant.max_retry_delay).delay(state.attempt_number, asked)
 
     async def _sleep(self, seconds: float) -> None:
         assert self._stopping is not None
-        await _wait(self._stopping, seconds)
+        await pause(self._stopping, seconds)
         self.status.beat()
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         self.status.count("retries")
-        self._doing = f"retrying after: {exc}"
+        self._doing = f"retrying: {exc}"  # the watch and this report say it in the same words
         if state.attempt_number >= 3 or self._stalled_for() is not None:
-            self._trouble(f"retrying: {exc}")
+            self._trouble(self._doing)
         self.log.warning(
             "poller.retrying",
             attempt=state.attempt_number,
@@ -316,7 +314,7 @@ class Poller(Component):
 
     async def _watch_progress(self, stopping: asyncio.Event) -> None:
         """Report the poller degraded when no page came for longer than :func:`stall_limit` allows."""
-        while not await _wait(stopping, self._stall_limit / 4):
+        while not await pause(stopping, self._stall_limit / 4):
             # not while the spool is full (the consumers' doing) or once a look-back has finished
             done = self.status.state is State.STOPPED
             if self._stalled_for() is not None and not self.spool.full and not done:
@@ -398,11 +396,3 @@ def _after(record: dict[str, Any], end: int) -> bool:
 
 def _seconds(value: float) -> str:
     return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Wait ``seconds`` unless ``event`` is set first; True when it was set."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    return event.is_set()

@@ -1,6 +1,6 @@
 """A tenant's request budget, counted the way the tenant counts it: requests sent in the last second.
 
-Netskope (and the simulator, `ce_daemon.netskope.sim_iterator.SlidingWindow`) refuse a request when the
+Netskope (and the simulator, `ce_daemon.simulator.iterator.SlidingWindow`) refuse a request when the
 window of the last second already holds ``rate`` requests. A token bucket that spaces its grants evenly
 does not know when each request actually left: when the event loop stalls between a grant and its
 send (a 10,000-record page being parsed holds it for 100-200 ms), a late send and the next on-time

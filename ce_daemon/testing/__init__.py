@@ -1,6 +1,6 @@
 """The test kit shipped with the core: a run-the-daemon harness, notify and syslog sockets.
 
-The tenant simulator lives in :mod:`ce_daemon.netskope.simulator` (``running_simulator``); the log
+The tenant simulator lives in :mod:`ce_daemon.simulator.tenant` (``running_simulator``); the log
 sink contract kit a plugin's own tests run in :mod:`ce_daemon.testing.contract` (it needs pytest).
 """
 

@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from ce_daemon.netskope.simulator import TOKEN_HEADER
+from ce_daemon.simulator.tenant import TOKEN_HEADER
 from ce_daemon.testing.fakes.base import FakeHttpServer, json_response
 
 TrickKind = Literal[

@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
-from ce_daemon.netskope.records import record_id
-from ce_daemon.netskope.simulator import TenantSimulator, running_simulator
 from ce_daemon.netskope.subtypes import DataKind
+from ce_daemon.simulator.records import record_id
+from ce_daemon.simulator.tenant import TenantSimulator, running_simulator
 from ce_daemon.testing.fakes.base import FakeHttpServer
 from ce_daemon.testing.harness import DaemonProcess, write_pipeline
 

@@ -22,10 +22,8 @@ from pydantic import Field, SecretStr
 
 from ce_azure.entra import EntraToken
 from ce_azure.rows import RowEncoder, json_array
-from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
-    RETRYABLE,
     ConnectionOptions,
     HttpSink,
     RequestTooLargeError,
@@ -33,10 +31,18 @@ from ce_daemon.http import (
     json_error,
     prepare_body,
     read_at_most,
-    retry_after,
+    status_error,
     transport_error,
 )
-from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.plugin import (
+    AuthError,
+    ComponentConfigError,
+    Health,
+    OutRecord,
+    PluginContext,
+    SendResult,
+    TransientError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -68,16 +74,14 @@ class AzureLogsIngestionOptions(ConnectionOptions):
     """The largest uncompressed JSON array sent in one call."""
 
 
-class AzureLogsIngestionSink(HttpSink):
+class AzureLogsIngestionSink(HttpSink[AzureLogsIngestionOptions]):
     """The ``azure_logs_ingestion`` log sink."""
 
     api_version = 1
-    Options = AzureLogsIngestionOptions
-    options: AzureLogsIngestionOptions
     max_batch_bytes = 900_000
     """Under the 1 MB call limit; rows add a time column (and JSON escaping), so calls split anyway."""
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init__(self, options: AzureLogsIngestionOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         opts = self.options
         self.url = (
@@ -129,15 +133,11 @@ class AzureLogsIngestionSink(HttpSink):
         message += f": {detail}" if detail else ""
         if status == 413:
             raise RequestTooLargeError(message)
-        if status in RETRYABLE:
-            raise TransientError(message, retry_after=retry_after(response.headers))
-        if status == 401:
-            raise AuthError(message)
         if status == 403:
             raise AuthError(message + " (the app needs the Monitoring Metrics Publisher role on the DCR)")
         if status == 404:
             raise ComponentConfigError(message + " (check dce, dcr_immutable_id and stream_name)")
-        raise PermanentError(message)
+        raise status_error(status, message, response.headers, self._target())
 
     def _target(self) -> str:
         opts = self.options

@@ -17,8 +17,8 @@ import orjson
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ce_daemon.errors import ComponentConfigError
 from ce_daemon.http import OAuth2Token
+from ce_daemon.plugin import ComponentConfigError
 
 INGESTION_SCOPE = "https://www.googleapis.com/auth/malachite-ingestion"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - an endpoint, not a secret

@@ -23,10 +23,8 @@ import structlog
 from pydantic import Field, SecretStr, model_validator
 
 from ce_chronicle.auth import GoogleToken, ServiceAccount
-from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
-    RETRYABLE,
     ConnectionOptions,
     HttpSink,
     RequestTooLargeError,
@@ -34,10 +32,18 @@ from ce_daemon.http import (
     json_error,
     prepare_body,
     read_at_most,
-    retry_after,
+    status_error,
     transport_error,
 )
-from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.plugin import (
+    AuthError,
+    ComponentConfigError,
+    Health,
+    OutRecord,
+    PluginContext,
+    SendResult,
+    TransientError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -77,16 +83,14 @@ class ChronicleOptions(ConnectionOptions):
         return self
 
 
-class ChronicleSink(HttpSink):
+class ChronicleSink(HttpSink[ChronicleOptions]):
     """The ``chronicle`` log sink."""
 
     api_version = 1
-    Options = ChronicleOptions
-    options: ChronicleOptions
     max_batch_bytes = 700_000
     """Below the 800,000-byte request default: each entry adds its JSON wrapping, so requests split anyway."""
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init__(self, options: ChronicleOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         opts = self.options
         host = (opts.endpoint or regional_endpoint(opts.region)).rstrip("/")
@@ -161,13 +165,10 @@ class ChronicleSink(HttpSink):
         message += f": {detail}" if detail else ""
         if status == 413 or (status == 400 and "payload size exceeds" in detail.lower()):
             raise RequestTooLargeError(message)
-        if status in RETRYABLE or code == "RESOURCE_EXHAUSTED":
-            raise TransientError(message, retry_after=retry_after(response.headers))
-        if status in (401, 403):
-            raise AuthError(message)
         if status == 404:
             raise ComponentConfigError(message + " (check region, endpoint and customer_id)")
-        raise PermanentError(message)
+        busy = True if code == "RESOURCE_EXHAUSTED" else None  # Google's quota answer, whatever its status
+        raise status_error(status, message, response.headers, f"Chronicle {self.url}", retry=busy)
 
 
 def _entry(record: OutRecord) -> bytes:

@@ -14,16 +14,15 @@ refused for good (400 mapping or parsing errors) are rejected with ``error.type:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import aiohttp
 import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import (
-    RETRYABLE,
     HttpOptions,
     HttpSink,
     RequestTooLargeError,
@@ -33,13 +32,21 @@ from ce_daemon.http import (
     make_session,
     prepare_body,
     read_body,
-    redirect_error,
-    retry_after,
     send_halving,
     split_by_size,
+    status_error,
     transport_error,
 )
-from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.plugin import (
+    AuthError,
+    Backoff,
+    ComponentConfigError,
+    Health,
+    OutRecord,
+    PluginContext,
+    SendResult,
+    TransientError,
+)
 from ce_elastic.documents import IndexNamer, document
 
 _ALREADY_THERE = "version_conflict_engine_exception"
@@ -64,7 +71,7 @@ class ElasticsearchOptions(HttpOptions):
     item_retries: Annotated[int, Field(ge=0, le=10)] = 3
     """How many times items refused with 429/5xx are retried before the batch is reported transient."""
     item_retry_delay: Annotated[float, Field(gt=0, le=60)] = 0.5
-    """The first pause before retrying items; it doubles each time."""
+    """The longest first pause before retrying items; the bound doubles each time (full jitter)."""
 
     @field_validator("index")
     @classmethod
@@ -80,14 +87,12 @@ class ElasticsearchOptions(HttpOptions):
         return self
 
 
-class ElasticsearchSink(HttpSink):
+class ElasticsearchSink(HttpSink[ElasticsearchOptions]):
     """The ``elasticsearch`` log sink."""
 
     api_version = 1
-    Options = ElasticsearchOptions
-    options: ElasticsearchOptions
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init__(self, options: ElasticsearchOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.log = context.log
         self._namer = IndexNamer(self.options.index)
@@ -169,7 +174,7 @@ class ElasticsearchSink(HttpSink):
                     f"Elasticsearch still refuses {len(retry)} item(s) after {attempt - 1} retries: "
                     + failures[0]
                 )
-            delay = self.options.item_retry_delay * 2 ** (attempt - 1)
+            delay = Backoff(first=self.options.item_retry_delay, cap=math.inf).delay(attempt)
             self.log.info("elasticsearch.items_retried", items=len(retry), attempt=attempt, first=failures[0])
             await asyncio.sleep(delay)  # no Retry-After for items: back off before asking again
             entries = retry
@@ -219,13 +224,14 @@ class ElasticsearchSink(HttpSink):
         if status == 413:
             raise RequestTooLargeError(_describe(status, answer))
         if not 200 <= status < 300:
-            raise _error(status, answer, headers)
+            message = f"Elasticsearch answered {_describe(status, answer)}"
+            raise status_error(status, message, headers, "Elasticsearch")
         items = answer.get("items")
         if not isinstance(items, list) or len(items) != len(entries):
             raise TransientError("Elasticsearch answered _bulk without one item per action")
         return [_item_result(item) for item in items]
 
-    async def _request(self, body: bytes) -> tuple[int, dict[str, Any], Any]:
+    async def _request(self, body: bytes) -> tuple[int, dict[str, Any], Mapping[str, str]]:
         session = self.session()
         body, headers = await prepare_body(body, "application/x-ndjson", compress=self.options.gzip)
         try:
@@ -272,14 +278,3 @@ def _describe(status: int, answer: dict[str, Any]) -> str:
     if isinstance(error, dict):
         return f"HTTP {status}: {error.get('type', 'error')}: {error.get('reason', '')}"
     return f"HTTP {status}" + (f": {error}" if error else "")
-
-
-def _error(status: int, answer: dict[str, Any], headers: Any) -> Exception:
-    message = f"Elasticsearch answered {_describe(status, answer)}"
-    if status in (401, 403):
-        return AuthError(message)
-    if 300 <= status < 400:
-        return redirect_error(status, headers, "Elasticsearch")
-    if status in RETRYABLE:
-        return TransientError(message, retry_after=retry_after(headers))
-    return PermanentError(message)

@@ -14,8 +14,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ce_daemon.errors import TransientError
-from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult, Size
+from ce_daemon.plugin import (
+    Health,
+    LogSink,
+    OutRecord,
+    PluginContext,
+    PluginOptions,
+    SendResult,
+    Size,
+    TransientError,
+)
 
 
 class FileSinkOptions(PluginOptions):
@@ -32,14 +40,12 @@ class FileSinkOptions(PluginOptions):
     """Force each batch to stable storage before acknowledging (slower; survives power loss)."""
 
 
-class FileSink(LogSink):
+class FileSink(LogSink[FileSinkOptions]):
     """The ``file`` log sink."""
 
     api_version = 1
-    Options = FileSinkOptions
-    options: FileSinkOptions
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init__(self, options: FileSinkOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.path = self.context.resolve(self.options.path)
         self._handle: int | None = None

@@ -28,19 +28,24 @@ import structlog
 from pydantic import Field, SecretStr
 from yarl import URL
 
-from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
-    RETRYABLE,
     ConnectionOptions,
     HttpSink,
     gzip_compress,
     read_at_most,
-    redirect_error,
-    retry_after,
+    status_error,
     transport_error,
 )
-from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult, Timeout
+from ce_daemon.plugin import (
+    ComponentConfigError,
+    Health,
+    OutRecord,
+    PermanentError,
+    PluginContext,
+    SendResult,
+    Timeout,
+)
 from ce_s3.sigv4 import EMPTY_SHA256, Credentials, sha256_hex, signed_headers, uri_encode
 
 log = structlog.get_logger(__name__)
@@ -98,14 +103,12 @@ class S3SinkOptions(ConnectionOptions):
     timeout: Timeout = 60.0
 
 
-class S3Sink(HttpSink):
+class S3Sink(HttpSink[S3SinkOptions]):
     """The ``s3`` log sink."""
 
     api_version = 1
-    Options = S3SinkOptions
-    options: S3SinkOptions
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init__(self, options: S3SinkOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         opts = self.options
         self.credentials = Credentials(
@@ -257,8 +260,6 @@ class S3Sink(HttpSink):
         what += f": {message}" if message else ""
         if code == "NoSuchBucket" or (status == 404 and not code):
             raise PermanentError(f"bucket {self.options.bucket!r} does not exist at {self.endpoint} ({what})")
-        if code in _TRANSIENT_CODES or (not code and status in RETRYABLE) or status >= 500:
-            raise TransientError(what, retry_after=retry_after(response.headers))
         if code in ("AuthorizationHeaderMalformed", "PermanentRedirect") or status == 301:
             region_match = _REGION.search(body)
             region = (
@@ -268,12 +269,14 @@ class S3Sink(HttpSink):
             )
             where = f"region {region!r}" if region else "another region"
             raise ComponentConfigError(f"{what} (the bucket lives in {where}; set `region:` to match)")
-        if 300 <= status < 400:
-            raise redirect_error(status, response.headers, self._target())
-        if code in _AUTH_CODES or status in (401, 403):
-            hint = " (check the system clock)" if code == "RequestTimeTooSkewed" else ""
-            raise AuthError(what + hint)
-        raise PermanentError(what)
+        if code:  # S3 names its errors: the code decides, though any 5xx is retried
+            retry: bool | None = code in _TRANSIENT_CODES or status >= 500
+        else:  # no code (a proxy's answer): the status decides
+            retry = True if status >= 500 else None
+        hint = " (check the system clock)" if code == "RequestTimeTooSkewed" else ""
+        raise status_error(
+            status, what + hint, response.headers, self._target(), retry=retry, auth=code in _AUTH_CODES
+        )
 
     def _target(self) -> str:
         return f"s3 {self.endpoint} bucket {self.options.bucket!r}"

@@ -29,16 +29,14 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import aiohttp
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.http import (
-    RETRYABLE,
     HttpOptions,
     HttpSink,
     ItemRefusedError,
@@ -49,11 +47,18 @@ from ce_daemon.http import (
     make_session,
     prepare_body,
     read_body,
-    redirect_error,
-    retry_after,
+    status_error,
     transport_error,
 )
-from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult, Timeout
+from ce_daemon.plugin import (
+    ComponentConfigError,
+    Health,
+    OutRecord,
+    PluginContext,
+    SendResult,
+    Timeout,
+    TransientError,
+)
 from ce_splunk.envelope import EnvelopeWriter
 
 _COLLECTOR_PATH = re.compile(r"/services/collector(?:/event|/raw)?(?:/1\.0)?/?$")
@@ -93,15 +98,13 @@ class SplunkHecOptions(HttpOptions):
         return _COLLECTOR_PATH.sub("", value.rstrip("/")).rstrip("/")
 
 
-class SplunkHecSink(HttpSink):
+class SplunkHecSink(HttpSink[SplunkHecOptions]):
     """The ``splunk_hec`` log sink."""
 
     api_version = 1
-    Options = SplunkHecOptions
-    options: SplunkHecOptions
     max_batch_bytes = 900_000
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init__(self, options: SplunkHecOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.log = context.log
         opts = self.options
@@ -185,7 +188,9 @@ class SplunkHecSink(HttpSink):
             raise ItemRefusedError(bad, f"HEC refused the event: {_describe(status, answer)}")
         raise _error(status, answer, headers)
 
-    async def _request(self, url: str, body: bytes, *, compress: bool) -> tuple[int, dict[str, Any], Any]:
+    async def _request(
+        self, url: str, body: bytes, *, compress: bool
+    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
         """POST ``body``; the status, HEC's JSON answer and the headers (errors are the caller's to map)."""
         session = self.session()
         body, headers = await prepare_body(body, "application/json", compress=compress)
@@ -241,14 +246,10 @@ def _describe(status: int, answer: dict[str, Any]) -> str:
     return described
 
 
-def _error(status: int, answer: dict[str, Any], headers: Any) -> Exception:
+def _error(status: int, answer: dict[str, Any], headers: Mapping[str, str]) -> Exception:
     """The error taxonomy for a HEC failure (see the module docstring)."""
     code = answer.get("code")
     message = f"Splunk HEC answered {_describe(status, answer)}"
-    if status in (401, 403):
-        return AuthError(message)
-    if 300 <= status < 400:
-        return redirect_error(status, headers, "Splunk HEC")
     if code in _CONFIG_CODES:
         hints = {
             7: "is `index` allowed for this token?",
@@ -257,6 +258,5 @@ def _error(status: int, answer: dict[str, Any], headers: Any) -> Exception:
             14: "the token has indexer acknowledgement off: set `acknowledgement: false`",
         }
         return ComponentConfigError(f"{message}; {hints[code]}")
-    if status in RETRYABLE or code == 9:
-        return TransientError(message, retry_after=retry_after(headers))
-    return PermanentError(message)
+    busy = True if code == 9 else None  # "Server is busy"
+    return status_error(status, message, headers, "Splunk HEC", retry=busy)

@@ -22,8 +22,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ce_daemon.http import TlsOptions
-from ce_daemon.logs.framing import SyslogFramer
-from ce_daemon.plugin import PluginOptions, Timeout
+from ce_daemon.plugin import PluginOptions, SyslogFramer, Timeout
 
 Protocol = Literal["udp", "tcp", "tls"]
 

@@ -24,24 +24,28 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from ce_daemon.errors import TransientError
 from ce_daemon.http import ssl_context
-from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.plugin import (
+    Health,
+    LogSink,
+    OutRecord,
+    PluginContext,
+    SendResult,
+    TransientError,
+)
 from ce_syslog.options import SyslogSinkOptions
 
 _LATEST_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime renders
 _CLOSE_TIMEOUT: Final = 5.0
 
 
-class SyslogSink(LogSink):
+class SyslogSink(LogSink[SyslogSinkOptions]):
     """The ``syslog`` log sink."""
 
     api_version = 1
-    Options = SyslogSinkOptions
-    options: SyslogSinkOptions
     max_batch_bytes = None  # a stream has no request size; each message is checked on its own
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init__(self, options: SyslogSinkOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self._framer = self.options.framer()
         self._target = f"syslog receiver {self.options.target}"

@@ -76,14 +76,12 @@ class WebhookOptions(HttpOptions):
     """Checked with GET at start and reload (2xx: healthy); without it, the URL is probed with HEAD."""
 
 
-class WebhookSink(HttpSink):
+class WebhookSink(HttpSink[WebhookOptions]):
     """The ``webhook`` log sink."""
 
     api_version = 1
-    Options = WebhookOptions
-    options: WebhookOptions
 
-    def __init__(self, options: PluginOptions, context: PluginContext) -> None:
+    def __init__(self, options: WebhookOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.log = context.log
         if self.options.body == "json":

@@ -3,7 +3,7 @@
 A record is a pure function of ``(seed, kind, subtype, seq)`` (and the timestamp its stream gives
 it), so a test can recompute every record, or just its ``_id`` with `record_id`, without the
 simulator keeping anything. Generation has to keep up with 40,000+ records/s: value pools are built
-once per factory from a seeded RNG (`ce_daemon.netskope.record_shapes`), and each record only
+once per factory from a seeded RNG (`ce_daemon.simulator.record_shapes`), and each record only
 merges a few pre-built partial dicts picked by bits of its own ``_id`` hash, instead of drawing
 random numbers field by field.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import random
 
-from ce_daemon.netskope.record_shapes import (
+from ce_daemon.netskope.subtypes import ALERT_SUBTYPES, SUBTYPES, DataKind
+from ce_daemon.simulator.record_shapes import (
     POOL_SIZE,
     Record,
     Variant,
@@ -22,7 +23,6 @@ from ce_daemon.netskope.record_shapes import (
     event_variant,
     user_pool,
 )
-from ce_daemon.netskope.subtypes import ALERT_SUBTYPES, SUBTYPES, DataKind
 
 __all__ = ["Record", "RecordFactory", "record_id"]
 

@@ -1,47 +1,35 @@
 """A faithful Netskope tenant for tests, the demo and the benchmarks: the REST API v2 data export.
 
 `TenantSimulator` serves ``GET /api/v2/events/dataexport/{alerts|events}/{subtype}`` with
-server-side cursors per (endpoint, index), deterministic records (`ce_daemon.netskope.records`),
-the per-token rate limit with real 429s and ``ratelimit-*`` headers, and scripted faults
-(`ce_daemon.netskope.sim_faults`). A cursor moves when the page is built, before its body is
-written, so a client that loses the answer has lost the page unless it asks ``resend``: the crash
-window the daemon must survive.
+server-side cursors per (endpoint, index), deterministic records (`ce_daemon.simulator.records`,
+rendered by `ce_daemon.simulator.render`), the per-token rate limit with real 429s and
+``ratelimit-*`` headers, and scripted faults (`ce_daemon.simulator.faults`). A cursor moves when
+the page is built, before its body is written, so a client that loses the answer has lost the page
+unless it asks ``resend``: the crash window the daemon must survive.
 
 Test control: the Python API (`TenantSimulator.inject`, ``stats``, ``served``, ``wait_for_request``)
-and its HTTP twin under ``/_sim/`` (`ce_daemon.netskope.sim_control`).
+and its HTTP twin under ``/_sim/`` (`ce_daemon.simulator.control`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import gzip
 import math
-import sys
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
 from ce_daemon.cluster.handle import LEASE_HEADER
-from ce_daemon.netskope.records import RecordFactory
-from ce_daemon.netskope.sim_control import control_routes
-from ce_daemon.netskope.sim_faults import (
-    Fault,
-    FaultQueue,
-    corrupt_records,
-    error_body,
-    malform,
-    not_ok_body,
-    status_fault_body,
-)
-from ce_daemon.netskope.sim_iterator import (
+from ce_daemon.netskope.subtypes import DataKind, all_streams, check_kind, normalise_subtype, parse_stream
+from ce_daemon.simulator.control import control_routes
+from ce_daemon.simulator.faults import Fault, FaultQueue, error_body, not_ok_body, status_fault_body
+from ce_daemon.simulator.iterator import (
     OPERATIONS,
     IndexCursor,
     Page,
@@ -51,8 +39,10 @@ from ce_daemon.netskope.sim_iterator import (
     Timeline,
     advance,
 )
-from ce_daemon.netskope.sim_leases import LeaseLedger
-from ce_daemon.netskope.subtypes import DataKind, all_streams, check_kind, normalise_subtype, parse_stream
+from ce_daemon.simulator.leases import LeaseLedger
+from ce_daemon.simulator.records import RecordFactory
+from ce_daemon.simulator.render import render_page
+from ce_daemon.simulator.reports import RequestInfo, ServedPage, SimulatorStats
 
 log = structlog.get_logger(__name__)
 
@@ -62,58 +52,7 @@ TOKEN_HEADER = "Netskope-Api-Token"  # noqa: S105  # a header name, not a secret
 
 StreamKey = tuple[DataKind, str]
 _STREAMS_BY_PATH: dict[tuple[str, str], StreamKey] = {stream: stream for stream in all_streams()}
-_CLI_SERVED_LIMIT = 10_000  # a long-running `ce-daemon simulate` must not grow without bound
 _THREAD_RENDER_MIN = 500  # pages this large are rendered off the event loop, keeping it responsive
-_RENDER_SLICE = 500  # records per orjson call when a page is written: ~1 ms of GIL each
-
-
-@dataclass(frozen=True, slots=True)
-class ServedPage:
-    """One page a (endpoint, index) was served, by sequence numbers (see `records.record_id`)."""
-
-    index: str
-    operation: str
-    first_seq: int
-    end_seq: int
-    timestamp_hwm: int
-    fault: str | None = None  # the page fault it was delivered with, if any
-
-    @property
-    def seqs(self) -> range:
-        """The sequence numbers of the page's records."""
-        return range(self.first_seq, self.end_seq)
-
-
-@dataclass(frozen=True, slots=True)
-class RequestInfo:
-    """A data-export request the simulator has decided how to answer (cursor already moved)."""
-
-    kind: DataKind
-    subtype: str
-    index: str  # "" when the request had none
-    operation: str
-    status: int
-    fault: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SimulatorStats:
-    """What the simulator has seen and sent; ``to_dict`` is the ``GET /_sim/stats`` body."""
-
-    requests_total: int
-    requests: dict[str, int]  # per endpoint ("alerts/dlp"), every request received
-    responses: dict[int, int]  # per status code
-    rate_limited: int  # 429s sent, from the limiter or injected
-    max_requests_per_second: int  # most requests received in any 1 s sliding window
-    max_accepted_per_second: int  # most requests the rate limiter accepted in any 1 s window
-    records_served: dict[str, dict[str, int]]  # endpoint -> index -> records in pages built
-    in_flight: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (status codes become string keys)."""
-        data = asdict(self)
-        data["responses"] = {str(code): count for code, count in self.responses.items()}
-        return data
 
 
 @dataclass(slots=True)
@@ -209,7 +148,7 @@ class TenantSimulator:
         self._waiters: list[tuple[StreamKey, str | None, asyncio.Future[RequestInfo]]] = []
         self._stopping = asyncio.Event()
         self.leases = LeaseLedger(monotonic)
-        """Who drove each index, for clustered pollers (`ce_daemon.netskope.sim_leases`)."""
+        """Who drove each index, for clustered pollers (`ce_daemon.simulator.leases`)."""
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -431,11 +370,11 @@ class TenantSimulator:
     ) -> web.StreamResponse:
         assert answer.page is not None
         compress = self._gzip and "gzip" in request.headers.get("Accept-Encoding", "")
-        render = (stream, answer.page, answer.fault, compress)
+        render = (self.factory, stream, self._timelines[stream], answer.page, answer.fault, compress)
         if len(answer.page) >= _THREAD_RENDER_MIN:
-            body = await asyncio.to_thread(self._render_page, *render)
+            body = await asyncio.to_thread(render_page, *render)
         else:
-            body = self._render_page(*render)
+            body = render_page(*render)
         headers = dict(answer.headers)
         if compress:
             headers["Content-Encoding"] = "gzip"
@@ -454,36 +393,6 @@ class TenantSimulator:
         if request.transport is not None:
             request.transport.close()  # after the partial body: the client sees the connection drop
         return response
-
-    def _render_page(self, stream: StreamKey, page: Page, fault: Fault | None, compress: bool) -> bytes:
-        """The response body of ``page``; pure, so it may run in a worker thread."""
-        records = self.factory.make_many(*stream, page.seqs, self._timelines[stream].timestamps(page.seqs))
-        if fault is not None and fault.type == "bad_records":
-            corrupt_records(records, fault.every)
-        body = _page_json(records, page.wait_time, page.timestamp_hwm)
-        if fault is not None and fault.type == "malformed_json":
-            body = malform(body)
-        # Level 1: the simulator is also the benchmarks' load generator, and CPU is the limit there.
-        return gzip.compress(body, compresslevel=1, mtime=0) if compress else body
-
-
-def _page_json(records: list[dict[str, Any]], wait_time: float, hwm: int) -> bytes:
-    """The page as orjson writes it, byte for byte, but its records a slice at a time.
-
-    orjson holds the GIL for a whole call: 20-35 ms for 10,000 records, while this runs in a worker
-    thread. The event loop could not take a request in meanwhile, so the rate limiter stamped arrivals
-    late by that much: a jitter no real tenant adds, which refused clients that keep the rate exactly.
-    In slices the GIL changes hands every millisecond (at ~25 % more time spent writing JSON).
-    """
-    head, tail = orjson.dumps({"ok": 1, "result": None, "wait_time": wait_time, "timestamp_hwm": hwm}).split(
-        b'"result":null', 1
-    )
-    parts: list[bytes | memoryview] = [head, b'"result":[']
-    for start in range(0, len(records), _RENDER_SLICE):
-        if start:
-            parts.append(b",")
-        parts.append(memoryview(orjson.dumps(records[start : start + _RENDER_SLICE]))[1:-1])
-    return b"".join([*parts, b"]", tail])
 
 
 def _matches(info: RequestInfo, stream: StreamKey, operation: str | None) -> bool:
@@ -507,116 +416,3 @@ async def running_simulator(
         yield simulator
     finally:
         await simulator.stop()
-
-
-# -- command line (wired into `ce-daemon simulate`) ---------------------------------------------
-
-
-def _token_argument(text: str) -> tuple[str, frozenset[StreamKey] | None]:
-    token, sep, streams = text.partition("=")
-    if not token:
-        raise argparse.ArgumentTypeError("a token may not be empty")
-    if not sep:
-        return token, None
-    try:
-        return token, frozenset(parse_stream(item) for item in streams.split(",") if item)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _streams_argument(text: str) -> list[StreamKey] | None:
-    if text.strip().lower() == "all":
-        return None
-    try:
-        return [parse_stream(item.strip()) for item in text.split(",") if item.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the simulator's options to ``parser`` (read back by `run_simulator`)."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
-    parser.add_argument(
-        "--token",
-        action="append",
-        type=_token_argument,
-        metavar="TOKEN[=KIND/SUBTYPE,...]",
-        help=f"accept this token, only for the listed streams if any (repeatable; default: {DEFAULT_TOKEN})",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the generated records (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--backlog",
-        type=int,
-        default=1000,
-        help="records waiting per subtype at start (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--backlog-span",
-        type=int,
-        default=3600,
-        help="seconds the backlog spreads over (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--arrival-rate",
-        type=float,
-        default=5.0,
-        help="new records per second per subtype (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--page-size", type=int, default=10_000, help="records per page at most (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--idle-wait",
-        type=float,
-        default=1.0,
-        help="wait_time sent with a page that is not full (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--rate-limit", type=int, default=4, help="requests per second per token (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--subtypes",
-        type=_streams_argument,
-        default=None,
-        metavar="KIND/SUBTYPE,...|all",
-        help="streams that have data; the others answer empty pages (default: all)",
-    )
-    parser.add_argument("--no-gzip", action="store_true", help="never compress response bodies")
-
-
-def simulator_from_arguments(args: argparse.Namespace) -> TenantSimulator:
-    """A `TenantSimulator` configured from the options `add_simulate_arguments` defines."""
-    return TenantSimulator(
-        tokens=dict(args.token) if args.token else None,
-        seed=args.seed,
-        backlog=args.backlog,
-        backlog_span=args.backlog_span,
-        arrival_rate=args.arrival_rate,
-        page_size=args.page_size,
-        idle_wait_time=args.idle_wait,
-        rate_limit=args.rate_limit,
-        gzip=not args.no_gzip,
-        subtypes=args.subtypes,
-        served_limit=_CLI_SERVED_LIMIT,
-    )
-
-
-async def run_simulator(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    """Serve a simulator until ``stop`` is set; its base URL is printed as one line on stdout."""
-    try:
-        simulator = simulator_from_arguments(args)
-        url = await simulator.start(args.host, args.port)
-    except (ValueError, OSError) as exc:
-        # An expected failure (port taken, bad option): the message is enough, a traceback is noise.
-        log.error("simulator.start_failed", error=str(exc))
-        return 1
-    try:
-        sys.stdout.write(f"{url}\n")
-        sys.stdout.flush()
-        await stop.wait()
-    finally:
-        await simulator.stop()
-    return 0

@@ -1,6 +1,6 @@
 """The shapes of simulated Netskope records: value pools and the fields of each subtype.
 
-Internal to `ce_daemon.netskope.records`. Everything here runs once per `RecordFactory`, from a
+Internal to `ce_daemon.simulator.records`. Everything here runs once per `RecordFactory`, from a
 seeded RNG; the per-record work is in `records`. Some values deliberately carry unicode, ``|``,
 ``=``, ``\\`` and newlines (CEF and LEEF must escape them), and some profiles omit optional fields,
 as real tenants do.

@@ -5,7 +5,7 @@ They let a test that drives the daemon as a subprocess script faults and read wh
 - ``GET /_sim/stats``: `SimulatorStats` as JSON.
 - ``GET /_sim/served[?kind=&subtype=&index=]``: the pages built, per endpoint, by sequence numbers.
 - ``GET /_sim/leases``: who drove each index under a lease, and the violations
-  (`ce_daemon.netskope.sim_leases.LeaseLedger.report`).
+  (`ce_daemon.simulator.leases.LeaseLedger.report`).
 - ``GET /_sim/faults``: the faults still queued; ``DELETE /_sim/faults`` drops them.
 - ``POST /_sim/faults`` with ``{"kind": ..., "subtype": ..., "fault": {...}}`` (or a list of
   those): queue faults (`Fault.from_dict` gives the fault keys).
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from ce_daemon.netskope.sim_faults import Fault
 from ce_daemon.netskope.subtypes import all_streams, check_kind, normalise_subtype
+from ce_daemon.simulator.faults import Fault
 
 if TYPE_CHECKING:
-    from ce_daemon.netskope.simulator import TenantSimulator
+    from ce_daemon.simulator.tenant import TenantSimulator
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

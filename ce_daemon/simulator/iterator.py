@@ -1,6 +1,6 @@
 """The tenant simulator's iterator model: record timelines, server-side cursors, sliding windows.
 
-Nothing here does I/O; `ce_daemon.netskope.simulator` drives it from its request handlers. A stream
+Nothing here does I/O; `ce_daemon.simulator.tenant` drives it from its request handlers. A stream
 is a pure function from sequence number to timestamp, so pages are computed from a cursor position
 and never stored.
 """
