@@ -11,12 +11,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ce_daemon import __version__, applog
 from ce_daemon.errors import ConfigError, Problem
+
+if TYPE_CHECKING:
+    from ce_daemon.config.model import StateSettings
 
 EXIT_CONFIG = os.EX_CONFIG
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -29,6 +32,7 @@ STATUS_NOT_RUNNING = 3
 STATUS_UNKNOWN = 4
 STATUS_DEGRADED = 150
 STATUS_FAILED = 151
+STATUS_CONNECT_TIMEOUT = 3.0  # seconds: `status` answers promptly even when the database does not
 _STATUS_CODES = """exit codes (LSB init-script status codes, 150-151 being ce-daemon's own):
   0    a live daemon answered and every component is ok
   150  it answered, and a component is degraded or starting, or the last reload was rejected
@@ -232,7 +236,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from ce_daemon.control import ask_status
 
-    socket_path, database = args.socket, None
+    socket_path, state = args.socket, None
     if socket_path is None:
         if args.config is None:
             print("status needs -c FILE or --socket PATH", file=sys.stderr)
@@ -240,11 +244,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         located = _locate(args.config)
         if located is None:
             return STATUS_UNKNOWN
-        socket_path, database = located
+        socket_path, state = located
     try:
         snapshot = asyncio.run(ask_status(socket_path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        return _no_answer(args, f"nothing answers on {socket_path} ({_why(exc)})", database)
+        return _no_answer(args, f"nothing answers on {socket_path} ({_why(exc)})", state)
     except PermissionError:
         print(
             f"cannot ask the daemon on {socket_path}: permission denied (run as its user, or root)",
@@ -280,21 +284,23 @@ def _verdict(snapshot: dict[str, Any]) -> int:
     return STATUS_OK
 
 
-def _no_answer(args: argparse.Namespace, why: str, database: Path | None) -> int:
+def _no_answer(args: argparse.Namespace, why: str, state: StateSettings | None) -> int:
     """Nothing answers on the socket: a daemon without its socket (4), or none (LSB's 3 "not running").
 
     A daemon runs when it holds the state database's lock. Either way the last saved status, if
     any, follows, clearly marked as not a live answer.
     """
-    from ce_daemon.daemon import lock_holder
+    from ce_daemon.store.sqlite import lock_holder
 
+    # A PostgreSQL state is shared by nodes: no lock tells whether one runs here.
+    database = state.path if state is not None and state.url is None else None
     try:
         holder = lock_holder(database) if database is not None else None
     except OSError as exc:
         print(f"{why}; whether a daemon runs with {database} cannot be told: {_why(exc)}", file=sys.stderr)
         return STATUS_UNKNOWN
     code = STATUS_UNKNOWN if holder else STATUS_NOT_RUNNING
-    saved = asyncio.run(_saved_snapshot(database)) if database is not None else None
+    saved = asyncio.run(_saved_snapshot(state)) if state is not None else None
     if args.json:
         running = {"running_pid": holder} if holder else {}
         print(orjson.dumps({**(saved or {}), **running, "live": False}, option=orjson.OPT_INDENT_2).decode())
@@ -317,7 +323,7 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _locate(path: Path) -> tuple[Path, Path] | None:
+def _locate(path: Path) -> tuple[Path, StateSettings] | None:
     """The control socket and state database a pipeline file names; needs no secret to be resolvable.
 
     A file that does not read any more (the very case `status` must explain after a rejected reload)
@@ -348,19 +354,19 @@ def _locate(path: Path) -> tuple[Path, Path] | None:
         print(ConfigError(problems).render(), file=sys.stderr)
         return None
     config = anchor_paths(Pipeline.model_construct(state=state, control=control), path.parent.absolute())
-    return control_socket_path(config), config.state.path
+    return control_socket_path(config), config.state
 
 
-async def _saved_snapshot(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
+async def _saved_snapshot(state: StateSettings) -> dict[str, Any] | None:
+    if state.url is None and not state.path.exists():
         return None
     from ce_daemon.daemon import STATUS_SNAPSHOT_KEY
-    from ce_daemon.state import StateError, StateStore
+    from ce_daemon.store import StoreError, open_store
 
     try:
-        async with await StateStore.open(path) as store:
+        async with await open_store(state, connect_timeout=STATUS_CONNECT_TIMEOUT) as store:
             text = await store.get_meta(STATUS_SNAPSHOT_KEY)
-    except (StateError, OSError):
+    except (StoreError, OSError):
         return None
     saved = orjson.loads(text) if text else None
     return saved if isinstance(saved, dict) else None
@@ -422,13 +428,13 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     from ce_daemon.logs.deadletter import dlq_command
 
     applog.configure(fmt="console")
-    database = None
+    state = None
     if args.action != "replay":  # list and purge read the state database only: no secret needed
         located = _locate(args.config)
         if located is None:
             return EXIT_CONFIG
-        database = located[1]
-    return asyncio.run(dlq_command(args, _registry(), database))
+        state = located[1]
+    return asyncio.run(dlq_command(args, _registry(), state))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
 from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
-from ce_daemon.state import StateError, StateStore
+from ce_daemon.store import StoreError, exclusive, open_store
 from ce_daemon.supervisor import Component, Supervisor
 from ce_daemon.syslog import HealthChannel, Severity
 from ce_daemon.systemd import Notifier
@@ -115,10 +114,8 @@ class Daemon:
         try:
             self.syslog = _health_channel(loaded)
             async with contextlib.AsyncExitStack() as stack:
-                stack.enter_context(_exclusive_lock(loaded.config.state.path))
-                store = await StateStore.open(
-                    loaded.config.state.path, SPOOL_MIGRATIONS + DEADLETTER_MIGRATIONS
-                )
+                stack.enter_context(exclusive(loaded.config.state))
+                store = await open_store(loaded.config.state, SPOOL_MIGRATIONS + DEADLETTER_MIGRATIONS)
                 stack.push_async_callback(store.close)
                 spool = Spool(store, loaded.config.spool.max_bytes)
                 await spool.load()
@@ -126,7 +123,7 @@ class Daemon:
                     store=store,
                     spool=spool,
                     health=self.health,
-                    data_dir=store.path.parent,
+                    data_dir=loaded.config.state.path.parent,
                     metrics=self.metrics,
                 )
                 stack.push_async_callback(self.runtime.close)
@@ -137,7 +134,7 @@ class Daemon:
                 await self._listen(loaded.config.http)
                 await self._start_generation(loaded)
                 return await self._serve()
-        except StateError as exc:
+        except StoreError as exc:
             log.error("daemon.state_unusable", error=str(exc))
             self._emit("daemon.failed", "crit", reason="state database unusable")
             return EXIT_FAILURE
@@ -610,64 +607,6 @@ def _place(loaded: LoadedPipeline, *loc: str) -> str:
     """``file:line:col`` of a section of ``loaded`` (the file alone when it is not written there)."""
     place = loaded.source.position(loc)
     return f"{loaded.path}:{place[0]}:{place[1]}" if place else str(loaded.path)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(database: Path) -> Iterator[None]:
-    """Hold ``<database>.lock``: two daemons sharing one state (and so one iterator index) would lose data."""
-    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # created 0600, as the state store wants every file beside the database (it would tighten it, warning)
-    descriptor = os.open(_lock_path(database), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    with os.fdopen(descriptor, "r+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read().strip() or "?"
-            raise StateError(
-                f"another ce-daemon (pid {holder}) is running with the state database {database}"
-            ) from None
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-
-
-def lock_holder(database: Path) -> int | None:
-    """The pid of the ce-daemon running with ``database`` (holding its lock), or None when none is.
-
-    The lock is probed only when the pid written in it is alive: a daemon starting at that moment (the
-    file still naming its stopped predecessor) does not find its lock held by the question. OSError when
-    the lock file cannot be read.
-    """
-    try:
-        descriptor = os.open(_lock_path(database), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(descriptor) as handle:
-        written = handle.read(20).strip()
-        pid = int(written) if written.isdigit() else 0
-        if pid <= 0 or not _alive(pid):
-            return None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return pid
-        fcntl.flock(handle, fcntl.LOCK_UN)  # free: that pid is some other process now
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user
-    return True
-
-
-def _lock_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
 
 
 def _log_warnings(loaded: LoadedPipeline) -> None:

@@ -19,7 +19,7 @@ from ce_daemon.health import HealthRegistry
 from ce_daemon.metrics import Metrics
 from ce_daemon.netskope.client import TenantClient
 from ce_daemon.spool import Spool
-from ce_daemon.state import StateStore
+from ce_daemon.store import Store
 from ce_daemon.supervisor import Component
 
 Stage = Literal["producer", "consumer", "other"]
@@ -42,7 +42,7 @@ class ComponentSpec:
 class Runtime:
     """What components of every generation share: the database, the spool, one client per tenant, metrics."""
 
-    store: StateStore
+    store: Store
     spool: Spool
     health: HealthRegistry
     data_dir: Path

@@ -38,7 +38,7 @@ from ce_daemon.logs.mapping import MappingError, parse_json_fields
 from ce_daemon.netskope.subtypes import normalise_subtype
 from ce_daemon.plugin import PluginOptions
 from ce_daemon.registry import PluginInfo, Registry
-from ce_daemon.state import shared_directory_problem
+from ce_daemon.store.sqlite import shared_directory_problem
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 SectionT = typing.TypeVar("SectionT", bound=BaseModel)

@@ -92,9 +92,32 @@ class Strict(BaseModel):
 
 
 class StateSettings(Strict):
-    """Where the SQLite state database lives (cannot change without a restart)."""
+    """Where the state lives (cannot change without a restart).
+
+    ``path`` is the SQLite file (the default backend); its folder is also the data directory. ``url``
+    selects another backend: ``postgresql://user@host:5432/db``, its password given apart as a secret
+    reference (``password: {$env: NAME}``); ``sqlite:///path`` is the same as ``path``.
+    """
 
     path: Path = Path("/var/lib/ce-daemon/state.db")
+    url: SecretOrText | None = None
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _url_scheme(self) -> Self:
+        if self.url is None:
+            if self.password is not None:
+                raise SettingError("a password without a url", "give state.url: postgresql://user@host/db")
+            return self
+        scheme, _, rest = self.url.partition("://")
+        if scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
+            return self.model_copy(update={"path": Path(rest), "url": None})
+        if scheme in ("postgresql", "postgres") and rest.split("/", 1)[0].rpartition("@")[2]:
+            return self
+        raise SettingError(
+            "not a usable state URL (its text is not repeated: it may hold a password)",
+            "use postgresql://user@host:5432/database (password: {$env: NAME}) or sqlite:///path/state.db",
+        )
 
 
 class LoggingSettings(Strict):
