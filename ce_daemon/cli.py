@@ -134,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     add_simulate_arguments(simulate)
     simulate.set_defaults(func=_cmd_simulate)
 
+    from ce_daemon.store.transfer import add_state_command
+
+    add_state_command(sub)
+    sub.choices["state"].set_defaults(func=_cmd_state)
+
     dlq = sub.add_parser(
         "dlq",
         help="list, replay or purge dead-lettered records",
@@ -364,7 +369,7 @@ async def _saved_snapshot(state: StateSettings) -> dict[str, Any] | None:
     from ce_daemon.store import StoreError, open_store
 
     try:
-        async with await open_store(state, connect_timeout=STATUS_CONNECT_TIMEOUT) as store:
+        async with await open_store(state, connect_timeout=STATUS_CONNECT_TIMEOUT, migrate=False) as store:
             text = await store.get_meta(STATUS_SNAPSHOT_KEY)
     except (StoreError, OSError):
         return None
@@ -439,3 +444,10 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cmd_state(args: argparse.Namespace) -> int:
+    from ce_daemon.daemon import STATE_MIGRATIONS
+    from ce_daemon.store.transfer import migrate_command
+
+    return asyncio.run(migrate_command(args, STATE_MIGRATIONS))

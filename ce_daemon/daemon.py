@@ -34,6 +34,9 @@ from ce_daemon.syslog import HealthChannel, Severity
 from ce_daemon.systemd import Notifier
 from ce_daemon.web import WebServer
 
+STATE_MIGRATIONS = SPOOL_MIGRATIONS + DEADLETTER_MIGRATIONS
+"""Every component's migrations the daemon opens its state with (``state migrate`` copies their tables)."""
+
 log = structlog.get_logger("ce_daemon.daemon")
 
 EXIT_OK = 0
@@ -115,7 +118,7 @@ class Daemon:
             self.syslog = _health_channel(loaded)
             async with contextlib.AsyncExitStack() as stack:
                 stack.enter_context(exclusive(loaded.config.state))
-                store = await open_store(loaded.config.state, SPOOL_MIGRATIONS + DEADLETTER_MIGRATIONS)
+                store = await open_store(loaded.config.state, STATE_MIGRATIONS)
                 stack.push_async_callback(store.close)
                 spool = Spool(store, loaded.config.spool.max_bytes)
                 await spool.load()

@@ -14,7 +14,6 @@ longer runs (lag, backlog, state) disappear with it.
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 import time
 from collections import Counter
@@ -162,7 +161,7 @@ class Metrics:
         if runtime is not None:
             try:
                 spool = await runtime.spool.stats()
-            except (StoreError, sqlite3.Error, OSError) as exc:  # the other metrics stay useful
+            except (StoreError, OSError) as exc:  # the other metrics stay useful
                 log.warning("metrics.spool_unavailable", error=str(exc))
         # No await from here on: the collector reads these statistics and the live objects at one instant.
         self._state.spool = spool

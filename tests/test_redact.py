@@ -25,7 +25,7 @@ from ce_daemon.syslog import HealthChannel
 from ce_daemon.systemd import Notifier
 from ce_daemon.testing import write_pipeline
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
-from ce_daemon.testing.state import open_test_store
+from ce_daemon.testing.state import open_test_store, state_section
 
 SECRET = "s3cr3t-token-0123456789"
 
@@ -145,7 +145,7 @@ def test_the_secrets_of_a_pipeline_are_its_references_and_secret_settings(tmp_pa
     """Resolved $env/$file references (even in a plain field, like a header) and SecretStr options count."""
     (tmp_path / "hook-password").write_text("file-password-42\n")
     config = {
-        "state": {"path": str(tmp_path / "db.sqlite")},
+        "state": state_section(tmp_path / "db.sqlite"),
         "tenants": [{"name": "t", "url": "https://t.goskope.com", "token": {"$env": "NS_TOKEN"}}],
         "logs": {
             "routes": [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -234,7 +233,7 @@ async def test_failed_commit_rolls_back_and_frees_the_store(db_path: Path) -> No
             async with store.transaction() as db:
                 await db.execute("INSERT INTO orders (id, customer) VALUES (1, 42)")
 
-        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        with pytest.raises(StoreError, match="FOREIGN KEY"):
             await orphan_order()
         async with store.transaction() as db:
             await db.execute("INSERT INTO customers (id) VALUES (7)")

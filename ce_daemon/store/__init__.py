@@ -44,23 +44,32 @@ SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 async def open_store(
-    settings: StateSettings, migrations: Sequence[Migration] = (), *, connect_timeout: float = 10.0
+    settings: StateSettings,
+    migrations: Sequence[Migration] = (),
+    *,
+    connect_timeout: float = 10.0,
+    migrate: bool = True,
 ) -> Store:
-    """Open the state ``settings`` name (``url:`` when given, else the SQLite file at ``path:``)."""
-    return await open_url(state_url(settings), migrations, connect_timeout=connect_timeout)
+    """Open the state ``settings`` name (``url:`` when given, else the SQLite file at ``path:``).
+
+    ``migrate=False`` reads a state as it is (``status``): nothing is created in it.
+    """
+    return await open_url(state_url(settings), migrations, connect_timeout=connect_timeout, migrate=migrate)
 
 
-async def open_url(url: str, migrations: Sequence[Migration] = (), *, connect_timeout: float = 10.0) -> Store:
+async def open_url(
+    url: str, migrations: Sequence[Migration] = (), *, connect_timeout: float = 10.0, migrate: bool = True
+) -> Store:
     """Open ``sqlite:///path`` or ``postgresql://user[:password]@host[:port]/db`` and migrate it."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         from ce_daemon.store.sqlite import SqliteStore
 
-        return await SqliteStore.open(Path(parts.path), migrations)
+        return await SqliteStore.open(Path(parts.path), migrations, migrate=migrate)
     if parts.scheme in ("postgresql", "postgres"):
         from ce_daemon.store.postgres import PostgresStore
 
-        return await PostgresStore.open(url, migrations, connect_timeout=connect_timeout)
+        return await PostgresStore.open(url, migrations, connect_timeout=connect_timeout, migrate=migrate)
     raise StoreError(f"unknown state URL scheme {parts.scheme!r}: use sqlite:///path or postgresql://host/db")
 
 

@@ -111,6 +111,18 @@ def newer_schema(
             )
 
 
+def id_columns(migrations: Iterable[Migration]) -> dict[str, str]:
+    """``{table: column}`` of every ``{id}`` column the migrations create (their values survive a copy)."""
+    found: dict[str, str] = {}
+    for step in migrations:
+        for statement in step.statements:
+            table = re.match(r"\s*CREATE TABLE (?:IF NOT EXISTS )?(\w+)", statement, re.IGNORECASE)
+            column = re.search(r"(\w+)\s+\{id\}", statement)
+            if table and column:
+                found[table.group(1)] = column.group(1)
+    return found
+
+
 def table_names(migrations: Iterable[Migration]) -> list[str]:
     """Every table the migrations create, in creation order (what ``state migrate`` copies)."""
     found: list[str] = []
@@ -180,6 +192,12 @@ class Store(Protocol):
 
     async def schema_versions(self) -> dict[str, int]:
         """The schema version of each component, as recorded in ``schema_migrations``."""
+
+    async def columns(self, table: str) -> list[str]:
+        """The columns of ``table``, in order."""
+
+    async def continue_ids(self, table: str, column: str) -> None:
+        """Make the ``{id}`` values the database assigns next follow the highest one stored (after a copy)."""
 
 
 class MetaTable:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -146,7 +146,12 @@ class PostgresStore(MetaTable):
 
     @classmethod
     async def open(
-        cls, url: str, migrations: Sequence[Migration] = (), *, connect_timeout: float = 10.0
+        cls,
+        url: str,
+        migrations: Sequence[Migration] = (),
+        *,
+        connect_timeout: float = 10.0,
+        migrate: bool = True,
     ) -> PostgresStore:
         """Connect to ``url`` (``postgresql://user[:password]@host[:port]/db``) and apply pending migrations.
 
@@ -165,7 +170,8 @@ class PostgresStore(MetaTable):
             ) from exc
         store = cls(url, pool)
         try:
-            await store._migrate(plan)
+            if migrate:
+                await store._migrate(plan)
         except BaseException as exc:
             await pool.close()
             if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
@@ -183,29 +189,39 @@ class PostgresStore(MetaTable):
 
         When the caller is cancelled while ``COMMIT`` runs, the commit still completes first.
         """
-        async with self._pool.acquire() as connection:
-            transaction = connection.transaction()
-            await transaction.start()
-            try:
-                yield PostgresTransaction(connection)
-            except BaseException:
-                await asyncio.shield(transaction.rollback())
-                raise
-            task = asyncio.ensure_future(transaction.commit())
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                await task
-                raise
+        with self._driver_errors():
+            async with self._pool.acquire() as connection:
+                transaction = connection.transaction()
+                await transaction.start()
+                try:
+                    yield PostgresTransaction(connection)
+                except BaseException:
+                    await asyncio.shield(transaction.rollback())
+                    raise
+                task = asyncio.ensure_future(transaction.commit())
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    await task
+                    raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[PostgresTransaction]:
         """A read-only snapshot: every query in the block sees the same committed data."""
-        async with (
-            self._pool.acquire() as connection,
-            connection.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            yield PostgresTransaction(connection)
+        with self._driver_errors():
+            async with (
+                self._pool.acquire() as connection,
+                connection.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                yield PostgresTransaction(connection)
+
+    @contextmanager
+    def _driver_errors(self) -> Iterator[None]:
+        """A failure of the server or the connection as a StoreError naming the database (no password)."""
+        try:
+            yield
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"state database {self.display}: {_reason(exc)}") from exc
 
     async def _migrate(self, plan: dict[str, list[Migration]]) -> None:
         async with self._pool.acquire() as connection:
@@ -250,6 +266,16 @@ class PostgresStore(MetaTable):
             from_version=steps[0].version - 1,
             to_version=steps[-1].version,
         )
+
+    async def columns(self, table: str) -> list[str]:
+        """The columns of ``table``, in order."""
+        async with self.read() as tx:
+            rows = await tx.fetch(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = :table ORDER BY ordinal_position",
+                {"table": table},
+            )
+        return [str(name) for (name,) in rows]
 
     async def continue_ids(self, table: str, column: str) -> None:
         """Make the ids the database assigns in ``table`` continue after the highest one (after a copy)."""

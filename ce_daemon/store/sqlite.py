@@ -19,7 +19,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,9 @@ class SqliteStore(MetaTable):
         self.display = str(path)
 
     @classmethod
-    async def open(cls, path: Path, migrations: Sequence[Migration] = ()) -> SqliteStore:
+    async def open(
+        cls, path: Path, migrations: Sequence[Migration] = (), *, migrate: bool = True
+    ) -> SqliteStore:
         """Open (creating if needed) the database at ``path`` and apply pending migrations.
 
         Creates the parent directory with mode 0700 when it is missing and the file with mode 0600;
@@ -158,7 +160,8 @@ class SqliteStore(MetaTable):
         store = cls(path, db)
         try:
             await store._configure()
-            await store._migrate(plan)
+            if migrate:
+                await store._migrate(plan)
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.DatabaseError):
@@ -188,15 +191,16 @@ class SqliteStore(MetaTable):
         so the lock is never released over a half-finished transaction.
         """
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._tx
-                await _run_to_end(self._db, "COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT (disk full, I/O error), which can leave the transaction open.
-                if self._db.in_transaction:
-                    await _run_to_end(self._db, "ROLLBACK")
-                raise
+            with self._driver_errors():
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._tx
+                    await _run_to_end(self._db, "COMMIT")
+                except BaseException:
+                    # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
+                    if self._db.in_transaction:
+                        await _run_to_end(self._db, "ROLLBACK")
+                    raise
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SqliteTransaction]:
@@ -206,7 +210,27 @@ class SqliteStore(MetaTable):
         both go through the same connection.
         """
         async with self._lock:
-            yield self._tx
+            with self._driver_errors():
+                yield self._tx
+
+    @contextmanager
+    def _driver_errors(self) -> Iterator[None]:
+        """An error of SQLite (constraint, I/O, corruption) as a StoreError naming the database."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self._path}: {exc}") from exc
+
+    async def columns(self, table: str) -> list[str]:
+        """The columns of ``table``, in order."""
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,)
+            )
+        return [str(name) for (name,) in rows]
+
+    async def continue_ids(self, table: str, column: str) -> None:
+        """Nothing to do: SQLite's AUTOINCREMENT already continues after the highest id inserted."""
 
     async def pragma(self, statement: str) -> object:
         """Run ``PRAGMA statement``; its first value (tests check the connection's settings with it)."""

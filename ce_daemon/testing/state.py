@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ce_daemon.config.model import StateSettings
-from ce_daemon.store import Migration, Store, open_store
+from ce_daemon.store import CORE_MIGRATIONS, Migration, Store, open_store
+from ce_daemon.store.base import table_names
 
-__all__ = ["STATE_URL_VARIABLE", "open_test_store", "state_section"]
+__all__ = ["STATE_URL_VARIABLE", "open_test_store", "state_dump", "state_section"]
 
 STATE_URL_VARIABLE = "CE_TEST_STATE_URL"
 
@@ -36,3 +37,18 @@ def state_section(path: Path) -> dict[str, Any]:
 async def open_test_store(path: Path, migrations: Sequence[Migration] = ()) -> Store:
     """Open the test's state (see :func:`state_section`) with ``migrations`` applied."""
     return await open_store(StateSettings.model_validate(state_section(path)), migrations)
+
+
+async def state_dump(path: Path, migrations: Sequence[Migration]) -> str:
+    """Every row of every table ``migrations`` create (and the core's), as text: what a test searches for
+    a value that must never be stored, whichever backend holds the state."""
+    lines: list[str] = []
+    async with await open_test_store(path, migrations) as store, store.read() as tx:
+        for table in ("schema_migrations", *table_names((*CORE_MIGRATIONS, *migrations))):
+            rows = await tx.fetch(f"SELECT * FROM {table}")  # noqa: S608 - names from migrations
+            lines.extend(f"{table}: " + " | ".join(_text(value) for value in row) for row in rows)
+    return "\n".join(lines)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
