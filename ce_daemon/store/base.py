@@ -196,8 +196,11 @@ class Store(Protocol):
     async def columns(self, table: str) -> list[str]:
         """The columns of ``table``, in order."""
 
-    async def continue_ids(self, table: str, column: str) -> None:
-        """Make the ``{id}`` values the database assigns next follow the highest one stored (after a copy)."""
+    async def last_id(self, table: str, column: str) -> int:
+        """The highest ``{id}`` ever assigned in ``table``, even if its row was deleted since (0: none)."""
+
+    async def continue_ids(self, table: str, column: str, after: int) -> None:
+        """Make the ``{id}`` values the database assigns next follow ``after`` (a copy's :meth:`last_id`)."""
 
 
 class MetaTable:

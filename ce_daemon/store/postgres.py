@@ -277,13 +277,24 @@ class PostgresStore(MetaTable):
             )
         return [str(name) for (name,) in rows]
 
-    async def continue_ids(self, table: str, column: str) -> None:
-        """Make the ids the database assigns in ``table`` continue after the highest one (after a copy)."""
-        highest = f"SELECT COALESCE(MAX({column}), 0) + 1 FROM {table}"  # noqa: S608 - names from migrations
+    async def last_id(self, table: str, column: str) -> int:
+        """The highest id ever assigned: the identity's sequence, or the highest row if more."""
+        highest = f"SELECT MAX({column}) FROM {table}"  # noqa: S608 - names from migrations
+        async with self.read() as tx:
+            sequence = await tx.fetchval(
+                "SELECT pg_get_serial_sequence(:table, :column)", {"table": table, "column": column}
+            )
+            row = await tx.fetchrow(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - the database's name
+            stored = await tx.fetchval(highest)
+        issued = int(row[0]) if row is not None and row[1] else 0
+        return max(issued, int(stored or 0))
+
+    async def continue_ids(self, table: str, column: str, after: int) -> None:
+        """Set the identity's sequence of ``table`` so that the next id is ``after + 1``."""
         async with self.transaction() as tx:
             await tx.fetchval(
-                f"SELECT setval(pg_get_serial_sequence(:table, :column), ({highest}), false)",
-                {"table": table, "column": column},
+                "SELECT setval(pg_get_serial_sequence(:table, :column), GREATEST(:after, 1), :after > 0)",
+                {"table": table, "column": column, "after": after},
             )
 
 

@@ -101,8 +101,10 @@ async def copy_state(
             async with await open_url(target_url, migrations) as target:
                 await _make_room(target, tables, force)
                 copied = await _copy(source, target, tables)
+                # Ids continue where the source's were, even past deleted rows: a consumer's offset
+                # may point beyond every page left, and a reused seq below it would be skipped.
                 for table, column in id_columns(steps).items():
-                    await target.continue_ids(table, column)
+                    await target.continue_ids(table, column, await source.last_id(table, column))
                 await _compare(source, target, copied)
     return copied
 

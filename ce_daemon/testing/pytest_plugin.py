@@ -8,6 +8,7 @@ created before it and dropped after it; an unreachable server fails the test, it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -41,11 +42,25 @@ def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv(STATE_URL_VARIABLE, raising=False)
         yield backend
         return
+    with _database() as url:
+        monkeypatch.setenv(STATE_URL_VARIABLE, url)
+        yield backend
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database's URL whatever the selected backend (a move from SQLite, say)."""
+    with _database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _database() -> Iterator[str]:
+    """A database of its own on :data:`POSTGRES_SERVER`, dropped afterwards."""
     name = f"ce_t_{secrets.token_hex(6)}"
     asyncio.run(_admin(f"CREATE DATABASE {name}"))
-    monkeypatch.setenv(STATE_URL_VARIABLE, f"{POSTGRES_SERVER}/{name}")
     try:
-        yield backend
+        yield f"{POSTGRES_SERVER}/{name}"
     finally:
         # FORCE: a daemon the test killed may have left connections behind.
         asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
