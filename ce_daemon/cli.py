@@ -19,6 +19,7 @@ from ce_daemon import __version__, applog
 from ce_daemon.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
+    from ce_daemon.config.load import LoadedPipeline
     from ce_daemon.config.model import StateSettings
 
 EXIT_CONFIG = os.EX_CONFIG
@@ -33,6 +34,7 @@ STATUS_UNKNOWN = 4
 STATUS_DEGRADED = 150
 STATUS_FAILED = 151
 STATUS_CONNECT_TIMEOUT = 3.0  # seconds: `status` answers promptly even when the database does not
+CHECK_CONNECT_TIMEOUT = 5.0  # seconds: `check` tells an unreachable state database without hanging
 _STATUS_CODES = """exit codes (LSB init-script status codes, 150-151 being ce-daemon's own):
   0    a live daemon answered and every component is ok
   150  it answered, and a component is degraded or starting, or the last reload was rejected
@@ -192,6 +194,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         )
     for warning in loaded.warnings:
         print(warning.render(label="warning"), file=sys.stderr)
+    unusable = asyncio.run(_state_problem(loaded, offline=args.allow_unresolved_secrets))
+    if unusable is not None:
+        print(unusable, file=sys.stderr)
+        print(f"{args.config}: 1 problem", file=sys.stderr)
+        return EXIT_CONFIG
     streams = loaded.streams()
     unverified = len(loaded.unverified_secrets)
     print(
@@ -201,6 +208,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
         + (f"; {unverified} secret reference(s) not verified in this environment" if unverified else "")
     )
     return 0
+
+
+async def _state_problem(loaded: LoadedPipeline, *, offline: bool) -> str | None:
+    """Why the PostgreSQL state ``loaded`` names cannot be used, placed at ``state.url``; else None.
+
+    ``check`` connects (nothing is created) with a short timeout; in the offline mode of
+    ``--allow-unresolved-secrets`` it does not, as another environment may reach what this one cannot.
+    """
+    from ce_daemon.store import StoreError, open_store
+
+    if loaded.config.state.url is None or offline:
+        return None
+    try:
+        async with await open_store(
+            loaded.config.state, connect_timeout=CHECK_CONNECT_TIMEOUT, migrate=False
+        ):
+            return None
+    except StoreError as exc:
+        place = loaded.source.position(("state", "url"))
+        where = f"{loaded.path}:{place[0]}:{place[1]}" if place else str(loaded.path)
+        return f"{where}: state.url: {exc}"
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:

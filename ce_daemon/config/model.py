@@ -91,6 +91,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
+def _state_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    sqlite = scheme == "sqlite" and rest.startswith("/") and len(rest) > 1
+    postgres = scheme in ("postgresql", "postgres") and rest.split("/", 1)[0].rpartition("@")[2]
+    if not (sqlite or postgres):
+        raise SettingError(
+            "not a usable state URL (its text is not repeated: it may hold a password)",
+            "use postgresql://user@host:5432/database (password: {$env: NAME}) or sqlite:///path/state.db",
+        )
+    return url
+
+
 class StateSettings(Strict):
     """Where the state lives (cannot change without a restart).
 
@@ -100,24 +112,18 @@ class StateSettings(Strict):
     """
 
     path: Path = Path("/var/lib/ce-daemon/state.db")
-    url: SecretOrText | None = None
+    url: Annotated[SecretOrText, AfterValidator(_state_url)] | None = None
     password: SecretStr | None = None
 
     @model_validator(mode="after")
-    def _url_scheme(self) -> Self:
+    def _sqlite_url_is_a_path(self) -> Self:
         if self.url is None:
             if self.password is not None:
                 raise SettingError("a password without a url", "give state.url: postgresql://user@host/db")
             return self
-        scheme, _, rest = self.url.partition("://")
-        if scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
-            return self.model_copy(update={"path": Path(rest), "url": None})
-        if scheme in ("postgresql", "postgres") and rest.split("/", 1)[0].rpartition("@")[2]:
-            return self
-        raise SettingError(
-            "not a usable state URL (its text is not repeated: it may hold a password)",
-            "use postgresql://user@host:5432/database (password: {$env: NAME}) or sqlite:///path/state.db",
-        )
+        if self.url.startswith("sqlite://"):
+            return self.model_copy(update={"path": Path(self.url.removeprefix("sqlite://")), "url": None})
+        return self
 
 
 class LoggingSettings(Strict):
