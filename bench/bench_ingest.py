@@ -43,7 +43,7 @@ from ce_daemon.pipeline import Runtime
 from ce_daemon.simulator.process import SimulatorProcess, simulator_process
 from ce_daemon.simulator.tenant import DEFAULT_TOKEN
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
-from ce_daemon.state import StateStore
+from ce_daemon.store.sqlite import SqliteStore
 from ce_daemon.supervisor import Supervisor
 
 RATE_LIMIT = 4
@@ -101,7 +101,7 @@ async def measure(sim: SimulatorProcess, per_subtype: int, subtypes: str, workdi
     supervisor = Supervisor()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            store = await StateStore.open(workdir / "state.db", SPOOL_MIGRATIONS)
+            store = await SqliteStore.open(workdir / "state.db", SPOOL_MIGRATIONS)
             stack.push_async_callback(store.close)
             spool = Spool(store, 4 * 1024**3)  # room enough: the consumer keeps it near empty anyway
             await spool.load()

@@ -28,9 +28,10 @@ import lz4.frame
 import orjson
 import structlog
 
+from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
 from ce_daemon.simulator.records import RecordFactory
-from ce_daemon.spool import SPOOL_MIGRATIONS, IteratorMark, Spool
-from ce_daemon.state import StateStore
+from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
+from ce_daemon.store.sqlite import SqliteStore
 
 CYCLE_TARGET_MS = 100.0
 RECORDS_PER_S_TARGET = 40_000
@@ -157,12 +158,12 @@ async def cycle_pages(directory: Path, make_page: PageMaker, pages: int, per_pag
     Pages are built just before their cycle, so the heap holds about one page as in the daemon (a heap
     holding the whole run would make every garbage collection, hence every stall, longer).
     """
-    async with await StateStore.open(directory / "bench.db", SPOOL_MIGRATIONS) as store:
+    async with await SqliteStore.open(directory / "bench.db", SPOOL_MIGRATIONS) as store:
         spool = Spool(store, max_bytes=1 << 40)
         await spool.load()
         await spool.set_consumers({"bench": {"demo/alerts/dlp"}})
         # Warm-up: the first page pays for thread start-up and allocator growth.
-        seq = await spool.append("demo/alerts/dlp", make_page(0, per_page), iterator=IteratorMark())
+        seq = await spool.append("demo/alerts/dlp", make_page(0, per_page))
         await spool.next_page("bench")
         await spool.ack("bench", seq)
         appends, reads, acks, cycles, stored = [], [], [], [], []
@@ -171,7 +172,13 @@ async def cycle_pages(directory: Path, make_page: PageMaker, pages: int, per_pag
                 with stalls.paused():
                     records = make_page(number, per_page)
                 t0 = time.perf_counter()
-                seq = await spool.append("demo/alerts/dlp", records, iterator=IteratorMark(timestamp_hwm=seq))
+                seq = await spool.append(
+                    "demo/alerts/dlp",
+                    records,
+                    commit=Checkpoints(spool.store).page_commit(
+                        "demo/alerts/dlp", records, IteratorMark(timestamp_hwm=seq)
+                    ),
+                )
                 t1 = time.perf_counter()
                 stored.append(spool.used_bytes / per_page)
                 page = await spool.next_page("bench")

@@ -65,15 +65,16 @@ def _fill(db_path: str, total: int, reply: Connection) -> None:
 
 async def _fill_async(db_path: Path, total: int) -> tuple[int, float]:
     from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
+    from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
     from ce_daemon.simulator.records import RecordFactory
-    from ce_daemon.spool import SPOOL_MIGRATIONS, IteratorMark, Spool
-    from ce_daemon.state import StateStore
+    from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
+    from ce_daemon.store.sqlite import SqliteStore
 
     factory = RecordFactory(seed=1, tenant=TENANT)
     per_stream = -(-total // len(STREAMS))
     started = time.perf_counter()
     written = 0
-    async with await StateStore.open(db_path, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)) as store:
+    async with await SqliteStore.open(db_path, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)) as store:
         spool = Spool(store, max_bytes=64 * 1024**3)
         await spool.load()
         for start in range(0, per_stream, PAGE):
@@ -85,7 +86,11 @@ async def _fill_async(db_path: Path, total: int) -> tuple[int, float]:
                 stamps = [FIRST_TIMESTAMP + seq // 20 for seq in seqs]
                 records = factory.make_many(kind, subtype, seqs, stamps)  # type: ignore[arg-type] # kinds above
                 mark = IteratorMark(timestamp_hwm=stamps[-1])
-                await spool.append(f"{TENANT}/{kind}/{subtype}", records, iterator=mark)
+                await spool.append(
+                    f"{TENANT}/{kind}/{subtype}",
+                    records,
+                    commit=Checkpoints(spool.store).page_commit(f"{TENANT}/{kind}/{subtype}", records, mark),
+                )
                 written += count
     return written, time.perf_counter() - started
 
@@ -161,7 +166,7 @@ async def _run_route(folder: Path, db_path: Path, port: int) -> float:
     from ce_daemon.pipeline import Runtime, plan_components
     from ce_daemon.registry import Registry
     from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
-    from ce_daemon.state import StateStore
+    from ce_daemon.store.sqlite import SqliteStore
 
     pipeline = {
         "version": 1,
@@ -188,7 +193,7 @@ async def _run_route(folder: Path, db_path: Path, port: int) -> float:
     path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(pipeline), encoding="utf-8")
     loaded = load_pipeline(path, Registry.discover())
-    store = await StateStore.open(db_path, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS))
+    store = await SqliteStore.open(db_path, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS))
     spool = Spool(store, max_bytes=64 * 1024**3)
     await spool.load()
     runtime = Runtime(store=store, spool=spool, health=HealthRegistry(), data_dir=folder, metrics=Metrics())
@@ -251,11 +256,11 @@ async def _sink_alone(port: int, control: Connection, already: int, total: int) 
 async def _measure_spool_read(folder: Path, samples: int) -> float:
     """µs per record for reading spooled pages back (SQLite read, LZ4, orjson), through the public API."""
     from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
-    from ce_daemon.state import StateStore
+    from ce_daemon.store.sqlite import SqliteStore
 
     db_path = folder / "read.db"
     await _fill_async(db_path, samples)
-    async with await StateStore.open(db_path, SPOOL_MIGRATIONS) as store:
+    async with await SqliteStore.open(db_path, SPOOL_MIGRATIONS) as store:
         spool = Spool(store, max_bytes=64 * 1024**3)
         await spool.load()
         await spool.set_consumers({"reader": [f"{TENANT}/{kind}/{subtype}" for kind, subtype in STREAMS]})

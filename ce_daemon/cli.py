@@ -21,6 +21,10 @@ from ce_daemon.errors import ConfigError
 if TYPE_CHECKING:
     from ce_daemon.registry import Registry
 
+if TYPE_CHECKING:
+    from ce_daemon.config.load import LoadedPipeline
+    from ce_daemon.config.model import StateSettings
+
 EXIT_CONFIG = os.EX_CONFIG
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 """141: what a shell reports for any program ended by SIGPIPE (``yes | head -1``)."""
@@ -32,6 +36,8 @@ STATUS_NOT_RUNNING = 3
 STATUS_UNKNOWN = 4
 STATUS_DEGRADED = 150
 STATUS_FAILED = 151
+STATUS_CONNECT_TIMEOUT = 3.0  # seconds: `status` answers promptly even when the database does not
+CHECK_CONNECT_TIMEOUT = 5.0  # seconds: `check` tells an unreachable state database without hanging
 _STATUS_CODES = """exit codes (LSB init-script status codes, 150-151 being ce-daemon's own):
   0    a live daemon answered and every component is ok
   150  it answered, and a component is degraded or starting, or the last reload was rejected
@@ -138,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     for job in Jobs.discover().loaded():
         job.add_commands(sub)
 
+    from ce_daemon.store.transfer import add_state_command
+
+    add_state_command(sub)
+    sub.choices["state"].set_defaults(func=_cmd_state)
+
     return parser
 
 
@@ -182,6 +193,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         )
     for warning in loaded.warnings:
         print(warning.render(label="warning"), file=sys.stderr)
+    unusable = asyncio.run(_state_problem(loaded, offline=args.allow_unresolved_secrets))
+    if unusable is not None:
+        print(unusable, file=sys.stderr)
+        print(f"{args.config}: 1 problem", file=sys.stderr)
+        return EXIT_CONFIG
     streams = loaded.streams()
     unverified = len(loaded.unverified_secrets)
     summaries = [line for job, resolved in loaded.resolved_jobs() if (line := job.summary(resolved))]
@@ -192,6 +208,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
         + (f"; {unverified} secret reference(s) not verified in this environment" if unverified else "")
     )
     return 0
+
+
+async def _state_problem(loaded: LoadedPipeline, *, offline: bool) -> str | None:
+    """Why the PostgreSQL state ``loaded`` names cannot be used, placed at ``state.url``; else None.
+
+    ``check`` connects (nothing is created) with a short timeout; in the offline mode of
+    ``--allow-unresolved-secrets`` it does not, as another environment may reach what this one cannot.
+    """
+    from ce_daemon.store import StoreError, open_store
+
+    if loaded.config.state.url is None or offline:
+        return None
+    try:
+        async with await open_store(
+            loaded.config.state, connect_timeout=CHECK_CONNECT_TIMEOUT, migrate=False
+        ):
+            return None
+    except StoreError as exc:
+        place = loaded.source.position(("state", "url"))
+        where = f"{loaded.path}:{place[0]}:{place[1]}" if place else str(loaded.path)
+        return f"{where}: state.url: {exc}"
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -233,7 +270,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from ce_daemon.config.locate import locate_state
     from ce_daemon.control import ask_status
 
-    socket_path, database = args.socket, None
+    socket_path, state = args.socket, None
     if socket_path is None:
         if args.config is None:
             print("status needs -c FILE or --socket PATH", file=sys.stderr)
@@ -241,11 +278,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         located = locate_state(args.config)
         if located is None:
             return STATUS_UNKNOWN
-        socket_path, database = located
+        socket_path, state = located
     try:
         snapshot = asyncio.run(ask_status(socket_path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        return _no_answer(args, f"nothing answers on {socket_path} ({_why(exc)})", database)
+        return _no_answer(args, f"nothing answers on {socket_path} ({_why(exc)})", state)
     except PermissionError:
         print(
             f"cannot ask the daemon on {socket_path}: permission denied (run as its user, or root)",
@@ -281,21 +318,23 @@ def _verdict(snapshot: dict[str, Any]) -> int:
     return STATUS_OK
 
 
-def _no_answer(args: argparse.Namespace, why: str, database: Path | None) -> int:
+def _no_answer(args: argparse.Namespace, why: str, state: StateSettings | None) -> int:
     """Nothing answers on the socket: a daemon without its socket (4), or none (LSB's 3 "not running").
 
     A daemon runs when it holds the state database's lock. Either way the last saved status, if
     any, follows, clearly marked as not a live answer.
     """
-    from ce_daemon.daemon import lock_holder
+    from ce_daemon.store.sqlite import lock_holder
 
+    # A PostgreSQL state is shared by nodes: no lock tells whether one runs here.
+    database = state.path if state is not None and state.url is None else None
     try:
         holder = lock_holder(database) if database is not None else None
     except OSError as exc:
         print(f"{why}; whether a daemon runs with {database} cannot be told: {_why(exc)}", file=sys.stderr)
         return STATUS_UNKNOWN
     code = STATUS_UNKNOWN if holder else STATUS_NOT_RUNNING
-    saved = asyncio.run(_saved_snapshot(database)) if database is not None else None
+    saved = asyncio.run(_saved_snapshot(state)) if state is not None else None
     if args.json:
         running = {"running_pid": holder} if holder else {}
         print(orjson.dumps({**(saved or {}), **running, "live": False}, option=orjson.OPT_INDENT_2).decode())
@@ -318,16 +357,16 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _saved_snapshot(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
+async def _saved_snapshot(state: StateSettings) -> dict[str, Any] | None:
+    if state.url is None and not state.path.exists():
         return None
-    from ce_daemon.state import StateError, StateStore
     from ce_daemon.status import STATUS_SNAPSHOT_KEY
+    from ce_daemon.store import StoreError, open_store
 
     try:
-        async with await StateStore.open(path) as store:
+        async with await open_store(state, connect_timeout=STATUS_CONNECT_TIMEOUT, migrate=False) as store:
             text = await store.get_meta(STATUS_SNAPSHOT_KEY)
-    except (StateError, OSError):
+    except (StoreError, OSError):
         return None
     saved = orjson.loads(text) if text else None
     return saved if isinstance(saved, dict) else None
@@ -391,3 +430,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cmd_state(args: argparse.Namespace) -> int:
+    from ce_daemon.daemon import state_migrations
+    from ce_daemon.jobs import Jobs
+    from ce_daemon.store.transfer import migrate_command
+
+    return asyncio.run(migrate_command(args, state_migrations(Jobs.discover())))

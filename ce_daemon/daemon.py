@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,21 @@ from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
 from ce_daemon.registry import Registry
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
-from ce_daemon.state import StateError, StateStore
 from ce_daemon.status import save_snapshot, status_snapshot
+from ce_daemon.store import Migration, StoreError, exclusive, open_store
 from ce_daemon.supervisor import Component, Supervisor
 from ce_daemon.syslog import HealthChannel, Severity
 from ce_daemon.systemd import Notifier, keep_watchdog_fed
 from ce_daemon.teardown import Teardown, close_all, log_failures
 from ce_daemon.topology import Difference
 from ce_daemon.web import WebServer
+
+
+def state_migrations(jobs: Jobs) -> tuple[Migration, ...]:
+    """Every migration the daemon opens its state with: the spool's and each job's (``state migrate``
+    copies their tables)."""
+    return (*SPOOL_MIGRATIONS, *jobs.migrations())
+
 
 log = structlog.get_logger("ce_daemon.daemon")
 
@@ -131,10 +137,8 @@ class Daemon:
         try:
             self.syslog = _health_channel(loaded)
             async with Teardown("daemon resources") as teardown:
-                teardown.enter_context("state lock", _exclusive_lock(loaded.config.state.path))
-                store = await StateStore.open(
-                    loaded.config.state.path, SPOOL_MIGRATIONS + self.jobs.migrations()
-                )
+                teardown.enter_context("state lock", exclusive(loaded.config.state))
+                store = await open_store(loaded.config.state, state_migrations(self.jobs))
                 teardown.push("state database", store.close)
                 spool = Spool(store, loaded.config.spool.max_bytes)
                 await spool.load()
@@ -142,7 +146,7 @@ class Daemon:
                     store=store,
                     spool=spool,
                     health=self.health,
-                    data_dir=store.path.parent,
+                    data_dir=loaded.config.state.path.parent,
                     metrics=self.metrics,
                 )
                 teardown.push("tenant clients", self.runtime.close)
@@ -154,7 +158,7 @@ class Daemon:
                 await self._listen(loaded.config.http)
                 await self._start_generation(loaded)
                 return await self._serve()
-        except StateError as exc:
+        except StoreError as exc:
             log.error("daemon.state_unusable", error=str(exc))
             self._emit("daemon.failed", "crit", reason="state database unusable")
             return EXIT_FAILURE
@@ -577,62 +581,10 @@ def _health_channel(loaded: LoadedPipeline) -> HealthChannel | None:
     )
 
 
-@contextlib.contextmanager
-def _exclusive_lock(database: Path) -> Iterator[None]:
-    """Hold ``<database>.lock``: two daemons sharing one state (and so one iterator index) would lose data."""
-    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # created 0600, as the state store wants every file beside the database (it would tighten it, warning)
-    descriptor = os.open(_lock_path(database), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    with os.fdopen(descriptor, "r+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read().strip() or "?"
-            raise StateError(
-                f"another ce-daemon (pid {holder}) is running with the state database {database}"
-            ) from None
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-
-
-def lock_holder(database: Path) -> int | None:
-    """The pid of the ce-daemon running with ``database`` (holding its lock), or None when none is.
-
-    The lock is probed only when the pid written in it is alive: a daemon starting at that moment (the
-    file still naming its stopped predecessor) does not find its lock held by the question. OSError when
-    the lock file cannot be read.
-    """
-    try:
-        descriptor = os.open(_lock_path(database), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(descriptor) as handle:
-        written = handle.read(20).strip()
-        pid = int(written) if written.isdigit() else 0
-        if pid <= 0 or not _alive(pid):
-            return None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return pid
-        fcntl.flock(handle, fcntl.LOCK_UN)  # free: that pid is some other process now
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user
-    return True
-
-
-def _lock_path(database: Path) -> Path:
-    return database.with_name(database.name + ".lock")
+def _place(loaded: LoadedPipeline, *loc: str) -> str:
+    """``file:line:col`` of a section of ``loaded`` (the file alone when it is not written there)."""
+    place = loaded.source.position(loc)
+    return f"{loaded.path}:{place[0]}:{place[1]}" if place else str(loaded.path)
 
 
 def _log_warnings(loaded: LoadedPipeline) -> None:

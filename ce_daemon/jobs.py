@@ -35,7 +35,7 @@ from ce_daemon.config.source import Loc, Source
 from ce_daemon.errors import Problem
 from ce_daemon.keys import StreamKey
 from ce_daemon.registry import PluginInfo, Registry, api_compatibility
-from ce_daemon.state import Migration
+from ce_daemon.store import Migration
 
 if TYPE_CHECKING:
     from ce_daemon.config.load import LoadedPipeline
@@ -81,7 +81,7 @@ class Job(ABC, Generic[SectionT, ResolvedT]):
     section: ClassVar[type[BaseModel]]
     """The section's model (``SectionT``); its defaults apply when the file has no such section."""
     migrations: ClassVar[tuple[Migration, ...]] = ()
-    """The job's tables, versioned (see :class:`~ce_daemon.state.Migration`)."""
+    """The job's tables, versioned (see :class:`~ce_daemon.store.Migration`)."""
     api_version: ClassVar[int] = API_VERSION
     """The job contract version the job was written for."""
 

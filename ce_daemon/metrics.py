@@ -14,7 +14,6 @@ longer runs (lag, backlog, state) disappear with it.
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 from ce_daemon import __version__
 from ce_daemon.health import HealthRegistry, State
 from ce_daemon.netskope.poller import HistoryPoller, Poller
-from ce_daemon.state import StateError
+from ce_daemon.store import StoreError
 
 if TYPE_CHECKING:
     from ce_daemon.pipeline import Runtime
@@ -149,7 +148,7 @@ class Metrics:
         if runtime is not None:
             try:
                 spool = await runtime.spool.stats()
-            except (StateError, sqlite3.Error, OSError) as exc:  # the other metrics stay useful
+            except (StoreError, OSError) as exc:  # the other metrics stay useful
                 log.warning("metrics.spool_unavailable", error=str(exc))
         # No await from here on: the collector reads these statistics and the live objects at one instant.
         self._state.spool = spool

@@ -22,7 +22,7 @@ from ce_daemon.keys import ComponentKey, StreamKey
 from ce_daemon.metrics import Metrics
 from ce_daemon.netskope.client import TenantClient
 from ce_daemon.spool import Spool
-from ce_daemon.state import StateStore
+from ce_daemon.store import Store
 from ce_daemon.supervisor import Component
 from ce_daemon.teardown import close_all
 
@@ -56,7 +56,7 @@ class ComponentSpec:
 class Runtime:
     """What components of every generation share: the database, the spool, one client per tenant, metrics."""
 
-    store: StateStore
+    store: Store
     spool: Spool
     health: HealthRegistry
     data_dir: Path

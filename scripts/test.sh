@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as `make test` and CI run it: system packages, lint, types, config check, pytest.
+# The whole test suite, as `make test` and CI run it: system packages, lint, types, config check, and
+# pytest twice: on the SQLite state backend, then on PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -30,6 +31,35 @@ if ! command -v prometheus >/dev/null 2>&1; then
   fi
 fi
 
+# PostgreSQL is the second state backend: the suite runs once on it, each test in a database of its own
+# on 127.0.0.1:5432 as user postgres (trust authentication on loopback).
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "!! PostgreSQL is not answering on 127.0.0.1:5432 and we are not root: install and start it"
+    echo "!! ('sudo apt-get install postgresql'), with trust for 127.0.0.1 in pg_hba.conf"
+    exit 1
+  fi
+  if ! command -v pg_lsclusters >/dev/null 2>&1; then
+    echo "== installing postgresql (Debian) for the PostgreSQL state backend"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  fi
+  read -r version cluster _ < <(pg_lsclusters --no-header | head -n 1)
+  if [ -z "${version:-}" ]; then
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    cluster=main
+    pg_createcluster "$version" "$cluster" >/dev/null
+  fi
+  hba="/etc/postgresql/$version/$cluster/pg_hba.conf"
+  if ! grep -q "^host all all 127.0.0.1/32 trust" "$hba"; then
+    echo "== allowing trust on 127.0.0.1 in $hba for the test run"
+    sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+  fi
+  pg_ctlcluster "$version" "$cluster" start 2>/dev/null || pg_ctlcluster "$version" "$cluster" reload
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  pg_isready -h 127.0.0.1 -p 5432
+fi
+
 echo "== ruff"
 $BIN/ruff check ce_daemon plugins tests bench
 $BIN/ruff format --check ce_daemon plugins tests bench
@@ -37,5 +67,7 @@ echo "== mypy --strict"
 $BIN/mypy ce_daemon plugins
 echo "== ce-daemon check config.example.yaml"
 $BIN/ce-daemon check -c config.example.yaml
-echo "== pytest"
-$BIN/pytest -n 2 -p no:cacheprovider "$@"
+echo "== pytest on SQLite"
+$BIN/pytest -n 2 -p no:cacheprovider --state-backend=sqlite "$@"
+echo "== pytest on PostgreSQL"
+$BIN/pytest -n 2 -p no:cacheprovider --state-backend=postgresql "$@"

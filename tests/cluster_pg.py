@@ -18,7 +18,7 @@ from ce_daemon.cluster.leases import CHANNEL
 from ce_daemon.cluster.manager import LeaseManager
 from ce_daemon.cluster.schema import MIGRATIONS
 from ce_daemon.cluster.settings import ClusterSettings
-from ce_daemon.state import Migration
+from ce_daemon.store import Migration
 from ce_daemon.store.base import Params, Row
 
 ADMIN_DSN = os.environ.get("CE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

@@ -19,8 +19,9 @@ from typing import Any
 import orjson
 import structlog
 
-from ce_daemon.spool import SPOOL_MIGRATIONS, IteratorMark, Spool
-from ce_daemon.state import StateStore
+from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
+from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
+from ce_daemon.testing.state import open_test_store
 
 
 def page_records(number: int, count: int) -> list[dict[str, Any]]:
@@ -45,17 +46,17 @@ def digest(records: list[dict[str, Any]]) -> str:
 
 async def run(database: Path, stream: str, seed: int) -> None:
     rng = random.Random(seed)
-    store = await StateStore.open(database, SPOOL_MIGRATIONS)
+    store = await open_test_store(database, SPOOL_MIGRATIONS)
     spool = Spool(store, max_bytes=1 << 40)
     await spool.load()
-    state = await spool.iterator_state(stream)
+    checkpoints = Checkpoints(store)
+    state = await checkpoints.state(stream)
     number = int(state.progress.get("pages", 0)) if state else 0
     while True:
         records = page_records(number, rng.randrange(1, 3_000))
-        await spool.record_intent(stream, "next")
-        seq = await spool.append(
-            stream, records, iterator=IteratorMark(timestamp_hwm=number, progress={"pages": number + 1})
-        )
+        await checkpoints.record_intent(stream, "next")
+        mark = IteratorMark(timestamp_hwm=number, progress={"pages": number + 1})
+        seq = await spool.append(stream, records, commit=checkpoints.page_commit(stream, records, mark))
         sys.stdout.write(f"{seq} {number} {len(records)} {digest(records)}\n")
         sys.stdout.flush()
         number += 1

@@ -16,6 +16,7 @@ from ce_daemon.config.model import SyslogSettings
 from ce_daemon.errors import ConfigError
 from ce_daemon.logs.job import routes_of, secrets_resolved
 from ce_daemon.registry import Registry
+from ce_daemon.store import state_url
 from ce_daemon.syslog import HealthChannel
 from ce_daemon.testing.configs import config_problems
 from ce_daemon.testing.configs import write_config as write
@@ -49,9 +50,9 @@ def problems_of(path: Path, registry: Registry, env: dict[str, str] | None = Non
     return config_problems(path, registry, env or {})
 
 
-def check(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def check(path: Path, env: dict[str, str] | None = None, *more: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ce_daemon", "check", "-c", str(path)],
+        [sys.executable, "-m", "ce_daemon", "check", "-c", str(path), *more],
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin", **(env or {})},
@@ -500,3 +501,59 @@ def test_a_control_socket_in_a_directory_yet_to_be_made_passes(tmp_path: Path, r
     """A socket whose directory does not exist yet is fine: the daemon creates the directory."""
     text = GOOD.replace("version: 1\n", f"version: 1\ncontrol: {{socket: {tmp_path}/run/new/control.sock}}\n")
     assert problems_of(write(tmp_path, text), registry, {"ACME_TOKEN": "x"}) == []
+
+
+# -- the state backend --------------------------------------------------------------------------------
+
+
+def test_state_url_selects_postgresql_with_the_password_from_a_reference(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """`state.url` with `password: {$env: …}`: the URL used carries the password; check connects."""
+    text = GOOD.replace(
+        "state: {path: ./state/db.sqlite}", f"state: {{url: {postgres_url}, password: {{$env: PGPW}}}}"
+    )
+    loaded = load_pipeline(
+        write(tmp_path, text), Registry.discover(), environ={"ACME_TOKEN": "t", "PGPW": "pw/:@"}
+    )
+    assert loaded.config.state.url == postgres_url
+    assert state_url(loaded.config.state).startswith("postgresql://postgres:pw%2F%3A%40@127.0.0.1:5432/")
+    text = GOOD.replace("state: {path: ./state/db.sqlite}", f"state: {{url: {postgres_url}}}")
+    result = check(write(tmp_path, text), {"ACME_TOKEN": "t"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_sqlite_url_is_the_same_as_a_path(tmp_path: Path, registry: Registry) -> None:
+    """`state.url: sqlite:///path` names the SQLite file at that path."""
+    text = GOOD.replace("state: {path: ./state/db.sqlite}", f"state: {{url: 'sqlite://{tmp_path}/s.db'}}")
+    loaded = load_pipeline(write(tmp_path, text), registry, environ={"ACME_TOKEN": "t"})
+    assert (loaded.config.state.url, loaded.config.state.path) == (None, tmp_path / "s.db")
+
+
+def test_an_unusable_state_url_is_refused_at_its_place(tmp_path: Path) -> None:
+    """A URL of no known scheme is refused at state.url, its text (maybe a password) not repeated."""
+    path = write(
+        tmp_path, GOOD.replace("state: {path: ./state/db.sqlite}", "state: {url: 'mysql://u:hunter2@h/db'}")
+    )
+    result = check(path, {"ACME_TOKEN": "t"})
+    assert result.returncode == 78
+    assert f"{path}:2:" in result.stderr and "state.url" in result.stderr and "hunter2" not in result.stderr
+
+
+def test_check_refuses_a_state_database_it_cannot_reach_unless_offline(tmp_path: Path) -> None:
+    """An unreachable PostgreSQL is a problem at state.url (no password shown); offline mode skips it."""
+    url = "postgresql://ce@127.0.0.1:1/nowhere"
+    text = GOOD.replace(
+        "state: {path: ./state/db.sqlite}", f"state: {{url: '{url}', password: {{$env: PGPW}}}}"
+    )
+    path = write(tmp_path, text)
+    result = check(path, {"PGPW": "hunter2", "ACME_TOKEN": "t"})
+    assert result.returncode == 78
+    assert (
+        f"{path}:2:" in result.stderr
+        and "state.url" in result.stderr
+        and "127.0.0.1:1/nowhere" in result.stderr
+    )
+    assert "hunter2" not in result.stderr + result.stdout
+    offline = check(path, {"PGPW": "hunter2", "ACME_TOKEN": "t"}, "--allow-unresolved-secrets")
+    assert offline.returncode == 0, offline.stderr

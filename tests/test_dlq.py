@@ -22,7 +22,6 @@ from ce_daemon.logs.mapping import Mapping
 from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.spool import SPOOL_MIGRATIONS
-from ce_daemon.state import StateStore
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import (
     backlog_ids,
@@ -31,6 +30,7 @@ from ce_daemon.testing.pipelines import (
     route_counters,
     run_cli,
 )
+from ce_daemon.testing.state import open_test_store
 
 TOKEN = "dlq-token-0123456789"
 ENV = {"SIM_TOKEN": TOKEN}
@@ -105,7 +105,7 @@ async def seed_dead_letters(config: Path, route: str, count: int, reason: str) -
     formatter = RecordFormatter("cef", Mapping.builtin(), "sim")
     records = [factory.make("alerts", "dlp", seq, 1_700_000_000 + seq) for seq in range(count)]
     state = config.parent / "state" / "db.sqlite"
-    async with await StateStore.open(state, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)) as store:
+    async with await open_test_store(state, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)) as store:
         dead = DeadLetters(store)
         for record in records:
             formatted = formatter.format(record, "alerts", "dlp")

@@ -35,7 +35,7 @@ from ce_daemon.config.model import Duration, Name, Strict
 from ce_daemon.jobs import Job
 from ce_daemon.keys import ComponentKey
 from ce_daemon.pipeline import ComponentSpec
-from ce_daemon.state import Migration
+from ce_daemon.store import Migration
 from ce_daemon.supervisor import Component
 
 

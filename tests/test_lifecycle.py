@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,11 +12,14 @@ from typing import Any
 import pytest
 from ce_webhook.fake import FakeWebhook
 
+from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
 from ce_daemon.simulator.tenant import TenantSimulator, running_simulator
+from ce_daemon.spool import SPOOL_MIGRATIONS
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import daemon_status, pipeline_config, route_of, route_when, run_cli
 from ce_daemon.testing.sinks import SilentListener, closed_port
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
+from ce_daemon.testing.state import state_dump
 
 TOKEN = "lifecycle-token-0123456789"
 
@@ -41,6 +43,12 @@ def pipeline(tmp_path: Path, url: str, syslog: str) -> dict[str, Any]:
     }
     health = {"interval": "1h", "syslog": {"target": syslog, "format": "local"}}
     return pipeline_config(tmp_path, url, [route], health=health)
+
+
+def on_sqlite(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` on a SQLite state whatever the test run's backend: the single-daemon file lock guards
+    SQLite, while nodes share a PostgreSQL state on purpose (each unit's lease keeps them apart)."""
+    return {**config, "state": {"path": config["state"]["path"]}}
 
 
 async def test_ready_reload_rejected_reload_and_stop(tmp_path: Path, simulator: TenantSimulator) -> None:
@@ -146,8 +154,7 @@ async def test_secret_appears_nowhere(tmp_path: Path) -> None:
         db = tmp_path / "state" / "db.sqlite"
         for file in db.parent.iterdir():
             assert secret.encode() not in file.read_bytes()
-        with sqlite3.connect(db) as conn:
-            dump = "\n".join(conn.iterdump())
+        dump = await state_dump(db, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS))
         assert secret not in dump
 
 
@@ -156,7 +163,7 @@ async def test_second_daemon_on_the_same_state_is_refused(tmp_path: Path, simula
     async with NotifySocket(tmp_path) as notify:
         assert simulator.url is not None
         path = write_pipeline(
-            tmp_path / "pipeline.yaml", pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9")
+            tmp_path / "pipeline.yaml", on_sqlite(pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9"))
         )
         async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as first:
             await notify.wait_for("READY=1", timeout=30)
@@ -219,7 +226,9 @@ async def test_a_fresh_state_directory_starts_without_a_file_to_tighten(
 ) -> None:
     """Every file the daemon creates beside its database is 0600 from the start: no tightening warning."""
     assert simulator.url is not None
-    path = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9"))
+    path = write_pipeline(
+        tmp_path / "pipeline.yaml", on_sqlite(pipeline(tmp_path, simulator.url, "udp://127.0.0.1:9"))
+    )
     async with DaemonProcess(path, env={"SIM_TOKEN": TOKEN}) as daemon:
         await daemon.wait_for_event("daemon.ready")
         daemon.signal(signal.SIGTERM)

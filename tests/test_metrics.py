@@ -24,15 +24,16 @@ from ce_daemon.health import HealthRegistry
 from ce_daemon.jobs import Jobs
 from ce_daemon.logs.route import RouteComponent
 from ce_daemon.metrics import Metrics
+from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
 from ce_daemon.netskope.poller import Poller
 from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
 from ce_daemon.registry import Registry
-from ce_daemon.spool import SPOOL_MIGRATIONS, IteratorMark, Spool
-from ce_daemon.state import StateStore
+from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.supervisor import Component, Supervised, Supervisor
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import SIM_TOKEN, backlog_simulator, pipeline_config
 from ce_daemon.testing.prometheus import PrometheusServer, prometheus_path
+from ce_daemon.testing.state import open_test_store
 
 PIPELINE = """\
 version: 1
@@ -117,7 +118,7 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
     (tmp_path / "pipeline.yaml").write_text(PIPELINE, encoding="utf-8")
     loaded = load_pipeline(tmp_path / "pipeline.yaml", Registry.discover(), environ={"ACME_TOKEN": "t"})
     jobs = Jobs.discover()
-    store = await StateStore.open(loaded.config.state.path, SPOOL_MIGRATIONS + jobs.migrations())
+    store = await open_test_store(loaded.config.state.path, SPOOL_MIGRATIONS + jobs.migrations())
     spool = Spool(store, SPOOL_CAP)
     await spool.load()
     health = HealthRegistry()
@@ -214,7 +215,13 @@ async def test_tenant_counters_continue_when_the_client_is_replaced(live: Live) 
 async def test_spool_fill_and_route_backlog_come_from_the_spool(live: Live) -> None:
     """Spool bytes, cap and fill ratio, and the records a route has not had acknowledged yet."""
     records = [{"_id": f"r{i}", "timestamp": 1_700_000_000 + i} for i in range(40)]
-    await live.runtime.spool.append("acme/alerts/dlp", records, iterator=IteratorMark(timestamp_hwm=1))
+    await live.runtime.spool.append(
+        "acme/alerts/dlp",
+        records,
+        commit=Checkpoints(live.runtime.spool.store).page_commit(
+            "acme/alerts/dlp", records, IteratorMark(timestamp_hwm=1)
+        ),
+    )
     samples = await live.scrape()
     used = value(samples, "ce_daemon_spool_bytes")
     assert used is not None and used > 0

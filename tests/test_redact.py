@@ -21,11 +21,11 @@ from ce_daemon.http import basic, excerpt
 from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS, DeadLetters
 from ce_daemon.redact import LOG_LIMIT, MARKER, MIN_LENGTH, Redactor
 from ce_daemon.registry import Registry
-from ce_daemon.state import StateStore
 from ce_daemon.syslog import HealthChannel
 from ce_daemon.systemd import Notifier
 from ce_daemon.testing import write_pipeline
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
+from ce_daemon.testing.state import open_test_store, state_section
 
 SECRET = "s3cr3t-token-0123456789"
 
@@ -145,7 +145,7 @@ def test_the_secrets_of_a_pipeline_are_its_references_and_secret_settings(tmp_pa
     """Resolved $env/$file references (even in a plain field, like a header) and SecretStr options count."""
     (tmp_path / "hook-password").write_text("file-password-42\n")
     config = {
-        "state": {"path": str(tmp_path / "db.sqlite")},
+        "state": state_section(tmp_path / "db.sqlite"),
         "tenants": [{"name": "t", "url": "https://t.goskope.com", "token": {"$env": "NS_TOKEN"}}],
         "logs": {
             "routes": [
@@ -238,7 +238,7 @@ async def test_syslog_health_fields_are_scrubbed_and_cut(remembered: str, tmp_pa
 
 async def test_dead_letter_reasons_are_scrubbed(remembered: str, tmp_path: Path) -> None:
     """The reason kept with a dead letter holds no secret, however the target quoted it."""
-    async with await StateStore.open(tmp_path / "db.sqlite", DEADLETTER_MIGRATIONS) as store:
+    async with await open_test_store(tmp_path / "db.sqlite", DEADLETTER_MIGRATIONS) as store:
         dead = DeadLetters(store)
         await dead.add("r", "t/alerts/dlp", {"_id": "a"}, b"{}", f"HTTP 400: echo Bearer {remembered}")
         [row] = await dead.oldest()

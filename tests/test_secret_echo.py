@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import signal
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS
 from ce_daemon.redact import MARKER
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.fakes.base import FakeHttpServer, json_response
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config, route_when, run_cli
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
+from ce_daemon.testing.state import open_test_store
 
 TOKEN = "echo-sim-token-0123456789"
 BACKLOG = 60
@@ -137,10 +138,11 @@ async def http_text(url: str) -> str:
         return await response.text()
 
 
-def dead_letter_reasons(tmp_path: Path) -> list[str]:
-    """Every reason in the dead-letter table of the test's state database."""
-    with sqlite3.connect(tmp_path / "state" / "db.sqlite") as db:
-        return [row[0] for row in db.execute("SELECT reason FROM dead_letters")]
+async def dead_letter_reasons(tmp_path: Path) -> list[str]:
+    """Every reason in the dead-letter table of the test's state."""
+    state = tmp_path / "state" / "db.sqlite"
+    async with await open_test_store(state, DEADLETTER_MIGRATIONS) as store, store.read() as tx:
+        return [row[0] for row in await tx.fetch("SELECT reason FROM dead_letters")]
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
@@ -174,7 +176,7 @@ async def test_an_echoed_secret_reaches_no_output(tmp_path: Path, name: str) -> 
             metrics = await http_text(f"{web_url}metrics")
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait(30) == 0
-    reasons = dead_letter_reasons(tmp_path)
+    reasons = await dead_letter_reasons(tmp_path)
     assert len(reasons) == BACKLOG
     # The echo did come back, and was scrubbed where it shows.
     assert shape.scrubbed in refused

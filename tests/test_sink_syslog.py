@@ -27,6 +27,7 @@ from ce_daemon.simulator.records import RecordFactory, record_id
 from ce_daemon.simulator.tenant import running_simulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.rsyslog import ReceivedMessage, RsyslogServer, rsyslogd_path, tls_driver_available
+from ce_daemon.testing.state import state_section
 from ce_daemon.testing.tls import make_certificates
 
 HOST = "ce-test-host"
@@ -417,7 +418,7 @@ async def test_pipeline_ships_every_record_to_rsyslog(tmp_path: Path) -> None:
         assert sim.url is not None
         config: dict[str, Any] = {
             "version": 1,
-            "state": {"path": str(tmp_path / "state" / "db.sqlite")},
+            "state": state_section(tmp_path / "state" / "db.sqlite"),
             "health": {"interval": "1h", "syslog": {"enabled": False}},
             "shutdown_grace": "5s",
             "tenants": [{"name": "sim", "url": sim.url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}],

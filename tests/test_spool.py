@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import random
 import signal
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,14 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
-from ce_daemon.spool import (
-    SPOOL_MIGRATIONS,
-    IteratorMark,
-    Spool,
-    SpoolCorruptError,
-    page_marker,
-)
-from ce_daemon.state import StateStore
+from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark, page_marker
+from ce_daemon.spool import SPOOL_MIGRATIONS, Spool, SpoolCorruptError
+from ce_daemon.store import Store, Transaction
+from ce_daemon.testing.state import open_test_store
 
 MARK = IteratorMark()
 CRASH_CHILD = Path(__file__).with_name("spool_crash_child.py")
@@ -47,23 +42,40 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[StateStore]:
-    async with await StateStore.open(db_path, SPOOL_MIGRATIONS) as opened:
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    async with await open_test_store(db_path, SPOOL_MIGRATIONS) as opened:
         yield opened
 
 
 @pytest.fixture
-async def spool(store: StateStore) -> Spool:
+async def spool(store: Store) -> Spool:
     loaded = Spool(store, max_bytes=1 << 30)
     await loaded.load()
     return loaded
 
 
-async def reopened(db_path: Path, max_bytes: int = 1 << 30) -> tuple[StateStore, Spool]:
-    store = await StateStore.open(db_path, SPOOL_MIGRATIONS)
+async def reopened(db_path: Path, max_bytes: int = 1 << 30) -> tuple[Store, Spool]:
+    store = await open_test_store(db_path, SPOOL_MIGRATIONS)
     spool = Spool(store, max_bytes=max_bytes)
     await spool.load()
     return store, spool
+
+
+def checkpoints(spool: Spool) -> Checkpoints:
+    """The iterator checkpoints kept in ``spool``'s store."""
+    return Checkpoints(spool.store)
+
+
+async def append(
+    spool: Spool,
+    stream: str,
+    records: list[dict[str, Any]],
+    mark: IteratorMark = MARK,
+    key: str | None = None,
+) -> int:
+    """Append a page as a poller does: with its iterator's checkpoint (``key``, else the stream)."""
+    commit = checkpoints(spool).page_commit(stream if key is None else key, records, mark)
+    return await spool.append(stream, records, commit=commit)
 
 
 async def blocked_task(awaitable: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any]:
@@ -86,7 +98,7 @@ async def test_append_read_ack_round_trip(spool: Spool) -> None:
     """A page comes back to its consumer exactly as appended, and is gone once acknowledged."""
     await spool.set_consumers({"siem": {"demo/alerts/dlp"}})
     records = records_of(0, 250)
-    seq = await spool.append("demo/alerts/dlp", records, iterator=MARK)
+    seq = await append(spool, "demo/alerts/dlp", records, MARK)
     page = await spool.next_page("siem", timeout=0)
     assert page is not None
     assert (page.seq, page.stream, page.records, page.first_id, page.last_id, page.start) == (
@@ -106,15 +118,13 @@ async def test_append_read_ack_round_trip(spool: Spool) -> None:
 async def test_empty_page_is_not_appended(spool: Spool) -> None:
     """Appending no records is refused: empty answers go through mark_empty_page."""
     with pytest.raises(ValueError, match="mark_empty_page"):
-        await spool.append("s", [], iterator=MARK)
+        await append(spool, "s", [], MARK)
 
 
 async def test_pages_are_read_in_global_order_across_streams(spool: Spool) -> None:
     """A consumer of several streams reads their pages in the order they were appended."""
     await spool.set_consumers({"c": {"a", "b"}})
-    appended = [
-        await spool.append(stream, records_of(n, 3), iterator=MARK) for n, stream in enumerate("abab")
-    ]
+    appended = [await append(spool, stream, records_of(n, 3), MARK) for n, stream in enumerate("abab")]
     read = []
     for _ in appended:
         page = await spool.next_page("c", timeout=0)
@@ -127,8 +137,8 @@ async def test_pages_are_read_in_global_order_across_streams(spool: Spool) -> No
 async def test_consumer_reads_only_its_streams(spool: Spool) -> None:
     """Pages of a stream a consumer does not subscribe to are invisible to it."""
     await spool.set_consumers({"c": {"a"}, "other": {"b"}})
-    await spool.append("b", records_of(0, 1), iterator=MARK)
-    wanted = await spool.append("a", records_of(1, 1), iterator=MARK)
+    await append(spool, "b", records_of(0, 1), MARK)
+    wanted = await append(spool, "a", records_of(1, 1), MARK)
     page = await spool.next_page("c", timeout=0)
     assert page is not None
     assert page.seq == wanted
@@ -137,8 +147,8 @@ async def test_consumer_reads_only_its_streams(spool: Spool) -> None:
 async def test_unacknowledged_page_is_returned_again(spool: Spool) -> None:
     """Asking again without acknowledging returns the same page (retry after a failed shipment)."""
     await spool.set_consumers({"c": {"s"}})
-    seq = await spool.append("s", records_of(0, 5), iterator=MARK)
-    await spool.append("s", records_of(1, 5), iterator=MARK)
+    seq = await append(spool, "s", records_of(0, 5), MARK)
+    await append(spool, "s", records_of(1, 5), MARK)
     first = await spool.next_page("c", timeout=0)
     again = await spool.next_page("c", timeout=0)
     assert first is not None
@@ -149,8 +159,8 @@ async def test_unacknowledged_page_is_returned_again(spool: Spool) -> None:
 async def test_after_reads_ahead_without_acknowledging(spool: Spool) -> None:
     """``after`` returns the next page past one the consumer already holds."""
     await spool.set_consumers({"c": {"s"}})
-    first = await spool.append("s", records_of(0, 5), iterator=MARK)
-    second = await spool.append("s", records_of(1, 5), iterator=MARK)
+    first = await append(spool, "s", records_of(0, 5), MARK)
+    second = await append(spool, "s", records_of(1, 5), MARK)
     page = await spool.next_page("c", timeout=0, after=first)
     assert page is not None
     assert page.seq == second
@@ -160,7 +170,7 @@ async def test_after_reads_ahead_without_acknowledging(spool: Spool) -> None:
 async def test_two_consumers_have_independent_offsets(spool: Spool) -> None:
     """Each consumer acknowledges on its own; the page is deleted only after both have."""
     await spool.set_consumers({"siem": {"s"}, "lake": {"s"}})
-    seq = await spool.append("s", records_of(0, 10), iterator=MARK)
+    seq = await append(spool, "s", records_of(0, 10), MARK)
     await spool.ack("siem", seq)
     assert await spool.next_page("siem", timeout=0) is None
     page = await spool.next_page("lake", timeout=0)
@@ -176,7 +186,7 @@ async def test_partial_ack_resumes_at_position_after_reopen(db_path: Path) -> No
     store, spool = await reopened(db_path)
     async with store:
         await spool.set_consumers({"c": {"s"}})
-        seq = await spool.append("s", records_of(0, 10_000), iterator=MARK)
+        seq = await append(spool, "s", records_of(0, 10_000), MARK)
         await spool.ack("c", seq, 4_000)
     store, spool = await reopened(db_path)
     async with store:
@@ -189,7 +199,7 @@ async def test_partial_ack_resumes_at_position_after_reopen(db_path: Path) -> No
 async def test_ack_never_moves_an_offset_back(spool: Spool) -> None:
     """A late partial acknowledgement of a page already fully acknowledged changes nothing."""
     await spool.set_consumers({"c": {"s"}, "slow": {"s"}})
-    seq = await spool.append("s", records_of(0, 10), iterator=MARK)
+    seq = await append(spool, "s", records_of(0, 10), MARK)
     await spool.ack("c", seq)
     await spool.ack("c", seq)
     await spool.ack("c", seq, 3)
@@ -199,7 +209,7 @@ async def test_ack_never_moves_an_offset_back(spool: Spool) -> None:
 async def test_ack_past_the_last_record_is_a_whole_ack(spool: Spool) -> None:
     """Acknowledging position == count acknowledges the whole page."""
     await spool.set_consumers({"c": {"s"}})
-    seq = await spool.append("s", records_of(0, 10), iterator=MARK)
+    seq = await append(spool, "s", records_of(0, 10), MARK)
     await spool.ack("c", seq, 10)
     assert await spool.next_page("c", timeout=0) is None
     assert (await spool.stats())["pages"] == 0
@@ -208,8 +218,8 @@ async def test_ack_past_the_last_record_is_a_whole_ack(spool: Spool) -> None:
 async def test_acks_are_cumulative_within_a_stream(spool: Spool) -> None:
     """Acknowledging a later page, even partly, also releases the older pages of its stream."""
     await spool.set_consumers({"c": {"s"}})
-    await spool.append("s", records_of(0, 10), iterator=MARK)
-    later = await spool.append("s", records_of(1, 10), iterator=MARK)
+    await append(spool, "s", records_of(0, 10), MARK)
+    later = await append(spool, "s", records_of(1, 10), MARK)
     await spool.ack("c", later, 5)
     page = await spool.next_page("c", timeout=0)
     assert page is not None
@@ -240,7 +250,7 @@ async def test_waiting_reader_wakes_on_append(spool: Spool) -> None:
     # has found nothing and is parked on the condition.
     assert await spool.next_page("c", timeout=0) is None
     assert not reader.done()
-    seq = await spool.append("s", records_of(0, 3), iterator=MARK)
+    seq = await append(spool, "s", records_of(0, 3), MARK)
     page = await reader
     assert page.seq == seq
 
@@ -250,7 +260,7 @@ async def test_waiting_reader_wakes_on_append(spool: Spool) -> None:
 
 async def test_first_consumer_of_a_stream_reads_from_the_beginning(spool: Spool) -> None:
     """Pages committed before a stream ever had a consumer are kept for, and read by, the first one."""
-    seq = await spool.append("s", records_of(0, 3), iterator=MARK)
+    seq = await append(spool, "s", records_of(0, 3), MARK)
     await spool.set_consumers({"c": {"s"}})
     page = await spool.next_page("c", timeout=0)
     assert page is not None
@@ -260,10 +270,10 @@ async def test_first_consumer_of_a_stream_reads_from_the_beginning(spool: Spool)
 async def test_new_consumer_of_a_consumed_stream_starts_at_the_end(spool: Spool) -> None:
     """A consumer added to a stream that already has one sees only pages appended after it joined."""
     await spool.set_consumers({"old": {"s"}})
-    backlog = await spool.append("s", records_of(0, 3), iterator=MARK)
+    backlog = await append(spool, "s", records_of(0, 3), MARK)
     await spool.set_consumers({"old": {"s"}, "new": {"s"}})
     assert await spool.next_page("new", timeout=0) is None
-    fresh = await spool.append("s", records_of(1, 3), iterator=MARK)
+    fresh = await append(spool, "s", records_of(1, 3), MARK)
     new_page = await spool.next_page("new", timeout=0)
     old_page = await spool.next_page("old", timeout=0)
     assert new_page is not None
@@ -274,7 +284,7 @@ async def test_new_consumer_of_a_consumed_stream_starts_at_the_end(spool: Spool)
 async def test_removed_consumer_no_longer_holds_pages(spool: Spool) -> None:
     """Removing a consumer deletes its offsets and collects the pages only it still needed."""
     await spool.set_consumers({"keep": {"s"}, "gone": {"s"}})
-    seq = await spool.append("s", records_of(0, 3), iterator=MARK)
+    seq = await append(spool, "s", records_of(0, 3), MARK)
     await spool.ack("keep", seq)
     assert (await spool.stats())["pages"] == 1
     await spool.set_consumers({"keep": {"s"}})
@@ -287,7 +297,7 @@ async def test_readded_consumer_starts_at_the_end(spool: Spool) -> None:
     """A consumer removed and added again does not replay what was appended before it came back."""
     await spool.set_consumers({"a": {"s"}, "b": {"s"}})
     await spool.set_consumers({"a": {"s"}})
-    await spool.append("s", records_of(0, 3), iterator=MARK)
+    await append(spool, "s", records_of(0, 3), MARK)
     await spool.set_consumers({"a": {"s"}, "b": {"s"}})
     assert await spool.next_page("b", timeout=0) is None
 
@@ -297,8 +307,8 @@ async def test_subscriptions_survive_reopen(db_path: Path) -> None:
     store, spool = await reopened(db_path)
     async with store:
         await spool.set_consumers({"c": {"s"}})
-        first = await spool.append("s", records_of(0, 3), iterator=MARK)
-        second = await spool.append("s", records_of(1, 3), iterator=MARK)
+        first = await append(spool, "s", records_of(0, 3), MARK)
+        second = await append(spool, "s", records_of(1, 3), MARK)
         await spool.ack("c", first)
     store, spool = await reopened(db_path)
     async with store:
@@ -316,12 +326,12 @@ async def test_wait_for_space_returns_at_once_when_not_full(spool: Spool) -> Non
     await spool.wait_for_space()
 
 
-async def test_wait_for_space_blocks_while_full_until_an_ack(store: StateStore) -> None:
+async def test_wait_for_space_blocks_while_full_until_an_ack(store: Store) -> None:
     """A poller waiting for space is released when an acknowledgement frees the pages."""
     spool = Spool(store, max_bytes=1)
     await spool.load()
     await spool.set_consumers({"c": {"s"}})
-    seq = await spool.append("s", records_of(0, 100), iterator=MARK)
+    seq = await append(spool, "s", records_of(0, 100), MARK)
     assert spool.full
     poller = await blocked_task(spool.wait_for_space)
     assert not poller.done()
@@ -330,11 +340,11 @@ async def test_wait_for_space_blocks_while_full_until_an_ack(store: StateStore) 
     assert not spool.full
 
 
-async def test_page_larger_than_the_cap_is_accepted_when_empty(store: StateStore) -> None:
+async def test_page_larger_than_the_cap_is_accepted_when_empty(store: Store) -> None:
     """A single page bigger than the whole cap is still committed; the spool is then full."""
     spool = Spool(store, max_bytes=10)
     await spool.load()
-    await spool.append("s", records_of(0, 1_000), iterator=MARK)
+    await append(spool, "s", records_of(0, 1_000), MARK)
     assert spool.used_bytes > spool.max_bytes
     assert spool.full
 
@@ -343,7 +353,7 @@ async def test_used_bytes_restored_by_load(db_path: Path) -> None:
     """The byte count, hence fullness, is the same after a restart."""
     store, spool = await reopened(db_path, max_bytes=1)
     async with store:
-        await spool.append("s", records_of(0, 100), iterator=MARK)
+        await append(spool, "s", records_of(0, 100), MARK)
         used = spool.used_bytes
     store, spool = await reopened(db_path, max_bytes=1)
     async with store:
@@ -355,17 +365,17 @@ async def test_used_bytes_restored_by_load(db_path: Path) -> None:
 
 async def test_iterator_state_is_none_for_a_new_stream(spool: Spool) -> None:
     """A stream no poller has recorded anything for has no iterator state."""
-    assert await spool.iterator_state("demo/alerts/dlp") is None
+    assert await checkpoints(spool).state("demo/alerts/dlp") is None
 
 
 async def test_index_name_is_persisted(db_path: Path) -> None:
     """The iterator index name survives a restart and starts with no intent and no first pull."""
     store, spool = await reopened(db_path)
     async with store:
-        await spool.set_index("s", "demo_dlp_ce")
+        await checkpoints(spool).set_index("s", "demo_dlp_ce")
     store, spool = await reopened(db_path)
     async with store:
-        state = await spool.iterator_state("s")
+        state = await checkpoints(spool).state("s")
     assert state is not None
     assert (state.index, state.pending, state.first_pull_done, state.count) == (
         "demo_dlp_ce",
@@ -377,16 +387,14 @@ async def test_index_name_is_persisted(db_path: Path) -> None:
 
 async def test_append_clears_intent_and_records_the_marker(spool: Spool) -> None:
     """Committing a page sets pending back to none and stores its marker, hwm and progress."""
-    await spool.set_index("s", "idx")
-    await spool.record_intent("s", "next")
-    pending = await spool.iterator_state("s")
+    await checkpoints(spool).set_index("s", "idx")
+    await checkpoints(spool).record_intent("s", "next")
+    pending = await checkpoints(spool).state("s")
     assert pending is not None
     assert pending.pending == "next"
     records = records_of(0, 20)
-    await spool.append(
-        "s", records, iterator=IteratorMark(timestamp_hwm=1_732_700_000, progress={"pages": 1})
-    )
-    state = await spool.iterator_state("s")
+    await append(spool, "s", records, IteratorMark(timestamp_hwm=1_732_700_000, progress={"pages": 1}))
+    state = await checkpoints(spool).state("s")
     assert state is not None
     assert (state.index, state.pending, state.first_pull_done) == ("idx", "none", True)
     assert (state.first_id, state.last_id, state.count) == page_marker(records)
@@ -398,29 +406,29 @@ async def test_intent_survives_a_restart_without_a_page(db_path: Path) -> None:
     store, spool = await reopened(db_path)
     async with store:
         committed = records_of(0, 5)
-        await spool.append("s", committed, iterator=MARK)
-        await spool.record_intent("s", "next")
+        await append(spool, "s", committed, MARK)
+        await checkpoints(spool).record_intent("s", "next")
     store, spool = await reopened(db_path)
     async with store:
-        state = await spool.iterator_state("s")
+        state = await checkpoints(spool).state("s")
     assert state is not None
     assert state.pending == "next"
     assert (state.first_id, state.last_id, state.count) == page_marker(committed)
 
 
-async def test_page_and_iterator_commit_together(spool: Spool, store: StateStore) -> None:
+async def test_page_and_iterator_commit_together(spool: Spool, store: Store) -> None:
     """If recording the iterator state fails, the page is not committed either."""
     await spool.set_consumers({"c": {"s"}})
-    await spool.record_intent("s", "next")
-    async with store.transaction() as db:
-        await db.execute(
-            "CREATE TRIGGER refuse_poison BEFORE UPDATE ON spool_iterators WHEN NEW.last_id = 'poison'"
-            " BEGIN SELECT RAISE(ABORT, 'poisoned marker'); END"
-        )
+    await checkpoints(spool).record_intent("s", "next")
     poisoned = [{"_id": "first"}, {"_id": "poison"}]
-    with pytest.raises(sqlite3.IntegrityError, match="poisoned marker"):
-        await spool.append("s", poisoned, iterator=MARK)
-    state = await spool.iterator_state("s")
+
+    async def refused(tx: Transaction) -> None:
+        await checkpoints(spool).page_commit("s", poisoned, MARK)(tx)
+        raise RuntimeError("poisoned marker")
+
+    with pytest.raises(RuntimeError, match="poisoned marker"):
+        await spool.append("s", poisoned, commit=refused)
+    state = await checkpoints(spool).state("s")
     assert state is not None
     assert (state.pending, state.count) == ("next", 0)
     assert (await spool.stats())["pages"] == 0
@@ -431,8 +439,8 @@ async def test_page_and_iterator_commit_together(spool: Spool, store: StateStore
 async def test_is_committed_recognises_a_resent_page(spool: Spool) -> None:
     """The last committed page is recognised by its marker; another page or an empty one is not."""
     committed = records_of(0, 50)
-    await spool.append("s", committed, iterator=MARK)
-    state = await spool.iterator_state("s")
+    await append(spool, "s", committed, MARK)
+    state = await checkpoints(spool).state("s")
     assert state is not None
     assert state.is_committed(*page_marker(committed))
     assert not state.is_committed(*page_marker(records_of(1, 50)))
@@ -442,8 +450,8 @@ async def test_is_committed_recognises_a_resent_page(spool: Spool) -> None:
 
 async def test_is_committed_treats_missing_ids_alike(spool: Spool) -> None:
     """A page without ``_id`` matches whether the caller spells the missing id None or ""."""
-    await spool.append("s", [{"timestamp": 1}, {"timestamp": 2}], iterator=MARK)
-    state = await spool.iterator_state("s")
+    await append(spool, "s", [{"timestamp": 1}, {"timestamp": 2}], MARK)
+    state = await checkpoints(spool).state("s")
     assert state is not None
     assert state.is_committed("", "", 2)
     assert state.is_committed(None, None, 2)
@@ -454,13 +462,11 @@ async def test_second_iterator_of_a_stream_keeps_its_own_state(spool: Spool) -> 
     await spool.set_consumers({"c": {"s"}})
     live = records_of(0, 3)
     history = records_of(1, 4)
-    await spool.append("s", live, iterator=MARK)
-    await spool.record_intent("s#history", "next")
-    seq = await spool.append(
-        "s", history, iterator=IteratorMark(progress={"done": False}), iterator_key="s#history"
-    )
-    live_state = await spool.iterator_state("s")
-    history_state = await spool.iterator_state("s#history")
+    await append(spool, "s", live, MARK)
+    await checkpoints(spool).record_intent("s#history", "next")
+    seq = await append(spool, "s", history, IteratorMark(progress={"done": False}), key="s#history")
+    live_state = await checkpoints(spool).state("s")
+    history_state = await checkpoints(spool).state("s#history")
     assert live_state is not None
     assert history_state is not None
     assert (live_state.first_id, live_state.last_id, live_state.count) == page_marker(live)
@@ -474,10 +480,10 @@ async def test_second_iterator_of_a_stream_keeps_its_own_state(spool: Spool) -> 
 async def test_mark_empty_page_clears_intent_and_keeps_marker(spool: Spool) -> None:
     """An empty answer clears the intent, updates hwm, and leaves the last page marker alone."""
     committed = records_of(0, 5)
-    await spool.append("s", committed, iterator=IteratorMark(timestamp_hwm=100, progress={"pages": 1}))
-    await spool.record_intent("s", "next")
-    await spool.mark_empty_page("s", 200)
-    state = await spool.iterator_state("s")
+    await append(spool, "s", committed, IteratorMark(timestamp_hwm=100, progress={"pages": 1}))
+    await checkpoints(spool).record_intent("s", "next")
+    await checkpoints(spool).mark_empty_page("s", 200)
+    state = await checkpoints(spool).state("s")
     assert state is not None
     assert (state.pending, state.timestamp_hwm, state.progress) == ("none", 200, {"pages": 1})
     assert (state.first_id, state.last_id, state.count) == page_marker(committed)
@@ -486,9 +492,9 @@ async def test_mark_empty_page_clears_intent_and_keeps_marker(spool: Spool) -> N
 
 async def test_empty_first_answer_completes_the_first_pull(spool: Spool) -> None:
     """An empty answer to the first pull still marks the first pull done."""
-    await spool.set_index("s", "idx")
-    await spool.mark_empty_page("s", None)
-    state = await spool.iterator_state("s")
+    await checkpoints(spool).set_index("s", "idx")
+    await checkpoints(spool).mark_empty_page("s", None)
+    state = await checkpoints(spool).state("s")
     assert state is not None
     assert state.first_pull_done
     assert state.timestamp_hwm is None
@@ -500,9 +506,9 @@ async def test_empty_first_answer_completes_the_first_pull(spool: Spool) -> None
 async def test_stats_report_backlog_and_consumer_lag(spool: Spool) -> None:
     """stats() counts pages, records and bytes per stream and each consumer's unread records."""
     await spool.set_consumers({"fast": {"a"}, "slow": {"a", "b"}})
-    first = await spool.append("a", records_of(0, 10), iterator=MARK)
-    await spool.append("a", records_of(1, 20), iterator=MARK)
-    await spool.append("b", records_of(2, 5), iterator=MARK)
+    first = await append(spool, "a", records_of(0, 10), MARK)
+    await append(spool, "a", records_of(1, 20), MARK)
+    await append(spool, "b", records_of(2, 5), MARK)
     await spool.ack("fast", first)
     await spool.ack("slow", first, 4)
     stats = await spool.stats()
@@ -512,20 +518,20 @@ async def test_stats_report_backlog_and_consumer_lag(spool: Spool) -> None:
     assert (stats["consumers"]["slow"]["pages"], stats["consumers"]["slow"]["records"]) == (3, 6 + 20 + 5)
 
 
-async def test_damaged_page_raises_spool_corrupt_error(spool: Spool, store: StateStore) -> None:
+async def test_damaged_page_raises_spool_corrupt_error(spool: Spool, store: Store) -> None:
     """A page whose stored body was damaged raises SpoolCorruptError naming it, not a zlib error."""
     await spool.set_consumers({"c": {"s"}})
-    seq = await spool.append("s", records_of(0, 10), iterator=MARK)
-    async with store.transaction() as db:
-        await db.execute("UPDATE spool_pages SET body = substr(body, 1, 20) WHERE seq = ?", (seq,))
+    seq = await append(spool, "s", records_of(0, 10), MARK)
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE spool_pages SET body = substr(body, 1, 20) WHERE seq = :seq", {"seq": seq})
     with pytest.raises(SpoolCorruptError, match=f"spool page {seq}"):
         await spool.next_page("c", timeout=0)
 
 
-async def test_load_is_required(store: StateStore) -> None:
+async def test_load_is_required(store: Store) -> None:
     """Using a spool before load() is a programming error reported as such."""
     with pytest.raises(RuntimeError, match="load"):
-        await Spool(store, max_bytes=1).append("s", records_of(0, 1), iterator=MARK)
+        await Spool(store, max_bytes=1).append("s", records_of(0, 1))
 
 
 # -- crash safety -------------------------------------------------------------------------------------
@@ -587,7 +593,7 @@ async def test_spool_survives_sigkill_at_random_moments(db_path: Path) -> None:
                 digest = hashlib.sha256(orjson.dumps(page.records)).hexdigest()
                 stored[page.seq] = (numbers.pop(), page.count, digest)
                 last_page, after = page, page.seq
-            state = await spool.iterator_state(stream)
+            state = await checkpoints(spool).state(stream)
 
         assert {seq: stored.get(seq) for seq in printed} == printed, f"round {round_number}: lost or damaged"
         assert sorted(number for number, _, _ in stored.values()) == list(range(len(stored)))
@@ -599,11 +605,11 @@ async def test_spool_survives_sigkill_at_random_moments(db_path: Path) -> None:
 
 async def test_resize_releases_waiting_pollers(tmp_path: Path) -> None:
     """Raising the byte cap on reload lets a poller waiting for space go on at once."""
-    async with await StateStore.open(tmp_path / "state.db", SPOOL_MIGRATIONS) as store:
+    async with await open_test_store(tmp_path / "state.db", SPOOL_MIGRATIONS) as store:
         spool = Spool(store, max_bytes=1)
         await spool.load()
         await spool.set_consumers({"c": {"t/alerts/dlp"}})
-        await spool.append("t/alerts/dlp", [{"_id": "1", "timestamp": 1}], iterator=IteratorMark())
+        await append(spool, "t/alerts/dlp", [{"_id": "1", "timestamp": 1}], IteratorMark())
         assert spool.full
         waiter = asyncio.create_task(spool.wait_for_space())
         await asyncio.sleep(0)

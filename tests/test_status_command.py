@@ -36,10 +36,14 @@ async def simulator() -> AsyncIterator[TenantSimulator]:
         yield sim
 
 
-def pipeline(tmp_path: Path, url: str, sink: dict[str, Any]) -> Path:
-    """The pipeline file: one JSON route `r` of dlp alerts into ``sink``."""
+def pipeline(tmp_path: Path, url: str, sink: dict[str, Any], *, sqlite: bool = False) -> Path:
+    """The pipeline file: one JSON route `r` of dlp alerts into ``sink`` (on SQLite when ``sqlite``,
+    whatever the test run's backend)."""
     route = {"name": "r", "tenant": "sim", "alerts": ["dlp"], "format": "json", "sink": sink}
-    return write_pipeline(tmp_path / "pipeline.yaml", pipeline_config(tmp_path, url, [route]))
+    config = pipeline_config(tmp_path, url, [route])
+    if sqlite:
+        config["state"] = {"path": config["state"]["path"]}
+    return write_pipeline(tmp_path / "pipeline.yaml", config)
 
 
 @contextlib.asynccontextmanager
@@ -190,9 +194,11 @@ async def test_a_rejected_reload_shows_its_problems_though_the_file_no_longer_lo
 async def test_4_with_the_pid_when_a_running_daemon_has_lost_its_control_socket(
     tmp_path: Path, simulator: TenantSimulator
 ) -> None:
-    """The daemon runs (it holds the state lock) but nothing answers on its socket: 4, not 3, with its pid."""
+    """The daemon runs (it holds the state lock) but nothing answers on its socket: 4, not 3, with its pid.
+
+    On SQLite: its file lock tells a running daemon; nodes share a PostgreSQL state without one."""
     assert simulator.url is not None
-    path = pipeline(tmp_path, simulator.url, {"type": "file", "path": "out.ndjson"})
+    path = pipeline(tmp_path, simulator.url, {"type": "file", "path": "out.ndjson"}, sqlite=True)
     async with running(path) as daemon:
         (tmp_path / "state" / "control.sock").unlink()  # a cleaner of /tmp or /run, say
         code, out = await status(path)
@@ -233,6 +239,6 @@ async def test_a_wrong_state_setting_is_told_at_its_place(tmp_path: Path) -> Non
     assert code == 4
     assert out.splitlines() == [
         f"{path}:4:3: state.bogus: unknown key 'bogus'",
-        "    Hint: valid keys here: path",
+        "    Hint: valid keys here: password, path, url",
         f"{path}:5:19: control.socket: Input is not a valid path for <class 'pathlib.Path'>",
     ]

@@ -13,9 +13,9 @@ from ce_daemon.health import HealthRegistry, State
 from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import Runtime
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
-from ce_daemon.state import StateStore
 from ce_daemon.supervisor import Component, Supervisor
 from ce_daemon.teardown import Teardown, close_all
+from ce_daemon.testing.state import open_test_store
 
 
 class Part(Component):
@@ -112,7 +112,7 @@ async def test_teardown_lets_the_bodys_exception_through_and_still_closes_everyt
 async def test_runtime_close_tries_every_tenant_client(tmp_path: Path) -> None:
     """Runtime.close closes every client even when one fails, and raises that failure."""
     closed: list[str] = []
-    async with await StateStore.open(tmp_path / "db.sqlite", SPOOL_MIGRATIONS) as store:
+    async with await open_test_store(tmp_path / "db.sqlite", SPOOL_MIGRATIONS) as store:
         runtime = Runtime(
             store=store,
             spool=Spool(store, 1024**2),

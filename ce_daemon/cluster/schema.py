@@ -11,7 +11,7 @@ Every time is the database's (``now()``), never a node's wall clock.
 
 from __future__ import annotations
 
-from ce_daemon.state import Migration
+from ce_daemon.store import Migration
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(

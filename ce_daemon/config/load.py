@@ -37,7 +37,7 @@ from ce_daemon.files import UnusableFileError, read_regular_file
 from ce_daemon.jobs import Job, Jobs, Resolution
 from ce_daemon.keys import StreamKey
 from ce_daemon.registry import Registry
-from ce_daemon.state import shared_directory_problem
+from ce_daemon.store.sqlite import shared_directory_problem
 
 MAX_CA_FILE_BYTES = 1024**2
 """The largest tenant CA bundle read (Mozilla's whole root store is about 200 KB)."""

@@ -16,7 +16,7 @@ from ce_daemon.control import control_socket_path
 from ce_daemon.errors import ConfigError, Problem
 
 
-def locate_state(path: Path) -> tuple[Path, Path] | None:
+def locate_state(path: Path) -> tuple[Path, StateSettings] | None:
     """The control socket and state database a pipeline file names; needs no secret to be resolvable.
 
     A file that does not read any more (the very case `status` must explain after a rejected reload)
@@ -42,4 +42,4 @@ def locate_state(path: Path) -> tuple[Path, Path] | None:
         print(ConfigError(problems).render(), file=sys.stderr)
         return None
     config = anchor_paths(Pipeline.model_construct(state=state, control=control), path.parent.absolute())
-    return control_socket_path(config), config.state.path
+    return control_socket_path(config), config.state

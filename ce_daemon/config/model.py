@@ -18,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +29,7 @@ from pydantic import (
     SecretStr,
     create_model,
     field_validator,
+    model_validator,
 )
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -95,10 +96,39 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
+def _state_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    sqlite = scheme == "sqlite" and rest.startswith("/") and len(rest) > 1
+    postgres = scheme in ("postgresql", "postgres") and rest.split("/", 1)[0].rpartition("@")[2]
+    if not (sqlite or postgres):
+        raise SettingError(
+            "not a usable state URL (its text is not repeated: it may hold a password)",
+            "use postgresql://user@host:5432/database (password: {$env: NAME}) or sqlite:///path/state.db",
+        )
+    return url
+
+
 class StateSettings(Strict):
-    """Where the SQLite state database lives (cannot change without a restart)."""
+    """Where the state lives (cannot change without a restart).
+
+    ``path`` is the SQLite file (the default backend); its folder is also the data directory. ``url``
+    selects another backend: ``postgresql://user@host:5432/db``, its password given apart as a secret
+    reference (``password: {$env: NAME}``); ``sqlite:///path`` is the same as ``path``.
+    """
 
     path: Path = Path("/var/lib/ce-daemon/state.db")
+    url: Annotated[SecretOrText, AfterValidator(_state_url)] | None = None
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _sqlite_url_is_a_path(self) -> Self:
+        if self.url is None:
+            if self.password is not None:
+                raise SettingError("a password without a url", "give state.url: postgresql://user@host/db")
+            return self
+        if self.url.startswith("sqlite://"):
+            return self.model_copy(update={"path": Path(self.url.removeprefix("sqlite://")), "url": None})
+        return self
 
 
 class LoggingSettings(Strict):

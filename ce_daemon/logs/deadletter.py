@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,10 +13,11 @@ from ce_daemon import redact
 from ce_daemon.errors import describe
 from ce_daemon.keys import StreamKey
 from ce_daemon.plugin import LogSink, OutRecord, PluginContext
-from ce_daemon.state import Migration, StateStore
+from ce_daemon.store import Migration, Store, open_store
 
 if TYPE_CHECKING:
     from ce_daemon.config.load import LoadedPipeline
+    from ce_daemon.config.model import StateSettings
     from ce_daemon.logs.resolve import ResolvedRoute
     from ce_daemon.registry import Registry
 
@@ -27,15 +27,15 @@ DEADLETTER_MIGRATIONS = (
         version=1,
         statements=(
             """CREATE TABLE dead_letters (
-                id INTEGER PRIMARY KEY,
-                route TEXT NOT NULL,
-                stream TEXT NOT NULL,
-                record_id TEXT NOT NULL,
-                reason TEXT NOT NULL,
-                formatted BLOB NOT NULL,
-                record BLOB NOT NULL,
-                created REAL NOT NULL,
-                attempts INTEGER NOT NULL DEFAULT 1
+                id {id},
+                route {text} NOT NULL,
+                stream {text} NOT NULL,
+                record_id {text} NOT NULL,
+                reason {text} NOT NULL,
+                formatted {blob} NOT NULL,
+                record {blob} NOT NULL,
+                created {real} NOT NULL,
+                attempts {int} NOT NULL DEFAULT 1
             )""",
             "CREATE INDEX dead_letters_route ON dead_letters(route, id)",
         ),
@@ -46,26 +46,26 @@ DEADLETTER_MIGRATIONS = (
 class DeadLetters:
     """The dead-letter table."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     async def add(
         self, route: str, stream: str, record: dict[str, Any], formatted: bytes, reason: str
     ) -> None:
         """Keep one refused record with the reason the target gave."""
-        async with self.store.transaction() as db:
-            await db.execute(
+        async with self.store.transaction() as tx:
+            await tx.execute(
                 "INSERT INTO dead_letters (route, stream, record_id, reason, formatted, record, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    route,
-                    stream,
-                    str(record.get("_id", "")),
-                    _reason(reason),
-                    formatted,
-                    orjson.dumps(record, default=str),
-                    time.time(),
-                ),
+                " VALUES (:route, :stream, :record_id, :reason, :formatted, :record, :created)",
+                {
+                    "route": route,
+                    "stream": stream,
+                    "record_id": str(record.get("_id", "")),
+                    "reason": _reason(reason),
+                    "formatted": formatted,
+                    "record": orjson.dumps(record, default=str),
+                    "created": time.time(),
+                },
             )
 
     async def oldest(self, route: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -74,13 +74,11 @@ class DeadLetters:
             "SELECT id, route, stream, record_id, reason, created, attempts, formatted, record"
             " FROM dead_letters"
         )
-        params: tuple[Any, ...] = ()
         if route:
-            query += " WHERE route = ?"
-            params = (route,)
-        query += " ORDER BY id LIMIT ?"
-        async with self.store.read() as db, db.execute(query, (*params, limit)) as cursor:
-            rows = await cursor.fetchall()
+            query += " WHERE route = :route"
+        query += " ORDER BY id LIMIT :limit"
+        async with self.store.read() as tx:
+            rows = await tx.fetch(query, {"route": route, "limit": limit})
         return [
             {
                 "id": r[0],
@@ -98,39 +96,40 @@ class DeadLetters:
 
     async def count(self, route: str | None = None) -> int:
         """How many dead letters there are."""
-        query = "SELECT COUNT(*) FROM dead_letters" + (" WHERE route = ?" if route else "")  # noqa: S608 - fixed text, value bound
-        async with self.store.read() as db, db.execute(query, (route,) if route else ()) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        query = "SELECT COUNT(*) FROM dead_letters" + (" WHERE route = :route" if route else "")  # noqa: S608 - fixed text, value bound
+        async with self.store.read() as tx:
+            return int(await tx.fetchval(query, {"route": route}))
 
     async def remove(self, ids: list[int]) -> None:
         """Forget dead letters (after a successful replay, or a purge)."""
-        async with self.store.transaction() as db:
-            await db.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
+        async with self.store.transaction() as tx:
+            await tx.executemany("DELETE FROM dead_letters WHERE id = :id", [{"id": i} for i in ids])
 
     async def retried(self, ids: list[int], reason: str) -> None:
         """Record a failed replay attempt."""
-        async with self.store.transaction() as db:
-            await db.executemany(
-                "UPDATE dead_letters SET attempts = attempts + 1, reason = ? WHERE id = ?",
-                [(_reason(reason), i) for i in ids],
+        async with self.store.transaction() as tx:
+            await tx.executemany(
+                "UPDATE dead_letters SET attempts = attempts + 1, reason = :reason WHERE id = :id",
+                [{"reason": _reason(reason), "id": i} for i in ids],
             )
 
     async def purge(self, route: str | None = None) -> int:
         """Delete dead letters; returns how many."""
         count = await self.count(route)
-        async with self.store.transaction() as db:
+        async with self.store.transaction() as tx:
             if route:
-                await db.execute("DELETE FROM dead_letters WHERE route = ?", (route,))
+                await tx.execute("DELETE FROM dead_letters WHERE route = :route", {"route": route})
             else:
-                await db.execute("DELETE FROM dead_letters")
+                await tx.execute("DELETE FROM dead_letters")
         return count
 
 
-async def dlq_command(args: argparse.Namespace, registry: Registry, database: Path | None = None) -> int:
+async def dlq_command(
+    args: argparse.Namespace, registry: Registry, state: StateSettings | None = None
+) -> int:
     """``ce-daemon dlq list|replay|purge``.
 
-    ``list`` and ``purge`` touch the state database only (``database``, located from the pipeline
+    ``list`` and ``purge`` touch the state database only (``state``, located from the pipeline
     file without resolving any secret); ``replay`` loads the whole pipeline, since it contacts the sinks.
     """
     from ce_daemon.config.load import load_pipeline
@@ -138,17 +137,17 @@ async def dlq_command(args: argparse.Namespace, registry: Registry, database: Pa
     from ce_daemon.spool import SPOOL_MIGRATIONS
 
     loaded: LoadedPipeline | None = None
-    if args.action == "replay" or database is None:
+    if args.action == "replay" or state is None:
         try:
             loaded = load_pipeline(args.config, registry)
         except ConfigError as exc:
             print(exc.render(), file=sys.stderr)
             return 78
-        database = loaded.config.state.path
-    elif not database.exists():
-        print(f"no state database at {database}: 0 dead letter(s)")
+        state = loaded.config.state
+    elif state.url is None and not state.path.exists():
+        print(f"no state database at {state.path}: 0 dead letter(s)")
         return 0
-    async with await StateStore.open(database, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)) as store:
+    async with await open_store(state, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)) as store:
         dead = DeadLetters(store)
         if args.action == "list":
             rows = await dead.oldest(args.route, args.limit)

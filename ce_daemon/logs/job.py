@@ -154,10 +154,10 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     from ce_daemon.registry import Registry
 
     applog.configure(fmt="console")
-    database = None
+    state = None
     if args.action != "replay":  # list and purge read the state database only: no secret needed
         located = locate_state(args.config)
         if located is None:
             return os.EX_CONFIG
-        database = located[1]
-    return asyncio.run(dlq_command(args, Registry.discover(), database))
+        state = located[1]
+    return asyncio.run(dlq_command(args, Registry.discover(), state))

@@ -29,10 +29,11 @@ from ce_daemon.config.model import Tenant
 from ce_daemon.errors import TransientError
 from ce_daemon.health import State
 from ce_daemon.keys import StreamKey
+from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
 from ce_daemon.netskope.client import Page, TenantClient, UncertainAnswerError
 from ce_daemon.netskope.pages import Repair, repair_records
 from ce_daemon.netskope.subtypes import all_streams
-from ce_daemon.spool import IteratorMark, UnencodableRecordsError
+from ce_daemon.spool import UnencodableRecordsError
 from ce_daemon.supervisor import Component
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Poller(Component):
         self.client: TenantClient = runtime.client_for(tenant, tenant_fingerprint)
         self.spool = runtime.spool
         self.store = runtime.store
+        self.checkpoints = Checkpoints(runtime.store)
         self.iterator_key = stream.key + self.iterator_suffix
         self.log = log.bind(component=name)
         self._stopping: asyncio.Event | None = None
@@ -95,7 +97,7 @@ class Poller(Component):
 
     async def _index_name(self) -> str:
         """The stable iterator index: persisted, unique to this installation (two daemons never share one)."""
-        state = await self.spool.iterator_state(self.iterator_key)
+        state = await self.checkpoints.state(self.iterator_key)
         if state is not None and state.index:
             return str(state.index)
         install = await self.store.get_meta(INSTALL_ID_KEY)
@@ -105,7 +107,7 @@ class Poller(Component):
         stream = self.stream
         name = f"ced{install}_{stream.tenant}_{stream.kind}_{stream.subtype}{self.iterator_suffix}"
         index = name.replace("#", "_").replace("/", "_")
-        await self.spool.set_index(self.iterator_key, index)
+        await self.checkpoints.set_index(self.iterator_key, index)
         return index
 
     def first_operation(self) -> str:
@@ -118,7 +120,7 @@ class Poller(Component):
     async def run(self, stopping: asyncio.Event) -> None:
         self._stopping = stopping
         index = await self._index_name()
-        state = await self.spool.iterator_state(self.iterator_key)
+        state = await self.checkpoints.state(self.iterator_key)
         if state is None or not state.first_pull_done:
             operation = self.first_operation()
         elif state.pending == "next":
@@ -140,7 +142,7 @@ class Poller(Component):
             if not await self._wait_for_space(stopping):
                 return
             if operation != "resend":
-                await self.spool.record_intent(self.iterator_key, "next")
+                await self.checkpoints.record_intent(self.iterator_key, "next")
             try:
                 page, operation = await self._fetch(index, operation)
             except Stopping:
@@ -161,28 +163,32 @@ class Poller(Component):
         self._last_page_at = time.monotonic()
         self._stall_reported = False
         records = self._clean(page.records)
-        state = await self.spool.iterator_state(self.iterator_key)
+        state = await self.checkpoints.state(self.iterator_key)
         hwm = page.timestamp_hwm
         if records:
             first, last = str(records[0].get("_id", "")), str(records[-1].get("_id", ""))
             if operation == "resend" and state is not None and state.is_committed(first, last, len(records)):
                 self.log.info("poller.resend_already_committed", records=len(records))
-                await self.spool.mark_empty_page(self.iterator_key, hwm, progress=progress)
+                await self.checkpoints.mark_empty_page(self.iterator_key, hwm, progress=progress)
                 return False
             self._note_repairs(page.repairs)
             mark = IteratorMark(timestamp_hwm=hwm, progress=progress)
             key = self.iterator_key
             try:
-                await self.spool.append(self.stream.key, records, iterator=mark, iterator_key=key)
+                await self.spool.append(
+                    self.stream.key, records, commit=self.checkpoints.page_commit(key, records, mark)
+                )
             except UnencodableRecordsError:
                 # Rare (a hostile or broken tenant), so the check costs nothing on the usual path.
                 self._note_repairs(await asyncio.to_thread(repair_records, records))
-                await self.spool.append(self.stream.key, records, iterator=mark, iterator_key=key)
+                await self.spool.append(
+                    self.stream.key, records, commit=self.checkpoints.page_commit(key, records, mark)
+                )
             self.status.count("pages")
             self.status.count("records", len(records))
             self.log.debug("poller.page_committed", records=len(records), hwm=hwm, operation=operation)
         else:
-            await self.spool.mark_empty_page(self.iterator_key, hwm, progress=progress)
+            await self.checkpoints.mark_empty_page(self.iterator_key, hwm, progress=progress)
             self.status.count("empty_pages")
         if hwm is not None:
             self.status.counters["timestamp_hwm"] = hwm
@@ -349,7 +355,7 @@ class HistoryPoller(Poller):
         return str(int(lookback.start or time.time()))
 
     async def run(self, stopping: asyncio.Event) -> None:
-        state = await self.spool.iterator_state(self.iterator_key)
+        state = await self.checkpoints.state(self.iterator_key)
         if state is not None and (state.progress or {}).get("done"):
             self.status.stopped("look-back complete")
             await stopping.wait()
@@ -359,7 +365,7 @@ class HistoryPoller(Poller):
     async def _commit(self, page: Page, operation: str, progress: dict[str, Any] | None = None) -> bool:
         lookback = self.tenant.lookback
         assert lookback is not None
-        state = await self.spool.iterator_state(self.iterator_key)
+        state = await self.checkpoints.state(self.iterator_key)
         saved = state.progress if state is not None else {}
         start = int(saved.get("start") or lookback.start or time.time())
         # "now" is the load's, where the maintenance iterator starts too: nothing falls in between

@@ -24,9 +24,10 @@ from ce_daemon.netskope.subtypes import DataKind
 from ce_daemon.pipeline import Runtime, plan_components
 from ce_daemon.registry import Registry
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
-from ce_daemon.state import StateStore
+from ce_daemon.store import Store
 from ce_daemon.supervisor import Supervisor
 from ce_daemon.testing.harness import write_pipeline
+from ce_daemon.testing.state import open_test_store, state_section
 
 CONSUMER = "test"
 StreamId = tuple[DataKind, str]
@@ -58,7 +59,7 @@ class Ingest:
     ``watch`` changes after every page consumed and every health transition.
     """
 
-    def __init__(self, loaded: LoadedPipeline, store: StateStore, spool: Spool, data_dir: Path) -> None:
+    def __init__(self, loaded: LoadedPipeline, store: Store, spool: Spool, data_dir: Path) -> None:
         self.watch = Watch()
         self.spool = spool
         self.health = HealthRegistry(on_transition=self._on_transition)
@@ -176,14 +177,14 @@ async def ingesting(
     """
     config = {
         "version": 1,
-        "state": {"path": str(tmp_path / "state.db")},
+        "state": state_section(tmp_path / "state.db"),
         "health": {"syslog": {"enabled": False}},
         "tenants": tenants,
         "logs": {"routes": routes},
     }
     path = write_pipeline(tmp_path / "pipeline.yaml", config)
     loaded = load_pipeline(path, Registry.discover(), environ=environ)
-    async with await StateStore.open(tmp_path / "state.db", SPOOL_MIGRATIONS) as store:
+    async with await open_test_store(tmp_path / "state.db", SPOOL_MIGRATIONS) as store:
         spool = Spool(store, max_bytes)
         await spool.load()
         ingest = Ingest(loaded, store, spool, tmp_path)

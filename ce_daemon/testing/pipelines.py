@@ -26,6 +26,7 @@ from ce_daemon.simulator.records import record_id
 from ce_daemon.simulator.tenant import TenantSimulator, running_simulator
 from ce_daemon.testing.fakes.base import FakeHttpServer
 from ce_daemon.testing.harness import DaemonProcess, write_pipeline
+from ce_daemon.testing.state import state_section
 
 SIM_TOKEN = "sim-token-pipeline-0123456789"  # noqa: S105 - the simulator's own throwaway token
 StreamId = tuple[DataKind, str]
@@ -66,15 +67,15 @@ def pipeline_config(
     """A pipeline file's content: one tenant ``sim`` at ``url`` read from two hours back, into ``routes``.
 
     The tenant's token is ``$SIM_TOKEN`` (``rate_limit`` requests/s when given); the state lives in
-    ``tmp_path/state/db.sqlite``; health goes to no syslog; a stop drains for at most 5 s. Each of
-    ``overrides`` replaces a whole top-level section (``logging=...``, ``health=...``).
+    ``tmp_path/state/db.sqlite`` (or the test's PostgreSQL database); health goes to no syslog; a stop
+    drains for at most 5 s. Each of ``overrides`` replaces a whole top-level section (``logging=...``).
     """
     tenant: dict[str, Any] = {"name": "sim", "url": url, "token": {"$env": "SIM_TOKEN"}, "start": "2h"}
     if rate_limit is not None:
         tenant["rate_limit"] = rate_limit
     config: dict[str, Any] = {
         "version": 1,
-        "state": {"path": str(tmp_path / "state" / "db.sqlite")},
+        "state": state_section(tmp_path / "state" / "db.sqlite"),
         "health": {"interval": "1h", "syslog": {"enabled": False}},
         "shutdown_grace": "5s",
         "tenants": [tenant],

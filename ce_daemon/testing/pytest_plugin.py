@@ -1,13 +1,84 @@
-"""pytest fixtures for ce-daemon and its plugins (registered through the ``pytest11`` entry point)."""
+"""pytest fixtures for ce-daemon and its plugins (registered through the ``pytest11`` entry point).
+
+``--state-backend=sqlite|postgresql`` selects the state backend of the whole run. With ``postgresql``
+every test gets a database of its own on ``127.0.0.1:5432`` (user ``postgres``, trust authentication),
+created before it and dropped after it; an unreachable server fails the test, it is never skipped.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
+from ce_daemon.testing.state import STATE_URL_VARIABLE
+
+POSTGRES_SERVER = os.environ.get("CE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+"""Where ``--state-backend=postgresql`` creates each test's database (its ``postgres`` database is used)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--state-backend",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the state backend every test runs on (postgresql: a fresh database per test on "
+        f"{POSTGRES_SERVER})",
+    )
+
+
+@pytest.fixture(autouse=True)
+def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The selected backend; with PostgreSQL, the test's own database is named in ``CE_TEST_STATE_URL``."""
+    backend = str(request.config.getoption("--state-backend"))
+    if backend == "sqlite":
+        monkeypatch.delenv(STATE_URL_VARIABLE, raising=False)
+        yield backend
+        return
+    with _database() as url:
+        monkeypatch.setenv(STATE_URL_VARIABLE, url)
+        yield backend
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database's URL whatever the selected backend (a move from SQLite, say)."""
+    with _database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _database() -> Iterator[str]:
+    """A database of its own on :data:`POSTGRES_SERVER`, dropped afterwards."""
+    name = f"ce_t_{secrets.token_hex(6)}"
+    asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    try:
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        # FORCE: a daemon the test killed may have left connections behind.
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+async def _admin(statement: str) -> None:
+    try:
+        connection = await asyncpg.connect(f"{POSTGRES_SERVER}/postgres", timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        pytest.fail(
+            f"--state-backend=postgresql: PostgreSQL at {POSTGRES_SERVER} is unreachable ({exc}); "
+            "start it (scripts/test.sh does) or run with --state-backend=sqlite",
+            pytrace=False,
+        )
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 @pytest.fixture

@@ -1,37 +1,48 @@
-"""The state database: one SQLite file, opened once, shared by every module.
-
-Each module owns its tables and brings them in as versioned :class:`Migration` steps passed to
-:meth:`StateStore.open`; the store applies what is pending, in order, one transaction per component,
-and refuses a database written by a newer ce-daemon instead of guessing at its schema.
+"""The SQLite state backend: one file, opened once, shared by every module of one daemon.
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a commit survives a crash of the process
 (the WAL is in the OS page cache), and only a power loss can cost the last few commits. Writes go
-through :meth:`StateStore.transaction`, which serialises them, because all tasks share one connection
+through :meth:`SqliteStore.transaction`, which serialises them, because all tasks share one connection
 and a statement from one task would otherwise land inside another task's open transaction.
+
+This module is the only one that knows SQLite: its placeholders, pragmas and DDL words.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import re
 import sqlite3
 import stat
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from functools import lru_cache
 from pathlib import Path
-from types import TracebackType
+from typing import Any
 
 import aiosqlite
 import structlog
 
-from ce_daemon.errors import CeDaemonError
+from ce_daemon.store.base import (
+    CORE_MIGRATIONS,
+    Backend,
+    MetaTable,
+    Migration,
+    Params,
+    Row,
+    StoreError,
+    newer_schema,
+    plan_migrations,
+    render_ddl,
+)
 
-__all__ = ["CORE_MIGRATIONS", "Migration", "StateError", "StateStore", "shared_directory_problem"]
+__all__ = ["SqliteStore", "exclusive_lock", "lock_holder", "shared_directory_problem"]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("ce_daemon.state")
 
 # WAL readers never block the writer, but another process writing (a second `ce-daemon` command opening
 # the file) can hold the write lock briefly; long enough to ride that out, short enough to surface a hang.
@@ -41,31 +52,15 @@ _DIR_MODE = 0o700
 _SIDE_FILES = ("-wal", "-shm", "-journal", ".lock")
 _CONTROL_SOCKET = "control.sock"  # the control socket's default place, beside the database
 
-
-class StateError(CeDaemonError):
-    """The state database cannot be used: corrupt, not SQLite, unreadable, or from a newer ce-daemon."""
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema step of one component (``core``, ``spool``, ``logs`` …).
-
-    Versions start at 1 and grow by one; ``statements`` run in order inside the component's
-    migration transaction. A released migration is never edited: a change is a new version.
-    """
-
-    component: str
-    version: int
-    statements: tuple[str, ...]
-
-
-CORE_MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        "core",
-        1,
-        ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",),
-    ),
-)
+WORDS = {
+    # AUTOINCREMENT: an id is never reused, even once every row above it has been deleted.
+    "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "int": "INTEGER",
+    "real": "REAL",
+    "text": "TEXT",
+    "blob": "BLOB",
+    "keyed": "WITHOUT ROWID",
+}
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -76,38 +71,101 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 ) WITHOUT ROWID
 """
 
+_NAME = re.compile(r"(?<![:\w]):(\w+)")
 
-class StateStore:
-    """The open state database. Create it with :meth:`open`; close it with :meth:`close` or ``async with``."""
+
+@lru_cache(maxsize=512)
+def translate(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` with ``:name`` placeholders as ``?`` and the names in order (quoted text left alone)."""
+    names: list[str] = []
+    parts = sql.split("'")
+    for i in range(0, len(parts), 2):  # outside quotes
+
+        def positional(match: re.Match[str]) -> str:
+            names.append(match.group(1))
+            return "?"
+
+        parts[i] = _NAME.sub(positional, parts[i])
+    return "'".join(parts), tuple(names)
+
+
+def _bind(sql: str, params: Params | None) -> tuple[str, tuple[Any, ...]]:
+    text, names = translate(sql)
+    if not names:
+        return text, ()
+    assert params is not None, f"parameters missing for {sql}"
+    return text, tuple(params[name] for name in names)
+
+
+class SqliteTransaction:
+    """The :class:`~ce_daemon.store.base.Transaction` of a :class:`SqliteStore` (its one connection)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Params | None = None) -> int:
+        text, values = _bind(sql, params)
+        cursor = await self._db.execute(text, values)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        text, names = translate(sql)
+        await self._db.executemany(text, [tuple(row[name] for name in names) for row in rows])
+
+    async def fetch(self, sql: str, params: Params | None = None) -> list[Row]:
+        return list(await self._db.execute_fetchall(*_bind(sql, params)))
+
+    async def fetchrow(self, sql: str, params: Params | None = None) -> Row | None:
+        rows = await self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, params: Params | None = None) -> Any:
+        row = await self.fetchrow(sql, params)
+        return None if row is None else row[0]
+
+    async def serialize(self, name: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already serialises every write transaction."""
+
+
+class SqliteStore(MetaTable):
+    """The open SQLite state database. Create it with :meth:`open`; close it with :meth:`close`."""
+
+    backend: Backend = "sqlite"
+    shared = False
 
     def __init__(self, path: Path, db: aiosqlite.Connection) -> None:
         self._path = path
         self._db = db
         self._lock = asyncio.Lock()
+        self._tx = SqliteTransaction(db)
+        self.display = str(path)
 
     @classmethod
-    async def open(cls, path: Path, migrations: Sequence[Migration] = ()) -> StateStore:
+    async def open(
+        cls, path: Path, migrations: Sequence[Migration] = (), *, migrate: bool = True
+    ) -> SqliteStore:
         """Open (creating if needed) the database at ``path`` and apply pending migrations.
 
         Creates the parent directory with mode 0700 when it is missing and the file with mode 0600;
         tightens an existing directory and files that others may read, or refuses them when that is
-        not safe (see :func:`_prepare_directory`). Raises :class:`StateError` when the file is not a
+        not safe (see :func:`_prepare_directory`). Raises :class:`StoreError` when the file is not a
         usable SQLite database or records a schema version newer than the given migrations know.
         """
-        plan = _plan(CORE_MIGRATIONS, migrations)
+        plan = plan_migrations(CORE_MIGRATIONS, migrations)
         _prepare_file(path)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open state database {path}: {exc}") from exc
+            raise StoreError(f"cannot open state database {path}: {exc}") from exc
         store = cls(path, db)
         try:
             await store._configure()
-            await store._migrate(plan)
+            if migrate:
+                await store._migrate(plan)
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.DatabaseError):
-                raise StateError(
+                raise StoreError(
                     f"state database {path} is unusable: {exc}; if it is corrupt or not a ce-daemon "
                     "state database, move it aside or point state.path elsewhere"
                 ) from exc
@@ -119,29 +177,13 @@ class StateStore:
         async with self._lock:
             await self._db.close()
 
-    async def __aenter__(self) -> StateStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     @property
     def path(self) -> Path:
         """Where the database lives."""
         return self._path
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        """The shared connection (autocommit mode). Write only inside :meth:`transaction`."""
-        return self._db
-
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception), one at a time.
 
         Not reentrant: do not open a transaction (or :meth:`read`) inside another. When the caller is
@@ -149,40 +191,69 @@ class StateStore:
         so the lock is never released over a half-finished transaction.
         """
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                await _run_to_end(self._db, "COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT (disk full, I/O error), which can leave the transaction open.
-                if self._db.in_transaction:
-                    await _run_to_end(self._db, "ROLLBACK")
-                raise
+            with self._driver_errors():
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._tx
+                    await _run_to_end(self._db, "COMMIT")
+                except BaseException:
+                    # Also after a failed COMMIT (disk full, I/O error), which can leave it open.
+                    if self._db.in_transaction:
+                        await _run_to_end(self._db, "ROLLBACK")
+                    raise
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def read(self) -> AsyncIterator[SqliteTransaction]:
         """Hold the store for reads that must see only committed data.
 
         Without it a read from one task could observe another task's uncommitted transaction, since
         both go through the same connection.
         """
         async with self._lock:
-            yield self._db
+            with self._driver_errors():
+                yield self._tx
 
-    async def get_meta(self, key: str) -> str | None:
-        """The value stored under ``key`` in the core ``meta`` table, or None."""
-        async with self.read() as db:
-            rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,)))
-        return str(rows[0][0]) if rows else None
+    @contextmanager
+    def _driver_errors(self) -> Iterator[None]:
+        """An error of SQLite (constraint, I/O, corruption) as a StoreError naming the database."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self._path}: {exc}") from exc
 
-    async def set_meta(self, key: str, value: str) -> None:
-        """Store ``value`` under ``key`` (replacing any previous value)."""
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
+    async def columns(self, table: str) -> list[str]:
+        """The columns of ``table``, in order."""
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,)
             )
+        return [str(name) for (name,) in rows]
+
+    async def last_id(self, table: str, column: str) -> int:
+        """The highest id ever assigned: AUTOINCREMENT keeps it in ``sqlite_sequence``."""
+        async with self.read() as tx:
+            kept = await tx.fetchval("SELECT seq FROM sqlite_sequence WHERE name = :table", {"table": table})
+            highest = await tx.fetchval(f"SELECT MAX({column}) FROM {table}")  # noqa: S608 - from migrations
+        return max(int(kept or 0), int(highest or 0))
+
+    async def continue_ids(self, table: str, column: str, after: int) -> None:
+        """Raise the AUTOINCREMENT mark of ``table`` to ``after`` (never lowers it)."""
+        async with self.transaction() as tx:
+            moved = await tx.execute(
+                "UPDATE sqlite_sequence SET seq = :after WHERE name = :table AND seq < :after",
+                {"table": table, "after": after},
+            )
+            known = await tx.fetchval("SELECT 1 FROM sqlite_sequence WHERE name = :table", {"table": table})
+            if not moved and known is None and after > 0:
+                await tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES (:table, :after)",
+                    {"table": table, "after": after},
+                )
+
+    async def pragma(self, statement: str) -> object:
+        """Run ``PRAGMA statement``; its first value (tests check the connection's settings with it)."""
+        async with self._lock:
+            return await self._pragma(statement)
 
     async def _configure(self) -> None:
         # First, so that the switch to WAL below also waits out another process's lock.
@@ -208,34 +279,26 @@ class StateStore:
             "SELECT component, MAX(version) FROM schema_migrations GROUP BY component"
         )
         recorded = {str(component): int(version) for component, version in rows}
-        for component, steps in plan.items():
-            known = steps[-1].version
-            current = recorded.get(component, 0)
-            if current > known:
-                raise StateError(
-                    f"state database {self._path} was written by a newer ce-daemon "
-                    f"({component} schema {current}, this version knows {known}); "
-                    "upgrade ce-daemon or point state.path elsewhere"
-                )
+        newer_schema(str(self._path), "state.path", plan, recorded)
         for component, steps in plan.items():
             pending = [step for step in steps if step.version > recorded.get(component, 0)]
             if pending:
                 await self._apply(component, pending)
 
     async def _apply(self, component: str, steps: list[Migration]) -> None:
-        async with self.transaction() as db:
+        async with self.transaction():
             for step in steps:
                 for statement in step.statements:
                     try:
-                        await db.execute(statement)
+                        await self._db.execute(render_ddl(statement, WORDS))
                     except sqlite3.Error as exc:
                         # A broken migration is a bug in ce-daemon, not in the user's file: say which.
-                        raise StateError(
+                        raise StoreError(
                             f"state database {self._path}: migration {component} {step.version} failed "
                             f"({exc}); nothing of {component} schema {steps[0].version}..{steps[-1].version} "
                             "was applied"
                         ) from exc
-                await db.execute(
+                await self._db.execute(
                     "INSERT INTO schema_migrations (component, version, applied_at) VALUES (?, ?, ?)",
                     (component, step.version, time.time()),
                 )
@@ -258,20 +321,63 @@ async def _run_to_end(db: aiosqlite.Connection, statement: str) -> None:
         raise
 
 
-def _plan(*groups: Sequence[Migration]) -> dict[str, list[Migration]]:
-    """Group migrations by component, checking each component's versions run 1, 2, 3 …"""
-    plan: dict[str, list[Migration]] = defaultdict(list)
-    for group in groups:
-        for step in group:
-            plan[step.component].append(step)
-    for component, steps in plan.items():
-        steps.sort(key=lambda step: step.version)
-        versions = [step.version for step in steps]
-        if versions != list(range(1, len(steps) + 1)):
-            raise ValueError(
-                f"migrations of {component!r} must be numbered 1..n without gaps, got {versions}"
-            )
-    return dict(plan)
+@contextlib.contextmanager
+def exclusive_lock(database: Path) -> Iterator[None]:
+    """Hold ``<database>.lock`` (flock) with this pid in it: two daemons sharing one SQLite state (and so
+    one iterator index) would lose data. StoreError naming the holder when it is taken."""
+    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # created 0600, as the state store wants every file beside the database (it would tighten it, warning)
+    descriptor = os.open(_lock_path(database), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with os.fdopen(descriptor, "r+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "?"
+            raise StoreError(
+                f"another ce-daemon (pid {holder}) is running with the state database {database}"
+            ) from None
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def lock_holder(database: Path) -> int | None:
+    """The pid of the ce-daemon running with ``database`` (holding its lock), or None when none is.
+
+    The lock is probed only when the pid written in it is alive: a daemon starting at that moment (the
+    file still naming its stopped predecessor) does not find its lock held by the question. OSError when
+    the lock file cannot be read.
+    """
+    try:
+        descriptor = os.open(_lock_path(database), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(descriptor) as handle:
+        written = handle.read(20).strip()
+        pid = int(written) if written.isdigit() else 0
+        if pid <= 0 or not _alive(pid):
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return pid
+        fcntl.flock(handle, fcntl.LOCK_UN)  # free: that pid is some other process now
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    return True
+
+
+def _lock_path(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
 
 
 def shared_directory_problem(directory: Path) -> str | None:
@@ -307,7 +413,7 @@ def _prepare_file(path: Path) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
         os.close(fd)
     except OSError as exc:
-        raise StateError(f"cannot create state database {path}: {exc.strerror or exc}") from exc
+        raise StoreError(f"cannot create state database {path}: {exc.strerror or exc}") from exc
     _tighten_modes(path)
 
 
@@ -324,17 +430,17 @@ def _prepare_directory(directory: Path, database: str) -> None:
             directory.mkdir(mode=_DIR_MODE, parents=True)
             return
     except OSError as exc:
-        raise StateError(f"cannot create the state directory {directory}: {exc.strerror or exc}") from exc
+        raise StoreError(f"cannot create the state directory {directory}: {exc.strerror or exc}") from exc
     problem = shared_directory_problem(directory)
     if problem:
-        raise StateError(f"{problem}; give ce-daemon a directory of its own (created 0700 when missing)")
+        raise StoreError(f"{problem}; give ce-daemon a directory of its own (created 0700 when missing)")
     found = directory.stat()
     mode = stat.S_IMODE(found.st_mode)
     if not mode & 0o077:
         return
     wide = f"the state directory {directory} is readable by other users (mode {mode:04o})"
     if found.st_uid != os.geteuid():
-        raise StateError(
+        raise StoreError(
             f"{wide} and belongs to uid {found.st_uid}, not to this user: make it private "
             f"(chmod 0700 {directory}) or choose another state.path"
         )
@@ -343,16 +449,16 @@ def _prepare_directory(directory: Path, database: str) -> None:
         with os.scandir(directory) as entries:
             foreign = next((entry.name for entry in entries if entry.name not in ours), None)
     except OSError as exc:
-        raise StateError(f"cannot list the state directory {directory}: {exc.strerror or exc}") from exc
+        raise StoreError(f"cannot list the state directory {directory}: {exc.strerror or exc}") from exc
     if foreign is not None:
-        raise StateError(
+        raise StoreError(
             f"{wide} and holds files that are not ce-daemon's ({foreign!r}): give the state a directory "
             f"of its own, e.g. state.path: {directory / 'ce-daemon' / database}"
         )
     try:
         directory.chmod(_DIR_MODE)
     except OSError as exc:
-        raise StateError(f"{wide} and cannot be made private: {exc.strerror or exc}") from exc
+        raise StoreError(f"{wide} and cannot be made private: {exc.strerror or exc}") from exc
     log.warning("state.directory_tightened", path=str(directory), mode_was=f"{mode:04o}", mode="0700")
 
 
@@ -367,14 +473,14 @@ def _tighten_modes(path: Path) -> None:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise StateError(f"cannot use {candidate}: {exc.strerror or exc}") from exc
+            raise StoreError(f"cannot use {candidate}: {exc.strerror or exc}") from exc
         if mode == _FILE_MODE:
             continue
         try:
             candidate.chmod(_FILE_MODE)
         except OSError as exc:
             if mode & 0o077:
-                raise StateError(
+                raise StoreError(
                     f"{candidate} is readable by other users (mode {mode:04o}) and cannot be made private: "
                     f"{exc.strerror or exc}"
                 ) from exc
