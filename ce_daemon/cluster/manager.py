@@ -97,7 +97,7 @@ class LeaseManager:
 
     ``on_acquired(handle)`` starts the unit's component (it should return once started);
     ``on_released(unit)`` stops it, and is awaited before the lease is given back. Units are opaque
-    names, the same on every node (``poller:<tenant>/<kind>/<subtype>``, ``route:<name>``).
+    names, the same on every node (``tenant:<name>``, ``route:<name>``).
     """
 
     def __init__(
