@@ -17,6 +17,10 @@ import pytest
 
 from ce_daemon.cluster import leases
 from ce_daemon.cluster.handle import LeaseHandle
+from ce_daemon.cluster.settings import ClusterSettings
+from ce_daemon.config.model import Pipeline
+from ce_daemon.config.node import DATA_DIR_ENV, NODE_NAME_ENV, Node, cluster_settings
+from ce_daemon.control import control_socket_path
 from ce_daemon.health import State
 from ce_daemon.store import Fence, open_url
 from ce_daemon.testing import DaemonProcess, write_pipeline
@@ -214,3 +218,22 @@ async def test_a_poller_whose_lease_is_no_longer_held_stops_asking(
     ]
     assert runs and {(run["node"], run["token"]) for run in runs} == {("solo", token)}
     assert sim.leases.violations() == []
+
+
+def test_a_node_is_named_and_placed_by_its_options_and_joins_only_on_postgresql(tmp_path: Path) -> None:
+    """``--node-name``/``--data-dir`` (or the environment) name the node and move its directory; a SQLite
+    state never gets cluster settings (so no lease, and no fence, is ever used on it)."""
+    sqlite = Pipeline.model_validate({"state": {"path": str(tmp_path / "s" / "db.sqlite")}})
+    node = Node.given({DATA_DIR_ENV: str(tmp_path / "n1"), NODE_NAME_ENV: "env-name"}, name="flag-name")
+    assert node == Node("flag-name", tmp_path / "n1")
+    placed = node.apply(sqlite)
+    assert placed.state.path == tmp_path / "n1" / "db.sqlite"
+    assert control_socket_path(placed) == tmp_path / "n1" / "control.sock"
+    assert cluster_settings(placed) is None and placed.cluster is None
+    shared = Pipeline.model_validate({"state": {"url": "postgresql://ce@db/ce", "path": "/x/db"}})
+    default = cluster_settings(shared)
+    assert default is not None and default == ClusterSettings(node_name=default.node_name)
+    settings = cluster_settings(node.apply(shared))
+    assert settings is not None and settings.node_name == "flag-name" and settings.lease_ttl == 15.0
+    with pytest.raises(ValueError, match="node name 'a b'"):
+        Node.given({}, name="a b")
