@@ -525,8 +525,9 @@ class Daemon:
             deadline = loop.time() + self.loaded.config.shutdown_grace
             for group in self._stop_groups(names):
                 await self.supervisor.stop_many(group, max(0.0, deadline - loop.time()))
-            for name in names:
-                self.health.unregister(name)
+            if self.phase is not Phase.STOPPING:  # a stopping node's last status shows what it ran
+                for name in names:
+                    self.health.unregister(name)
         log.info("daemon.unit_stopped", unit=unit, components=len(names))
 
     def _takeover(self, specs: Iterable[ComponentSpec]) -> None:
