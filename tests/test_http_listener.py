@@ -126,6 +126,11 @@ async def running(
             assert await daemon.wait(30) == 0
 
 
+def cluster_components(state_backend: str) -> int:
+    """Health components beyond the pipeline's: a node on a PostgreSQL state reports its ``cluster``."""
+    return 1 if state_backend == "postgresql" else 0
+
+
 async def get(url: str) -> tuple[int, str, str]:
     """GET ``url``: status, content type and body."""
     async with aiohttp.ClientSession() as session, session.get(url) as response:
@@ -161,8 +166,11 @@ def sent(samples: Samples) -> float | None:
     return route_value(samples, "ce_daemon_route_sent_records_total")
 
 
-async def test_metrics_healthz_and_readyz_answer_without_secrets_or_records(tmp_path: Path) -> None:
+async def test_metrics_healthz_and_readyz_answer_without_secrets_or_records(
+    tmp_path: Path, state_backend: str
+) -> None:
     """/metrics in text format; /healthz and /readyz 200 once all components are ok; no token, no record."""
+    components = 2 + cluster_components(state_backend)
     async with running(tmp_path, 100, {"listen": "127.0.0.1:0"}) as run:
         url = await run.url()
         await run.hook.wait_until(lambda: len(run.hook.records) >= 100)
@@ -177,7 +185,8 @@ async def test_metrics_healthz_and_readyz_answer_without_secrets_or_records(tmp_
     assert healthz[0] == 200 and orjson.loads(healthz[2])["live"] is True
     assert readyz[0] == 200, readyz
     assert orjson.loads(readyz[2]) == {
-        "ready": True, "phase": "ready", "components_ok": 2, "components_total": 2, "not_ok": []
+        "ready": True, "phase": "ready", "components_ok": components, "components_total": components,
+        "not_ok": [],
     }  # fmt: skip
     assert len(ids) == 100
     for answer in (metrics, healthz, readyz):
@@ -185,8 +194,11 @@ async def test_metrics_healthz_and_readyz_answer_without_secrets_or_records(tmp_
         assert not any(record_id in answer[2] for record_id in ids)
 
 
-async def test_readyz_is_503_naming_the_component_that_is_not_ok_and_why(tmp_path: Path) -> None:
+async def test_readyz_is_503_naming_the_component_that_is_not_ok_and_why(
+    tmp_path: Path, state_backend: str
+) -> None:
     """A poller whose token is refused makes /readyz 503 with its name, state and why; /healthz stays 200."""
+    cluster = cluster_components(state_backend)
     async with running(tmp_path, 10, {"listen": "127.0.0.1:0"}, env={"SIM_TOKEN": "not-the-token"}) as run:
         url = await run.url()
         await run.daemon.wait_for_event("component.failed")
@@ -194,7 +206,8 @@ async def test_readyz_is_503_naming_the_component_that_is_not_ok_and_why(tmp_pat
         healthz = await get(url + "healthz")
     assert readyz[0] == 503
     body = orjson.loads(readyz[2])
-    assert body["ready"] is False and body["components_ok"] == 1 and body["components_total"] == 2
+    ok, total = body["components_ok"], body["components_total"]
+    assert body["ready"] is False and ok == 1 + cluster and total == 2 + cluster
     [not_ok] = body["not_ok"]
     assert not_ok["component"] == "poller:sim/alerts/dlp" and not_ok["state"] == "failed"
     assert "401" in not_ok["detail"]

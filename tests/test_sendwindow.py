@@ -87,6 +87,19 @@ def test_a_full_window_waits_for_its_oldest_send_to_leave() -> None:
     assert window.delay(1.0) == 0
 
 
+def test_a_takeover_counts_the_window_as_full_for_one_window() -> None:
+    """A node taking a tenant over starts with a full window: nothing for one width, then the whole rate,
+    whatever it sent itself before (the previous holder's last second is unknown to it)."""
+    window = SendWindow(4, margin=0.0, paced=False)
+    window.grant(9.5).sent(9.5)
+    window.assume_full(10.0)
+    assert window.delay(10.0) == 1.0 and window.delay(10.99) > 0
+    for _ in range(4):
+        assert window.delay(11.0) == 0
+        window.grant(11.0).sent(11.0)
+    assert window.delay(11.0) == 1.0
+
+
 def test_granted_requests_not_yet_sent_count_until_they_leave_or_are_given_back() -> None:
     """A grant holds its place: the window is full with pending ones, and frees at once when one is let go."""
     window = SendWindow(2, margin=0.0, paced=False)
