@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,20 @@ def write_pipeline(path: Path, pipeline: Mapping[str, Any]) -> Path:
 
 
 class DaemonProcess:
-    """``ce-daemon run -c FILE`` in a child process, its JSON log lines collected as they come."""
+    """``ce-daemon run -c FILE [ARGUMENTS]`` in a child process, its JSON log lines collected as they come."""
 
-    def __init__(self, config: Path, *, env: Mapping[str, str] | None = None, command: str = "run") -> None:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        command: str = "run",
+        arguments: Sequence[str] = (),
+    ) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.command = command
+        self.arguments = tuple(arguments)
         self.process: asyncio.subprocess.Process | None = None
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -58,6 +66,7 @@ class DaemonProcess:
             self.command,
             "-c",
             str(self.config),
+            *self.arguments,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=self.env,
