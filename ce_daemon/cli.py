@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     from ce_daemon.config.load import LoadedPipeline
     from ce_daemon.config.model import StateSettings
+    from ce_daemon.config.node import Node
 
 EXIT_CONFIG = os.EX_CONFIG
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run the daemon in the foreground", description="Run the pipeline until SIGTERM."
     )
     run.add_argument("-c", "--config", type=Path, required=True, help="the pipeline YAML file")
+    _node_arguments(run)
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser(
@@ -111,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         "-c", "--config", type=Path, help="the pipeline file (to find the socket and database)"
     )
     status.add_argument("--socket", type=Path, help="the control socket path")
+    status.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the node's directory, as given to `run --data-dir` (env CE_DAEMON_DATA_DIR): "
+        "its control socket is there",
+    )
     status.add_argument(
         "--json", action="store_true", help='print the JSON snapshot (with "live": true|false)'
     )
@@ -152,6 +160,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node-name",
+        help="this node's name in the cluster (env CE_DAEMON_NODE_NAME; overrides cluster.node_name)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="this node's own directory: control socket, local files, a SQLite state (env "
+        "CE_DAEMON_DATA_DIR; overrides the directory state.path names), so that several nodes run "
+        "from one pipeline file",
+    )
+
+
+def _node(args: argparse.Namespace) -> Node | None:
+    """The node options of ``args`` and the environment; None (after saying why) when unusable."""
+    from ce_daemon.config.node import Node
+
+    try:
+        return Node.given(os.environ, getattr(args, "node_name", None), args.data_dir)
+    except ValueError as exc:
+        print(f"ce-daemon: {exc}", file=sys.stderr)
+        return None
+
+
 def _registry() -> Registry:
     from ce_daemon.registry import Registry
 
@@ -161,8 +194,11 @@ def _registry() -> Registry:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ce_daemon.daemon import Daemon
 
+    node = _node(args)
+    if node is None:
+        return EXIT_CONFIG
     applog.configure()
-    return asyncio.run(Daemon(args.config, _registry()).run())
+    return asyncio.run(Daemon(args.config, _registry(), node=node).run())
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -275,7 +311,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if args.config is None:
             print("status needs -c FILE or --socket PATH", file=sys.stderr)
             return STATUS_UNKNOWN
-        located = locate_state(args.config)
+        node = _node(args)
+        located = locate_state(args.config, node) if node is not None else None
         if located is None:
             return STATUS_UNKNOWN
         socket_path, state = located

@@ -23,6 +23,7 @@ import structlog
 from ce_daemon import __version__, applog, redact
 from ce_daemon.config.load import LoadedPipeline, load_pipeline
 from ce_daemon.config.model import RESTART_ONLY, HttpSettings
+from ce_daemon.config.node import Node
 from ce_daemon.control import ControlServer, control_socket_path
 from ce_daemon.errors import ConfigError
 from ce_daemon.health import ComponentStatus, HealthRegistry, State
@@ -77,8 +78,11 @@ class Daemon:
         *,
         jobs: Jobs | None = None,
         environ: Mapping[str, str] | None = None,
+        node: Node | None = None,
     ) -> None:
         self.path = path
+        self.node = Node() if node is None else node
+        """This node's name and directory as the command line gave them (applied to every load)."""
         self.registry = registry
         self.jobs = Jobs.discover() if jobs is None else jobs
         """The jobs of this process: found once, so that every generation has the same tables and metrics."""
@@ -124,7 +128,7 @@ class Daemon:
         self._install_signals()
         self.notifier.status(f"loading {self.path}")
         try:
-            loaded = load_pipeline(self.path, self.registry, jobs=self.jobs, environ=self.environ)
+            loaded = self._load()
         except ConfigError as exc:
             log.error(
                 "daemon.config_invalid", file=str(self.path), problems=len(exc.problems), errors=exc.render()
@@ -285,7 +289,7 @@ class Daemon:
         """The file as it is now, or None when it cannot replace the running one (the reload is rejected)."""
         assert self.loaded is not None
         try:
-            new = load_pipeline(self.path, self.registry, jobs=self.jobs, environ=self.environ)
+            new = self._load()
         except ConfigError as exc:
             self._reject(f"{len(exc.problems)} configuration problem(s)", exc.render())
             return None
@@ -429,6 +433,12 @@ class Daemon:
         )
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _load(self) -> LoadedPipeline:
+        """The pipeline file as this node runs it (its name and directory put in)."""
+        loaded = load_pipeline(self.path, self.registry, jobs=self.jobs, environ=self.environ)
+        loaded.config = self.node.apply(loaded.config)
+        return loaded
 
     @staticmethod
     def _consumers(specs: Mapping[str, ComponentSpec]) -> dict[str, frozenset[str]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ce_daemon.cluster.handle import LeaseHandle
 from ce_daemon.config.load import LoadedPipeline
 from ce_daemon.config.model import Tenant
 from ce_daemon.config.source import Loc
@@ -45,11 +46,25 @@ class ComponentSpec:
     """A reload that adds or changes it is refused when its start check fails (else it runs degraded)."""
     client: str | None = None
     """The key of the tenant client it uses (:meth:`Runtime.client_for`), kept open while any uses it."""
+    unit: str = ""
+    """The unit of work it belongs to: one node holds a unit's lease and runs all its components
+    (``tenant:<name>`` for a tenant's pollers, whose request budget one node then counts exactly;
+    the component's name when the planner gives none: a route's consumer is a unit of its own)."""
+
+    def __post_init__(self) -> None:
+        if not self.unit:
+            self.unit = self.name
 
     @property
     def name(self) -> str:
         """The component's name, as status, metrics and logs show it."""
         return str(self.key)
+
+    def build_for(self, lease: LeaseHandle | None) -> Component:
+        """Build the component to run under ``lease`` (None: this process is the only node)."""
+        component = self.build()
+        component.lease = lease
+        return component
 
 
 @dataclass
@@ -88,6 +103,11 @@ class Runtime:
         clients = list(self.clients.items())
         self.clients.clear()
         await close_all(clients, "tenant clients")
+
+
+def tenant_unit(tenant: str) -> str:
+    """The unit of a tenant's ingest: its pollers and look-backs, on the one node that holds it."""
+    return f"tenant:{tenant}"
 
 
 def plan_components(loaded: LoadedPipeline, runtime: Runtime) -> dict[str, ComponentSpec]:
@@ -129,6 +149,7 @@ def _pollers(loaded: LoadedPipeline, stream: StreamKey, runtime: Runtime) -> lis
                 ),
                 place=place,
                 client=client,
+                unit=tenant_unit(tenant.name),
             )
         )
     return specs

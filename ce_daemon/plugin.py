@@ -28,7 +28,7 @@ from structlog.typing import FilteringBoundLogger
 from typing_extensions import TypeVar
 
 from ce_daemon.backoff import Backoff
-from ce_daemon.config.model import Duration, SecretOrText, Size, Timeout
+from ce_daemon.config.values import Duration, SecretOrText, Size, Timeout
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.framing import Framing, SyslogFramer, SyslogHeader
 from ce_daemon.redact import register as register_secret

@@ -3,7 +3,9 @@
 A ``TaskGroup`` cancels every sibling when one child raises, so each component runs inside
 its own supervised task instead: a crash is logged, the component is marked degraded and
 restarted with backoff; auth and config errors stop it (no retry storm) until a reload
-changes its settings. Siblings never notice.
+changes its settings. A commit refused because the node lost its unit's lease
+(:class:`~ce_daemon.store.LeaseLostError`) ends the component quietly: the lease manager already
+knows, and stops it. Siblings never notice.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from ce_daemon.backoff import Backoff, pause
+from ce_daemon.cluster.handle import LeaseHandle
 from ce_daemon.errors import AuthError, ComponentConfigError
 from ce_daemon.health import ComponentStatus, State
+from ce_daemon.store import LeaseLostError
 
 log = structlog.get_logger("ce_daemon.supervisor")
 
@@ -31,6 +35,9 @@ class Component(ABC):
         self.name = name
         self.fingerprint = fingerprint
         self.status = ComponentStatus(name=name, kind=self.kind)
+        self.lease: LeaseHandle | None = None
+        """The lease of its unit when several nodes share the work (set before ``start``): check
+        ``lease.held()`` before each request sent for the unit, pass ``lease.fence`` to each commit."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook, empty by default on purpose
         """Open resources and check health before the component joins the running generation.
@@ -80,6 +87,11 @@ class Supervisor:
                 await component.run(sv.stopping)
             except asyncio.CancelledError:
                 raise
+            except LeaseLostError as exc:
+                status.stopped(f"lease lost: {exc}")
+                bound.warning("component.lease_lost", error=str(exc))
+                await sv.stopping.wait()
+                return
             except (AuthError, ComponentConfigError) as exc:
                 status.failed(str(exc))
                 bound.error("component.failed", error=str(exc), hint="fix the configuration and reload")

@@ -31,7 +31,7 @@ import contextlib
 from pathlib import Path
 
 from ce_daemon.config.load import digest, unique_names
-from ce_daemon.config.model import Duration, Name, Strict
+from ce_daemon.config.values import Duration, Name, Strict
 from ce_daemon.jobs import Job
 from ce_daemon.keys import ComponentKey
 from ce_daemon.pipeline import ComponentSpec

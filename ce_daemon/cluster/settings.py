@@ -8,7 +8,7 @@ from typing import Annotated, Self
 
 from pydantic import Field, model_validator
 
-from ce_daemon.config.model import Duration, SettingError, Strict
+from ce_daemon.config.values import Duration, SettingError, Strict
 
 
 def default_node_name() -> str:

@@ -21,7 +21,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from ce_daemon.config.model import Pipeline, SettingError, Tenant, anchor_paths, compose_pipeline
+from ce_daemon.config.model import Pipeline, Tenant, anchor_paths, compose_pipeline
 from ce_daemon.config.secrets import (
     expects_secret,
     inline_secret_problem,
@@ -31,6 +31,7 @@ from ce_daemon.config.secrets import (
     valid_sections,
 )
 from ce_daemon.config.source import Loc, Source, read_source
+from ce_daemon.config.values import SettingError
 from ce_daemon.control import control_socket_path, socket_path_problem
 from ce_daemon.errors import ConfigError, Problem
 from ce_daemon.files import UnusableFileError, read_regular_file
@@ -148,6 +149,7 @@ def load_pipeline(
         anchored = anchor_paths(config, path.parent.absolute())
         problems.extend(_state_problems(source, anchored))
         problems.extend(_control_problems(source, anchored))
+        problems.extend(_cluster_problems(source, anchored))
         problems.extend(_tenant_problems(source, anchored))
     if problems or config is None:
         raise ConfigError(dedupe(problems))
@@ -360,6 +362,20 @@ def _tenant_problems(source: Source, config: Pipeline) -> list[Problem]:
             )
         )
     return problems
+
+
+def _cluster_problems(source: Source, config: Pipeline) -> list[Problem]:
+    """A ``cluster:`` section on a SQLite state: that state is one node's (several need PostgreSQL)."""
+    if config.cluster is None or config.state.url is not None:
+        return []
+    return [
+        source.problem(
+            ("cluster",),
+            "a cluster needs a state every node shares: this state is a SQLite file, one node's",
+            hint="several nodes need state.url: postgresql://… (or remove the cluster: section)",
+            key=True,
+        )
+    ]
 
 
 def _control_problems(source: Source, config: Pipeline) -> list[Problem]:

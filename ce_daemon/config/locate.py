@@ -11,17 +11,19 @@ from pathlib import Path
 
 from ce_daemon.config.load import section_settings
 from ce_daemon.config.model import ControlSettings, Pipeline, StateSettings, anchor_paths
+from ce_daemon.config.node import Node
 from ce_daemon.config.source import read_source
 from ce_daemon.control import control_socket_path
 from ce_daemon.errors import ConfigError, Problem
 
 
-def locate_state(path: Path) -> tuple[Path, StateSettings] | None:
+def locate_state(path: Path, node: Node | None = None) -> tuple[Path, StateSettings] | None:
     """The control socket and state database a pipeline file names; needs no secret to be resolvable.
 
     A file that does not read any more (the very case `status` must explain after a rejected reload)
     is read for its top-level `state:` and `control:` sections alone, within the same bounds. What
-    stands in the way is printed on stderr, each problem at its place; then None.
+    stands in the way is printed on stderr, each problem at its place; then None. ``node`` is the
+    node asked about (``--data-dir``: its socket is in its own directory).
     """
     source = read_source(path, secrets=False)
     if not isinstance(source.data, dict):
@@ -42,4 +44,6 @@ def locate_state(path: Path) -> tuple[Path, StateSettings] | None:
         print(ConfigError(problems).render(), file=sys.stderr)
         return None
     config = anchor_paths(Pipeline.model_construct(state=state, control=control), path.parent.absolute())
+    if node is not None:
+        config = node.apply(config)
     return control_socket_path(config), config.state

@@ -24,8 +24,9 @@ from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
-from ce_daemon.config.model import Pipeline, SecretAllowed
+from ce_daemon.config.model import Pipeline
 from ce_daemon.config.source import Loc, Source
+from ce_daemon.config.values import SecretAllowed
 from ce_daemon.errors import Problem
 
 STAND_IN: Final = "unresolved-secret-stand-in"
@@ -144,7 +145,7 @@ def inline_secret_problem(source: Source, loc: Loc) -> Problem:
 
 def expects_secret(model: type[BaseModel], loc: Loc) -> bool:
     """True when ``loc`` inside ``model`` may hold a secret: a :class:`SecretStr` field, or text marked
-    :data:`~ce_daemon.config.model.SecretOrText` (through unions, lists and mappings too)."""
+    :data:`~ce_daemon.config.values.SecretOrText` (through unions, lists and mappings too)."""
     candidates: list[Any] = [model]
     for part in loc:
         following: list[Any] = []
@@ -176,7 +177,7 @@ def _may_hold_secret(annotation: Any) -> bool:
 def _secret_fields(value: object, loc: Loc) -> Iterator[Loc]:
     """The place of every secret in a validated value, found by walking it: each :class:`SecretStr`,
     and each entry named like a credential (``Authorization``, ``X-Api-Key``…) of a mapping of
-    :data:`~ce_daemon.config.model.SecretOrText` (extra HTTP headers)."""
+    :data:`~ce_daemon.config.values.SecretOrText` (extra HTTP headers)."""
     if isinstance(value, SecretStr):
         yield loc
     elif isinstance(value, BaseModel):

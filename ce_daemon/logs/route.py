@@ -2,7 +2,9 @@
 
 The route's spool offset moves only after its sink acknowledged the whole batch; records the
 target refused for good go to the dead-letter table with the reason. A route that is slow or
-broken holds only its own offset, never another route's.
+broken holds only its own offset, never another route's. When several nodes share the work, a
+route is a unit of its own: it acknowledges under its lease's fence and stops reading once the lease
+is lost (a node that lost it can no longer move the offset).
 
 Counters in ``ce-daemon status``: ``received`` (records read from the spool), ``sent`` (accepted
 by the sink), ``failed`` (records of send attempts that failed and are being retried, counted per
@@ -223,7 +225,7 @@ class RouteComponent(Component):
         batch = _Batch()
         after: int | None = None
         wait = self.config.batch.max_wait
-        while not stopping.is_set():
+        while not stopping.is_set() and not (self.lease is not None and self.lease.lost):
             if self._probe_at is not None and not batch.records and time.monotonic() >= self._probe_at:
                 await self._probe()  # nothing of its own tells whether the sink is back
             timeout = max(0.0, wait - (time.monotonic() - batch.opened)) if batch.records else 1.0
@@ -432,7 +434,8 @@ class RouteComponent(Component):
             return
         owed, self._owed = self._owed, {}
         for seq, position in owed.values():
-            await asyncio.shield(self.spool.ack(self.name, seq, position))
+            fence = self.lease.fence if self.lease is not None else None
+            await asyncio.shield(self.spool.ack(self.name, seq, position, fence=fence))
         self._settled = now
 
     def _update_lag(self) -> None:

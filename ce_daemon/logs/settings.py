@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from ce_daemon.config.model import Duration, Name, Size, Strict, as_aware
+from ce_daemon.config.model import as_aware
+from ce_daemon.config.values import Duration, Name, Size, Strict
 
 
 class Batch(Strict):

@@ -28,6 +28,7 @@ import aiohttp
 import orjson
 
 from ce_daemon import __version__
+from ce_daemon.cluster.handle import LeaseHandle
 from ce_daemon.config.model import Tenant
 from ce_daemon.errors import AuthError, TransientError
 from ce_daemon.http import excerpt, read_excerpt, redirect_error
@@ -74,6 +75,10 @@ class OversizedPageError(BrokenPageError):
     """A 200 whose body exceeds ``max_page_bytes`` once decompressed (a compression bomb, say)."""
 
     counter = "oversized_pages"
+
+
+class LeaseExpiredError(TransientError):
+    """The unit's lease is not held (any more): the request was not sent."""
 
 
 class NotOkError(TransientError):
@@ -154,9 +159,23 @@ class TenantClient:
                 return slot
             slot.unused()
 
-    async def fetch(self, kind: DataKind, subtype: str, index: str, operation: str) -> Page:
-        """One attempt at one page; raises TransientError, AuthError or ComponentConfigError."""
+    async def fetch(
+        self, kind: DataKind, subtype: str, index: str, operation: str, lease: LeaseHandle | None = None
+    ) -> Page:
+        """One attempt at one page; raises TransientError, AuthError or ComponentConfigError.
+
+        Under a ``lease`` the request carries its header, and is sent only while the lease is held;
+        its answer is waited for no longer than the lease surely lasts: an answer that could come
+        after another node took the unit over is no longer ours to commit (it is then an uncertain
+        answer, which the next holder's ``resend`` brings back).
+        """
         slot = await self._take_slot()
+        timeout = self.tenant.timeout
+        if lease is not None:
+            timeout = min(timeout, lease.remaining())
+            if timeout <= 0:
+                slot.unused()
+                raise LeaseExpiredError(f"lease of {lease.unit} not held: {kind}/{subtype} not asked")
         self.requests += 1
         session = self._get_session()
         where = f"{kind}/{subtype}"
@@ -164,10 +183,11 @@ class TenantClient:
         loop = asyncio.get_running_loop()
         try:
             async with (
-                asyncio.timeout(self.tenant.timeout),
+                asyncio.timeout(timeout),
                 session.get(
                     dataexport_path(kind, subtype),
                     params={"index": index, "operation": operation},
+                    headers=lease.header() if lease is not None else None,
                     allow_redirects=False,
                     trace_request_ctx=slot,
                 ) as response,
@@ -184,7 +204,7 @@ class TenantClient:
         except TimeoutError as exc:
             what = "the page" if answered else "an answer"
             raise AnswerTimeoutError(
-                f"no complete answer on {where} within {self.tenant.timeout:g}s (waiting for {what})"
+                f"no complete answer on {where} within {timeout:g}s (waiting for {what})"
             ) from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             if answered:

@@ -11,6 +11,11 @@ A record the spool cannot store as it came is stored with the offending values a
 text (`ce_daemon.netskope.pages`), counted and logged: one bad record never stalls its stream.
 A poller that gets no page for longer than its settings explain (:func:`stall_limit`) reports
 itself degraded, saying what it is waiting for.
+
+When several nodes share the work, a poller runs under its tenant's lease (``Component.lease``): it
+sends a request only while the lease is held (a late renewal pauses it; a lost lease ends it at
+once, cleanly), bounds each answer's wait by what the lease surely has left, and passes the lease's
+fence to every commit, so a node that lost the tenant can no longer move its iterators' checkpoints.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ce_daemon.netskope.client import Page, TenantClient, UncertainAnswerError
 from ce_daemon.netskope.pages import Repair, repair_records
 from ce_daemon.netskope.subtypes import all_streams
 from ce_daemon.spool import UnencodableRecordsError
+from ce_daemon.store import Fence
 from ce_daemon.supervisor import Component
 
 if TYPE_CHECKING:
@@ -42,6 +48,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ce_daemon.poller")
 
 INSTALL_ID_KEY = "netskope.install_id"
+LEASE_POLL = 0.1
+"""Seconds between two looks at a lease that is neither held nor lost (its renewal is late)."""
 
 
 class Stopping(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -107,8 +115,32 @@ class Poller(Component):
         stream = self.stream
         name = f"ced{install}_{stream.tenant}_{stream.kind}_{stream.subtype}{self.iterator_suffix}"
         index = name.replace("#", "_").replace("/", "_")
-        await self.checkpoints.set_index(self.iterator_key, index)
+        await self.checkpoints.set_index(self.iterator_key, index, fence=self.fence)
         return index
+
+    @property
+    def fence(self) -> Fence | None:
+        """What every commit of the iterator passes: the lease's fence when several nodes share the work."""
+        return self.lease.fence if self.lease is not None else None
+
+    async def _lease_held(self, stopping: asyncio.Event) -> bool:
+        """Whether the poller may send its next request: at once without a lease; under one, once it is
+        held (a late renewal pauses the poller). False when the lease is lost, or when asked to stop."""
+        lease = self.lease
+        if lease is None or lease.held():
+            return True
+        doing = self._doing
+        self._doing = f"waiting for the lease of {lease.unit} to be renewed"
+        while not lease.held():
+            if lease.lost:
+                self.log.info("poller.lease_lost", unit=lease.unit, token=lease.token)
+                self.status.stopped(f"lease of {lease.unit} lost: another node drives {self.stream}")
+                return False
+            if await pause(stopping, LEASE_POLL):
+                return False
+            self.status.beat()
+        self._doing = doing
+        return True
 
     def first_operation(self) -> str:
         """What a brand-new iterator starts with: the configured start, else now."""
@@ -139,10 +171,10 @@ class Poller(Component):
 
     async def _pull(self, stopping: asyncio.Event, index: str, operation: str) -> None:
         while not stopping.is_set():
-            if not await self._wait_for_space(stopping):
+            if not await self._wait_for_space(stopping) or not await self._lease_held(stopping):
                 return
             if operation != "resend":
-                await self.checkpoints.record_intent(self.iterator_key, "next")
+                await self.checkpoints.record_intent(self.iterator_key, "next", fence=self.fence)
             try:
                 page, operation = await self._fetch(index, operation)
             except Stopping:
@@ -169,26 +201,36 @@ class Poller(Component):
             first, last = str(records[0].get("_id", "")), str(records[-1].get("_id", ""))
             if operation == "resend" and state is not None and state.is_committed(first, last, len(records)):
                 self.log.info("poller.resend_already_committed", records=len(records))
-                await self.checkpoints.mark_empty_page(self.iterator_key, hwm, progress=progress)
+                await self.checkpoints.mark_empty_page(
+                    self.iterator_key, hwm, progress=progress, fence=self.fence
+                )
                 return False
             self._note_repairs(page.repairs)
             mark = IteratorMark(timestamp_hwm=hwm, progress=progress)
             key = self.iterator_key
             try:
                 await self.spool.append(
-                    self.stream.key, records, commit=self.checkpoints.page_commit(key, records, mark)
+                    self.stream.key,
+                    records,
+                    commit=self.checkpoints.page_commit(key, records, mark),
+                    fence=self.fence,
                 )
             except UnencodableRecordsError:
                 # Rare (a hostile or broken tenant), so the check costs nothing on the usual path.
                 self._note_repairs(await asyncio.to_thread(repair_records, records))
                 await self.spool.append(
-                    self.stream.key, records, commit=self.checkpoints.page_commit(key, records, mark)
+                    self.stream.key,
+                    records,
+                    commit=self.checkpoints.page_commit(key, records, mark),
+                    fence=self.fence,
                 )
             self.status.count("pages")
             self.status.count("records", len(records))
             self.log.debug("poller.page_committed", records=len(records), hwm=hwm, operation=operation)
         else:
-            await self.checkpoints.mark_empty_page(self.iterator_key, hwm, progress=progress)
+            await self.checkpoints.mark_empty_page(
+                self.iterator_key, hwm, progress=progress, fence=self.fence
+            )
             self.status.count("empty_pages")
         if hwm is not None:
             self.status.counters["timestamp_hwm"] = hwm
@@ -280,11 +322,13 @@ class Poller(Component):
         )
         async for attempt in retrying:
             with attempt:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or not await self._lease_held(self._stopping):
                     raise Stopping
                 self._doing = f"asking the tenant ({current})"
                 try:
-                    page = await self.client.fetch(self.stream.kind, self.stream.subtype, index, current)
+                    page = await self.client.fetch(
+                        self.stream.kind, self.stream.subtype, index, current, lease=self.lease
+                    )
                 except UncertainAnswerError as exc:
                     self.status.count(exc.counter)
                     if current == "next":

@@ -2,7 +2,9 @@
 
 A small connection pool serves the process; each :meth:`PostgresStore.transaction` holds one
 connection for its duration. Migrations run under a PostgreSQL advisory lock, so several nodes
-starting at once apply each step exactly once, and the others find it recorded.
+starting at once apply each step exactly once, and the others find it recorded. The cluster's
+tables (:mod:`ce_daemon.cluster.schema`, PostgreSQL DDL) are migrated with the core's, here only: a
+SQLite state is one node's, and no fence is ever checked on it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     Link = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
     """A connection, or the pool's proxy of one."""
 
+from ce_daemon.cluster.schema import MIGRATIONS as CLUSTER_MIGRATIONS
 from ce_daemon.store.base import (
     CORE_MIGRATIONS,
     Backend,
@@ -165,7 +168,7 @@ class PostgresStore(MetaTable):
         cannot be reached within ``connect_timeout`` seconds or refuses the login, and when the
         database records a schema newer than ``migrations`` know.
         """
-        plan = plan_migrations(CORE_MIGRATIONS, migrations)
+        plan = plan_migrations(CORE_MIGRATIONS, CLUSTER_MIGRATIONS, migrations)
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=POOL_SIZE, timeout=connect_timeout, command_timeout=None
