@@ -292,36 +292,50 @@ class ClusterRun:
         return codes
 
 
+def route_names(workload: Workload) -> dict[str, tuple[str, DataKind]]:
+    """The routes of a cluster run: ``<tenant>-<kind>`` → (tenant, kind), one per tenant and data kind
+    with subtypes in ``workload``."""
+    kinds = sorted({kind for kind, _ in workload.streams})
+    return {
+        f"t{number}-{kind}": (f"t{number}", kind)
+        for number in range(1, workload.tenants + 1)
+        for kind in kinds
+    }
+
+
 def cluster_pipeline(
     directory: Path,
     dsn: str | None,
     tenants: Sequence[SimulatedTenant],
-    sink_port: int,
+    sink_ports: Mapping[str, int],
     *,
     workload: Workload,
     lease_ttl: float,
 ) -> dict[str, Any]:
-    """The pipeline file of a cluster run: ``tenants`` read from two hours back, one JSON route per tenant
-    and data kind into a syslog receiver on ``sink_port`` (TCP, no header: each message is one record).
+    """The pipeline file of a cluster run: ``tenants`` read from two hours back, the JSON routes of
+    `route_names` each into the syslog receiver on its port in ``sink_ports`` (TCP, no header: each
+    message is one record).
 
     ``dsn`` None: a SQLite state in ``directory/state`` and no ``cluster:`` section (one node).
     """
     routes: list[dict[str, Any]] = []
-    sink = {"type": "syslog", "host": "127.0.0.1", "port": sink_port, "protocol": "tcp", "header": "none"}
-    for tenant in tenants:
-        for kind in ("alerts", "events"):
-            subtypes = [subtype for k, subtype in workload.streams if k == kind]
-            if subtypes:
-                routes.append(
-                    {
-                        "name": f"{tenant.name}-{kind}",
-                        "tenant": tenant.name,
-                        kind: subtypes,
-                        "format": "json",
-                        "batch": {"max_records": workload.batch_records, "max_wait": "200ms"},
-                        "sink": sink,
-                    }
-                )
+    for name, (tenant, kind) in route_names(workload).items():
+        routes.append(
+            {
+                "name": name,
+                "tenant": tenant,
+                kind: [subtype for k, subtype in workload.streams if k == kind],
+                "format": "json",
+                "batch": {"max_records": workload.batch_records, "max_wait": "200ms"},
+                "sink": {
+                    "type": "syslog",
+                    "host": "127.0.0.1",
+                    "port": sink_ports[name],
+                    "protocol": "tcp",
+                    "header": "none",
+                },
+            }
+        )
     state: dict[str, Any] = {"path": str(directory / "state" / "state.db")}
     config: dict[str, Any] = {
         "version": 1,
@@ -368,25 +382,25 @@ async def cluster_run(
     nodes: int = 3,
     lease_ttl: float = 3.0,
     workload: Workload = Workload(),
-    sink_port: int | None = None,
+    sink_ports: Mapping[str, int] | None = None,
 ) -> AsyncIterator[ClusterRun]:
     """Simulated tenants, a syslog receiver, the pipeline file and ``nodes`` started daemons on ``dsn``
     (a fresh database: see `ce_daemon.testing.state.postgres_database`; None: one node on SQLite).
 
-    ``sink_port`` replaces the collecting TCP receiver by one the caller runs there (a benchmark's
-    faster one; ``shipped`` is then not available). On exit every node still running gets SIGTERM
-    (SIGKILL if it does not end).
+    ``sink_ports`` (route name, as `route_names` gives them → port) replaces the collecting TCP
+    receiver by the caller's own (a benchmark's faster ones; ``shipped`` is then not available). On
+    exit every node still running gets SIGTERM (SIGKILL if it does not end).
     """
     if dsn is None and nodes != 1:
         raise ValueError("several nodes need a PostgreSQL state")
     async with contextlib.AsyncExitStack() as stack:
         tenants = await stack.enter_async_context(simulated_tenants(workload))
         collector = None
-        if sink_port is None:
+        if sink_ports is None:
             collector = await stack.enter_async_context(SyslogReceiver("tcp"))
-            sink_port = collector.port
+            sink_ports = dict.fromkeys(route_names(workload), collector.port)
         pipeline = cluster_pipeline(
-            directory, dsn, tenants, sink_port, workload=workload, lease_ttl=lease_ttl
+            directory, dsn, tenants, sink_ports, workload=workload, lease_ttl=lease_ttl
         )
         config = write_pipeline(directory / "pipeline.yaml", pipeline)
         run = ClusterRun(
