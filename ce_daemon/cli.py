@@ -436,11 +436,32 @@ def _print_status(snapshot: dict[str, Any]) -> None:
     for name, section in (jobs if isinstance(jobs, dict) else {}).items():
         figures = " ".join(f"{k}={v}" for k, v in section.items()) if isinstance(section, dict) else ""
         print(f"  {name:<11} {figures}".rstrip())
+    cluster = snapshot.get("cluster")
+    if isinstance(cluster, dict):
+        _print_cluster(cluster)
     spool = snapshot.get("spool")
     if isinstance(spool, dict):
         print(
             f"  spool       {spool.get('pages', 0)} pages, {spool.get('records', 0)} records, "
             f"{spool.get('bytes', 0)} bytes"
+        )
+
+
+def _print_cluster(cluster: dict[str, Any]) -> None:
+    nodes = [n for n in cluster.get("nodes") or [] if isinstance(n, dict)]
+    alive = sum(1 for n in nodes if n.get("alive"))
+    unheld = cluster.get("unheld") or []
+    print(
+        f"  cluster     node {cluster.get('node')}; {alive}/{len(nodes)} node(s) alive"
+        + (f"; not held: {', '.join(map(str, unheld))}" if unheld else "")
+        + (f"; {cluster['health']}" if cluster.get("health") else "")
+    )
+    for node in nodes:
+        units = ", ".join(f"{u.get('unit')} (since {u.get('since')})" for u in node.get("units") or [])
+        state = "alive" if node.get("alive") else "dead"
+        print(
+            f"    {state:<9} {node.get('name')} on {node.get('host')} pid {node.get('pid')}, "
+            f"heartbeat {node.get('heartbeat_age_s')}s ago: {units or 'holds nothing'}"
         )
 
 

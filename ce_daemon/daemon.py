@@ -21,9 +21,11 @@ from typing import Any
 import structlog
 
 from ce_daemon import __version__, applog, redact
+from ce_daemon.cluster.handle import LeaseHandle
+from ce_daemon.cluster.manager import ClusterError, LeaseManager
 from ce_daemon.config.load import LoadedPipeline, load_pipeline
 from ce_daemon.config.model import RESTART_ONLY, HttpSettings
-from ce_daemon.config.node import Node
+from ce_daemon.config.node import Node, cluster_settings
 from ce_daemon.control import ControlServer, control_socket_path
 from ce_daemon.errors import ConfigError
 from ce_daemon.health import ComponentStatus, HealthRegistry, State
@@ -33,7 +35,7 @@ from ce_daemon.pipeline import ComponentSpec, Runtime, plan_components
 from ce_daemon.registry import Registry
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool
 from ce_daemon.status import save_snapshot, status_snapshot
-from ce_daemon.store import Migration, StoreError, exclusive, open_store
+from ce_daemon.store import Migration, StoreError, exclusive, open_store, state_url
 from ce_daemon.supervisor import Component, Supervisor
 from ce_daemon.syslog import HealthChannel, Severity
 from ce_daemon.systemd import Notifier, keep_watchdog_fed
@@ -57,6 +59,8 @@ WATCHDOG_STALL_LIMIT = 600.0
 START_CHECK_LIMIT = 30.0
 """How long the start checks of a generation's new components may take, all together (they run at once):
 a component whose check has not finished by then joins degraded and retries, as after a failed check."""
+CLUSTER_HEALTH_EVERY = 1.0
+"""Seconds between two looks at whether this node still reaches the cluster's database."""
 
 
 class Phase(StrEnum):
@@ -97,6 +101,12 @@ class Daemon:
         self.loaded: LoadedPipeline | None = None
         self.specs: dict[str, ComponentSpec] = {}
         self.runtime: Runtime | None = None
+        self.cluster: LeaseManager | None = None
+        """This node's lease manager on a PostgreSQL state (None on SQLite: one node runs everything)."""
+        self.cluster_health = ComponentStatus(name="cluster", kind="cluster")
+        """This node's hold on the cluster, a health component: degraded while the database is unreachable."""
+        self._units = asyncio.Lock()
+        """One change at a time of what runs on this node: a unit started or stopped, a reload."""
         self.last_reload: dict[str, Any] = {}
         self.metrics = Metrics()
         self.metrics.watch(self)
@@ -154,6 +164,12 @@ class Daemon:
                     metrics=self.metrics,
                 )
                 teardown.push("tenant clients", self.runtime.close)
+                settings = cluster_settings(loaded.config)
+                if settings is not None:  # the leases replace the file lock: nodes share this state
+                    self.cluster = LeaseManager(
+                        state_url(loaded.config.state), settings, self._unit_acquired, self._unit_released
+                    )
+                    teardown.push("cluster", self.cluster.stop)
                 control = ControlServer(control_socket_path(loaded.config), self.status_snapshot)
                 await control.start()
                 teardown.push("control socket", control.close)
@@ -165,6 +181,11 @@ class Daemon:
         except StoreError as exc:
             log.error("daemon.state_unusable", error=str(exc))
             self._emit("daemon.failed", "crit", reason="state database unusable")
+            return EXIT_FAILURE
+        except ClusterError as exc:
+            log.error("daemon.cluster_unusable", error=str(exc))
+            self._emit("daemon.failed", "crit", reason="cannot join the cluster")
+            self.notifier.send(f"STATUS=failed: {exc}", f"ERRNO={EXIT_FAILURE}")
             return EXIT_FAILURE
         except Exception as exc:  # the last resort: say why before the process ends
             log.exception("daemon.failed", error=f"{type(exc).__name__}: {exc}")
@@ -182,17 +203,23 @@ class Daemon:
         self.specs = plan_components(loaded, self.runtime)
         structlog.contextvars.bind_contextvars(gen=self.generation)  # copied into every component task
         await self.runtime.spool.set_consumers(self._consumers(self.specs))
-        components = [spec.build() for spec in self._start_order(self.specs.values())]
-        for component in components:
-            self._attach(component.status)
-        if await start_checks(components, START_CHECK_LIMIT, self._stop_requested) is None:
-            await _close_unrun(components)  # asked to stop before it was ready: nothing ran
+        if self.cluster is not None:
+            # Ready once joined, whatever this node holds: the units come as the balancer acquires them.
+            self._attach(self.cluster_health)
+            await self.cluster.start(_units(self.specs))
+            self.cluster_health.ok(f"node {self.cluster.node} joined")
+        else:
+            components = [spec.build_for(None) for spec in self._start_order(self.specs.values())]
             for component in components:
-                component.status.stopped()
-            log.info("daemon.start_abandoned", generation=self.generation, reason="stop requested")
-            return
-        for component in components:
-            self.supervisor.start(component)
+                self._attach(component.status)
+            if await start_checks(components, START_CHECK_LIMIT, self._stop_requested) is None:
+                await _close_unrun(components)  # asked to stop before it was ready: nothing ran
+                for component in components:
+                    component.status.stopped()
+                log.info("daemon.start_abandoned", generation=self.generation, reason="stop requested")
+                return
+            for component in components:
+                self.supervisor.start(component)
         self.phase = Phase.READY
         line = self._status_line()
         log.info("daemon.ready", generation=self.generation, file=str(self.path), version=__version__)
@@ -209,6 +236,8 @@ class Daemon:
                 keep_watchdog_fed(self.notifier, self.health, WATCHDOG_STALL_LIMIT), name="watchdog"
             ),
         ]
+        if self.cluster is not None:
+            tasks.append(asyncio.create_task(self._watch_cluster(self.cluster), name="cluster-health"))
         try:
             while True:
                 stop = asyncio.create_task(self._stop_requested.wait())
@@ -239,6 +268,8 @@ class Daemon:
             drain.cancel("second stop signal: forced exit")
             with contextlib.suppress(asyncio.CancelledError):
                 await drain
+            if self.cluster is not None:  # released nothing: the leases expire as after a crash
+                await self.cluster.abort()
             log.warning("daemon.forced_exit")
             return EXIT_FAILURE
         force.cancel()
@@ -247,6 +278,8 @@ class Daemon:
         return EXIT_OK
 
     async def _stop_all(self, grace: float) -> None:
+        if self.cluster is not None:  # each unit stopped, then every lease released: taken over at once
+            await self.cluster.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         # intake first, then consumers drain what is in flight, then everything else
@@ -273,17 +306,26 @@ class Daemon:
                 return
         specs = plan_components(new, self.runtime)
         difference = Difference.between(self.specs, specs)
-        outcome = await self._build(new, [specs[n] for n in difference.to_start])
-        if outcome is None or outcome[1]:
-            if channel is not None and channel is not self.syslog:
-                channel.close()
-            await self.runtime.forget_unused(self.specs)
-            if outcome is None:
-                self._abandon()
-            else:
-                self._reject(outcome[1], "")
-            return
-        await self._swap(new, specs, outcome[0], difference, channel=channel)
+        async with self._units:
+            # Per node: only the units held here are rebuilt (under the same lease); the cluster's
+            # new units are acquired, and its removed ones released, once the new plan is in place.
+            leases = self._held()
+            to_start = [
+                specs[n] for n in difference.to_start if self.cluster is None or specs[n].unit in leases
+            ]
+            outcome = await self._build(new, to_start, leases)
+            if outcome is None or outcome[1]:
+                if channel is not None and channel is not self.syslog:
+                    channel.close()
+                await self.runtime.forget_unused(self.specs)
+                if outcome is None:
+                    self._abandon()
+                else:
+                    self._reject(outcome[1], "")
+                return
+            await self._swap(new, specs, outcome[0], difference, channel=channel)
+        if self.cluster is not None:
+            self.cluster.set_units(_units(specs))
 
     def _load_again(self) -> LoadedPipeline | None:
         """The file as it is now, or None when it cannot replace the running one (the reload is rejected)."""
@@ -368,7 +410,7 @@ class Daemon:
         await save_snapshot(self)
 
     async def _build(
-        self, new: LoadedPipeline, specs: list[ComponentSpec]
+        self, new: LoadedPipeline, specs: list[ComponentSpec], leases: Mapping[str, LeaseHandle]
     ) -> tuple[list[Component], str] | None:
         """Build and start-check the new or changed components: them, and why the reload is refused, or "";
         None when a stop request came first.
@@ -381,7 +423,7 @@ class Daemon:
         built: list[Component] = []
         for spec in self._start_order(specs):
             try:
-                built.append(spec.build())
+                built.append(spec.build_for(leases.get(spec.unit)))
             except Exception as exc:  # noqa: BLE001 - a component its settings cannot build refuses the reload
                 await _close_unrun(built)
                 return [], f"{new.place(spec.place)}: {spec.name} cannot be built: {exc}"
@@ -431,6 +473,76 @@ class Daemon:
         self._emit(
             "daemon.reload_rejected", "warning", gen=self.generation, reason=reason, first_error=first or None
         )
+
+    # -- units of work (several nodes) ------------------------------------------------
+
+    async def _unit_acquired(self, lease: LeaseHandle) -> None:
+        """This node took ``lease``'s unit: build its components under the lease, check and start them."""
+        assert self.runtime is not None
+        async with self._units:
+            specs = self._start_order(
+                s
+                for s in self.specs.values()
+                if s.unit == lease.unit and s.name not in self.supervisor.running
+            )
+            components: list[Component] = []
+            try:
+                components.extend(spec.build_for(lease) for spec in specs)
+            except BaseException:
+                await _close_unrun(components)
+                raise
+            self._takeover(specs)
+            for component in components:
+                self._attach(component.status)
+            if await start_checks(components, START_CHECK_LIMIT, self._stop_requested) is None:
+                await _close_unrun(components)
+                for component in components:
+                    self.health.unregister(component.name)
+                raise RuntimeError(f"stop requested before {lease.unit} started")
+            for component in components:
+                self.supervisor.start(component)
+        log.info("daemon.unit_started", unit=lease.unit, token=lease.token, components=len(components))
+
+    async def _unit_released(self, unit: str) -> None:
+        """Stop the components of ``unit`` (producers at a page boundary, consumers at a batch boundary),
+        before its lease is given back or after it was lost."""
+        assert self.loaded is not None
+        async with self._units:
+            names = [n for n in self.supervisor.running if n in self.specs and self.specs[n].unit == unit]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.loaded.config.shutdown_grace
+            for group in self._stop_groups(names):
+                await self.supervisor.stop_many(group, max(0.0, deadline - loop.time()))
+            for name in names:
+                self.health.unregister(name)
+        log.info("daemon.unit_stopped", unit=unit, components=len(names))
+
+    def _takeover(self, specs: Iterable[ComponentSpec]) -> None:
+        """Start the send windows of the tenant clients ``specs`` use as full: the node that held the unit
+        before may have spent the tenant's budget of the last second."""
+        assert self.runtime is not None
+        now = asyncio.get_running_loop().time()
+        for key in {s.client for s in specs if s.client is not None}:
+            client = self.runtime.clients.get(key)
+            if client is not None:
+                client.window.assume_full(now)
+
+    def _held(self) -> dict[str, LeaseHandle]:
+        """The units this node holds and may still drive, by unit."""
+        if self.cluster is None:
+            return {}
+        return {unit: lease for unit, lease in self.cluster.handles.items() if not lease.lost}
+
+    async def _watch_cluster(self, cluster: LeaseManager) -> None:
+        """Keep the ``cluster`` health component telling whether this node can reach the database."""
+        while True:
+            reason = cluster.health()
+            if reason is not None:
+                self.cluster_health.degraded(reason)
+            elif self.cluster_health.state is not State.OK:
+                self.cluster_health.ok(f"node {cluster.node}")
+            self.cluster_health.beat()
+            await asyncio.sleep(CLUSTER_HEALTH_EVERY)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -579,6 +691,11 @@ async def _close_unrun(components: Sequence[Component]) -> None:
         await close_all([(c.name, c) for c in components], "components")
     except ExceptionGroup as group:
         log_failures(group, "component.close_failed")
+
+
+def _units(specs: Mapping[str, ComponentSpec]) -> set[str]:
+    """The units the cluster runs for a plan: the same on every node, since every node plans the same file."""
+    return {spec.unit for spec in specs.values()}
 
 
 def _health_channel(loaded: LoadedPipeline) -> HealthChannel | None:

@@ -1,13 +1,16 @@
 """What ``ce-daemon status`` shows: the daemon's snapshot, asked live or saved for when it is not running.
 
 The snapshot says which generation runs in which phase, every component's health and counters, the
-last reload's outcome, the spool, and each job's own section (:meth:`ce_daemon.jobs.Job.status`).
+last reload's outcome, the spool, each job's own section (:meth:`ce_daemon.jobs.Job.status`) and,
+when several nodes share a PostgreSQL state, the cluster: every node and what it holds. Its
+``components`` are this node's only (those of the units it holds).
 It is scrubbed of secrets on its one way out; the daemon saves it in the state database at every
 heartbeat and transition so that ``status`` can show the last one when no daemon answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -17,14 +20,18 @@ import orjson
 import structlog
 
 from ce_daemon import __version__, redact
+from ce_daemon.errors import describe
 
 if TYPE_CHECKING:
+    from ce_daemon.cluster.manager import LeaseManager
     from ce_daemon.daemon import Daemon
 
 log = structlog.get_logger("ce_daemon.status")
 
 STATUS_SNAPSHOT_KEY = "daemon.status"
 """Where the last snapshot is saved in the state database's metadata."""
+CLUSTER_STATUS_TIMEOUT = 2.0
+"""Seconds the cluster's part of a status may take: ``status`` answers even when the database does not."""
 
 
 async def status_snapshot(daemon: Daemon) -> dict[str, Any]:
@@ -46,6 +53,8 @@ async def status_snapshot(daemon: Daemon) -> dict[str, Any]:
         "http": daemon.web.url,
         "components": [s.snapshot() for s in daemon.health.all()],
     }
+    if daemon.cluster is not None:
+        snapshot["cluster"] = await cluster_section(daemon.cluster)
     runtime, loaded = daemon.runtime, daemon.loaded
     if runtime is not None:
         with contextlib.suppress(Exception):  # a status without the spool beats no status
@@ -62,6 +71,38 @@ async def status_snapshot(daemon: Daemon) -> dict[str, Any]:
             snapshot["jobs"] = jobs
     cleaned: dict[str, Any] = redact.scrub_data(snapshot, redact.STATUS_LIMIT)  # the one way out
     return cleaned
+
+
+async def cluster_section(manager: LeaseManager) -> dict[str, Any]:
+    """Every node of the cluster, what each holds since when, the units no live node holds, and why this
+    node drives nothing (``health``, None while it reaches the database)."""
+    health = manager.health()
+    try:
+        async with asyncio.timeout(CLUSTER_STATUS_TIMEOUT):
+            seen = await manager.status()
+    except Exception as exc:  # noqa: BLE001 - the rest of the status still answers
+        why = f"cannot read the cluster: {describe(exc)}"
+        return {"node": manager.node, "nodes": [], "unheld": [], "health": health or why}
+    nodes = [
+        {
+            "name": node.node,
+            "host": node.host,
+            "pid": node.pid,
+            "alive": node.alive,
+            "heartbeat_age_s": round(node.heartbeat_age, 3),
+            "units": [
+                {
+                    "unit": held.unit,
+                    "token": held.token,
+                    "since": held.since.isoformat(),
+                    "expires_in_s": round(held.expires_in, 3),
+                }
+                for held in node.units
+            ],
+        }
+        for node in seen.nodes
+    ]
+    return {"node": manager.node, "nodes": nodes, "unheld": list(seen.unheld), "health": health}
 
 
 async def save_snapshot(daemon: Daemon) -> None:

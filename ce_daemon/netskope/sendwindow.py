@@ -136,6 +136,13 @@ class SendWindow:
         self.pending -= 1
         self._changed.set()
 
+    def assume_full(self, now: float) -> None:
+        """Count the window as full at ``now``, for one width: a node that takes a tenant over cannot
+        know what the previous holder sent in its last second, and the tenant counts those requests."""
+        at = max(now, self._stamps[-1]) if self._stamps else now
+        self._stamps.extend([at] * self.limit)
+        self._changed.set()
+
     def refused(self) -> None:
         """The tenant answered 429 although the window had room: its arrivals vary more than the margin."""
         self._calm = 0
