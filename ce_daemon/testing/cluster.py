@@ -208,10 +208,13 @@ class ClusterRun:
         return [node for node in self.nodes.values() if node.running and not node.stopped]
 
     async def leases(self) -> dict[str, Lease]:
-        """``ce_leases`` as unit → holder: the database's word on who holds what."""
+        """``ce_leases`` as unit → holder: the database's word on who holds what (nothing before the
+        first node created the table)."""
         connection = await asyncpg.connect(self.dsn)
         try:
             rows = await connection.fetch("SELECT unit, node, token FROM ce_leases")
+        except asyncpg.UndefinedTableError:
+            return {}
         finally:
             await connection.close()
         return {row["unit"]: Lease(row["node"], row["token"]) for row in rows}
