@@ -10,8 +10,9 @@ that only counts octet-counted frames. Figures:
 - the records/s fetched from the simulators in the same window (ahead of shipping while the spool
   fills);
 - for PostgreSQL, what the database wrote per million records fetched in that window: rows inserted
-  (``pg_stat_database.tup_inserted`` of the run's database) and WAL bytes (``pg_current_wal_lsn()``, a
-  server-wide figure: other users of the server add to it);
+  (``pg_stat_database.tup_inserted`` of the run's database, TOAST chunks of the pages included), WAL
+  bytes (``pg_current_wal_lsn()``, a server-wide figure: other users of the server add to it), and the
+  compressed bytes per record of the spool pages (written once per record: the WAL's floor);
 - after SIGKILL of the node holding most units: the time until every unit is held again (``ce_leases``,
   asked every 50 ms) and until every moved unit flows again (a moved tenant: the first request under
   its new lease, from the simulator's ledger, whose monotonic clock is this machine's; a moved route:
@@ -123,6 +124,19 @@ async def database_writes(dsn: str) -> tuple[int, int]:
     return int(row["tup_inserted"]), int(row["wal"])
 
 
+async def page_bytes_per_record(dsn: str) -> float:
+    """Compressed bytes per record of the spool pages the database holds: what each record ingested
+    writes to it at least once (its WAL's floor, which this database alone accounts for)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        value = await connection.fetchval(
+            "SELECT sum(octet_length(body))::float8 / nullif(sum(count), 0) FROM spool_pages"
+        )
+    finally:
+        await connection.close()
+    return float(value or 0.0)
+
+
 async def steady_rate(
     run: ClusterRun, routes: dict[str, RouteReceiver], total: int, warmup: float, window: float
 ) -> dict[str, float]:
@@ -149,6 +163,7 @@ async def steady_rate(
         # Per record ingested: its page is written once (the bulk of the bytes), then acknowledged.
         figures["rows_per_million"] = (rows - writes[0]) / ingested * 1e6
         figures["wal_mb_per_million"] = (wal - writes[1]) / ingested * 1e6 / 1e6
+        figures["page_bytes_per_record"] = await page_bytes_per_record(run.dsn)
     return figures
 
 
@@ -233,7 +248,9 @@ def report(label: str, figures: dict[str, Any], tenants: int) -> None:
     if "rows_per_million" in figures:
         print(
             f"    PostgreSQL per million records fetched: {figures['rows_per_million']:,.0f} rows inserted, "
-            f"{figures['wal_mb_per_million']:,.0f} MB of WAL (server-wide)"
+            f"{figures['wal_mb_per_million']:,.0f} MB of WAL (server-wide); spool pages "
+            f"{figures['page_bytes_per_record']:,.0f} bytes per record compressed "
+            f"({figures['page_bytes_per_record']:,.0f} MB per million, the WAL's floor)"
         )
     if "takeover" in figures:
         t = figures["takeover"]

@@ -405,7 +405,6 @@ async def cluster_run(
         pipeline = cluster_pipeline(
             directory, dsn, tenants, sink_ports, workload=workload, lease_ttl=lease_ttl
         )
-        directory.mkdir(parents=True, exist_ok=True)
         config = write_pipeline(directory / "pipeline.yaml", pipeline)
         run = ClusterRun(
             dsn=dsn or "",

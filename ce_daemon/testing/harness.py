@@ -31,7 +31,8 @@ async def terminate(process: asyncio.subprocess.Process, timeout: float = 15.0) 
 
 
 def write_pipeline(path: Path, pipeline: Mapping[str, Any]) -> Path:
-    """Write ``pipeline`` as YAML to ``path`` and return the path."""
+    """Write ``pipeline`` as YAML to ``path`` (its folder created if need be) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dict(pipeline), sort_keys=False), encoding="utf-8")
     return path
 
