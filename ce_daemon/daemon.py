@@ -208,6 +208,10 @@ class Daemon:
             self._attach(self.cluster_health)
             await self.cluster.start(_units(self.specs))
             self.cluster_health.ok(f"node {self.cluster.node} joined")
+            await self.cluster.first_round()  # what it took at once has started (or been abandoned)
+            if self._stop_requested.is_set():
+                log.info("daemon.start_abandoned", generation=self.generation, reason="stop requested")
+                return
         else:
             components = [spec.build_for(None) for spec in self._start_order(self.specs.values())]
             for component in components:
@@ -307,13 +311,11 @@ class Daemon:
         specs = plan_components(new, self.runtime)
         difference = Difference.between(self.specs, specs)
         async with self._units:
-            # Per node: only the units held here are rebuilt (under the same lease); the cluster's
-            # new units are acquired, and its removed ones released, once the new plan is in place.
+            # Every node checks every new or changed component, so that all refuse or apply a file
+            # alike; each runs those of the units it holds (rebuilt under the same lease). The
+            # cluster's new units are acquired, and its removed ones released, once the plan is in place.
             leases = self._held()
-            to_start = [
-                specs[n] for n in difference.to_start if self.cluster is None or specs[n].unit in leases
-            ]
-            outcome = await self._build(new, to_start, leases)
+            outcome = await self._build(new, [specs[n] for n in difference.to_start], leases)
             if outcome is None or outcome[1]:
                 if channel is not None and channel is not self.syslog:
                     channel.close()
@@ -356,9 +358,19 @@ class Daemon:
         *,
         channel: HealthChannel | None,
     ) -> None:
-        """Make ``new`` the running generation: ``built`` (checked) replace what ``difference`` stops."""
+        """Make ``new`` the running generation: ``built`` (checked) replace what ``difference`` stops.
+
+        On a cluster, of ``built`` only the components of units this node holds run; the others were
+        checked (every node refuses or applies a file alike) and are closed: the node that holds or
+        takes their unit builds them again. ``started`` counts every component checked.
+        """
         assert self.runtime is not None
         remove, kept = list(difference.to_stop), len(difference.kept)
+        checked = built
+        if self.cluster is not None:  # checked only: their units run elsewhere, or are not taken yet
+            leases = self._held()
+            built = [c for c in checked if specs[c.name].unit in leases]
+            await _close_unrun([c for c in checked if specs[c.name].unit not in leases])
         # swap: stop what goes away or changes, then move consumers and start the new ones
         loop = asyncio.get_running_loop()
         deadline = loop.time() + new.config.shutdown_grace
@@ -368,11 +380,10 @@ class Daemon:
             self.health.unregister(name)
         await self.runtime.spool.set_consumers(self._consumers(specs))
         structlog.contextvars.bind_contextvars(gen=self.generation + 1)
-        degraded = []
+        degraded = [c.name for c in checked if c.status.state is not State.OK]
         for component in built:
             self._attach(component.status)
             if component.status.state is not State.OK:  # its start check failed before it was watched
-                degraded.append(component.name)
                 self._on_transition(component.status, State.STARTING, component.status.state)
             self.supervisor.start(component)
         await self.runtime.forget_unused(specs)
@@ -386,7 +397,7 @@ class Daemon:
             "outcome": "applied",
             "at": time.time(),
             "kept": kept,
-            "started": len(built),
+            "started": len(checked),
             "stopped": len(remove),
             "started_degraded": degraded,
         }
@@ -394,7 +405,7 @@ class Daemon:
             "daemon.reload_applied",
             generation=self.generation,
             kept=kept,
-            started=len(built),
+            started=len(checked),
             stopped=len(remove),
             degraded=degraded or None,
         )
@@ -404,7 +415,7 @@ class Daemon:
             "notice",
             gen=self.generation,
             kept=kept,
-            started=len(built),
+            started=len(checked),
             stopped=len(remove),
         )
         await save_snapshot(self)
@@ -495,10 +506,11 @@ class Daemon:
             for component in components:
                 self._attach(component.status)
             if await start_checks(components, START_CHECK_LIMIT, self._stop_requested) is None:
-                await _close_unrun(components)
+                await _close_unrun(components)  # the stop that came first releases the unit
                 for component in components:
                     self.health.unregister(component.name)
-                raise RuntimeError(f"stop requested before {lease.unit} started")
+                log.info("daemon.unit_abandoned", unit=lease.unit, reason="stop requested")
+                return
             for component in components:
                 self.supervisor.start(component)
         log.info("daemon.unit_started", unit=lease.unit, token=lease.token, components=len(components))
@@ -513,8 +525,9 @@ class Daemon:
             deadline = loop.time() + self.loaded.config.shutdown_grace
             for group in self._stop_groups(names):
                 await self.supervisor.stop_many(group, max(0.0, deadline - loop.time()))
-            for name in names:
-                self.health.unregister(name)
+            if self.phase is not Phase.STOPPING:  # a stopping node's last status shows what it ran
+                for name in names:
+                    self.health.unregister(name)
         log.info("daemon.unit_stopped", unit=unit, components=len(names))
 
     def _takeover(self, specs: Iterable[ComponentSpec]) -> None:

@@ -12,7 +12,8 @@ from structlog.testing import capture_logs
 
 import ce_daemon
 from ce_daemon.config.model import StateSettings
-from ce_daemon.daemon import STATE_MIGRATIONS
+from ce_daemon.daemon import state_migrations
+from ce_daemon.jobs import Jobs
 from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
 from ce_daemon.spool import Spool
@@ -22,6 +23,9 @@ from ce_daemon.testing.state import open_test_store
 
 WIDGETS_V1 = Migration("widgets", 1, ("CREATE TABLE widgets (id {id}, name {text} NOT NULL, data {blob})",))
 WIDGETS_V2 = Migration("widgets", 2, ("ALTER TABLE widgets ADD COLUMN size {int}",))
+STATE_MIGRATIONS = state_migrations(Jobs.discover())
+"""The spool's and every installed job's migrations, as the daemon opens its state with."""
+
 LEASES = Migration(
     "leases_for_test",
     1,

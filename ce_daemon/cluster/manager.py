@@ -97,7 +97,7 @@ class LeaseManager:
 
     ``on_acquired(handle)`` starts the unit's component (it should return once started);
     ``on_released(unit)`` stops it, and is awaited before the lease is given back. Units are opaque
-    names, the same on every node (``poller:<tenant>/<kind>/<subtype>``, ``route:<name>``).
+    names, the same on every node (``tenant:<name>``, ``route:<name>``).
     """
 
     def __init__(
@@ -121,6 +121,7 @@ class LeaseManager:
         self._wanted: frozenset[str] = frozenset()
         self._handles: dict[str, LeaseHandle] = {}
         self._wake = asyncio.Event()
+        self._balanced = asyncio.Event()  # set once the first round after `start` has ended
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._renewed_at = time.monotonic()  # when the last successful renewal was sent
@@ -149,6 +150,11 @@ class LeaseManager:
             asyncio.create_task(self._balance_forever(), name=f"cluster-balance:{self.node}"),
         ]
         log.info("cluster.joined", node=self.node, units=len(self._wanted))
+
+    async def first_round(self) -> None:
+        """Wait until the first balancing round after `start` has ended: the units this node took in it
+        have started (``on_acquired`` returned), whatever it took (a late joiner may take nothing)."""
+        await self._balanced.wait()
 
     def set_units(self, units: Iterable[str]) -> None:
         """The units the cluster should run (at start and reload; the same set on every node)."""
@@ -313,6 +319,7 @@ class LeaseManager:
         while not self._closing:
             self._wake.clear()
             wait = await self._balance()
+            self._balanced.set()
             if self._closing:
                 return
             with contextlib.suppress(TimeoutError):

@@ -130,7 +130,8 @@ class Poller(Component):
         if lease is None or lease.held():
             return True
         doing = self._doing
-        self._doing = f"waiting for the lease of {lease.unit} to be renewed"
+        self._doing = f"paused: the lease of {lease.unit} was not renewed in time"
+        self.status.degraded(self._doing)
         while not lease.held():
             if lease.lost:
                 self.log.info("poller.lease_lost", unit=lease.unit, token=lease.token)

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from ce_daemon.cluster.handle import LeaseHandle
 from ce_daemon.config.load import LoadedPipeline, load_pipeline
 from ce_daemon.health import ComponentStatus, HealthRegistry, State
 from ce_daemon.keys import ComponentKey, StreamKey
@@ -59,8 +60,17 @@ class Ingest:
     ``watch`` changes after every page consumed and every health transition.
     """
 
-    def __init__(self, loaded: LoadedPipeline, store: Store, spool: Spool, data_dir: Path) -> None:
+    def __init__(
+        self,
+        loaded: LoadedPipeline,
+        store: Store,
+        spool: Spool,
+        data_dir: Path,
+        leases: Mapping[str, LeaseHandle] | None = None,
+    ) -> None:
         self.watch = Watch()
+        self.leases = dict(leases or {})
+        """The lease each unit's pollers run under (none: this process is the only node)."""
         self.spool = spool
         self.health = HealthRegistry(on_transition=self._on_transition)
         self.runtime = Runtime(
@@ -82,7 +92,7 @@ class Ingest:
         await self.spool.set_consumers({CONSUMER: streams})
         self._consumer = asyncio.create_task(self._consume())
         for spec in producers:
-            poller = spec.build()
+            poller = spec.build_for(self.leases.get(spec.unit))
             assert isinstance(poller, Poller)
             self.health.adopt(poller.status)
             await poller.start()
@@ -170,10 +180,12 @@ async def ingesting(
     environ: Mapping[str, str],
     max_bytes: int = 256 * 1024**2,
     consuming: bool = True,
+    leases: Mapping[str, LeaseHandle] | None = None,
 ) -> AsyncIterator[Ingest]:
     """The pollers of a pipeline file with ``tenants`` and ``routes``, running until the block ends.
 
     The state database is ``tmp_path/state.db``: a second block on the same ``tmp_path`` is a restart.
+    ``leases`` (unit → handle) runs each unit's pollers under its lease, as a node of a cluster does.
     """
     config = {
         "version": 1,
@@ -187,7 +199,7 @@ async def ingesting(
     async with await open_test_store(tmp_path / "state.db", SPOOL_MIGRATIONS) as store:
         spool = Spool(store, max_bytes)
         await spool.load()
-        ingest = Ingest(loaded, store, spool, tmp_path)
+        ingest = Ingest(loaded, store, spool, tmp_path, leases)
         if not consuming:
             ingest.consuming.clear()
         await ingest.start()
