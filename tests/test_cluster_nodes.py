@@ -75,6 +75,9 @@ async def test_three_nodes_share_the_units_and_take_over_from_a_killed_one(
     async with cluster_run(tmp_path, postgres_url, nodes=3, lease_ttl=LEASE_TTL, workload=WORKLOAD) as run:
         await run.until(run.balanced, STARTUP, "every unit held by one node, shares balanced")
         await run.until(lambda: statuses_agree(run), 10, "every node's status agrees with ce_leases")
+        for node in run.nodes.values():
+            code, snapshot = await node.status_command()
+            assert (code, snapshot["cluster"]["node"]) == (0, node.name), snapshot
         await run.until(lambda: _shipping(run), 30, "records flowing")
 
         before = await run.leases()

@@ -30,12 +30,13 @@ from ce_daemon.netskope.subtypes import DataKind, check_kind
 from ce_daemon.simulator.process import SimulatorProcess, simulator_process
 from ce_daemon.simulator.records import record_id
 from ce_daemon.testing.harness import DaemonProcess, write_pipeline
+from ce_daemon.testing.pipelines import run_cli
 from ce_daemon.testing.sockets import SyslogReceiver
 
 T = TypeVar("T")
 StreamId = tuple[DataKind, str]
 
-TOKEN = "cluster-sim-token-0123456789"  # noqa: S105 - the simulators' own throwaway token
+TOKEN = "sim-token-0123456789-nodes"  # noqa: S105 - the simulators' own throwaway token
 ENV = {"SIM_TOKEN": TOKEN}
 STREAMS: tuple[StreamId, ...] = (("alerts", "dlp"), ("alerts", "malware"), ("events", "page"))
 """Subtypes with data in every simulated tenant (the others answer empty pages)."""
@@ -147,6 +148,13 @@ class Node:
     async def status(self) -> dict[str, Any]:
         """The node's live status (``ce-daemon status --json``), asked on its control socket."""
         return await ask_status(self.socket)
+
+    async def status_command(self) -> tuple[int, dict[str, Any]]:
+        """``ce-daemon status --json -c CONFIG --data-dir DATA_DIR``: its exit code and the snapshot."""
+        arguments = ("status", "--json", "-c", str(self.config), "--data-dir", str(self.data_dir))
+        code, out = await run_cli(*arguments, env=self.env)
+        snapshot: dict[str, Any] = orjson.loads(out)
+        return code, snapshot
 
     def signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the node's process (SIGSTOP and SIGCONT are remembered in ``stopped``)."""
