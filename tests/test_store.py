@@ -26,11 +26,6 @@ WIDGETS_V2 = Migration("widgets", 2, ("ALTER TABLE widgets ADD COLUMN size {int}
 STATE_MIGRATIONS = state_migrations(Jobs.discover())
 """The spool's and every installed job's migrations, as the daemon opens its state with."""
 
-LEASES = Migration(
-    "leases_for_test",
-    1,
-    ("CREATE TABLE ce_leases (unit {text} PRIMARY KEY, node {text} NOT NULL, token {int} NOT NULL)",),
-)
 SOURCE_ROOTS = [Path(ce_daemon.__file__).parent, Path(ce_daemon.__file__).parents[1] / "plugins"]
 SQLITE_ONLY = re.compile(
     r"aiosqlite|AUTOINCREMENT|WITHOUT ROWID|lastrowid|PRAGMA\b|\b(?:VALUES|WHERE|SET)\b[^\"\n]*\?"
@@ -140,6 +135,7 @@ async def test_nodes_starting_at_once_migrate_once(postgres_url: str) -> None:
             await store.close()
     assert {str(component): int(count) for component, count in rows} == {
         "core": 1,
+        "cluster": 1,  # on PostgreSQL the cluster's tables come with the core's
         "spool": 1,
         "deadletters": 1,
     }
@@ -147,9 +143,12 @@ async def test_nodes_starting_at_once_migrate_once(postgres_url: str) -> None:
 
 async def test_a_stale_fence_cannot_commit(postgres_url: str) -> None:
     """A commit fenced by a token that was taken over is rolled back with LeaseLostError."""
-    async with await open_url(postgres_url, (*STATE_MIGRATIONS, LEASES)) as store:
+    async with await open_url(postgres_url, STATE_MIGRATIONS) as store:  # the cluster's tables come along
         async with store.transaction() as tx:
-            await tx.execute("INSERT INTO ce_leases VALUES ('t/alerts/dlp', 'a', 2)")
+            await tx.execute(
+                "INSERT INTO ce_leases (unit, node, token, acquired_at, renewed_at, expires_at)"
+                " VALUES ('t/alerts/dlp', 'a', 2, now(), now(), now() + interval '1 minute')"
+            )
         spool = Spool(store, 1 << 30)
         await spool.load()
         checkpoints = Checkpoints(store)
