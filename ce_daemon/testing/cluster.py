@@ -1,14 +1,15 @@
 """Several daemon processes sharing one PostgreSQL state, the tenant simulator and a syslog receiver.
 
 The harness of the cluster's integration tests and benchmark (issue 8 §3), for every job's tests to
-reuse: :func:`cluster_run` starts two simulated tenants (each a ``ce-daemon simulate`` process with a
-backlog and steady arrivals), a TCP syslog receiver in this process that keeps every shipped record's
-``_id``, a pipeline file with one JSON route per tenant and data kind into it, and N nodes
-(``ce-daemon run -c FILE --node-name nI --data-dir DIR_I``) on a fresh database. A test then looks at
-who holds what (`ClusterRun.leases`, straight from ``ce_leases``; `Node.status`, each node's own
-answer), signals nodes (SIGKILL, SIGTERM, SIGSTOP, SIGCONT; `Node.restart`), waits for a condition
-with a bound (`ClusterRun.until`), and asks the simulators what they served and who drove each
-iterator index (`ClusterRun.served_ids`, `ClusterRun.ledger_violations`).
+reuse: :func:`cluster_run` starts simulated tenants (two by default, each a ``ce-daemon simulate``
+process with a backlog and steady arrivals), a TCP syslog receiver in this process that keeps every
+shipped record's ``_id``, a pipeline file with one JSON route per tenant and data kind into it, and N
+nodes (``ce-daemon run -c FILE --node-name nI --data-dir DIR_I``) on a fresh database. A test then
+looks at who holds what (`ClusterRun.leases`, straight from ``ce_leases``; `Node.status` and
+`Node.status_command`, each node's own answer), signals nodes (SIGKILL, SIGTERM, SIGSTOP, SIGCONT;
+`Node.restart`), waits for a condition with a bound (`ClusterRun.until`), and asks the simulators
+what they served and who drove each iterator index (`ClusterRun.served_ids`,
+`ClusterRun.ledger_violations`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ from ce_daemon.netskope.subtypes import DataKind, check_kind
 from ce_daemon.simulator.process import SimulatorProcess, simulator_process
 from ce_daemon.simulator.records import record_id
 from ce_daemon.testing.harness import DaemonProcess, write_pipeline
-from ce_daemon.testing.pipelines import run_cli
+from ce_daemon.testing.pipelines import StreamId, run_cli
 from ce_daemon.testing.sockets import SyslogReceiver
 
 T = TypeVar("T")
-StreamId = tuple[DataKind, str]
 
 TOKEN = "sim-token-0123456789-nodes"  # noqa: S105 - the simulators' own throwaway token
 ENV = {"SIM_TOKEN": TOKEN}
@@ -44,11 +44,11 @@ STREAMS: tuple[StreamId, ...] = (("alerts", "dlp"), ("alerts", "malware"), ("eve
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """What each simulated tenant holds and generates, and how the daemons read it.
+    """What each of ``tenants`` simulated tenants holds and generates, and how the daemons read it.
 
-    ``backlog`` records per subtype wait at start, ``arrival_rate`` more arrive per second per
-    subtype; pages hold ``page_size`` records at most; an idle poller is told to come back after
-    ``idle_wait`` seconds.
+    ``backlog`` records per subtype of ``streams`` wait at start, ``arrival_rate`` more arrive per
+    second per subtype; pages hold ``page_size`` records at most; an idle poller is told to come back
+    after ``idle_wait`` seconds; a route's batches hold ``batch_records`` records at most.
     """
 
     backlog: int = 2000
