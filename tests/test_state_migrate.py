@@ -69,12 +69,15 @@ async def test_a_move_to_postgresql_neither_reships_nor_skips(tmp_path: Path, po
         assert "of spool_pages" in out and "of spool_offsets" in out and "of spool_iterators" in out
 
         write_pipeline(config, pipeline(tmp_path, sim.url, {"path": str(database), "url": postgres_url}))
-        async with DaemonProcess(config, env=ENV) as daemon:
+        async with DaemonProcess(config, env=ENV, arguments=("--node-name", "after-move")) as daemon:
             async with asyncio.timeout(60):
                 while set(shipped(tmp_path)) < expected:  # noqa: ASYNC110 - a file another process writes
                     await asyncio.sleep(0.2)
             daemon.signal(signal.SIGTERM)
             assert await daemon.wait(30) == 0
+        # It ran as a cluster node: the tenant and the route under leases of its own.
+        held = {(line["node"], line["unit"]) for line in daemon.events("cluster.lease_acquired")}
+        assert held == {("after-move", "tenant:sim"), ("after-move", "route:r")}, held
     counts = shipped(tmp_path)
     assert set(counts) == expected
     assert [i for i, n in counts.items() if n != 1] == []

@@ -30,17 +30,21 @@ class SimulatorProcess:
 
     async def stats(self) -> dict[str, Any]:
         """``GET /_sim/stats`` (see `SimulatorStats.to_dict`)."""
-        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/_sim/stats") as response:
-            response.raise_for_status()
-            stats: dict[str, Any] = orjson.loads(await response.read())
-            return stats
+        return await self._get("stats")
+
+    async def served(self) -> dict[str, list[dict[str, Any]]]:
+        """``GET /_sim/served``: the pages built per endpoint (see `ServedPage`), the last 10,000 of each."""
+        return await self._get("served")
 
     async def leases(self) -> dict[str, Any]:
         """``GET /_sim/leases`` (see `LeaseLedger.report`)."""
-        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/_sim/leases") as response:
+        return await self._get("leases")
+
+    async def _get(self, what: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/_sim/{what}") as response:
             response.raise_for_status()
-            report: dict[str, Any] = orjson.loads(await response.read())
-            return report
+            answer: dict[str, Any] = orjson.loads(await response.read())
+            return answer
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,27 @@ async def terminate(process: asyncio.subprocess.Process, timeout: float = 15.0) 
 
 
 def write_pipeline(path: Path, pipeline: Mapping[str, Any]) -> Path:
-    """Write ``pipeline`` as YAML to ``path`` and return the path."""
+    """Write ``pipeline`` as YAML to ``path`` (its folder created if need be) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dict(pipeline), sort_keys=False), encoding="utf-8")
     return path
 
 
 class DaemonProcess:
-    """``ce-daemon run -c FILE`` in a child process, its JSON log lines collected as they come."""
+    """``ce-daemon run -c FILE [ARGUMENTS]`` in a child process, its JSON log lines collected as they come."""
 
-    def __init__(self, config: Path, *, env: Mapping[str, str] | None = None, command: str = "run") -> None:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        command: str = "run",
+        arguments: Sequence[str] = (),
+    ) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.command = command
+        self.arguments = tuple(arguments)
         self.process: asyncio.subprocess.Process | None = None
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -58,6 +67,7 @@ class DaemonProcess:
             self.command,
             "-c",
             str(self.config),
+            *self.arguments,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=self.env,

@@ -140,6 +140,11 @@ class SyslogReceiver(_Collector):
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
+    def port(self) -> int:
+        """The UDP or TCP port it listens on (once entered)."""
+        return self._port
+
+    @property
     def target(self) -> str:
         """``udp://127.0.0.1:PORT``, ``tcp://127.0.0.1:PORT`` or ``unix:/path``."""
         if self.transport == "unix":

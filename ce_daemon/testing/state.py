@@ -8,18 +8,72 @@ the backend selected.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import secrets
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from ce_daemon.config.model import StateSettings
 from ce_daemon.store import CORE_MIGRATIONS, Migration, Store, open_store
 from ce_daemon.store.base import table_names
 
-__all__ = ["STATE_URL_VARIABLE", "open_test_store", "state_dump", "state_section"]
+__all__ = [
+    "POSTGRES_SERVER",
+    "STATE_URL_VARIABLE",
+    "PostgresUnreachableError",
+    "create_database",
+    "drop_database",
+    "open_test_store",
+    "postgres_database",
+    "state_dump",
+    "state_section",
+]
 
 STATE_URL_VARIABLE = "CE_TEST_STATE_URL"
+POSTGRES_SERVER = os.environ.get("CE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+"""Where tests and benchmarks create their databases (its ``postgres`` database is used to do so)."""
+
+
+class PostgresUnreachableError(RuntimeError):
+    """:data:`POSTGRES_SERVER` does not answer: no database can be made."""
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A database of its own on :data:`POSTGRES_SERVER`: its URL; dropped on exit."""
+    url = await create_database()
+    try:
+        yield url
+    finally:
+        await drop_database(url)
+
+
+async def create_database() -> str:
+    """Create a database ``ce_t_<hex>`` on :data:`POSTGRES_SERVER`; its URL."""
+    name = f"ce_t_{secrets.token_hex(6)}"
+    await _admin(f"CREATE DATABASE {name}")
+    return f"{POSTGRES_SERVER}/{name}"
+
+
+async def drop_database(url: str) -> None:
+    """Drop the database `create_database` made at ``url``."""
+    # FORCE: a daemon the test killed may have left connections behind.
+    await _admin(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+
+
+async def _admin(statement: str) -> None:
+    try:
+        connection = await asyncpg.connect(f"{POSTGRES_SERVER}/postgres", timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise PostgresUnreachableError(f"PostgreSQL at {POSTGRES_SERVER} is unreachable ({exc})") from exc
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 def state_section(path: Path) -> dict[str, Any]:
