@@ -113,12 +113,14 @@ class StateSettings(Strict):
 
     ``path`` is the SQLite file (the default backend); its folder is also the data directory. ``url``
     selects another backend: ``postgresql://user@host:5432/db``, its password given apart as a secret
-    reference (``password: {$env: NAME}``); ``sqlite:///path`` is the same as ``path``.
+    reference (``password: {$env: NAME}``); ``sqlite:///path`` is the same as ``path``. ``timeout``
+    bounds each PostgreSQL statement, commit and wait for a pooled connection.
     """
 
     path: Path = Path("/var/lib/ce-daemon/state.db")
     url: Annotated[SecretOrText, AfterValidator(_state_url)] | None = None
     password: SecretStr | None = None
+    timeout: Annotated[Duration, Field(gt=0, le=3600)] = 30.0
 
     @model_validator(mode="after")
     def _sqlite_url_is_a_path(self) -> Self:

@@ -54,22 +54,43 @@ async def open_store(
 
     ``migrate=False`` reads a state as it is (``status``): nothing is created in it.
     """
-    return await open_url(state_url(settings), migrations, connect_timeout=connect_timeout, migrate=migrate)
+    return await open_url(
+        state_url(settings),
+        migrations,
+        connect_timeout=connect_timeout,
+        command_timeout=settings.timeout,
+        migrate=migrate,
+    )
 
 
 async def open_url(
-    url: str, migrations: Sequence[Migration] = (), *, connect_timeout: float = 10.0, migrate: bool = True
+    url: str,
+    migrations: Sequence[Migration] = (),
+    *,
+    connect_timeout: float = 10.0,
+    command_timeout: float | None = None,
+    migrate: bool = True,
 ) -> Store:
-    """Open ``sqlite:///path`` or ``postgresql://user[:password]@host[:port]/db`` and migrate it."""
+    """Open ``sqlite:///path`` or ``postgresql://user[:password]@host[:port]/db`` and migrate it.
+
+    ``command_timeout`` bounds each statement, commit and wait for a connection of PostgreSQL (its
+    default when None); SQLite waits out another process's lock for its own busy timeout.
+    """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         from ce_daemon.store.sqlite import SqliteStore
 
         return await SqliteStore.open(Path(parts.path), migrations, migrate=migrate)
     if parts.scheme in ("postgresql", "postgres"):
-        from ce_daemon.store.postgres import PostgresStore
+        from ce_daemon.store.postgres import COMMAND_TIMEOUT, PostgresStore
 
-        return await PostgresStore.open(url, migrations, connect_timeout=connect_timeout, migrate=migrate)
+        return await PostgresStore.open(
+            url,
+            migrations,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout or COMMAND_TIMEOUT,
+            migrate=migrate,
+        )
     raise StoreError(f"unknown state URL scheme {parts.scheme!r}: use sqlite:///path or postgresql://host/db")
 
 

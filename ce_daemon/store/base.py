@@ -29,6 +29,11 @@ class StoreError(CeDaemonError):
     """The state store cannot be used: unreachable, corrupt, or written by a newer ce-daemon."""
 
 
+class CommitUncertainError(StoreError):
+    """A commit whose outcome is unknown (the connection was lost or the server did not answer in time):
+    what it wrote may or may not have been applied."""
+
+
 class LeaseLostError(StoreError):
     """This node no longer holds the lease of a unit: what it was about to commit was rolled back."""
 
@@ -196,11 +201,14 @@ class Store(Protocol):
     async def columns(self, table: str) -> list[str]:
         """The columns of ``table``, in order."""
 
-    async def last_id(self, table: str, column: str) -> int:
+    async def key_columns(self, tx: Transaction, table: str) -> list[str]:
+        """The primary key's columns of ``table``, in key order (read in ``tx``)."""
+
+    async def last_id(self, tx: Transaction, table: str, column: str) -> int:
         """The highest ``{id}`` ever assigned in ``table``, even if its row was deleted since (0: none)."""
 
-    async def continue_ids(self, table: str, column: str, after: int) -> None:
-        """Make the ``{id}`` values the database assigns next follow ``after`` (a copy's :meth:`last_id`)."""
+    async def continue_ids(self, tx: Transaction, table: str, column: str, after: int) -> None:
+        """In ``tx``, make the ``{id}`` values assigned next follow ``after`` (a :meth:`last_id`)."""
 
 
 class MetaTable:

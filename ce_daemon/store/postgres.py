@@ -21,6 +21,7 @@ import structlog
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
+    from asyncpg.transaction import Transaction as Transaction_
 
     Link = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
     """A connection, or the pool's proxy of one."""
@@ -28,11 +29,13 @@ if TYPE_CHECKING:
 from ce_daemon.store.base import (
     CORE_MIGRATIONS,
     Backend,
+    CommitUncertainError,
     MetaTable,
     Migration,
     Params,
     Row,
     StoreError,
+    Transaction,
     newer_schema,
     plan_migrations,
     render_ddl,
@@ -52,6 +55,14 @@ WORDS = {
 }
 
 POOL_SIZE = 4  # the spool, the pollers' checkpoints and the routes' acks rarely overlap more than this
+COMMAND_TIMEOUT = 30.0
+"""The longest one statement, a commit or the wait for a pooled connection may take, by default
+(``state.timeout``): a hung server or a half-open connection surfaces as an error, never as a hang."""
+# The server probes an idle client connection after 30 s, then every 10 s, 3 times: a node that died
+# without closing its connections (power loss) frees them, and their locks, within a minute.
+KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+MIGRATION_LOCK_WAIT = 120.0  # another node migrating a large schema; past this something is stuck
+MIGRATION_LOCK_RETRY = 0.5  # an advisory lock wakes no waiter across the pool: asked again this often
 # Any constant both ends agree on: "ce-daemon migrate" in ASCII.
 _MIGRATION_LOCK = 0x63652D6D6967
 _BOOTSTRAP = """
@@ -145,9 +156,10 @@ class PostgresStore(MetaTable):
     backend: Backend = "postgresql"
     shared = True
 
-    def __init__(self, url: str, pool: asyncpg.Pool) -> None:
+    def __init__(self, url: str, pool: asyncpg.Pool, command_timeout: float = COMMAND_TIMEOUT) -> None:
         self._url = url
         self._pool = pool
+        self._timeout = command_timeout
         self.display = display_url(url)
 
     @classmethod
@@ -157,46 +169,63 @@ class PostgresStore(MetaTable):
         migrations: Sequence[Migration] = (),
         *,
         connect_timeout: float = 10.0,
+        command_timeout: float = COMMAND_TIMEOUT,
         migrate: bool = True,
     ) -> PostgresStore:
         """Connect to ``url`` (``postgresql://user[:password]@host[:port]/db``) and apply pending migrations.
 
         Raises :class:`StoreError` naming the host and database (never the password) when the server
         cannot be reached within ``connect_timeout`` seconds or refuses the login, and when the
-        database records a schema newer than ``migrations`` know.
+        database records a schema newer than ``migrations`` know. Every statement, commit and wait for
+        a pooled connection afterwards is bounded by ``command_timeout`` seconds.
         """
         plan = plan_migrations(CORE_MIGRATIONS, migrations)
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=POOL_SIZE, timeout=connect_timeout, command_timeout=None
+                url,
+                min_size=1,
+                max_size=POOL_SIZE,
+                timeout=connect_timeout,
+                command_timeout=command_timeout,
+                server_settings=KEEPALIVES,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ValueError) as exc:
             raise StoreError(
                 f"cannot connect to the state database {display_url(url)}: {_reason(exc)}"
             ) from exc
-        store = cls(url, pool)
+        store = cls(url, pool, command_timeout)
         try:
             if migrate:
                 await store._migrate(plan)
         except BaseException as exc:
-            await pool.close()
+            await store.close()
             if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                 raise StoreError(f"state database {store.display} is unusable: {_reason(exc)}") from exc
             raise
         return store
 
     async def close(self) -> None:
-        """Close the pool; transactions in progress finish first."""
-        await self._pool.close()
+        """Close the pool; transactions in progress finish first, within the command timeout.
+
+        Past it (a hung server) the connections are dropped, so a shutdown never waits forever.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._pool.close()
+        except TimeoutError:
+            log.warning("state.close_timed_out", url=self.display, timeout=self._timeout)
+            self._pool.terminate()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """One transaction on one pooled connection; committed at the end, rolled back on any exception.
 
-        When the caller is cancelled while ``COMMIT`` runs, the commit still completes first.
+        When the caller is cancelled while ``COMMIT`` runs, the commit still completes first (within the
+        command timeout). A ``COMMIT`` that gets no answer (timeout, connection lost) raises
+        :class:`CommitUncertainError`: it may have been applied.
         """
         with self._driver_errors():
-            async with self._pool.acquire() as connection:
+            async with self._pool.acquire(timeout=self._timeout) as connection:
                 transaction = connection.transaction()
                 await transaction.start()
                 try:
@@ -204,19 +233,31 @@ class PostgresStore(MetaTable):
                 except BaseException:
                     await asyncio.shield(transaction.rollback())
                     raise
-                task = asyncio.ensure_future(transaction.commit())
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    await task
-                    raise
+                await self._commit(connection, transaction)
+
+    async def _commit(self, connection: Link, transaction: Transaction_) -> None:
+        task = asyncio.ensure_future(transaction.commit())
+        try:
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await task  # bounded by the command timeout
+                raise
+        except (TimeoutError, OSError, asyncpg.InterfaceError) as exc:
+            # No answer to COMMIT: the server may have committed. The connection is in an unknown
+            # state: dropped, not returned to the pool.
+            connection.terminate()
+            raise CommitUncertainError(
+                f"state database {self.display}: no answer to COMMIT ({_reason(exc)}): "
+                "the transaction may have been applied"
+            ) from exc
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[PostgresTransaction]:
         """A read-only snapshot: every query in the block sees the same committed data."""
         with self._driver_errors():
             async with (
-                self._pool.acquire() as connection,
+                self._pool.acquire(timeout=self._timeout) as connection,
                 connection.transaction(isolation="repeatable_read", readonly=True),
             ):
                 yield PostgresTransaction(connection)
@@ -226,13 +267,13 @@ class PostgresStore(MetaTable):
         """A failure of the server or the connection as a StoreError naming the database (no password)."""
         try:
             yield
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreError(f"state database {self.display}: {_reason(exc)}") from exc
 
     async def _migrate(self, plan: dict[str, list[Migration]]) -> None:
-        async with self._pool.acquire() as connection:
+        async with self._pool.acquire(timeout=self._timeout) as connection:
             # Session lock: a second node starting now waits here, then finds every step recorded.
-            await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            await self._lock_migrations(connection)
             try:
                 await connection.execute(_BOOTSTRAP)
                 rows = await connection.fetch(
@@ -246,6 +287,24 @@ class PostgresStore(MetaTable):
                         await self._apply(connection, component, pending)
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+    async def _lock_migrations(self, connection: Link) -> None:
+        """Take the migration lock, asking again until :data:`MIGRATION_LOCK_WAIT` seconds have passed.
+
+        ``pg_try_advisory_lock`` rather than ``pg_advisory_lock``: a holder that hangs must not make
+        every other node hang with it, and a stop requested meanwhile is not stuck in a query.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MIGRATION_LOCK_WAIT
+        # Polled: an advisory lock another process holds wakes no event here.
+        while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
+            if loop.time() >= deadline:
+                raise StoreError(
+                    f"state database {self.display}: another ce-daemon has held the schema migration lock "
+                    f"for over {MIGRATION_LOCK_WAIT:.0f} s; if none is starting, look for a stuck session "
+                    f"in pg_locks (advisory lock {_MIGRATION_LOCK})"
+                )
+            await asyncio.sleep(MIGRATION_LOCK_RETRY)
 
     async def _apply(self, connection: Link, component: str, steps: list[Migration]) -> None:
         async with connection.transaction():
@@ -283,25 +342,38 @@ class PostgresStore(MetaTable):
             )
         return [str(name) for (name,) in rows]
 
-    async def last_id(self, table: str, column: str) -> int:
+    async def key_columns(self, tx: Transaction, table: str) -> list[str]:
+        """The primary key's columns of ``table``, in key order."""
+        rows = await tx.fetch(
+            "SELECT a.attname FROM pg_index AS i"
+            " JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE i.indrelid = CAST(:table AS regclass) AND i.indisprimary"
+            " ORDER BY array_position(CAST(i.indkey AS int2[]), a.attnum)",
+            {"table": table},
+        )
+        return [str(name) for (name,) in rows]
+
+    async def last_id(self, tx: Transaction, table: str, column: str) -> int:
         """The highest id ever assigned: the identity's sequence, or the highest row if more."""
-        highest = f"SELECT MAX({column}) FROM {table}"  # noqa: S608 - names from migrations
-        async with self.read() as tx:
-            sequence = await tx.fetchval(
-                "SELECT pg_get_serial_sequence(:table, :column)", {"table": table, "column": column}
-            )
-            row = await tx.fetchrow(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - the database's name
-            stored = await tx.fetchval(highest)
+        sequence = await tx.fetchval(
+            "SELECT pg_get_serial_sequence(:table, :column)", {"table": table, "column": column}
+        )
+        row = await tx.fetchrow(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - the database's name
+        stored = await tx.fetchval(f"SELECT MAX({column}) FROM {table}")  # noqa: S608 - names from migrations
         issued = int(row[0]) if row is not None and row[1] else 0
         return max(issued, int(stored or 0))
 
-    async def continue_ids(self, table: str, column: str, after: int) -> None:
-        """Set the identity's sequence of ``table`` so that the next id is ``after + 1``."""
-        async with self.transaction() as tx:
-            await tx.fetchval(
-                "SELECT setval(pg_get_serial_sequence(:table, :column), GREATEST(:after, 1), :after > 0)",
-                {"table": table, "column": column, "after": after},
-            )
+    async def continue_ids(self, tx: Transaction, table: str, column: str, after: int) -> None:
+        """Set the identity's sequence of ``table`` so that the next id is ``after + 1``.
+
+        ``after`` is cast to BIGINT: PostgreSQL would type the parameter of ``GREATEST(:after, 1)`` as
+        an INTEGER, which fails past 2^31.
+        """
+        await tx.fetchval(
+            "SELECT setval(pg_get_serial_sequence(:table, :column),"
+            " GREATEST(CAST(:after AS BIGINT), 1), CAST(:after AS BIGINT) > 0)",
+            {"table": table, "column": column, "after": after},
+        )
 
 
 def _reason(exc: BaseException) -> str:
