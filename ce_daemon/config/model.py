@@ -105,7 +105,27 @@ def _state_url(url: str) -> str:
             "not a usable state URL (its text is not repeated: it may hold a password)",
             "use postgresql://user@host:5432/database (password: {$env: NAME}) or sqlite:///path/state.db",
         )
+    if postgres:
+        _postgres_url(url)
     return url
+
+
+def _postgres_url(url: str) -> None:
+    """Refuse a PostgreSQL URL that carries a password, or whose host or port cannot be used."""
+    place = "postgresql://user@host:5432/database, an IPv6 address in brackets: postgresql://user@[::1]/db"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError:
+        raise SettingError("not a usable host or port in the state URL (1 to 65535)", place) from None
+    secret = sorted({name for name, _ in urllib.parse.parse_qsl(parts.query)} & {"password", "passfile"})
+    if secret:
+        raise SettingError(
+            f"a {secret[0]} in the URL's query (its text is not repeated)",
+            "give the password apart as a secret reference: state.password: {$env: NAME}",
+        )
+    if port == 0 or not parts.hostname:
+        raise SettingError("not a usable host or port in the state URL (1 to 65535)", place)
 
 
 class StateSettings(Strict):

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ce_daemon.store.base import (
     CORE_MIGRATIONS,
@@ -116,10 +116,9 @@ def state_url(settings: StateSettings) -> str:
         return f"sqlite://{settings.path}"
     if settings.password is None:
         return settings.url
+    from ce_daemon.store.postgres import with_user
+
     parts = urlsplit(settings.url)
-    user = quote(parts.username or "", safe="")
-    host = parts.hostname or ""
-    netloc = f"{user}:{quote(settings.password.get_secret_value(), safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    user = quote(unquote(parts.username or ""), safe="")
+    secret = quote(settings.password.get_secret_value(), safe="")
+    return urlunsplit(parts._replace(netloc=with_user(parts, f"{user}:{secret}")))

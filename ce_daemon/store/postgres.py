@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -41,7 +41,7 @@ from ce_daemon.store.base import (
     render_ddl,
 )
 
-__all__ = ["PostgresStore", "display_url"]
+__all__ = ["PostgresStore", "display_url", "with_user"]
 
 log = structlog.get_logger("ce_daemon.state")
 
@@ -102,16 +102,25 @@ def _bind(sql: str, params: Params | None) -> tuple[str, list[Any]]:
     return text, [params[name] for name in names]
 
 
+SHOWN_QUERY = frozenset({"sslmode", "target_session_attrs", "application_name", "connect_timeout"})
+"""The query parameters :func:`display_url` keeps: none of them can hold a secret."""
+
+
 def display_url(url: str) -> str:
-    """``url`` without its password: what messages and status may show."""
+    """``url`` without its password nor any query parameter that could hold one: what messages may show."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in SHOWN_QUERY])
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=with_user(parts, user), query=query))
+
+
+def with_user(parts: SplitResult, user: str) -> str:
+    """The netloc of ``parts`` with ``user`` (``name`` or ``name:password``, quoted) in front of its host.
+
+    The host and port are kept as written: an IPv6 address keeps its brackets.
+    """
+    hostport = parts.netloc.rpartition("@")[2]
+    return f"{user}@{hostport}" if user else hostport
 
 
 class PostgresTransaction:
