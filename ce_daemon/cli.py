@@ -216,13 +216,19 @@ async def _state_problem(loaded: LoadedPipeline, *, offline: bool) -> str | None
     ``check`` connects (nothing is created) with a short timeout; in the offline mode of
     ``--allow-unresolved-secrets`` it does not, as another environment may reach what this one cannot.
     """
+    from ce_daemon.daemon import state_migrations
+    from ce_daemon.jobs import Jobs
     from ce_daemon.store import StoreError, open_store
 
     if loaded.config.state.url is None or offline:
         return None
     try:
+        # With the daemon's migrations: a schema a newer ce-daemon wrote is refused as `run` would.
         async with await open_store(
-            loaded.config.state, connect_timeout=CHECK_CONNECT_TIMEOUT, migrate=False
+            loaded.config.state,
+            state_migrations(Jobs.discover()),
+            connect_timeout=CHECK_CONNECT_TIMEOUT,
+            migrate=False,
         ):
             return None
     except StoreError as exc:

@@ -16,7 +16,7 @@ from ce_daemon.config.model import SyslogSettings
 from ce_daemon.errors import ConfigError
 from ce_daemon.logs.job import routes_of, secrets_resolved
 from ce_daemon.registry import Registry
-from ce_daemon.store import state_url
+from ce_daemon.store import open_url, state_url
 from ce_daemon.store.postgres import display_url
 from ce_daemon.syslog import HealthChannel
 from ce_daemon.testing.configs import config_problems
@@ -598,3 +598,16 @@ def test_check_refuses_a_state_database_it_cannot_reach_unless_offline(tmp_path:
     assert "hunter2" not in result.stderr + result.stdout
     offline = check(path, {"PGPW": "hunter2", "ACME_TOKEN": "t"}, "--allow-unresolved-secrets")
     assert offline.returncode == 0, offline.stderr
+
+
+async def test_check_refuses_a_state_a_newer_ce_daemon_wrote(tmp_path: Path, postgres_url: str) -> None:
+    """`check` refuses a PostgreSQL schema newer than this build's, with the words `run` uses."""
+    async with await open_url(postgres_url) as store, store.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO schema_migrations (component, version, applied_at) VALUES ('spool', 99, 0)"
+        )
+    text = GOOD.replace("state: {path: ./state/db.sqlite}", f"state: {{url: {postgres_url}}}")
+    result = check(write(tmp_path, text), {"ACME_TOKEN": "t"})
+    assert result.returncode == 78
+    assert "was written by a newer ce-daemon (spool schema 99" in result.stderr
+    assert "state.url" in result.stderr

@@ -214,8 +214,21 @@ class Store(Protocol):
 class MetaTable:
     """``get_meta``/``set_meta``/``schema_versions`` in neutral SQL, shared by both backends."""
 
+    display: str
+
     async def close(self) -> None:
         raise NotImplementedError
+
+    async def columns(self, table: str) -> list[str]:
+        raise NotImplementedError
+
+    async def refuse_newer_schema(self, plan: Mapping[str, list[Migration]], setting: str) -> None:
+        """What migrating would refuse, without migrating: a schema written by a newer ce-daemon.
+
+        A database without ``schema_migrations`` (nothing applied yet) passes.
+        """
+        if await self.columns("schema_migrations"):
+            newer_schema(self.display, setting, plan, await self.schema_versions())
 
     async def __aenter__(self) -> Self:
         return self

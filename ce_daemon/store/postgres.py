@@ -206,6 +206,8 @@ class PostgresStore(MetaTable):
         try:
             if migrate:
                 await store._migrate(plan)
+            else:
+                await store.refuse_newer_schema(plan, "state.url")
         except BaseException as exc:
             await store.close()
             if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):

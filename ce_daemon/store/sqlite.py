@@ -163,6 +163,8 @@ class SqliteStore(MetaTable):
             await store._configure()
             if migrate:
                 await store._migrate(plan)
+            else:
+                await store.refuse_newer_schema(plan, "state.path")
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.DatabaseError):
