@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ce_daemon import __version__, applog
-from ce_daemon.errors import ConfigError
+from ce_daemon.errors import ConfigError, describe
 
 if TYPE_CHECKING:
     from ce_daemon.registry import Registry
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     from ce_daemon.config.load import LoadedPipeline
     from ce_daemon.config.model import StateSettings
+    from ce_daemon.jobs import Job, SubParsers
 
 EXIT_CONFIG = os.EX_CONFIG
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -142,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     from ce_daemon.jobs import Jobs
 
     for job in Jobs.discover().loaded():
-        job.add_commands(sub)
+        _add_job_commands(job, sub)
 
     from ce_daemon.store.transfer import add_state_command
 
@@ -150,6 +151,27 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["state"].set_defaults(func=_cmd_state)
 
     return parser
+
+
+def _add_job_commands(job: Job[Any, Any], sub: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``job``'s commands, or none of them when they would break the CLI (said on stderr).
+
+    A job whose ``add_commands`` raises, or names a command that exists, must not take every other
+    command (``run`` included) down with it: its commands are tried on a scratch parser first.
+    """
+    scratch = argparse.ArgumentParser().add_subparsers()
+    try:
+        job.add_commands(scratch)
+        taken = sorted(set(scratch.choices) & set(sub.choices))
+        if not taken:
+            job.add_commands(sub)
+    except Exception as exc:  # noqa: BLE001 - whatever a job raises, the core's commands keep working
+        problem = describe(exc)
+    else:
+        if not taken:
+            return
+        problem = f"command {taken[0]!r} already exists"
+    print(f"ce-daemon: the {job.name!r} job's commands are left out: {problem}", file=sys.stderr)
 
 
 def _registry() -> Registry:
