@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
-from ce_daemon.testing.state import STATE_URL_VARIABLE
-
-POSTGRES_SERVER = os.environ.get("CE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-"""Where ``--state-backend=postgresql`` creates each test's database (its ``postgres`` database is used)."""
+from ce_daemon.testing.state import (
+    POSTGRES_SERVER,
+    STATE_URL_VARIABLE,
+    PostgresUnreachableError,
+    create_database,
+    drop_database,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,29 +56,16 @@ def postgres_url() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _database() -> Iterator[str]:
-    """A database of its own on :data:`POSTGRES_SERVER`, dropped afterwards."""
-    name = f"ce_t_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    """A database of its own on :data:`POSTGRES_SERVER`, dropped afterwards (FORCE: a daemon the test
+    killed may have left connections behind)."""
     try:
-        yield f"{POSTGRES_SERVER}/{name}"
+        url = asyncio.run(create_database())
+    except PostgresUnreachableError as exc:
+        pytest.fail(f"--state-backend=postgresql: {exc}", pytrace=False)
+    try:
+        yield url
     finally:
-        # FORCE: a daemon the test killed may have left connections behind.
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-async def _admin(statement: str) -> None:
-    try:
-        connection = await asyncpg.connect(f"{POSTGRES_SERVER}/postgres", timeout=10)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.fail(
-            f"--state-backend=postgresql: PostgreSQL at {POSTGRES_SERVER} is unreachable ({exc}); "
-            "start it (scripts/test.sh does) or run with --state-backend=sqlite",
-            pytrace=False,
-        )
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
+        asyncio.run(drop_database(url))
 
 
 @pytest.fixture
