@@ -18,6 +18,7 @@ from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
 from ce_daemon.spool import Spool
 from ce_daemon.store import (
+    CommitUncertainError,
     Fence,
     LeaseLostError,
     Migration,
@@ -271,3 +272,16 @@ async def test_a_held_migration_lock_is_waited_for_a_bounded_time(
         with pytest.raises(StoreError, match="held the schema migration lock"):
             await open_url(postgres_url)
         await tx.fetchval("SELECT pg_advisory_unlock(:key)", {"key": postgres._MIGRATION_LOCK})
+
+
+async def test_a_commit_whose_connection_is_lost_may_have_been_applied(postgres_url: str) -> None:
+    """A COMMIT that gets no answer raises CommitUncertainError, and the store goes on afterwards."""
+    async with await open_url(postgres_url) as store, await open_url(postgres_url, migrate=False) as admin:
+        with pytest.raises(CommitUncertainError, match="may have been applied"):  # noqa: PT012 - the commit is the subject
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+                backend = await tx.fetchval("SELECT pg_backend_pid()")
+                async with admin.transaction() as other:
+                    await other.fetchval("SELECT pg_terminate_backend(:pid)", {"pid": backend})
+        await store.set_meta("after", "yes")
+        assert await store.get_meta("after") == "yes"

@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ce_daemon.store.base import (
     CORE_MIGRATIONS,
+    CommitUncertainError,
     Fence,
     LeaseLostError,
     Migration,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CORE_MIGRATIONS",
+    "CommitUncertainError",
     "Fence",
     "LeaseLostError",
     "Migration",

@@ -8,6 +8,7 @@ starting at once apply each step exactly once, and the others find it recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -61,6 +62,11 @@ COMMAND_TIMEOUT = 30.0
 # The server probes an idle client connection after 30 s, then every 10 s, 3 times: a node that died
 # without closing its connections (power loss) frees them, and their locks, within a minute.
 KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+_SESSION_ENDED = (
+    asyncpg.PostgresConnectionError,  # the connection ended (08xxx)
+    asyncpg.exceptions.OperatorInterventionError,  # the server shut the session down (57xxx)
+)
+"""Errors of the server that end the session rather than answer a COMMIT."""
 MIGRATION_LOCK_WAIT = 120.0  # another node migrating a large schema; past this something is stuck
 MIGRATION_LOCK_RETRY = 0.5  # an advisory lock wakes no waiter across the pool: asked again this often
 # Any constant both ends agree on: "ce-daemon migrate" in ASCII.
@@ -247,21 +253,33 @@ class PostgresStore(MetaTable):
                 await self._commit(connection, transaction)
 
     async def _commit(self, connection: Link, transaction: Transaction_) -> None:
-        task = asyncio.ensure_future(transaction.commit())
+        """COMMIT, completed even if the caller is cancelled meanwhile (within the command timeout).
+
+        Only an error the server reports is an answer (the transaction was rolled back). Anything
+        else (a timeout, the connection lost before or during the COMMIT) leaves the outcome
+        unknown: :class:`CommitUncertainError`, and the connection is dropped, not pooled again.
+        """
         try:
+            task = asyncio.ensure_future(transaction.commit())
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                await task  # bounded by the command timeout
+                await task
                 raise
-        except (TimeoutError, OSError, asyncpg.InterfaceError) as exc:
-            # No answer to COMMIT: the server may have committed. The connection is in an unknown
-            # state: dropped, not returned to the pool.
+        except asyncpg.PostgresError as exc:
+            if not isinstance(exc, _SESSION_ENDED):
+                raise
+            lost: Exception = exc
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises here, no answer came
+            lost = exc
+        else:
+            return
+        with contextlib.suppress(asyncpg.InterfaceError):  # already closed and detached from the pool
             connection.terminate()
-            raise CommitUncertainError(
-                f"state database {self.display}: no answer to COMMIT ({_reason(exc)}): "
-                "the transaction may have been applied"
-            ) from exc
+        raise CommitUncertainError(
+            f"state database {self.display}: no answer to COMMIT ({_reason(lost)}): "
+            "the transaction may have been applied"
+        ) from lost
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[PostgresTransaction]:
