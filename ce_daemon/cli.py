@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ce_daemon import __version__, applog
-from ce_daemon.errors import ConfigError
+from ce_daemon.errors import ConfigError, describe
 
 if TYPE_CHECKING:
     from ce_daemon.registry import Registry
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ce_daemon.config.load import LoadedPipeline
     from ce_daemon.config.model import StateSettings
     from ce_daemon.config.node import Node
+    from ce_daemon.jobs import Job, SubParsers
 
 EXIT_CONFIG = os.EX_CONFIG
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -150,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     from ce_daemon.jobs import Jobs
 
     for job in Jobs.discover().loaded():
-        job.add_commands(sub)
+        _add_job_commands(job, sub)
 
     from ce_daemon.store.transfer import add_state_command
 
@@ -183,6 +184,27 @@ def _node(args: argparse.Namespace) -> Node | None:
     except ValueError as exc:
         print(f"ce-daemon: {exc}", file=sys.stderr)
         return None
+
+
+def _add_job_commands(job: Job[Any, Any], sub: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``job``'s commands, or none of them when they would break the CLI (said on stderr).
+
+    A job whose ``add_commands`` raises, or names a command that exists, must not take every other
+    command (``run`` included) down with it: its commands are tried on a scratch parser first.
+    """
+    scratch = argparse.ArgumentParser().add_subparsers()
+    try:
+        job.add_commands(scratch)
+        taken = sorted(set(scratch.choices) & set(sub.choices))
+        if not taken:
+            job.add_commands(sub)
+    except Exception as exc:  # noqa: BLE001 - whatever a job raises, the core's commands keep working
+        problem = describe(exc)
+    else:
+        if not taken:
+            return
+        problem = f"command {taken[0]!r} already exists"
+    print(f"ce-daemon: the {job.name!r} job's commands are left out: {problem}", file=sys.stderr)
 
 
 def _registry() -> Registry:
@@ -252,13 +274,19 @@ async def _state_problem(loaded: LoadedPipeline, *, offline: bool) -> str | None
     ``check`` connects (nothing is created) with a short timeout; in the offline mode of
     ``--allow-unresolved-secrets`` it does not, as another environment may reach what this one cannot.
     """
+    from ce_daemon.daemon import state_migrations
+    from ce_daemon.jobs import Jobs
     from ce_daemon.store import StoreError, open_store
 
     if loaded.config.state.url is None or offline:
         return None
     try:
+        # With the daemon's migrations: a schema a newer ce-daemon wrote is refused as `run` would.
         async with await open_store(
-            loaded.config.state, connect_timeout=CHECK_CONNECT_TIMEOUT, migrate=False
+            loaded.config.state,
+            state_migrations(Jobs.discover()),
+            connect_timeout=CHECK_CONNECT_TIMEOUT,
+            migrate=False,
         ):
             return None
     except StoreError as exc:

@@ -1,12 +1,9 @@
-"""Test support for the cluster: a PostgreSQL database per test, and managers whose callbacks record
-who holds what (so a test waits on events, never on a clock)."""
+"""Test support for the cluster: a PostgreSQL database per test (the test kit's), and managers whose
+callbacks record who holds what (so a test waits on events, never on a clock)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,75 +13,19 @@ import asyncpg
 from ce_daemon.cluster.handle import LeaseHandle
 from ce_daemon.cluster.leases import CHANNEL
 from ce_daemon.cluster.manager import LeaseManager
-from ce_daemon.cluster.schema import MIGRATIONS
 from ce_daemon.cluster.settings import ClusterSettings
-from ce_daemon.store import Migration
-from ce_daemon.store.base import Params, Row
-
-ADMIN_DSN = os.environ.get("CE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+from ce_daemon.store import open_url
+from ce_daemon.testing.state import postgres_database
 
 
 @asynccontextmanager
-async def scratch_database(migrations: Iterable[Migration] = MIGRATIONS) -> AsyncIterator[str]:
-    """A new database with ``migrations`` applied: its DSN; dropped on exit."""
-    name = f"ce_cluster_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        dsn = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-        conn = await asyncpg.connect(dsn)
-        try:
-            for migration in migrations:
-                async with conn.transaction():
-                    for statement in migration.statements:
-                        await conn.execute(statement)
-        finally:
-            await conn.close()
-        yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-class AsyncpgTransaction:
-    """`ce_daemon.store.base.Transaction` over an asyncpg connection inside ``conn.transaction()``:
-    enough of a store for `Fence.check` until the PostgreSQL store lands."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    @staticmethod
-    def _native(sql: str, params: Params | None) -> tuple[str, list[object]]:
-        names: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match.group(1) not in names:
-                names.append(match.group(1))
-            return f"${names.index(match.group(1)) + 1}"
-
-        text = re.sub(r"(?<![:\w]):(\w+)", number, sql)
-        return text, [(params or {})[name] for name in names]
-
-    async def execute(self, sql: str, params: Params | None = None) -> int:
-        text, args = self._native(sql, params)
-        status = await self._conn.execute(text, *args)
-        return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
-
-    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        for params in rows:
-            await self.execute(sql, params)
-
-    async def fetch(self, sql: str, params: Params | None = None) -> list[Row]:
-        text, args = self._native(sql, params)
-        return [tuple(row) for row in await self._conn.fetch(text, *args)]
-
-    async def fetchrow(self, sql: str, params: Params | None = None) -> Row | None:
-        rows = await self.fetch(sql, params)
-        return rows[0] if rows else None
-
-    async def fetchval(self, sql: str, params: Params | None = None) -> Any:
-        row = await self.fetchrow(sql, params)
-        return None if row is None else row[0]
+async def scratch_database() -> AsyncIterator[str]:
+    """A new database with the cluster's tables (the PostgreSQL store migrates them with the core's): its
+    URL; dropped on exit."""
+    async with postgres_database() as url:
+        async with await open_url(url):
+            pass
+        yield url
 
 
 class Cluster:

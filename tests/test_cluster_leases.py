@@ -7,7 +7,7 @@ import socket
 
 import asyncpg
 import pytest
-from cluster_pg import AsyncpgTransaction, cluster, lease_rows, scratch_database, until_leases
+from cluster_pg import cluster, lease_rows, scratch_database, until_leases
 from pydantic import ValidationError
 
 from ce_daemon.cluster import leases
@@ -15,6 +15,7 @@ from ce_daemon.cluster.leases import NodeIdentity
 from ce_daemon.cluster.manager import ClusterError, LeaseManager
 from ce_daemon.cluster.settings import ClusterSettings
 from ce_daemon.cluster.status import cluster_status
+from ce_daemon.store import open_url
 from ce_daemon.store.base import Fence, LeaseLostError
 
 UNITS = [
@@ -80,45 +81,42 @@ async def test_a_stale_fence_cannot_commit() -> None:
         fresh = group.holding["node-b"]["route:siem"].fence
         assert fresh.token > stale.token
 
-        conn = await asyncpg.connect(group.dsn)
-        try:
-            await conn.execute("CREATE TABLE offsets (unit TEXT PRIMARY KEY, seq BIGINT)")
+        async with await open_url(group.dsn) as store:
+            async with store.transaction() as tx:
+                await tx.execute("CREATE TABLE offsets (unit TEXT PRIMARY KEY, seq BIGINT)")
             with pytest.raises(LeaseLostError, match="route:siem"):  # noqa: PT012 - the commit is the subject
-                async with conn.transaction():
-                    tx = AsyncpgTransaction(conn)
+                async with store.transaction() as tx:
                     await tx.execute(
                         "INSERT INTO offsets VALUES (:unit, :seq)", {"unit": "route:siem", "seq": 7}
                     )
                     await stale.check(tx)
-            assert await conn.fetchval("SELECT count(*) FROM offsets") == 0
-            async with conn.transaction():
-                tx = AsyncpgTransaction(conn)
+            async with store.read() as tx:
+                assert await tx.fetchval("SELECT count(*) FROM offsets") == 0
+            async with store.transaction() as tx:
                 await tx.execute("INSERT INTO offsets VALUES (:unit, :seq)", {"unit": "route:siem", "seq": 8})
                 await fresh.check(tx)
-            assert await conn.fetchval("SELECT seq FROM offsets") == 8
-        finally:
-            await conn.close()
+            async with store.read() as tx:
+                assert await tx.fetchval("SELECT seq FROM offsets") == 8
 
 
 async def test_a_passed_fence_check_holds_off_a_takeover_but_not_a_renewal() -> None:
     """Between a passed check and its commit the lease cannot be taken over, yet its holder renews it."""
-    async with scratch_database() as dsn:
-        conn = await asyncpg.connect(dsn)
+    async with scratch_database() as dsn, await open_url(dsn) as store:
         other = await asyncpg.connect(dsn)
         me = NodeIdentity("a", "host", 1, "0")
         try:
-            await conn.execute(
-                "INSERT INTO ce_leases VALUES ('u', 'a', 1, now(), now(), now() - interval '1 second')"
-            )
-            async with conn.transaction():
-                await Fence("u", "a", 1).check(AsyncpgTransaction(conn))
+            async with store.transaction() as tx:
+                await tx.execute(
+                    "INSERT INTO ce_leases VALUES ('u', 'a', 1, now(), now(), now() - interval '1 second')"
+                )
+            async with store.transaction() as tx:
+                await Fence("u", "a", 1).check(tx)
                 assert await leases.acquire(other, "b", 5.0, ["u"]) == {}
                 async with asyncio.timeout(5):
                     assert await leases.renew(other, me, -1.0, {"u": 1}, {}) == {"u"}
             taken = await leases.acquire(other, "b", 5.0, ["u"])
             assert list(taken) == ["u"] and taken["u"] > 1
         finally:
-            await conn.close()
             await other.close()
 
 

@@ -16,7 +16,8 @@ from ce_daemon.config.model import SyslogSettings
 from ce_daemon.errors import ConfigError
 from ce_daemon.logs.job import routes_of, secrets_resolved
 from ce_daemon.registry import Registry
-from ce_daemon.store import state_url
+from ce_daemon.store import open_url, state_url
+from ce_daemon.store.postgres import display_url
 from ce_daemon.syslog import HealthChannel
 from ce_daemon.testing.configs import config_problems
 from ce_daemon.testing.configs import write_config as write
@@ -540,6 +541,46 @@ def test_an_unusable_state_url_is_refused_at_its_place(tmp_path: Path) -> None:
     assert f"{path}:2:" in result.stderr and "state.url" in result.stderr and "hunter2" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://ce@db.example:99999/x", "not a usable host or port"),
+        ("postgresql://ce@db.example:abc/x", "not a usable host or port"),
+        ("postgresql://ce@[::1/x", "not a usable host or port"),
+        ("postgresql://ce@db.example/x?password=hunter2", "a password in the URL's query"),
+        ("postgresql://ce@db.example/x?passfile=/etc/hunter2", "a passfile in the URL's query"),
+    ],
+)
+def test_a_state_url_with_a_bad_port_or_a_password_is_refused_at_its_place(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    """A port out of range, a broken host or a password in the query: state.url's place, exit 78."""
+    path = write(tmp_path, GOOD.replace("state: {path: ./state/db.sqlite}", f"state: {{url: '{url}'}}"))
+    result = check(path, {"ACME_TOKEN": "t"})
+    assert result.returncode == 78, result.stderr
+    assert f"{path}:2:" in result.stderr and "state.url" in result.stderr and message in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+def test_an_ipv6_state_host_keeps_its_brackets(tmp_path: Path, registry: Registry) -> None:
+    """The URL used and the one shown keep `[::1]:5432`, with the password put in or left out."""
+    text = GOOD.replace(
+        "state: {path: ./state/db.sqlite}",
+        "state: {url: 'postgresql://ce@[::1]:5432/db?sslmode=require&passfile=x', password: {$env: PGPW}}",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(write(tmp_path, text), registry, environ={"ACME_TOKEN": "t", "PGPW": "pw"})
+    assert "a passfile in the URL's query" in caught.value.render()
+    loaded = load_pipeline(
+        write(tmp_path, text.replace("&passfile=x", "")), registry, environ={"ACME_TOKEN": "t", "PGPW": "pw"}
+    )
+    used = state_url(loaded.config.state)
+    assert used == "postgresql://ce:pw@[::1]:5432/db?sslmode=require"
+    assert display_url(used) == "postgresql://ce@[::1]:5432/db?sslmode=require"
+    shown = display_url("postgresql://ce@h/db?password=hunter2&sslpassword=hunter2&sslmode=require")
+    assert shown == "postgresql://ce@h/db?sslmode=require"
+
+
 def test_check_refuses_a_state_database_it_cannot_reach_unless_offline(tmp_path: Path) -> None:
     """An unreachable PostgreSQL is a problem at state.url (no password shown); offline mode skips it."""
     url = "postgresql://ce@127.0.0.1:1/nowhere"
@@ -557,3 +598,16 @@ def test_check_refuses_a_state_database_it_cannot_reach_unless_offline(tmp_path:
     assert "hunter2" not in result.stderr + result.stdout
     offline = check(path, {"PGPW": "hunter2", "ACME_TOKEN": "t"}, "--allow-unresolved-secrets")
     assert offline.returncode == 0, offline.stderr
+
+
+async def test_check_refuses_a_state_a_newer_ce_daemon_wrote(tmp_path: Path, postgres_url: str) -> None:
+    """`check` refuses a PostgreSQL schema newer than this build's, with the words `run` uses."""
+    async with await open_url(postgres_url) as store, store.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO schema_migrations (component, version, applied_at) VALUES ('spool', 99, 0)"
+        )
+    text = GOOD.replace("state: {path: ./state/db.sqlite}", f"state: {{url: {postgres_url}}}")
+    result = check(write(tmp_path, text), {"ACME_TOKEN": "t"})
+    assert result.returncode == 78
+    assert "was written by a newer ce-daemon (spool schema 99" in result.stderr
+    assert "state.url" in result.stderr

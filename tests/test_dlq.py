@@ -22,6 +22,7 @@ from ce_daemon.logs.mapping import Mapping
 from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.spool import SPOOL_MIGRATIONS
+from ce_daemon.store import open_url
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import (
     backlog_ids,
@@ -327,3 +328,23 @@ def test_a_file_that_does_not_load_is_told_on_stderr(tmp_path: Path, action: str
     assert result.returncode == 78
     assert result.stdout == ""
     assert f"{config}:3:3: state.bogus: unknown key 'bogus'" in result.stderr
+
+
+async def test_a_postgresql_state_is_read_with_its_password_and_never_migrated(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """`dlq list` resolves `state.password` alone, creates nothing in the database, and says why it fails."""
+    config = offline_pipeline(tmp_path, [webhook_route("one", "http://127.0.0.1:9/hook")])
+    state = f"state:\n  url: {postgres_url}\n  password: {{$env: PGPW}}\n"
+    config.write_text(re.sub(r"state:\n(  .*\n)+", state, config.read_text()))
+    code, out = await run_cli("dlq", "list", "-c", str(config), env={})
+    assert code == 78 and "state.password" in out and "PGPW" in out, out
+    code, out = await run_cli("dlq", "list", "-c", str(config), env={"PGPW": "pw"})
+    assert code == 0 and "0 dead letter(s)" in out, out
+    async with await open_url(postgres_url, migrate=False) as store:
+        assert await store.columns("schema_migrations") == []
+    unreachable = state.replace(postgres_url, "postgresql://ce@127.0.0.1:1/nowhere")
+    config.write_text(config.read_text().replace(state, unreachable))
+    code, out = await run_cli("dlq", "purge", "-c", str(config), env={"PGPW": "pw"})
+    assert code == 1 and "dlq purge: cannot connect to the state database" in out, out
+    assert "Traceback" not in out and "pw@" not in out

@@ -247,3 +247,34 @@ async def test_a_job_runs_reloads_shows_its_status_and_its_command(tmp_path: Pat
     with sqlite3.connect(tmp_path / "state" / "db.sqlite") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"beacon_sent", "dead_letters"} <= tables
+
+
+@pytest.mark.parametrize(
+    ("commands", "reason"),
+    [
+        ("    raise RuntimeError('no commands today')", "RuntimeError: no commands today"),
+        ("    commands.add_parser('check')", "command 'check' already exists"),
+    ],
+    ids=["raises", "collides"],
+)
+async def test_a_job_whose_commands_fail_leaves_the_core_commands_working(
+    tmp_path: Path, commands: str, reason: str
+) -> None:
+    """A job's add_commands that raises or takes a core command's name: told on stderr, `check` still runs."""
+    source = (
+        BEACON_JOB.replace(
+            "def list_beacons(args):",
+            f"def broken_commands(self, commands):\n{commands}\n\n\ndef list_beacons(args):",
+        )
+        + "\nBeaconJob.add_commands = broken_commands\n"
+    )
+    site = write_distribution(
+        tmp_path / "site", "ce-beacon", "3.0", {"ce_beacon_broken": source},
+        {ENTRY_POINTS: {"beacon": "ce_beacon_broken:BeaconJob"}},
+    )  # fmt: skip
+    path = _pipeline(tmp_path, [{"name": "a", "path": str(tmp_path / "a.txt")}])
+    code, out = await run_cli("check", "-c", str(path), env={"PYTHONPATH": str(site)})
+    assert code == 0, out
+    assert f"the 'beacon' job's commands are left out: {reason}" in out
+    code, out = await run_cli("beacons", "-c", str(path), env={"PYTHONPATH": str(site)})
+    assert code == 2 and "invalid choice: 'beacons'" in out, out

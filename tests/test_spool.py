@@ -8,15 +8,17 @@ import random
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark, page_marker
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool, SpoolCorruptError
-from ce_daemon.store import Store, Transaction
+from ce_daemon.store import Store, Transaction, open_url
 from ce_daemon.testing.state import open_test_store
 
 MARK = IteratorMark()
@@ -315,6 +317,67 @@ async def test_subscriptions_survive_reopen(db_path: Path) -> None:
         page = await spool.next_page("c", timeout=0)
     assert page is not None
     assert page.seq == second
+
+
+@asynccontextmanager
+async def two_nodes(url: str) -> AsyncIterator[tuple[Spool, Spool]]:
+    """Two spools (two nodes) on the one PostgreSQL database ``url``."""
+    async with (
+        await open_url(url, SPOOL_MIGRATIONS) as first_store,
+        await open_url(url, SPOOL_MIGRATIONS) as second_store,
+    ):
+        first, second = Spool(first_store, max_bytes=1 << 30), Spool(second_store, max_bytes=1 << 30)
+        await first.load()
+        await second.load()
+        yield first, second
+
+
+async def test_a_node_never_deletes_offsets_it_never_subscribed(postgres_url: str) -> None:
+    """Nodes whose pipelines differ (a rolling update) keep each other's consumers and their pages."""
+    async with two_nodes(postgres_url) as (old, new):
+        await old.set_consumers({"kept": {"s"}, "dropped": {"s"}})
+        seq = await append(old, "s", records_of(0, 3), MARK)
+        await new.set_consumers({"kept": {"s"}})
+        page = await old.next_page("dropped", timeout=0)
+        assert page is not None and page.seq == seq
+        await old.ack("dropped", seq)
+        assert await old.next_page("dropped", timeout=0) is None
+        assert (await old.stats())["consumers"]["dropped"]["pages"] == 0
+
+
+async def test_a_node_prunes_only_its_own_previous_consumers(postgres_url: str) -> None:
+    """A consumer a node subscribed and no longer lists is deleted; another node's stays."""
+    async with two_nodes(postgres_url) as (first, second):
+        await first.set_consumers({"a": {"s"}})
+        await second.set_consumers({"b": {"s"}})
+        await second.set_consumers({"c": {"s"}})
+        assert set((await first.stats())["consumers"]) == {"a", "c"}
+
+
+async def test_a_deleted_offset_is_restored_where_its_consumer_stood(postgres_url: str) -> None:
+    """An offset another process deleted is put back at the consumer's last position, not left stalled."""
+    with capture_logs() as logs:
+        await deleted_offsets_are_restored(postgres_url)
+    assert [entry["event"] for entry in logs].count("spool.offset_restored") == 2
+
+
+async def deleted_offsets_are_restored(postgres_url: str) -> None:
+    """Delete a consumer's offset from another node, then read and acknowledge as if nothing happened."""
+    async with two_nodes(postgres_url) as (node, other):
+        await node.set_consumers({"c": {"s"}, "keeper": {"s"}})
+        first = await append(node, "s", records_of(0, 3), MARK)
+        await node.ack("c", first)
+        await other.set_consumers({"c": {"s"}})
+        await other.set_consumers({})  # deletes c's offset: it was other's consumer too
+        second = await append(node, "s", records_of(1, 3), MARK)
+        page = await node.next_page("c", timeout=0)
+        assert page is not None and page.seq == second
+        await other.set_consumers({"c": {"s"}})
+        await other.set_consumers({})
+        await node.ack("c", second)  # lands, although the row was gone
+        third = await append(node, "s", records_of(2, 3), MARK)
+        page = await node.next_page("c", timeout=0)
+        assert page is not None and page.seq == third
 
 
 # -- byte cap -----------------------------------------------------------------------------------------

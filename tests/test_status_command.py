@@ -239,6 +239,6 @@ async def test_a_wrong_state_setting_is_told_at_its_place(tmp_path: Path) -> Non
     assert code == 4
     assert out.splitlines() == [
         f"{path}:4:3: state.bogus: unknown key 'bogus'",
-        "    Hint: valid keys here: password, path, url",
+        "    Hint: valid keys here: password, path, timeout, url",
         f"{path}:5:19: control.socket: Input is not a valid path for <class 'pathlib.Path'>",
     ]

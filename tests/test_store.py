@@ -17,8 +17,18 @@ from ce_daemon.jobs import Jobs
 from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
 from ce_daemon.spool import Spool
-from ce_daemon.store import Fence, LeaseLostError, Migration, StoreError, open_store, open_url, state_url
-from ce_daemon.store.postgres import display_url
+from ce_daemon.store import (
+    CommitUncertainError,
+    Fence,
+    LeaseLostError,
+    Migration,
+    StoreError,
+    open_store,
+    open_url,
+    postgres,
+    state_url,
+)
+from ce_daemon.store.postgres import POOL_SIZE, display_url
 from ce_daemon.testing.state import open_test_store
 
 WIDGETS_V1 = Migration("widgets", 1, ("CREATE TABLE widgets (id {id}, name {text} NOT NULL, data {blob})",))
@@ -226,3 +236,52 @@ INSERT INTO spool_streams VALUES ('t/alerts/dlp', 0);
 INSERT INTO spool_iterators VALUES ('t/alerts/dlp', 'idx', 'none', '1', '2', 2, 1, NULL, '{}', 0);
 INSERT INTO dead_letters VALUES (4, 'route', 't/alerts/dlp', '9', 'refused', X'00', X'7b7d', 0, 1);
 """
+
+
+async def test_a_hung_statement_ends_in_an_error(postgres_url: str) -> None:
+    """A statement the server does not answer within the command timeout raises, it does not hang."""
+    async with await open_url(postgres_url, command_timeout=0.5) as store:
+        with pytest.raises(StoreError, match="no answer in time"):
+            async with store.read() as tx:
+                await tx.fetchval("SELECT pg_sleep(30)")
+        assert await store.get_meta("x") is None  # the pool recovers
+
+
+async def test_waiting_for_a_pooled_connection_is_bounded(postgres_url: str) -> None:
+    """With every pooled connection held, one more transaction raises after the timeout."""
+    async with await open_url(postgres_url, command_timeout=0.5) as store:
+        held = [store.read() for _ in range(POOL_SIZE)]
+        for reader in held:
+            await reader.__aenter__()
+        try:
+            with pytest.raises(StoreError, match="no answer in time"):
+                async with store.transaction():
+                    pass
+        finally:
+            for reader in held:
+                await reader.__aexit__(None, None, None)
+
+
+async def test_a_held_migration_lock_is_waited_for_a_bounded_time(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node stuck holding the migration lock makes the others fail with a message, not hang."""
+    monkeypatch.setattr(postgres, "MIGRATION_LOCK_WAIT", 1.0)
+    async with await open_url(postgres_url, migrate=False) as holder, holder.read() as tx:
+        await tx.fetchval("SELECT pg_advisory_lock(:key)", {"key": postgres._MIGRATION_LOCK})
+        with pytest.raises(StoreError, match="held the schema migration lock"):
+            await open_url(postgres_url)
+        await tx.fetchval("SELECT pg_advisory_unlock(:key)", {"key": postgres._MIGRATION_LOCK})
+
+
+async def test_a_commit_whose_connection_is_lost_may_have_been_applied(postgres_url: str) -> None:
+    """A COMMIT that gets no answer raises CommitUncertainError, and the store goes on afterwards."""
+    async with await open_url(postgres_url) as store, await open_url(postgres_url, migrate=False) as admin:
+        with pytest.raises(CommitUncertainError, match="may have been applied"):  # noqa: PT012 - the commit is the subject
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+                backend = await tx.fetchval("SELECT pg_backend_pid()")
+                async with admin.transaction() as other:
+                    await other.fetchval("SELECT pg_terminate_backend(:pid)", {"pid": backend})
+        await store.set_meta("after", "yes")
+        assert await store.get_meta("after") == "yes"

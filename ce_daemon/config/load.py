@@ -280,7 +280,8 @@ def pydantic_problems(
             continue
         if kind == "missing" and loc in misspelt:
             continue
-        if not secret and kind != "missing" and expects_secret(model, loc[len(prefix) :]):
+        ours = isinstance(error.get("ctx", {}).get("error"), SettingError)  # worded never to quote the value
+        if not secret and kind != "missing" and not ours and expects_secret(model, loc[len(prefix) :]):
             problems.append(inline_secret_problem(source, loc))  # never quote what was written there
             continue
         message, hint = _message_and_hint(error, loc, secret=secret)

@@ -54,7 +54,27 @@ def _state_url(url: str) -> str:
             "not a usable state URL (its text is not repeated: it may hold a password)",
             "use postgresql://user@host:5432/database (password: {$env: NAME}) or sqlite:///path/state.db",
         )
+    if postgres:
+        _postgres_url(url)
     return url
+
+
+def _postgres_url(url: str) -> None:
+    """Refuse a PostgreSQL URL that carries a password, or whose host or port cannot be used."""
+    place = "postgresql://user@host:5432/database, an IPv6 address in brackets: postgresql://user@[::1]/db"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError:
+        raise SettingError("not a usable host or port in the state URL (1 to 65535)", place) from None
+    secret = sorted({name for name, _ in urllib.parse.parse_qsl(parts.query)} & {"password", "passfile"})
+    if secret:
+        raise SettingError(
+            f"a {secret[0]} in the URL's query (its text is not repeated)",
+            "give the password apart as a secret reference: state.password: {$env: NAME}",
+        )
+    if port == 0 or not parts.hostname:
+        raise SettingError("not a usable host or port in the state URL (1 to 65535)", place)
 
 
 class StateSettings(Strict):
@@ -62,12 +82,14 @@ class StateSettings(Strict):
 
     ``path`` is the SQLite file (the default backend); its folder is also the data directory. ``url``
     selects another backend: ``postgresql://user@host:5432/db``, its password given apart as a secret
-    reference (``password: {$env: NAME}``); ``sqlite:///path`` is the same as ``path``.
+    reference (``password: {$env: NAME}``); ``sqlite:///path`` is the same as ``path``. ``timeout``
+    bounds each PostgreSQL statement, commit and wait for a pooled connection.
     """
 
     path: Path = Path("/var/lib/ce-daemon/state.db")
     url: Annotated[SecretOrText, AfterValidator(_state_url)] | None = None
     password: SecretStr | None = None
+    timeout: Annotated[Duration, Field(gt=0, le=3600)] = 30.0
 
     @model_validator(mode="after")
     def _sqlite_url_is_a_path(self) -> Self:

@@ -13,7 +13,7 @@ from ce_daemon import redact
 from ce_daemon.errors import describe
 from ce_daemon.keys import StreamKey
 from ce_daemon.plugin import LogSink, OutRecord, PluginContext
-from ce_daemon.store import Migration, Store, open_store
+from ce_daemon.store import Migration, Store, StoreError, open_store
 
 if TYPE_CHECKING:
     from ce_daemon.config.load import LoadedPipeline
@@ -147,23 +147,36 @@ async def dlq_command(
     elif state.url is None and not state.path.exists():
         print(f"no state database at {state.path}: 0 dead letter(s)")
         return 0
-    async with await open_store(state, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS)) as store:
-        dead = DeadLetters(store)
-        if args.action == "list":
-            rows = await dead.oldest(args.route, args.limit)
-            for row in rows:
-                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created"]))
-                print(
-                    f"{row['id']:>6} {when} {row['route']} {row['stream']} id={row['record_id']} "
-                    f"attempts={row['attempts']}: {row['reason']}"
-                )
-            print(f"{await dead.count(args.route)} dead letter(s)")
-            return 0
-        if args.action == "purge":
-            print(f"purged {await dead.purge(args.route)} dead letter(s)")
-            return 0
-        assert loaded is not None
-        return await _replay(loaded, dead, args.route)
+    # Not migrated: a mistyped database gets no schema, and one a newer ce-daemon wrote is refused.
+    try:
+        async with await open_store(
+            state, (*SPOOL_MIGRATIONS, *DEADLETTER_MIGRATIONS), migrate=False
+        ) as store:
+            if args.action != "replay" and not await store.columns("schema_migrations"):
+                print(f"no ce-daemon state in {store.display} yet: 0 dead letter(s)")
+                return 0
+            return await _dlq_action(args, DeadLetters(store), loaded)
+    except StoreError as exc:
+        print(f"dlq {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _dlq_action(args: argparse.Namespace, dead: DeadLetters, loaded: LoadedPipeline | None) -> int:
+    if args.action == "list":
+        rows = await dead.oldest(args.route, args.limit)
+        for row in rows:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created"]))
+            print(
+                f"{row['id']:>6} {when} {row['route']} {row['stream']} id={row['record_id']} "
+                f"attempts={row['attempts']}: {row['reason']}"
+            )
+        print(f"{await dead.count(args.route)} dead letter(s)")
+        return 0
+    if args.action == "purge":
+        print(f"purged {await dead.purge(args.route)} dead letter(s)")
+        return 0
+    assert loaded is not None
+    return await _replay(loaded, dead, args.route)
 
 
 async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -> int:

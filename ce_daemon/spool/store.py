@@ -163,6 +163,11 @@ class Spool:
         self._used_bytes = 0
         self._counted_at = 0.0
         self._subscriptions: dict[str, frozenset[str]] = {}
+        # The (consumer, stream) pairs this process subscribed: the only offsets set_consumers may delete.
+        self._owned: frozenset[tuple[str, str]] = frozenset()
+        # Where each of this process's consumers stands in each stream (seq, position), as last written:
+        # an offset row another process deleted is put back here instead of leaving its consumer stalled.
+        self._positions: dict[tuple[str, str], tuple[int, int]] = {}
         self._loaded = False
         # Bumped on every append and subscription change; readers wait for it to move.
         self._version = 0
@@ -171,13 +176,21 @@ class Spool:
         self._has_space.set()
 
     async def load(self) -> None:
-        """Restore the byte count and the consumers' subscriptions from the database."""
+        """Restore the byte count and the consumers' subscriptions from the database.
+
+        A store of its own (SQLite, held by one daemon) holds only this daemon's consumers: they become
+        its previous generation, which the next :meth:`set_consumers` may prune. On a shared store the
+        offsets found belong to every node: this process owns none of them until it subscribes them.
+        """
         async with self._store.read() as tx:
-            offsets = await tx.fetch("SELECT consumer, stream FROM spool_offsets")
+            offsets = await tx.fetch("SELECT consumer, stream, seq, position FROM spool_offsets")
         subscriptions: dict[str, set[str]] = {}
-        for consumer, stream in offsets:
+        for consumer, stream, seq, position in offsets:
             subscriptions.setdefault(consumer, set()).add(stream)
+            self._positions[(consumer, stream)] = (int(seq), int(position))
         self._subscriptions = {consumer: frozenset(streams) for consumer, streams in subscriptions.items()}
+        if not self._store.shared:
+            self._owned = frozenset(self._positions)
         await self._count_bytes()
         self._loaded = True
         log.info(
@@ -261,12 +274,14 @@ class Spool:
     # -- consumers ------------------------------------------------------------------------------------
 
     async def set_consumers(self, subscriptions: Mapping[str, Iterable[str]]) -> None:
-        """Make ``subscriptions`` (consumer name → streams) the complete set of consumers.
+        """Make ``subscriptions`` (consumer name → streams) this process's complete set of consumers.
 
         A consumer new to a stream starts at the current end of the spool (it sees pages appended from
         now on), except on a stream that has never had any consumer, where it reads from the beginning
         (the first start keeps what the producers already committed). Offsets of consumers (or streams)
-        no longer listed are deleted, and pages nobody needs any more are collected.
+        this process subscribed before and no longer lists are deleted, and pages nobody needs any more
+        are collected. Offsets this process never subscribed are left alone: on a shared store they
+        belong to other nodes, whose pipeline may differ from this one's during a rolling update.
         """
         self._require_loaded()
         wanted = {consumer: frozenset(streams) for consumer, streams in subscriptions.items()}
@@ -290,11 +305,13 @@ class Spool:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            self._streams_of(consumer)
+            streams = self._streams_of(consumer)
             seen = self._version
             page = await self._find_page(consumer, -1 if after is None else after)
             if page is not None:
                 return page
+            if await self._ensure_offsets(consumer, streams):
+                continue
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return None
@@ -455,16 +472,22 @@ class Spool:
                     f"consumer {consumer!r} acknowledged page {seq} of {stream!r}, a stream it does not read"
                 )
             whole = position is None or position >= count
-            new_seq, new_position = (seq + 1, 0) if whole else (seq, position)
+            new_seq, new_position = (seq + 1, 0) if whole or position is None else (seq, position)
             moved = await tx.execute(
                 "UPDATE spool_offsets SET seq = :seq, position = :position"
                 " WHERE consumer = :consumer AND stream = :stream"
                 " AND (seq < :seq OR (seq = :seq AND position < :position))",
                 {"seq": new_seq, "position": new_position, "consumer": consumer, "stream": stream},
             )
+            key = (consumer, stream)
+            if not moved:
+                # An offset row gone (another process deleted it) must not swallow the acknowledgement.
+                self._positions[key] = max(self._positions.get(key, (0, 0)), (new_seq, new_position))
+                moved = await self._restore_offsets(tx, consumer, [stream])
             if moved:
                 # Even a partial acknowledgement can move past older pages of the stream (cumulative).
                 freed = await _collect(tx, [stream])
+        self._positions[key] = max(self._positions.get(key, (0, 0)), (new_seq, new_position))
         self._release(freed)
         if self._store.shared:
             await self._recount_when_due()
@@ -474,7 +497,7 @@ class Spool:
         now = time.time()
         async with self._store.transaction() as tx:
             existing = {(c, s) for c, s in await tx.fetch("SELECT consumer, stream FROM spool_offsets")}
-            removed = existing - pairs
+            removed = (self._owned & existing) - pairs
             added = pairs - existing
             await tx.executemany(
                 "DELETE FROM spool_offsets WHERE consumer = :consumer AND stream = :stream",
@@ -493,8 +516,17 @@ class Spool:
                 " ON CONFLICT (stream) DO NOTHING",
                 [{"stream": s, "now": now} for s in sorted({s for _, s in added} - seen)],
             )
+            positions = {
+                (c, s): (int(seq), int(position))
+                for c, s, seq, position in await tx.fetch(
+                    "SELECT consumer, stream, seq, position FROM spool_offsets"
+                )
+                if (c, s) in pairs
+            }
             freed = await _collect(tx, seen | {s for _, s in removed})
         self._subscriptions = wanted
+        self._owned = frozenset(pairs)
+        self._positions = positions
         self._release(freed)
         await self._bump()
         log.info(
@@ -503,6 +535,51 @@ class Spool:
             added=[f"{c}:{s}" for c, s in sorted(added)],
             removed=[f"{c}:{s}" for c, s in sorted(removed)],
         )
+
+    async def _ensure_offsets(self, consumer: str, streams: frozenset[str]) -> bool:
+        """Put back any offset of ``consumer`` that is gone (see :meth:`_restore_offsets`): True if any."""
+        async with self._store.read() as tx:
+            present = await tx.fetchval(
+                "SELECT COUNT(*) FROM spool_offsets WHERE consumer = :consumer", {"consumer": consumer}
+            )
+        if int(present) >= len(streams):
+            return False
+        async with self._store.transaction() as tx:
+            restored = await self._restore_offsets(tx, consumer, streams)
+        return restored > 0
+
+    async def _restore_offsets(self, tx: Transaction, consumer: str, streams: Iterable[str]) -> int:
+        """Put back the offsets of ``consumer`` in ``streams`` that are gone, where it last stood.
+
+        Another process removed them (an operator, or a node that subscribed the same consumer and
+        dropped it): without its offset the consumer would wait forever and its acknowledgements would
+        change nothing. Pages of the stream collected meanwhile are lost to it: said in the error.
+        Returns how many offsets were put back.
+        """
+        present = {
+            str(stream)
+            for (stream,) in await tx.fetch(
+                "SELECT stream FROM spool_offsets WHERE consumer = :consumer", {"consumer": consumer}
+            )
+        }
+        missing = sorted(set(streams) - present)
+        for stream in missing:
+            seq, position = self._positions.get((consumer, stream), (0, 0))
+            await tx.execute(
+                "INSERT INTO spool_offsets (consumer, stream, seq, position)"
+                " VALUES (:consumer, :stream, :seq, :position) ON CONFLICT (consumer, stream) DO NOTHING",
+                {"consumer": consumer, "stream": stream, "seq": seq, "position": position},
+            )
+            log.error(
+                "spool.offset_restored",
+                consumer=consumer,
+                stream=stream,
+                seq=seq,
+                position=position,
+                reason="its offset was deleted by another process; pages of the stream it had not "
+                "acknowledged may have been collected meanwhile",
+            )
+        return len(missing)
 
     def _streams_of(self, consumer: str) -> frozenset[str]:
         try:

@@ -11,10 +11,11 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ce_daemon.store.base import (
     CORE_MIGRATIONS,
+    CommitUncertainError,
     Fence,
     LeaseLostError,
     Migration,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CORE_MIGRATIONS",
+    "CommitUncertainError",
     "Fence",
     "LeaseLostError",
     "Migration",
@@ -54,22 +56,43 @@ async def open_store(
 
     ``migrate=False`` reads a state as it is (``status``): nothing is created in it.
     """
-    return await open_url(state_url(settings), migrations, connect_timeout=connect_timeout, migrate=migrate)
+    return await open_url(
+        state_url(settings),
+        migrations,
+        connect_timeout=connect_timeout,
+        command_timeout=settings.timeout,
+        migrate=migrate,
+    )
 
 
 async def open_url(
-    url: str, migrations: Sequence[Migration] = (), *, connect_timeout: float = 10.0, migrate: bool = True
+    url: str,
+    migrations: Sequence[Migration] = (),
+    *,
+    connect_timeout: float = 10.0,
+    command_timeout: float | None = None,
+    migrate: bool = True,
 ) -> Store:
-    """Open ``sqlite:///path`` or ``postgresql://user[:password]@host[:port]/db`` and migrate it."""
+    """Open ``sqlite:///path`` or ``postgresql://user[:password]@host[:port]/db`` and migrate it.
+
+    ``command_timeout`` bounds each statement, commit and wait for a connection of PostgreSQL (its
+    default when None); SQLite waits out another process's lock for its own busy timeout.
+    """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         from ce_daemon.store.sqlite import SqliteStore
 
         return await SqliteStore.open(Path(parts.path), migrations, migrate=migrate)
     if parts.scheme in ("postgresql", "postgres"):
-        from ce_daemon.store.postgres import PostgresStore
+        from ce_daemon.store.postgres import COMMAND_TIMEOUT, PostgresStore
 
-        return await PostgresStore.open(url, migrations, connect_timeout=connect_timeout, migrate=migrate)
+        return await PostgresStore.open(
+            url,
+            migrations,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout or COMMAND_TIMEOUT,
+            migrate=migrate,
+        )
     raise StoreError(f"unknown state URL scheme {parts.scheme!r}: use sqlite:///path or postgresql://host/db")
 
 
@@ -95,10 +118,9 @@ def state_url(settings: StateSettings) -> str:
         return f"sqlite://{settings.path}"
     if settings.password is None:
         return settings.url
+    from ce_daemon.store.postgres import with_user
+
     parts = urlsplit(settings.url)
-    user = quote(parts.username or "", safe="")
-    host = parts.hostname or ""
-    netloc = f"{user}:{quote(settings.password.get_secret_value(), safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    user = quote(unquote(parts.username or ""), safe="")
+    secret = quote(settings.password.get_secret_value(), safe="")
+    return urlunsplit(parts._replace(netloc=with_user(parts, f"{user}:{secret}")))

@@ -29,6 +29,11 @@ class StoreError(CeDaemonError):
     """The state store cannot be used: unreachable, corrupt, or written by a newer ce-daemon."""
 
 
+class CommitUncertainError(StoreError):
+    """A commit whose outcome is unknown (the connection was lost or the server did not answer in time):
+    what it wrote may or may not have been applied."""
+
+
 class LeaseLostError(StoreError):
     """This node no longer holds the lease of a unit: what it was about to commit was rolled back."""
 
@@ -196,18 +201,34 @@ class Store(Protocol):
     async def columns(self, table: str) -> list[str]:
         """The columns of ``table``, in order."""
 
-    async def last_id(self, table: str, column: str) -> int:
+    async def key_columns(self, tx: Transaction, table: str) -> list[str]:
+        """The primary key's columns of ``table``, in key order (read in ``tx``)."""
+
+    async def last_id(self, tx: Transaction, table: str, column: str) -> int:
         """The highest ``{id}`` ever assigned in ``table``, even if its row was deleted since (0: none)."""
 
-    async def continue_ids(self, table: str, column: str, after: int) -> None:
-        """Make the ``{id}`` values the database assigns next follow ``after`` (a copy's :meth:`last_id`)."""
+    async def continue_ids(self, tx: Transaction, table: str, column: str, after: int) -> None:
+        """In ``tx``, make the ``{id}`` values assigned next follow ``after`` (a :meth:`last_id`)."""
 
 
 class MetaTable:
     """``get_meta``/``set_meta``/``schema_versions`` in neutral SQL, shared by both backends."""
 
+    display: str
+
     async def close(self) -> None:
         raise NotImplementedError
+
+    async def columns(self, table: str) -> list[str]:
+        raise NotImplementedError
+
+    async def refuse_newer_schema(self, plan: Mapping[str, list[Migration]], setting: str) -> None:
+        """What migrating would refuse, without migrating: a schema written by a newer ce-daemon.
+
+        A database without ``schema_migrations`` (nothing applied yet) passes.
+        """
+        if await self.columns("schema_migrations"):
+            newer_schema(self.display, setting, plan, await self.schema_versions())
 
     async def __aenter__(self) -> Self:
         return self

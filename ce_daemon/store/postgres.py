@@ -10,19 +10,21 @@ SQLite state is one node's, and no fence is ever checked on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
+    from asyncpg.transaction import Transaction as Transaction_
 
     Link = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
     """A connection, or the pool's proxy of one."""
@@ -31,17 +33,19 @@ from ce_daemon.cluster.schema import MIGRATIONS as CLUSTER_MIGRATIONS
 from ce_daemon.store.base import (
     CORE_MIGRATIONS,
     Backend,
+    CommitUncertainError,
     MetaTable,
     Migration,
     Params,
     Row,
     StoreError,
+    Transaction,
     newer_schema,
     plan_migrations,
     render_ddl,
 )
 
-__all__ = ["PostgresStore", "display_url"]
+__all__ = ["PostgresStore", "display_url", "with_user"]
 
 log = structlog.get_logger("ce_daemon.state")
 
@@ -55,6 +59,19 @@ WORDS = {
 }
 
 POOL_SIZE = 4  # the spool, the pollers' checkpoints and the routes' acks rarely overlap more than this
+COMMAND_TIMEOUT = 30.0
+"""The longest one statement, a commit or the wait for a pooled connection may take, by default
+(``state.timeout``): a hung server or a half-open connection surfaces as an error, never as a hang."""
+# The server probes an idle client connection after 30 s, then every 10 s, 3 times: a node that died
+# without closing its connections (power loss) frees them, and their locks, within a minute.
+KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+_SESSION_ENDED = (
+    asyncpg.PostgresConnectionError,  # the connection ended (08xxx)
+    asyncpg.exceptions.OperatorInterventionError,  # the server shut the session down (57xxx)
+)
+"""Errors of the server that end the session rather than answer a COMMIT."""
+MIGRATION_LOCK_WAIT = 120.0  # another node migrating a large schema; past this something is stuck
+MIGRATION_LOCK_RETRY = 0.5  # an advisory lock wakes no waiter across the pool: asked again this often
 # Any constant both ends agree on: "ce-daemon migrate" in ASCII.
 _MIGRATION_LOCK = 0x63652D6D6967
 _BOOTSTRAP = """
@@ -94,16 +111,25 @@ def _bind(sql: str, params: Params | None) -> tuple[str, list[Any]]:
     return text, [params[name] for name in names]
 
 
+SHOWN_QUERY = frozenset({"sslmode", "target_session_attrs", "application_name", "connect_timeout"})
+"""The query parameters :func:`display_url` keeps: none of them can hold a secret."""
+
+
 def display_url(url: str) -> str:
-    """``url`` without its password: what messages and status may show."""
+    """``url`` without its password nor any query parameter that could hold one: what messages may show."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in SHOWN_QUERY])
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=with_user(parts, user), query=query))
+
+
+def with_user(parts: SplitResult, user: str) -> str:
+    """The netloc of ``parts`` with ``user`` (``name`` or ``name:password``, quoted) in front of its host.
+
+    The host and port are kept as written: an IPv6 address keeps its brackets.
+    """
+    hostport = parts.netloc.rpartition("@")[2]
+    return f"{user}@{hostport}" if user else hostport
 
 
 class PostgresTransaction:
@@ -148,9 +174,10 @@ class PostgresStore(MetaTable):
     backend: Backend = "postgresql"
     shared = True
 
-    def __init__(self, url: str, pool: asyncpg.Pool) -> None:
+    def __init__(self, url: str, pool: asyncpg.Pool, command_timeout: float = COMMAND_TIMEOUT) -> None:
         self._url = url
         self._pool = pool
+        self._timeout = command_timeout
         self.display = display_url(url)
 
     @classmethod
@@ -160,46 +187,65 @@ class PostgresStore(MetaTable):
         migrations: Sequence[Migration] = (),
         *,
         connect_timeout: float = 10.0,
+        command_timeout: float = COMMAND_TIMEOUT,
         migrate: bool = True,
     ) -> PostgresStore:
         """Connect to ``url`` (``postgresql://user[:password]@host[:port]/db``) and apply pending migrations.
 
         Raises :class:`StoreError` naming the host and database (never the password) when the server
         cannot be reached within ``connect_timeout`` seconds or refuses the login, and when the
-        database records a schema newer than ``migrations`` know.
+        database records a schema newer than ``migrations`` know. Every statement, commit and wait for
+        a pooled connection afterwards is bounded by ``command_timeout`` seconds.
         """
         plan = plan_migrations(CORE_MIGRATIONS, CLUSTER_MIGRATIONS, migrations)
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=POOL_SIZE, timeout=connect_timeout, command_timeout=None
+                url,
+                min_size=1,
+                max_size=POOL_SIZE,
+                timeout=connect_timeout,
+                command_timeout=command_timeout,
+                server_settings=KEEPALIVES,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ValueError) as exc:
             raise StoreError(
                 f"cannot connect to the state database {display_url(url)}: {_reason(exc)}"
             ) from exc
-        store = cls(url, pool)
+        store = cls(url, pool, command_timeout)
         try:
             if migrate:
                 await store._migrate(plan)
+            else:
+                await store.refuse_newer_schema(plan, "state.url")
         except BaseException as exc:
-            await pool.close()
+            await store.close()
             if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
                 raise StoreError(f"state database {store.display} is unusable: {_reason(exc)}") from exc
             raise
         return store
 
     async def close(self) -> None:
-        """Close the pool; transactions in progress finish first."""
-        await self._pool.close()
+        """Close the pool; transactions in progress finish first, within the command timeout.
+
+        Past it (a hung server) the connections are dropped, so a shutdown never waits forever.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._pool.close()
+        except TimeoutError:
+            log.warning("state.close_timed_out", url=self.display, timeout=self._timeout)
+            self._pool.terminate()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """One transaction on one pooled connection; committed at the end, rolled back on any exception.
 
-        When the caller is cancelled while ``COMMIT`` runs, the commit still completes first.
+        When the caller is cancelled while ``COMMIT`` runs, the commit still completes first (within the
+        command timeout). A ``COMMIT`` that gets no answer (timeout, connection lost) raises
+        :class:`CommitUncertainError`: it may have been applied.
         """
         with self._driver_errors():
-            async with self._pool.acquire() as connection:
+            async with self._pool.acquire(timeout=self._timeout) as connection:
                 transaction = connection.transaction()
                 await transaction.start()
                 try:
@@ -207,19 +253,43 @@ class PostgresStore(MetaTable):
                 except BaseException:
                     await asyncio.shield(transaction.rollback())
                     raise
-                task = asyncio.ensure_future(transaction.commit())
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    await task
-                    raise
+                await self._commit(connection, transaction)
+
+    async def _commit(self, connection: Link, transaction: Transaction_) -> None:
+        """COMMIT, completed even if the caller is cancelled meanwhile (within the command timeout).
+
+        Only an error the server reports is an answer (the transaction was rolled back). Anything
+        else (a timeout, the connection lost before or during the COMMIT) leaves the outcome
+        unknown: :class:`CommitUncertainError`, and the connection is dropped, not pooled again.
+        """
+        try:
+            task = asyncio.ensure_future(transaction.commit())
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await task
+                raise
+        except asyncpg.PostgresError as exc:
+            if not isinstance(exc, _SESSION_ENDED):
+                raise
+            lost: Exception = exc
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises here, no answer came
+            lost = exc
+        else:
+            return
+        with contextlib.suppress(asyncpg.InterfaceError):  # already closed and detached from the pool
+            connection.terminate()
+        raise CommitUncertainError(
+            f"state database {self.display}: no answer to COMMIT ({_reason(lost)}): "
+            "the transaction may have been applied"
+        ) from lost
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[PostgresTransaction]:
         """A read-only snapshot: every query in the block sees the same committed data."""
         with self._driver_errors():
             async with (
-                self._pool.acquire() as connection,
+                self._pool.acquire(timeout=self._timeout) as connection,
                 connection.transaction(isolation="repeatable_read", readonly=True),
             ):
                 yield PostgresTransaction(connection)
@@ -229,13 +299,13 @@ class PostgresStore(MetaTable):
         """A failure of the server or the connection as a StoreError naming the database (no password)."""
         try:
             yield
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreError(f"state database {self.display}: {_reason(exc)}") from exc
 
     async def _migrate(self, plan: dict[str, list[Migration]]) -> None:
-        async with self._pool.acquire() as connection:
+        async with self._pool.acquire(timeout=self._timeout) as connection:
             # Session lock: a second node starting now waits here, then finds every step recorded.
-            await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            await self._lock_migrations(connection)
             try:
                 await connection.execute(_BOOTSTRAP)
                 rows = await connection.fetch(
@@ -249,6 +319,24 @@ class PostgresStore(MetaTable):
                         await self._apply(connection, component, pending)
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+    async def _lock_migrations(self, connection: Link) -> None:
+        """Take the migration lock, asking again until :data:`MIGRATION_LOCK_WAIT` seconds have passed.
+
+        ``pg_try_advisory_lock`` rather than ``pg_advisory_lock``: a holder that hangs must not make
+        every other node hang with it, and a stop requested meanwhile is not stuck in a query.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MIGRATION_LOCK_WAIT
+        # Polled: an advisory lock another process holds wakes no event here.
+        while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
+            if loop.time() >= deadline:
+                raise StoreError(
+                    f"state database {self.display}: another ce-daemon has held the schema migration lock "
+                    f"for over {MIGRATION_LOCK_WAIT:.0f} s; if none is starting, look for a stuck session "
+                    f"in pg_locks (advisory lock {_MIGRATION_LOCK})"
+                )
+            await asyncio.sleep(MIGRATION_LOCK_RETRY)
 
     async def _apply(self, connection: Link, component: str, steps: list[Migration]) -> None:
         async with connection.transaction():
@@ -286,25 +374,38 @@ class PostgresStore(MetaTable):
             )
         return [str(name) for (name,) in rows]
 
-    async def last_id(self, table: str, column: str) -> int:
+    async def key_columns(self, tx: Transaction, table: str) -> list[str]:
+        """The primary key's columns of ``table``, in key order."""
+        rows = await tx.fetch(
+            "SELECT a.attname FROM pg_index AS i"
+            " JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE i.indrelid = CAST(:table AS regclass) AND i.indisprimary"
+            " ORDER BY array_position(CAST(i.indkey AS int2[]), a.attnum)",
+            {"table": table},
+        )
+        return [str(name) for (name,) in rows]
+
+    async def last_id(self, tx: Transaction, table: str, column: str) -> int:
         """The highest id ever assigned: the identity's sequence, or the highest row if more."""
-        highest = f"SELECT MAX({column}) FROM {table}"  # noqa: S608 - names from migrations
-        async with self.read() as tx:
-            sequence = await tx.fetchval(
-                "SELECT pg_get_serial_sequence(:table, :column)", {"table": table, "column": column}
-            )
-            row = await tx.fetchrow(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - the database's name
-            stored = await tx.fetchval(highest)
+        sequence = await tx.fetchval(
+            "SELECT pg_get_serial_sequence(:table, :column)", {"table": table, "column": column}
+        )
+        row = await tx.fetchrow(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - the database's name
+        stored = await tx.fetchval(f"SELECT MAX({column}) FROM {table}")  # noqa: S608 - names from migrations
         issued = int(row[0]) if row is not None and row[1] else 0
         return max(issued, int(stored or 0))
 
-    async def continue_ids(self, table: str, column: str, after: int) -> None:
-        """Set the identity's sequence of ``table`` so that the next id is ``after + 1``."""
-        async with self.transaction() as tx:
-            await tx.fetchval(
-                "SELECT setval(pg_get_serial_sequence(:table, :column), GREATEST(:after, 1), :after > 0)",
-                {"table": table, "column": column, "after": after},
-            )
+    async def continue_ids(self, tx: Transaction, table: str, column: str, after: int) -> None:
+        """Set the identity's sequence of ``table`` so that the next id is ``after + 1``.
+
+        ``after`` is cast to BIGINT: PostgreSQL would type the parameter of ``GREATEST(:after, 1)`` as
+        an INTEGER, which fails past 2^31.
+        """
+        await tx.fetchval(
+            "SELECT setval(pg_get_serial_sequence(:table, :column),"
+            " GREATEST(CAST(:after AS BIGINT), 1), CAST(:after AS BIGINT) > 0)",
+            {"table": table, "column": column, "after": after},
+        )
 
 
 def _reason(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ from ce_daemon.store.base import (
     Params,
     Row,
     StoreError,
+    Transaction,
     newer_schema,
     plan_migrations,
     render_ddl,
@@ -162,6 +163,8 @@ class SqliteStore(MetaTable):
             await store._configure()
             if migrate:
                 await store._migrate(plan)
+            else:
+                await store.refuse_newer_schema(plan, "state.path")
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.DatabaseError):
@@ -229,26 +232,31 @@ class SqliteStore(MetaTable):
             )
         return [str(name) for (name,) in rows]
 
-    async def last_id(self, table: str, column: str) -> int:
+    async def key_columns(self, tx: Transaction, table: str) -> list[str]:
+        """The primary key's columns of ``table``, in key order."""
+        rows = await tx.fetch(
+            "SELECT name FROM pragma_table_info(:table) WHERE pk > 0 ORDER BY pk", {"table": table}
+        )
+        return [str(name) for (name,) in rows]
+
+    async def last_id(self, tx: Transaction, table: str, column: str) -> int:
         """The highest id ever assigned: AUTOINCREMENT keeps it in ``sqlite_sequence``."""
-        async with self.read() as tx:
-            kept = await tx.fetchval("SELECT seq FROM sqlite_sequence WHERE name = :table", {"table": table})
-            highest = await tx.fetchval(f"SELECT MAX({column}) FROM {table}")  # noqa: S608 - from migrations
+        kept = await tx.fetchval("SELECT seq FROM sqlite_sequence WHERE name = :table", {"table": table})
+        highest = await tx.fetchval(f"SELECT MAX({column}) FROM {table}")  # noqa: S608 - from migrations
         return max(int(kept or 0), int(highest or 0))
 
-    async def continue_ids(self, table: str, column: str, after: int) -> None:
+    async def continue_ids(self, tx: Transaction, table: str, column: str, after: int) -> None:
         """Raise the AUTOINCREMENT mark of ``table`` to ``after`` (never lowers it)."""
-        async with self.transaction() as tx:
-            moved = await tx.execute(
-                "UPDATE sqlite_sequence SET seq = :after WHERE name = :table AND seq < :after",
+        moved = await tx.execute(
+            "UPDATE sqlite_sequence SET seq = :after WHERE name = :table AND seq < :after",
+            {"table": table, "after": after},
+        )
+        known = await tx.fetchval("SELECT 1 FROM sqlite_sequence WHERE name = :table", {"table": table})
+        if not moved and known is None and after > 0:
+            await tx.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES (:table, :after)",
                 {"table": table, "after": after},
             )
-            known = await tx.fetchval("SELECT 1 FROM sqlite_sequence WHERE name = :table", {"table": table})
-            if not moved and known is None and after > 0:
-                await tx.execute(
-                    "INSERT INTO sqlite_sequence (name, seq) VALUES (:table, :after)",
-                    {"table": table, "after": after},
-                )
 
     async def pragma(self, statement: str) -> object:
         """Run ``PRAGMA statement``; its first value (tests check the connection's settings with it)."""

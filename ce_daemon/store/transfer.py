@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import AbstractAsyncContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,14 +19,17 @@ from urllib.parse import urlsplit
 from ce_daemon.store import open_url
 from ce_daemon.store.base import (
     CORE_MIGRATIONS,
+    CommitUncertainError,
     Migration,
     Store,
     StoreError,
+    Transaction,
     id_columns,
     plan_migrations,
     table_names,
 )
 from ce_daemon.store.postgres import display_url
+from ce_daemon.store.sqlite import exclusive_lock
 
 __all__ = ["Copied", "add_state_command", "copy_state"]
 
@@ -64,6 +67,11 @@ async def migrate_command(args: argparse.Namespace, migrations: Sequence[Migrati
     """Run ``state migrate``: 0 when copied and counted, 1 when refused or failed (saying why)."""
     try:
         copied = await copy_state(args.source, args.target, migrations, force=args.force)
+    except CommitUncertainError as exc:
+        print(
+            f"state migrate: {exc}; the copy may have been applied: run again with --force", file=sys.stderr
+        )
+        return 1
     except StoreError as exc:
         print(f"state migrate: {exc}", file=sys.stderr)
         return 1
@@ -81,32 +89,46 @@ async def copy_state(
 ) -> list[Copied]:
     """Copy every table of the components ``source_url`` records into ``target_url``, in one transaction.
 
-    Refuses (StoreError) a source SQLite file that is missing or that a daemon holds (its lock is held
-    for the whole copy, so none starts meanwhile), a target that already holds state unless ``force``,
-    and any difference in row counts afterwards.
+    The source is read as it is (nothing is created in it) in one consistent snapshot; the target's
+    delete, copy, id continuation and count check are one transaction, so a failure leaves it as it was.
+    Refuses (StoreError) a source that is missing or not a ce-daemon state, one whose components or
+    schema versions differ from this build's, a SQLite file (either end) a daemon holds (its lock is
+    held for the whole copy, so none starts meanwhile), a PostgreSQL state a live node uses, and a
+    target that already holds state unless ``force``.
     """
+    plan = plan_migrations(CORE_MIGRATIONS, migrations)
     with ExitStack() as stack:
-        source_path = _sqlite_path(source_url)
-        if source_path is not None:
-            if not source_path.exists():
-                raise StoreError(f"no state database at {source_path}")
-            from ce_daemon.store.sqlite import exclusive_lock
-
-            stack.enter_context(exclusive_lock(source_path))
-        async with await open_url(source_url, migrations) as source:
-            present = await source.schema_versions()
-            plan = plan_migrations(CORE_MIGRATIONS, migrations)
-            steps = [step for component in present for step in plan.get(component, [])]
+        for url, side in ((source_url, "source"), (target_url, "target")):
+            path = _sqlite_path(url)
+            if path is None:
+                continue
+            if side == "source" and not path.exists():
+                raise StoreError(f"no state database at {path}")
+            stack.enter_context(exclusive_lock(path))
+        async with await open_url(source_url, migrations, migrate=False) as source:
+            present = await _recorded(source)
+            _same_components(source, present, plan)
+            await _no_live_node(source)
+            steps = [step for component in present for step in plan[component]]
             tables = table_names(steps)
+            columns = {table: await source.columns(table) for table in tables}
             async with await open_url(target_url, migrations) as target:
-                await _make_room(target, tables, force)
-                copied = await _copy(source, target, tables)
-                # Ids continue where the source's were, even past deleted rows: a consumer's offset
-                # may point beyond every page left, and a reused seq below it would be skipped.
-                for table, column in id_columns(steps).items():
-                    await target.continue_ids(table, column, await source.last_id(table, column))
-                await _compare(source, target, copied)
+                await _no_live_node(target)
+                async with _snapshot(source) as read, target.transaction() as write:
+                    await _make_room(target, write, tables, force)
+                    copied = await _copy(source, read, write, columns)
+                    # Ids continue where the source's were, even past deleted rows: a consumer's offset
+                    # may point beyond every page left, and a reused seq below it would be skipped.
+                    for table, column in id_columns(steps).items():
+                        await target.continue_ids(
+                            write, table, column, await source.last_id(read, table, column)
+                        )
+                    await _compare(read, write, copied)
     return copied
+
+
+RUNTIME_ONLY = "cluster"
+"""The component whose tables ``state migrate`` leaves behind (leases and nodes of the source's cluster)."""
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -114,58 +136,118 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(parts.path) if parts.scheme == "sqlite" else None
 
 
-async def _make_room(target: Store, tables: list[str], force: bool) -> None:
-    counts = await _counts(target, tables)
+async def _recorded(source: Store) -> dict[str, int]:
+    """The components and schema versions ``source`` records; refused when it is no ce-daemon state."""
+    if not await source.columns("schema_migrations"):
+        raise StoreError(
+            f"{source.display} is not a ce-daemon state (it has no schema_migrations table): "
+            "check the --from URL"
+        )
+    recorded = await source.schema_versions()
+    # The cluster's tables say which node holds what right now: runtime state of the source's nodes,
+    # not the installation's. A PostgreSQL target has its own (its store creates them); never copied.
+    return {component: version for component, version in recorded.items() if component != RUNTIME_ONLY}
+
+
+def _same_components(source: Store, present: dict[str, int], plan: dict[str, list[Migration]]) -> None:
+    """Refuse a source whose components or versions this build's migrations do not match exactly.
+
+    A table left out because its job is not installed (or failed to import) would be lost silently;
+    a table of another schema version would be copied into columns that do not match.
+    """
+    problems = []
+    for component, version in sorted(present.items()):
+        steps = plan.get(component)
+        if steps is None:
+            problems.append(
+                f"{component} (schema {version}) is not known to this ce-daemon: install the job that "
+                "provides it, or fix what keeps it from loading (see `ce-daemon check`)"
+            )
+        elif steps[-1].version != version:
+            known = steps[-1].version
+            fix = "upgrade ce-daemon" if version > known else "run this ce-daemon on the source once first"
+            problems.append(f"{component} is at schema {version} in the source, {known} here: {fix}")
+    if problems:
+        raise StoreError(f"the source {source.display} cannot be copied whole: " + "; ".join(problems))
+
+
+async def _no_live_node(store: Store) -> None:
+    """Refuse a PostgreSQL state that a node (whose heartbeat has not expired) is using."""
+    if store.backend != "postgresql":
+        return  # a SQLite state's daemon holds its lock file, taken above
+    async with store.read() as tx:
+        if await tx.fetchval("SELECT to_regclass('ce_nodes')") is None:
+            return  # never ran a cluster node
+        live = await tx.fetch("SELECT node FROM ce_nodes WHERE expires_at > now() ORDER BY node")
+    if live:
+        nodes = ", ".join(str(node) for (node,) in live)
+        raise StoreError(f"{store.display} is in use by live node(s) {nodes}: stop them first")
+
+
+def _snapshot(source: Store) -> AbstractAsyncContextManager[Transaction]:
+    """One consistent view of the whole source for the copy.
+
+    PostgreSQL: a REPEATABLE READ read-only transaction. SQLite: its ``read()`` is not one transaction,
+    so a write transaction (``BEGIN IMMEDIATE``, never committed with changes) keeps every other
+    writer of the file (a ``dlq purge``) out until the copy ends.
+    """
+    return source.read() if source.backend == "postgresql" else source.transaction()
+
+
+async def _make_room(target: Store, tx: Transaction, tables: list[str], force: bool) -> None:
+    counts = await _counts(tx, tables)
     held = {table: rows for table, rows in counts.items() if rows}
     if held and not force:
         listed = ", ".join(f"{table} ({rows})" for table, rows in held.items())
         raise StoreError(
             f"the target {target.display} already holds state: {listed}; give --force to replace it"
         )
-    if held:
-        async with target.transaction() as tx:
-            for table in reversed(tables):
-                await tx.execute(f"DELETE FROM {table}")  # noqa: S608 - names from migrations
+    for table in reversed(tables):
+        if held.get(table):
+            await tx.execute(f"DELETE FROM {table}")  # noqa: S608 - names from migrations
 
 
-async def _copy(source: Store, target: Store, tables: list[str]) -> list[Copied]:
+async def _copy(
+    source: Store, read: Transaction, write: Transaction, columns: dict[str, list[str]]
+) -> list[Copied]:
+    """Copy each table in chunks, paged by its primary key (keyset: no row read twice or missed)."""
     copied = []
-    async with target.transaction() as tx:
-        for table in tables:
-            columns = await source.columns(table)
-            names = ", ".join(columns)
-            order = ", ".join(str(i) for i in range(1, len(columns) + 1))
-            insert = f"INSERT INTO {table} ({names}) VALUES ({', '.join(':' + c for c in columns)})"  # noqa: S608
-            rows = 0
-            while True:
-                async with source.read() as read:
-                    chunk = await read.fetch(
-                        f"SELECT {names} FROM {table} ORDER BY {order} LIMIT :limit OFFSET :offset",  # noqa: S608
-                        {"limit": CHUNK_ROWS, "offset": rows},
-                    )
-                if not chunk:
-                    break
-                await tx.executemany(insert, [dict(zip(columns, row, strict=True)) for row in chunk])
-                rows += len(chunk)
-            copied.append(Copied(table, rows))
+    for table, names in columns.items():
+        listed = ", ".join(names)
+        key = await source.key_columns(read, table)
+        if not key:
+            raise StoreError(f"table {table} of {source.display} has no primary key: it cannot be paged")
+        order = ", ".join(key)
+        marks = ", ".join(f":k{i}" for i in range(len(key)))
+        insert = f"INSERT INTO {table} ({listed}) VALUES ({', '.join(':' + c for c in names)})"  # noqa: S608
+        first = f"SELECT {listed} FROM {table} ORDER BY {order} LIMIT :limit"  # noqa: S608
+        after = f"SELECT {listed} FROM {table} WHERE ({order}) > ({marks}) ORDER BY {order} LIMIT :limit"  # noqa: S608
+        at = [names.index(column) for column in key]
+        rows = 0
+        chunk = await read.fetch(first, {"limit": CHUNK_ROWS})
+        while chunk:
+            await write.executemany(insert, [dict(zip(names, row, strict=True)) for row in chunk])
+            rows += len(chunk)
+            last = {f"k{i}": chunk[-1][position] for i, position in enumerate(at)}
+            chunk = await read.fetch(after, {"limit": CHUNK_ROWS, **last})
+        copied.append(Copied(table, rows))
     return copied
 
 
-async def _compare(source: Store, target: Store, copied: list[Copied]) -> None:
+async def _compare(read: Transaction, write: Transaction, copied: list[Copied]) -> None:
     tables = [item.table for item in copied]
-    theirs, ours = await _counts(source, tables), await _counts(target, tables)
+    theirs, ours = await _counts(read, tables), await _counts(write, tables)
     wrong = [
         f"{table}: {theirs[table]} in the source, {ours[table]} in the target"
         for table in tables
         if theirs[table] != ours[table]
     ]
     if wrong:
-        raise StoreError("the copy does not match its source: " + "; ".join(wrong))
+        raise StoreError("the copy does not match its source (nothing was written): " + "; ".join(wrong))
 
 
-async def _counts(store: Store, tables: list[str]) -> dict[str, int]:
-    async with store.read() as tx:
-        return {
-            table: int(await tx.fetchval(f"SELECT COUNT(*) FROM {table}"))  # noqa: S608 - names from migrations
-            for table in tables
-        }
+async def _counts(tx: Transaction, tables: list[str]) -> dict[str, int]:
+    return {
+        table: int(await tx.fetchval(f"SELECT COUNT(*) FROM {table}"))  # noqa: S608 - names from migrations
+        for table in tables
+    }

@@ -56,15 +56,12 @@ def postgres_url() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _database() -> Iterator[str]:
-    """A database of its own on :data:`POSTGRES_SERVER` (see `postgres_database`), dropped afterwards."""
+    """A database of its own on :data:`POSTGRES_SERVER`, dropped afterwards (FORCE: a daemon the test
+    killed may have left connections behind)."""
     try:
         url = asyncio.run(create_database())
     except PostgresUnreachableError as exc:
-        pytest.fail(
-            f"--state-backend=postgresql: {exc}; start it (scripts/test.sh does) or run with "
-            "--state-backend=sqlite",
-            pytrace=False,
-        )
+        pytest.fail(f"--state-backend=postgresql: {exc}", pytrace=False)
     try:
         yield url
     finally:

@@ -8,10 +8,10 @@ the backend selected.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,29 @@ __all__ = [
 
 STATE_URL_VARIABLE = "CE_TEST_STATE_URL"
 POSTGRES_SERVER = os.environ.get("CE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-"""Where tests and benchmarks create their databases (its ``postgres`` database is used to do so)."""
+"""The PostgreSQL server tests make their databases on (without a database: its ``postgres`` one
+administers them)."""
 
 
-class PostgresUnreachableError(RuntimeError):
-    """:data:`POSTGRES_SERVER` does not answer: no database can be made."""
+class PostgresUnreachableError(Exception):
+    """:data:`POSTGRES_SERVER` cannot be reached: a test that needs it fails (it is never skipped)."""
 
 
-@contextlib.asynccontextmanager
+async def create_database() -> str:
+    """A new, empty database of its own on :data:`POSTGRES_SERVER`: its URL."""
+    name = f"ce_t_{secrets.token_hex(6)}"
+    await _admin(f"CREATE DATABASE {name}")
+    return f"{POSTGRES_SERVER}/{name}"
+
+
+async def drop_database(url: str) -> None:
+    """Drop the database ``url`` names (made by :func:`create_database`), whoever is still connected."""
+    await _admin(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+
+
+@asynccontextmanager
 async def postgres_database() -> AsyncIterator[str]:
-    """A database of its own on :data:`POSTGRES_SERVER`: its URL; dropped on exit."""
+    """A database of its own (its URL) for the block, dropped afterwards."""
     url = await create_database()
     try:
         yield url
@@ -52,24 +65,14 @@ async def postgres_database() -> AsyncIterator[str]:
         await drop_database(url)
 
 
-async def create_database() -> str:
-    """Create a database ``ce_t_<hex>`` on :data:`POSTGRES_SERVER`; its URL."""
-    name = f"ce_t_{secrets.token_hex(6)}"
-    await _admin(f"CREATE DATABASE {name}")
-    return f"{POSTGRES_SERVER}/{name}"
-
-
-async def drop_database(url: str) -> None:
-    """Drop the database `create_database` made at ``url``."""
-    # FORCE: a daemon the test killed may have left connections behind.
-    await _admin(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
-
-
 async def _admin(statement: str) -> None:
     try:
         connection = await asyncpg.connect(f"{POSTGRES_SERVER}/postgres", timeout=10)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise PostgresUnreachableError(f"PostgreSQL at {POSTGRES_SERVER} is unreachable ({exc})") from exc
+        raise PostgresUnreachableError(
+            f"PostgreSQL at {POSTGRES_SERVER} is unreachable ({exc}); start it (scripts/test.sh does) "
+            "or run with --state-backend=sqlite"
+        ) from exc
     try:
         await connection.execute(statement)
     finally:
