@@ -6,6 +6,8 @@ They let a test that drives the daemon as a subprocess script faults and read wh
 - ``GET /_sim/served[?kind=&subtype=&index=]``: the pages built, per endpoint, by sequence numbers.
 - ``GET /_sim/leases``: who drove each index under a lease, and the violations
   (`ce_daemon.simulator.leases.LeaseLedger.report`).
+- ``GET /_sim/lists``: every URL list's deployed and pending entries, the file-hash lists and the
+  deploy count (`ce_daemon.simulator.policy_lists.PolicyLists.report`).
 - ``GET /_sim/faults``: the faults still queued; ``DELETE /_sim/faults`` drops them.
 - ``POST /_sim/faults`` with ``{"kind": ..., "subtype": ..., "fault": {...}}`` (or a list of
   those): queue faults (`Fault.from_dict` gives the fault keys).
@@ -54,6 +56,9 @@ def control_routes(simulator: TenantSimulator) -> list[web.RouteDef]:
     async def leases(request: web.Request) -> web.Response:
         return _json(simulator.leases.report())
 
+    async def lists(request: web.Request) -> web.Response:
+        return _json(simulator.policy.report())
+
     async def list_faults(request: web.Request) -> web.Response:
         return _json(simulator.pending_faults())
 
@@ -78,6 +83,7 @@ def control_routes(simulator: TenantSimulator) -> list[web.RouteDef]:
         web.get("/_sim/stats", stats),
         web.get("/_sim/served", served),
         web.get("/_sim/leases", leases),
+        web.get("/_sim/lists", lists),
         web.get("/_sim/faults", list_faults),
         web.post("/_sim/faults", inject),
         web.delete("/_sim/faults", clear_faults),
