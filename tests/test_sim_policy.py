@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
+from ce_daemon.simulator.faults import Fault
 from ce_daemon.simulator.policy_lists import URL_LIST_MAX_BYTES, URL_LIST_MAX_ENTRIES
 from ce_daemon.simulator.process import simulator_process
 from ce_daemon.simulator.tenant import DEFAULT_TOKEN, TOKEN_HEADER, TenantSimulator, running_simulator
@@ -45,12 +46,14 @@ async def call(
     body: Any = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
-    """One request; the status, the decoded JSON answer and the headers."""
+    """One request; the status, the answer (decoded when JSON, else text) and the headers."""
     data = None if body is None else io.BytesIO(orjson.dumps(body))  # large bodies: not raw bytes
     async with session.request(
         method, f"{simulator.url}{path}", data=data, headers=AUTH if headers is None else headers
     ) as response:
-        return response.status, orjson.loads(await response.read()), response.headers
+        raw = await response.read()
+        answer = orjson.loads(raw) if response.content_type == "application/json" else raw.decode()
+        return response.status, answer, response.headers
 
 
 async def create(session: aiohttp.ClientSession, sim: TenantSimulator, name: str, urls: list[str]) -> int:
@@ -329,3 +332,36 @@ async def test_control_endpoint_and_process_show_the_lists() -> None:
     assert listed["deployed_urls"] == ["a.example"]
     assert listed["pending_urls"] == ["a.example", "b.example"]
     assert listed["pending"] is True
+
+
+async def test_scripted_faults_on_url_lists(session: aiohttp.ClientSession, sim: TenantSimulator) -> None:
+    """A status or rate_limit fault refuses a change; a truncate fault applies it and loses the answer."""
+    list_id = await create(session, sim, "ce-iocs", ["a.example"])
+    sim.inject_policy(Fault("status", status=503))
+    sim.inject_policy(Fault("rate_limit", retry_after=3))
+    sim.inject_policy(Fault("truncate"))
+    append = {"data": {"urls": ["b.example"]}}
+    status, _, _ = await call(session, sim, "PATCH", f"{URLLIST}/{list_id}/append", append)
+    assert status == 503
+    status, _, headers = await call(session, sim, "PATCH", f"{URLLIST}/{list_id}/append", append)
+    assert status == 429 and headers["Retry-After"] == "3"
+    assert sim.policy.get(list_id).urls == ["a.example"]
+    with pytest.raises(aiohttp.ClientError):
+        await call(session, sim, "PATCH", f"{URLLIST}/{list_id}/append", append)
+    assert sim.policy.get(list_id).urls == ["a.example", "b.example"]
+    assert sim.pending_faults() == {}
+
+
+async def test_policy_faults_through_the_control_endpoint(
+    session: aiohttp.ClientSession, sim: TenantSimulator
+) -> None:
+    """``POST /_sim/faults`` with ``endpoint: policy`` queues a URL-list fault; other types are refused."""
+    fault = {"endpoint": "policy", "fault": {"type": "status", "status": 500}}
+    async with session.post(f"{sim.url}/_sim/faults", data=orjson.dumps(fault)) as response:
+        assert response.status == 200
+        assert (await response.json())["pending"]["policy"][0]["status"] == 500
+    bad = {"endpoint": "policy", "fault": {"type": "malformed_json"}}
+    async with session.post(f"{sim.url}/_sim/faults", data=orjson.dumps(bad)) as response:
+        assert response.status == 400
+    status, _, _ = await call(session, sim, "POST", f"{URLLIST}/deploy")
+    assert status == 500 and sim.policy.deploys == 0

@@ -16,6 +16,10 @@ documented: this is the simulator's stand-in, which a client drops before retryi
 REST API v1 ``POST /api/v1/updateFileHashList`` ``{name, list: "h1,h2,…", token}``: the token goes
 in the body, and as v1 does, errors come back as HTTP 200 with ``{"status": "error", "errorCode":
 "General Error", "errors": [...]}`` (a 429 stays a 429). A list is created on its first update.
+
+Faults scripted for the URL-list endpoints (`TenantSimulator.inject_policy`): ``status`` and
+``rate_limit`` refuse a change, ``truncate`` applies it and loses the answer (the crash window a
+pusher must survive without doubling entries).
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from ce_daemon.simulator.faults import Fault, status_fault_body
 from ce_daemon.simulator.policy_lists import ListError
 
 if TYPE_CHECKING:
     from ce_daemon.simulator.tenant import TenantSimulator
 
+POLICY_ENDPOINTS = "policy"
+"""The name the URL-list endpoints' faults go by (`TenantSimulator.inject_policy`, ``/_sim/faults``)."""
+POLICY_FAULT_TYPES = ("status", "rate_limit", "truncate")
 URLLIST_PATH = "/api/v2/policy/urllist"
 FILE_HASH_LIST_PATH = "/api/v1/updateFileHashList"
 _ERROR_CODES = {
@@ -68,6 +76,24 @@ def _v1_error(message: str, headers: dict[str, str], invalid: list[str] | None =
     return _json(body, headers=headers)
 
 
+async def _cut_short(request: web.Request, answer: web.Response, keep_fraction: float) -> web.StreamResponse:
+    """Send ``answer``'s headers and the first ``keep_fraction`` of its body, then drop the connection."""
+    body = answer.body if isinstance(answer.body, bytes) else b""
+    response = web.StreamResponse(status=answer.status, headers=answer.headers)
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: int(len(body) * keep_fraction)])
+    if request.transport is not None:
+        request.transport.close()
+    return response
+
+
+def check_policy_fault(fault: Fault) -> None:
+    """Raise ValueError unless the URL-list endpoints can suffer ``fault``."""
+    if fault.type not in POLICY_FAULT_TYPES:
+        raise ValueError(f"policy endpoints take {', '.join(POLICY_FAULT_TYPES)} faults, not {fault.type!r}")
+
+
 def _list_id(request: web.Request) -> int:
     try:
         return int(request.match_info["id"])
@@ -96,26 +122,42 @@ class PolicyEndpoints:
             web.post(FILE_HASH_LIST_PATH, self.file_hashes),
         ]
 
-    def _v2(self, endpoint: str, act: Action) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _v2(self, endpoint: str, act: Action) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """A v2 handler: token and rate limit, the JSON body, ``act``, errors in the vendor's shape."""
 
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: web.Request) -> web.StreamResponse:
             token = request.headers.get(self.simulator.token_header, "")
             status, headers, refused = self.simulator.admit(endpoint, token)
+            fault = self.simulator.take_policy_fault() if refused is None else None
             if refused is not None:
                 answer = _json(_error(status, refused), status, headers)
+            elif fault is not None and fault.type == "status":
+                body, content_type = status_fault_body(fault.status)
+                answer = web.Response(
+                    status=fault.status, body=body, headers=headers, content_type=content_type
+                )
+            elif fault is not None and fault.type == "rate_limit":
+                headers |= {"ratelimit-remaining": "0", "Retry-After": str(fault.retry_after)}
+                answer = _json(_error(429, "Rate limit exceeded"), 429, headers)
             else:
-                try:
-                    body = orjson.loads(await request.read()) if request.can_read_body else None
-                    answer = _json(act(request, body), headers=headers)
-                except orjson.JSONDecodeError as exc:
-                    answer = _json(_error(400, f"The request body is not valid JSON: {exc}"), 400, headers)
-                except ListError as exc:
-                    answer = _json(_error(exc.status, str(exc), exc.invalid), exc.status, headers)
+                answer = await self._act(request, act, headers)
             self.simulator.count_response(answer.status)
+            if fault is not None and fault.type == "truncate" and answer.status == 200:
+                return await _cut_short(request, answer, fault.keep_fraction)
             return answer
 
         return handle
+
+    @staticmethod
+    async def _act(request: web.Request, act: Action, headers: dict[str, str]) -> web.Response:
+        """``act`` on the decoded body; a refusal in the API's error shape."""
+        try:
+            body = orjson.loads(await request.read()) if request.can_read_body else None
+            return _json(act(request, body), headers=headers)
+        except orjson.JSONDecodeError as exc:
+            return _json(_error(400, f"The request body is not valid JSON: {exc}"), 400, headers)
+        except ListError as exc:
+            return _json(_error(exc.status, str(exc), exc.invalid), exc.status, headers)
 
     def get_all(self, request: web.Request, body: object) -> list[dict[str, Any]]:
         """``GET``: every list, or (``pending``) only the applied or only the pending ones."""

@@ -41,7 +41,7 @@ from ce_daemon.simulator.iterator import (
     advance,
 )
 from ce_daemon.simulator.leases import LeaseLedger
-from ce_daemon.simulator.policy import policy_routes
+from ce_daemon.simulator.policy import POLICY_ENDPOINTS, check_policy_fault, policy_routes
 from ce_daemon.simulator.policy_lists import PolicyLists
 from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.simulator.render import render_page
@@ -140,6 +140,7 @@ class TenantSimulator:
         }
         self._cursors: dict[tuple[DataKind, str, str], IndexCursor] = {}
         self._faults: defaultdict[StreamKey, FaultQueue] = defaultdict(FaultQueue)
+        self._policy_faults = FaultQueue()
         self._windows: dict[str, SlidingWindow] = {}
         self._received = PeakRate()
         self._accepted = PeakRate()
@@ -203,13 +204,31 @@ class TenantSimulator:
         self._faults[stream].push(fault)
         log.info("simulator.fault_injected", endpoint=_endpoint(stream), fault=fault.type, count=fault.count)
 
+    def inject_policy(self, fault: Fault) -> None:
+        """Queue ``fault`` for the next valid request(s) to the URL-list endpoints.
+
+        ``status`` and ``rate_limit`` refuse the change (nothing applied); ``truncate`` applies it
+        and then drops the connection mid-answer, so the client cannot tell it landed.
+        """
+        check_policy_fault(fault)
+        self._policy_faults.push(fault)
+        log.info("simulator.fault_injected", endpoint=POLICY_ENDPOINTS, fault=fault.type, count=fault.count)
+
+    def take_policy_fault(self) -> Fault | None:
+        """The fault the current URL-list request suffers, if one is queued (consumes it)."""
+        return self._policy_faults.take()
+
     def clear_faults(self) -> None:
         """Drop every fault still queued."""
         self._faults.clear()
+        self._policy_faults = FaultQueue()
 
     def pending_faults(self) -> dict[str, list[dict[str, Any]]]:
-        """The faults still queued, per endpoint."""
-        return {_endpoint(stream): queue.pending() for stream, queue in self._faults.items() if queue}
+        """The faults still queued, per endpoint (``policy`` for the URL-list endpoints)."""
+        pending = {_endpoint(stream): queue.pending() for stream, queue in self._faults.items() if queue}
+        if self._policy_faults:
+            pending[POLICY_ENDPOINTS] = self._policy_faults.pending()
+        return pending
 
     def stats(self) -> SimulatorStats:
         """Counters since start (see `SimulatorStats`)."""
