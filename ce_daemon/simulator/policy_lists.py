@@ -84,7 +84,6 @@ class UrlList:
     deleted: bool = False
     modify_type: str = "Created"
     modify_time: str = ""
-    size: int = 0
 
     def to_api(self, *, applied: bool = False) -> dict[str, Any]:
         """The list as the API returns it: its pending content, or (``applied``) the deployed one."""
@@ -184,7 +183,7 @@ class PolicyLists:
                 f"URL list {url_list.name!r} would be {size} bytes: "
                 f"the maximum is {URL_LIST_MAX_BYTES} (7 MB)",
             )
-        url_list.urls, url_list.type, url_list.size = urls, checked_type, size
+        url_list.urls, url_list.type = urls, checked_type
 
     @staticmethod
     def _edited(url_list: UrlList) -> UrlList:
