@@ -40,6 +40,10 @@ class SimulatorProcess:
         """``GET /_sim/leases`` (see `LeaseLedger.report`)."""
         return await self._get("leases")
 
+    async def lists(self) -> dict[str, Any]:
+        """``GET /_sim/lists``: the URL lists (deployed and pending entries), file-hash lists and deploys."""
+        return await self._get("lists")
+
     async def _get(self, what: str) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session, session.get(f"{self.url}/_sim/{what}") as response:
             response.raise_for_status()

@@ -1,4 +1,5 @@
-"""A faithful Netskope tenant for tests, the demo and the benchmarks: the REST API v2 data export.
+"""A faithful Netskope tenant for tests, the demo and the benchmarks: the REST API v2 data export,
+and the policy lists threat sharing pushes to (`ce_daemon.simulator.policy`).
 
 `TenantSimulator` serves ``GET /api/v2/events/dataexport/{alerts|events}/{subtype}`` with
 server-side cursors per (endpoint, index), deterministic records (`ce_daemon.simulator.records`,
@@ -40,6 +41,8 @@ from ce_daemon.simulator.iterator import (
     advance,
 )
 from ce_daemon.simulator.leases import LeaseLedger
+from ce_daemon.simulator.policy import POLICY_ENDPOINTS, check_policy_fault, policy_routes
+from ce_daemon.simulator.policy_lists import PolicyLists
 from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.simulator.render import render_page
 from ce_daemon.simulator.reports import RequestInfo, ServedPage, SimulatorStats
@@ -52,6 +55,7 @@ TOKEN_HEADER = "Netskope-Api-Token"  # noqa: S105  # a header name, not a secret
 
 StreamKey = tuple[DataKind, str]
 _STREAMS_BY_PATH: dict[tuple[str, str], StreamKey] = {stream: stream for stream in all_streams()}
+_MAX_BODY = 64 * 1024 * 1024  # list pushes past the 7 and 8 MB caps get the vendor's refusal, not a 413
 _THREAD_RENDER_MIN = 500  # pages this large are rendered off the event loop, keeping it responsive
 
 
@@ -84,6 +88,8 @@ class TenantSimulator:
     wall time for record timestamps, ``monotonic`` the time of the rate limiter; tests may pass
     their own. ``served_limit`` caps the pages `served` remembers per endpoint (None: all).
     """
+
+    token_header = TOKEN_HEADER
 
     def __init__(
         self,
@@ -134,6 +140,7 @@ class TenantSimulator:
         }
         self._cursors: dict[tuple[DataKind, str, str], IndexCursor] = {}
         self._faults: defaultdict[StreamKey, FaultQueue] = defaultdict(FaultQueue)
+        self._policy_faults = FaultQueue()
         self._windows: dict[str, SlidingWindow] = {}
         self._received = PeakRate()
         self._accepted = PeakRate()
@@ -149,6 +156,8 @@ class TenantSimulator:
         self._stopping = asyncio.Event()
         self.leases = LeaseLedger(monotonic)
         """Who drove each index, for clustered pollers (`ce_daemon.simulator.leases`)."""
+        self.policy = PolicyLists()
+        """The URL lists and file-hash lists pushed to the tenant (`ce_daemon.simulator.policy`)."""
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -158,8 +167,9 @@ class TenantSimulator:
         """Listen on ``host:port`` (0: any free port) and return the base URL."""
         if self._runner is not None:
             raise RuntimeError("the simulator is already running")
-        app = web.Application()
+        app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_get("/api/v2/events/dataexport/{kind}/{subtype}", self._handle_dataexport)
+        app.add_routes(policy_routes(self))
         app.add_routes(control_routes(self))
         # A short shutdown timeout: `slow` faults are cut short by `_stopping`, so nothing long remains.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
@@ -194,13 +204,31 @@ class TenantSimulator:
         self._faults[stream].push(fault)
         log.info("simulator.fault_injected", endpoint=_endpoint(stream), fault=fault.type, count=fault.count)
 
+    def inject_policy(self, fault: Fault) -> None:
+        """Queue ``fault`` for the next valid request(s) to the URL-list endpoints.
+
+        ``status`` and ``rate_limit`` refuse the change (nothing applied); ``truncate`` applies it
+        and then drops the connection mid-answer, so the client cannot tell it landed.
+        """
+        check_policy_fault(fault)
+        self._policy_faults.push(fault)
+        log.info("simulator.fault_injected", endpoint=POLICY_ENDPOINTS, fault=fault.type, count=fault.count)
+
+    def take_policy_fault(self) -> Fault | None:
+        """The fault the current URL-list request suffers, if one is queued (consumes it)."""
+        return self._policy_faults.take()
+
     def clear_faults(self) -> None:
         """Drop every fault still queued."""
         self._faults.clear()
+        self._policy_faults = FaultQueue()
 
     def pending_faults(self) -> dict[str, list[dict[str, Any]]]:
-        """The faults still queued, per endpoint."""
-        return {_endpoint(stream): queue.pending() for stream, queue in self._faults.items() if queue}
+        """The faults still queued, per endpoint (``policy`` for the URL-list endpoints)."""
+        pending = {_endpoint(stream): queue.pending() for stream, queue in self._faults.items() if queue}
+        if self._policy_faults:
+            pending[POLICY_ENDPOINTS] = self._policy_faults.pending()
+        return pending
 
     def stats(self) -> SimulatorStats:
         """Counters since start (see `SimulatorStats`)."""
@@ -303,11 +331,7 @@ class TenantSimulator:
             problem, retry_after = (429, "Too Many Requests", "Rate limit exceeded"), fault.retry_after
         if problem is not None or stream is None:
             status, code, message = problem or (404, "Not Found", request.path)
-            headers = self._ratelimit_headers(window, now)
-            if status == 429:
-                self._rate_limited += 1
-                headers |= {"ratelimit-remaining": "0", "ratelimit-reset": str(retry_after)}
-                headers["Retry-After"] = str(retry_after)
+            headers = self._refusal_headers(status, window, now, retry_after)
             self._responses[status] += 1
             fault_name = fault.type if fault is not None else None
             info = RequestInfo(*stream, index, operation, status, fault_name) if stream else None
@@ -357,6 +381,50 @@ class TenantSimulator:
                 f"Invalid operation {operation!r}: use next, head, tail, resend or an epoch",
             )
         return None
+
+    def _refusal_headers(
+        self, status: int, window: SlidingWindow, now: float, retry_after: int
+    ) -> dict[str, str]:
+        """The rate-limit headers of a refused request (a 429 also says when to come back)."""
+        headers = self._ratelimit_headers(window, now)
+        if status == 429:
+            self._rate_limited += 1
+            headers |= {"ratelimit-remaining": "0", "ratelimit-reset": str(retry_after)}
+            headers["Retry-After"] = str(retry_after)
+        return headers
+
+    def admit(self, endpoint: str, token: str) -> tuple[int, dict[str, str], str | None]:
+        """Count one request to a policy endpoint and apply the token check and its rate window.
+
+        The policy endpoints (`ce_daemon.simulator.policy`) share the data-export endpoints'
+        tokens and per-token windows. Returns the status, the rate-limit headers and, when the
+        request is refused, the error message; 200 and None when it may go on. A token limited
+        to some streams may not change policy lists (403).
+        """
+        now = self._monotonic()
+        self._received.add(now)
+        self._requests[endpoint] += 1
+        known = token in self._tokens
+        window = self._windows.setdefault(token, SlidingWindow(self._rate_limit)) if known else None
+        window = window or SlidingWindow(self._rate_limit)  # an unknown token is shown an untouched budget
+        refusal: tuple[int, str] | None = None
+        if not known:
+            refusal = 401, f"Unauthorized: missing or invalid {TOKEN_HEADER} header"
+        elif self._tokens[token] is not None:
+            refusal = 403, f"Forbidden: this token may not access {endpoint}"
+        elif window.remaining(now) == 0:
+            refusal = 429, f"Rate limit exceeded: {self._rate_limit} requests per second"
+        if refusal is not None:
+            status, message = refusal
+            retry_after = max(1, math.ceil(window.reset_after(now)))
+            return status, self._refusal_headers(status, window, now, retry_after), message
+        window.try_acquire(now)
+        self._accepted.add(now)
+        return 200, self._ratelimit_headers(window, now), None
+
+    def count_response(self, status: int) -> None:
+        """Count the status a policy endpoint answered (`stats` ``responses``)."""
+        self._responses[status] += 1
 
     def _ratelimit_headers(self, window: SlidingWindow, now: float) -> dict[str, str]:
         return {
