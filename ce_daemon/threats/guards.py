@@ -17,6 +17,7 @@ from pydantic import Field
 
 from ce_daemon.config.values import Strict
 from ce_daemon.threats.model import Indicator, IocType
+from ce_daemon.threats.normalise import could_be_ip
 
 __all__ = ["DOCUMENTATION_DOMAINS", "EMPTY_FILE_HASHES", "Guards", "guard"]
 
@@ -83,7 +84,6 @@ def _url(url: str, guards: Guards) -> str | None:
     if host.startswith("["):
         return _network(ipaddress.ip_network(host[1 : host.index("]")]), guards)
     host = host.partition(":")[0]
-    try:
+    if could_be_ip(host):  # normalised: an IPv4 address, or a name
         return _network(ipaddress.ip_network(host), guards)
-    except ValueError:
-        return _host(host, guards)
+    return _host(host, guards)

@@ -22,7 +22,7 @@ import idna
 
 from ce_daemon.threats.model import HASH_LENGTHS, MAX_VALUE_LENGTH, Indicator, IocType, Rejected
 
-__all__ = ["guess_type", "normalise", "normalise_host", "refang"]
+__all__ = ["could_be_ip", "guess_type", "normalise", "normalise_host", "refang"]
 
 _DEFANGS: Final = (
     ("[.]", "."),
@@ -37,6 +37,7 @@ _UNSAFE: Final = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029\ufeff]")
 _LABEL: Final = re.compile(r"^(?:\*|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)$")
 _DOTS: Final = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 _HEX: Final = frozenset(string.hexdigits)
+_IP_CHARS: Final = frozenset(string.hexdigits + ".:/")
 DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ftp": 21}
 """The URL schemes accepted, with the port each implies (stripped when written)."""
 _MAX_HOST: Final = 253
@@ -58,12 +59,13 @@ def guess_type(value: str) -> IocType:
     """The likeliest type of a refanged value whose source named none (a plain-text feed)."""
     if "://" in value:
         return IocType.URL
-    try:
-        network = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        pass
-    else:
-        return IocType.IPV4 if network.version == 4 else IocType.IPV6
+    if could_be_ip(value):
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            pass
+        else:
+            return IocType.IPV4 if network.version == 4 else IocType.IPV6
     if set(value) <= _HEX:
         for kind, length in HASH_LENGTHS.items():
             if len(value) == length:
@@ -193,7 +195,14 @@ def _split_port(hostport: str) -> tuple[str, int | Rejected | None]:
     return host, int(digits)
 
 
+def could_be_ip(value: str) -> bool:
+    """False when ``value`` surely is no IP address or network (parsing one is slow, and most are not)."""
+    return ("." in value or ":" in value) and set(value) <= _IP_CHARS
+
+
 def _is_ip(value: str) -> bool:
+    if not could_be_ip(value):
+        return False
     try:
         ipaddress.ip_address(value)
     except ValueError:

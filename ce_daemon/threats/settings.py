@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ce_daemon.config.values import Duration, Name, Strict
 from ce_daemon.threats.guards import Guards
-from ce_daemon.threats.model import IocType
+from ce_daemon.threats.model import IocType, Rejected
+from ce_daemon.threats.normalise import normalise
 
 __all__ = ["DAY", "Conflict", "Lifetime", "SourceTrust", "Threats"]
 
@@ -59,6 +60,15 @@ class Threats(Strict):
     """Rank and lifetime per source name (sources not listed: rank 50, the section's lifetime)."""
     allowlist: list[str] = []
     """Indicators never shared whatever a source says (normalised like any other; untyped, guessed)."""
+
+    @field_validator("allowlist")
+    @classmethod
+    def _normalisable(cls, values: list[str]) -> list[str]:
+        for value in values:
+            result = normalise(value)
+            if isinstance(result, Rejected):
+                raise ValueError(f"allowlist entry {value!r}: {result.reason}")  # noqa: TRY004 - pydantic reports ValueError
+        return values
 
     def lifetime_of(self, source: str) -> Lifetime:
         """The lifetime of ``source``'s indicators."""

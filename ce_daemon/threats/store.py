@@ -56,7 +56,6 @@ THREATS_MIGRATIONS: Final = (
                 PRIMARY KEY (value, type, source)
             ) {keyed}""",
             "CREATE INDEX threat_iocs_source ON threat_iocs(source, active)",
-            "CREATE INDEX threat_iocs_expiry ON threat_iocs(active, expires_at)",
             """CREATE TABLE threat_sources (
                 source {text} PRIMARY KEY,
                 full_list {int} NOT NULL,
