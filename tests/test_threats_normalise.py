@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ce_daemon.threats.guards import Guards
+from ce_daemon.threats.intake import Intake
 from ce_daemon.threats.model import MAX_VALUE_LENGTH, Indicator, IocType, Rejected
 from ce_daemon.threats.normalise import normalise, refang
 
@@ -120,3 +122,12 @@ def test_the_defanged_form_equals_the_fanged_one(raw: str) -> None:
 def test_refang_reaches_a_fixed_point() -> None:
     """Nested defanging is undone fully, so normalising twice changes nothing."""
     assert refang("evil[(.)]example") == "evil.example"
+
+
+def test_a_garbage_feed_is_counted_by_a_few_causes_and_the_good_lines_kept() -> None:
+    """Thousands of distinct bad values make a handful of counters, not one per value; good lines pass."""
+    lines = [f"ev!l{i}.example" for i in range(1000)] + [f"http://h{i}.biz:{70000 + i}/" for i in range(1000)]
+    intake = Intake(Guards())
+    kept = list(intake.lines([*lines, "good.biz", "# comment", ""], 0.0))
+    assert [s.indicator.value for s in kept] == ["good.biz"]
+    assert intake.refused == {"bad host name": 1000, "bad URL": 1000}

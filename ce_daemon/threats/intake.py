@@ -34,7 +34,7 @@ class Intake:
         for raw in raws:
             result = normalise(raw, kind)
             if not isinstance(result, Indicator):
-                self.refused[result.reason.split(":")[0]] += 1
+                self.refused[result.cause] += 1
                 continue
             objection = guard(result, self.guards)
             if objection is not None:

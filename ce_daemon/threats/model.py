@@ -66,6 +66,10 @@ class Rejected:
 
     raw: str
     reason: str
+    """What is wrong, in detail (may quote the value)."""
+    cause: str
+    """The kind of problem, from a short fixed set: what refusals are counted by (bounded however bad
+    the feed)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,14 +45,17 @@ _MAX_HOST: Final = 253
 
 def refang(raw: str) -> str:
     """``raw`` with the usual defanging undone (``hxxp``, ``[.]``, ``(.)``, ``[:]`` …), to a fixed point."""
-    value = _HXXP.sub(r"http\1", raw.strip())
-    while True:
+    value = raw.strip()
+    if value[:1] in ("h", "H"):
+        value = _HXXP.sub(r"http\1", value)
+    while "[" in value or "(" in value or "{" in value:
         undone = value
         for fanged, plain in _DEFANGS:
             undone = undone.replace(fanged, plain)
         if undone == value:
-            return value
+            break
         value = undone
+    return value
 
 
 def guess_type(value: str) -> IocType:
@@ -76,18 +79,19 @@ def guess_type(value: str) -> IocType:
 def normalise(raw: object, kind: IocType | None = None, *, dlp: bool = False) -> Indicator | Rejected:
     """The one spelling of ``raw`` as an indicator of ``kind`` (guessed when None), or why it is none."""
     if not isinstance(raw, str):
-        return Rejected(repr(raw)[:80], f"not text but {type(raw).__name__}")
+        return Rejected(repr(raw)[:80], f"not text but {type(raw).__name__}", "not text")
     value = refang(raw[: MAX_VALUE_LENGTH + 1])
     problem = _unfit(raw, value)
     if problem is not None:
-        return Rejected(raw[:80], problem)
+        return Rejected(raw[:80], problem, problem.split(" (")[0])
     kind = guess_type(value) if kind is None else kind
     if dlp and kind not in HASH_LENGTHS:
-        return Rejected(raw, f"only file hashes can be DLP fingerprints, not a {kind}")
+        reason = f"only file hashes can be DLP fingerprints, not a {kind}"
+        return Rejected(raw, reason, "DLP flag on a non-hash")
     result = _BY_TYPE[kind](value, kind)
     if isinstance(result, str):
         return Indicator(kind, result, dlp)
-    return Rejected(raw, result.reason)
+    return Rejected(raw, result.reason, result.cause)
 
 
 def _unfit(raw: str, value: str) -> str | None:
@@ -105,29 +109,29 @@ def normalise_host(host: str) -> str | Rejected:
     """A host name lower-cased, without trailing dots, international labels in their ``xn--`` form."""
     name = host.translate(_DOTS).rstrip(".")
     if not name:
-        return Rejected(host, "empty host name")
+        return Rejected(host, "empty host name", "bad host name")
     labels: list[str] = []
     for label in name.split("."):
         if not label.isascii():
             try:
                 label = idna.encode(label, uts46=True).decode("ascii")  # noqa: PLW2901 - the label, encoded
             except (idna.IDNAError, UnicodeError) as exc:
-                return Rejected(host, f"not a valid international name: {exc}")
+                return Rejected(host, f"not a valid international name: {exc}", "bad international name")
         label = label.lower()  # noqa: PLW2901 - the label, lower-cased
         if not _LABEL.match(label):
-            return Rejected(host, f"label {label!r} is not a valid host name label")
+            return Rejected(host, f"label {label!r} is not a valid host name label", "bad host name")
         labels.append(label)
     if "*" in labels[1:]:
-        return Rejected(host, "a wildcard is only allowed as the first label")
+        return Rejected(host, "a wildcard is only allowed as the first label", "bad host name")
     result = ".".join(labels)
     if len(result) > _MAX_HOST:
-        return Rejected(host, f"host name longer than {_MAX_HOST} characters")
+        return Rejected(host, f"host name longer than {_MAX_HOST} characters", "bad host name")
     return result
 
 
 def _hostname(value: str, kind: IocType) -> str | Rejected:
     if _is_ip(value):
-        return Rejected(value, f"an IP address, not a {kind}")
+        return Rejected(value, f"an IP address, not a {kind}", "wrong type")
     return normalise_host(value)
 
 
@@ -136,9 +140,9 @@ def _ip(value: str, kind: IocType) -> str | Rejected:
     try:
         network = ipaddress.ip_network(value, strict=False)
     except ValueError as exc:
-        return Rejected(value, f"not an IP address or network: {exc}")
+        return Rejected(value, f"not an IP address or network: {exc}", "bad IP address")
     if network.version != want:
-        return Rejected(value, f"an IPv{network.version} value, not {kind}")
+        return Rejected(value, f"an IPv{network.version} value, not {kind}", "wrong type")
     if network.prefixlen < network.max_prefixlen:
         return str(network)
     return str(network.network_address)
@@ -147,9 +151,9 @@ def _ip(value: str, kind: IocType) -> str | Rejected:
 def _hash(value: str, kind: IocType) -> str | Rejected:
     length = HASH_LENGTHS[kind]
     if not set(value) <= _HEX:
-        return Rejected(value, f"not hexadecimal, as a {kind} must be")
+        return Rejected(value, f"not hexadecimal, as a {kind} must be", "bad hash")
     if len(value) != length:
-        return Rejected(value, f"{len(value)} hex digits, a {kind} has {length}")
+        return Rejected(value, f"{len(value)} hex digits, a {kind} has {length}", "bad hash")
     return value.lower()
 
 
@@ -159,7 +163,7 @@ def _url(value: str, kind: IocType) -> str | Rejected:
         scheme, rest = "http", value
     scheme = scheme.lower()
     if scheme not in DEFAULT_PORTS:
-        return Rejected(value, f"scheme {scheme!r} is not one of {', '.join(DEFAULT_PORTS)}")
+        return Rejected(value, f"scheme {scheme!r} is not one of {', '.join(DEFAULT_PORTS)}", "bad URL")
     cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     netloc, tail = rest[:cut], rest[cut:]
     tail = tail.partition("#")[0]  # a fragment never reaches the server
@@ -168,18 +172,18 @@ def _url(value: str, kind: IocType) -> str | Rejected:
     userinfo, at, hostport = netloc.rpartition("@")
     host, port = _split_port(hostport)
     if isinstance(port, Rejected):
-        return Rejected(value, port.reason)
+        return Rejected(value, port.reason, port.cause)
     if host.startswith("["):
         address = _ip(host[1:-1], IocType.IPV6)
         if not host.endswith("]") or isinstance(address, Rejected) or "/" in address:
-            return Rejected(value, f"host {host!r} is not an IPv6 address")
+            return Rejected(value, f"host {host!r} is not an IPv6 address", "bad URL")
         name: str | Rejected = f"[{address}]"
     elif _is_ip(host):
         name = _ip(host, IocType.IPV4)
     else:
         name = normalise_host(host)
     if isinstance(name, Rejected):
-        return Rejected(value, name.reason)
+        return Rejected(value, name.reason, name.cause)
     shown_port = "" if port in (None, DEFAULT_PORTS[scheme]) else f":{port}"
     return f"{scheme}://{userinfo}{at}{name}{shown_port}{tail}"
 
@@ -191,7 +195,7 @@ def _split_port(hostport: str) -> tuple[str, int | Rejected | None]:
     if not digits:
         return host, None
     if not digits.isascii() or not digits.isdigit() or int(digits) > 65535:
-        return host, Rejected(hostport, f"port {digits!r} is not a number from 0 to 65535")
+        return host, Rejected(hostport, f"port {digits!r} is not a number from 0 to 65535", "bad URL")
     return host, int(digits)
 
 
