@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ce_daemon.testing import write_pipeline
+from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import run_cli
 from ce_daemon.testing.state import state_section
 
@@ -90,3 +91,24 @@ async def test_a_bad_allowlist_entry_is_refused_with_the_reason(tmp_path: Path) 
     code, out = await run_cli("check", "-c", str(config), env={})
     assert code == 78, out
     assert "allowlist entry 'http://corp.example.net:http/'" in out
+
+
+async def test_status_shows_the_stored_iocs(tmp_path: Path) -> None:
+    """A running daemon's `status` has a threats section: active and inactive rows, active rows per type."""
+    config = pipeline(tmp_path)
+    listing = tmp_path / "list.txt"
+    listing.write_text("evil.biz\n8.8.4.4\nhttp://evil.biz/x\n")
+    await iocs("import", "-c", str(config), "--source", "local", str(listing))
+    async with DaemonProcess(config, env={}) as daemon:
+        await daemon.wait_for_event("daemon.ready")
+        code, out = await run_cli("status", "-c", str(config), "--json", env={})
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+    assert code == 0, out
+    assert orjson.loads(out)["jobs"]["threats"] == {
+        "iocs_active": 3,
+        "iocs_inactive": 0,
+        "iocs_domain": 1,
+        "iocs_ipv4": 1,
+        "iocs_url": 1,
+    }
