@@ -118,7 +118,8 @@ async def test_a_state_made_by_the_released_schema_opens_without_migrating(tmp_p
             state = await Checkpoints(store).state("t/alerts/dlp")
             letters = await DeadLetters(store).oldest()
             await spool.append("t/alerts/dlp", [{"_id": "3"}])
-    assert [e for e in logs if e["event"] == "state.migrated"] == []
+    released = {"core", "spool", "deadletters"}  # a job installed since then brings its own tables
+    assert [e for e in logs if e["event"] == "state.migrated" and e["component"] in released] == []
     assert page is not None and page.seq == 7 and page.records == [{"_id": "1"}, {"_id": "2"}]
     assert state is not None and (state.index, state.last_id, state.count) == ("idx", "2", 2)
     assert [(r["id"], r["reason"]) for r in letters] == [(4, "refused")]
@@ -149,6 +150,7 @@ async def test_nodes_starting_at_once_migrate_once(postgres_url: str) -> None:
         "cluster": 1,  # on PostgreSQL the cluster's tables come with the core's
         "spool": 1,
         "deadletters": 1,
+        "threats": 1,
     }
 
 

@@ -1,0 +1,1 @@
+"""Threat exchange (CE's Cloud Threat Exchange): IOCs normalised, guarded, stored, merged and aged."""

@@ -1,0 +1,421 @@
+"""The IOC store: one row per (value, type, source), a merged view per value, full lists as set differences.
+
+Each source's word on an indicator is kept apart (first and last sighting, count, verdict, severity,
+reputation, confidence, tags, comment, expiry), so trust policy can weigh sources and one source's
+retraction never erases another's sighting (MineMeld's model, threat-intel.md). The merged view per
+value takes first_seen = min, last_seen = max, sources = union, sightings = sum.
+
+A full-list source (a feed that sends its whole list each poll) is applied as a set difference:
+only new, changed or reappearing rows are written, and rows of the source missing from the poll
+become inactive afterwards, once the whole poll went through ("sudden death" only after a
+successful poll: a poll that fails midway deactivates nothing). A still-listed row is not rewritten
+on every poll: its last sighting is the source's last successful poll (``threat_sources.last_poll``),
+which the merged view and :meth:`IocStore.expire` read; ``sightings`` counts the polls that wrote it.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Final
+
+import orjson
+
+from ce_daemon.store import Migration, Store
+from ce_daemon.store.base import Row
+from ce_daemon.threats.model import Indicator, IocType, Severity, Sighting, Verdict
+from ce_daemon.threats.settings import Lifetime
+
+__all__ = ["THREATS_MIGRATIONS", "IngestResult", "IocStore", "Merged", "SourceRow", "StoredIoc"]
+
+THREATS_MIGRATIONS: Final = (
+    Migration(
+        "threats",
+        1,
+        (
+            """CREATE TABLE threat_iocs (
+                value {text} NOT NULL,
+                type {text} NOT NULL,
+                source {text} NOT NULL,
+                dlp {int} NOT NULL,
+                first_seen {real} NOT NULL,
+                last_seen {real} NOT NULL,
+                sightings {int} NOT NULL,
+                verdict {text} NOT NULL,
+                severity {text} NOT NULL,
+                reputation {int} NOT NULL,
+                confidence {int} NOT NULL,
+                tags {text} NOT NULL,
+                comment {text} NOT NULL,
+                digest {int} NOT NULL,
+                expires_at {real} NOT NULL,
+                active {int} NOT NULL,
+                PRIMARY KEY (value, type, source)
+            ) {keyed}""",
+            "CREATE INDEX threat_iocs_source ON threat_iocs(source, active)",
+            """CREATE TABLE threat_sources (
+                source {text} PRIMARY KEY,
+                full_list {int} NOT NULL,
+                basis {text} NOT NULL,
+                last_poll {real} NOT NULL,
+                polls {int} NOT NULL,
+                rejected {int} NOT NULL
+            ) {keyed}""",
+        ),
+    ),
+)
+"""The store's tables: the value leads the key (lookups by value), an index serves lookups by source."""
+
+BATCH: Final = 5000
+"""Rows per transaction: large enough for throughput, small enough to keep a transaction short."""
+_COLUMNS: Final = (
+    "value, type, source, dlp, first_seen, last_seen, sightings, verdict, severity, reputation,"
+    " confidence, tags, comment, digest, expires_at, active"
+)
+_UPSERT: Final = (
+    f"INSERT INTO threat_iocs ({_COLUMNS}) VALUES (:value, :type, :source, :dlp, :seen, :seen, 1,"  # noqa: S608 - fixed names
+    " :verdict, :severity, :reputation, :confidence, :tags, :comment, :digest, :expires, 1)"
+    " ON CONFLICT (value, type, source) DO UPDATE SET"
+    " last_seen = CASE WHEN excluded.last_seen > threat_iocs.last_seen"
+    " THEN excluded.last_seen ELSE threat_iocs.last_seen END,"
+    " first_seen = CASE WHEN excluded.first_seen < threat_iocs.first_seen"
+    " THEN excluded.first_seen ELSE threat_iocs.first_seen END,"
+    " sightings = threat_iocs.sightings + 1, dlp = excluded.dlp, verdict = excluded.verdict,"
+    " severity = excluded.severity, reputation = excluded.reputation, confidence = excluded.confidence,"
+    " tags = excluded.tags, comment = excluded.comment, digest = excluded.digest, active = 1,"
+    " expires_at = {basis} + :lifetime"
+)
+_BASIS: Final = {
+    "first_seen": "CASE WHEN excluded.first_seen < threat_iocs.first_seen"
+    " THEN excluded.first_seen ELSE threat_iocs.first_seen END",
+    "last_seen": "CASE WHEN excluded.last_seen > threat_iocs.last_seen"
+    " THEN excluded.last_seen ELSE threat_iocs.last_seen END",
+}
+# The row's last sighting, or its full-list source's last successful poll while it is still listed.
+_LAST_SEEN: Final = (
+    "CASE WHEN s.full_list = 1 AND i.active = 1 AND s.last_poll > i.last_seen"
+    " THEN s.last_poll ELSE i.last_seen END"
+)
+_SELECT: Final = (
+    "SELECT i.value, i.type, i.source, i.dlp, i.first_seen, "  # noqa: S608 - fixed column names
+    + _LAST_SEEN
+    + ", i.sightings, i.verdict,"
+    " i.severity, i.reputation, i.confidence, i.tags, i.comment, i.expires_at, i.active"
+    " FROM threat_iocs i LEFT JOIN threat_sources s ON s.source = i.source"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredIoc:
+    """One source's row for one indicator."""
+
+    indicator: Indicator
+    source: str
+    first_seen: float
+    last_seen: float
+    sightings: int
+    verdict: Verdict
+    severity: Severity
+    reputation: int
+    confidence: int
+    tags: tuple[str, ...]
+    comment: str
+    expires_at: float
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """Every source's word on one indicator, merged (the view trust policy and sharing read)."""
+
+    indicator: Indicator
+    rows: tuple[StoredIoc, ...]
+
+    @property
+    def first_seen(self) -> float:
+        return min(row.first_seen for row in self.rows)
+
+    @property
+    def last_seen(self) -> float:
+        return max(row.last_seen for row in self.rows)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(sorted({row.source for row in self.rows}))
+
+    @property
+    def sightings(self) -> int:
+        return sum(row.sightings for row in self.rows)
+
+    @property
+    def active(self) -> bool:
+        """True while any source still lists it."""
+        return any(row.active for row in self.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """What the store knows of one source's polls."""
+
+    source: str
+    full_list: bool
+    last_poll: float
+    polls: int
+    rejected: int
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What one poll changed."""
+
+    written: int = 0
+    """New, changed or reappearing rows (and every sighting of an incremental source)."""
+    unchanged: int = 0
+    """Rows of a full list already stored as they are: not rewritten."""
+    deactivated: int = 0
+    """Rows of a full list missing from this poll."""
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _digest(sighting: Sighting, tags: str) -> int:
+    """A checksum of what a source says of an indicator: a re-listed, unchanged entry is not rewritten."""
+    text = "\x1f".join(
+        (sighting.verdict, sighting.severity, str(sighting.reputation), str(sighting.confidence),
+         str(sighting.indicator.dlp), tags, sighting.comment)
+    )  # fmt: skip
+    return zlib.crc32(text.encode())
+
+
+def _key(kind: str, value: str) -> str:
+    return f"{kind}\x00{value}"
+
+
+def _unlisted(source: str, listed: dict[str, int]) -> Iterator[dict[str, object]]:
+    for key in listed:
+        kind, value = key.split("\x00", 1)
+        yield {"type": kind, "value": value, "source": source}
+
+
+def _batches(items: Iterable[dict[str, object]]) -> Iterator[list[dict[str, object]]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, BATCH)):
+        yield batch
+
+
+class IocStore:
+    """The threat tables of a :class:`~ce_daemon.store.Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def ingest(
+        self,
+        source: str,
+        sightings: Iterable[Sighting],
+        *,
+        full_list: bool,
+        lifetime: Lifetime,
+        rejected: int = 0,
+        now: float | None = None,
+    ) -> IngestResult:
+        """Store one poll of ``source``; for a full list, deactivate what it no longer lists.
+
+        ``sightings`` is read once, in batches committed as they fill; when it raises (the source
+        failed mid-poll) what was committed stays, and nothing is deactivated. ``rejected`` counts
+        what normalisation and the guards refused in this poll (kept per source).
+        """
+        now = time.time() if now is None else now
+        result = IngestResult(rejected=rejected)
+        listed = await self._listed(source) if full_list else {}
+        upsert = _UPSERT.replace("{basis}", _BASIS[lifetime.basis])
+
+        def rows() -> Iterator[dict[str, object]]:
+            for sighting in sightings:
+                indicator = sighting.indicator
+                tags = orjson.dumps(sorted(set(sighting.tags))).decode()
+                digest = _digest(sighting, tags)
+                if full_list and listed.pop(_key(indicator.type, indicator.value), None) == digest:
+                    result.unchanged += 1
+                    continue
+                result.written += 1
+                life = lifetime.of(indicator.type)
+                yield {
+                    "value": indicator.value,
+                    "type": str(indicator.type),
+                    "source": source,
+                    "dlp": int(indicator.dlp),
+                    "seen": sighting.seen,
+                    "verdict": str(sighting.verdict),
+                    "severity": str(sighting.severity),
+                    "reputation": sighting.reputation,
+                    "confidence": sighting.confidence,
+                    "tags": tags,
+                    "comment": sighting.comment,
+                    "digest": digest,
+                    "lifetime": life,
+                    "expires": sighting.seen + life,
+                }
+
+        for batch in _batches(rows()):
+            async with self.store.transaction() as tx:
+                await tx.executemany(upsert, batch)
+        async with self.store.transaction() as tx:
+            if full_list:
+                for batch in _batches(_unlisted(source, listed)):
+                    await tx.executemany(
+                        "UPDATE threat_iocs SET active = 0"
+                        " WHERE value = :value AND type = :type AND source = :source",
+                        batch,
+                    )
+                result.deactivated = len(listed)
+            await tx.execute(
+                "INSERT INTO threat_sources (source, full_list, basis, last_poll, polls, rejected)"
+                " VALUES (:source, :full_list, :basis, :now, 1, :rejected)"
+                " ON CONFLICT (source) DO UPDATE SET full_list = excluded.full_list, basis = excluded.basis,"
+                " last_poll = excluded.last_poll, polls = threat_sources.polls + 1,"
+                " rejected = threat_sources.rejected + excluded.rejected",
+                {
+                    "source": source,
+                    "full_list": int(full_list),
+                    "basis": lifetime.basis,
+                    "now": now,
+                    "rejected": rejected,
+                },
+            )
+        return result
+
+    async def _listed(self, source: str) -> dict[str, int]:
+        """The active rows of ``source`` (type and value) with their digests."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(
+                "SELECT type, value, digest FROM threat_iocs WHERE source = :source AND active = 1",
+                {"source": source},
+            )
+        return {_key(kind, value): digest for kind, value, digest in rows}
+
+    async def expire(self, now: float | None = None) -> int:
+        """Deactivate every row past its lifetime; the number deactivated.
+
+        A row still listed by a full-list source with a ``last_seen`` lifetime counts from the
+        source's last successful poll (its true last sighting), not from when it was last written.
+        """
+        now = time.time() if now is None else now
+        async with self.store.transaction() as tx:
+            return await tx.execute(
+                "UPDATE threat_iocs SET active = 0 WHERE active = 1 AND expires_at <= :now AND NOT EXISTS ("
+                " SELECT 1 FROM threat_sources s WHERE s.source = threat_iocs.source AND s.full_list = 1"
+                " AND s.basis = 'last_seen'"
+                " AND threat_iocs.expires_at - threat_iocs.last_seen + s.last_poll > :now)",
+                {"now": now},
+            )
+
+    async def merged(self, value: str, kind: IocType | None = None) -> list[Merged]:
+        """The merged view of ``value`` (one per type it is stored as), or none."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(f"{_SELECT} WHERE i.value = :value", {"value": value})
+        return [m for m in _merge([_stored(row) for row in rows]) if kind is None or m.indicator.type is kind]
+
+    async def search(
+        self,
+        *,
+        contains: str | None = None,
+        kind: IocType | None = None,
+        source: str | None = None,
+        active: bool | None = None,
+        limit: int = 100,
+    ) -> list[Merged]:
+        """Indicators (the first ``limit`` values, in order) matching every filter given, merged.
+
+        ``contains`` is a substring of the value; a merged indicator shows every source's row.
+        """
+        where: list[str] = []
+        params: dict[str, object] = {"limit": limit}
+        if kind is not None:
+            where.append("type = :type")
+            params["type"] = str(kind)
+        if source is not None:
+            where.append("source = :source")
+            params["source"] = source
+        if active is not None:
+            where.append("active = :active")
+            params["active"] = int(active)
+        if contains:
+            where.append("value LIKE :pattern")
+            params["pattern"] = "%" + contains.replace("%", "").replace("_", "") + "%"
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(
+                f"{_SELECT} WHERE i.value IN (SELECT value FROM threat_iocs{condition}"  # noqa: S608 - bound
+                " GROUP BY value ORDER BY value LIMIT :limit)",
+                params,
+            )
+        return [m for m in _merge([_stored(row) for row in rows]) if kind is None or m.indicator.type is kind]
+
+    async def counts(self) -> list[tuple[str, str, bool, int]]:
+        """``(type, source, active, rows)`` for every combination present."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(
+                "SELECT type, source, active, COUNT(*) FROM threat_iocs GROUP BY type, source, active"
+                " ORDER BY type, source, active"
+            )
+        return [(str(kind), str(source), bool(active), int(n)) for kind, source, active, n in rows]
+
+    async def sources(self) -> list[SourceRow]:
+        """Every source that has polled, by name."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(
+                "SELECT source, full_list, last_poll, polls, rejected FROM threat_sources ORDER BY source"
+            )
+        return [SourceRow(str(s), bool(f), float(p), int(n), int(r)) for s, f, p, n, r in rows]
+
+
+def _stored(row: Row) -> StoredIoc:
+    (
+        value,
+        kind,
+        source,
+        dlp,
+        first,
+        last,
+        sightings,
+        verdict,
+        severity,
+        rep,
+        conf,
+        tags,
+        comment,
+        exp,
+        act,
+    ) = row
+    return StoredIoc(
+        Indicator(IocType(kind), str(value), bool(dlp)),
+        str(source),
+        float(first),
+        float(last),
+        int(sightings),
+        Verdict(verdict),
+        Severity(severity),
+        int(rep),
+        int(conf),
+        tuple(orjson.loads(str(tags))),
+        str(comment),
+        float(exp),
+        bool(act),
+    )
+
+
+def _merge(rows: list[StoredIoc]) -> list[Merged]:
+    by_indicator: dict[tuple[IocType, str], list[StoredIoc]] = {}
+    for row in rows:
+        by_indicator.setdefault((row.indicator.type, row.indicator.value), []).append(row)
+    return [
+        Merged(
+            Indicator(kind, value, any(r.indicator.dlp for r in group)),
+            tuple(sorted(group, key=lambda r: r.source)),
+        )
+        for (kind, value), group in sorted(by_indicator.items())
+    ]
