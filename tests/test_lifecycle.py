@@ -313,7 +313,10 @@ async def added_while_down(
         path = write_pipeline(tmp_path / "pipeline.yaml", config)
         async with DaemonProcess(path, env={**notify.env, "SIM_TOKEN": TOKEN}) as daemon:
             await notify.wait_for("READY=1", timeout=30)
-            write_pipeline(path, with_route(config, name, port, **extra))
+            # Malsite alerts, which no other route reads: their poller starts with the reload, and the new
+            # route reads that stream from its first page, the simulator's whole backlog of it, however
+            # fast the running route ships (a route new to a stream others read starts at its end).
+            write_pipeline(path, with_route(config, name, port, **{"alerts": ["malsite"], **extra}))
             daemon.signal(signal.SIGHUP)
             await daemon.wait_for_event("daemon.reload_applied")
             await route_when(path, name, lambda r: r["state"] == "degraded")
