@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar, Literal, Protocol, Self
 
 from ce_daemon.errors import CeDaemonError
@@ -290,3 +291,24 @@ class Fence:
         held = await tx.fetchval(self.CHECK, {"unit": self.unit, "node": self.node, "token": self.token})
         if held is None:
             raise LeaseLostError(f"lease of {self.unit} lost: token {self.token} of {self.node} is stale")
+
+
+_NAME = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@lru_cache(maxsize=1024)
+def number_placeholders(sql: str, mark: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` with each ``:name`` placeholder as ``<mark><n>`` (``$1`` for PostgreSQL, ``?1`` for SQLite;
+    a name used twice is one parameter), quoted text left alone, and the names in parameter order."""
+    names: list[str] = []
+    parts = sql.split("'")
+    for i in range(0, len(parts), 2):  # outside quotes
+
+        def numbered(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in names:
+                names.append(name)
+            return f"{mark}{names.index(name) + 1}"
+
+        parts[i] = _NAME.sub(numbered, parts[i])
+    return "'".join(parts), tuple(names)

@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -41,6 +40,7 @@ from ce_daemon.store.base import (
     StoreError,
     Transaction,
     newer_schema,
+    number_placeholders,
     plan_migrations,
     render_ddl,
 )
@@ -82,25 +82,12 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     PRIMARY KEY (component, version)
 )
 """
-_NAME = re.compile(r"(?<![:\w]):(\w+)")
 _ROWS = re.compile(r"(\d+)$")
 
 
-@lru_cache(maxsize=512)
 def translate(sql: str) -> tuple[str, tuple[str, ...]]:
-    """``sql`` with ``:name`` placeholders as ``$n`` (a name used twice is one parameter) and the names."""
-    names: list[str] = []
-    parts = sql.split("'")
-    for i in range(0, len(parts), 2):  # outside quotes
-
-        def numbered(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in names:
-                names.append(name)
-            return f"${names.index(name) + 1}"
-
-        parts[i] = _NAME.sub(numbered, parts[i])
-    return "'".join(parts), tuple(names)
+    """``sql`` with numbered ``$n`` placeholders, and the names in parameter order."""
+    return number_placeholders(sql, "$")
 
 
 def _bind(sql: str, params: Params | None) -> tuple[str, list[Any]]:

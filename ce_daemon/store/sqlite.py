@@ -14,13 +14,11 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import sqlite3
 import stat
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from ce_daemon.store.base import (
     StoreError,
     Transaction,
     newer_schema,
+    number_placeholders,
     plan_migrations,
     render_ddl,
 )
@@ -72,22 +71,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 ) WITHOUT ROWID
 """
 
-_NAME = re.compile(r"(?<![:\w]):(\w+)")
 
-
-@lru_cache(maxsize=512)
 def translate(sql: str) -> tuple[str, tuple[str, ...]]:
-    """``sql`` with ``:name`` placeholders as ``?`` and the names in order (quoted text left alone)."""
-    names: list[str] = []
-    parts = sql.split("'")
-    for i in range(0, len(parts), 2):  # outside quotes
-
-        def positional(match: re.Match[str]) -> str:
-            names.append(match.group(1))
-            return "?"
-
-        parts[i] = _NAME.sub(positional, parts[i])
-    return "'".join(parts), tuple(names)
+    """``sql`` with numbered ``?n`` placeholders, and the names in parameter order."""
+    return number_placeholders(sql, "?")
 
 
 def _bind(sql: str, params: Params | None) -> tuple[str, tuple[Any, ...]]:
