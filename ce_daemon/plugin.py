@@ -17,7 +17,7 @@ registry checks it against :data:`API_VERSION` when it loads the plugin (see ``d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Final, Generic, get_args
@@ -42,6 +42,8 @@ __all__ = [
     "Duration",
     "Framing",
     "Health",
+    "IocPage",
+    "IocRecord",
     "LogSink",
     "OptionsT_co",
     "OutRecord",
@@ -49,11 +51,17 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "PluginOptions",
+    "Pull",
+    "Push",
+    "PushResult",
     "SecretOrText",
     "SendResult",
+    "SharedIoc",
     "Size",
     "SyslogFramer",
     "SyslogHeader",
+    "ThreatSink",
+    "ThreatSource",
     "Timeout",
     "TransientError",
     "register_secret",
@@ -213,3 +221,142 @@ class LogSink(Plugin[OptionsT_co]):
     @abstractmethod
     async def send(self, batch: Sequence[OutRecord]) -> SendResult:
         """Deliver ``batch``; return only once the target acknowledged it."""
+
+
+@dataclass(frozen=True, slots=True)
+class IocRecord:
+    """One indicator as a threat source read it; the core normalises and guards it before storing.
+
+    ``type`` is one of ``url domain hostname ipv4 ipv6 md5 sha1 sha256`` (None: the core guesses it
+    from the value); ``seen`` is when the source last saw it (epoch seconds; None: the poll's time);
+    ``verdict`` is ``malicious`` or ``safe``; ``severity`` one of ``unknown low medium high
+    critical``; ``reputation`` CE's 1 (benign) to 10 (malicious); ``confidence`` 0 to 100. Values out
+    of those ranges are clamped, an unknown severity or verdict is refused with the record.
+    """
+
+    value: str
+    type: str | None = None
+    seen: float | None = None
+    verdict: str = "malicious"
+    severity: str = "unknown"
+    reputation: int = 5
+    confidence: int = 50
+    tags: tuple[str, ...] = ()
+    comment: str = ""
+    dlp: bool = False
+    """A DLP file fingerprint (hash types only), not a malware verdict."""
+
+
+@dataclass(frozen=True, slots=True)
+class IocPage:
+    """One page of a pull: the indicators read, what could not be read, and where to resume.
+
+    ``refused`` lists ``(what, reason)`` for items the plugin could not make an indicator of (a STIX
+    pattern it cannot parse, a CSV row without the value column): counted for the source and
+    logged, never stored. ``checkpoint`` is the cursor after this page (an incremental source's
+    timestamp, a TAXII ``next``): the core stores it with the page's indicators and hands it back on
+    the next pull, so a restart resumes after the last stored page. None keeps the previous one.
+    """
+
+    records: Sequence[IocRecord]
+    refused: Sequence[tuple[str, str]] = ()
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """What the core asks of one poll of a threat source."""
+
+    checkpoint: str | None
+    """The ``checkpoint`` of the last page stored (None: the first poll, or a full-list source)."""
+    exclude_tags: frozenset[str]
+    """Indicators carrying any of these tags were pushed by this daemon: skip them (no sharing loops)."""
+    now: float
+    """The poll's time (epoch seconds)."""
+
+
+class ThreatSource(Plugin[OptionsT_co]):
+    """Pulls indicators from a threat-intelligence system (MISP, TAXII, a feed…).
+
+    A source is incremental (each pull returns what changed since ``Pull.checkpoint``) or a full list
+    (each pull returns the whole list: what it no longer lists is deactivated, only after a pull
+    that went through to its last page). A pull that fails part-way raises; the pages already
+    yielded stay stored.
+    """
+
+    kind: ClassVar[str] = "threat_source"
+    full_list: bool = False
+    """True when every pull returns the source's whole list (set per instance when an option decides)."""
+
+    @abstractmethod
+    def pull(self, request: Pull) -> AsyncIterator[IocPage]:
+        """The pages of one poll, in order (an async generator)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharedIoc:
+    """One indicator as the core shares it: the merged view of every source's word on it."""
+
+    type: str
+    value: str
+    severity: str
+    reputation: int
+    confidence: int
+    tags: tuple[str, ...]
+    comment: str
+    first_seen: float
+    last_seen: float
+    sources: tuple[str, ...]
+    dlp: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """One push to a threat destination.
+
+    ``full`` False (a destination with ``incremental = True``): add ``add`` and remove ``remove``,
+    leaving the rest as it is. ``full`` True: ``add`` is the destination's whole list, replacing
+    what it holds (``remove`` is then empty). ``tag`` marks what this daemon pushed: write it where
+    the destination keeps tags, so that a source reading the same system skips it.
+
+    A push whose answer was lost is pushed again: adding what is already there and removing what is
+    already gone must do no harm (look before appending where the target would double an entry).
+    """
+
+    add: Sequence[SharedIoc]
+    remove: Sequence[SharedIoc]
+    full: bool
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What a destination did with a push: ``rejected`` lists ``(value, reason)`` it refused for good.
+
+    Refused entries are dropped, counted and reported, and not offered again until they change.
+    Raise :class:`~ce_daemon.errors.TransientError` instead when the push should be retried whole.
+    """
+
+    rejected: Sequence[tuple[str, str]] = ()
+
+
+class ThreatSink(Plugin[OptionsT_co]):
+    """Shares indicators with a system that blocks or hunts with them (a Netskope list, MISP, TAXII…)."""
+
+    kind: ClassVar[str] = "threat_sink"
+    types: frozenset[str] = frozenset()
+    """The indicator types it takes (the core never offers others)."""
+    incremental: bool = True
+    """True: pushes carry what to add and remove; False: each push is the whole list."""
+    max_entries: int | None = None
+    """The most entries the destination holds: the core orders the list and drops the rest (reported)."""
+    max_bytes: int | None = None
+    """The most bytes its list may take, counted with :meth:`entry_size`."""
+
+    def entry_size(self, ioc: SharedIoc) -> int:
+        """What ``ioc`` counts against :attr:`max_bytes` (by default its value and a newline)."""
+        return len(ioc.value.encode()) + 1
+
+    @abstractmethod
+    async def push(self, push: Push) -> PushResult:
+        """Apply ``push``; return only once the destination acknowledged it."""

@@ -22,7 +22,15 @@ import os
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from ce_daemon.plugin import API_VERSION, OLDEST_API_VERSION, LogSink, Plugin, PluginOptions
+from ce_daemon.plugin import (
+    API_VERSION,
+    OLDEST_API_VERSION,
+    LogSink,
+    Plugin,
+    PluginOptions,
+    ThreatSink,
+    ThreatSource,
+)
 
 GROUPS: dict[str, str] = {
     "log_sink": "ce_daemon.log_sinks",
@@ -32,7 +40,11 @@ GROUPS: dict[str, str] = {
     "risk_source": "ce_daemon.risk_sources",
     "risk_action": "ce_daemon.risk_actions",
 }
-BASES: dict[str, type[Plugin]] = {"log_sink": LogSink}
+BASES: dict[str, type[Plugin]] = {
+    "log_sink": LogSink,
+    "threat_source": ThreatSource,
+    "threat_sink": ThreatSink,
+}
 
 
 @dataclass(frozen=True)

@@ -77,12 +77,12 @@ async def test_reading_without_a_state_database_creates_none(tmp_path: Path) -> 
     assert not (tmp_path / "state" / "state.db").exists()
 
 
-async def test_the_section_refuses_what_it_does_not_know_yet_with_its_place(tmp_path: Path) -> None:
-    """`sources:` comes with the plugin contract: today the file is refused, at the key's place."""
+async def test_the_section_refuses_what_it_does_not_know_with_its_place(tmp_path: Path) -> None:
+    """A source written with the plugin's ``type`` beside its name (not under ``plugin:``) is refused there."""
     config = pipeline(tmp_path, {"sources": [{"name": "misp", "type": "misp"}]})
     code, out = await run_cli("check", "-c", str(config), env={})
     assert code == 78, out
-    assert "threats.sources: unknown key 'sources'" in out
+    assert "threats.sources[0].type: unknown key 'type'" in out
 
 
 async def test_a_bad_allowlist_entry_is_refused_with_the_reason(tmp_path: Path) -> None:
