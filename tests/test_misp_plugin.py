@@ -16,7 +16,7 @@ from ce_misp.mapping import SUPPORTED_TYPES, read_attribute
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ce_daemon.errors import AuthError, TransientError
+from ce_daemon.errors import AuthError, ComponentConfigError, TransientError
 from ce_daemon.plugin import IocPage, IocRecord, PluginContext, Pull, Push, SharedIoc
 
 NOW = 1_700_000_000
@@ -309,6 +309,17 @@ async def test_429_5xx_and_refused_key(misp: FakeMisp, tmp_path: Path) -> None:
     assert not health.ok and "403" in health.detail
 
 
+async def test_a_peer_that_does_not_answer_in_time_fails_the_poll(misp: FakeMisp, tmp_path: Path) -> None:
+    """A request held past ``timeout`` fails the poll as transient ("no answer in time")."""
+    misp.hold_next(1)
+    try:
+        async with opened(MispSource, misp, tmp_path, timeout=0.2) as source:
+            with pytest.raises(TransientError, match="no answer in time"):
+                await pull(source)
+    finally:
+        misp.release_held()
+
+
 async def test_failure_mid_poll_keeps_pages_read_and_resumes(misp: FakeMisp, tmp_path: Path) -> None:
     """A page failing after others keeps their checkpoint; resuming from it reads the rest."""
     misp.add_event("feed", [attribute("domain", f"d{n}.example", 100 - n) for n in range(5)])
@@ -447,6 +458,34 @@ async def test_deleting_an_attribute_already_gone_is_no_error(tmp_path: Path) ->
         assert (await sink.push(push(remove=[ioc("domain", "a.example")]))).rejected == []
         statuses = [r.status for r in fake.requests if "/delete/" in r.path]
     assert statuses == [200, 404]
+
+
+async def test_an_event_deleted_in_misp_is_made_again(misp: FakeMisp, tmp_path: Path) -> None:
+    """Someone deleted the destination's event: the next push makes a new one and adds there."""
+    async with opened(MispSink, misp, tmp_path) as sink:
+        await sink.push(push([ioc("domain", "a.example")]))
+        first = misp.events.pop(our_event(misp))
+        for attribute_id in first.attribute_ids:
+            misp.attributes[attribute_id].deleted = True
+        await sink.push(push([ioc("domain", "b.example")]))
+    assert misp.values(our_event(misp)) == ["b.example"]
+    assert our_event(misp) != first.id
+
+
+class UntaggingMisp(FakeMisp):
+    """A MISP that creates events without the tags asked for (a user who may not tag)."""
+
+    def _add_event(self, request: Any, payload: Any) -> dict[str, Any]:
+        return super()._add_event(request, {"Event": {**payload["Event"], "Tag": []}})
+
+
+async def test_an_event_made_without_our_tag_stops_the_destination(tmp_path: Path) -> None:
+    """MISP dropped the event's tag: a config error, not one more untagged event per push."""
+    fake = UntaggingMisp(clock=lambda: float(NOW))
+    async with fake, opened(MispSink, fake, tmp_path) as sink:
+        with pytest.raises(ComponentConfigError, match="without the tag 'netskope-ce'"):
+            await sink.push(push([ioc("domain", "a.example")]))
+    assert fake.values() == []
 
 
 async def test_a_full_push_replaces_what_the_event_holds(misp: FakeMisp, tmp_path: Path) -> None:

@@ -37,7 +37,10 @@ the comment is the attribute's; ``seen`` is its ``last_seen`` when set, else its
 
 The destination (:mod:`ce_misp.sink`) keeps one event per push tag, found by its info and that tag
 or created, and adds (``to_ids``, tagged with the push tag) or soft-deletes its attributes; it takes
-all eight indicator types (ipv4 and ipv6 as ``ip-dst``). Its options:
+all eight indicator types (ipv4 and ipv6 as ``ip-dst``). What the event holds is looked up by
+``/attributes/restSearch`` on the event, paged, rather than by viewing the whole event (bounded
+however large it grows). An event MISP creates without the push tag (a user who may not tag) is a
+configuration error: untagged, it would never be found again. Its options:
 
 - ``event_info`` ("ce-daemon shared indicators"): the event's info, searched for exactly.
 - ``distribution`` (0, your organisation only; up to 3, all communities) and ``threat_level_id``

@@ -18,9 +18,11 @@ import orjson
 from pydantic import Field, SecretStr
 
 from ce_daemon.http import (
+    ERROR_BODY_BYTES,
     HttpOptions,
     excerpt,
     make_session,
+    read_at_most,
     read_body,
     status_error,
     transport_error,
@@ -92,8 +94,8 @@ class MispClient:
                 status, answer_headers = response.status, response.headers
                 if 200 <= status < 300 or status in accept:
                     raw = await read_body(response, target, self.options.max_body)
-                else:
-                    raw = await read_body(response, target, 64 * 1024)
+                else:  # only what says why
+                    raw = await read_at_most(response, ERROR_BODY_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, target) from exc
         if not (200 <= status < 300 or status in accept):

@@ -40,6 +40,7 @@ connection unanswered (an answer lost on the way back).
 
 from __future__ import annotations
 
+import itertools
 import re
 import ssl
 import time
@@ -195,6 +196,7 @@ class FakeMisp(FakeHttpServer):
         self.sightings: list[dict[str, Any]] = []
         self.searches: list[dict[str, Any]] = []
         """Every restSearch body, in order (what a puller asked for)."""
+        self._event_ids = itertools.count(1)  # MISP never gives an id out twice
         self._drops: deque[bool] = deque()  # True: drop that request's answer
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
@@ -239,7 +241,7 @@ class FakeMisp(FakeHttpServer):
         """Create an event with ``attributes`` (each as MISP takes it: type, value, to_ids, Tag…)."""
         now = int(self.clock())
         event = Event(
-            id=len(self.events) + 1,
+            id=next(self._event_ids),
             info=info,
             date=date or datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d"),
             timestamp=now,

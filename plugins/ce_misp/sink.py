@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 
 from ce_daemon.http import excerpt, status_error
 from ce_daemon.plugin import (
+    ComponentConfigError,
     Health,
     PluginContext,
     Push,
@@ -36,6 +37,8 @@ from ce_misp.client import Answer, MispClient, MispOptions, shape_error
 from ce_misp.mapping import TO_MISP, to_attribute
 
 T = TypeVar("T")
+_MAX_LOOKUP_PAGES = 10_000
+"""The most pages one look-up reads (a peer answering full pages for ever must not hold a push for ever)."""
 Key = tuple[str, str]
 """An attribute as compared: its MISP type and value."""
 
@@ -139,11 +142,29 @@ class MispSink(ThreatSink[MispSinkOptions]):
             "analysis": "0",
             "Tag": [{"name": tag}],
         }
-        answer = await self.client.call("POST", "/events/add", {"Event": event})
-        created = answer.body.get("Event") if isinstance(answer.body, dict) else None
+        answer = await self.client.call("POST", "/events/add", {"Event": event}, accept=(403,))
+        body = answer.body if isinstance(answer.body, dict) else {}
+        if answer.status == 403 and body.get("saved") is False:
+            raise ComponentConfigError(
+                f"MISP refused to create the event {opts.event_info!r}: {excerpt(orjson.dumps(body))}"
+            )
+        if answer.status == 403:
+            raise status_error(
+                403,
+                f"MISP POST /events/add answered HTTP 403: {excerpt(orjson.dumps(body))}",
+                answer.headers,
+                "MISP POST /events/add",
+            )
+        created = body.get("Event")
         event_id = _id(created.get("id")) if isinstance(created, dict) else None
-        if event_id is None:
+        if not isinstance(created, dict) or event_id is None:
             raise shape_error("MISP POST /events/add", "no Event with an id", answer.body)
+        if tag not in _event_tags(created):
+            # untagged, it would never be found again: every push would make one more event
+            raise ComponentConfigError(
+                f"MISP made event {event_id} without the tag {tag!r}: the key's user needs to tag"
+                " (perm_tagger), or the tag must exist; delete that event once this is fixed"
+            )
         self.context.log.info("misp.event_created", event_id=event_id, info=opts.event_info)
         return event_id
 
@@ -157,7 +178,7 @@ class MispSink(ThreatSink[MispSinkOptions]):
                 wanted.setdefault((TO_MISP[ioc.type], ioc.value), ioc)
             else:
                 rejected.append((ioc.value, f"MISP takes no {ioc.type} indicators"))
-        gone = {(TO_MISP[ioc.type], ioc.value) for ioc in push.remove if ioc.type in TO_MISP}
+        gone = {(TO_MISP[ioc.type], ioc.value) for ioc in push.remove if ioc.type in TO_MISP} - wanted.keys()
         held = await self._held(event_id, None if push.full else [*wanted, *gone])
         missing = [ioc for key, ioc in wanted.items() if key not in held]
         added, refused = await self._add(event_id, missing, push.tag)
@@ -193,8 +214,7 @@ class MispSink(ThreatSink[MispSinkOptions]):
         """Every attribute restSearch finds for ``filters``, page by page: its key and id."""
         size = self.options.page_size
         found: list[tuple[Key, int]] = []
-        page = 1
-        while True:
+        for page in range(1, _MAX_LOOKUP_PAGES + 1):
             answer = await self.client.call(
                 "POST", "/attributes/restSearch", {**filters, "limit": size, "page": page}
             )
@@ -210,7 +230,7 @@ class MispSink(ThreatSink[MispSinkOptions]):
                     found.append(((kind, value), attribute_id))
             if len(items) < size:
                 return found
-            page += 1
+        raise TransientError(f"MISP kept answering full pages of attributes past page {_MAX_LOOKUP_PAGES}")
 
     async def _add(
         self, event_id: int, iocs: Sequence[SharedIoc], tag: str
