@@ -145,8 +145,14 @@ def info(cls: type[Any], kind: str) -> PluginInfo:
     return PluginInfo(kind, cls.__name__, f"tests:{cls.__name__}", "tests", "0", cls, None, 1)
 
 
-def plan(settings: Threats, *, rules: list[SharingRule], sink: ListOptions | None = None) -> ThreatPlan:
-    destination = Destination(name="list", plugin={"type": "list"})
+def plan(
+    settings: Threats,
+    *,
+    rules: list[SharingRule],
+    sink: ListOptions | None = None,
+    echo_of: str | None = None,
+) -> ThreatPlan:
+    destination = Destination(name="list", plugin={"type": "list"}, echo_of=echo_of)
     resolved = ResolvedDestination(
         destination,
         info(ListSink, "threat_sink"),
@@ -313,6 +319,16 @@ async def test_a_muted_rule_shares_nothing_new_and_retracts_nothing(store: Store
     assert sorted(REMOTES["list"].entries) == ["first.biz"]
     await share(store, tmp_path, plan(Threats(), rules=[rule()]))  # unmuted: catches up
     assert sorted(REMOTES["list"].entries) == ["second.biz"]
+
+
+async def test_what_only_the_destinations_own_system_says_is_not_echoed_back(
+    store: Store, tmp_path: Path
+) -> None:
+    """A destination that is also a source (``echo_of``) never gets back what only that source said."""
+    await feed(store, "misp", {"from-misp.biz": {}, "both.biz": {}})
+    await feed(store, "netskope", {"from-netskope.biz": {}, "both.biz": {}})
+    await share(store, tmp_path, plan(Threats(), rules=[rule()], echo_of="misp"))
+    assert sorted(REMOTES["list"].entries) == ["both.biz", "from-netskope.biz"]
 
 
 # -- sources ------------------------------------------------------------------------------------

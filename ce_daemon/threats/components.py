@@ -254,6 +254,7 @@ class Sharer(PluginComponent):
         selection = select(
             self.destination.rules, merged, self.policy, takes=frozenset(plugin.types),
             max_entries=plugin.max_entries, max_bytes=plugin.max_bytes, size=plugin.entry_size, held=held,
+            echo_of=self.destination.config.echo_of,
         )  # fmt: skip
         plan = plan_push(selection, held)
         self.dropped = sum(selection.dropped.values())

@@ -111,15 +111,18 @@ class ThreatResolver:
             tenant = netskope.get("tenant") if isinstance(netskope, dict) else None
             if isinstance(tenant, str) and tenant not in tenants:
                 self._unknown((*loc, "netskope", "tenant"), "tenant", tenant, [str(t) for t in tenants])
+        sources = [str(raw.get("name")) for _, raw in self.raw("sources")]
         destinations = {str(raw.get("name")): (index, raw) for index, raw in self.raw("destinations")}
         for index, raw in destinations.values():
+            echo = raw.get("echo_of")
+            if isinstance(echo, str) and echo not in sources:
+                self._unknown(("threats", "destinations", index, "echo_of"), "source", echo, sources)
             self._plugin(
                 "threat_sink",
                 raw.get("plugin"),
                 ("threats", "destinations", index, "plugin"),
                 "threat destination",
             )
-        sources = [str(raw.get("name")) for _, raw in self.raw("sources")]
         for index, raw in self.raw("sharing"):
             loc = ("threats", "sharing", index)
             self.predicates[loc] = self.resolution.filter(raw.get("filter"), (*loc, "filter"))

@@ -133,7 +133,7 @@ _ORDER: Final[dict[str, Callable[[tuple[int, SharedIoc]], float]]] = {
 
 
 def _rule_entries(
-    rule: ResolvedRule, merged: Iterable[Merged], policy: Policy, takes: frozenset[str], now: float
+    rule: ResolvedRule, merged: Iterable[Merged], policy: Policy, takes: frozenset[str], echo_of: str | None
 ) -> list[SharedIoc]:
     """What ``rule`` selects, ordered (most first), before its cap."""
     config = rule.config
@@ -144,7 +144,9 @@ def _rule_entries(
     for m in merged:
         if str(m.indicator.type) not in wanted:
             continue
-        rows = [r for r in m.rows if r.active and (not sources or r.source in sources)]
+        rows = [
+            r for r in m.rows if r.active and (not sources or r.source in sources) and r.source != echo_of
+        ]
         if not rows:
             continue
         decision = policy.decide(Merged(m.indicator, tuple(rows)))
@@ -195,6 +197,7 @@ def select(
     max_bytes: int | None,
     size: Any,
     held: dict[tuple[str, str], Held],
+    echo_of: str | None = None,
     now: float | None = None,
 ) -> Selection:
     """What the destination fed by ``rules`` should hold, given what it ``held`` so far."""
@@ -212,7 +215,7 @@ def select(
                 if h.rule == name and h.state == "shared" and not _vetoed(policy, h.entry)
             ]
         else:
-            picked = _rule_entries(rule, merged, policy, takes, now)
+            picked = _rule_entries(rule, merged, policy, takes, echo_of)
         capped, dropped = _cut(
             [(name, ioc) for ioc in picked if (ioc.type, ioc.value) not in seen],
             rule.config.cap.entries,
