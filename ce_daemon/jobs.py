@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ce_daemon.config.model import Pipeline
+from ce_daemon.config.secrets import inline_secrets
 from ce_daemon.config.source import Loc, Source
 from ce_daemon.errors import Problem
+from ce_daemon.filter import FilterError, FilterProblem, Predicate, compile_filter
 from ce_daemon.keys import StreamKey
+from ce_daemon.plugin import PluginOptions
 from ce_daemon.registry import PluginInfo, Registry, api_compatibility
 from ce_daemon.store import Migration
 
@@ -67,6 +70,71 @@ class Resolution:
     """Every problem found, with its place: the file is refused when any is found."""
     warnings: list[Problem]
     """What is valid but probably not meant (printed by ``check``, logged by the daemon)."""
+
+    def plugin(self, kind: str, raw: object, loc: Loc, what: str) -> tuple[PluginInfo, PluginOptions] | None:
+        """The plugin of ``kind`` a raw ``{type: …, options…}`` mapping at ``loc`` names, with its
+        validated options; None (each problem reported at its place) when anything is wrong.
+        ``what`` names the thing in messages (``log sink``, ``threat source``)."""
+        if not isinstance(raw, dict):
+            return None  # the section's model reports the wrong shape
+        type_name = raw.get("type")
+        if not isinstance(type_name, str):
+            self.problems.append(
+                self.source.problem(
+                    (*loc, "type"), f"the {what} needs a `type:`", hint=self.registry.unknown_hint(kind, "")
+                )
+            )
+            return None
+        info = self.registry.get(kind, type_name)
+        if info is None or info.cls is None:
+            message = (
+                f"unknown {what} type {type_name!r}"
+                if info is None
+                else f"the {type_name!r} plugin from {info.distribution} {info.version} failed to load: "
+                f"{info.error}"
+            )
+            hint = self.registry.unknown_hint(kind, type_name) if info is None else None
+            self.problems.append(self.source.problem((*loc, "type"), message, hint=hint))
+            return None
+        from ce_daemon.config.load import pydantic_problems  # the loader imports this module
+
+        options = {k: v for k, v in raw.items() if k != "type"}
+        try:
+            validated = info.cls.Options.model_validate(options)
+        except ValidationError as exc:
+            self.problems.extend(pydantic_problems(self.source, exc, loc, info.cls.Options))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a plugin's validator that fails otherwise must not crash check
+            self.problems.append(
+                self.source.problem(
+                    loc,
+                    f"the {type_name!r} plugin failed to validate these options ({type(exc).__name__})",
+                    hint=f"a bug of {info.distribution} {info.version}: please report it with the options",
+                )
+            )
+            return None
+        self.problems.extend(inline_secrets(self.source, validated, loc))
+        return info, validated
+
+    def filter(self, spec: object, loc: Loc) -> Predicate | None:
+        """The compiled filter written at ``loc`` (None when there is none or it is wrong: reported)."""
+        if spec is None:
+            return None
+        inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
+        warnings: list[FilterProblem] = []
+        try:
+            return compile_filter(spec, warnings=warnings)
+        except FilterError as exc:
+            for problem in exc.problems:
+                where = (*loc, *problem.loc) if inside else loc
+                self.problems.append(
+                    self.source.problem(where, problem.message, key=inside and problem.at_key)
+                )
+            return None
+        finally:
+            for warning in warnings:
+                where = (*loc, *warning.loc) if inside else loc
+                self.warnings.append(self.source.problem(where, warning.message))
 
 
 class Job(ABC, Generic[SectionT, ResolvedT]):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ce_daemon.threats.guards import Guards, guard
+from ce_daemon.threats.guards import Guards, guard, special_ipv4
 from ce_daemon.threats.model import Indicator, IocType
-from ce_daemon.threats.normalise import normalise
+from ce_daemon.threats.normalise import DOTTED_QUAD, normalise
 
 GUARDED = [
     ("10.1.2.3", "private_ips", "private"),
@@ -67,3 +70,24 @@ def test_the_minimum_prefix_is_configurable() -> None:
     """A stricter minimum refuses a /8; a looser one lets a /7 through."""
     assert guard(Indicator(IocType.IPV4, "8.0.0.0/8"), Guards(min_ipv4_prefix=16)) is not None
     assert guard(Indicator(IocType.IPV4, "8.0.0.0/7"), Guards(min_ipv4_prefix=7)) is None
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_the_fast_ipv4_check_answers_as_ipaddress_does(number: int) -> None:
+    """The dotted-quad fast path (int ranges from ipaddress's own tables) agrees with parsing the address."""
+    address = str(ipaddress.IPv4Address(number))
+    network = ipaddress.ip_network(address)
+    expected = not network.is_global or network.is_multicast
+    assert special_ipv4(address) in (expected, None)
+    assert DOTTED_QUAD.fullmatch(address)
+    on = guard(Indicator(IocType.IPV4, address), Guards())
+    assert (on is not None) == expected
+
+
+@pytest.mark.parametrize("edge", ["0.0.0.0", "9.255.255.255", "10.0.0.0", "100.63.255.255", "100.64.0.0",
+                                  "100.127.255.255", "100.128.0.0", "192.0.0.7", "192.0.0.8", "192.0.0.9",
+                                  "192.0.0.170", "192.0.0.171", "192.0.0.172", "223.255.255.255", "224.0.0.0",
+                                  "255.255.255.254", "255.255.255.255"])  # fmt: skip
+def test_the_fast_ipv4_check_at_range_edges(edge: str) -> None:
+    network = ipaddress.ip_network(edge)
+    assert special_ipv4(edge) in (not network.is_global or network.is_multicast, None)

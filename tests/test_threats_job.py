@@ -78,7 +78,7 @@ async def test_reading_without_a_state_database_creates_none(tmp_path: Path) -> 
 
 
 async def test_the_section_refuses_what_it_does_not_know_with_its_place(tmp_path: Path) -> None:
-    """A source written with the plugin's ``type`` beside its name (not under ``plugin:``) is refused there."""
+    """A source with the plugin's ``type`` beside its name (not under ``plugin:``) is refused there."""
     config = pipeline(tmp_path, {"sources": [{"name": "misp", "type": "misp"}]})
     code, out = await run_cli("check", "-c", str(config), env={})
     assert code == 78, out

@@ -13,12 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from ce_daemon.config.load import digest, pydantic_problems, unique_names
-from ce_daemon.config.secrets import inline_secrets
+from ce_daemon.config.load import digest, unique_names
 from ce_daemon.config.source import Loc
-from ce_daemon.filter import FilterError, FilterProblem, compile_filter
 from ce_daemon.jobs import Resolution
 from ce_daemon.keys import StreamKey
 from ce_daemon.logs.mapping import Mapping as LogMapping
@@ -60,6 +56,7 @@ class RouteResolver:
     references to tenants."""
 
     def __init__(self, resolution: Resolution) -> None:
+        self.resolution = resolution
         self.source = resolution.source
         self.registry = resolution.registry
         self.problems = resolution.problems
@@ -137,71 +134,12 @@ class RouteResolver:
         self.streams[index] = tuple(dict.fromkeys(found))
 
     def _sink(self, index: int, raw: object, loc: Loc) -> None:
-        if not isinstance(raw, dict):
-            return  # the model reports the wrong shape
-        kind = "log_sink"
-        type_name = raw.get("type")
-        if not isinstance(type_name, str):
-            self.problems.append(
-                self.source.problem(
-                    (*loc, "type"), "the sink needs a `type:`", hint=self.registry.unknown_hint(kind, "")
-                )
-            )
-            return
-        info = self.registry.get(kind, type_name)
-        if info is None:
-            self.problems.append(
-                self.source.problem(
-                    (*loc, "type"),
-                    f"unknown log sink type {type_name!r}",
-                    hint=self.registry.unknown_hint(kind, type_name),
-                )
-            )
-            return
-        if info.cls is None:
-            self.problems.append(
-                self.source.problem(
-                    (*loc, "type"),
-                    f"the {type_name!r} plugin from {info.distribution} {info.version} failed to load: "
-                    f"{info.error}",
-                )
-            )
-            return
-        options = {k: v for k, v in raw.items() if k != "type"}
-        try:
-            self.sinks[index] = (info, info.cls.Options.model_validate(options))
-        except ValidationError as exc:
-            self.problems.extend(pydantic_problems(self.source, exc, loc, info.cls.Options))
-            return
-        except Exception as exc:  # noqa: BLE001 - a plugin's validator that fails otherwise must not crash check
-            self.problems.append(
-                self.source.problem(
-                    loc,
-                    f"the {type_name!r} plugin failed to validate these options ({type(exc).__name__})",
-                    hint=f"a bug of {info.distribution} {info.version}: please report it with the options",
-                )
-            )
-            return
-        self.problems.extend(inline_secrets(self.source, self.sinks[index][1], loc))
+        resolved = self.resolution.plugin("log_sink", raw, loc, "log sink")
+        if resolved is not None:
+            self.sinks[index] = resolved
 
     def _filter(self, spec: object, loc: Loc) -> Predicate | None:
-        if spec is None:
-            return None
-        inside = not isinstance(spec, str)  # a JSON-string filter's locs point inside the string
-        warnings: list[FilterProblem] = []
-        try:
-            return compile_filter(spec, warnings=warnings)
-        except FilterError as exc:
-            for problem in exc.problems:
-                where = (*loc, *problem.loc) if inside else loc
-                self.problems.append(
-                    self.source.problem(where, problem.message, key=inside and problem.at_key)
-                )
-            return None
-        finally:
-            for warning in warnings:
-                where = (*loc, *warning.loc) if inside else loc
-                self.warnings.append(self.source.problem(where, warning.message))
+        return self.resolution.filter(spec, loc)
 
     def _fields(self, raw: dict[str, Any], loc: Loc) -> None:
         fields = raw.get("fields")

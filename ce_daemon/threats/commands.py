@@ -21,6 +21,7 @@ from ce_daemon.threats.intake import Intake
 from ce_daemon.threats.model import Indicator, IocType
 from ce_daemon.threats.normalise import normalise
 from ce_daemon.threats.settings import Threats
+from ce_daemon.threats.share import ShareStore
 from ce_daemon.threats.store import THREATS_MIGRATIONS, IocStore, Merged
 
 __all__ = ["iocs_command"]
@@ -66,7 +67,11 @@ async def _show(args: argparse.Namespace, iocs: IocStore) -> int:
     value = result.value if isinstance(result, Indicator) else args.value
     found = await iocs.merged(value)
     lines: list[str] = []
+    m_shared: dict[Merged, list[dict[str, str]]] = {}
+    shares = ShareStore(iocs.store) if await iocs.store.columns("threat_shares") else None
     for m in found:
+        shared = [] if shares is None else await shares.where_shared(str(m.indicator.type), m.indicator.value)
+        m_shared[m] = [{"destination": d, "rule": r, "state": st, "reason": why} for d, r, st, why in shared]
         lines.append(
             f"{m.indicator.value} ({m.indicator.type}{', DLP' if m.indicator.dlp else ''}):"
             f" {'active' if m.active else 'inactive'}, {m.sightings} sighting(s),"
@@ -78,24 +83,48 @@ async def _show(args: argparse.Namespace, iocs: IocStore) -> int:
             f" expires={_when(r.expires_at)} tags={','.join(r.tags) or '-'}"
             for r in m.rows
         )
-    return _print(args, {"iocs": [_merged(m) for m in found]}, "\n".join(lines) or f"{value}: not stored")
+        lines.extend(
+            f"  shared with {x['destination']} (rule {x['rule']}): {x['state']}"
+            + (f" ({x['reason']})" if x["reason"] else "")
+            for x in m_shared[m]
+        )
+    if not found:
+        _print(args, {"iocs": []}, f"{value}: not stored")
+        return 1
+    data = [{**_merged(m), "shared": m_shared[m]} for m in found]
+    return _print(args, {"iocs": data}, "\n".join(lines))
 
 
 async def _stats(args: argparse.Namespace, iocs: IocStore) -> int:
     counts = await iocs.counts()
     sources = await iocs.sources()
+    pushes = await ShareStore(iocs.store).pushes() if await iocs.store.columns("threat_shares") else []
     data: dict[str, Any] = {
         "counts": [{"type": k, "source": s, "active": a, "rows": n} for k, s, a, n in counts],
         "sources": [
             {"source": s.source, "full_list": s.full_list, "last_poll": s.last_poll, "polls": s.polls,
-             "rejected": s.rejected}
+             "rejected": s.rejected, "last_error": s.last_error, "checkpoint": s.checkpoint}
             for s in sources
+        ],
+        "destinations": [
+            {"destination": p.destination, "pushes": p.runs, "last_run": p.last_run, "last_ok": p.last_ok,
+             "listed": p.listed, "added": p.added, "removed": p.removed, "dropped": p.dropped,
+             "rejected": p.rejected, "error": p.error}
+            for p in pushes
         ],
     }  # fmt: skip
     lines = [f"{k}  {s}  {'active' if a else 'inactive'}  {n}" for k, s, a, n in counts]
     lines.extend(
-        f"source {s.source}: {s.polls} poll(s), last {_when(s.last_poll)}, {s.rejected} rejected"
+        f"source {s.source}: {s.polls} poll(s), last {_when(s.last_poll) if s.polls else 'never'},"
+        f" {s.rejected} rejected" + (f"; last poll failed: {s.last_error}" if s.last_error else "")
         for s in sources
+    )
+    lines.extend(
+        f"destination {p.destination}: {p.listed} listed, last push"
+        f" {_when(p.last_ok) if p.last_ok else 'never'} (+{p.added} -{p.removed}),"
+        f" {p.dropped} dropped by caps, {p.rejected} refused"
+        + (f"; last push failed: {p.error}" if p.error else "")
+        for p in pushes
     )
     return _print(args, data, "\n".join(lines) or "no IOCs")
 

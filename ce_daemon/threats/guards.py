@@ -9,6 +9,7 @@ rejected with the guard's reason, like a malformed one.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 from typing import Annotated, Final
@@ -45,9 +46,48 @@ class Guards(Strict):
     min_ipv6_prefix: Annotated[int, Field(ge=0, le=128)] = 32
 
 
+def _special_ipv4() -> tuple[list[int], list[int]] | None:
+    """The IPv4 ranges ``ipaddress`` calls not global or multicast, as sorted (starts, ends) of ints.
+
+    Built from the module's own tables so that the fast path answers exactly as ``ipaddress`` does
+    (a test compares them on random addresses); None, and every address parsed, on a Python whose
+    tables are not laid out this way (or that carves exceptions out of the private ranges).
+    """
+    constants = getattr(ipaddress, "_IPv4Constants", None)
+    private = getattr(constants, "_private_networks", None)
+    if not isinstance(private, list) or getattr(constants, "_private_networks_exceptions", None):
+        return None
+    extra = [ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("224.0.0.0/4")]
+    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in [*private, *extra])
+    merged: list[list[int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [start for start, _ in merged], [end for _, end in merged]
+
+
+_SPECIAL_IPV4: Final = _special_ipv4()
+
+
+def special_ipv4(address: str) -> bool | None:
+    """Whether a dotted-quad ``address`` is private or special-purpose (None: ask ``ipaddress``)."""
+    if _SPECIAL_IPV4 is None:
+        return None
+    a, b, c, d = address.split(".")
+    number = int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+    starts, ends = _SPECIAL_IPV4
+    at = bisect.bisect_right(starts, number) - 1
+    return at >= 0 and number <= ends[at]
+
+
 def guard(indicator: Indicator, guards: Guards) -> str | None:
     """Why ``indicator`` must not be stored or shared, or None when no enabled guard objects."""
     kind, value = indicator.type, indicator.value
+    if kind is IocType.IPV4 and "/" not in value and (special := special_ipv4(value)) is not None:
+        # an address (a /32: never broader than any minimum prefix), checked without parsing it again
+        return f"{value} is a private or special-purpose range" if guards.private_ips and special else None
     if kind in (IocType.IPV4, IocType.IPV6):
         return _network(ipaddress.ip_network(value), guards)
     if kind in (IocType.DOMAIN, IocType.HOSTNAME):

@@ -62,6 +62,8 @@ def guess_type(value: str) -> IocType:
     """The likeliest type of a refanged value whose source named none (a plain-text feed)."""
     if "://" in value:
         return IocType.URL
+    if DOTTED_QUAD.fullmatch(value):
+        return IocType.IPV4
     if could_be_ip(value):
         try:
             network = ipaddress.ip_network(value, strict=False)
@@ -136,6 +138,8 @@ def _hostname(value: str, kind: IocType) -> str | Rejected:
 
 
 def _ip(value: str, kind: IocType) -> str | Rejected:
+    if kind is IocType.IPV4 and DOTTED_QUAD.fullmatch(value):
+        return value  # already canonical: most of a feed's addresses
     want = 4 if kind is IocType.IPV4 else 6
     try:
         network = ipaddress.ip_network(value, strict=False)
@@ -197,6 +201,11 @@ def _split_port(hostport: str) -> tuple[str, int | Rejected | None]:
     if not digits.isascii() or not digits.isdigit() or int(digits) > 65535:
         return host, Rejected(hostport, f"port {digits!r} is not a number from 0 to 65535", "bad URL")
     return host, int(digits)
+
+
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+DOTTED_QUAD: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+"""An IPv4 address in its one canonical spelling (what ``ipaddress`` writes): matched, it needs no parse."""
 
 
 def could_be_ip(value: str) -> bool:

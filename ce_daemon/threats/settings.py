@@ -134,6 +134,9 @@ class Destination(Strict):
     interval: Annotated[Duration, Field(ge=1, le=7 * DAY)] = 300.0
     tag: str = "ce-daemon"
     """Marks what this daemon pushed (sources skip indicators carrying it: two-way sharing never loops)."""
+    echo_of: str | None = None
+    """The source that reads this same system (MISP pulled and pushed): what only it says is never
+    pushed back to where it came from."""
     enabled: bool = True
 
 

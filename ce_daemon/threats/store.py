@@ -24,7 +24,7 @@ from typing import Final
 
 import orjson
 
-from ce_daemon.store import Migration, Store
+from ce_daemon.store import Fence, Migration, Store
 from ce_daemon.store.base import Row
 from ce_daemon.threats.model import Indicator, IocType, Severity, Sighting, Verdict
 from ce_daemon.threats.settings import Lifetime
@@ -66,8 +66,42 @@ THREATS_MIGRATIONS: Final = (
             ) {keyed}""",
         ),
     ),
+    Migration(
+        "threats",
+        2,
+        (
+            "ALTER TABLE threat_sources ADD COLUMN checkpoint {text}",
+            "ALTER TABLE threat_sources ADD COLUMN last_error {text}",
+            """CREATE TABLE threat_shares (
+                destination {text} NOT NULL,
+                type {text} NOT NULL,
+                value {text} NOT NULL,
+                rule {text} NOT NULL,
+                state {text} NOT NULL,
+                reason {text} NOT NULL,
+                digest {int} NOT NULL,
+                entry {text} NOT NULL,
+                shared_at {real} NOT NULL,
+                PRIMARY KEY (destination, type, value)
+            ) {keyed}""",
+            """CREATE TABLE threat_pushes (
+                destination {text} PRIMARY KEY,
+                runs {int} NOT NULL,
+                last_run {real} NOT NULL,
+                last_ok {real} NOT NULL,
+                listed {int} NOT NULL,
+                added {int} NOT NULL,
+                removed {int} NOT NULL,
+                dropped {int} NOT NULL,
+                rejected {int} NOT NULL,
+                list_digest {text} NOT NULL,
+                error {text} NOT NULL
+            ) {keyed}""",
+        ),
+    ),
 )
-"""The store's tables: the value leads the key (lookups by value), an index serves lookups by source."""
+"""The store's tables: the value leads the key (lookups by value), an index serves lookups by source;
+what each destination holds (``threat_shares``) and each destination's last push (``threat_pushes``)."""
 
 BATCH: Final = 5000
 """Rows per transaction: large enough for throughput, small enough to keep a transaction short."""
@@ -165,6 +199,8 @@ class SourceRow:
     last_poll: float
     polls: int
     rejected: int
+    last_error: str = ""
+    checkpoint: str | None = None
 
 
 @dataclass(slots=True)
@@ -183,11 +219,10 @@ class IngestResult:
 
 def _digest(sighting: Sighting, tags: str) -> int:
     """A checksum of what a source says of an indicator: a re-listed, unchanged entry is not rewritten."""
-    text = "\x1f".join(
-        (sighting.verdict, sighting.severity, str(sighting.reputation), str(sighting.confidence),
-         str(sighting.indicator.dlp), tags, sighting.comment)
-    )  # fmt: skip
-    return zlib.crc32(text.encode())
+    return zlib.crc32(
+        f"{sighting.verdict}\x1f{sighting.severity}\x1f{sighting.reputation}\x1f{sighting.confidence}"
+        f"\x1f{sighting.indicator.dlp}\x1f{tags}\x1f{sighting.comment}".encode()
+    )
 
 
 def _key(kind: str, value: str) -> str:
@@ -221,36 +256,48 @@ class IocStore:
         lifetime: Lifetime,
         rejected: int = 0,
         now: float | None = None,
+        checkpoint: str | None = None,
+        finished: bool = True,
+        fence: Fence | None = None,
     ) -> IngestResult:
         """Store one poll of ``source``; for a full list, deactivate what it no longer lists.
 
         ``sightings`` is read once, in batches committed as they fill; when it raises (the source
         failed mid-poll) what was committed stays, and nothing is deactivated. ``rejected`` counts
-        what normalisation and the guards refused in this poll (kept per source).
+        what normalisation and the guards refused in this poll (kept per source). ``checkpoint`` (an
+        incremental source's cursor after these sightings) is stored in the last transaction, after
+        every sighting: a restart resumes from it and reads nothing twice that it needs. An
+        incremental poll stores each page with ``finished=False`` but the last, so that a poll counts
+        once and its time is the end of the poll.
         """
         now = time.time() if now is None else now
         result = IngestResult(rejected=rejected)
         listed = await self._listed(source) if full_list else {}
         upsert = _UPSERT.replace("{basis}", _BASIS[lifetime.basis])
 
+        lives = {kind: lifetime.of(kind) for kind in IocType}
+        no_tags = "[]"
+
         def rows() -> Iterator[dict[str, object]]:
+            # The hot loop of a feed's ingest: what does not vary per row is computed once.
             for sighting in sightings:
                 indicator = sighting.indicator
-                tags = orjson.dumps(sorted(set(sighting.tags))).decode()
+                kind, value = indicator.type, indicator.value
+                tags = orjson.dumps(sorted(set(sighting.tags))).decode() if sighting.tags else no_tags
                 digest = _digest(sighting, tags)
-                if full_list and listed.pop(_key(indicator.type, indicator.value), None) == digest:
+                if full_list and listed.pop(f"{kind}\x00{value}", None) == digest:
                     result.unchanged += 1
                     continue
                 result.written += 1
-                life = lifetime.of(indicator.type)
+                life = lives[kind]
                 yield {
-                    "value": indicator.value,
-                    "type": str(indicator.type),
+                    "value": value,
+                    "type": kind.value,
                     "source": source,
                     "dlp": int(indicator.dlp),
                     "seen": sighting.seen,
-                    "verdict": str(sighting.verdict),
-                    "severity": str(sighting.severity),
+                    "verdict": sighting.verdict.value,
+                    "severity": sighting.severity.value,
                     "reputation": sighting.reputation,
                     "confidence": sighting.confidence,
                     "tags": tags,
@@ -263,6 +310,8 @@ class IocStore:
         for batch in _batches(rows()):
             async with self.store.transaction() as tx:
                 await tx.executemany(upsert, batch)
+                if fence is not None:
+                    await fence.check(tx)
         async with self.store.transaction() as tx:
             if full_list:
                 for batch in _batches(_unlisted(source, listed)):
@@ -273,20 +322,56 @@ class IocStore:
                     )
                 result.deactivated = len(listed)
             await tx.execute(
-                "INSERT INTO threat_sources (source, full_list, basis, last_poll, polls, rejected)"
-                " VALUES (:source, :full_list, :basis, :now, 1, :rejected)"
+                "INSERT INTO threat_sources"
+                " (source, full_list, basis, last_poll, polls, rejected, checkpoint, last_error)"
+                " VALUES (:source, :full_list, :basis, :now, :polls, :rejected, :checkpoint, '')"
                 " ON CONFLICT (source) DO UPDATE SET full_list = excluded.full_list, basis = excluded.basis,"
-                " last_poll = excluded.last_poll, polls = threat_sources.polls + 1,"
-                " rejected = threat_sources.rejected + excluded.rejected",
+                " last_poll = CASE WHEN :finished = 1"
+                " THEN excluded.last_poll ELSE threat_sources.last_poll END,"
+                " polls = threat_sources.polls + excluded.polls,"
+                " rejected = threat_sources.rejected + excluded.rejected,"
+                " checkpoint = COALESCE(excluded.checkpoint, threat_sources.checkpoint),"
+                " last_error = CASE WHEN :finished = 1 THEN '' ELSE threat_sources.last_error END",
                 {
                     "source": source,
                     "full_list": int(full_list),
                     "basis": lifetime.basis,
                     "now": now,
+                    "polls": int(finished),
                     "rejected": rejected,
+                    "checkpoint": checkpoint,
+                    "finished": int(finished),
                 },
             )
+            if fence is not None:
+                await fence.check(tx)
         return result
+
+    async def checkpoint(self, source: str) -> str | None:
+        """Where ``source``'s next poll resumes (None: from the start)."""
+        async with self.store.read() as tx:
+            value = await tx.fetchval(
+                "SELECT checkpoint FROM threat_sources WHERE source = :source", {"source": source}
+            )
+        return None if value is None else str(value)
+
+    async def poll_failed(self, source: str, error: str, *, rejected: int = 0) -> None:
+        """Record why ``source``'s poll failed (shown by ``iocs stats`` until a poll goes through)."""
+        async with self.store.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO threat_sources"
+                " (source, full_list, basis, last_poll, polls, rejected, checkpoint, last_error)"
+                " VALUES (:source, 0, 'last_seen', 0, 0, :rejected, NULL, :error)"
+                " ON CONFLICT (source) DO UPDATE SET last_error = excluded.last_error,"
+                " rejected = threat_sources.rejected + excluded.rejected",
+                {"source": source, "error": error[:500], "rejected": rejected},
+            )
+
+    async def active_merged(self) -> list[Merged]:
+        """Every indicator some source lists as active, with its active rows merged (what sharing reads)."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(f"{_SELECT} WHERE i.active = 1")
+        return _merge([_stored(row) for row in rows])
 
     async def _listed(self, source: str) -> dict[str, int]:
         """The active rows of ``source`` (type and value) with their digests."""
@@ -297,7 +382,7 @@ class IocStore:
             )
         return {_key(kind, value): digest for kind, value, digest in rows}
 
-    async def expire(self, now: float | None = None) -> int:
+    async def expire(self, now: float | None = None, *, fence: Fence | None = None) -> int:
         """Deactivate every row past its lifetime; the number deactivated.
 
         A row still listed by a full-list source with a ``last_seen`` lifetime counts from the
@@ -305,13 +390,16 @@ class IocStore:
         """
         now = time.time() if now is None else now
         async with self.store.transaction() as tx:
-            return await tx.execute(
+            expired = await tx.execute(
                 "UPDATE threat_iocs SET active = 0 WHERE active = 1 AND expires_at <= :now AND NOT EXISTS ("
                 " SELECT 1 FROM threat_sources s WHERE s.source = threat_iocs.source AND s.full_list = 1"
                 " AND s.basis = 'last_seen'"
                 " AND threat_iocs.expires_at - threat_iocs.last_seen + s.last_poll > :now)",
                 {"now": now},
             )
+            if fence is not None:
+                await fence.check(tx)
+            return expired
 
     async def merged(self, value: str, kind: IocType | None = None) -> list[Merged]:
         """The merged view of ``value`` (one per type it is stored as), or none."""
@@ -366,11 +454,21 @@ class IocStore:
 
     async def sources(self) -> list[SourceRow]:
         """Every source that has polled, by name."""
+        # a database the daemon has not migrated yet (read commands never migrate) lacks the newer columns
+        newer = (
+            "last_error, checkpoint"
+            if "checkpoint" in await self.store.columns("threat_sources")
+            else "'', NULL"
+        )
         async with self.store.read() as tx:
             rows = await tx.fetch(
-                "SELECT source, full_list, last_poll, polls, rejected FROM threat_sources ORDER BY source"
+                f"SELECT source, full_list, last_poll, polls, rejected, {newer}"  # noqa: S608 - fixed text
+                " FROM threat_sources ORDER BY source"
             )
-        return [SourceRow(str(s), bool(f), float(p), int(n), int(r)) for s, f, p, n, r in rows]
+        return [
+            SourceRow(str(s), bool(f), float(p), int(n), int(r), str(e or ""), None if c is None else str(c))
+            for s, f, p, n, r, e, c in rows
+        ]
 
 
 def _stored(row: Row) -> StoredIoc:

@@ -1,0 +1,432 @@
+"""Sharing: what each destination should hold, how that differs from what it holds, and the record of it.
+
+A destination's list is the union of what its sharing rules select from the merged view, in rule
+order. Per rule: the rows of the rule's sources (all sources when it names none) are merged and
+decided by the trust policy (the allowlist always wins), then the rule's types, minimum
+reputation, tags and filter apply, the survivors are ordered (``order``, most first) and cut at the
+rule's cap. The destination's own caps (``max_entries``, ``max_bytes``) then cut the union. What was
+cut is counted as dropped and reported, never silently lost.
+
+A muted rule selects nothing new and retracts nothing: what it shared before stays as it is (the
+allowlist still retracts). What the destination holds is kept in ``threat_shares`` and changed only
+after the destination acknowledged a push, in one transaction under the unit's fence: a push whose
+answer was lost is computed and sent again whole, and the destination looks before adding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from ce_daemon.plugin import SharedIoc
+from ce_daemon.store import Fence, Store
+from ce_daemon.threats.model import Indicator, IocType, Severity
+from ce_daemon.threats.policy import Policy
+from ce_daemon.threats.resolve import ResolvedRule
+from ce_daemon.threats.store import Merged, StoredIoc
+
+__all__ = ["Held", "PushPlan", "PushRecord", "Selection", "ShareStore", "plan_push", "select"]
+
+_SEVERITY_RANK: Final = {s: i for i, s in enumerate(Severity)}
+BATCH: Final = 5000
+
+
+@dataclass(slots=True)
+class Selection:
+    """What a destination should hold, in order, with who selected each and what the caps cut."""
+
+    entries: dict[tuple[str, str], tuple[str, SharedIoc]] = field(default_factory=dict)
+    """``(type, value)`` → (rule, entry), in the order the destination should keep them."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Entries cut per rule (its cap) and under ``"(destination)"`` (the destination's caps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One entry a destination holds (or refused), as ``threat_shares`` records it."""
+
+    rule: str
+    state: str
+    """``shared`` or ``rejected``."""
+    digest: int
+    entry: SharedIoc
+
+
+@dataclass(frozen=True, slots=True)
+class PushPlan:
+    """The difference between what a destination should hold and what it holds."""
+
+    add: list[tuple[str, SharedIoc]]
+    remove: list[SharedIoc]
+    keep: list[tuple[str, SharedIoc]]
+    full: list[SharedIoc]
+    """The whole list in order (what a full-replace destination is sent)."""
+    list_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushRecord:
+    """A destination's last push, as ``threat_pushes`` records it."""
+
+    destination: str
+    runs: int
+    last_run: float
+    last_ok: float
+    listed: int
+    added: int
+    removed: int
+    dropped: int
+    rejected: int
+    error: str
+
+
+def shared_ioc(merged: Merged, rows: Sequence[StoredIoc], winner: StoredIoc) -> SharedIoc:
+    """The entry shared for ``merged`` as decided by ``winner`` among ``rows``."""
+    tags = sorted({tag for row in rows for tag in row.tags})
+    return SharedIoc(
+        type=str(merged.indicator.type),
+        value=merged.indicator.value,
+        severity=str(winner.severity),
+        reputation=winner.reputation,
+        confidence=winner.confidence,
+        tags=tuple(tags),
+        comment=winner.comment,
+        first_seen=min(row.first_seen for row in rows),
+        last_seen=max(row.last_seen for row in rows),
+        sources=tuple(sorted({row.source for row in rows})),
+        dlp=merged.indicator.dlp,
+    )
+
+
+def _view(ioc: SharedIoc, sightings: int) -> dict[str, Any]:
+    """What a rule's filter reads of an entry."""
+    return {
+        "type": ioc.type,
+        "value": ioc.value,
+        "severity": ioc.severity,
+        "reputation": ioc.reputation,
+        "confidence": ioc.confidence,
+        "tags": list(ioc.tags),
+        "sources": list(ioc.sources),
+        "first_seen": ioc.first_seen,
+        "last_seen": ioc.last_seen,
+        "sightings": sightings,
+        "dlp": ioc.dlp,
+        "comment": ioc.comment,
+    }
+
+
+_ORDER: Final[dict[str, Callable[[tuple[int, SharedIoc]], float]]] = {
+    "last_seen": lambda e: e[1].last_seen,
+    "first_seen": lambda e: e[1].first_seen,
+    "reputation": lambda e: e[1].reputation,
+    "severity": lambda e: _SEVERITY_RANK.get(Severity(e[1].severity), 0),
+    "sightings": lambda e: e[0],
+}
+
+
+def _rule_entries(
+    rule: ResolvedRule, merged: Iterable[Merged], policy: Policy, takes: frozenset[str], echo_of: str | None
+) -> list[SharedIoc]:
+    """What ``rule`` selects, ordered (most first), before its cap."""
+    config = rule.config
+    wanted = {str(t) for t in config.types} & takes if config.types else takes
+    sources = set(config.sources)
+    include, exclude = set(config.tags.include), set(config.tags.exclude)
+    chosen: list[tuple[int, SharedIoc]] = []
+    for m in merged:
+        if str(m.indicator.type) not in wanted:
+            continue
+        rows = [
+            r for r in m.rows if r.active and (not sources or r.source in sources) and r.source != echo_of
+        ]
+        if not rows:
+            continue
+        decision = policy.decide(Merged(m.indicator, tuple(rows)))
+        if not decision.shareable or decision.decided_by is None:
+            continue
+        if decision.decided_by.reputation < config.min_reputation:
+            continue
+        ioc = shared_ioc(m, rows, decision.decided_by)
+        tags = set(ioc.tags)
+        if (include and not tags & include) or tags & exclude:
+            continue
+        sightings = sum(r.sightings for r in rows)
+        if rule.predicate is not None and not rule.predicate(_view(ioc, sightings)):
+            continue
+        chosen.append((sightings, ioc))
+    key = _ORDER[config.order]
+    chosen.sort(key=lambda e: (key(e), e[1].value), reverse=True)
+    return [ioc for _, ioc in chosen]
+
+
+def _cut(
+    entries: list[tuple[str, SharedIoc]],
+    max_entries: int | None,
+    max_bytes: int | None,
+    size: Any,
+) -> tuple[list[tuple[str, SharedIoc]], int]:
+    """The entries that fit the caps, in order, and how many did not."""
+    kept: list[tuple[str, SharedIoc]] = []
+    used = 0
+    for rule, ioc in entries:
+        if max_entries is not None and len(kept) >= max_entries:
+            break
+        cost = size(ioc)
+        if max_bytes is not None and used + cost > max_bytes:
+            continue  # a shorter entry further down may still fit
+        used += cost
+        kept.append((rule, ioc))
+    return kept, len(entries) - len(kept)
+
+
+def select(
+    rules: Sequence[ResolvedRule],
+    merged: Sequence[Merged],
+    policy: Policy,
+    *,
+    takes: frozenset[str],
+    max_entries: int | None,
+    max_bytes: int | None,
+    size: Any,
+    held: dict[tuple[str, str], Held],
+    echo_of: str | None = None,
+    now: float | None = None,
+) -> Selection:
+    """What the destination fed by ``rules`` should hold, given what it ``held`` so far."""
+    now = time.time() if now is None else now
+    selection = Selection()
+    union: list[tuple[str, SharedIoc]] = []
+    seen: set[tuple[str, str]] = set()
+    for rule in rules:
+        name = rule.config.name
+        muted = rule.config.muted_until is not None and _epoch(rule.config.muted_until) > now
+        if muted:  # keeps what it shared, as it was (the allowlist still retracts)
+            picked = [
+                h.entry
+                for h in held.values()
+                if h.rule == name and h.state == "shared" and not _vetoed(policy, h.entry)
+            ]
+        else:
+            picked = _rule_entries(rule, merged, policy, takes, echo_of)
+        capped, dropped = _cut(
+            [(name, ioc) for ioc in picked if (ioc.type, ioc.value) not in seen],
+            rule.config.cap.entries,
+            rule.config.cap.bytes,
+            size,
+        )
+        if dropped:
+            selection.dropped[name] = dropped
+        for entry in capped:
+            seen.add((entry[1].type, entry[1].value))
+        union.extend(capped)
+    kept, dropped = _cut(union, max_entries, max_bytes, size)
+    if dropped:
+        selection.dropped["(destination)"] = dropped
+    selection.entries = {(ioc.type, ioc.value): (rule, ioc) for rule, ioc in kept}
+    return selection
+
+
+def _vetoed(policy: Policy, entry: SharedIoc) -> bool:
+    return policy.allowlisted(Indicator(IocType(entry.type), entry.value, entry.dlp))
+
+
+def _epoch(moment: datetime) -> float:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def entry_digest(entry: SharedIoc) -> int:
+    """A checksum of an entry: a refused one is offered again only once it changed."""
+    return zlib.crc32(_dump(entry))
+
+
+def _dump(entry: SharedIoc) -> bytes:
+    return orjson.dumps(
+        [entry.type, entry.value, entry.severity, entry.reputation, entry.confidence, list(entry.tags),
+         entry.comment, entry.first_seen, entry.last_seen, list(entry.sources), entry.dlp]
+    )  # fmt: skip
+
+
+def _load(text: str) -> SharedIoc:
+    kind, value, severity, rep, conf, tags, comment, first, last, sources, dlp = orjson.loads(text)
+    return SharedIoc(kind, value, severity, rep, conf, tuple(tags), comment, first, last, tuple(sources), dlp)
+
+
+def plan_push(selection: Selection, held: dict[tuple[str, str], Held]) -> PushPlan:
+    """What to add and remove so that the destination holds ``selection`` (refused entries apart)."""
+    add: list[tuple[str, SharedIoc]] = []
+    keep: list[tuple[str, SharedIoc]] = []
+    for key, (rule, ioc) in selection.entries.items():
+        was = held.get(key)
+        if was is None or (was.state == "rejected" and was.digest != entry_digest(ioc)):
+            add.append((rule, ioc))
+        elif was.state == "shared":
+            keep.append((rule, ioc))
+    remove = [h.entry for key, h in held.items() if h.state == "shared" and key not in selection.entries]
+    full = [ioc for rule, ioc in selection.entries.values() if not _refused(held, ioc)]
+    digest = hashlib.sha256("\n".join(f"{i.type}\t{i.value}" for i in full).encode()).hexdigest()[:16]
+    return PushPlan(add, remove, keep, full, digest)
+
+
+def _refused(held: dict[tuple[str, str], Held], ioc: SharedIoc) -> bool:
+    was = held.get((ioc.type, ioc.value))
+    return was is not None and was.state == "rejected" and was.digest == entry_digest(ioc)
+
+
+class ShareStore:
+    """``threat_shares`` and ``threat_pushes``: what each destination holds, and its pushes."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def held(self, destination: str) -> dict[tuple[str, str], Held]:
+        """Every entry ``destination`` holds or refused."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(
+                "SELECT type, value, rule, state, digest, entry FROM threat_shares"
+                " WHERE destination = :destination",
+                {"destination": destination},
+            )
+        return {
+            (str(kind), str(value)): Held(str(rule), str(state), int(digest), _load(str(entry)))
+            for kind, value, rule, state, digest, entry in rows
+        }
+
+    async def record(
+        self,
+        destination: str,
+        plan: PushPlan,
+        rejected: dict[tuple[str, str], str],
+        *,
+        dropped: int,
+        fence: Fence | None,
+        now: float | None = None,
+    ) -> None:
+        """After the destination acknowledged ``plan``: what it now holds, and the push's figures."""
+        now = time.time() if now is None else now
+        added = [(rule, ioc) for rule, ioc in plan.add if (ioc.type, ioc.value) not in rejected]
+        refused = [(rule, ioc) for rule, ioc in plan.add + plan.keep if (ioc.type, ioc.value) in rejected]
+        upserts = [
+            {
+                "destination": destination, "type": ioc.type, "value": ioc.value, "rule": rule,
+                "state": state, "reason": rejected.get((ioc.type, ioc.value), "")[:500],
+                "digest": entry_digest(ioc), "entry": _dump(ioc).decode(), "now": now,
+            }
+            for state, entries in (("shared", added), ("rejected", refused))
+            for rule, ioc in entries
+        ]  # fmt: skip
+        gone = [{"destination": destination, "type": i.type, "value": i.value} for i in plan.remove]
+        async with self.store.transaction() as tx:
+            for start in range(0, len(upserts), BATCH):
+                await tx.executemany(
+                    "INSERT INTO threat_shares"
+                    " (destination, type, value, rule, state, reason, digest, entry, shared_at)"
+                    " VALUES (:destination, :type, :value, :rule, :state, :reason, :digest, :entry, :now)"
+                    " ON CONFLICT (destination, type, value) DO UPDATE SET rule = excluded.rule,"
+                    " state = excluded.state, reason = excluded.reason, digest = excluded.digest,"
+                    " entry = excluded.entry, shared_at = excluded.shared_at",
+                    upserts[start : start + BATCH],
+                )
+            for start in range(0, len(gone), BATCH):
+                await tx.executemany(
+                    "DELETE FROM threat_shares WHERE destination = :destination AND type = :type"
+                    " AND value = :value",
+                    gone[start : start + BATCH],
+                )
+            await self._run(
+                tx,
+                destination,
+                ok=True,
+                listed=len(plan.full) - len(refused),
+                added=len(added),
+                removed=len(plan.remove),
+                dropped=dropped,
+                rejected=len(refused),
+                digest=plan.list_digest,
+                error="",
+                now=now,
+            )
+            if fence is not None:
+                await fence.check(tx)
+
+    async def failed(self, destination: str, error: str, *, dropped: int, fence: Fence | None) -> None:
+        """A push that did not go through: counted, with why (what the destination holds is unchanged)."""
+        async with self.store.transaction() as tx:
+            await self._run(
+                tx, destination, ok=False, listed=None, added=0, removed=0, dropped=dropped, rejected=0,
+                digest=None, error=error[:500], now=time.time(),
+            )  # fmt: skip
+            if fence is not None:
+                await fence.check(tx)
+
+    @staticmethod
+    async def _run(
+        tx: Any,
+        destination: str,
+        *,
+        ok: bool,
+        listed: int | None,
+        added: int,
+        removed: int,
+        dropped: int,
+        rejected: int,
+        digest: str | None,
+        error: str,
+        now: float,
+    ) -> None:
+        await tx.execute(
+            "INSERT INTO threat_pushes (destination, runs, last_run, last_ok, listed, added, removed,"
+            " dropped, rejected, list_digest, error) VALUES (:destination, 1, :now, :ok_at, :listed, :added,"
+            " :removed, :dropped, :rejected, :digest, :error)"
+            " ON CONFLICT (destination) DO UPDATE SET runs = threat_pushes.runs + 1,"
+            " last_run = excluded.last_run,"
+            " last_ok = CASE WHEN :ok = 1 THEN excluded.last_ok ELSE threat_pushes.last_ok END,"
+            " listed = CASE WHEN :ok = 1 THEN excluded.listed ELSE threat_pushes.listed END,"
+            " added = excluded.added, removed = excluded.removed, dropped = excluded.dropped,"
+            " rejected = CASE WHEN :ok = 1 THEN excluded.rejected ELSE threat_pushes.rejected END,"
+            " list_digest = CASE WHEN :ok = 1 THEN excluded.list_digest ELSE threat_pushes.list_digest END,"
+            " error = excluded.error",
+            {
+                "destination": destination, "now": now, "ok_at": now if ok else 0.0, "ok": int(ok),
+                "listed": listed or 0, "added": added, "removed": removed, "dropped": dropped,
+                "rejected": rejected, "digest": digest or "", "error": error,
+            },
+        )  # fmt: skip
+
+    async def last_digest(self, destination: str) -> str | None:
+        """The digest of the list last acknowledged by ``destination``."""
+        async with self.store.read() as tx:
+            value = await tx.fetchval(
+                "SELECT list_digest FROM threat_pushes WHERE destination = :destination AND last_ok > 0",
+                {"destination": destination},
+            )
+        return None if value is None else str(value)
+
+    async def pushes(self) -> list[PushRecord]:
+        """Every destination's last push, by name."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(
+                "SELECT destination, runs, last_run, last_ok, listed, added, removed, dropped, rejected,"
+                " error FROM threat_pushes ORDER BY destination"
+            )
+        return [
+            PushRecord(str(d), int(n), float(r), float(o), int(li), int(a), int(rm), int(dr), int(rj), str(e))
+            for d, n, r, o, li, a, rm, dr, rj, e in rows
+        ]
+
+    async def where_shared(self, kind: str, value: str) -> list[tuple[str, str, str, str]]:
+        """``(destination, rule, state, reason)`` for every destination holding or refusing the value."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(
+                "SELECT destination, rule, state, reason FROM threat_shares"
+                " WHERE type = :type AND value = :value ORDER BY destination",
+                {"type": kind, "value": value},
+            )
+        return [(str(d), str(r), str(s), str(why)) for d, r, s, why in rows]
