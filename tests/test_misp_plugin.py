@@ -534,6 +534,19 @@ async def test_push_errors_refused_key_429_and_garbage(misp: FakeMisp, tmp_path:
     assert misp.values() == []
 
 
+async def test_odd_entries_in_the_event_index_are_passed_over(misp: FakeMisp, tmp_path: Path) -> None:
+    """Index entries that are not events, or have no usable id or tags, never count as ours."""
+    odd = [
+        {"id": "\u00b2", "info": INFO, "EventTag": [{"Tag": {"name": TAG}}]},
+        "x",
+        {"id": "7", "info": INFO, "EventTag": 5},
+    ]
+    misp.fail_next(1, 200, body=orjson.dumps(odd))
+    async with opened(MispSink, misp, tmp_path) as sink:
+        await sink.push(push([ioc("domain", "a.example")]))
+    assert misp.values(our_event(misp)) == ["a.example"]
+
+
 async def test_round_trip_our_pushes_are_not_pulled_back(misp: FakeMisp, tmp_path: Path) -> None:
     """Pushed to MISP, then pulled with exclude_tags={tag}: none of the pushed values come back."""
     misp.add_event("feed", [attribute("domain", "feed.example", 30)])

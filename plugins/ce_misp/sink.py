@@ -297,7 +297,12 @@ def _add_errors(answer: Answer, count: int) -> dict[int, str]:
     if isinstance(errors, dict):
         for name, reason in errors.items():
             number = str(name).removeprefix("attribute_")
-            if str(name).startswith("attribute_") and number.isdigit() and int(number) < count:
+            if (
+                str(name).startswith("attribute_")
+                and number.isascii()
+                and number.isdigit()
+                and int(number) < count
+            ):
                 indexed[int(number)] = excerpt(orjson.dumps(reason))
     if not indexed and answer.status == 403:  # one attribute's errors, or errors we cannot place
         return dict.fromkeys(range(count), excerpt(orjson.dumps(errors)))
@@ -324,7 +329,7 @@ def _event_tags(event: dict[str, Any]) -> set[str]:
 
 def _id(value: Any) -> int | None:
     text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    return int(text) if text.isdigit() and len(text) < 19 else None
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:

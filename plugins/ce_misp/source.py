@@ -117,7 +117,7 @@ class MispSource(ThreatSource[MispSourceOptions]):
     def _start(self, request: Pull) -> int:
         """Where this poll starts: the checkpoint, or ``initial_lookback`` before now."""
         checkpoint = request.checkpoint
-        if checkpoint is not None and checkpoint.isdigit():
+        if checkpoint is not None and checkpoint.isascii() and checkpoint.isdigit():
             return int(checkpoint)
         if checkpoint is not None:
             self.context.log.warning("misp.checkpoint_unreadable", checkpoint=checkpoint[:40])
