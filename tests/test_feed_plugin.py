@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 
 from ce_daemon.errors import AuthError, ComponentConfigError, TransientError
 from ce_daemon.plugin import IocPage, IocRecord, PluginContext, Pull, Push, SharedIoc
+from ce_daemon.testing.sinks import closed_port
 from ce_daemon.testing.tls import make_certificates
 
 TOKEN = "feed-secret-token-0123"
@@ -347,6 +348,22 @@ async def test_changed_options_do_not_replay_an_old_cache(tmp_path: Path, server
     assert pages[-1].records[0].tags == ("new",)
 
 
+async def test_an_answer_without_validators_drops_the_cache(tmp_path: Path, server: FeedFakeServer) -> None:
+    """A feed that stops sending ETag/Last-Modified: its cache is removed, the next GET is not conditional."""
+    url = server.serve("/list.txt", b"a.example\n")
+    async with feed_source(tmp_path, url=url) as source:
+        first = await pull(source)
+        assert (tmp_path / "data" / "feed.feed-cache").exists()
+        server.conditional = False
+        again = Pull(checkpoint=first[-1].checkpoint, exclude_tags=frozenset(), now=1.0)
+        second = await pull(source, again)
+        third = await pull(source, again)
+    assert values(second) == values(third) == ["a.example"]
+    assert second[-1].checkpoint is None
+    assert not (tmp_path / "data" / "feed.feed-cache").exists()
+    assert ["If-None-Match" in r.headers for r in server.requests] == [False, True, False]
+
+
 async def test_a_failed_pull_keeps_the_previous_cache(tmp_path: Path, server: FeedFakeServer) -> None:
     """A pull that fails mid-body leaves the last whole list as the cache (no half list is replayed)."""
     url = server.serve("/list.txt", b"a.example\nb.example\n")
@@ -432,7 +449,7 @@ async def test_timeout_mid_body_raises_and_pages_already_yielded_stay(
 
 async def test_unreachable_feed_is_transient(tmp_path: Path) -> None:
     """Nothing listening: health not ok, pull raises TransientError."""
-    async with feed_source(tmp_path, url="http://127.0.0.1:9/list.txt") as source:
+    async with feed_source(tmp_path, url=f"http://127.0.0.1:{closed_port()}/list.txt") as source:
         health = await source.health()
         _, error = await pull_until_error(source)
     assert not health.ok

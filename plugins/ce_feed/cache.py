@@ -98,6 +98,10 @@ class ReplayCache:
         finally:
             file.close()
 
+    async def forget(self) -> None:
+        """Remove the cache (the feed answered without validators: no 304 will ever be asked for)."""
+        await asyncio.to_thread(self.path.unlink, missing_ok=True)
+
     def writer(self, validators: Validators) -> CacheWriter:
         """A new cache for an answer with ``validators``, written beside the current one."""
         return CacheWriter(self, validators)

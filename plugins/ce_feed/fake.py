@@ -3,9 +3,10 @@
 Each file is given as the bytes to send (:meth:`FakeFeed.serve`), optionally with a
 ``Content-Encoding`` (the bytes are then already encoded: a test builds a gzip bomb as it likes).
 Answers carry an ``ETag`` (a digest of the bytes) and a fixed ``Last-Modified``, and a conditional
-GET that matches either is answered "304 Not Modified", as nginx does. A client may be asked for an
-``Authorization`` value. A file may stall after some bytes until the server stops (a peer that
-stops sending mid-body). Scripted failures (:meth:`FakeHttpServer.fail_next`) apply before auth.
+GET that matches is answered "304 Not Modified", as nginx does (``conditional=False``: neither).
+A client may be asked for an ``Authorization`` value. A file may stall after some bytes until the
+server stops (a peer that stops sending mid-body). Scripted failures
+(:meth:`FakeHttpServer.fail_next`) apply before auth.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class FeedFakeServer(FakeHttpServer):
         if refusal is not None:
             return refusal
         feed = self.files[request.path]
-        headers = {"ETag": feed.etag, "Last-Modified": LAST_MODIFIED}
+        headers = {"ETag": feed.etag, "Last-Modified": LAST_MODIFIED} if self.conditional else {}
         match, since = request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
         if self.conditional and (match == feed.etag if match is not None else since == LAST_MODIFIED):
             await self.record(request, b"", 304)

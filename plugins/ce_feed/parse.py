@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ce_daemon.http import excerpt
 from ce_daemon.plugin import ComponentConfigError, IocRecord
 
 IocType = Literal["url", "domain", "hostname", "ipv4", "ipv6", "md5", "sha1", "sha256"]
@@ -179,7 +180,7 @@ class FeedParser:
             named = row[type_at].strip().lower()
             kind = _TYPE_NAMES.get(named.replace("_", "-"))
             if kind is None and named:
-                return where, f"unknown indicator type {named[:40]!r}"
+                return where, f"unknown indicator type {excerpt(named, 40)!r}"
             kind = kind or None
         tags = self.tags
         if tags_at is not None and tags_at < len(row):
@@ -202,7 +203,7 @@ def _header_columns(layout: CsvLayout, header: Sequence[str]) -> tuple[int, int 
             return column
         if column in names:
             return names.index(column)
-        shown = ", ".join(repr(name[:40]) for name in names[:20])
+        shown = ", ".join(repr(excerpt(name, 40)) for name in names[:20])
         raise ComponentConfigError(f"{option}: the feed's header has no column {column!r} (it has {shown})")
 
     value = find(layout.column, "column")

@@ -68,7 +68,8 @@ class FeedOptions(ConnectionOptions):
     """CSV: a column of tags (separated by ``,`` ``;`` or ``|``)."""
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
     header: bool = True
-    """CSV: the first row (after comments) names the columns."""
+    """CSV: the first row (after comments) names the columns. A header written as a comment
+    (``# id,url,…``, as abuse.ch writes it) is skipped as one: give indexes and ``header: false``."""
     ioc_type: IocType | None = None
     """Every value's type (``type:`` names the plugin); unset: the type column's, else guessed."""
     tags: list[Annotated[str, Field(min_length=1)]] = []
@@ -192,6 +193,8 @@ class FeedSource(ThreatSource[FeedOptions]):
                 await raise_for_status(response, self.target)
                 fresh = Validators(response.headers.get("ETag"), response.headers.get("Last-Modified"))
                 writer = self.cache.writer(fresh) if fresh else None
+                if writer is None:
+                    await self.cache.forget()
                 async for page in self._pages(_http_chunks(response, self.target), request, writer):
                     yield page
                 return
