@@ -404,7 +404,7 @@ async def test_sink_health_refuses_a_read_only_collection(
     async with medallion() as server:
         async with opened(make_sink(tmp_path, server.discovery_url, collection=READ_ONLY)) as sink:
             health = await sink.health()
-            with pytest.raises(TransientError, match="not writable"):
+            with pytest.raises(ComponentConfigError, match="not writable"):
                 await sink.push(push(add=EVERY_TYPE[:1]))
     assert not health.ok and "not writable" in health.detail
 
@@ -510,6 +510,27 @@ async def test_garbage_json_fails_the_pull_after_the_pages_already_read(
     assert (
         hostile.requests[1].query["next"] == "n1" and hostile.requests[1].query["match[type]"] == "indicator"
     )
+
+
+async def test_more_without_next_goes_on_from_date_added_last(tmp_path: Path, hostile: HostileTaxii) -> None:
+    """`more` with no `next` (TAXII 2.1 §3.4): the next request asks added_after = X-TAXII-Date-Added-Last."""
+    hostile.answers = [lambda: envelope(url_indicator(1), more=True), lambda: envelope(url_indicator(2))]
+    async with opened(make_source(tmp_path, f"{hostile.url}/api1/", collection="c1")) as source:
+        pages = await pull(source)
+    assert values(pages) == ["http://bad.example.net/1", "http://bad.example.net/2"]
+    first, second = (r.query for r in hostile.requests)
+    assert "next" not in second and second["added_after"] > first["added_after"]
+
+
+async def test_a_server_that_never_ends_is_read_max_pages_per_poll(
+    tmp_path: Path, hostile: HostileTaxii
+) -> None:
+    """`more` forever: the poll stops after max_pages pages, its checkpoint where the last page ended."""
+    hostile.answers = [lambda: envelope(url_indicator(1), more=True, next_token="again")] * 9
+    async with opened(make_source(tmp_path, f"{hostile.url}/api1/", collection="c1", max_pages=3)) as source:
+        pages = await pull(source)
+    assert len(pages) == 3 and len(hostile.requests) == 3
+    assert all(page.checkpoint for page in pages)
 
 
 async def test_an_oversize_body_is_not_read(tmp_path: Path, hostile: HostileTaxii) -> None:

@@ -13,8 +13,10 @@ backend. What medallion 3.0.0 reads (``medallion/__init__.py``, ``backends/memor
   can_write, media_types, objects, manifest}]}``. An object is only served with a manifest entry
   (``id``, ``version`` = its ``modified``, ``date_added``), so seeded objects get one here.
 
-The server is ready when werkzeug says ``Running on`` (read from its output, no polling); its output
-is drained until it exits. State lives in memory: each :class:`Medallion` is a fresh server.
+The server is listening when werkzeug says ``Running on`` (read from its output, no polling), and
+ready once it answered one discovery request; its output is drained until it exits. State lives
+in memory: each :class:`Medallion` is a fresh server.
+
 medallion 3 speaks TAXII 2.1 only; :class:`FakeTaxii20` follows TAXII 2.0 (``taxii-v2.0-cs01``
 §3.4 ``Range``/``Content-Range`` paging, STIX bundles, ``application/vnd.oasis.*`` media types).
 """
@@ -173,6 +175,7 @@ class Medallion:
             if await self._ready(process):
                 self._process, self._port = process, port
                 self._drain = asyncio.create_task(self._drain_output(process))
+                await self._answers()
                 return self.discovery_url
             await self._end(process)
             if not any("Address already in use" in line for line in self.output):
@@ -190,6 +193,19 @@ class Medallion:
         except TimeoutError:
             self.output.append(f"(medallion did not say `Running on` within {_START_TIMEOUT:.0f} s)")
         return False
+
+    async def _answers(self) -> None:
+        """One authenticated discovery request: the server is up and its configuration was read."""
+        async with (
+            aiohttp.ClientSession(headers=self._headers()) as session,
+            session.get(self.discovery_url) as response,
+        ):
+            body = await response.read()
+        if response.status != 200:
+            await self.stop()
+            raise RuntimeError(
+                f"medallion answered its discovery with HTTP {response.status}: {body[:300]!r}"
+            )
 
     async def _drain_output(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None

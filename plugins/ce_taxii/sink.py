@@ -38,6 +38,7 @@ from pydantic import Field
 
 from ce_daemon.http import excerpt, send_halving, split_by_size
 from ce_daemon.plugin import (
+    ComponentConfigError,
     Duration,
     Health,
     PluginContext,
@@ -107,8 +108,9 @@ class TaxiiSink(ThreatSink[TaxiiSinkOptions]):
         """Post what ``push`` adds and revoke what it removes, skipping what the collection already says."""
         collection = await self.client.collection()
         if not collection.can_write:
-            raise TransientError(
-                f"collection {collection.title or collection.id} is not writable (can_write)"
+            raise ComponentConfigError(
+                f"collection {collection.title or collection.id} is not writable (can_write is false):"
+                " name a collection this user may write to"
             )
         wanted: dict[str, tuple[SharedIoc, bool]] = {}
         for ioc in push.remove:

@@ -24,14 +24,16 @@ are skipped; an indicator whose pattern cannot be read is refused with the reaso
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from ce_daemon.plugin import (
+    ComponentConfigError,
     Duration,
     Health,
     IocPage,
@@ -86,24 +88,28 @@ class TaxiiSource(ThreatSource[TaxiiSourceOptions]):
         """The pages of indicators added since ``request.checkpoint`` (or ``initial_lookback`` ago)."""
         collection = await self.client.collection()
         if not collection.can_read:
-            raise TransientError(f"collection {collection.title or collection.id} is not readable (can_read)")
+            raise ComponentConfigError(
+                f"collection {collection.title or collection.id} is not readable (can_read is false):"
+                " name a collection this user may read"
+            )
         since = parse_time(request.checkpoint)
         if since is None:
             since = datetime.fromtimestamp(request.now - self.options.initial_lookback, UTC)
         walk = self._pages_21 if self.options.version == "2.1" else self._pages_20
-        async for objects, header, more in walk(collection.objects_url, stix_time(since)):
-            records, refused = await asyncio.to_thread(self.read_objects, objects, request)
-            last = header or _latest_date_added(objects)
-            checkpoint = None if last is None else stix_time(just_before(last) if more else last)
-            if not (records or refused or checkpoint):
-                continue  # nothing new (medallion answers `{}`)
-            yield IocPage(records=records, refused=refused, checkpoint=checkpoint)
+        async with contextlib.aclosing(walk(collection.objects_url, stix_time(since))) as pages:
+            async for objects, header, more in pages:
+                records, refused = await asyncio.to_thread(self.read_objects, objects, request)
+                last = header or _latest_date_added(objects)
+                checkpoint = None if last is None else stix_time(just_before(last) if more else last)
+                if not (records or refused or checkpoint):
+                    continue  # nothing new (medallion answers `{}`)
+                yield IocPage(records=records, refused=refused, checkpoint=checkpoint)
 
     # -- the two ways of paging ----------------------------------------------------------------
 
     async def _pages_21(
         self, url: str, added_after: str
-    ) -> AsyncIterator[tuple[list[Any], datetime | None, bool]]:
+    ) -> AsyncGenerator[tuple[list[Any], datetime | None, bool], None]:
         query = {"added_after": added_after, "limit": str(self.options.page_size), "match[type]": "indicator"}
         token: str | None = None
         for _ in range(self.options.max_pages):
@@ -129,7 +135,7 @@ class TaxiiSource(ThreatSource[TaxiiSourceOptions]):
 
     async def _pages_20(
         self, url: str, added_after: str
-    ) -> AsyncIterator[tuple[list[Any], datetime | None, bool]]:
+    ) -> AsyncGenerator[tuple[list[Any], datetime | None, bool], None]:
         query = {"added_after": added_after, "match[type]": "indicator"}
         start, width = 0, self.options.page_size
         for _ in range(self.options.max_pages):
