@@ -150,7 +150,7 @@ async def test_push_an_event_then_attributes(session: aiohttp.ClientSession, mis
     assert answer["Event"]["Attribute"][0]["timestamp"] == str(NOW)
     batch = [{"type": "url", "value": "http://x.example/"}, {"type": "ip-dst", "value": "192.0.2.7"}]
     status, answer, _ = await post(session, misp, f"/attributes/add/{event_id}", batch)
-    assert status == 200 and [item["Attribute"]["value"] for item in answer] == [
+    assert status == 200 and [item["value"] for item in answer["Attribute"]] == [
         "http://x.example/",
         "192.0.2.7",
     ]
@@ -168,6 +168,99 @@ async def test_push_an_event_then_attributes(session: aiohttp.ClientSession, mis
     ]
     assert view["Event"]["Tag"] == [{"name": "netskope-ce"}]
     assert misp.values(int(event_id)) == ["b" * 64, "http://x.example/", "192.0.2.7", "c" * 32]
+
+
+async def test_a_batch_saves_each_attribute_on_its_own(
+    session: aiohttp.ClientSession, misp: FakeMisp
+) -> None:
+    """As MISP: the good attributes of a list are saved, the refused ones listed by position."""
+    event = misp.add_event("e", [{"type": "domain", "value": "dup.example"}])
+    batch = [
+        {"type": "domain", "value": "dup.example"},
+        {"type": "domain", "value": "new.example"},
+        {"type": "nonsense", "value": "v"},
+    ]
+    status, answer, _ = await post(session, misp, f"/attributes/add/{event.id}", batch)
+    assert status == 200 and answer["Attribute"]["value"] == "new.example"
+    assert sorted(answer["errors"]) == ["attribute_0", "attribute_2"]
+    status, answer, _ = await post(session, misp, f"/attributes/add/{event.id}", batch[:1] + batch[2:])
+    assert (
+        status == 403
+        and answer["saved"] is False
+        and sorted(answer["errors"]) == ["attribute_0", "attribute_1"]
+    )
+    assert misp.values() == ["dup.example", "new.example"]
+
+
+async def test_events_index_finds_events_by_info_and_tags(
+    session: aiohttp.ClientSession, misp: FakeMisp
+) -> None:
+    """``eventinfo`` is a case-insensitive substring (``|``, ``!``); ``tags`` match event tags."""
+    misp.add_event("CE-daemon shared", tags=["netskope-ce"])
+    misp.add_event("ce-daemon shared (old)")
+    misp.add_event("feed")
+    _, answer, _ = await post(session, misp, "/events/index", {"eventinfo": "ce-daemon shared"})
+    assert [event["info"] for event in answer] == ["CE-daemon shared", "ce-daemon shared (old)"]
+    _, answer, _ = await post(
+        session, misp, "/events/index", {"eventinfo": "ce-daemon", "tags": ["netskope-ce"]}
+    )
+    assert [event["id"] for event in answer] == ["1"]
+    assert answer[0]["EventTag"][0]["Tag"]["name"] == "netskope-ce" and answer[0]["threat_level_id"] == "4"
+    _, answer, _ = await post(session, misp, "/events/index", {"eventinfo": "feed|!old"})
+    assert [event["info"] for event in answer] == ["feed"]
+
+
+async def test_soft_delete_and_search_of_deleted(session: aiohttp.ClientSession, misp: FakeMisp) -> None:
+    """``attributes/delete`` soft-deletes (404 the second time); restSearch shows them only when asked."""
+    seed(misp)
+    status, answer, _ = await post(session, misp, "/attributes/delete/3", {})
+    assert status == 200 and answer == {"message": "Attribute deleted."}
+    status, answer, _ = await post(session, misp, "/attributes/delete/3", {})
+    assert status == 404 and answer["message"] == "Invalid attribute"
+    async with session.delete(f"{misp.url}/attributes/delete/99", headers=HEADERS) as response:
+        assert response.status == 404
+    _, answer, _ = await post(session, misp, "/attributes/restSearch", {"type": "domain"})
+    assert values(answer) == []
+    _, answer, _ = await post(session, misp, "/attributes/restSearch", {"type": "domain", "deleted": 1})
+    assert values(answer) == ["evil.example"]
+    _, answer, _ = await post(session, misp, "/attributes/restSearch", {"deleted": [0, 1], "eventid": 1})
+    assert len(values(answer)) == 3
+    async with session.get(f"{misp.url}/events/view/1", headers=HEADERS) as response:
+        view = orjson.loads(await response.read())
+    assert "evil.example" not in [a["value"] for a in view["Event"]["Attribute"]]
+
+
+async def test_rest_search_order_and_context(session: aiohttp.ClientSession, misp: FakeMisp) -> None:
+    """``order`` sorts as MISP's findOrder; ``includeContext`` adds the event's metadata and tags."""
+    misp.add_event(
+        "ctx",
+        [
+            {"type": "domain", "value": "late.example", "timestamp": NOW},
+            {"type": "domain", "value": "early.example", "timestamp": NOW - 10},
+        ],
+        tags=["apt"],
+        threat_level_id="2",
+    )
+    body = {"order": "Attribute.timestamp asc, id desc", "includeContext": 1, "includeEventTags": 1}
+    _, answer, _ = await post(session, misp, "/attributes/restSearch", body)
+    assert values(answer) == ["early.example", "late.example"]
+    first = answer["response"]["Attribute"][0]
+    assert first["Event"]["threat_level_id"] == "2" and first["Event"]["Tag"] == [{"name": "apt"}]
+    assert first["Tag"] == [{"name": "apt", "inherited": 1}]
+    _, answer, _ = await post(session, misp, "/attributes/restSearch", {"order": "nonsense asc"})
+    assert answer["message"].startswith("Invalid order")
+
+
+async def test_drop_after_apply_takes_effect_then_hangs_up(
+    session: aiohttp.ClientSession, misp: FakeMisp
+) -> None:
+    """``drop_after_apply``: the request takes effect, its connection closes without an answer."""
+    misp.drop_after_apply(1, after=1)
+    async with session.get(f"{misp.url}/servers/getVersion", headers=HEADERS) as response:
+        assert (await response.json())["version"]
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await post(session, misp, "/events/add", {"Event": {"info": "lost answer"}})
+    assert [event.info for event in misp.events.values()] == ["lost answer"]
 
 
 async def test_duplicate_and_bad_attributes_are_refused(

@@ -5,27 +5,47 @@ Follows MISP's OpenAPI spec (``app/webroot/doc/openapi.yaml``) for the calls use
 - ``POST /attributes/restSearch`` (``returnFormat: json`` only): filters ``type``, ``value``,
   ``category``, ``eventid``, ``to_ids``, ``tags`` (``!tag`` excludes; matched on attribute and
   event tags), ``timestamp``/``attribute_timestamp`` (epoch seconds, ``"7d"``/``"12h"``/``"30m"``,
-  or a ``[from, to]`` pair), ``from``/``to`` (event dates, ``YYYY-MM-DD``), ``page`` (from 1) and
-  ``limit``. Answers ``{"response": {"Attribute": [...]}}`` in attribute-id order, each with its
-  ``Event`` and ``Tag``, and ``X-Result-Count`` (the matches before paging).
-- ``POST /events/add`` (``{"Event": {info, date, Attribute: [...], Tag: [...]}}``, or the bare
-  event), ``POST /attributes/add/{event_id}`` (one attribute or a list), ``GET /events/view/{id}``.
-  A second attribute with the same type and value in one event is refused, as MISP does.
+  or a ``[from, to]`` pair), ``from``/``to`` (event dates, ``YYYY-MM-DD``), ``deleted`` (0, the
+  default: live attributes; 1: soft-deleted ones only; ``[0, 1]``: both), ``page`` (from 1) and
+  ``limit``; ``order`` (``"timestamp asc, id asc"``, MISP's ``Attribute.`` prefix allowed).
+  Answers ``{"response": {"Attribute": [...]}}`` in attribute-id order unless ordered, each with
+  its ``Event`` (``id, info, org_id, orgc_id, uuid`` as MISP sends; with ``includeContext`` the
+  event's metadata too: ``threat_level_id``, ``date``, ``timestamp``, its ``Tag`` list…) and
+  ``Tag`` (with ``includeEventTags``, the event's tags follow, marked ``inherited``), and
+  ``X-Result-Count`` (the matches before paging).
+- ``POST /events/index``: filters ``eventinfo`` (case-insensitive substring; ``|`` between
+  alternatives, ``!`` negates), ``tags``/``tag`` (event tags, ``!`` excludes), ``eventid``,
+  ``page``/``limit``. Answers a JSON list of events, each with ``EventTag: [{"Tag": {...}}]``.
+- ``POST /events/add`` (``{"Event": {info, date, threat_level_id, Attribute: [...], Tag: [...]}}``,
+  or the bare event; all or nothing), ``GET /events/view/{id}`` (soft-deleted attributes left out).
+- ``POST /attributes/add/{event_id}`` (one attribute or a list): as MISP, each attribute is saved
+  or refused on its own; a second attribute with the same type and value in one event is refused.
+  With some saved: 200 ``{"Attribute": ...}`` (one object, or a list when several were saved) and
+  ``errors: {"attribute_N": {...}}`` for the refused; with none: MISP's 403
+  ``{"saved": false, "errors": ...}`` (keyed ``attribute_N`` when a list was sent).
+- ``POST`` or ``DELETE /attributes/delete/{id}``: a soft delete (``deleted`` set, timestamp bumped),
+  ``{"message": "Attribute deleted."}``; an unknown or already deleted attribute: 404
+  ``Invalid attribute``, as MISP answers.
+- ``GET /servers/getVersion``: ``{"version": ...}`` (what a health check reads).
 - ``POST /sightings/add`` (``value`` or ``values``, ``type`` 0 sighting / 1 false positive /
   2 expiration, ``source``, ``timestamp``): one sighting per matching attribute; with none, MISP's
   HTTP 200 ``{"saved": false, "errors": ...}``.
 
 Auth is the ``Authorization: <key>`` header; without a valid key MISP answers 403
 ``{"name", "message", "url"}``. Ids and timestamps are strings in answers, as MISP sends them.
-Scripted failures (`FakeHttpServer.fail_next`, with ``Retry-After`` for a 429) apply before auth.
+Scripted failures (`FakeHttpServer.fail_next`, with ``Retry-After`` for a 429) apply before auth;
+:meth:`FakeMisp.drop_after_apply` makes the next requests take effect and then drops the
+connection unanswered (an answer lost on the way back).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import ssl
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -137,14 +157,20 @@ class Event:
     published: bool = False
 
     def header(self) -> dict[str, Any]:
+        """The event as restSearch attaches it to an attribute (MISP's ``Event`` fields there)."""
+        return {"id": str(self.id), "info": self.info, "org_id": "1", "orgc_id": "1", "uuid": self.uuid}
+
+    def metadata(self) -> dict[str, Any]:
+        """The event without its attributes (``includeContext``, ``/events/index``, ``/events/view``)."""
         return {
-            "id": str(self.id),
-            "uuid": self.uuid,
-            "info": self.info,
+            **self.header(),
             "date": self.date,
-            "org_id": "1",
-            "orgc_id": "1",
+            "threat_level_id": self.threat_level_id,
+            "analysis": self.analysis,
+            "published": self.published,
+            "timestamp": str(self.timestamp),
             "distribution": "0",
+            "sharing_group_id": "0",
         }
 
 
@@ -170,6 +196,8 @@ class FakeMisp(FakeHttpServer):
         self.sightings: list[dict[str, Any]] = []
         self.searches: list[dict[str, Any]] = []
         """Every restSearch body, in order (what a puller asked for)."""
+        self._event_ids = itertools.count(1)  # MISP never gives an id out twice
+        self._drops: deque[bool] = deque()  # True: drop that request's answer
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [
@@ -178,7 +206,18 @@ class FakeMisp(FakeHttpServer):
             web.post("/attributes/add/{event_id}", self._guard(self._add_attributes)),
             web.post("/sightings/add", self._guard(self._add_sighting)),
             web.get("/events/view/{event_id}", self._guard(self._view_event)),
+            web.post("/events/index", self._guard(self._index_events)),
+            web.post("/attributes/delete/{attribute_id}", self._guard(self._delete_attribute)),
+            web.delete("/attributes/delete/{attribute_id}", self._guard(self._delete_attribute)),
+            web.get("/servers/getVersion", self._guard(self._version)),
         ]
+
+    def drop_after_apply(self, count: int = 1, *, after: int = 0) -> None:
+        """The next ``count`` requests (once ``after`` more passed) take effect, then go unanswered.
+
+        Their connection is closed instead of answering: the client sees a server that disconnected.
+        """
+        self._drops.extend([False] * after + [True] * count)
 
     def refuse_credentials(self) -> None:
         """Every API key is revoked: requests get 403 "Authentication failed"."""
@@ -197,15 +236,17 @@ class FakeMisp(FakeHttpServer):
         *,
         tags: Iterable[str] = (),
         date: str | None = None,
+        threat_level_id: str = "4",
     ) -> Event:
         """Create an event with ``attributes`` (each as MISP takes it: type, value, to_ids, Tag…)."""
         now = int(self.clock())
         event = Event(
-            id=len(self.events) + 1,
+            id=next(self._event_ids),
             info=info,
             date=date or datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d"),
             timestamp=now,
             tags=list(tags),
+            threat_level_id=threat_level_id,
         )
         attributes = list(attributes)
         self._check_attributes(event, attributes)
@@ -215,8 +256,12 @@ class FakeMisp(FakeHttpServer):
         return event
 
     def values(self, event_id: int | None = None) -> list[str]:
-        """The attribute values held (in ``event_id``, or in all events), in the order they came."""
-        return [a.value for a in self.attributes.values() if event_id is None or a.event_id == event_id]
+        """The live attribute values (in ``event_id``, or in all events), in the order they came."""
+        return [
+            a.value
+            for a in self.attributes.values()
+            if (event_id is None or a.event_id == event_id) and not a.deleted
+        ]
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -237,6 +282,8 @@ class FakeMisp(FakeHttpServer):
             except MispError as exc:
                 answer = exc.response(request.path)
             await self.record(request, body, answer.status)
+            if self._drops and self._drops.popleft() and request.transport is not None:
+                request.transport.abort()  # applied, but the answer never leaves
             return answer
 
         return guarded
@@ -254,25 +301,17 @@ class FakeMisp(FakeHttpServer):
 
     def _check_attributes(self, event: Event, attributes: list[dict[str, Any]]) -> None:
         """Refuse the whole set if one attribute is malformed, of an unknown type, or a duplicate."""
-        seen = {
-            (a.type, a.value) for a in self.attributes.values() if a.event_id == event.id and not a.deleted
-        }
+        seen = self._live_keys(event)
         for number, attribute in enumerate(attributes):
-            errors: dict[str, list[str]] = {}
-            if not isinstance(attribute, dict):
-                raise MispError(
-                    403, "Could not add Attribute", saved=False, errors={"Attribute": ["not an object"]}
-                )
-            kind, value = attribute.get("type"), attribute.get("value")
-            if kind not in _CATEGORIES:
-                errors["type"] = [f"Options depend on the selected category ({kind!r} is not a known type)."]
-            if not isinstance(value, str) or not value.strip():
-                errors["value"] = ["Please fill in this field"]
-            elif (kind, value) in seen:
-                errors["value"] = ["A similar attribute already exists for this event."]
+            errors = _attribute_errors(attribute, seen)
             if errors:
                 raise MispError(403, "Could not add Attribute", saved=False, errors=errors, index=number)
-            seen.add((str(kind), str(value)))
+            seen.add((str(attribute["type"]), str(attribute["value"])))
+
+    def _live_keys(self, event: Event) -> set[tuple[str, str]]:
+        return {
+            (a.type, a.value) for a in self.attributes.values() if a.event_id == event.id and not a.deleted
+        }
 
     def _store(self, event: Event, given: dict[str, Any]) -> Attribute:
         kind = str(given["type"])
@@ -302,11 +341,7 @@ class FakeMisp(FakeHttpServer):
         ]
         return {
             "Event": {
-                **event.header(),
-                "timestamp": str(event.timestamp),
-                "threat_level_id": event.threat_level_id,
-                "analysis": event.analysis,
-                "published": event.published,
+                **event.metadata(),
                 "attribute_count": str(len(attributes)),
                 "Attribute": attributes,
                 "Tag": [{"name": tag} for tag in event.tags],
@@ -325,20 +360,79 @@ class FakeMisp(FakeHttpServer):
         attributes = given.get("Attribute", [])
         if not isinstance(attributes, list):
             raise MispError(403, "Could not add Event", saved=False, errors={"Attribute": ["must be a list"]})
-        event = self.add_event(str(given["info"]), attributes, tags=tags, date=given.get("date"))
+        event = self.add_event(
+            str(given["info"]),
+            attributes,
+            tags=tags,
+            date=given.get("date"),
+            threat_level_id=str(given.get("threat_level_id", "4")),
+        )
         return self._event_view(event)
 
-    def _add_attributes(self, request: web.Request, payload: Any) -> dict[str, Any] | list[Any]:
+    def _add_attributes(self, request: web.Request, payload: Any) -> dict[str, Any]:
+        """Each attribute saved or refused on its own (MISP's ``captureAttribute`` loop)."""
         event = self._event(request)
-        single = not isinstance(payload, list)
-        given = (
-            [payload.get("Attribute", payload) if isinstance(payload, dict) else payload]
-            if single
-            else payload
-        )
-        self._check_attributes(event, given)
-        stored = [self._store(event, attribute).to_api() for attribute in given]
-        return {"Attribute": stored[0]} if single else [{"Attribute": attribute} for attribute in stored]
+        given = payload.get("Attribute", payload) if isinstance(payload, dict) else payload
+        attributes = given if isinstance(given, list) else [given]
+        seen = self._live_keys(event)
+        stored: list[dict[str, Any]] = []
+        errors: dict[str, Any] = {}
+        for number, attribute in enumerate(attributes):
+            refused = _attribute_errors(attribute, seen)
+            if refused:
+                errors[f"attribute_{number}"] = refused
+                continue
+            seen.add((str(attribute["type"]), str(attribute["value"])))
+            stored.append(self._store(event, attribute).to_api())
+        if not stored:
+            raise MispError(
+                403,
+                "Could not add Attribute",
+                saved=False,
+                errors=errors["attribute_0"] if len(attributes) == 1 else errors,
+            )
+        answer: dict[str, Any] = {"Attribute": stored[0] if len(stored) == 1 else stored}
+        if errors:
+            answer["errors"] = errors
+        return answer
+
+    def _delete_attribute(self, request: web.Request, payload: Any) -> dict[str, Any]:
+        raw = request.match_info["attribute_id"]
+        attribute = self.attributes.get(int(raw)) if raw.isdigit() else None
+        if attribute is None or attribute.deleted:
+            raise MispError(404, "Invalid attribute")
+        attribute.deleted = True
+        attribute.timestamp = int(self.clock())
+        return {"message": "Attribute deleted."}
+
+    def _version(self, request: web.Request, payload: Any) -> dict[str, Any]:
+        return {"version": "2.5.2", "perm_sync": False, "perm_sighting": True, "perm_galaxy_editor": False}
+
+    def _index_events(self, request: web.Request, payload: Any) -> list[dict[str, Any]]:
+        if not isinstance(payload, dict):
+            raise MispError(400, "Invalid request body: expected a JSON object of filters")
+        found = [
+            event
+            for event in self.events.values()
+            if _info_matches(payload.get("eventinfo"), event.info)
+            and _tags_match(payload.get("tags") or payload.get("tag"), set(event.tags))
+            and _one_of(payload.get("eventid"), str(event.id))
+        ]
+        page, limit = _positive(payload, "page"), _positive(payload, "limit")
+        if limit is not None:
+            start = ((page or 1) - 1) * limit
+            found = found[start : start + limit]
+        return [
+            {
+                **event.metadata(),
+                "attribute_count": str(sum(not self.attributes[i].deleted for i in event.attribute_ids)),
+                "EventTag": [
+                    {"event_id": str(event.id), "tag_id": str(n + 1), "local": False, "Tag": {"name": tag}}
+                    for n, tag in enumerate(event.tags)
+                ],
+            }
+            for event in found
+        ]
 
     def _view_event(self, request: web.Request, payload: Any) -> dict[str, Any]:
         return self._event_view(self._event(request))
@@ -375,7 +469,10 @@ class FakeMisp(FakeHttpServer):
         self.searches.append(payload)
         if payload.get("returnFormat", "json") != "json":
             raise MispError(400, f"The fake supports returnFormat json only, not {payload['returnFormat']!r}")
-        matches = [a for a in self.attributes.values() if not a.deleted and self._matches(a, payload)]
+        deleted = _deleted_filter(payload.get("deleted"))
+        matches = [a for a in self.attributes.values() if a.deleted in deleted and self._matches(a, payload)]
+        if payload.get("order"):
+            matches = _ordered(matches, payload["order"])
         page, limit = _positive(payload, "page"), _positive(payload, "limit")
         shown = matches
         if limit is not None:
@@ -384,7 +481,13 @@ class FakeMisp(FakeHttpServer):
         found = []
         for attribute in shown:
             item = attribute.to_api()
-            item["Event"] = self.events[attribute.event_id].header()
+            event = self.events[attribute.event_id]
+            if _flag(payload.get("includeContext")):
+                item["Event"] = {**event.metadata(), "Tag": [{"name": tag} for tag in event.tags]}
+            else:
+                item["Event"] = event.header()
+            if _flag(payload.get("includeEventTags")):
+                item["Tag"] += [{"name": tag, "inherited": 1} for tag in event.tags]
             found.append(item)
         return json_response(
             {"response": {"Attribute": found}}, headers={"X-Result-Count": str(len(matches))}
@@ -413,6 +516,62 @@ def _payload(body: bytes) -> Any:
         return orjson.loads(body) if body.strip() else {}
     except orjson.JSONDecodeError as exc:
         raise MispError(400, f"Invalid JSON input: {exc}") from exc
+
+
+def _attribute_errors(attribute: Any, seen: set[tuple[str, str]]) -> dict[str, list[str]]:
+    """MISP's validation errors for one attribute to add (none: it can be saved)."""
+    if not isinstance(attribute, dict):
+        return {"Attribute": ["not an object"]}
+    errors: dict[str, list[str]] = {}
+    kind, value = attribute.get("type"), attribute.get("value")
+    if kind not in _CATEGORIES:
+        errors["type"] = [f"Options depend on the selected category ({kind!r} is not a known type)."]
+    if not isinstance(value, str) or not value.strip():
+        errors["value"] = ["Please fill in this field"]
+    elif (kind, value) in seen:
+        errors["value"] = ["A similar attribute already exists for this event."]
+    return errors
+
+
+def _deleted_filter(wanted: Any) -> set[bool]:
+    """restSearch's ``deleted``: 0 (default) live ones, 1 the soft-deleted only, ``[0, 1]`` both."""
+    if isinstance(wanted, list):
+        return {_flag(value) for value in wanted} or {False}
+    return {_flag(wanted)} if wanted is not None else {False}
+
+
+_ORDER_FIELDS = {"id", "event_id", "type", "value", "timestamp"}
+
+
+def _ordered(attributes: list[Attribute], order: Any) -> list[Attribute]:
+    """restSearch's ``order`` (``"Attribute.timestamp asc, id desc"``), as MISP's ``findOrder`` reads it."""
+    rules = order.split(",") if isinstance(order, str) else order
+    if not isinstance(rules, list):
+        raise MispError(400, f"Invalid order {order!r}")
+    keys: list[tuple[str, bool]] = []
+    for rule in rules:
+        name, _, direction = str(rule).strip().partition(" ")
+        name = name.removeprefix("Attribute.").lower()
+        if name not in _ORDER_FIELDS:
+            raise MispError(400, f"Invalid order field {name!r}")
+        keys.append((name, direction.strip().lower() == "desc"))
+    ordered = list(attributes)
+    for name, descending in reversed(keys):  # stable sorts, the last key first
+        ordered.sort(key=lambda attribute: getattr(attribute, name), reverse=descending)
+    return ordered
+
+
+def _info_matches(wanted: Any, info: str) -> bool:
+    """``eventinfo`` as MISP's event index reads it: case-insensitive substrings, ``|``, ``!``."""
+    if wanted is None or wanted == "":
+        return True
+    pieces = [piece for piece in str(wanted).split("|") if piece]
+    lowered = info.lower()
+    excluded = [p[1:].lower() for p in pieces if p.startswith("!")]
+    included = [p.lower() for p in pieces if not p.startswith("!")]
+    if any(piece in lowered for piece in excluded):
+        return False
+    return not included or any(piece in lowered for piece in included)
 
 
 def _flag(value: Any) -> bool:
