@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from ce_daemon.simulator.process import SimulatorProcess, simulator_process
 
 DEMO_TOKEN_ENV = "CE_DEMO_TOKEN"  # noqa: S105 - the name of a variable, not a password
 DEMO_TOKEN = "demo-token-not-secret"  # noqa: S105 - the simulator's token, printed nowhere by the daemon
+DEMO_LIST_TOKEN_ENV = "CE_DEMO_LIST_TOKEN"  # noqa: S105 - the name of a variable, not a password
+DEMO_LIST_TOKEN = "demo-list-token-not-secret"  # noqa: S105 - a second token: its own request budget
 
 PIPELINE = """\
 # ce-daemon demo pipeline: written by `ce-daemon demo`, run exactly as `ce-daemon run -c` would.
@@ -61,6 +64,43 @@ logs:
       filter: {{$or: [{{type: {{$ne: page}}}}, {{app: {{$exists: true}}}}]}}
       format: json
       sink: {{type: file, path: out/events.ndjson, rotate_bytes: 64MiB}}
+threats:
+  # The simulator's malsite alerts name hosts under example.net, a name reserved for documentation
+  # that the guards would refuse: switched off for the demo only.
+  guards: {{documentation_domains: false}}
+  expire_every: 1m
+  sources:
+    - name: netskope                        # Malware alerts' file hashes, malsite alerts' URLs
+      netskope: {{tenant: demo}}
+    - name: local-feed                      # a plain-text list (edit it: the next poll applies it)
+      interval: 30s
+      plugin: {{type: feed, path: feeds/blocklist.txt, tags: [demo-feed]}}
+  destinations:
+    - name: netskope-urls                   # a URL list of the simulated tenant (GET /_sim/lists shows it)
+      interval: 10s
+      # a token of its own, as CE's plugins are configured: the pollers' budget stays theirs
+      plugin: {{type: netskope_url_list, url: {url}, token: {{$env: {list_token_env}}}, list: ce-daemon-demo}}
+    - name: edl                             # a list firewalls poll: curl it
+      interval: 10s
+      plugin: {{type: edl, listen: 127.0.0.1, port: {edl_port}, path: /edl.txt}}
+  sharing:
+    - name: urls-to-netskope
+      to: netskope-urls
+      types: [url, domain, hostname]
+    - name: everything-to-edl
+      to: edl
+"""
+
+BLOCKLIST = """\
+# the demo's local feed: one value a line; defanged values are refanged, bad ones refused and counted
+hxxp://malware-drop[.]biz/payload.exe
+phish-login.biz
+203.0.114.66
+cdn.evil-updates.net
+44d88612fea8a8f36de82e1278abb02f
+275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f
+10.1.2.3
+not a value at all
 """
 
 
@@ -81,7 +121,7 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
     # The simulator runs in a process of its own, as a tenant would: on the daemon's event loop it
     # would stamp arrivals late while the daemon parses a page, and refuse requests a tenant accepts.
     options: dict[str, object] = {
-        "token": DEMO_TOKEN,
+        "token": [DEMO_TOKEN, DEMO_LIST_TOKEN],
         "seed": 7,
         "backlog": 5_000,
         "backlog_span": 3_600,
@@ -92,19 +132,29 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
         async with simulator_process(options) as sim:
             url = sim.url
             path = directory / "pipeline.yaml"
+            (directory / "feeds").mkdir(exist_ok=True)
+            blocklist = directory / "feeds" / "blocklist.txt"
+            if not blocklist.exists():  # a person's edits survive the next demo
+                blocklist.write_text(BLOCKLIST, encoding="utf-8")
+            edl_port = _free_port()
             path.write_text(
                 PIPELINE.format(
                     state=directory / "state" / "ce-daemon.db",
                     url=url,
                     syslog_port=syslog_port,
                     token_env=DEMO_TOKEN_ENV,
+                    list_token_env=DEMO_LIST_TOKEN_ENV,
+                    edl_port=edl_port,
                 ),
                 encoding="utf-8",
             )
             _say(f"tenant simulator on {url}; pipeline written to {path}")
             _say(f"outputs in {directory / 'out'} — try: tail -f {directory / 'out' / 'alerts.cef'}")
+            edl = f"http://127.0.0.1:{edl_port}/edl.txt"
+            _say(f"threat indicators: curl -s {edl}  |  ce-daemon iocs stats -c {path}")
+            _say(f"the tenant's URL lists: curl -s {url}/_sim/lists  |  the local feed: {blocklist}")
             _say(f"stop with ^C; edit the pipeline and `kill -HUP {os.getpid()}` to reload")
-            environ = {**os.environ, DEMO_TOKEN_ENV: DEMO_TOKEN}
+            environ = {**os.environ, DEMO_TOKEN_ENV: DEMO_TOKEN, DEMO_LIST_TOKEN_ENV: DEMO_LIST_TOKEN}
             daemon = Daemon(path, registry, environ=environ)
             tasks = [
                 asyncio.create_task(_progress(daemon, directory)),
@@ -150,10 +200,17 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
                 for c in routes
             )
             spool = snapshot.get("spool") or {}
+            threats = (snapshot.get("jobs") or {}).get("threats") or {}
+            shared = ", ".join(
+                f"{key.removeprefix('shared_')}={value}"
+                for key, value in threats.items()
+                if key.startswith("shared_")
+            )
             _say(
                 f"gen {snapshot['generation']} | components {snapshot['components_ok']}/"
                 f"{snapshot['components_total']} ok | pulled {pulled} records | shipped {shipped} | "
-                f"spool {spool.get('records', 0)} records"
+                f"spool {spool.get('records', 0)} records | IOCs {threats.get('iocs_active', 0)} active,"
+                f" shared {shared or 'nothing yet'}"
             )
 
 
@@ -169,6 +226,14 @@ async def _summary(directory: Path, sim: SimulatorProcess) -> None:
         with contextlib.suppress(OSError):
             lines = sum(1 for _ in out.open("rb"))
             _say(f"{out}: {lines} lines")
+
+
+def _free_port() -> int:
+    """A port nothing listens on now (the EDL's; the demo runs alone, so nothing takes it meanwhile)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _say(text: str) -> None:

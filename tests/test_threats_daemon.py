@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,3 +137,27 @@ async def test_kill_9_during_url_list_pushes_converges_without_doubles(tmp_path:
 def _appends(sim: TenantSimulator) -> int:
     """How many URL-list requests the simulator answered so far (lookups, appends, deploys)."""
     return int(sim.stats().requests.get("policy/urllist", 0))
+
+
+async def test_the_demo_shows_iocs_flowing_in_and_out(tmp_path: Path) -> None:
+    """`ce-daemon demo`: the simulator's alerts and the local feed in; the URL list and the EDL out."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ce_daemon", "demo", "--dir", str(tmp_path), "--duration", "18",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await process.communicate()
+    text = out.decode()
+    assert process.returncode == 0, text[-3000:]
+    progress = [line for line in text.splitlines() if line.startswith("[demo] gen ")]
+    shared = dict(re.findall(r"(edl|netskope-urls)=(\d+)", progress[-1]))
+    assert int(shared["edl"]) > 0 and int(shared["netskope-urls"]) > 0, progress[-1]
+    code, stats = await run_cli("iocs", "stats", "-c", str(tmp_path / "pipeline.yaml"), "--json", env={})
+    assert code == 0, stats
+    data = orjson.loads(stats)
+    assert {c["source"] for c in data["counts"]} == {"netskope", "local-feed"}
+    assert {d["destination"]: d["listed"] for d in data["destinations"]} == {
+        "edl": int(shared["edl"]),
+        "netskope-urls": int(shared["netskope-urls"]),
+    }
+    feed = {s["source"]: s for s in data["sources"]}["local-feed"]
+    assert feed["rejected"] == 2  # a line that is no value, and a private address
