@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import random
 import re
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+from ce_misp.fake import DEFAULT_KEY, FakeMisp
 
 from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
@@ -51,12 +54,12 @@ def pipeline(tmp_path: Path, url: str, *, batch: int = 10_000, interval: str = "
     return pipeline_config(tmp_path, url, [], rate_limit=20, threats=threats, logging=logging, logs={})
 
 
-def expected(sim: TenantSimulator) -> tuple[set[str], set[str]]:
+def expected(sim: TenantSimulator, backlog: int = BACKLOG) -> tuple[set[str], set[str]]:
     """The normalised URLs of every malsite alert and the sha256 of every Malware alert of the backlog."""
     urls: set[str] = set()
     hashes: set[str] = set()
     for subtype, into, field in (("malsite", urls, "url"), ("malware", hashes, "local_sha256")):
-        for seq in range(BACKLOG):
+        for seq in range(backlog):
             record = sim.factory.make("alerts", subtype, seq, 0)
             result = normalise(record[field])
             assert not hasattr(result, "reason"), result
@@ -161,3 +164,128 @@ async def test_the_demo_shows_iocs_flowing_in_and_out(tmp_path: Path) -> None:
     }
     feed = {s["source"]: s for s in data["sources"]}["local-feed"]
     assert feed["rejected"] == 2  # a line that is no value, and a private address
+
+
+async def test_two_way_sharing_between_the_tenant_and_misp_never_echoes(tmp_path: Path) -> None:
+    """Netskope's Malware hashes go to MISP, MISP's URLs and domains to the tenant's URL list: each
+    once, and what the daemon pushed to MISP is never read back from it, nor pushed back where it came
+    from."""
+    streams = (("alerts", "malware"),)
+    misp = FakeMisp()
+    misp.add_event("partner intel", [
+        {"type": "url", "value": "http://misp-drop.biz/payload", "to_ids": True},
+        {"type": "domain", "value": "misp-c2.biz", "to_ids": True},
+    ], threat_level_id="1")  # fmt: skip
+    async with misp, backlog_simulator(TOKEN, 40, streams, page_size=100) as sim:
+        _, hashes = expected(sim, 40)
+        config = pipeline(tmp_path, sim.url)
+        threats = config["threats"]
+        plugin = {"url": misp.url, "key": {"$env": "MISP_KEY"}}
+        threats["sources"].append({"name": "misp", "interval": "1s", "plugin": {"type": "misp", **plugin}})
+        threats["destinations"] = [
+            threats["destinations"][0],
+            {"name": "misp-out", "interval": "1s", "echo_of": "misp", "plugin": {"type": "misp", **plugin}},
+        ]
+        threats["sharing"] = [
+            {"name": "misp-to-netskope", "to": "urls", "sources": ["misp"], "types": ["url", "domain"]},
+            {"name": "netskope-to-misp", "to": "misp-out", "types": ["sha256", "md5", "url", "domain"]},
+        ]
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        env = {**ENV, "MISP_KEY": DEFAULT_KEY}
+        wanted_urls = {"http://misp-drop.biz/payload", "misp-c2.biz"}
+        async with DaemonProcess(path, env=env) as daemon:
+            await until(lambda: set(held(sim)[0]) == wanted_urls and hashes <= set(misp.values()))
+            await daemon.wait_for_event("threat_source.polled", count=4)  # MISP read again after the push
+            await asyncio.sleep(2.5)
+            settled = (list(misp.values()), held(sim))
+            await asyncio.sleep(2.5)
+            assert (list(misp.values()), held(sim)) == settled  # nothing more pushed either way
+            code, out = await run_cli("iocs", "stats", "-c", str(path), "--json", env=env)
+        values = misp.values()
+        assert len(values) == len(set(values))  # each once
+        assert sorted(held(sim)[0]) == sorted(wanted_urls)
+        ours = [e for e in misp.events.values() if "ce-daemon" in e.tags]
+        assert len(ours) == 1  # one event for what the daemon shares
+        shared_to_misp = set(misp.values(ours[0].id))
+        assert not shared_to_misp & wanted_urls  # MISP's own word not echoed back to it
+        assert hashes <= shared_to_misp
+        assert code == 0, out
+        rows = {(c["source"], c["type"]): c["rows"] for c in orjson.loads(out)["counts"] if c["active"]}
+        assert rows[("misp", "url")] == 1 and rows[("misp", "domain")] == 1
+        assert not any(source == "misp" and kind in ("sha256", "md5") for source, kind in rows)
+
+
+def feed_pipeline(tmp_path: Path, edl_port: int) -> dict[str, Any]:
+    """A local feed file into the store, everything out to a served EDL."""
+    threats = {
+        "sources": [{"name": "feed", "interval": "1s", "plugin": {"type": "feed", "path": "feed.txt"}}],
+        "destinations": [
+            {"name": "edl", "interval": "1s", "plugin": {"type": "edl", "port": edl_port, "path": "/edl.txt"}}
+        ],
+        "sharing": [{"name": "all", "to": "edl"}],
+        "expire_every": "1h",
+    }
+    logging = {"level": "info", "format": "json"}
+    config = pipeline_config(tmp_path, "http://127.0.0.1:9", [], threats=threats, logging=logging, logs={})
+    config["tenants"] = []
+    return config
+
+
+async def edl_entries(port: int) -> list[str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/edl.txt") as answer:
+        if answer.status != 200:
+            return []
+        return (await answer.text()).split()
+
+
+async def test_kill_9_during_a_feed_ingest_converges(tmp_path: Path) -> None:
+    """Kills land while a 60,000-line feed is being stored and shared; then the feed changes (10 %
+    delisted, 3,000 new) and a kill lands mid-ingest again. In the end the store and the EDL hold
+    exactly the last feed: nothing lost, nothing doubled, the delisted ones retracted."""
+    rng = random.Random(4)
+    first = [f"d{i}.evil-feed.biz" for i in range(60_000)]
+    second = [v for i, v in enumerate(first) if i % 10] + [f"n{i}.evil-feed.biz" for i in range(3000)]
+    (tmp_path / "feed.txt").write_text("\n".join(first) + "\n")
+    port = free_port()
+    config = write_pipeline(tmp_path / "pipeline.yaml", feed_pipeline(tmp_path, port))
+    mid_ingest = 0
+    for feed in (first, second):
+        (tmp_path / "feed.txt").write_text("\n".join(feed) + "\n")
+        for _ in range(2):
+            daemon = DaemonProcess(config, env=ENV)
+            await daemon.start()
+            await asyncio.sleep(rng.uniform(0.8, 3.0))
+            await daemon.kill()
+            mid_ingest += not daemon.events("threat_source.polled")
+        async with DaemonProcess(config, env=ENV):
+            with contextlib.suppress(aiohttp.ClientError):
+                await until_async(lambda feed=feed: _edl_is(port, feed), 90)
+            served = await edl_entries(port)
+        assert len(served) == len(set(served)) == len(feed)
+        assert set(served) == set(feed)
+    assert mid_ingest >= 2  # the kills did land before a poll was stored whole
+    code, out = await run_cli("iocs", "stats", "-c", str(config), "--json", env=ENV)
+    assert code == 0, out
+    counts = {c["active"]: c["rows"] for c in orjson.loads(out)["counts"]}
+    assert counts == {True: len(second), False: len(first) // 10}
+
+
+async def _edl_is(port: int, feed: list[str]) -> bool:
+    try:
+        served = await edl_entries(port)
+    except aiohttp.ClientError:
+        return False
+    return len(served) == len(feed) and set(served) == set(feed)
+
+
+async def until_async(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 - the daemon is another process: no event to wait on
+            await asyncio.sleep(0.3)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
