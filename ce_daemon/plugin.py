@@ -17,10 +17,10 @@ registry checks it against :data:`API_VERSION` when it loads the plugin (see ``d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Final, Generic, get_args
+from typing import Any, ClassVar, Final, Generic, get_args
 
 import structlog
 from pydantic import BaseModel, ConfigDict
@@ -62,6 +62,10 @@ __all__ = [
     "SyslogHeader",
     "ThreatSink",
     "ThreatSource",
+    "Ticket",
+    "TicketRef",
+    "TicketSink",
+    "TicketStatus",
     "Timeout",
     "TransientError",
     "register_secret",
@@ -360,3 +364,80 @@ class ThreatSink(Plugin[OptionsT_co]):
     @abstractmethod
     async def push(self, push: Push) -> PushResult:
         """Apply ``push``; return only once the destination acknowledged it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One ticket or notification as the core asks a destination to open or update it.
+
+    ``key`` identifies the dedup group (stable across restarts and replays, at most 64 characters of
+    ``[a-z0-9-]``): use it as the destination's idempotency key where it has one (PagerDuty's
+    ``dedup_key``, ServiceNow's ``correlation_id``, a Jira label) and to :meth:`TicketSink.find` a
+    ticket whose creation answer was lost. ``fields`` are the queue's mappings rendered for this
+    alert (destination field → text; a placeholder stands where an alert lacks a field).
+    """
+
+    key: str
+    rule: str
+    title: str
+    description: str
+    severity: str
+    """``informational``, ``low``, ``medium``, ``high`` or ``critical``."""
+    fields: Mapping[str, str]
+    alert: Mapping[str, Any]
+    """The alert as Netskope sent it (read-only)."""
+    count: int = 1
+    """How many alerts the dedup group holds, this one included."""
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRef:
+    """Where a destination put a ticket: its id, a link a person can open, and what updating it needs."""
+
+    id: str
+    url: str = ""
+    state: Mapping[str, str] = field(default_factory=dict)
+    """Anything the plugin needs later to update it (a Slack message's channel and ``ts``), stored as is."""
+
+
+@dataclass(frozen=True, slots=True)
+class TicketStatus:
+    """A ticket's status in its system, mapped: ``new``, ``in_progress``, ``on_hold``, ``closed``,
+    ``deleted`` (gone from the system) or ``other``; ``raw`` is the system's own word."""
+
+    id: str
+    status: str
+    raw: str = ""
+
+
+class TicketSink(Plugin[OptionsT_co]):
+    """Opens tickets (Jira, ServiceNow) or sends notifications (Slack, PagerDuty, email…) for alerts.
+
+    The core writes its intent to an outbox before calling :meth:`create` and marks it done after:
+    a crash in between calls it again. Where the answer was lost the core calls :meth:`find` first
+    (look before re-creating); a destination with an idempotency key may simply create again.
+    """
+
+    kind: ClassVar[str] = "ticket_sink"
+    tracks: bool = False
+    """True for a ticketing system whose tickets have a status the core syncs (:meth:`statuses`)."""
+
+    @abstractmethod
+    async def create(self, ticket: Ticket) -> TicketRef:
+        """Open the ticket (send the notification); return once the destination acknowledged it."""
+
+    async def find(self, key: str) -> TicketRef | None:
+        """The ticket opened earlier for ``key``, or None (the default: the destination cannot tell)."""
+        return None
+
+    async def update(self, ref: TicketRef, ticket: Ticket) -> TicketRef:
+        """A duplicate joined ``ref``'s group: comment on it, edit it, or re-send (the default: a new
+        notification, as a destination that cannot update does)."""
+        return await self.create(ticket)
+
+    async def statuses(self, refs: Sequence[TicketRef]) -> Sequence[TicketStatus]:
+        """The current status of each of ``refs`` (a ticket the system no longer has: ``deleted``)."""
+        return ()
+
+    async def resolve(self, ref: TicketRef) -> None:
+        """Close what ``ref`` opened, where the destination has such a call (PagerDuty's ``resolve``)."""

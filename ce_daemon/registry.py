@@ -30,6 +30,7 @@ from ce_daemon.plugin import (
     PluginOptions,
     ThreatSink,
     ThreatSource,
+    TicketSink,
 )
 
 GROUPS: dict[str, str] = {
@@ -44,6 +45,7 @@ BASES: dict[str, type[Plugin]] = {
     "log_sink": LogSink,
     "threat_source": ThreatSource,
     "threat_sink": ThreatSink,
+    "ticket_sink": TicketSink,
 }
 
 
