@@ -1,4 +1,4 @@
-"""Threat exchange ingest: a million-IOC full-list feed into an empty SQLite store, then 5 % changed.
+"""Threat exchange: a million-IOC feed into an empty SQLite store, 5 % changed, and a capped URL-list push.
 
 Run: ``python bench/bench_threats.py [--count N]``.
 
@@ -7,8 +7,13 @@ through what every source goes through (:class:`~ce_daemon.threats.intake.Intake
 and guards) into :meth:`IocStore.ingest` as a full list. The second poll lists the same feed with
 5 % of its entries replaced: applied as a set difference (5 % written, 5 % deactivated).
 
-Targets (issue 9): first ingest ≥ 50,000 IOCs/s, the re-ingest in under a third of the first, peak
-RSS of this process under 500 MB. Always exits 0: it is a report, not a gate.
+Then what a Netskope URL-list destination's sharer does before its first push, from the million
+active IOCs: read the merged view, select by a rule (URLs, domains and host names) under the list's caps
+(300,000 entries, 7 MB as the tenant counts them), order by last seen, and diff against what the
+list holds (nothing yet).
+
+Targets (issue 9): first ingest ≥ 50,000 IOCs/s, the re-ingest in under a third of the first, the push
+built in under 5 s, peak RSS of this process under 500 MB. Always exits 0: it is a report, not a gate.
 """
 
 from __future__ import annotations
@@ -62,6 +67,36 @@ async def poll(iocs: IocStore, count: int, now: float, changed_from: int | None 
     return seconds, counts
 
 
+async def push_build(store: SqliteStore, iocs: IocStore) -> None:
+    """Select and diff a capped URL-list push from every active IOC, as the sharer does."""
+    from ce_netskope import NetskopeUrlListSink
+    from ce_netskope.urllist import UrlListOptions
+
+    from ce_daemon.plugin import PluginContext
+    from ce_daemon.threats.policy import Policy
+    from ce_daemon.threats.resolve import ResolvedRule
+    from ce_daemon.threats.settings import SharingRule, Threats
+    from ce_daemon.threats.share import ShareStore, plan_push, select
+
+    sink = NetskopeUrlListSink(
+        UrlListOptions(url="https://bench.goskope.com", token="not-used", list="bench"),
+        PluginContext("bench", Path.cwd(), Path.cwd()),
+    )
+    rule = ResolvedRule(SharingRule(name="urls", to="bench", types=["url", "domain", "hostname"]), None, "")
+    start = time.perf_counter()
+    held = await ShareStore(store).held("bench")
+    selection = await select(
+        [rule], iocs, Policy(Threats()), takes=frozenset(sink.types), max_entries=sink.max_entries,
+        max_bytes=sink.max_bytes, size=sink.entry_size, held=held,
+    )  # fmt: skip
+    plan = plan_push(selection, held)
+    seconds = time.perf_counter() - start
+    print(
+        f"push build: {len(plan.add):,} to add"
+        f" ({sum(selection.dropped.values()):,} dropped by the caps) in {seconds:.1f} s (target < 5)"
+    )
+
+
 async def main(count: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         store = await SqliteStore.open(Path(directory) / "state.db", THREATS_MIGRATIONS)
@@ -79,6 +114,7 @@ async def main(count: int) -> None:
                 f" {count / second:,.0f} IOCs/s"
             )
             print(f"  {counts}")
+            await push_build(store, iocs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {rss:,.0f} MiB (target < 500)")
 

@@ -250,9 +250,8 @@ class Sharer(PluginComponent):
         assert isinstance(plugin, ThreatSink)
         name = self.destination.config.name
         held = await self.shares.held(name)
-        merged = await self.iocs.active_merged()
-        selection = select(
-            self.destination.rules, merged, self.policy, takes=frozenset(plugin.types),
+        selection = await select(
+            self.destination.rules, self.iocs, self.policy, takes=frozenset(plugin.types),
             max_entries=plugin.max_entries, max_bytes=plugin.max_bytes, size=plugin.entry_size, held=held,
             echo_of=self.destination.config.echo_of,
         )  # fmt: skip

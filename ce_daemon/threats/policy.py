@@ -67,6 +67,11 @@ class Policy:
         for raw in settings.allowlist:
             self._allow(raw)
 
+    @property
+    def has_allowlist(self) -> bool:
+        """False when nothing is allowlisted (the check can be skipped)."""
+        return bool(self.allowed)
+
     def rank(self, source: str) -> int:
         """The trust rank of ``source``."""
         return self.ranks.get(source, DEFAULT_RANK)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -27,10 +27,10 @@ import orjson
 
 from ce_daemon.plugin import SharedIoc
 from ce_daemon.store import Fence, Store
-from ce_daemon.threats.model import Indicator, IocType, Severity
+from ce_daemon.threats.model import Indicator, IocType, Severity, Verdict
 from ce_daemon.threats.policy import Policy
 from ce_daemon.threats.resolve import ResolvedRule
-from ce_daemon.threats.store import Merged, StoredIoc
+from ce_daemon.threats.store import IocStore, Merged, StoredIoc
 
 __all__ = ["Held", "PushPlan", "PushRecord", "Selection", "ShareStore", "plan_push", "select"]
 
@@ -87,21 +87,20 @@ class PushRecord:
     error: str
 
 
-def shared_ioc(merged: Merged, rows: Sequence[StoredIoc], winner: StoredIoc) -> SharedIoc:
-    """The entry shared for ``merged`` as decided by ``winner`` among ``rows``."""
-    tags = sorted({tag for row in rows for tag in row.tags})
+def shared_ioc(indicator: Indicator, rows: Sequence[StoredIoc], winner: StoredIoc) -> SharedIoc:
+    """The entry shared for ``indicator`` as decided by ``winner`` among its ``rows``."""
     return SharedIoc(
-        type=str(merged.indicator.type),
-        value=merged.indicator.value,
-        severity=str(winner.severity),
+        type=indicator.type.value,
+        value=indicator.value,
+        severity=winner.severity.value,
         reputation=winner.reputation,
         confidence=winner.confidence,
-        tags=tuple(tags),
+        tags=tuple(sorted({tag for row in rows for tag in row.tags})) if len(rows) > 1 else winner.tags,
         comment=winner.comment,
         first_seen=min(row.first_seen for row in rows),
         last_seen=max(row.last_seen for row in rows),
         sources=tuple(sorted({row.source for row in rows})),
-        dlp=merged.indicator.dlp,
+        dlp=indicator.dlp,
     )
 
 
@@ -123,79 +122,97 @@ def _view(ioc: SharedIoc, sightings: int) -> dict[str, Any]:
     }
 
 
-_ORDER: Final[dict[str, Callable[[tuple[int, SharedIoc]], float]]] = {
-    "last_seen": lambda e: e[1].last_seen,
-    "first_seen": lambda e: e[1].first_seen,
-    "reputation": lambda e: e[1].reputation,
-    "severity": lambda e: _SEVERITY_RANK.get(Severity(e[1].severity), 0),
-    "sightings": lambda e: e[0],
+_ORDER: Final[dict[str, Callable[[Sequence[StoredIoc], StoredIoc], float]]] = {
+    "last_seen": lambda rows, _: max(r.last_seen for r in rows),
+    "first_seen": lambda rows, _: min(r.first_seen for r in rows),
+    "reputation": lambda _, winner: winner.reputation,
+    "severity": lambda _, winner: _SEVERITY_RANK[winner.severity],
+    "sightings": lambda rows, _: sum(r.sightings for r in rows),
 }
+"""What a rule's ``order`` sorts by (the highest first)."""
+
+Candidate = tuple[float, str, str, Sequence[StoredIoc], StoredIoc]
+"""(order key, value, type, the indicator's rows, the deciding row): an entry not built yet."""
 
 
-def _rule_entries(
-    rule: ResolvedRule, merged: Iterable[Merged], policy: Policy, takes: frozenset[str], echo_of: str | None
-) -> list[SharedIoc]:
-    """What ``rule`` selects, ordered (most first), before its cap."""
+async def _rule_entries(
+    rule: ResolvedRule, iocs: IocStore, policy: Policy, takes: frozenset[str], echo_of: str | None
+) -> list[Candidate]:
+    """What ``rule`` selects from the active indicators, ordered (most first), before its cap.
+
+    One pass over the rows of the rule's types and sources, a page at a time; an entry is only built
+    for what a cap keeps (:func:`_cut`), so a million candidates cost tuples, not objects.
+    """
     config = rule.config
     wanted = {str(t) for t in config.types} & takes if config.types else takes
-    sources = set(config.sources)
     include, exclude = set(config.tags.include), set(config.tags.exclude)
-    chosen: list[tuple[int, SharedIoc]] = []
-    for m in merged:
-        if str(m.indicator.type) not in wanted:
-            continue
-        rows = [
-            r for r in m.rows if r.active and (not sources or r.source in sources) and r.source != echo_of
-        ]
-        if not rows:
-            continue
-        decision = policy.decide(Merged(m.indicator, tuple(rows)))
-        if not decision.shareable or decision.decided_by is None:
-            continue
-        if decision.decided_by.reputation < config.min_reputation:
-            continue
-        ioc = shared_ioc(m, rows, decision.decided_by)
-        tags = set(ioc.tags)
-        if (include and not tags & include) or tags & exclude:
-            continue
-        sightings = sum(r.sightings for r in rows)
-        if rule.predicate is not None and not rule.predicate(_view(ioc, sightings)):
-            continue
-        chosen.append((sightings, ioc))
-    key = _ORDER[config.order]
-    chosen.sort(key=lambda e: (key(e), e[1].value), reverse=True)
-    return [ioc for _, ioc in chosen]
+    order = _ORDER[config.order]
+    vetoes = policy.has_allowlist
+    chosen: list[Candidate] = []
+    async for groups in iocs.active_groups(types=wanted, sources=config.sources, not_source=echo_of):
+        for rows in groups:
+            first = rows[0]
+            if len(rows) == 1:
+                if first.verdict is not Verdict.MALICIOUS or (vetoes and policy.allowlisted(first.indicator)):
+                    continue
+                winner = first
+            else:
+                decision = policy.decide(Merged(first.indicator, tuple(rows)))
+                if not decision.shareable or decision.decided_by is None:
+                    continue
+                winner = decision.decided_by
+            if winner.reputation < config.min_reputation:
+                continue
+            if include or exclude:
+                tags = {tag for row in rows for tag in row.tags}
+                if (include and not tags & include) or tags & exclude:
+                    continue
+            if rule.predicate is not None:
+                ioc = shared_ioc(first.indicator, rows, winner)
+                if not rule.predicate(_view(ioc, sum(r.sightings for r in rows))):
+                    continue
+            chosen.append(
+                (order(rows, winner), first.indicator.value, str(first.indicator.type), rows, winner)
+            )
+    chosen.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    return chosen
 
 
 def _cut(
-    entries: list[tuple[str, SharedIoc]],
+    entries: Sequence[tuple[str, Candidate | SharedIoc]],
     max_entries: int | None,
     max_bytes: int | None,
-    size: Any,
+    size: Callable[[SharedIoc], int],
 ) -> tuple[list[tuple[str, SharedIoc]], int]:
-    """The entries that fit the caps, in order, and how many did not."""
+    """The entries that fit the caps, in order (built as they are kept), and how many did not."""
     kept: list[tuple[str, SharedIoc]] = []
     used = 0
-    for rule, ioc in entries:
+    for rule, item in entries:
         if max_entries is not None and len(kept) >= max_entries:
             break
-        cost = size(ioc)
-        if max_bytes is not None and used + cost > max_bytes:
-            continue  # a shorter entry further down may still fit
-        used += cost
+        ioc = item if isinstance(item, SharedIoc) else shared_ioc(item[4].indicator, item[3], item[4])
+        if max_bytes is not None:
+            cost = size(ioc)
+            if used + cost > max_bytes:
+                continue  # a shorter entry further down may still fit
+            used += cost
         kept.append((rule, ioc))
     return kept, len(entries) - len(kept)
 
 
-def select(
+def _key(item: Candidate | SharedIoc) -> tuple[str, str]:
+    return (item.type, item.value) if isinstance(item, SharedIoc) else (item[2], item[1])
+
+
+async def select(
     rules: Sequence[ResolvedRule],
-    merged: Sequence[Merged],
+    iocs: IocStore,
     policy: Policy,
     *,
     takes: frozenset[str],
     max_entries: int | None,
     max_bytes: int | None,
-    size: Any,
+    size: Callable[[SharedIoc], int],
     held: dict[tuple[str, str], Held],
     echo_of: str | None = None,
     now: float | None = None,
@@ -208,6 +225,7 @@ def select(
     for rule in rules:
         name = rule.config.name
         muted = rule.config.muted_until is not None and _epoch(rule.config.muted_until) > now
+        picked: Sequence[Candidate | SharedIoc]
         if muted:  # keeps what it shared, as it was (the allowlist still retracts)
             picked = [
                 h.entry
@@ -215,9 +233,9 @@ def select(
                 if h.rule == name and h.state == "shared" and not _vetoed(policy, h.entry)
             ]
         else:
-            picked = _rule_entries(rule, merged, policy, takes, echo_of)
+            picked = await _rule_entries(rule, iocs, policy, takes, echo_of)
         capped, dropped = _cut(
-            [(name, ioc) for ioc in picked if (ioc.type, ioc.value) not in seen],
+            [(name, item) for item in picked if _key(item) not in seen],
             rule.config.cap.entries,
             rule.config.cap.bytes,
             size,

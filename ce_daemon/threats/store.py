@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Final
@@ -367,6 +367,64 @@ class IocStore:
                 {"source": source, "error": error[:500], "rejected": rejected},
             )
 
+    async def active_groups(
+        self,
+        *,
+        types: Iterable[str] | None = None,
+        sources: Iterable[str] | None = None,
+        not_source: str | None = None,
+        page: int = 20_000,
+    ) -> AsyncIterator[list[list[StoredIoc]]]:
+        """The active rows of ``types`` (all: None) and ``sources`` (all: None or empty), without
+        ``not_source``'s, grouped per indicator, in value order: each group one indicator's rows.
+
+        Read a page at a time by key (a million rows never sit in memory as one answer); a group is
+        never split across pages. The rows are what :meth:`merged` shows, restricted to the filters.
+        """
+        where = ["i.active = 1"]
+        params: dict[str, object] = {"limit": page}
+        for name, values in (("type", types), ("source", sources)):
+            listed = sorted(set(values or ()))
+            if listed:
+                marks = ", ".join(f":{name}{n}" for n in range(len(listed)))
+                where.append(f"i.{name} IN ({marks})")
+                params.update({f"{name}{n}": value for n, value in enumerate(listed)})
+        if not_source is not None:
+            where.append("i.source <> :not_source")
+            params["not_source"] = not_source
+        after = ("", "", "")
+        carry: list[StoredIoc] = []
+        while True:
+            async with self.store.read() as tx:
+                rows = await tx.fetch(
+                    f"{_SELECT} WHERE {' AND '.join(where)} AND (i.value > :v OR (i.value = :v AND"
+                    " (i.type > :t OR (i.type = :t AND i.source > :s)))) ORDER BY i.value, i.type, i.source"
+                    " LIMIT :limit",
+                    {**params, "v": after[0], "t": after[1], "s": after[2]},
+                )
+            if not rows:
+                break
+            last = rows[-1]
+            after = (str(last[0]), str(last[1]), str(last[2]))
+            groups: list[list[StoredIoc]] = []
+            current = carry
+            for row in rows:
+                stored = _stored(row)
+                if current and (
+                    current[0].indicator.value != stored.indicator.value
+                    or current[0].indicator.type is not stored.indicator.type
+                ):
+                    groups.append(current)
+                    current = []
+                current.append(stored)
+            carry = current  # the last group may go on in the next page
+            if groups:
+                yield groups
+            if len(rows) < page:
+                break
+        if carry:
+            yield [carry]
+
     async def active_merged(self) -> list[Merged]:
         """Every indicator some source lists as active, with its active rows merged (what sharing reads)."""
         async with self.store.read() as tx:
@@ -471,6 +529,11 @@ class IocStore:
         ]
 
 
+_TYPES: Final = {kind.value: kind for kind in IocType}
+_VERDICTS: Final = {verdict.value: verdict for verdict in Verdict}
+_SEVERITIES: Final = {severity.value: severity for severity in Severity}
+
+
 def _stored(row: Row) -> StoredIoc:
     (
         value,
@@ -490,16 +553,16 @@ def _stored(row: Row) -> StoredIoc:
         act,
     ) = row
     return StoredIoc(
-        Indicator(IocType(kind), str(value), bool(dlp)),
+        Indicator(_TYPES[kind], str(value), bool(dlp)),
         str(source),
         float(first),
         float(last),
         int(sightings),
-        Verdict(verdict),
-        Severity(severity),
+        _VERDICTS[verdict],
+        _SEVERITIES[severity],
         int(rep),
         int(conf),
-        tuple(orjson.loads(str(tags))),
+        () if tags == "[]" else tuple(orjson.loads(str(tags))),
         str(comment),
         float(exp),
         bool(act),
