@@ -35,7 +35,7 @@ from ce_daemon.plugin import (
 from ce_daemon.redact import scrub
 from ce_daemon.registry import PluginInfo
 from ce_daemon.supervisor import Component
-from ce_daemon.threats.intake import Intake
+from ce_daemon.threats.intake import Intake, Remembered
 from ce_daemon.threats.metrics import ThreatMetrics
 from ce_daemon.threats.model import Sighting
 from ce_daemon.threats.policy import Policy
@@ -150,6 +150,7 @@ class SourcePoller(PluginComponent):
         self.settings = plan.settings
         self.exclude = frozenset(d.config.tag for d in plan.destinations.values())
         self.iocs = IocStore(runtime.store)
+        self.memo = Remembered()  # a full list's values of its last whole poll, not normalised again
         self.status.counters.update({"polls": 0, "stored": 0, "rejected": 0})
 
     async def cycle(self, plugin: Plugin[Any]) -> None:
@@ -158,7 +159,8 @@ class SourcePoller(PluginComponent):
         now = time.time()
         full = bool(plugin.full_list)
         request = Pull(None if full else await self.iocs.checkpoint(name), self.exclude, now)
-        intake = Intake(self.settings.guards)
+        self.memo.abandon()  # what a poll that failed before (or while) storing began to remember
+        intake = Intake(self.settings.guards, memo=self.memo if full else None)
         fence = self.lease.fence if self.lease is not None else None
         lifetime = self.settings.lifetime_of(name)
         total = IngestResult()
@@ -181,6 +183,7 @@ class SourcePoller(PluginComponent):
                     total.written += result.written
                     self.status.beat()
         except BaseException:
+            self.memo.abandon()
             self.status.count("rejected", refused + intake.rejected)
             raise
         result = await self.iocs.ingest(
@@ -188,6 +191,8 @@ class SourcePoller(PluginComponent):
             rejected=(refused + intake.rejected) if full else 0,
         )  # fmt: skip
         total.written += result.written
+        if full:
+            self.memo.finish()
         self.status.count("polls")
         self.status.count("stored", total.written)
         self.status.count("rejected", refused + intake.rejected)
