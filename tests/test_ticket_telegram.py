@@ -1,4 +1,4 @@
-"""The `telegram` ticket destination against a fake Bot API on loopback: send, edit, errors, the token kept secret."""
+"""The `telegram` ticket destination against a fake Bot API on loopback: send, edit, errors, no leak."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ce_telegram import TelegramOptions, TelegramSink, render
+from ce_telegram.fake import EntityError, FakeTelegram, parse_entities, utf16_units
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -21,8 +23,6 @@ from ce_daemon.plugin import (
     TicketRef,
     TransientError,
 )
-from ce_telegram import TelegramOptions, TelegramSink, render
-from ce_telegram.fake import EntityError, FakeTelegram, parse_entities, utf16_units
 
 CHAT = -1001234567890
 
@@ -86,7 +86,9 @@ async def test_health_and_create_send_one_html_message(fake: FakeTelegram, sink:
     assert b'"parse_mode":"HTML"' in request.body and b'"is_disabled":true' in request.body
 
 
-async def test_update_edits_the_earlier_message_with_the_count(fake: FakeTelegram, sink: TelegramSink) -> None:
+async def test_update_edits_the_earlier_message_with_the_count(
+    fake: FakeTelegram, sink: TelegramSink
+) -> None:
     """A duplicate edits the same message to show the count; no second message is sent."""
     ref = await sink.create(ticket())
     again = await sink.update(ref, ticket(count=3))
@@ -232,7 +234,9 @@ _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=3000)
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(title=_TEXT, description=_TEXT, fields=st.dictionaries(_TEXT, _TEXT, max_size=4))
-def test_rendering_never_breaks_markup_or_the_limit(title: str, description: str, fields: dict[str, str]) -> None:
+def test_rendering_never_breaks_markup_or_the_limit(
+    title: str, description: str, fields: dict[str, str]
+) -> None:
     """Whatever the alert holds, the message is well-formed Telegram HTML within 4,096 UTF-16 units."""
     text = render(ticket(title=title, description=description, fields=fields))
     assert utf16_units(text) <= 4096

@@ -8,6 +8,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from ce_twilio import TwilioOptions, TwilioSink, sms_body
+from ce_twilio.fake import FakeTwilio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,8 +21,6 @@ from ce_daemon.plugin import (
     Ticket,
     TransientError,
 )
-from ce_twilio import TwilioOptions, TwilioSink, sms_body
-from ce_twilio.fake import FakeTwilio
 
 ALICE, BOB = "+14155550100", "+14155550101"
 
@@ -170,12 +170,14 @@ def test_options_are_validated() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         TwilioOptions.model_validate(base)
     with pytest.raises(ValueError, match="exactly one"):
-        TwilioOptions.model_validate({**base, "from": "+15005550006", "messaging_service_sid": "MG" + "0" * 32})
+        TwilioOptions.model_validate(
+            {**base, "from": "+15005550006", "messaging_service_sid": "MG" + "0" * 32}
+        )
 
 
 @given(title=st.text(max_size=3000), description=st.text(max_size=3000), limit=st.integers(20, 1600))
 def test_sms_body_is_plain_and_within_the_limit(title: str, description: str, limit: int) -> None:
-    """Whatever the alert holds, the body is non-empty, within the limit, with no control characters but newlines."""
+    """Whatever the alert holds, the body is non-empty, within the limit, no control character but newline."""
     body = sms_body(ticket(title=title, description=description), limit)
     assert 0 < len(body) <= limit
     assert all(char >= " " or char == "\n" for char in body)

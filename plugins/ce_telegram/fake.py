@@ -58,12 +58,12 @@ class _Parser(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in ALLOWED_TAGS:
-            raise EntityError(f"unsupported start tag \"{tag}\"")
+            raise EntityError(f'unsupported start tag "{tag}"')
         self.open.append(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if not self.open or self.open[-1] != tag:
-            raise EntityError(f"unexpected end tag \"{tag}\"")
+            raise EntityError(f'unexpected end tag "{tag}"')
         self.open.pop()
 
     def handle_data(self, data: str) -> None:
@@ -73,7 +73,7 @@ class _Parser(HTMLParser):
 
     def handle_entityref(self, name: str) -> None:
         if name not in ("lt", "gt", "amp", "quot"):
-            raise EntityError(f"unsupported HTML entity \"&{name};\"")
+            raise EntityError(f'unsupported HTML entity "&{name};"')
         self.text.append(html.unescape(f"&{name};"))
 
     def handle_charref(self, name: str) -> None:
@@ -92,7 +92,7 @@ def parse_entities(markup: str) -> str:
     parser.feed(markup)
     parser.close()
     if parser.open:
-        raise EntityError(f"can't find end tag corresponding to start tag \"{parser.open[-1]}\"")
+        raise EntityError(f'can\'t find end tag corresponding to start tag "{parser.open[-1]}"')
     return "".join(parser.text)
 
 
@@ -138,7 +138,9 @@ class FakeTelegram(FakeHttpServer):
             wait = int(float(failure.retry_after)) if failure.retry_after is not None else None
             description = failure.message if failure.message != "scripted failure" else None
             phrase = description or (
-                f"Too Many Requests: retry after {wait}" if failure.status == 429 else HTTPStatus(failure.status).phrase
+                f"Too Many Requests: retry after {wait}"
+                if failure.status == 429
+                else HTTPStatus(failure.status).phrase
             )
             payload = _error_payload(failure.status, phrase)
             if failure.status == 429 and wait is not None:
@@ -165,7 +167,9 @@ class FakeTelegram(FakeHttpServer):
             await self.record(request, body, 400)
             return _error(400, "Bad Request: invalid request body")
         method = request.match_info["method"]
-        handler = {"getMe": self._get_me, "sendMessage": self._send, "editMessageText": self._edit}.get(method)
+        handler = {"getMe": self._get_me, "sendMessage": self._send, "editMessageText": self._edit}.get(
+            method
+        )
         if handler is None:
             await self.record(request, body, 404)
             return _error(404, "Not Found")
@@ -229,7 +233,9 @@ class FakeTelegram(FakeHttpServer):
 
     @staticmethod
     def _message(message: SentMessage) -> dict[str, Any]:
-        chat_id: int | str = int(message.chat_id) if message.chat_id.lstrip("-").isdigit() else message.chat_id
+        chat_id: int | str = (
+            int(message.chat_id) if message.chat_id.lstrip("-").isdigit() else message.chat_id
+        )
         chat = {"id": chat_id, "type": "supergroup" if str(chat_id).startswith("-100") else "private"}
         return {"message_id": message.message_id, "date": 1_700_000_000, "chat": chat, "text": message.text}
 

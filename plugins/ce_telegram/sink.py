@@ -138,7 +138,12 @@ class TelegramSink(TicketSink[TelegramOptions]):
         chat_id, message_id = ref.state.get("chat_id"), ref.state.get("message_id")
         if not chat_id or not message_id or not message_id.isdigit():
             return await self.create(ticket)
-        payload = {"chat_id": chat_id, "message_id": int(message_id), "text": render(ticket), **self._format()}
+        payload = {
+            "chat_id": chat_id,
+            "message_id": int(message_id),
+            "text": render(ticket),
+            **self._format(),
+        }
         try:
             await self._call("editMessageText", payload)
         except PermanentError as exc:
@@ -163,9 +168,8 @@ class TelegramSink(TicketSink[TelegramOptions]):
 
     def _ref(self, message: Any) -> TicketRef:
         if not isinstance(message, dict) or not isinstance(message.get("message_id"), int):
-            raise TransientError(
-                f"Telegram sendMessage answered ok without a message: {self._clean(excerpt(orjson.dumps(message)))}"
-            )
+            quoted = self._clean(excerpt(orjson.dumps(message)))
+            raise TransientError(f"Telegram sendMessage answered ok without a message: {quoted}")
         chat = message.get("chat")
         chat_id = chat.get("id") if isinstance(chat, dict) else None
         chat_id = chat_id if isinstance(chat_id, int) else self.options.chat_id
@@ -205,7 +209,9 @@ class TelegramSink(TicketSink[TelegramOptions]):
         if not isinstance(answer, dict):
             quoted = self._clean(excerpt(raw)) or "(empty)"
             if 200 <= status < 300:
-                raise TransientError(f"{target} answered HTTP {status} with a body that is not JSON: {quoted}")
+                raise TransientError(
+                    f"{target} answered HTTP {status} with a body that is not JSON: {quoted}"
+                )
             raise status_error(status, f"{target} answered HTTP {status}: {quoted}", headers, target)
         if answer.get("ok") is True and 200 <= status < 300:
             return answer.get("result")

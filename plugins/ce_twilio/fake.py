@@ -72,10 +72,18 @@ class FakeTwilio(FakeHttpServer):
         if failure is None:
             return None
         code = int(failure.code) if failure.code is not None else _CODES.get(failure.status, 20001)
-        message = failure.message if failure.message != "scripted failure" else HTTPStatus(failure.status).phrase
-        body = failure.body if failure.body is not None else orjson.dumps(_payload(failure.status, code, message))
+        message = (
+            failure.message if failure.message != "scripted failure" else HTTPStatus(failure.status).phrase
+        )
+        body = (
+            failure.body
+            if failure.body is not None
+            else orjson.dumps(_payload(failure.status, code, message))
+        )
         await self.record(request, b"", failure.status)
-        return web.Response(status=failure.status, body=body, headers=failure.headers, content_type="application/json")
+        return web.Response(
+            status=failure.status, body=body, headers=failure.headers, content_type="application/json"
+        )
 
     def _authorised(self, request: web.Request) -> bool:
         pair = f"{self.account_sid}:{self.auth_token}".encode()
@@ -102,7 +110,7 @@ class FakeTwilio(FakeHttpServer):
         await self.record(request, body, response.status)
         return response
 
-    def _message(self, form: dict[str, str]) -> web.Response:
+    def _message(self, form: dict[str, str]) -> web.Response:  # noqa: PLR0911 -- one answer per documented error
         to, body = form.get("To", ""), form.get("Body", "")
         sender, service = form.get("From"), form.get("MessagingServiceSid")
         if not to:
@@ -141,7 +149,12 @@ class FakeTwilio(FakeHttpServer):
 
 
 def _payload(status: int, code: int, message: str) -> dict[str, Any]:
-    return {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status}
+    return {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
 
 
 def _error(status: int, code: int, message: str) -> web.Response:

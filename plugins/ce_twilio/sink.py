@@ -119,7 +119,9 @@ class TwilioSink(TicketSink[TwilioOptions]):
             return Health(ok=False, detail=str(exc))
         status = account.get("status")
         if status != "active":
-            return Health(ok=False, detail=f"Twilio account {self.options.account_sid} is {excerpt(str(status))}")
+            return Health(
+                ok=False, detail=f"Twilio account {self.options.account_sid} is {excerpt(str(status))}"
+            )
         return Health(ok=True, detail=f"Twilio account {self.options.account_sid} is active")
 
     # -- tickets -----------------------------------------------------------------------------
@@ -199,7 +201,9 @@ class TwilioSink(TicketSink[TwilioOptions]):
 def _error(target: str, status: int, headers: Any, answer: dict[str, Any] | None, raw: bytes) -> Exception:
     """The error for Twilio's ``{"code", "message", "more_info", "status"}`` (or a body that is not that)."""
     if answer is None:
-        return status_error(status, f"{target} answered HTTP {status}: {excerpt(raw) or '(empty)'}", headers, target)
+        return status_error(
+            status, f"{target} answered HTTP {status}: {excerpt(raw) or '(empty)'}", headers, target
+        )
     code = answer.get("code")
     code = code if isinstance(code, int) else 0
     message = f"{target} answered HTTP {status} ({code}): {excerpt(str(answer.get('message') or ''))}"
@@ -214,7 +218,7 @@ def _error(target: str, status: int, headers: Any, answer: dict[str, Any] | None
 
 def _flat(text: str) -> str:
     """One line of plain text: control characters dropped, whitespace collapsed."""
-    return " ".join("".join(c if c >= " " else " " for c in text).split())
+    return " ".join("".join(max(c, " ") for c in text).split())
 
 
 def _cut(text: str, limit: int) -> str:
