@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,26 @@ def test_compose_never_breaks_headers(title: str, description: str, key: str) ->
     subject = str(message["Subject"])
     assert "\n" not in subject and "\r" not in subject and len(subject) <= 200
     assert message.as_bytes()
+
+
+async def test_a_server_that_never_greets_is_transient(tmp_path: Path) -> None:
+    """A peer that accepts the connection and says nothing: TransientError once the timeout passes."""
+    connected: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        opts = EmailOptions.model_validate(
+            {"host": "127.0.0.1", "port": port, "security": "none", "from": "a@x.org", "to": ["b@x.org"],
+             "timeout": 0.3}
+        )  # fmt: skip
+        with pytest.raises(TransientError, match="SMTP"):
+            await EmailSink(opts, PluginContext("m", tmp_path, tmp_path)).create(ticket())
+    finally:
+        for writer in connected:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -248,3 +248,10 @@ def test_rendering_never_breaks_markup_or_the_limit(
     if not text.endswith("…"):
         visible = "".join(char for char in description if char >= " " or char in "\n\t")
         assert visible.strip() in shown
+
+
+async def test_ok_without_a_message_is_transient(fake: FakeTelegram, sink: TelegramSink) -> None:
+    """{"ok": true} without a message object: transient (nothing to keep for an update)."""
+    fake.fail_next(status=200, body=b'{"ok": true, "result": {}}')
+    with pytest.raises(TransientError, match="without a message"):
+        await sink.create(ticket())
