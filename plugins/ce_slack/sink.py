@@ -104,7 +104,7 @@ class SlackOptions(ConnectionOptions):
     @classmethod
     def _webhook_is_a_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(("https://", "http://")):
-            raise ValueError("webhook_url must be an http(s) URL")  # the value itself is not quoted
+            raise ValueError("webhook_url must be an http(s) URL")  # the message never quotes the value
         return value
 
     @model_validator(mode="after")
