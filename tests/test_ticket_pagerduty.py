@@ -239,3 +239,16 @@ def test_any_title_and_severity_make_a_valid_trigger(title: str, severity: str) 
     event = sink._trigger(ticket(title=title, severity=severity))
     assert 1 <= len(event["payload"]["summary"]) <= 1024
     assert event["payload"]["severity"] in {"critical", "error", "warning", "info"}
+
+
+async def test_a_timeout_then_a_replay_still_makes_one_incident(tmp_path: Path, pd: FakePagerDuty) -> None:
+    """No answer in time is transient; PagerDuty may still process it, and the replay joins that incident."""
+    pd.hold_next()
+    async with opened(pd, tmp_path, timeout=0.2) as sink:
+        caught = await raised(sink.create(ticket()))
+        assert isinstance(caught, TransientError) and "no answer in time" in str(caught)
+        pd.release_held()
+        await pd.wait_until(lambda: len(pd.events) == 1)
+        await sink.create(ticket())
+    [incident] = pd.incidents
+    assert len(incident.events) == 2

@@ -385,3 +385,16 @@ def test_cut_text_stays_within_the_limit_and_never_splits_an_escape(text: str, l
 
 def _unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+async def test_slow_and_oversized_answers_are_transient(tmp_path: Path, slack: FakeSlack) -> None:
+    """An answer that does not come in time, and one larger than the sink reads, are transient."""
+    slack.hold_next()
+    async with api(slack, tmp_path, timeout=0.2) as sink:
+        caught = await raised(sink.create(ticket()))
+        slack.release_held()
+    assert isinstance(caught, TransientError) and "no answer in time" in str(caught)
+    slack.fail_next(status=200, body=b'{"ok": true, "pad": "' + b"x" * 400_000 + b'"}')
+    async with api(slack, tmp_path) as sink:
+        caught = await raised(sink.create(ticket()))
+    assert isinstance(caught, TransientError) and "more than" in str(caught)

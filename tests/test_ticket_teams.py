@@ -213,3 +213,19 @@ def test_any_ticket_makes_a_card_under_the_cap(description: str, fields: dict[st
         built = message(ticket(description=description, fields=fields, count=count), repeat=repeat)
         assert len(orjson.dumps(built)) <= MAX_MESSAGE_BYTES
         assert built["attachments"][0]["content"]["body"][1]["text"]
+
+
+async def test_no_answer_in_time_is_transient(tmp_path: Path, teams: FakeTeams) -> None:
+    """A webhook that does not answer within `timeout` is a transient failure."""
+    teams.hold_next()
+    url = teams.new_flow()
+    sink = TeamsSink(
+        TeamsSink.Options.model_validate({"webhook_url": url, "timeout": 0.2}),
+        PluginContext(name="teams", base_dir=tmp_path, data_dir=tmp_path),
+    )
+    try:
+        caught = await raised(sink.create(ticket()))
+    finally:
+        teams.release_held()
+        await sink.close()
+    assert isinstance(caught, TransientError) and "no answer in time" in str(caught)

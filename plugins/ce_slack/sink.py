@@ -245,14 +245,14 @@ class SlackSink(TicketSink[SlackOptions]):
         if status == 200:  # not Slack's answer (a proxy's page): whether it posted is unknown
             raise TransientError(f"{target} answered HTTP 200 but not `ok`: {said or '(empty)'}")
         reason = said.split(" ", 1)[0] if said else ""
-        message_ = f"{target} answered HTTP {status}" + (f": {said}" if said else "")
+        answered = f"{target} answered HTTP {status}" + (f": {said}" if said else "")
         if status == 429:
-            raise TransientError(message_, retry_after=retry_after(headers))
+            raise TransientError(answered, retry_after=retry_after(headers))
         if reason in WEBHOOK_AUTH or status == 403:
-            raise AuthError(f"{message_} (the webhook URL was refused: make a new one)")
+            raise AuthError(f"{answered} (the webhook URL was refused: make a new one)")
         if reason in WEBHOOK_CHANNEL or status in (404, 410):
-            raise ComponentConfigError(f"{message_} (the webhook's channel cannot take messages)")
-        raise status_error(status, message_, headers, target)
+            raise ComponentConfigError(f"{answered} (the webhook's channel cannot take messages)")
+        raise status_error(status, answered, headers, target)
 
     async def _call(self, method: str, payload: dict[str, Any], *, gone_ok: bool = False) -> dict[str, Any]:
         """One Web API call, JSON in and out; Slack's ``ok: false`` raised as its error."""
@@ -268,7 +268,9 @@ class SlackSink(TicketSink[SlackOptions]):
                 raw = await read_at_most(response, ANSWER_BYTES + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport(exc, target) from exc
-        answer = json_object(raw) if len(raw) <= ANSWER_BYTES else None
+        if len(raw) > ANSWER_BYTES:
+            raise TransientError(f"{target} answered more than {ANSWER_BYTES:,} bytes; it was not read")
+        answer = json_object(raw)
         if status == 429:
             raise TransientError(f"{target}: rate limited (HTTP 429)", retry_after=retry_after(headers))
         if not 200 <= status < 300:

@@ -136,14 +136,14 @@ class TeamsSink(TicketSink[TeamsOptions]):
                 text = text.replace(secret, "[REDACTED]")
             raise TransientError(excerpt(text, 1000)) from exc
         said = excerpt(raw)
-        message_ = f"{target} answered HTTP {status}" + (f": {said}" if said else "")
+        answered = f"{target} answered HTTP {status}" + (f": {said}" if said else "")
         if status == 429 or (200 <= status < 300 and _THROTTLED in said):
-            raise TransientError(message_, retry_after=retry_after(headers))
+            raise TransientError(answered, retry_after=retry_after(headers))
         if 200 <= status < 300:
             return
         if status in (404, 410):
-            raise ComponentConfigError(f"{message_} (the webhook or flow no longer exists: make a new one)")
-        raise status_error(status, message_, headers, target)
+            raise ComponentConfigError(f"{answered} (the webhook or flow no longer exists: make a new one)")
+        raise status_error(status, answered, headers, target)
 
 
 def message(ticket: Ticket, *, repeat: bool = False) -> dict[str, Any]:
