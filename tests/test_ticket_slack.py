@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pydantic
 import pytest
@@ -398,3 +399,20 @@ async def test_slow_and_oversized_answers_are_transient(tmp_path: Path, slack: F
     async with api(slack, tmp_path) as sink:
         caught = await raised(sink.create(ticket()))
     assert isinstance(caught, TransientError) and "more than" in str(caught)
+
+
+async def test_fake_takes_a_form_with_the_token_as_slack_does(slack: FakeSlack) -> None:
+    """The fake's Web API also takes form-encoded calls with a `token` field (blocks as JSON text)."""
+
+    form = {"token": slack.token, "channel": "C0ALERTS", "text": "hi", "blocks": orjson.dumps([]).decode()}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{slack.url}/api/chat.postMessage", data=form) as r,
+    ):
+        answer = await r.json()
+    assert answer["ok"] is True and slack.posted[0].text == "hi"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{slack.url}/api/chat.postMessage", data={}) as r,
+    ):
+        assert (r.status, await r.json()) == (200, {"ok": False, "error": "not_authed"})
