@@ -154,6 +154,26 @@ async def test_statuses_of_a_key_from_a_gone_project(jira: FakeJira, tmp_path: P
     assert [(s.id, s.status) for s in statuses] == [("SEC-1", "new"), ("GONE-3", "deleted")]
 
 
+async def test_statuses_understand_a_localised_refusal(jira: FakeJira, tmp_path: Path) -> None:
+    """A 400 in another language naming a key takes that key out (deleted) and asks again for the rest."""
+    german = {"errorMessages": ["Ein Vorgang mit dem Schlüssel 'SEC-1' existiert nicht."], "errors": {}}
+    async with opened(jira, tmp_path) as sink:
+        refs = [await sink.create(ticket(key=f"k{i}")) for i in range(11)]
+        jira.fail_next(status=400, body=orjson.dumps(german))
+        statuses = await sink.statuses(refs)
+    assert [s.status for s in statuses] == ["deleted"] + ["new"] * 10
+    assert jira.searches[-1].startswith('key in ("SEC-2", ')
+
+
+async def test_statuses_refused_without_naming_a_key_is_permanent(jira: FakeJira, tmp_path: Path) -> None:
+    """A 400 that names none of the keys is a PermanentError (nothing is marked deleted on a guess)."""
+    async with opened(jira, tmp_path) as sink:
+        ref = await sink.create(ticket())
+        jira.fail_next(status=400, body=b'{"errorMessages": ["JQL is disabled"], "errors": {}}')
+        with pytest.raises(PermanentError, match="JQL is disabled"):
+            await sink.statuses([ref])
+
+
 # -- lost answers and hostile peers ----------------------------------------------------------------
 
 
@@ -166,6 +186,18 @@ async def test_lost_create_answer_then_find_returns_the_created_issue(jira: Fake
         found = await sink.find("rule1-3f2a")
     assert found is not None and found.id == "SEC-1"
     assert len(jira.issues) == 1
+
+
+async def test_timeout_then_find_returns_the_issue_created_late(jira: FakeJira, tmp_path: Path) -> None:
+    """Jira answers too late: create raises transient; once Jira applied it, find(key) gives it, no double."""
+    async with opened(jira, tmp_path, timeout=0.2) as sink:
+        jira.hold_next()
+        with pytest.raises(TransientError, match="no answer in time"):
+            await sink.create(ticket())
+        jira.release_held()
+        await jira.wait_until(lambda: bool(jira.issues), timeout=5)
+        found = await sink.find("rule1-3f2a")
+    assert found is not None and list(jira.issues) == [found.id]
 
 
 async def test_429_carries_retry_after(jira: FakeJira, tmp_path: Path) -> None:

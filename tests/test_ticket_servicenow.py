@@ -186,6 +186,18 @@ async def test_lost_create_answer_then_find_returns_the_record(snow: FakeService
     assert found is not None and found.id == record.sys_id
 
 
+async def test_timeout_then_find_returns_the_record_made_late(snow: FakeServiceNow, tmp_path: Path) -> None:
+    """The instance answers late: create raises transient; once it inserted, find(key) gives it, no double."""
+    async with opened(snow, tmp_path, timeout=0.2) as sink:
+        snow.hold_next()
+        with pytest.raises(TransientError, match="no answer in time"):
+            await sink.create(ticket())
+        snow.release_held()
+        await snow.wait_until(lambda: bool(snow.records), timeout=5)
+        found = await sink.find("rule1-3f2a")
+    assert found is not None and list(snow.records) == [found.id]
+
+
 async def test_429_carries_retry_after(snow: FakeServiceNow, tmp_path: Path) -> None:
     """A 429 with Retry-After is a TransientError carrying it, quoting ServiceNow's message."""
     async with opened(snow, tmp_path) as sink:

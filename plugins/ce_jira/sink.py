@@ -36,7 +36,7 @@ from ce_daemon.plugin import (
     TransientError,
     register_secret,
 )
-from ce_jira.adf import document
+from ce_jira.adf import clean, document
 
 Severity = Literal["informational", "low", "medium", "high", "critical"]
 SUMMARY_LIMIT = 255
@@ -46,9 +46,6 @@ BATCH = 100
 _PROJECT = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
 _LABEL = re.compile(r"^\S{1,255}$")
 _TICKET_KEY = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-_MISSING_KEY = re.compile(
-    r"An issue with key '([^']+)' does not exist|The issue key '([^']+)' for field 'key' is invalid"
-)
 _JQL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _ON_HOLD = ("hold", "wait", "block")
 _RICH_TEXT = frozenset({"description", "environment"})
@@ -147,7 +144,7 @@ class JiraSink(TicketSink[JiraOptions]):
     def issue_fields(self, ticket: Ticket) -> dict[str, Any]:
         """The ``fields`` of the issue ``ticket`` opens."""
         opts = self.options
-        summary = " ".join(ticket.title.split()) or "(no title)"
+        summary = " ".join(clean(ticket.title).split()) or "(no title)"
         fields: dict[str, Any] = {
             "project": {"key": opts.project},
             "issuetype": {"name": opts.issue_type},
@@ -227,12 +224,13 @@ class JiraSink(TicketSink[JiraOptions]):
             jql = f"key in ({', '.join(jql_string(key) for key in keys)})"
             try:
                 issues, _ = await self._search(jql, ["status"], BATCH, pages=(len(keys) // BATCH) + 2)
-            except _UnknownKeysError as exc:
-                # Jira refuses the whole query for one deleted or moved-away key: ask again without it
-                left = [key for key in keys if key not in exc.keys]
-                if len(left) == len(keys):
+            except _SearchRefusedError as exc:
+                # Jira refuses the whole query for a key it does not have (deleted, or its project
+                # gone), naming each such key in its (localised) messages: ask again without them
+                named = {key for key in keys if _names(exc.text, key)}
+                if not named:
                     raise PermanentError(str(exc)) from None
-                keys = left
+                keys = [key for key in keys if key not in named]
                 continue
             for issue in issues:
                 key = issue.get("key")
@@ -255,10 +253,7 @@ class JiraSink(TicketSink[JiraOptions]):
                 payload["nextPageToken"] = token
             answer = await self._call("POST", "/rest/api/3/search/jql", payload, accept=(400,))
             if answer.status == 400:
-                missing = _missing_keys(answer.body)
-                if missing:
-                    raise _UnknownKeysError(missing, _refusal("Jira refused the search", answer.body))
-                raise PermanentError(_refusal("Jira refused the search", answer.body))
+                raise _SearchRefusedError(_refusal("Jira refused the search", answer.body), answer.body)
             page = answer.body.get("issues")
             if not isinstance(page, list):
                 raise _shape("POST /rest/api/3/search/jql", "no issues list", answer.body)
@@ -319,10 +314,12 @@ class _Found:
         self.status, self.raw, self.raw_id = status, raw, raw_id
 
 
-class _UnknownKeysError(Exception):
-    def __init__(self, keys: set[str], message: str) -> None:
+class _SearchRefusedError(PermanentError):
+    """Jira refused a JQL search (400); ``text`` is all it said (where the keys it lacks are named)."""
+
+    def __init__(self, message: str, body: Mapping[str, Any]) -> None:
         super().__init__(message)
-        self.keys = keys
+        self.text = orjson.dumps(body).decode()
 
 
 def map_status(status: Mapping[str, Any]) -> tuple[str, str]:
@@ -364,13 +361,9 @@ def _reference(name: str, value: str) -> Any:
     return {"name": value}
 
 
-def _missing_keys(body: Mapping[str, Any]) -> set[str]:
-    messages = body.get("errorMessages")
-    found: set[str] = set()
-    for message in messages if isinstance(messages, list) else []:
-        for match in _MISSING_KEY.finditer(str(message)):
-            found.add(match.group(1) or match.group(2))
-    return found
+def _names(text: str, key: str) -> bool:
+    """Whether ``text`` names issue ``key`` (``SEC-1``, not as part of ``SEC-10``)."""
+    return re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text) is not None
 
 
 def _refusal(what: str, body: Any) -> str:
