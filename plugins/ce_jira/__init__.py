@@ -10,7 +10,7 @@ Statuses are read in batches of 100 (``key in (…)``, ``fields: [status]``) and
 category: ``new`` → new, ``indeterminate`` → in_progress (on_hold when the status name says hold,
 wait or block), ``done`` → closed; a key Jira no longer has → deleted (Jira refuses a whole query
 that names a deleted key, so such keys are taken out and the batch asked again); a moved issue is
-recognised by its id under its new key.
+recognised by its id under its new key. An issue our user may no longer see reads as deleted too.
 
 Answers: 400 ``{"errorMessages", "errors": {field: message}}`` → :class:`PermanentError` naming the
 fields; 401/403 → :class:`AuthError`; 429 and 5xx → :class:`TransientError` with ``Retry-After`` (or,

@@ -15,6 +15,7 @@ Follows developer.atlassian.com's v3 reference for the calls used:
   single quotes with backslash escapes. As Jira, a key that does not exist fails the whole query
   (400 "An issue with key 'X-9' does not exist for field 'key'."), and a moved issue is found by its
   old key (answering under its new one).
+- The legacy ``/rest/api/3/search`` answers 410 Gone, as on Cloud since its removal (CHANGE-2046).
 - ``POST /rest/api/3/issue/{key}/comment`` ``{"body": ADF}`` → 201; an unknown issue → 404.
 - ``GET /rest/api/3/issue/{key}`` (``fields``), ``GET /rest/api/3/myself``, ``GET /rest/api/3/project/{key}``.
 
@@ -135,6 +136,8 @@ class FakeJira(FakeHttpServer):
             web.post("/rest/api/3/issue", self._guard(self._create)),
             web.post("/rest/api/3/search/jql", self._guard(self._search)),
             web.get("/rest/api/3/search/jql", self._guard(self._search)),
+            web.get("/rest/api/3/search", self._guard(self._removed)),
+            web.post("/rest/api/3/search", self._guard(self._removed)),
             web.post("/rest/api/3/issue/{key}/comment", self._guard(self._comment)),
             web.get("/rest/api/3/issue/{key}", self._guard(self._get_issue)),
             web.get("/rest/api/3/myself", self._guard(self._myself)),
@@ -267,6 +270,11 @@ class FakeJira(FakeHttpServer):
         if offset + limit < len(found):
             answer["nextPageToken"] = str(offset + limit)
         return answer
+
+    def _removed(self, request: web.Request, payload: Any) -> dict[str, Any]:
+        raise JiraError(
+            410, "The requested API has been removed. Please migrate to the /rest/api/3/search/jql API."
+        )
 
     def _comment(self, request: web.Request, payload: Any) -> web.Response:
         issue = self._issue(request.match_info["key"])

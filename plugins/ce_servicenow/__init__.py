@@ -11,7 +11,8 @@ twice; a duplicate adds ``work_notes`` ("Seen again: N alerts…") with ``PATCH`
 ``<instance>/nav_to.do?uri=<table>.do?sys_id=…``; the ref keeps the record's ``number``.
 
 Statuses are read in batches of 100 (``sysparm_query=sys_idIN…``, ``sysparm_fields=sys_id,state``);
-a sys_id the instance no longer answers is ``deleted``. ``state`` maps per table:
+a sys_id the instance no longer answers (deleted, or hidden from us by an ACL) is ``deleted``.
+``state`` maps per table:
 
 - ``incident``: 1 New → new; 2 In Progress → in_progress; 3 On Hold and the legacy 4 Awaiting
   Caller, 5 Awaiting Evidence → on_hold; 6 Resolved, 7 Closed, 8 Canceled → closed.
