@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 import pytest
 from ce_misp.fake import DEFAULT_KEY, FakeMisp
+from prometheus_client.parser import text_string_to_metric_families
 
 from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
@@ -99,7 +100,9 @@ async def test_netskope_alerts_flow_to_the_tenants_lists_and_iocs_stats_shows_th
     streams = (("alerts", "malsite"), ("alerts", "malware"))
     async with backlog_simulator(TOKEN, BACKLOG, streams, page_size=100) as sim:
         urls, hashes = expected(sim)
-        config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url))
+        settings = pipeline(tmp_path, sim.url)
+        settings["http"] = {"listen": "127.0.0.1:0"}
+        config = write_pipeline(tmp_path / "pipeline.yaml", settings)
         async with DaemonProcess(config, env=ENV) as daemon:
             await until(lambda: set(held(sim)[0]) == urls and set(held(sim)[1]) == hashes)
             deployed, file_hashes, deploys = held(sim)
@@ -118,6 +121,20 @@ async def test_netskope_alerts_flow_to_the_tenants_lists_and_iocs_stats_shows_th
             assert code == 0 and "shared with urls (rule malsites): shared" in out, out
             await asyncio.sleep(2.5)  # two more intervals: nothing changed, nothing pushed, no deploy
             assert held(sim)[2] == deploys
+            url = (await daemon.wait_for_event("http.listening"))["url"]
+            iocs = ("ce_daemon_threat_iocs", (("source", "netskope"), ("status", "active"), ("type", "url")))
+            metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            async with asyncio.timeout(30):
+                while metrics.get(iocs) != len(urls):
+                    await asyncio.sleep(0.5)
+                    async with aiohttp.ClientSession() as session, session.get(f"{url}metrics") as answer:
+                        metrics = {
+                            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                            for family in text_string_to_metric_families(await answer.text())
+                            for sample in family.samples
+                        }
+            assert metrics[("ce_daemon_threat_shared", (("destination", "urls"),))] == len(urls)
+            assert metrics[("ce_daemon_threat_dropped", (("destination", "hashes"),))] == 0
 
 
 @pytest.mark.timeout(180)

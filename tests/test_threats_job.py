@@ -112,3 +112,42 @@ async def test_status_shows_the_stored_iocs(tmp_path: Path) -> None:
         "iocs_ipv4": 1,
         "iocs_url": 1,
     }
+
+
+async def test_check_refuses_unknown_references_with_their_places(tmp_path: Path) -> None:
+    """A rule to no destination, a source's unknown tenant, an unknown plugin: refused at their places."""
+    config = pipeline(
+        tmp_path,
+        {
+            "sources": [
+                {"name": "ns", "netskope": {"tenant": "nope"}},
+                {"name": "odd", "plugin": {"type": "fede", "url": "https://x.example.org"}},
+            ],
+            "destinations": [{"name": "edl", "plugin": {"type": "edl", "port": 8443}}],
+            "sharing": [{"name": "r1", "to": "edll"}],
+        },
+    )
+    code, out = await run_cli("check", "-c", str(config), env={})
+    assert code == 78, out
+    assert "threats.sources[0].netskope.tenant: no tenant named 'nope'" in out
+    assert "threats.sources[1].plugin.type: unknown threat source type 'fede'" in out
+    assert "did you mean 'feed'?" in out
+    assert "threats.sharing[0].to: no destination named 'edll'" in out
+
+
+async def test_check_warns_of_idle_destinations_and_rules(tmp_path: Path) -> None:
+    """A destination no rule feeds, and a rule to a disabled one: valid, but warned about."""
+    config = pipeline(
+        tmp_path,
+        {
+            "destinations": [
+                {"name": "edl", "plugin": {"type": "edl", "port": 8443}},
+                {"name": "off", "enabled": False, "plugin": {"type": "edl", "port": 8444}},
+            ],
+            "sharing": [{"name": "r2", "to": "off"}],
+        },
+    )
+    code, out = await run_cli("check", "-c", str(config), env={})
+    assert code == 0, out
+    assert "threats.sharing[0].to: warning: destination 'off' is disabled" in out
+    assert "threats.destinations[0]: warning: no sharing rule feeds destination 'edl'" in out

@@ -383,7 +383,9 @@ _SEVERITIES: Final = {
 
 
 class Expirer(Component):
-    """Deactivates indicators past their lifetime every ``every`` seconds (sharers then retract them)."""
+    """Deactivates indicators past their lifetime every ``every`` seconds (sharers then retract them),
+    and refreshes the threat metrics every :data:`METRICS_EVERY` seconds between (a scrape cannot
+    wait for a count of the store)."""
 
     kind = "threat_ageing"
 
@@ -399,12 +401,20 @@ class Expirer(Component):
         self.status.ok()
 
     async def run(self, stopping: asyncio.Event) -> None:
+        due = 0.0
         while not stopping.is_set() and not (self.lease is not None and self.lease.lost):
-            expired = await self.iocs.expire(fence=self.lease.fence if self.lease is not None else None)
+            now = time.monotonic()
+            if now >= due:
+                due = now + self.every
+                expired = await self.iocs.expire(fence=self.lease.fence if self.lease is not None else None)
+                if expired:
+                    self.status.count("expired", expired)
+                    self.log.info("threats.expired", count=expired)
             self.metrics.update(await self.iocs.counts(), await ShareStore(self.iocs.store).pushes())
-            if expired:
-                self.status.count("expired", expired)
-                self.log.info("threats.expired", count=expired)
             self.status.ok()
-            if await pause(stopping, self.every):
+            if await pause(stopping, min(METRICS_EVERY, max(0.0, due - time.monotonic()))):
                 return
+
+
+METRICS_EVERY: Final = 10.0
+"""Seconds between two refreshes of the threat metrics (counts of the store, each destination's list)."""

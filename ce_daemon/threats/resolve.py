@@ -123,12 +123,35 @@ class ThreatResolver:
                 ("threats", "destinations", index, "plugin"),
                 "threat destination",
             )
+        self._idle(destinations)
+        self._rules(sources, destinations)
+
+    def _idle(self, destinations: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        """Warn of an enabled destination no enabled rule feeds (valid, but probably not meant)."""
+        fed = {raw.get("to") for _, raw in self.raw("sharing") if raw.get("enabled") is not False}
+        for name, (index, raw) in destinations.items():
+            if name not in fed and raw.get("enabled") is not False:
+                self.resolution.warnings.append(
+                    self.source.problem(
+                        ("threats", "destinations", index),
+                        f"no sharing rule feeds destination {name!r}: nothing is pushed to it",
+                        hint="add a rule under threats.sharing with `to: " + name + "`",
+                    )
+                )
+
+    def _rules(self, sources: list[str], destinations: dict[str, tuple[int, dict[str, Any]]]) -> None:
         for index, raw in self.raw("sharing"):
-            loc = ("threats", "sharing", index)
+            loc: Loc = ("threats", "sharing", index)
             self.predicates[loc] = self.resolution.filter(raw.get("filter"), (*loc, "filter"))
             to = raw.get("to")
             if isinstance(to, str) and to not in destinations:
                 self._unknown((*loc, "to"), "destination", to, list(destinations))
+            elif isinstance(to, str) and destinations[to][1].get("enabled") is False:
+                self.resolution.warnings.append(
+                    self.source.problem(
+                        (*loc, "to"), f"destination {to!r} is disabled: this rule shares nothing"
+                    )
+                )
             named = raw.get("sources")
             for i, name in enumerate(named if isinstance(named, list) else []):
                 if isinstance(name, str) and name not in sources:
