@@ -54,6 +54,12 @@ __all__ = [
     "Pull",
     "Push",
     "PushResult",
+    "RiskAction",
+    "RiskPage",
+    "RiskRecord",
+    "RiskScale",
+    "RiskSource",
+    "RiskTarget",
     "SecretOrText",
     "SendResult",
     "SharedIoc",
@@ -441,3 +447,100 @@ class TicketSink(Plugin[OptionsT_co]):
 
     async def resolve(self, ref: TicketRef) -> None:
         """Close what ``ref`` opened, where the destination has such a call (PagerDuty's ``resolve``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RiskScale:
+    """How a risk source's raw values map onto Netskope's scale (0-1000, higher = safer).
+
+    ``low``/``high`` bound the raw scale (``higher_is_safer`` False: it is inverted); ``labels`` map a
+    grade or level to a score on Netskope's scale (``{"LOW": 875, "MEDIUM": 625, "HIGH": 375}``);
+    ``population`` True: min-max over each poll's population (unbounded scales), inverted when
+    ``higher_is_safer`` is False. A source declares its vendor's scale; the YAML may override it.
+    """
+
+    low: float = 0.0
+    high: float = 1000.0
+    higher_is_safer: bool = True
+    labels: Mapping[str, float] | None = None
+    population: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RiskRecord:
+    """One entity's score as a risk source gives it.
+
+    ``entity`` is ``user``, ``device`` or ``application``; ``key`` its unique field (an email, a host
+    id, an application name: the core lower-cases emails). ``score`` is the raw value on the source's
+    scale, or ``label`` a grade or level its :class:`RiskScale` maps; ``seen`` when the source scored
+    it (None: the poll's time); ``attributes`` extra facts (a display name, a department).
+    """
+
+    entity: str
+    key: str
+    score: float | None = None
+    label: str | None = None
+    seen: float | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskPage:
+    """One page of a risk source's poll; ``refused`` lists ``(what, reason)`` it could not read."""
+
+    records: Sequence[RiskRecord]
+    refused: Sequence[tuple[str, str]] = ()
+
+
+class RiskSource(Plugin[OptionsT_co]):
+    """Scores users, devices or applications (CrowdStrike ZTA, KnowBe4, BitSight, Okta…).
+
+    Each poll returns the source's current scores, page by page (``pull``); a poll that fails part-way
+    raises, and the scores stored before stay as they were (marked stale once older than the YAML says).
+    """
+
+    kind: ClassVar[str] = "risk_source"
+    entities: frozenset[str] = frozenset()
+    """The entity types it scores."""
+    scale: RiskScale = RiskScale()
+    """Its vendor's scale (the YAML's ``scale:`` overrides it)."""
+
+    @abstractmethod
+    def pull(self) -> AsyncIterator[RiskPage]:
+        """The pages of one poll (an async generator)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RiskTarget:
+    """What a risk action acts on: an entity, why (the rule and the score), and what it knows of it."""
+
+    entity: str
+    key: str
+    rule: str
+    score: float
+    """The combined score (Netskope's scale) when the rule matched."""
+    band: str
+    """``critical``, ``high``, ``medium`` or ``low``."""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    state: Mapping[str, str] = field(default_factory=dict)
+    """What :meth:`RiskAction.apply` returned for this target, handed to :meth:`RiskAction.revert`."""
+
+
+class RiskAction(Plugin[OptionsT_co]):
+    """Acts when a risk rule starts matching an entity (add to a group, lower a UCI, notify), and where it
+    can, reverts when it stops. Every call is logged with its outcome by the core."""
+
+    kind: ClassVar[str] = "risk_action"
+    entities: frozenset[str] = frozenset()
+    """The entity types it acts on."""
+    revertible: bool = False
+
+    @abstractmethod
+    async def apply(self, target: RiskTarget) -> Mapping[str, str]:
+        """Act on ``target``; return what reverting it needs (an anomaly id), stored with the action.
+
+        Applying what is already applied must do no harm: an action whose answer was lost is applied
+        again."""
+
+    async def revert(self, target: RiskTarget) -> None:
+        """Undo :meth:`apply` (``target.state`` holds what it returned); reverting twice does no harm."""

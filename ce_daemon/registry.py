@@ -28,6 +28,8 @@ from ce_daemon.plugin import (
     LogSink,
     Plugin,
     PluginOptions,
+    RiskAction,
+    RiskSource,
     ThreatSink,
     ThreatSource,
     TicketSink,
@@ -46,6 +48,8 @@ BASES: dict[str, type[Plugin]] = {
     "threat_source": ThreatSource,
     "threat_sink": ThreatSink,
     "ticket_sink": TicketSink,
+    "risk_source": RiskSource,
+    "risk_action": RiskAction,
 }
 
 
