@@ -18,11 +18,12 @@ hands every other answer to it, with the vendor's own verdict when its error cod
 Answers are read within bounds (:func:`read_body`, :func:`read_at_most`, :func:`read_excerpt`): a target
 cannot make us hold more than what we need of what it sends.
 
-It also holds what several HTTP sinks need alike: one session for a sink's life (:class:`HttpSink`),
-gzip bodies (:func:`prepare_body`), requests kept under a byte cap and halved when the target
-says they are too large (:func:`split_by_size`, :func:`send_halving`), a batch sent in several
-requests without sending again what a target took (:class:`ResumableSender`), and OAuth 2.0
-access tokens cached until they expire, renewed once when an API refuses one (:class:`OAuth2Token`).
+It also holds what several HTTP plugins need alike: one session for a plugin's life
+(:class:`HttpSession`; for a log sink :class:`HttpSink`), gzip bodies (:func:`prepare_body`),
+requests kept under a byte cap and halved when the target says they are too large
+(:func:`split_by_size`, :func:`send_halving`), a batch sent in several requests without sending
+again what a target took (:class:`ResumableSender`), and OAuth 2.0 access tokens cached until they
+expire, renewed once when an API refuses one (:class:`OAuth2Token`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,15 @@ from typing_extensions import TypeVar
 
 from ce_daemon import __version__, redact
 from ce_daemon.errors import AuthError, CeDaemonError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.plugin import LogSink, OutRecord, PluginOptions, SecretOrText, SendResult, Timeout
+from ce_daemon.plugin import (
+    LogSink,
+    OutRecord,
+    PluginContext,
+    PluginOptions,
+    SecretOrText,
+    SendResult,
+    Timeout,
+)
 
 USER_AGENT = f"ce-daemon/{__version__}"
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 508, 509, 520, 521, 522, 523, 524})
@@ -246,22 +255,25 @@ ConnectionOptionsT_co = TypeVar(
 """The options model of an :class:`HttpSink`: :class:`ConnectionOptions` or a model derived from it."""
 
 
-class HttpSink(LogSink[ConnectionOptionsT_co]):
-    """A log sink that talks HTTP through one client session for its whole life (connection reuse).
+class HttpSession:
+    """One client session for a plugin's whole life (connection reuse), for a plugin of any kind.
 
-    :meth:`session` gives it, made on first use (``open`` makes it), and ``close`` closes it. The
-    options must be :class:`ConnectionOptions`; a sink whose requests all carry the same credentials
-    overrides :meth:`new_session` to add them as headers.
+    Put it first among the bases (``class AcmeSink(HttpSession, TicketSink[AcmeOptions])``).
+    :meth:`session` gives the session, made on first use (``open`` makes it), and ``close`` closes it.
+    The options must be :class:`ConnectionOptions`; a plugin whose requests all carry the same
+    credentials overrides :meth:`new_session` to add them as headers.
     """
 
+    context: PluginContext
     _session: aiohttp.ClientSession | None = None
 
     def new_session(self) -> aiohttp.ClientSession:
         """A new session from the options' timeout, TLS (and headers, for :class:`HttpOptions`)."""
-        return make_session(self.options, self.context.base_dir)
+        options: ConnectionOptions = getattr(self, "options")  # noqa: B009 - the plugin's, typed by it
+        return make_session(options, self.context.base_dir)
 
     def session(self) -> aiohttp.ClientSession:
-        """The sink's session, made now if there is none yet."""
+        """The plugin's session, made now if there is none yet."""
         if self._session is None:
             self._session = self.new_session()
         return self._session
@@ -273,6 +285,12 @@ class HttpSink(LogSink[ConnectionOptionsT_co]):
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+class HttpSink(HttpSession, LogSink[ConnectionOptionsT_co]):
+    """A log sink that talks HTTP through one client session for its whole life (:class:`HttpSession`)."""
+
+    options: ConnectionOptionsT_co
 
 
 async def prepare_body(body: bytes, content_type: str, *, compress: bool) -> tuple[bytes, dict[str, str]]:

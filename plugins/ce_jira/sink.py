@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     HttpOptions,
+    HttpSession,
     basic,
     excerpt,
     make_session,
@@ -88,7 +89,7 @@ class JiraOptions(HttpOptions):
         return value
 
 
-class JiraSink(TicketSink[JiraOptions]):
+class JiraSink(HttpSession, TicketSink[JiraOptions]):
     """Opens Jira Cloud issues (REST v3, ADF), finds them by a label, comments, syncs their status."""
 
     api_version = 1
@@ -97,29 +98,18 @@ class JiraSink(TicketSink[JiraOptions]):
     def __init__(self, options: JiraOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.base = options.url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def session(self) -> aiohttp.ClientSession:
-        """The session, made on first use (basic auth with the e-mail and API token, JSON)."""
-        if self._session is None:
-            register_secret(self.options.api_token.get_secret_value())
-            self._session = make_session(
-                self.options,
-                self.context.base_dir,
-                Authorization=basic(self.options.email, self.options.api_token),
-                Accept="application/json",
-            )
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """The session, made by :meth:`session` (basic auth with the e-mail and API token, JSON)."""
+        register_secret(self.options.api_token.get_secret_value())
+        return make_session(
+            self.options,
+            self.context.base_dir,
+            Authorization=basic(self.options.email, self.options.api_token),
+            Accept="application/json",
+        )
 
     async def health(self) -> Health:
         """``/myself`` answers with our token, and the project is visible to us."""

@@ -35,6 +35,7 @@ from pydantic import Field, SecretStr
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     ConnectionOptions,
+    HttpSession,
     excerpt,
     json_object,
     make_session,
@@ -87,7 +88,7 @@ class PagerDutyOptions(ConnectionOptions):
     """How long to wait after a 429 that carries no ``Retry-After``."""
 
 
-class PagerDutySink(TicketSink[PagerDutyOptions]):
+class PagerDutySink(HttpSession, TicketSink[PagerDutyOptions]):
     """The ``pagerduty`` ticket destination (Events API v2: trigger, re-trigger, resolve by ``dedup_key``)."""
 
     api_version = 1
@@ -95,23 +96,12 @@ class PagerDutySink(TicketSink[PagerDutyOptions]):
     def __init__(self, options: PagerDutyOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.log = context.log
-        self._session: aiohttp.ClientSession | None = None
         self._key = options.routing_key.get_secret_value()
         register_secret(self._key)
 
-    def session(self) -> aiohttp.ClientSession:
-        """The destination's session, made on first use."""
-        if self._session is None:
-            self._session = make_session(self.options, self.context.base_dir)
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """The destination's session, made on first use by :meth:`session`."""
+        return make_session(self.options, self.context.base_dir)
 
     async def health(self) -> Health:
         """Not probed: the Events API has no call that checks a routing key without sending an event."""

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     HttpOptions,
+    HttpSession,
     basic,
     bearer,
     excerpt,
@@ -104,7 +105,7 @@ class ServiceNowOptions(HttpOptions):
         return self
 
 
-class ServiceNowSink(TicketSink[ServiceNowOptions]):
+class ServiceNowSink(HttpSession, TicketSink[ServiceNowOptions]):
     """Opens ServiceNow incidents (ITSM) or security incidents (SecOps) with ``correlation_id`` = the key."""
 
     api_version = 1
@@ -114,33 +115,22 @@ class ServiceNowSink(TicketSink[ServiceNowOptions]):
         super().__init__(options, context)
         self.base = options.url.rstrip("/")
         self.table = options.table
-        self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def session(self) -> aiohttp.ClientSession:
-        """The session, made on first use (basic or bearer authentication, JSON)."""
-        if self._session is None:
-            opts = self.options
-            if opts.token is not None:
-                register_secret(opts.token.get_secret_value())
-                authorization = bearer(opts.token)
-            else:
-                assert opts.username is not None and opts.password is not None
-                register_secret(opts.password.get_secret_value())
-                authorization = basic(opts.username, opts.password)
-            self._session = make_session(
-                opts, self.context.base_dir, Authorization=authorization, Accept="application/json"
-            )
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """The session, made on first use by :meth:`session` (basic or bearer authentication, JSON)."""
+        opts = self.options
+        if opts.token is not None:
+            register_secret(opts.token.get_secret_value())
+            authorization = bearer(opts.token)
+        else:
+            assert opts.username is not None and opts.password is not None
+            register_secret(opts.password.get_secret_value())
+            authorization = basic(opts.username, opts.password)
+        return make_session(
+            opts, self.context.base_dir, Authorization=authorization, Accept="application/json"
+        )
 
     async def health(self) -> Health:
         """One record of the table is readable with our credentials (the table exists, we may read it)."""

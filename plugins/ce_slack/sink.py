@@ -39,6 +39,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     ConnectionOptions,
+    HttpSession,
     excerpt,
     json_object,
     make_session,
@@ -118,7 +119,7 @@ class SlackOptions(ConnectionOptions):
         return self
 
 
-class SlackSink(TicketSink[SlackOptions]):
+class SlackSink(HttpSession, TicketSink[SlackOptions]):
     """The ``slack`` ticket destination (incoming webhook or ``chat.postMessage``)."""
 
     api_version = 1
@@ -126,7 +127,6 @@ class SlackSink(TicketSink[SlackOptions]):
     def __init__(self, options: SlackOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.log = context.log
-        self._session: aiohttp.ClientSession | None = None
         self._secrets: list[str] = []
         if options.webhook_url is not None:
             url = options.webhook_url.get_secret_value()
@@ -143,22 +143,12 @@ class SlackSink(TicketSink[SlackOptions]):
         """True when this destination posts through an incoming webhook."""
         return self.options.webhook_url is not None
 
-    def session(self) -> aiohttp.ClientSession:
-        """The destination's session, made on first use (with the bearer token in Web API mode)."""
-        if self._session is None:
-            headers = {}
-            if self.options.token is not None:
-                headers["Authorization"] = f"Bearer {self.options.token.get_secret_value()}"
-            self._session = make_session(self.options, self.context.base_dir, **headers)
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """The destination's session, made by :meth:`session` (with the bearer token in Web API mode)."""
+        headers = {}
+        if self.options.token is not None:
+            headers["Authorization"] = f"Bearer {self.options.token.get_secret_value()}"
+        return make_session(self.options, self.context.base_dir, **headers)
 
     async def health(self) -> Health:
         """Web API: ``auth.test`` takes the token. A webhook cannot be probed without posting: not checked."""

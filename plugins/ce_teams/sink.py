@@ -33,6 +33,7 @@ from pydantic import SecretStr, field_validator
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     ConnectionOptions,
+    HttpSession,
     excerpt,
     make_session,
     read_at_most,
@@ -75,14 +76,13 @@ class TeamsOptions(ConnectionOptions):
         return value
 
 
-class TeamsSink(TicketSink[TeamsOptions]):
+class TeamsSink(HttpSession, TicketSink[TeamsOptions]):
     """The ``teams`` ticket destination (an Adaptive Card per ticket; a duplicate posts another)."""
 
     api_version = 1
 
     def __init__(self, options: TeamsOptions, context: PluginContext) -> None:
         super().__init__(options, context)
-        self._session: aiohttp.ClientSession | None = None
         self._url = options.webhook_url.get_secret_value()
         parts = urlsplit(self._url)
         self._secrets = [self._url, self._url[len(f"{parts.scheme}://{parts.netloc}") :]]
@@ -91,19 +91,9 @@ class TeamsSink(TicketSink[TeamsOptions]):
         for secret in self._secrets:
             register_secret(secret)
 
-    def session(self) -> aiohttp.ClientSession:
-        """The destination's session, made on first use."""
-        if self._session is None:
-            self._session = make_session(self.options, self.context.base_dir)
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """The destination's session, made on first use by :meth:`session`."""
+        return make_session(self.options, self.context.base_dir)
 
     async def health(self) -> Health:
         """Not probed: a webhook has no call that checks it without posting."""

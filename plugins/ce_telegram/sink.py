@@ -36,6 +36,7 @@ from pydantic import Field, SecretStr
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     ConnectionOptions,
+    HttpSession,
     excerpt,
     make_session,
     read_at_most,
@@ -82,7 +83,7 @@ class TelegramOptions(ConnectionOptions):
     """Send silently (no sound on the recipients' devices)."""
 
 
-class TelegramSink(TicketSink[TelegramOptions]):
+class TelegramSink(HttpSession, TicketSink[TelegramOptions]):
     """The ``telegram`` ticket destination: one HTML message per ticket, edited for duplicates."""
 
     api_version = 1
@@ -93,7 +94,6 @@ class TelegramSink(TicketSink[TelegramOptions]):
         self._token = options.token.get_secret_value()
         register_secret(self._token)
         self._base = options.api_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
 
     def _clean(self, text: str) -> str:
         """``text`` without the token (also URL-encoded), whatever its length."""
@@ -102,19 +102,9 @@ class TelegramSink(TicketSink[TelegramOptions]):
                 text = text.replace(form, _REDACTED)
         return text
 
-    def session(self) -> aiohttp.ClientSession:
-        """The session, made on first use."""
-        if self._session is None:
-            self._session = make_session(self.options, self.context.base_dir)
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """The session, made on first use by :meth:`session`."""
+        return make_session(self.options, self.context.base_dir)
 
     async def health(self) -> Health:
         """``getMe`` answers with our token: the Bot API is reachable and knows the bot."""

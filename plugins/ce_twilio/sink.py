@@ -32,6 +32,7 @@ from pydantic import Field, SecretStr, model_validator
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     ConnectionOptions,
+    HttpSession,
     basic,
     excerpt,
     make_session,
@@ -84,7 +85,7 @@ class TwilioOptions(ConnectionOptions):
         return self
 
 
-class TwilioSink(TicketSink[TwilioOptions]):
+class TwilioSink(HttpSession, TicketSink[TwilioOptions]):
     """The ``twilio`` ticket destination: one SMS per number per ticket."""
 
     api_version = 1
@@ -93,23 +94,12 @@ class TwilioSink(TicketSink[TwilioOptions]):
         super().__init__(options, context)
         self.log = context.log
         self._account = f"{options.api_url}/2010-04-01/Accounts/{options.account_sid}"
-        self._session: aiohttp.ClientSession | None = None
         self._delivered: OrderedDict[str, dict[str, str]] = OrderedDict()
 
-    def session(self) -> aiohttp.ClientSession:
-        """The session, made on first use (with basic auth)."""
-        if self._session is None:
-            auth = basic(self.options.account_sid, self.options.auth_token)
-            self._session = make_session(self.options, self.context.base_dir, Authorization=auth)
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """The session, made on first use by :meth:`session` (with basic auth)."""
+        auth = basic(self.options.account_sid, self.options.auth_token)
+        return make_session(self.options, self.context.base_dir, Authorization=auth)
 
     async def health(self) -> Health:
         """``GET /Accounts/{sid}.json``: Twilio takes our credentials and the account is active."""
