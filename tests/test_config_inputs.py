@@ -368,6 +368,11 @@ def test_mapping_file_nested_too_deeply_is_refused(tmp_path: Path, registry: Reg
         BASE.replace("token: {$env: ACME_TOKEN}", "token: {$env: [A]}"),
         BASE.replace("token: {$env: ACME_TOKEN}", "token: {$env: ACME_TOKEN, more: 1}"),
         "{$env: ACME_TOKEN}\n",
+        BASE + "threats: 5\n",
+        BASE + "threats: {sources: [5, {name: x, netskope: 5}, {name: y, plugin: 5}]}\n",
+        BASE + "threats: {destinations: [{name: d, echo_of: [1], plugin: {type: 5}}]}\n",
+        BASE + "threats: {sharing: [{name: r, to: 5, sources: 5, types: 5, filter: 5, cap: []}]}\n",
+        "tenants: 5\nthreats: {sources: [{name: a, netskope: {tenant: x}}]}\n",
     ],
 )
 def test_wrong_shapes_anywhere_are_positioned_problems(tmp_path: Path, registry: Registry, text: str) -> None:

@@ -98,11 +98,8 @@ class ThreatResolver:
         for key in ("sources", "destinations", "sharing"):
             self.problems.extend(unique_names(self.source, ("threats", key)))
         data = self.source.data
-        tenants = [
-            t.get("name")
-            for t in (data.get("tenants") or [] if isinstance(data, dict) else [])
-            if isinstance(t, dict)
-        ]
+        listed = data.get("tenants") if isinstance(data, dict) else None
+        tenants = [t.get("name") for t in (listed if isinstance(listed, list) else []) if isinstance(t, dict)]
         for index, raw in self.raw("sources"):
             loc: Loc = ("threats", "sources", index)
             if "plugin" in raw:
