@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ce_daemon.simulator.faults import Fault
+from ce_daemon.simulator.process import simulator_process
 from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.simulator.scim import ERROR_SCHEMA, LIST_SCHEMA, PATCH_SCHEMA, parse_filter
 from ce_daemon.simulator.tenant import DEFAULT_TOKEN, TOKEN_HEADER, TenantSimulator, running_simulator
@@ -320,3 +321,13 @@ async def test_the_clientstatus_stream_serves_device_records(
         ) as response:
             page = await response.json()
     assert page["result"] and all(r["device_id"] and r["host_info"]["nsdeviceuid"] for r in page["result"])
+
+
+async def test_a_simulator_process_moves_a_uci_and_reports_users_and_groups() -> None:
+    """``ce-daemon simulate`` serves the hooks a daemon-level test drives (the child's own API)."""
+    async with simulator_process({"backlog": 0}) as child:
+        assert await child.move_uci(ALICE, score=600) == 600
+        assert await child.move_uci(ALICE, delta=-100) == 500
+        assert (await child.uci())["users"][ALICE]["score"] == 500
+        (user_id,) = await child.add_scim_users(ALICE)
+        assert (await child.scim())["users"] == [{"id": user_id, "userName": ALICE}]
