@@ -7,6 +7,7 @@ beyond the API's vocabulary (`ce_daemon.netskope.subtypes`): it plays the other 
 - `iterator`: timelines, server-side cursors and rate windows (no I/O).
 - `records`, `record_shapes`: deterministic records; `render`: page bodies.
 - `policy`: the URL-list and file-hash-list endpoints; `policy_lists`: the lists they hold.
+- `uba`: the users' UCI and its endpoints (getuci, uciimpact, allow, reset); `scim`: SCIM users and groups.
 - `faults`: scripted faults; `control`: the ``/_sim/`` test endpoints; `reports`: what a test reads back.
 - `command`: ``ce-daemon simulate``; `process`: that command as a child process.
 """

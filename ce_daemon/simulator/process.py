@@ -44,6 +44,32 @@ class SimulatorProcess:
         """``GET /_sim/lists``: the URL lists (deployed and pending entries), file-hash lists and deploys."""
         return await self._get("lists")
 
+    async def uci(self) -> dict[str, Any]:
+        """``GET /_sim/uci``: every user's UCI, history and anomalies (see `UciBook.report`)."""
+        return await self._get("uci")
+
+    async def scim(self) -> dict[str, Any]:
+        """``GET /_sim/scim``: the SCIM users and groups with their members (see `ScimDirectory.report`)."""
+        return await self._get("scim")
+
+    async def move_uci(self, user: str, *, score: int | None = None, delta: int | None = None) -> int:
+        """``POST /_sim/uci``: set the user's UCI (``score``) or move it by ``delta``; the UCI it has now."""
+        body: dict[str, Any] = {"user": user} | ({"score": score} if score is not None else {"delta": delta})
+        return int((await self._post("uci", body))["score"])
+
+    async def add_scim_users(self, *user_names: str) -> list[str]:
+        """``POST /_sim/scim/users``: create SCIM users (as the identity provider would); their ids."""
+        return list((await self._post("scim/users", {"userNames": list(user_names)}))["ids"])
+
+    async def _post(self, what: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{self.url}/_sim/{what}", data=orjson.dumps(body)) as response,
+        ):
+            response.raise_for_status()
+            answer: dict[str, Any] = orjson.loads(await response.read())
+            return answer
+
     async def _get(self, what: str) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session, session.get(f"{self.url}/_sim/{what}") as response:
             response.raise_for_status()

@@ -445,13 +445,20 @@ def _client_status(rng: random.Random) -> Record:
 
 
 def _client_status_info(record: Record, bits: int, timestamp: int) -> None:
-    serial = f"{bits >> 56 & 0xFFFFFF:06X}"
+    # A device is one of each user's two (from the bits that pick the user), so a device recurs across
+    # records under one host id (``device_id``, CE's key of its Devices entity) and one host name.
+    device = (bits % POOL_SIZE) * 2 + (bits >> 12 & 1)
+    serial = f"{device * 0x9E3779 & 0xFFFFFF:06X}"
+    record["device_id"] = f"{serial}-{device:04d}"
     record["host_info"] = {
         "hostname": f"LAPTOP-{serial}",
+        "nsdeviceuid": f"{device * 0x2545F491 & 0xFFFFFFFF:08X}-NSD-{serial}",
         "os": record.get("os", "Windows 11"),
-        "device_make": ("Dell Inc.", "Apple", "Lenovo")[bits % 3],
-        "device_model": ("Latitude 7440", "MacBook Pro", "ThinkPad X1")[bits % 3],
+        "device_make": ("Dell Inc.", "Apple", "Lenovo")[device % 3],
+        "device_model": ("Latitude 7440", "MacBook Pro", "ThinkPad X1")[device % 3],
         "serial_number": serial,
+        "mac_addresses": [f"02:00:{device >> 8 & 0xFF:02x}:{device & 0xFF:02x}:5e:01"],
+        "last_update_timestamp": timestamp,
     }
     record["user_info"] = {
         "username": record["user"],

@@ -1,5 +1,6 @@
 """A faithful Netskope tenant for tests, the demo and the benchmarks: the REST API v2 data export,
-and the policy lists threat sharing pushes to (`ce_daemon.simulator.policy`).
+the policy lists threat sharing pushes to (`ce_daemon.simulator.policy`), and the users' UCI and SCIM
+groups risk actions change (`ce_daemon.simulator.uba`, `ce_daemon.simulator.scim`).
 
 `TenantSimulator` serves ``GET /api/v2/events/dataexport/{alerts|events}/{subtype}`` with
 server-side cursors per (endpoint, index), deterministic records (`ce_daemon.simulator.records`,
@@ -46,6 +47,8 @@ from ce_daemon.simulator.policy_lists import PolicyLists
 from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.simulator.render import render_page
 from ce_daemon.simulator.reports import RequestInfo, ServedPage, SimulatorStats
+from ce_daemon.simulator.scim import SCIM_ENDPOINTS, ScimDirectory, scim_routes
+from ce_daemon.simulator.uba import UCI_ENDPOINTS, UciBook, check_endpoint_fault, uci_routes
 
 log = structlog.get_logger(__name__)
 
@@ -141,6 +144,7 @@ class TenantSimulator:
         self._cursors: dict[tuple[DataKind, str, str], IndexCursor] = {}
         self._faults: defaultdict[StreamKey, FaultQueue] = defaultdict(FaultQueue)
         self._policy_faults = FaultQueue()
+        self._endpoint_faults = {UCI_ENDPOINTS: FaultQueue(), SCIM_ENDPOINTS: FaultQueue()}
         self._windows: dict[str, SlidingWindow] = {}
         self._received = PeakRate()
         self._accepted = PeakRate()
@@ -158,6 +162,10 @@ class TenantSimulator:
         """Who drove each index, for clustered pollers (`ce_daemon.simulator.leases`)."""
         self.policy = PolicyLists()
         """The URL lists and file-hash lists pushed to the tenant (`ce_daemon.simulator.policy`)."""
+        self.uci = UciBook(clock)
+        """Every user's UCI and the anomalies that lowered it (`ce_daemon.simulator.uba`)."""
+        self.scim = ScimDirectory()
+        """The SCIM users and groups (`ce_daemon.simulator.scim`)."""
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -170,6 +178,8 @@ class TenantSimulator:
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_get("/api/v2/events/dataexport/{kind}/{subtype}", self._handle_dataexport)
         app.add_routes(policy_routes(self))
+        app.add_routes(uci_routes(self))
+        app.add_routes(scim_routes(self))
         app.add_routes(control_routes(self))
         # A short shutdown timeout: `slow` faults are cut short by `_stopping`, so nothing long remains.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
@@ -218,16 +228,36 @@ class TenantSimulator:
         """The fault the current URL-list request suffers, if one is queued (consumes it)."""
         return self._policy_faults.take()
 
+    def inject_endpoints(self, family: str, fault: Fault) -> None:
+        """Queue ``fault`` for the next valid request(s) to the UCI (``uci``) or SCIM (``scim``) endpoints.
+
+        ``status`` and ``rate_limit`` refuse the request; ``truncate`` applies it and then drops the
+        connection mid-answer.
+        """
+        if family not in self._endpoint_faults:
+            raise ValueError(f"unknown endpoints {family!r}: use {', '.join(self._endpoint_faults)}")
+        check_endpoint_fault(fault)
+        self._endpoint_faults[family].push(fault)
+        log.info("simulator.fault_injected", endpoint=family, fault=fault.type, count=fault.count)
+
+    def take_endpoint_fault(self, family: str) -> Fault | None:
+        """The fault the current request to ``family``'s endpoints suffers, if one is queued (consumes it)."""
+        return self._endpoint_faults[family].take()
+
     def clear_faults(self) -> None:
         """Drop every fault still queued."""
         self._faults.clear()
         self._policy_faults = FaultQueue()
+        self._endpoint_faults = {family: FaultQueue() for family in self._endpoint_faults}
 
     def pending_faults(self) -> dict[str, list[dict[str, Any]]]:
         """The faults still queued, per endpoint (``policy`` for the URL-list endpoints)."""
         pending = {_endpoint(stream): queue.pending() for stream, queue in self._faults.items() if queue}
         if self._policy_faults:
             pending[POLICY_ENDPOINTS] = self._policy_faults.pending()
+        for family, queue in self._endpoint_faults.items():
+            if queue:
+                pending[family] = queue.pending()
         return pending
 
     def stats(self) -> SimulatorStats:

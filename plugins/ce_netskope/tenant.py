@@ -1,4 +1,7 @@
-"""What both Netskope list sinks share: the tenant's address and token, one session, bounded calls.
+"""What the Netskope plugins share: the tenant's address and token, one session, bounded calls.
+
+`TenantClient` holds the session and makes the calls; the list sinks (`TenantSink`) and the risk
+actions (`ce_netskope.risk`) each own one.
 
 A call answers ``(status, body)`` for 2xx and for the one refusal a sink reads itself (a 400, which
 names invalid entries); every other status is classified once by :func:`ce_daemon.http.status_error`.
@@ -42,13 +45,18 @@ DRAIN_LIMIT = 256 * 1024**2
 _DRAIN_CHUNK = 1024**2
 
 
-class TenantOptions(ConnectionOptions):
+class TenantConnection(ConnectionOptions):
     """Where the tenant is and the API token (plus ``timeout`` and ``tls``)."""
 
     url: Annotated[str, Field(pattern=r"^https?://[^/?#]+/?$")]
     """The tenant's base URL (``https://example.goskope.com``), without a path."""
     token: SecretStr
-    """The REST API token (v2 for URL lists, v1 for file-hash lists)."""
+    """The REST API token (v2 for URL lists and risk actions, v1 for file-hash lists)."""
+
+
+class TenantOptions(TenantConnection):
+    """A list sink's tenant, token and list."""
+
     list: Annotated[str, Field(min_length=1, max_length=255)]
     """The name of the list this destination owns (no other writer should use it)."""
 
@@ -76,29 +84,25 @@ class Answer:
             ) from None
 
 
-class TenantSink(ThreatSink[TenantOptionsT_co]):
-    """A threat sink talking to one Netskope tenant through one session for its life."""
+class TenantClient:
+    """One session to one tenant for a plugin's life, and its calls.
 
-    api_version: ClassVar[int] = 1
-    _session: aiohttp.ClientSession | None = None
+    ``headers`` go on every request (the v2 token header; v1 has none). The session is made on first use.
+    """
 
-    def __init__(self, options: TenantOptionsT_co, context: PluginContext) -> None:
-        super().__init__(options, context)
+    def __init__(self, options: TenantConnection, context: PluginContext, headers: Mapping[str, str]) -> None:
+        self.options = options
+        self.context = context
         self.base = options.url.rstrip("/")
+        self._headers = dict(headers)
+        self._session: aiohttp.ClientSession | None = None
         register_secret(options.token.get_secret_value())
 
-    def headers(self) -> dict[str, str]:
-        """Headers every request of this sink carries (the v2 token header; v1 has none)."""
-        return {}
-
     def session(self) -> aiohttp.ClientSession:
-        """The sink's session, made on first use."""
+        """The session, made on first use."""
         if self._session is None:
-            self._session = make_session(self.options, self.context.base_dir, **self.headers())
+            self._session = make_session(self.options, self.context.base_dir, **self._headers)
         return self._session
-
-    async def open(self) -> None:
-        self.session()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -113,8 +117,9 @@ class TenantSink(ThreatSink[TenantOptionsT_co]):
         *,
         params: list[tuple[str, str]] | None = None,
         read: bool = True,
+        keep: frozenset[int] = frozenset({400}),
     ) -> Answer:
-        """One request; a 2xx or 400 :class:`Answer`, else the classified error.
+        """One request; a 2xx :class:`Answer` or one whose status is in ``keep``, else the classified error.
 
         ``read`` False drains a 2xx body without keeping it (a deploy's answer, the list a PATCH
         echoes): the call still fails when the connection drops before its end.
@@ -136,7 +141,7 @@ class TenantSink(ThreatSink[TenantOptionsT_co]):
                     if 200 <= status < 300:
                         payload = await read_body(response, target) if read else await _drain(response)
                         return Answer(status, answer_headers, payload)
-                    if status == 400:
+                    if status in keep:
                         return Answer(
                             status, answer_headers, await read_body(response, target, MAX_ANSWER_BYTES)
                         )
@@ -151,6 +156,52 @@ class TenantSink(ThreatSink[TenantOptionsT_co]):
             message = f"{self.base}: {target} answered HTTP {status}" + (f": {text}" if text else "")
             raise status_error(status, message, answer_headers, target)
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+
+class TenantSink(ThreatSink[TenantOptionsT_co]):
+    """A threat sink talking to one Netskope tenant through one session for its life."""
+
+    api_version: ClassVar[int] = 1
+    _client: TenantClient | None = None
+
+    def __init__(self, options: TenantOptionsT_co, context: PluginContext) -> None:
+        super().__init__(options, context)
+        self.base = options.url.rstrip("/")
+        register_secret(options.token.get_secret_value())
+
+    def headers(self) -> dict[str, str]:
+        """Headers every request of this sink carries (the v2 token header; v1 has none)."""
+        return {}
+
+    def client(self) -> TenantClient:
+        """The sink's client, made on first use."""
+        if self._client is None:
+            self._client = TenantClient(self.options, self.context, self.headers())
+        return self._client
+
+    def session(self) -> aiohttp.ClientSession:
+        """The sink's session, made on first use."""
+        return self.client().session()
+
+    async def open(self) -> None:
+        self.session()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        read: bool = True,
+    ) -> Answer:
+        """One request; a 2xx or 400 :class:`Answer`, else the classified error (`TenantClient.call`)."""
+        return await self.client().call(method, path, body, params=params, read=read)
 
 
 async def _drain(response: aiohttp.ClientResponse) -> bytes:
