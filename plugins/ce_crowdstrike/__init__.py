@@ -1,12 +1,14 @@
 """CrowdStrike Falcon Zero Trust Assessment as a risk source (``crowdstrike_zta`` in the risk sources).
 
-Scores devices: each host's ZTA ``assessment.overall`` (1-100, higher = safer; Netskope CE reads it as
-``score * 10``), declared as ``RiskScale(low=1, high=100, higher_is_safer=True)``. A poll lists the
-hosts (``GET /devices/queries/devices-scroll/v1``, scrolled by its ``offset`` token), then per batch
-of at most 100 host ids reads their assessments (``GET /zero-trust-assessment/entities/assessments/v1``)
-and their details (``GET /devices/entities/devices/v2``: hostname and platform). A host without an
-assessment, or whose assessment carries no number, is refused with the reason; a score outside 1-100
-is passed as it is (the core skips and counts it).
+Scores devices: each host's ZTA ``assessment.overall`` (1-100, higher = safer; Netskope CE reads it
+as ``score * 10``), declared as ``RiskScale(low=0, high=100, higher_is_safer=True)``: the linear map
+of 0-100 onto 0-1000 is exactly CE's ``score * 10`` (a lower bound of 1 would map 1 to 0, not 10;
+ZTA never scores 0). A poll lists the hosts (``GET /devices/queries/devices-scroll/v1``, scrolled by
+its ``offset`` token), then per batch of at most 100 host ids reads their assessments
+(``GET /zero-trust-assessment/entities/assessments/v1``) and their details
+(``GET /devices/entities/devices/v2``: hostname and platform). A host without an assessment, or
+whose assessment carries no number, is refused with the reason; a score outside 0-100 is passed as
+it is (the core skips and counts it).
 
 Authentication is OAuth2 client credentials (``POST /oauth2/token``, an API client with the scopes
 *Hosts: Read* and *Zero Trust Assessment: Read*); the token is cached until shortly before it

@@ -104,7 +104,7 @@ class CrowdStrikeZtaSource(RiskSource[CrowdStrikeZtaOptions]):
 
     api_version = 1
     entities = frozenset({"device"})
-    scale = RiskScale(low=1, high=100, higher_is_safer=True)
+    scale = RiskScale(low=0, high=100, higher_is_safer=True)  # linear: CE's score * 10 exactly
 
     def __init__(self, options: CrowdStrikeZtaOptions, context: PluginContext) -> None:
         super().__init__(options, context)
