@@ -59,7 +59,7 @@ async def pages(source: CrowdStrikeZtaSource) -> list[RiskPage]:
 async def test_every_host_is_scored_by_its_overall_assessment(
     tmp_path: Path, falcon: FakeCrowdStrike
 ) -> None:
-    """250 hosts over 3 scroll pages, batches of 50: one record each, keyed by aid, with hostname and platform."""
+    """250 hosts over 3 scroll pages, batches of 50: one record each, keyed by aid, hostname and platform."""
     hosts = falcon.add_hosts(250, overall=73)
     async with opened(falcon, tmp_path, page_size=100, batch_size=50) as source:
         got = await pages(source)
@@ -141,7 +141,7 @@ async def test_a_missing_scope_403_is_an_auth_error(tmp_path: Path, falcon: Fake
 
 
 async def test_429_waits_for_x_ratelimit_retryafter(tmp_path: Path, falcon: FakeCrowdStrike) -> None:
-    """A 429 is transient, its retry_after from X-RateLimit-RetryAfter (epoch seconds); the next poll reads."""
+    """A 429 is transient, retry_after from X-RateLimit-RetryAfter (epoch seconds); the next poll reads."""
     falcon.add_hosts(2)
     falcon.fail_next(1, 429, retry_after=30)
     async with opened(falcon, tmp_path) as source:
