@@ -234,9 +234,7 @@ def rate_limit_wait(headers: Mapping[str, str], now: float | None = None) -> flo
 
 
 def _shape(target: str, body: Any) -> TransientError:
-    return TransientError(
-        f"CrowdStrike {target} answered no {{resources: [...]}}: {excerpt(orjson.dumps(body))}"
-    )
+    return TransientError(f"CrowdStrike {target} answered no {{resources: [...]}}: {quote(body)}")
 
 
 def _resources(body: Any, target: str) -> list[Any]:
@@ -300,9 +298,7 @@ def records(ids: Sequence[str], found: Mapping[str, Any], hosts: Mapping[str, An
         overall = assessment.get("overall") if isinstance(assessment, dict) else None
         score = number(overall)
         if score is None:
-            refused.append(
-                (what, f"its assessment has no number as overall score: {excerpt(orjson.dumps(overall), 64)}")
-            )
+            refused.append((what, f"its assessment has no number as overall score: {quote(overall, 64)}"))
             continue
         host = hosts.get(aid) or {}
         hostname = host.get("hostname")
@@ -347,3 +343,11 @@ def _epoch(value: Any) -> float | None:
     except ValueError:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def quote(value: Any, limit: int = 200) -> str:
+    """A value from the peer quoted in a reason: JSON, scrubbed and cut (``repr`` if not JSON-able)."""
+    try:
+        return excerpt(orjson.dumps(value), limit)
+    except TypeError:  # an integer past 64 bits
+        return excerpt(repr(value), limit)

@@ -153,12 +153,12 @@ def _message(raw: bytes) -> str:
 def read_users(body: Any, seen: set[str], *, active_only: bool = True) -> RiskPage:
     """One page of users read into records; ``seen`` (emails already read this poll) is updated."""
     if not isinstance(body, list):
-        raise TransientError(f"KnowBe4 GET {USERS} answered no list of users: {excerpt(orjson.dumps(body))}")
+        raise TransientError(f"KnowBe4 GET {USERS} answered no list of users: {quote(body)}")
     records: list[RiskRecord] = []
     refused: list[tuple[str, str]] = []
     for user in body:
         if not isinstance(user, dict):
-            refused.append(("a user", f"not an object: {excerpt(orjson.dumps(user), 64)}"))
+            refused.append(("a user", f"not an object: {quote(user, 64)}"))
             continue
         email = user.get("email")
         what = (
@@ -181,7 +181,7 @@ def read_users(body: Any, seen: set[str], *, active_only: bool = True) -> RiskPa
             reason = (
                 "no current_risk_score"
                 if raw is None
-                else f"current_risk_score is not a number: {excerpt(orjson.dumps(raw), 64)}"
+                else f"current_risk_score is not a number: {quote(raw, 64)}"
             )
             refused.append((what, reason))
             continue
@@ -209,3 +209,11 @@ def number(value: Any) -> float | None:
     except OverflowError:
         return None
     return result if math.isfinite(result) else None
+
+
+def quote(value: Any, limit: int = 200) -> str:
+    """A value from the peer quoted in a reason: JSON, scrubbed and cut (``repr`` if not JSON-able)."""
+    try:
+        return excerpt(orjson.dumps(value), limit)
+    except TypeError:  # an integer past 64 bits
+        return excerpt(repr(value), limit)

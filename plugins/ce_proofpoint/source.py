@@ -139,9 +139,7 @@ def read_vap(body: Any, seen: set[str], *, first_only: bool = False) -> tuple[Ri
     """
     users = body.get("users") if isinstance(body, dict) else None
     if not isinstance(users, list):
-        raise TransientError(
-            f"Proofpoint GET {VAP} answered no {{users: [...]}}: {excerpt(orjson.dumps(body))}"
-        )
+        raise TransientError(f"Proofpoint GET {VAP} answered no {{users: [...]}}: {quote(body)}")
     total = body.get("totalVapUsers")
     records: list[RiskRecord] = []
     refused: list[tuple[str, str]] = []
@@ -163,11 +161,7 @@ def read_vap(body: Any, seen: set[str], *, first_only: bool = False) -> tuple[Ri
         raw = statistics.get("attackIndex") if isinstance(statistics, dict) else None
         score = number(raw)
         if score is None:
-            reason = (
-                "no attackIndex"
-                if raw is None
-                else f"attackIndex is not a number: {excerpt(orjson.dumps(raw), 64)}"
-            )
+            reason = "no attackIndex" if raw is None else f"attackIndex is not a number: {quote(raw, 64)}"
             refused.append((what, reason))
             continue
         attributes = _attributes(identity)
@@ -201,3 +195,11 @@ def number(value: Any) -> float | None:
     except OverflowError:
         return None
     return result if math.isfinite(result) else None
+
+
+def quote(value: Any, limit: int = 200) -> str:
+    """A value from the peer quoted in a reason: JSON, scrubbed and cut (``repr`` if not JSON-able)."""
+    try:
+        return excerpt(orjson.dumps(value), limit)
+    except TypeError:  # an integer past 64 bits
+        return excerpt(repr(value), limit)
