@@ -152,6 +152,16 @@ async def test_429_waits_for_x_ratelimit_retryafter(tmp_path: Path, falcon: Fake
     assert len(page.records) == 2
 
 
+async def test_a_short_429_is_waited_out_inside_the_poll(tmp_path: Path, falcon: FakeCrowdStrike) -> None:
+    """A 429 whose X-RateLimit-RetryAfter has already come is retried in the poll, which completes."""
+    falcon.add_hosts(2)
+    falcon.fail_next(1, 429, retry_after=0, after=1)
+    async with opened(falcon, tmp_path) as source:
+        [page] = await pages(source)
+    assert len(page.records) == 2
+    assert [r.status for r in falcon.requests if "assessments" in r.path] == [429, 200]
+
+
 def test_rate_limit_wait_reads_epoch_seconds_then_retry_after() -> None:
     """X-RateLimit-RetryAfter is a moment (epoch seconds); without it, Retry-After in seconds."""
     assert rate_limit_wait({"X-RateLimit-RetryAfter": "1000"}, now=990.0) == 10.0

@@ -150,6 +150,17 @@ async def test_429_is_transient_with_retry_after(tmp_path: Path, kb4: FakeKnowBe
         assert len(await pages(source)) == 3
 
 
+async def test_a_short_429_is_waited_out_inside_the_poll(tmp_path: Path, kb4: FakeKnowBe4) -> None:
+    """A 429 asking for no wait (within rate_limit_wait) is retried in the poll, which completes."""
+    kb4.add_user("a@example.com")
+    kb4.add_user("b@example.com")
+    kb4.fail_next(1, 429, retry_after=0, after=1)
+    async with opened(kb4, tmp_path, per_page=1) as source:
+        got = await pages(source)
+    assert [r.key for p in got for r in p.records] == ["a@example.com", "b@example.com"]
+    assert [r.status for r in kb4.requests] == [200, 429, 200, 200]
+
+
 async def test_a_refused_token_is_an_auth_error(tmp_path: Path, kb4: FakeKnowBe4) -> None:
     """A reset key: 401 is an AuthError quoting KnowBe4's message, never the token."""
     kb4.add_user("a@example.com")

@@ -15,7 +15,9 @@ Authentication is OAuth2 client credentials (``POST /oauth2/token``, an API clie
 expires, and renewed once when the API answers 401. A refused client (403 from the token endpoint)
 or a missing scope (403 from the API) is an :class:`~ce_daemon.plugin.AuthError`; 429 and 5xx are
 transient, waiting ``X-RateLimit-RetryAfter`` (epoch seconds, CrowdStrike's header) or
-``Retry-After``. Errors quote CrowdStrike's ``{"errors": [{"code", "message"}]}``.
+``Retry-After``: a wait of at most ``rate_limit_wait`` is waited out inside the poll (three times at
+most per request), a longer one fails the poll with it. Errors quote CrowdStrike's
+``{"errors": [{"code", "message"}]}``.
 
 Options:
 
@@ -28,6 +30,7 @@ Options:
 - ``page_size`` (5000, at most 5000): host ids per scroll page; ``batch_size`` (100, at most 100): host
   ids per assessment request.
 - ``max_devices`` (1,000,000): the most hosts one poll reads (beyond that the poll fails, transient).
+- ``rate_limit_wait`` (10s, at most 300s): the longest 429 wait spent inside a poll.
 - ``max_body`` (64MiB): the largest answer read; ``timeout`` (30s) per request; ``tls``.
 """
 

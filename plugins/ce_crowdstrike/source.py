@@ -8,6 +8,7 @@ batch is one :class:`RiskPage`. The reading of answers (:func:`scroll_page`, :fu
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -31,6 +32,7 @@ from ce_daemon.http import (
     transport_error,
 )
 from ce_daemon.plugin import (
+    Duration,
     Health,
     PluginContext,
     RiskPage,
@@ -52,6 +54,11 @@ ASSESSMENTS = "/zero-trust-assessment/entities/assessments/v1"
 DEVICES = "/devices/entities/devices/v2"
 TOKEN = "/oauth2/token"  # noqa: S105 -- a path, not a password
 DEFAULT_MAX_BODY = 64 * 1024**2
+RATE_LIMIT_RETRIES = 3
+
+
+class RateLimitedError(TransientError):
+    """A 429: waited out inside the poll when short (``retry_after``), else the poll fails."""
 
 
 class CrowdStrikeZtaOptions(ConnectionOptions):
@@ -68,6 +75,7 @@ class CrowdStrikeZtaOptions(ConnectionOptions):
     batch_size: Annotated[int, Field(ge=1, le=100)] = 100
     max_devices: Annotated[int, Field(ge=1)] = 1_000_000
     max_body: Annotated[Size, Field(ge=1024)] = DEFAULT_MAX_BODY
+    rate_limit_wait: Annotated[Duration, Field(le=300)] = 10.0
 
     @model_validator(mode="after")
     def _no_secret_in_id(self) -> CrowdStrikeZtaOptions:
@@ -165,8 +173,21 @@ class CrowdStrikeZtaSource(RiskSource[CrowdStrikeZtaOptions]):
         """GET ``path`` with the bearer token (renewed once on 401); the parsed JSON answer.
 
         ``missing_ok``: a 404 that still carries CrowdStrike's JSON (some ids unknown, the others
-        answered) is read like a 200.
+        answered) is read like a 200. A 429 that asks to wait at most ``rate_limit_wait`` is waited
+        out here, up to three times; a longer one fails the poll.
         """
+        for attempt in range(1, RATE_LIMIT_RETRIES + 2):
+            try:
+                return await self._get(path, params, missing_ok=missing_ok)
+            except RateLimitedError as exc:
+                wait = exc.retry_after
+                if wait is None or wait > self.options.rate_limit_wait or attempt > RATE_LIMIT_RETRIES:
+                    raise
+                self.context.log.info("crowdstrike.rate_limited", path=path, wait=wait)
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _get(self, path: str, params: Sequence[tuple[str, str]], *, missing_ok: bool) -> Any:
         target = f"CrowdStrike GET {path}"
         session = self.session()
         for attempt in (1, 2):
@@ -194,10 +215,9 @@ class CrowdStrikeZtaSource(RiskSource[CrowdStrikeZtaOptions]):
                 )
             return body
         message = f"{target} answered HTTP {status}: {error_message(body, raw)}"
-        error = status_error(status, message, answer_headers, target)
-        if isinstance(error, TransientError) and status == 429:
-            error.retry_after = rate_limit_wait(answer_headers)
-        raise error
+        if status == 429:
+            raise RateLimitedError(message, retry_after=rate_limit_wait(answer_headers))
+        raise status_error(status, message, answer_headers, target)
 
 
 def _json(raw: bytes) -> Any:

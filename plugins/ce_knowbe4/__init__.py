@@ -9,7 +9,9 @@ with the reason; a number outside 0-100 is passed as it is (the core skips and c
 
 Authentication is the Reporting API token as ``Authorization: Bearer``: 401 and 403 are an
 :class:`~ce_daemon.plugin.AuthError`, 429 (KnowBe4 allows a few requests a second and a daily
-quota) and 5xx are transient, with ``Retry-After`` honoured.
+quota) and 5xx are transient, with ``Retry-After`` honoured: a 429 asking to wait at most
+``rate_limit_wait`` is waited out inside the poll (three times at most per page), a longer one fails
+the poll with it.
 
 Options:
 
@@ -19,6 +21,7 @@ Options:
 - ``active_only`` (true): only active users (archived users are not read).
 - ``per_page`` (500, at most 500); ``max_pages`` (10,000): the most pages one poll reads (more: the
   poll fails, transient).
+- ``rate_limit_wait`` (10s, at most 300s): the longest 429 wait spent inside a poll.
 - ``max_body`` (64MiB): the largest answer read; ``timeout`` (30s) per request; ``tls``.
 """
 

@@ -6,6 +6,7 @@ refusals or raises :class:`TransientError` (an answer that is not a list of user
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -22,10 +23,12 @@ from ce_daemon.http import (
     make_session,
     read_at_most,
     read_body,
+    retry_after,
     status_error,
     transport_error,
 )
 from ce_daemon.plugin import (
+    Duration,
     Health,
     PluginContext,
     RiskPage,
@@ -38,6 +41,11 @@ from ce_daemon.plugin import (
 
 USERS = "/v1/users"
 DEFAULT_MAX_BODY = 64 * 1024**2
+RATE_LIMIT_RETRIES = 3
+
+
+class RateLimitedError(TransientError):
+    """A 429: waited out inside the poll when short (``retry_after``), else the poll fails."""
 
 
 class KnowBe4Options(ConnectionOptions):
@@ -50,6 +58,7 @@ class KnowBe4Options(ConnectionOptions):
     per_page: Annotated[int, Field(ge=1, le=500)] = 500
     max_pages: Annotated[int, Field(ge=1)] = 10_000
     max_body: Annotated[Size, Field(ge=1024)] = DEFAULT_MAX_BODY
+    rate_limit_wait: Annotated[Duration, Field(le=300)] = 10.0
 
     @property
     def base(self) -> str:
@@ -114,7 +123,23 @@ class KnowBe4Source(RiskSource[KnowBe4Options]):
         )
 
     async def get(self, params: dict[str, str]) -> Any:
-        """GET the users with ``params``: the parsed JSON answer, or the error for any other."""
+        """GET the users with ``params``: the parsed JSON answer, or the error for any other.
+
+        A 429 whose ``Retry-After`` is at most ``rate_limit_wait`` is waited out here, up to three
+        times (KnowBe4 allows a few requests a second); a longer one fails the poll.
+        """
+        for attempt in range(1, RATE_LIMIT_RETRIES + 2):
+            try:
+                return await self._get(params)
+            except RateLimitedError as exc:
+                wait = exc.retry_after
+                if wait is None or wait > self.options.rate_limit_wait or attempt > RATE_LIMIT_RETRIES:
+                    raise
+                self.context.log.info("knowbe4.rate_limited", page=params.get("page"), wait=wait)
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _get(self, params: dict[str, str]) -> Any:
         target = f"KnowBe4 GET {USERS}"
         try:
             async with self.session().get(
@@ -128,7 +153,10 @@ class KnowBe4Source(RiskSource[KnowBe4Options]):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, target) from exc
         if not 200 <= status < 300:
-            raise status_error(status, f"{target} answered HTTP {status}: {_message(raw)}", headers, target)
+            message = f"{target} answered HTTP {status}: {_message(raw)}"
+            if status == 429:
+                raise RateLimitedError(message, retry_after=retry_after(headers))
+            raise status_error(status, message, headers, target)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
