@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from ce_crowdstrike import CrowdStrikeZtaSource
 from ce_crowdstrike.fake import FakeCrowdStrike
-from ce_crowdstrike.source import assessments, details, rate_limit_wait, records, scroll_page
+from ce_crowdstrike.source import (
+    assessments,
+    details,
+    rate_limit_wait,
+    records,
+    scroll_page,
+    unreadable_ids,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -211,6 +218,13 @@ def test_the_declared_scale_reproduces_ce_score_times_ten() -> None:
         assert linear == pytest.approx(raw * 10) and scale.higher_is_safer
 
 
+def test_an_entry_of_the_scroll_that_is_no_id_is_refused_alone() -> None:
+    """A scroll page with a number among its ids: the ids are read, the number refused."""
+    body = {"resources": ["a" * 32, 7, ""], "meta": {"pagination": {"offset": "x", "total": 3}}}
+    assert scroll_page(body, 10) == (["a" * 32], "x", 3)
+    assert unreadable_ids(body) == [("a host id", "not a string: 7"), ("a host id", 'not a string: ""')]
+
+
 @given(scroll=JSON, found=JSON, hosts=JSON, ids=st.lists(st.text(min_size=1, max_size=8), max_size=5))
 def test_any_json_from_the_api_is_read_or_transient(
     scroll: Any, found: Any, hosts: Any, ids: list[str]
@@ -218,6 +232,7 @@ def test_any_json_from_the_api_is_read_or_transient(
     """Whatever JSON each call answers, reading it gives records and refusals or raises TransientError."""
     try:
         scroll_page(scroll, 5000)
+        unreadable_ids(scroll)
         page = records(ids, assessments(found), details(hosts), key="hostname")
     except TransientError:
         return

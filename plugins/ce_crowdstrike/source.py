@@ -150,15 +150,24 @@ class CrowdStrikeZtaSource(RiskSource[CrowdStrikeZtaOptions]):
                 params.append(("offset", offset))
             if opts.filter:
                 params.append(("filter", opts.filter))
-            ids, next_offset, total = scroll_page(await self.get(SCROLL, params), opts.page_size)
-            read += len(ids)
+            answer = await self.get(SCROLL, params)
+            ids, next_offset, total = scroll_page(answer, opts.page_size)
+            unreadable = unreadable_ids(answer)
+            if unreadable:
+                yield RiskPage(records=(), refused=unreadable)
+            read += len(ids) + len(unreadable)
             if read > opts.max_devices:
                 raise TransientError(
                     f"CrowdStrike listed more than max_devices ({opts.max_devices:,}) hosts; raise it"
                 )
             for start in range(0, len(ids), opts.batch_size):
                 yield await self.batch(ids[start : start + opts.batch_size])
-            if not ids or not next_offset or next_offset == offset or (total is not None and read >= total):
+            if (
+                not (ids or unreadable)
+                or not next_offset
+                or next_offset == offset
+                or (total is not None and read >= total)
+            ):
                 return
             offset = next_offset
 
@@ -210,9 +219,8 @@ class CrowdStrikeZtaSource(RiskSource[CrowdStrikeZtaOptions]):
         body = _json(raw)
         if 200 <= status < 300 or (status == 404 and missing_ok and isinstance(body, dict)):
             if body is None:
-                raise TransientError(
-                    f"{target} answered HTTP {status} with a body that is not JSON: {excerpt(raw)}"
-                )
+                said = excerpt(raw) or "(empty)"
+                raise TransientError(f"{target} answered HTTP {status} with a body that is not JSON: {said}")
             return body
         message = f"{target} answered HTTP {status}: {error_message(body, raw)}"
         if status == 429:
@@ -267,13 +275,14 @@ def _resources(body: Any, target: str) -> list[Any]:
 
 
 def scroll_page(body: Any, limit: int) -> tuple[list[str], str | None, int | None]:
-    """The host ids of a scroll answer, the next ``offset`` token and the ``total``."""
+    """The host ids of a scroll answer, the next ``offset`` token and the ``total``.
+
+    An entry that is not an id is left out (:func:`unreadable_ids` says which, for ``refused``).
+    """
     resources = _resources(body, SCROLL)
     if len(resources) > limit:
         raise TransientError(f"CrowdStrike {SCROLL} answered {len(resources)} ids for a page of {limit}")
     ids = [r for r in resources if isinstance(r, str) and r]
-    if len(ids) != len(resources):
-        raise _shape(SCROLL, body)
     meta = body.get("meta")
     pagination = meta.get("pagination") if isinstance(meta, dict) else None
     pagination = pagination if isinstance(pagination, dict) else {}
@@ -284,6 +293,16 @@ def scroll_page(body: Any, limit: int) -> tuple[list[str], str | None, int | Non
         offset if isinstance(offset, str) else None,
         total if isinstance(total, int) and not isinstance(total, bool) else None,
     )
+
+
+def unreadable_ids(body: Any) -> list[tuple[str, str]]:
+    """The entries of a scroll answer's ``resources`` that are not host ids, as refusals."""
+    resources = body.get("resources") if isinstance(body, dict) else None
+    if not isinstance(resources, list):
+        return []
+    return [
+        ("a host id", f"not a string: {quote(r, 64)}") for r in resources if not (isinstance(r, str) and r)
+    ]
 
 
 def assessments(body: Any) -> dict[str, dict[str, Any]]:
