@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import aiohttp
 import orjson
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
@@ -76,12 +76,6 @@ class CrowdStrikeZtaOptions(ConnectionOptions):
     max_devices: Annotated[int, Field(ge=1)] = 1_000_000
     max_body: Annotated[Size, Field(ge=1024)] = DEFAULT_MAX_BODY
     rate_limit_wait: Annotated[Duration, Field(le=300)] = 10.0
-
-    @model_validator(mode="after")
-    def _no_secret_in_id(self) -> CrowdStrikeZtaOptions:
-        if self.client_id == self.client_secret.get_secret_value():
-            raise ValueError("client_id and client_secret are the same: the secret belongs in client_secret")
-        return self
 
     @property
     def base(self) -> str:
