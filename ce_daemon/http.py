@@ -557,7 +557,8 @@ class OAuth2Token(ABC):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, self.target) from exc
         answer = json_object(body) or {}
-        if status == 200 and isinstance(answer.get("access_token"), str):
+        # 201 Created: what CrowdStrike's token endpoint answers
+        if status in (200, 201) and isinstance(answer.get("access_token"), str):
             try:
                 lifetime = float(answer.get("expires_in", 3600))
             except (TypeError, ValueError):
