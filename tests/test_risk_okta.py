@@ -11,7 +11,7 @@ import orjson
 import pytest
 from ce_okta import LEVELS, OktaSource
 from ce_okta.fake import DEFAULT_TOKEN, FakeOkta
-from ce_okta.source import Identity, read_risk, read_user
+from ce_okta.source import Identity, next_link, read_risk, read_user
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -242,6 +242,49 @@ async def test_a_next_link_to_another_origin_is_not_followed(okta: FakeOkta, tmp
         with pytest.raises(TransientError, match="another origin"):
             await collect(source, pages)
     assert list(records(pages)) == ["a@example.com"]
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        '<http://[::1>; rel="next"',
+        '</api/v1/groups?after=x>; rel="next"',
+        "<https://evil.example/api/v1/users>; rel=next",
+    ],
+)
+async def test_a_next_link_that_is_no_url_or_elsewhere_fails_the_poll(
+    okta: FakeOkta, tmp_path: Path, link: str
+) -> None:
+    okta.add_user("a@example.com", "LOW")
+    original = okta._users
+
+    def patched(request: Any) -> Any:
+        response = original(request)
+        response.headers["Link"] = link
+        return response
+
+    okta._users = patched  # type: ignore[method-assign]
+    async with opened(okta, tmp_path) as source:
+        with pytest.raises(TransientError, match="next link"):
+            await pull(source)
+
+
+def test_next_link_reads_rfc_8288_headers() -> None:
+    assert next_link(['<https://o.example/a?after=1>; rel="next", <https://o.example/a>; rel="self"']) == (
+        "https://o.example/a?after=1"
+    )
+    assert (
+        next_link(['<https://o.example/a>; rel="self"', "<https://o.example/b>; REL=next"])
+        == "https://o.example/b"
+    )
+    assert next_link(['<https://o.example/a>; rel="self"']) is None
+    assert next_link([]) is None
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from('<>;,="relnxt /:?a'), max_size=60), max_size=3))
+def test_next_link_never_raises(values: list[str]) -> None:
+    found = next_link(values)
+    assert found is None or ("<" not in found and ">" not in found)
 
 
 @given(

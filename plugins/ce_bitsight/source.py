@@ -125,12 +125,12 @@ class BitSightSource(RiskSource[BitSightOptions]):
             if read >= opts.max_records:
                 self.context.log.warning("bitsight.max_records_reached", records=opts.max_records)
                 return
-            url = self._next(body, visited)
+            url = self._next(body, visited, url)
             if url is None:
                 return
         self.context.log.warning("bitsight.max_pages_reached", pages=opts.max_pages)
 
-    def _next(self, body: dict[str, Any], visited: set[str]) -> str | None:
+    def _next(self, body: dict[str, Any], visited: set[str], current: str) -> str | None:
         """The next page's URL from ``links.next`` (None: this was the last page)."""
         links = body.get("links")
         following = links.get("next") if isinstance(links, dict) else None
@@ -138,11 +138,16 @@ class BitSightSource(RiskSource[BitSightOptions]):
             return None
         if not isinstance(following, str):
             raise TransientError(f"BitSight GET {_COMPANIES} answered a links.next that is not a URL")
-        url = urljoin(self.base + "/", following)
-        if _origin(url) != _origin(self.base):
+        try:
+            url = urljoin(current, following)
+            parts = urlsplit(url)
+            origin = _origin(url)
+        except ValueError:
+            raise TransientError(f"BitSight GET {_COMPANIES} answered a links.next that is no URL") from None
+        if origin != _origin(self.base) or parts.path != urlsplit(self.base).path + _COMPANIES:
             raise TransientError(
-                f"BitSight GET {_COMPANIES} answered a links.next on another origin"
-                f" ({excerpt(urlsplit(url).netloc, 80)}); the token is only sent to {self.base}"
+                f"BitSight GET {_COMPANIES} answered a links.next to another origin or path"
+                f" ({excerpt(parts.netloc + parts.path, 80)}); the token only goes to {self.base}{_COMPANIES}"
             )
         if url in visited:
             raise TransientError(f"BitSight GET {_COMPANIES} answered a links.next it gave before")

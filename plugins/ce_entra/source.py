@@ -159,10 +159,18 @@ class EntraIdSource(RiskSource[EntraIdOptions]):
         following = body.get("@odata.nextLink")
         if following is None:
             return None
-        if not isinstance(following, str) or _origin(following) != _origin(self.graph):
+        try:
+            off = (
+                not isinstance(following, str)
+                or _origin(following) != _origin(self.graph)
+                or urlsplit(following).path != _RISKY_USERS
+            )
+        except ValueError:
+            off = True
+        if off or not isinstance(following, str):
             shown = following if isinstance(following, str) else repr(following)
             raise TransientError(
-                f"Graph GET {_RISKY_USERS} answered an @odata.nextLink off {self.graph}"
+                f"Graph GET {_RISKY_USERS} answered an @odata.nextLink off {self.graph}{_RISKY_USERS}"
                 f" ({excerpt(shown, 80)}); the token is only sent there"
             )
         if following in visited:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
@@ -124,7 +125,7 @@ class OktaSource(RiskSource[OktaOptions]):
             users = answer.body[: opts.max_users - listed]
             listed += len(users)
             yield await self._page(users, seen)
-            url = self._next(answer.next, visited)
+            url = self._next(answer.next, visited, url)
             if url is not None and listed >= opts.max_users:
                 self.context.log.warning("okta.max_users_reached", users=opts.max_users)
                 return
@@ -168,14 +169,19 @@ class OktaSource(RiskSource[OktaOptions]):
                 refused.append(refusal)
         return RiskPage(records, refused)
 
-    def _next(self, following: str | None, visited: set[str]) -> str | None:
-        if not following:
+    def _next(self, following: str | None, visited: set[str], current: str) -> str | None:
+        if following is None:
             return None
-        url = urljoin(self.base + "/", following)
-        if _origin(url) != _origin(self.base):
+        try:
+            url = urljoin(current, following)
+            parts = urlsplit(url)
+            origin = _origin(url)
+        except ValueError:
+            raise TransientError(f"Okta GET {_USERS} answered a next link that is no URL") from None
+        if origin != _origin(self.base) or parts.path != urlsplit(self.base).path + _USERS:
             raise TransientError(
-                f"Okta GET {_USERS} answered a next link on another origin"
-                f" ({excerpt(urlsplit(url).netloc, 80)}); the token is only sent to {self.base}"
+                f"Okta GET {_USERS} answered a next link to another origin or path"
+                f" ({excerpt(parts.netloc + parts.path, 80)}); the token is only sent to {self.base}{_USERS}"
             )
         if url in visited:
             raise TransientError(f"Okta GET {_USERS} answered a next link it gave before")
@@ -203,8 +209,7 @@ class OktaSource(RiskSource[OktaOptions]):
             try:
                 async with self.session().get(url, allow_redirects=False) as response:
                     status, headers = response.status, response.headers
-                    link = response.links.get("next")
-                    following = str(link.get("url")) if link is not None and link.get("url") else None
+                    following = next_link(response.headers.getall("Link", []))
                     if 200 <= status < 300 or status in accept:
                         raw = await read_body(response, target, opts.max_body)
                     else:
@@ -293,6 +298,20 @@ def read_risk(body: Any, identity: Identity) -> tuple[RiskRecord | None, str]:
     if reason:
         attributes["reason"] = excerpt(reason, _ATTRIBUTE_CHARS)
     return RiskRecord(entity="user", key=identity.key, label=level, attributes=attributes), ""
+
+
+_LINK = re.compile(r"<([^<>]*)>\s*((?:;\s*[^;,]*)*)")
+_REL_NEXT = re.compile(r'(?:^|;)\s*rel\s*=\s*"?([^";,]*)"?', re.IGNORECASE)
+
+
+def next_link(values: Sequence[str]) -> str | None:
+    """The ``rel="next"`` target of an answer's ``Link`` headers (RFC 8288), None when there is none."""
+    for value in values:
+        for match in _LINK.finditer(value[:16_384]):
+            rel = _REL_NEXT.search(match.group(2))
+            if rel is not None and "next" in rel.group(1).lower().split():
+                return match.group(1).strip()
+    return None
 
 
 def _reset_in(headers: Mapping[str, str]) -> float | None:
