@@ -118,6 +118,18 @@ async def test_a_revoked_token_is_renewed_once_and_the_request_sent_again(
     assert [r.status for r in graph_calls(graph)] == [200, 401, 200]
 
 
+async def test_an_expiring_token_is_renewed_before_it_is_used(tmp_path: Path) -> None:
+    """A token that lapses at once (expires_in 0) is never reused: each call fetches a new one, no 401."""
+    fake = FakeGraph(token_lifetime=0)
+    fake.add_user("a@contoso.com", "high")
+    async with fake:
+        async with opened(fake, tmp_path) as source:
+            await pull(source)
+            await pull(source)
+    assert fake.tokens_issued == 2
+    assert [r.status for r in graph_calls(fake)] == [200, 200]
+
+
 async def test_a_rotated_secret_is_an_auth_error_and_health_says_so(graph: FakeGraph, tmp_path: Path) -> None:
     graph.add_user("a@contoso.com", "high")
     async with opened(graph, tmp_path) as source:
