@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     HttpOptions,
+    HttpSession,
     basic,
     excerpt,
     make_session,
@@ -55,7 +56,7 @@ class BitSightOptions(HttpOptions):
     max_retry_wait: Duration = 60.0
 
 
-class BitSightSource(RiskSource[BitSightOptions]):
+class BitSightSource(HttpSession, RiskSource[BitSightOptions]):
     """Security ratings (250-900, higher = better) of the companies in a BitSight portfolio."""
 
     api_version = 1
@@ -65,27 +66,17 @@ class BitSightSource(RiskSource[BitSightOptions]):
     def __init__(self, options: BitSightOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.base = options.url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            token = self.options.token.get_secret_value()
-            register_secret(token)
-            self._session = make_session(
-                self.options,
-                self.context.base_dir,
-                Authorization=basic(token, SecretStr("")),
-                Accept="application/json",
-            )
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """A session sending the token as the basic-authentication user name (no password)."""
+        token = self.options.token.get_secret_value()
+        register_secret(token)
+        return make_session(
+            self.options,
+            self.context.base_dir,
+            Authorization=basic(token, SecretStr("")),
+            Accept="application/json",
+        )
 
     async def health(self) -> Health:
         try:

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     ConnectionOptions,
+    HttpSession,
     OAuth2Token,
     excerpt,
     json_error,
@@ -81,7 +82,7 @@ class GraphToken(OAuth2Token):
         }
 
 
-class EntraIdSource(RiskSource[EntraIdOptions]):
+class EntraIdSource(HttpSession, RiskSource[EntraIdOptions]):
     """Risk levels (low/medium/high) of the users Entra ID Protection holds at risk."""
 
     api_version = 1
@@ -92,20 +93,10 @@ class EntraIdSource(RiskSource[EntraIdOptions]):
         super().__init__(options, context)
         self.graph = options.graph_url.rstrip("/")
         self.token = GraphToken(options)
-        self._session: aiohttp.ClientSession | None = None
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = make_session(self.options, self.context.base_dir, Accept="application/json")
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """A session without credentials: each Graph request carries the current bearer token."""
+        return make_session(self.options, self.context.base_dir, Accept="application/json")
 
     async def health(self) -> Health:
         try:

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     HttpOptions,
+    HttpSession,
     excerpt,
     make_session,
     read_at_most,
@@ -67,7 +68,7 @@ class _Answer:
         self.status, self.body, self.next = status, body, following
 
 
-class OktaSource(RiskSource[OktaOptions]):
+class OktaSource(HttpSession, RiskSource[OktaOptions]):
     """Risk levels (LOW/MEDIUM/HIGH) of an Okta org's users, from Identity Threat Protection."""
 
     api_version = 1
@@ -77,25 +78,15 @@ class OktaSource(RiskSource[OktaOptions]):
     def __init__(self, options: OktaOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.base = options.url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
         self._not_before = 0.0  # monotonic time before which no request leaves (rate limit)
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            token = self.options.token.get_secret_value()
-            register_secret(token)
-            self._session = make_session(
-                self.options, self.context.base_dir, Authorization=f"SSWS {token}", Accept="application/json"
-            )
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """A session sending ``Authorization: SSWS <token>``."""
+        token = self.options.token.get_secret_value()
+        register_secret(token)
+        return make_session(
+            self.options, self.context.base_dir, Authorization=f"SSWS {token}", Accept="application/json"
+        )
 
     async def health(self) -> Health:
         try:

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr
 from ce_daemon.http import (
     ERROR_BODY_BYTES,
     HttpOptions,
+    HttpSession,
     excerpt,
     make_session,
     read_at_most,
@@ -55,7 +56,7 @@ class SecurityScorecardOptions(HttpOptions):
     max_retry_wait: Duration = 60.0
 
 
-class SecurityScorecardSource(RiskSource[SecurityScorecardOptions]):
+class SecurityScorecardSource(HttpSession, RiskSource[SecurityScorecardOptions]):
     """Scores (0-100) or grades (A-F) of the companies in SecurityScorecard portfolios."""
 
     api_version = 1
@@ -67,24 +68,14 @@ class SecurityScorecardSource(RiskSource[SecurityScorecardOptions]):
         self.base = options.url.rstrip("/")
         if options.use_grade:
             self.scale = RiskScale(labels=dict(GRADE_SCORES))
-        self._session: aiohttp.ClientSession | None = None
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            token = self.options.token.get_secret_value()
-            register_secret(token)
-            self._session = make_session(
-                self.options, self.context.base_dir, Authorization=f"Token {token}", Accept="application/json"
-            )
-        return self._session
-
-    async def open(self) -> None:
-        self.session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    def new_session(self) -> aiohttp.ClientSession:
+        """A session sending ``Authorization: Token <key>``."""
+        token = self.options.token.get_secret_value()
+        register_secret(token)
+        return make_session(
+            self.options, self.context.base_dir, Authorization=f"Token {token}", Accept="application/json"
+        )
 
     async def health(self) -> Health:
         """``GET /portfolios`` answers with our key, and lists every configured portfolio."""
