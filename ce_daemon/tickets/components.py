@@ -37,7 +37,7 @@ log = structlog.get_logger("ce_daemon.tickets")
 
 REFRESH: Final = 5.0
 """Seconds between reloads of a rule's open tickets (closed or failed ones stop taking duplicates)."""
-SLACK: Final = 86_400.0
+SLACK: Final = 7 * 86_400.0
 """Open tickets first alerted this long before the dedup window are still loaded (late alerts)."""
 CALL_TIMEOUT: Final = 300.0
 """The longest one plugin call may take; past it the call counts as an uncertain failure."""
@@ -45,13 +45,13 @@ IDLE: Final = 0.5
 """How often an idle dispatcher looks for due intents."""
 SYNC_BATCH: Final = 100
 
-_LIMITERS: weakref.WeakValueDictionary[tuple[str, float], AsyncLimiter] = weakref.WeakValueDictionary()
+_LIMITERS: weakref.WeakValueDictionary[tuple[str, float, int], AsyncLimiter] = weakref.WeakValueDictionary()
 
 
 def limiter_for(destination: ResolvedDestination) -> AsyncLimiter:
-    """The destination's request budget, shared by its dispatcher and its status syncer."""
+    """The destination's request budget, shared by its dispatcher and its status syncer (in this loop)."""
     rate = destination.config.rate_limit
-    key = (destination.config.name, rate)
+    key = (destination.config.name, rate, id(asyncio.get_running_loop()))
     found = _LIMITERS.get(key)
     if found is None:
         # a bucket of one second's worth: a burst never exceeds the rate over any second
@@ -148,9 +148,16 @@ class PluginHolder(Component):
         self.context = context
         self.plugin: TicketSink[Any] | None = None
         self.tickets = TicketStore(runtime.store)
-        self.limiter = limiter_for(destination)
+        self._limiter: AsyncLimiter | None = None
         self.log = context.log
         self.failures = 0
+
+    @property
+    def limiter(self) -> AsyncLimiter:
+        """The destination's request budget (made in the running loop on first use)."""
+        if self._limiter is None:
+            self._limiter = limiter_for(self.destination)
+        return self._limiter
 
     async def start(self) -> None:
         """Open the plugin and ask its health (a failure at start: the component runs degraded)."""
