@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import orjson
 import pytest
+from test_tickets_support import BOARD, NOW, Board, alert, destination, rule
 
 from ce_daemon.errors import PermanentError, TransientError
 from ce_daemon.metrics import Metrics
@@ -28,7 +29,6 @@ from ce_daemon.tickets.flow import RuleEngine
 from ce_daemon.tickets.resolve import ResolvedRule, TicketPlan
 from ce_daemon.tickets.settings import Tickets
 from ce_daemon.tickets.store import TICKETS_MIGRATIONS, PageCommit, TicketStore
-from tests.tickets_helpers import BOARD, NOW, Board, alert, destination, rule
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from test_tickets_support import NOW, alert, rule
 
 from ce_daemon.tickets.flow import RuleEngine, group_of, severity_of, ticket_key
 from ce_daemon.tickets.settings import Dedup, Mute, Tickets
 from ce_daemon.tickets.store import PageCommit
 from ce_daemon.tickets.template import MISSING, compile_template, render
-from tests.tickets_helpers import NOW, alert, rule
 
 # -- templates --------------------------------------------------------------------------------------
 
