@@ -10,6 +10,7 @@ must carry ``Authorization: Bearer <token>`` (401 otherwise).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 from collections.abc import Iterable
@@ -50,6 +51,31 @@ class FakeTicketWebhook(FakeHttpServer):
         self.replays = 0
         self.refusing = False
         """While True, creates are refused for good (422): the ticket fails."""
+        self._answer_holds = 0
+        self.answers_held = 0
+        """Requests applied whose answer is being held (:meth:`hold_next_answer`)."""
+        self._answers_released = asyncio.Event()
+
+    def hold_next_answer(self, count: int = 1) -> None:
+        """Apply the next ``count`` creates, then hold their answers until :meth:`release_answers`
+        (the destination did it; the caller does not know yet)."""
+        self._answer_holds += count
+        self._answers_released = asyncio.Event()
+
+    def release_answers(self) -> None:
+        """Let every held answer go."""
+        self._answers_released.set()
+
+    async def _hold_answer(self) -> None:
+        if self._answer_holds:
+            self._answer_holds -= 1
+            self.answers_held += 1
+            await self.changed()
+            await self._answers_released.wait()
+
+    async def stop(self) -> None:
+        self._answers_released.set()
+        await super().stop()
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.post(self.path, self._receive), web.get(self.find_path, self._find)]
@@ -94,6 +120,7 @@ class FakeTicketWebhook(FakeHttpServer):
                 ticket = self.tickets[key] = ReceivedTicket(f"T-{len(self.tickets) + 1}", key, item)
             else:
                 self.replays += 1
+            await self._hold_answer()
         else:
             ref = item.get("ref") or {}
             ticket = self.by_id(str(ref.get("id"))) if isinstance(ref, dict) else None
