@@ -72,6 +72,12 @@ async def until_listed(config: Path, predicate: Any, timeout: float = 60.0) -> l
     return found
 
 
+def settled(found: list[dict[str, Any]], expected: int) -> bool:
+    """Every group's ticket sent, every alert counted."""
+    sent = all(t["status"] == "notified" for t in found)
+    return len(found) == expected and sent and sum(t["dedup_count"] for t in found) == BACKLOG
+
+
 def titles(hook: FakeTicketWebhook) -> list[str]:
     return sorted(str(t.body["title"]).split(" by ")[0] for t in hook.tickets.values())
 
@@ -106,7 +112,7 @@ async def test_alerts_become_one_ticket_per_group_with_retry_after_honoured(tmp_
             assert code == 0 and out.count("notified") == len(expected), out
 
 
-async def test_a_refused_ticket_fails_until_retried_and_approval_gates_the_create(tmp_path: Path) -> None:
+async def test_a_refused_ticket_fails_until_retried_by_hand(tmp_path: Path) -> None:
     hook = FakeTicketWebhook()
     hook.refusing = True
     async with hook, backlog_simulator(TOKEN, BACKLOG, STREAMS, page_size=60) as sim:
@@ -123,8 +129,12 @@ async def test_a_refused_ticket_fails_until_retried_and_approval_gates_the_creat
             code, out = await run_cli("tickets", "retry", str(failed[0]["id"]), "-c", str(config), env=ENV)
             assert code == 1  # nothing failed any more
             assert len(await listed(config, "--status", "failed")) == len(expected) - 1
+
+
+async def test_approval_gates_the_create(tmp_path: Path) -> None:
     approval = FakeTicketWebhook()
     async with approval, backlog_simulator(TOKEN, BACKLOG, STREAMS, page_size=60) as sim:
+        expected = groups(sim)
         config = write_pipeline(
             tmp_path / "approval.yaml", pipeline(tmp_path / "b", sim.url, approval, require_approval=True)
         )
@@ -170,8 +180,7 @@ async def test_kill_9_around_a_create_leaves_one_ticket_per_group(tmp_path: Path
         assert applied == (0 if moment == "before_the_destination_applied" else 1)
         async with DaemonProcess(config, env=ENV) as again:
             await hook.wait_until(lambda: len(hook.tickets) == len(expected), 90)
-            found = await until_listed(config, lambda f: len(f) == len(expected) and all(
-                t["status"] == "notified" for t in f), 90)  # fmt: skip
+            found = await until_listed(config, lambda f: settled(f, len(expected)), 90)
             if applied:
                 await again.wait_for_event("ticket.adopted")  # looked up, not created again
         assert titles(hook) == sorted(f"DLP {p}" for p in expected)  # one ticket per group
