@@ -84,9 +84,9 @@ async def consume(
 
 def dispatcher(store: Store, tmp_path: Path) -> Dispatcher:
     dest = destination()
-    return Dispatcher(
-        "ticket_destination:dest", dest, runtime(store, tmp_path), PluginContext("dest", tmp_path, tmp_path)
-    )
+    plan = TicketPlan(Tickets(), {"dest": dest}, {})
+    context = PluginContext("dest", tmp_path, tmp_path)
+    return Dispatcher("ticket_destination:dest", dest, plan, runtime(store, tmp_path), context)
 
 
 async def drain(d: Dispatcher, rounds: int = 10) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from test_tickets_support import NOW, alert, rule
 
-from ce_daemon.tickets.flow import RuleEngine, group_of, severity_of, ticket_key
+from ce_daemon.tickets.flow import RuleEngine, group_of, render_ticket, severity_of, ticket_key
 from ce_daemon.tickets.settings import Dedup, Mute, Tickets
 from ce_daemon.tickets.store import PageCommit
 from ce_daemon.tickets.template import MISSING, compile_template, render
@@ -115,7 +116,7 @@ def test_dedup_by_fields_updates_within_the_window_and_creates_after_it() -> Non
     first = decide(engine, [alert(0), alert(3), alert(1)])  # a0 and a3 share user u0
     assert len(first.tickets) == 2
     [(key, (n, _, payload, to))] = first.duplicates.items()
-    assert n == 1 and to == "dest" and payload["title"] == "Netskope DLP alert: leak 3"
+    assert n == 1 and to == "dest" and orjson.loads(payload())["alert"]["alert_name"] == "leak 3"
     assert key == next(t["key"] for t in first.tickets if t["title"].endswith("leak 0"))
     later = decide(engine, [alert(6), alert(3600 * 3)])  # u0 within the hour; u0 three hours later
     assert len(later.tickets) == 1 and later.tickets[0]["first_alert"] == NOW + 3600 * 3
@@ -144,7 +145,9 @@ def test_queue_templates_severity_and_missing_group_fields() -> None:
     engine = RuleEngine(rule(queues=[{"to": "dest", "title": "$policy by $user", "severity": "$sev",
                                       "fields": {"team": "${user_info.team}"}}]))  # fmt: skip
     commit = decide(engine, [alert(1, sev="Very-High")])
-    payload = __import__("orjson").loads(commit.creates[0]["payload"])
+    stored = orjson.loads(commit.creates[0]["payload"])
+    assert stored["title"] == commit.tickets[0]["title"] == "pci by u1@example.com"
+    payload = render_ticket(engine.rule.queues[stored["queue"]], "r", stored["alert"])  # as it is sent
     assert payload["title"] == "pci by u1@example.com" and payload["severity"] == "critical"
     assert payload["fields"] == {"team": "<missing:user_info.team>"}
     assert severity_of("nonsense") == "medium" and severity_of(" LOW ") == "low"

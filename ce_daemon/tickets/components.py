@@ -26,7 +26,7 @@ from ce_daemon.pipeline import Runtime
 from ce_daemon.plugin import PluginContext, Ticket, TicketRef, TicketSink
 from ce_daemon.redact import scrub
 from ce_daemon.supervisor import Component
-from ce_daemon.tickets.flow import Counts, RuleEngine
+from ce_daemon.tickets.flow import Counts, RuleEngine, render_ticket
 from ce_daemon.tickets.metrics import TicketMetrics
 from ce_daemon.tickets.resolve import ResolvedDestination, ResolvedRule, TicketPlan
 from ce_daemon.tickets.store import Intent, PageCommit, StoredTicket, TicketStore
@@ -60,17 +60,27 @@ def limiter_for(destination: ResolvedDestination) -> AsyncLimiter:
     return found
 
 
-def ticket_of(intent: Intent, stored: StoredTicket) -> Ticket:
-    """The ticket an intent tells its destination about (the group's count as it is now)."""
+def ticket_of(intent: Intent, stored: StoredTicket, plan: TicketPlan | None) -> Ticket:
+    """The ticket an intent tells its destination about: its queue's templates rendered now, for the
+    alert it carries, with the group's count as it is now."""
     payload = intent.payload
+    alert = payload.get("alert")
+    alert = alert if isinstance(alert, dict) else {}
+    rule = plan.rules.get(stored.rule) if plan is not None else None
+    queue = payload.get("queue")
+    if rule is not None and isinstance(queue, int) and 0 <= queue < len(rule.queues):
+        rendered = render_ticket(rule.queues[queue], stored.rule, alert)
+    else:  # the rule or its queue is gone from the file: what was stored
+        title = payload.get("title") or stored.title
+        rendered = {"title": title, "description": title, "severity": "medium", "fields": {}}
     return Ticket(
         key=stored.key,
-        rule=str(payload.get("rule", stored.rule)),
-        title=str(payload.get("title", stored.title)),
-        description=str(payload.get("description", "")),
-        severity=str(payload.get("severity", "medium")),
-        fields={str(k): str(v) for k, v in dict(payload.get("fields") or {}).items()},
-        alert=dict(payload.get("alert") or {}),
+        rule=stored.rule,
+        title=str(rendered["title"]),
+        description=str(rendered["description"]),
+        severity=str(rendered["severity"]),
+        fields={str(k): str(v) for k, v in dict(rendered["fields"]).items()},
+        alert=alert,
         count=stored.dedup_count,
     )
 
@@ -205,9 +215,18 @@ class Dispatcher(PluginHolder):
     kind = "ticket_destination"
 
     def __init__(
-        self, name: str, destination: ResolvedDestination, runtime: Runtime, context: PluginContext
+        self,
+        name: str,
+        destination: ResolvedDestination,
+        plan: TicketPlan,
+        runtime: Runtime,
+        context: PluginContext,
+        fingerprint: str | None = None,
     ) -> None:
         super().__init__(name, destination, runtime, context)
+        self.plan = plan
+        if fingerprint is not None:
+            self.fingerprint = fingerprint
         self.backoff = Backoff(first=1.0, cap=300.0)
         self.paused_until = 0.0
         self.metrics = runtime.metrics.own(TicketMetrics)
@@ -260,7 +279,7 @@ class Dispatcher(PluginHolder):
         if stored is None:  # the ticket is gone: nothing to say
             await self.tickets.done(intent, external_id="", url="", state={}, status=None, fence=fence)
             return True
-        ticket = ticket_of(intent, stored)
+        ticket = ticket_of(intent, stored, self.plan)
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 ref, status = await self._call(plugin, intent, stored, ticket)

@@ -10,6 +10,7 @@ stable across restarts and replays, it is the destination's idempotency key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,8 +98,13 @@ def severity_of(text: str) -> str:
     return _SEVERITY_WORDS.get(text.strip().lower(), "medium")
 
 
+def _payload(rule: str, queue: int, title: str | None, alert: Mapping[str, Any]) -> str:
+    """An outbox payload: the alert and where it goes; its templates are rendered when it is sent."""
+    return orjson.dumps({"rule": rule, "queue": queue, "title": title, "alert": alert}, default=str).decode()
+
+
 def render_ticket(queue: Queue, rule: str, alert: Mapping[str, Any]) -> dict[str, Any]:
-    """What a destination is told of ``alert`` through ``queue`` (the outbox payload)."""
+    """What a destination is told of ``alert`` through ``queue``."""
     return {
         "rule": rule,
         "title": compile_template(queue.title).render(alert),
@@ -162,7 +168,7 @@ class RuleEngine:
         window = config.dedup.window if config.dedup is not None else 0.0
         queues = list(enumerate(config.queues))
         check_mutes = bool(rule.mutes) or rule.muted_until is not None
-        folded: dict[str, tuple[int, float, Mapping[str, Any], Queue]] = {}
+        folded: dict[str, tuple[int, float, Mapping[str, Any], int, Queue]] = {}
         for alert in alerts:
             counts.alerts += 1
             if predicate is not None and not predicate(alert):
@@ -179,32 +185,32 @@ class RuleEngine:
                     counts.duplicates += 1
                     before = folded.get(known.key)
                     n, last = (before[0], before[1]) if before is not None else (0, 0.0)
-                    folded[known.key] = (n + 1, max(last, when), alert, queue)
+                    folded[known.key] = (n + 1, max(last, when), alert, index, queue)
                     continue
                 key = ticket_key(config.name, index, queue.to, group, alert_id(alert))
-                payload = render_ticket(queue, config.name, alert)
+                title = compile_template(queue.title).render(alert)
                 approval = "pending" if queue.require_approval else "not_required"
                 counts.opened += 1
                 counts.pending_approval += queue.require_approval
                 object_id = alert.get("object_id")
                 commit.tickets.append({
                     "key": key, "rule": config.name, "destination": queue.to, "queue": index, "grp": group,
-                    "title": payload["title"][:500],
+                    "title": title[:500],
                     "status": "pending_approval" if queue.require_approval else "pending",
                     "approval": approval, "dedup_count": 1, "first_alert": when, "last_alert": when,
                     "object_id": str(object_id) if isinstance(object_id, str | int) else "",
                 })  # fmt: skip
                 commit.creates.append({
                     "ticket": key, "destination": queue.to,
-                    "payload": orjson.dumps(payload, default=str).decode(),
+                    "payload": _payload(config.name, index, title, alert),
                     "state": "held" if queue.require_approval else "pending",
                 })  # fmt: skip
                 if group is not None:
                     self.open[(index, group)] = Open(key, when)
-        for key, (n, last, alert, queue) in folded.items():
+        for key, (n, last, alert, index, queue) in folded.items():
             earlier = commit.duplicates.get(key)
             commit.duplicates[key] = (
                 n + (earlier[0] if earlier else 0), max(last, earlier[1] if earlier else 0.0),
-                render_ticket(queue, config.name, alert), queue.to,
+                functools.partial(_payload, config.name, index, None, alert), queue.to,
             )  # fmt: skip
         return counts

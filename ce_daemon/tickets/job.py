@@ -81,17 +81,24 @@ class TicketsJob(Job[Tickets, TicketPlan]):
                 destination.config.name, loaded.base_dir, runtime.data_dir, log.bind(component=str(key))
             )
 
+            # the queues' templates are rendered when an intent is sent: a change of them rebuilds it
+            feeding = [
+                r.fingerprint
+                for r in resolved.rules.values()
+                if any(q.to == destination.config.name for q in r.queues)
+            ]
+            fingerprint = f"{destination.fingerprint}:{','.join(feeding)}"
+
             def build_dispatcher(
-                destination: Any = destination, key: ComponentKey = key, context: Any = context
+                destination: Any = destination,
+                key: ComponentKey = key,
+                context: Any = context,
+                fingerprint: str = fingerprint,
             ) -> Any:
-                return Dispatcher(str(key), destination, runtime, context)
+                return Dispatcher(str(key), destination, resolved, runtime, context, fingerprint)
 
             yield ComponentSpec(
-                key=key,
-                fingerprint=destination.fingerprint,
-                stage="other",
-                build=build_dispatcher,
-                place=place,
+                key=key, fingerprint=fingerprint, stage="other", build=build_dispatcher, place=place
             )
             if not destination.tracks:
                 continue

@@ -11,14 +11,14 @@ sends it again, and a create tried before (``tried``) looks first (``find``) bef
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
 from ce_daemon.store import Fence, Migration, Store
-from ce_daemon.store.base import Row
+from ce_daemon.store.base import Row, Transaction
 
 __all__ = [
     "CLOSED",
@@ -95,6 +95,8 @@ TICKETS_MIGRATIONS: Final = (
 """Tickets (``key`` is the dedup group's idempotency key), the outbox (intents ``create|update|resolve``,
 states ``pending|held|done|failed``; ``held`` waits for approval), rules' progress, status changes."""
 
+_CHUNK: Final = 500
+"""Keys per ``IN (…)`` list."""
 CLOSED: Final = ("closed", "deleted", "failed", "declined")
 """Statuses of a ticket no duplicate joins (a new one opens instead, as CE re-creates)."""
 _TICKET_COLUMNS: Final = (
@@ -173,8 +175,9 @@ class PageCommit:
     """New ticket rows (every column but ``id``)."""
     creates: list[dict[str, Any]] = field(default_factory=list)
     """Outbox rows for new tickets (``state`` pending, or held for approval)."""
-    duplicates: dict[str, tuple[int, float, dict[str, Any], str]] = field(default_factory=dict)
-    """Ticket key → (alerts folded in, latest alert time, the latest alert rendered, destination)."""
+    duplicates: dict[str, tuple[int, float, Callable[[], str], str]] = field(default_factory=dict)
+    """Ticket key → (alerts folded in, latest alert time, the update's payload (made when one is needed),
+    destination)."""
     progress: dict[str, int] = field(default_factory=dict)
     """Stream → the last spool page seq processed."""
 
@@ -227,26 +230,27 @@ class TicketStore:
                     [{**c, "now": now} for c in page.creates],
                 )
             if page.duplicates:
-                rows = [
-                    {"key": key, "n": n, "last": last, "now": now, "destination": dest,
-                     "payload": orjson.dumps(payload).decode()}
-                    for key, (n, last, payload, dest) in page.duplicates.items()
-                ]  # fmt: skip
                 await tx.executemany(
                     "UPDATE ticket_tickets SET dedup_count = dedup_count + :n, updated = :now,"
                     " last_alert = CASE WHEN last_alert < :last THEN :last ELSE last_alert END"
                     " WHERE key = :key",
-                    [{k: r[k] for k in ("key", "n", "last", "now")} for r in rows],
-                )
-                # one update waits per ticket: an intent not yet tried sends the count current when it goes
-                await tx.executemany(
-                    "INSERT INTO ticket_outbox (ticket, destination, intent, payload, attempts, tried,"
-                    " next_try, state, error, created) SELECT :key, :destination, 'update', :payload,"
-                    " 0, 0, 0, 'pending', '', :now WHERE NOT EXISTS"
-                    " (SELECT 1 FROM ticket_outbox WHERE ticket = :key"
-                    " AND state IN ('pending', 'held') AND tried = 0)",
-                    [{k: r[k] for k in ("key", "destination", "payload", "now")} for r in rows],
-                )
+                    [{"key": key, "n": n, "last": last, "now": now}
+                     for key, (n, last, _, _) in page.duplicates.items()],
+                )  # fmt: skip
+                waiting = await self._waiting(tx, list(page.duplicates))
+                rows = [
+                    {"key": key, "destination": dest, "payload": payload(), "now": now}
+                    for key, (_, _, payload, dest) in page.duplicates.items()
+                    if key not in waiting
+                ]
+                # one update waits per ticket: an intent not yet sent carries the count current when it goes
+                if rows:
+                    await tx.executemany(
+                        "INSERT INTO ticket_outbox (ticket, destination, intent, payload, attempts, tried,"
+                        " next_try, state, error, created) VALUES (:key, :destination, 'update', :payload,"
+                        " 0, 0, 0, 'pending', '', :now)",
+                        rows,
+                    )
             if page.progress:
                 await tx.executemany(
                     "INSERT INTO ticket_progress (rule, stream, seq) VALUES (:rule, :stream, :seq)"
@@ -255,6 +259,21 @@ class TicketStore:
                 )
             if fence is not None:
                 await fence.check(tx)
+
+    @staticmethod
+    async def _waiting(tx: Transaction, keys: list[str]) -> set[str]:
+        """The tickets of ``keys`` with an intent not yet sent (it will carry the count as it is then)."""
+        found: set[str] = set()
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            marks = ", ".join(f":k{i}" for i in range(len(chunk)))
+            rows = await tx.fetch(
+                f"SELECT DISTINCT ticket FROM ticket_outbox WHERE ticket IN ({marks})"  # noqa: S608 - placeholders
+                " AND state IN ('pending', 'held') AND tried = 0",
+                {f"k{i}": key for i, key in enumerate(chunk)},
+            )
+            found.update(str(t) for (t,) in rows)
+        return found
 
     # -- dispatch ---------------------------------------------------------------------------------
 
