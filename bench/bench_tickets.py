@@ -44,7 +44,8 @@ def pages(count: int, now: float) -> list[bytes]:
     rng = random.Random(10)
     alerts: list[dict[str, Any]] = [
         {
-            "_id": f"{i:024x}", "timestamp": now - 3000 + 3000 * i / count, "alert_type": TYPES[i % len(TYPES)],
+            "_id": f"{i:024x}", "timestamp": now - 3000 + 3000 * i / count,
+            "alert_type": TYPES[i % len(TYPES)],
             "alert_name": f"alert {i % 50}", "user": f"user{rng.randrange(300)}@example.com",
             "policy": f"policy {rng.randrange(15)}", "severity": SEVERITIES[rng.randrange(4)],
             "app": f"app{rng.randrange(40)}", "action": "block", "srcip": f"10.0.{i % 250}.{i % 200}",
@@ -84,15 +85,21 @@ async def main(alert_count: int, rule_count: int) -> None:
         store = await SqliteStore.open(Path(directory) / "state.db", TICKETS_MIGRATIONS)
         async with store:
             tickets = TicketStore(store)
-            engines = [RuleEngine(r) for r in resolved]
             total = Counts()
-            began = time.perf_counter()
-            for seq, body in enumerate(spool, 1):
-                for engine in engines:  # each rule's consumer reads the page on its own
-                    commit = PageCommit(engine.rule.config.name)
+
+            async def consumer(rule: ResolvedRule) -> None:
+                """One rule's consumer: each page parsed, decided and committed on its own."""
+                engine = RuleEngine(rule)
+                for seq, body in enumerate(spool, 1):
+                    commit = PageCommit(rule.config.name)
                     total.add(engine.decide(orjson.loads(body), now, commit))
                     commit.progress["t/alerts/dlp"] = seq
                     await tickets.commit(commit, now=now)
+
+            began = time.perf_counter()
+            async with asyncio.TaskGroup() as group:  # the consumers run side by side, as in the daemon
+                for rule in resolved:
+                    group.create_task(consumer(rule))
             seconds = time.perf_counter() - began
             outbox = await tickets.outbox()
             stored = await tickets.counts()

@@ -169,11 +169,12 @@ class RuleEngine:
         queues = list(enumerate(config.queues))
         check_mutes = bool(rule.mutes) or rule.muted_until is not None
         folded: dict[str, tuple[int, float, Mapping[str, Any], int, Queue]] = {}
-        for alert in alerts:
-            counts.alerts += 1
-            if predicate is not None and not predicate(alert):
-                counts.filtered += 1
-                continue
+        selected = list(alerts)
+        counts.alerts = len(selected)
+        if predicate is not None:  # the hot loop: most alerts are not a rule's
+            selected = [alert for alert in selected if predicate(alert)]
+            counts.filtered = counts.alerts - len(selected)
+        for alert in selected:
             if check_mutes and self.muted(alert, now):
                 counts.muted += 1
                 continue
