@@ -30,6 +30,7 @@ from ce_daemon.cluster.handle import LEASE_HEADER
 from ce_daemon.netskope.subtypes import DataKind, all_streams, check_kind, normalise_subtype, parse_stream
 from ce_daemon.simulator.control import control_routes
 from ce_daemon.simulator.faults import Fault, FaultQueue, error_body, not_ok_body, status_fault_body
+from ce_daemon.simulator.incidents import Incidents, incident_routes
 from ce_daemon.simulator.iterator import (
     OPERATIONS,
     IndexCursor,
@@ -158,6 +159,8 @@ class TenantSimulator:
         """Who drove each index, for clustered pollers (`ce_daemon.simulator.leases`)."""
         self.policy = PolicyLists()
         """The URL lists and file-hash lists pushed to the tenant (`ce_daemon.simulator.policy`)."""
+        self.incidents = Incidents()
+        """What ticket orchestration wrote back to incidents (`ce_daemon.simulator.incidents`)."""
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -170,6 +173,7 @@ class TenantSimulator:
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_get("/api/v2/events/dataexport/{kind}/{subtype}", self._handle_dataexport)
         app.add_routes(policy_routes(self))
+        app.add_routes(incident_routes(self))
         app.add_routes(control_routes(self))
         # A short shutdown timeout: `slow` faults are cut short by `_stopping`, so nothing long remains.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
