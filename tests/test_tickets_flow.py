@@ -13,22 +13,26 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import aiohttp
 import orjson
 import pytest
 from test_tickets_support import BOARD, NOW, Board, alert, destination, rule
 
-from ce_daemon.errors import PermanentError, TransientError
+from ce_daemon.config.model import Tenant
+from ce_daemon.errors import AuthError, PermanentError, TransientError
 from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import Runtime
 from ce_daemon.plugin import PluginContext
 from ce_daemon.spool.store import Page
 from ce_daemon.store import Store
+from ce_daemon.testing.pipelines import backlog_simulator
 from ce_daemon.testing.state import open_test_store
 from ce_daemon.tickets.components import Dispatcher, RuleConsumer, StatusSyncer
 from ce_daemon.tickets.flow import RuleEngine
 from ce_daemon.tickets.resolve import ResolvedRule, TicketPlan
 from ce_daemon.tickets.settings import Tickets
 from ce_daemon.tickets.store import TICKETS_MIGRATIONS, PageCommit, TicketStore
+from ce_daemon.tickets.writeback import IncidentWriter
 
 
 @pytest.fixture
@@ -223,3 +227,35 @@ async def test_the_engine_reloads_open_tickets_from_the_store(store: Store, tmp_
     again = PageCommit("r")
     fresh.decide([alert(3)], NOW, again)
     assert not again.tickets and list(again.duplicates) == [commit.tickets[0]["key"]]
+
+
+async def test_status_changes_are_written_back_to_the_netskope_incident(store: Store, tmp_path: Path) -> None:
+    token = "write-back-token-0123456789"
+    resolved = rule(write_back=True)
+    await consume(store, tmp_path, resolved, [page(1, [alert(1, object_id="inc-77")])])
+    d = dispatcher(store, tmp_path)
+    await drain(d)
+    async with backlog_simulator(token, 1, (("alerts", "dlp"),)) as sim:
+        assert sim.url is not None
+        writer = IncidentWriter([Tenant.model_validate({"name": "sim", "url": sim.url, "token": token})])
+        plan = TicketPlan(Tickets(), {"dest": destination()}, {"r": resolved})
+        syncer = StatusSyncer("ticket_sync:dest", destination(), plan, runtime(store, tmp_path),
+                              PluginContext("dest", tmp_path, tmp_path), write_back=writer.write)  # fmt: skip
+        BOARD.statuses["T1"] = "in_progress"
+        assert await syncer.sync_once() == 1
+        BOARD.statuses["T1"] = "closed"
+        assert await syncer.sync_once() == 1
+        async with aiohttp.ClientSession() as session, session.get(f"{sim.url}/_sim/incidents") as answer:
+            report = await answer.json()
+        assert report["incidents"] == {"inc-77": {"status": "closed"}}
+        assert [(u["old_value"], u["new_value"]) for u in report["updates"]] == [
+            ("new", "in_progress"),
+            ("in_progress", "closed"),
+        ]
+        assert syncer.status.counters["written_back"] == 2
+        wrong = IncidentWriter([Tenant.model_validate({"name": "sim", "url": sim.url, "token": "nope" * 8})])
+        [ticket] = await TicketStore(store).search()
+        with pytest.raises(AuthError):
+            await wrong.write("sim", ticket, "new")
+        await syncer.close()
+    await d.close()
