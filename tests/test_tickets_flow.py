@@ -16,6 +16,7 @@ from typing import Any, cast
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import generate_latest
 from test_tickets_support import BOARD, NOW, Board, alert, destination, rule
 
 from ce_daemon.config.model import Tenant
@@ -258,4 +259,23 @@ async def test_status_changes_are_written_back_to_the_netskope_incident(store: S
         with pytest.raises(AuthError):
             await wrong.write("sim", ticket, "new")
         await syncer.close()
+    await d.close()
+
+
+async def test_metrics_count_tickets_the_outbox_and_failures(store: Store, tmp_path: Path) -> None:
+    await consume(store, tmp_path, rule(), [page(1, [alert(1), alert(2), alert(3)])])
+    d = dispatcher(store, tmp_path)
+    BOARD.fail = [PermanentError("422 refused")]
+    await drain(d)
+    tickets = TicketStore(store)
+    metrics = d.runtime.metrics
+    d.counted = 0.0
+    await d._refresh_metrics()
+    text = generate_latest(metrics.registry).decode()
+    assert 'ce_daemon_tickets{destination="dest",status="notified"}' not in text  # the in-test one tracks
+    assert 'ce_daemon_tickets{destination="dest",status="new"} 2.0' in text
+    assert 'ce_daemon_tickets{destination="dest",status="failed"} 1.0' in text
+    assert 'ce_daemon_ticket_outbox{destination="dest",state="failed"} 1.0' in text
+    assert 'ce_daemon_ticket_failures{destination="dest"} 1.0' in text
+    assert await tickets.counts() == [("dest", "failed", 1), ("dest", "new", 2)]
     await d.close()
