@@ -18,7 +18,7 @@ from ce_ticket_webhook.fake import FakeTicketWebhook
 
 from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config, run_cli
+from ce_daemon.testing.pipelines import backlog_simulator, daemon_status, pipeline_config, run_cli
 
 TOKEN = "tickets-daemon-token-0123456789"
 ENV = {"SIM_TOKEN": TOKEN}
@@ -110,6 +110,9 @@ async def test_alerts_become_one_ticket_per_group_with_retry_after_honoured(tmp_
             assert code == 0 and "intent" in out, out
             code, out = await run_cli("tickets", "list", "-c", str(config), "--sort", "status", env=ENV)
             assert code == 0 and out.count("notified") == len(expected), out
+            status = (await daemon_status(config, env=ENV))["jobs"]["tickets"]
+            assert status["tickets"] == status["tickets_notified"] == len(expected)
+            assert status["outbox_pending"] == status["outbox_failed"] == 0
 
 
 async def test_a_refused_ticket_fails_until_retried_by_hand(tmp_path: Path) -> None:
