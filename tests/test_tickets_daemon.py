@@ -190,3 +190,23 @@ async def test_kill_9_around_a_create_leaves_one_ticket_per_group(tmp_path: Path
         assert hook.replays == 0
         assert sorted(t["external_id"] for t in found) == sorted(t.id for t in hook.tickets.values())
         assert sum(t["dedup_count"] for t in found) == BACKLOG  # no alert counted twice
+
+
+async def test_check_accepts_a_tickets_section_and_places_each_problem(tmp_path: Path) -> None:
+    hook = FakeTicketWebhook()
+    async with hook:
+        good = pipeline(tmp_path, "http://127.0.0.1:9", hook)
+        config = write_pipeline(tmp_path / "good.yaml", good)
+        code, out = await run_cli("check", "-c", str(config), env=ENV)
+        assert code == 0 and "1 ticket rule(s), 1 ticket destination(s)" in out, out
+        bad = pipeline(tmp_path, "http://127.0.0.1:9", hook)
+        rule = bad["tickets"]["rules"][0]
+        rule.update(tenant="simm", alerts=["dlpp"], filter={"severity": {"$bogus": 1}})
+        rule["queues"][0]["to"] = "hookk"
+        bad["tickets"]["destinations"][0]["plugin"]["type"] = "no_such_plugin"
+        config = write_pipeline(tmp_path / "bad.yaml", bad)
+        code, out = await run_cli("check", "-c", str(config), env=ENV)
+        assert code != 0, out
+        for place in ("tickets.rules[0].tenant", "tickets.rules[0].alerts[0]", "tickets.rules[0].filter",
+                      "tickets.rules[0].queues[0].to", "tickets.destinations[0].plugin.type"):  # fmt: skip
+            assert place in out, (place, out)
