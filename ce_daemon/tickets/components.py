@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections import OrderedDict
 from typing import Any, Final
 
 import structlog
@@ -25,13 +26,14 @@ from ce_daemon.health import State
 from ce_daemon.pipeline import Runtime
 from ce_daemon.plugin import PluginContext, Ticket, TicketRef, TicketSink
 from ce_daemon.redact import scrub
+from ce_daemon.spool.store import Page
 from ce_daemon.supervisor import Component
 from ce_daemon.tickets.flow import Counts, RuleEngine, render_ticket
 from ce_daemon.tickets.metrics import TicketMetrics
 from ce_daemon.tickets.resolve import ResolvedDestination, ResolvedRule, TicketPlan
 from ce_daemon.tickets.store import Intent, PageCommit, StoredTicket, TicketStore
 
-__all__ = ["Dispatcher", "RuleConsumer", "StatusSyncer", "ticket_of"]
+__all__ = ["PAGES", "Dispatcher", "PageCache", "RuleConsumer", "StatusSyncer", "ticket_of"]
 
 log = structlog.get_logger("ce_daemon.tickets")
 
@@ -44,6 +46,34 @@ CALL_TIMEOUT: Final = 300.0
 IDLE: Final = 0.5
 """How often an idle dispatcher looks for due intents."""
 SYNC_BATCH: Final = 100
+
+
+class PageCache:
+    """Parsed spool pages shared by the rule consumers of this process.
+
+    Every rule reading a stream reads the same pages at about the same time: a page is parsed once,
+    not once per rule. Records are shared, so nothing may change them (the rules only read them).
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.hits = 0
+        self._pages: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
+
+    def records(self, page: Page) -> list[dict[str, Any]]:
+        """The records of ``page`` from its ``start`` on."""
+        found = self._pages.get(page.seq)
+        if found is None:
+            found = self._pages[page.seq] = page.records
+            while len(self._pages) > self.size:
+                self._pages.popitem(last=False)
+        else:
+            self.hits += 1
+            self._pages.move_to_end(page.seq)
+        return found[page.start :] if page.start else found
+
+
+PAGES: Final = PageCache()
 
 _LIMITERS: weakref.WeakValueDictionary[tuple[str, float, int], AsyncLimiter] = weakref.WeakValueDictionary()
 
@@ -126,7 +156,7 @@ class RuleConsumer(Component):
                     await self._load(engine)
                     loaded = time.monotonic()
                 commit = PageCommit(name)
-                counts = engine.decide(page.unread, time.time(), commit)
+                counts = engine.decide(PAGES.records(page), time.time(), commit)
                 commit.progress[page.stream] = page.seq
                 await self.tickets.commit(commit, fence=fence)
                 progress[page.stream] = page.seq
