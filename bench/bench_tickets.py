@@ -30,7 +30,7 @@ from ce_daemon.filter import compile_filter
 from ce_daemon.keys import StreamKey
 from ce_daemon.spool.store import Page
 from ce_daemon.store.sqlite import SqliteStore
-from ce_daemon.tickets.components import PAGES
+from ce_daemon.tickets.components import PageCache
 from ce_daemon.tickets.flow import Counts, RuleEngine
 from ce_daemon.tickets.resolve import ResolvedMute, ResolvedRule
 from ce_daemon.tickets.settings import Rule
@@ -89,6 +89,7 @@ async def main(alert_count: int, rule_count: int) -> None:
             tickets = TicketStore(store)
             total = Counts()
             spent = {"parse": 0.0, "decide": 0.0}
+            cache = PageCache()
 
             async def consumer(rule: ResolvedRule) -> None:
                 """One rule's consumer: each page parsed, decided and committed on its own."""
@@ -96,7 +97,7 @@ async def main(alert_count: int, rule_count: int) -> None:
                 for seq, body in enumerate(spool, 1):
                     commit = PageCommit(rule.config.name)
                     t0 = time.perf_counter()
-                    alerts = PAGES.records(Page(seq, "t/alerts/dlp", (body,), PAGE, None, None))
+                    alerts = cache.records(Page(seq, "t/alerts/dlp", (body,), PAGE, None, None))
                     t1 = time.perf_counter()
                     total.add(engine.decide(alerts, now, commit))
                     spent["parse"] += t1 - t0
@@ -122,7 +123,7 @@ async def main(alert_count: int, rule_count: int) -> None:
     )
     rest = seconds - spent["parse"] - spent["decide"]
     print(
-        f"  parsing pages (shared by the rules: {PAGES.hits} of {len(spool) * rule_count} reads hit)"
+        f"  parsing pages (shared by the rules: {cache.hits} of {len(spool) * rule_count} reads hit)"
         f" {spent['parse']:.1f} s, deciding {spent['decide']:.1f} s,"
         f" the rest ({rest:.1f} s) waiting on SQLite commits"
     )

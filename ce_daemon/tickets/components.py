@@ -33,7 +33,7 @@ from ce_daemon.tickets.metrics import TicketMetrics
 from ce_daemon.tickets.resolve import ResolvedDestination, ResolvedRule, TicketPlan
 from ce_daemon.tickets.store import Intent, PageCommit, StoredTicket, TicketStore
 
-__all__ = ["PAGES", "Dispatcher", "PageCache", "RuleConsumer", "StatusSyncer", "ticket_of"]
+__all__ = ["Dispatcher", "PageCache", "RuleConsumer", "StatusSyncer", "pages_of", "ticket_of"]
 
 log = structlog.get_logger("ce_daemon.tickets")
 
@@ -73,7 +73,16 @@ class PageCache:
         return found[page.start :] if page.start else found
 
 
-PAGES: Final = PageCache()
+_PAGES: weakref.WeakKeyDictionary[object, PageCache] = weakref.WeakKeyDictionary()
+
+
+def pages_of(spool: object) -> PageCache:
+    """The parsed-page cache of ``spool`` (one per spool: its page numbers are its own)."""
+    found = _PAGES.get(spool)
+    if found is None:
+        found = _PAGES[spool] = PageCache()
+    return found
+
 
 _LIMITERS: weakref.WeakValueDictionary[tuple[str, float, int], AsyncLimiter] = weakref.WeakValueDictionary()
 
@@ -140,6 +149,7 @@ class RuleConsumer(Component):
 
     async def run(self, stopping: asyncio.Event) -> None:
         spool = self.runtime.spool
+        pages = pages_of(spool)
         name = self.rule.config.name
         engine = RuleEngine(self.rule)
         await self._load(engine)
@@ -156,7 +166,7 @@ class RuleConsumer(Component):
                     await self._load(engine)
                     loaded = time.monotonic()
                 commit = PageCommit(name)
-                counts = engine.decide(PAGES.records(page), time.time(), commit)
+                counts = engine.decide(pages.records(page), time.time(), commit)
                 commit.progress[page.stream] = page.seq
                 await self.tickets.commit(commit, fence=fence)
                 progress[page.stream] = page.seq
