@@ -31,6 +31,7 @@ from ce_daemon.cluster.handle import LEASE_HEADER
 from ce_daemon.netskope.subtypes import DataKind, all_streams, check_kind, normalise_subtype, parse_stream
 from ce_daemon.simulator.control import control_routes
 from ce_daemon.simulator.faults import Fault, FaultQueue, error_body, not_ok_body, status_fault_body
+from ce_daemon.simulator.incidents import Incidents, incident_routes
 from ce_daemon.simulator.iterator import (
     OPERATIONS,
     IndexCursor,
@@ -166,6 +167,8 @@ class TenantSimulator:
         """Every user's UCI and the anomalies that lowered it (`ce_daemon.simulator.uba`)."""
         self.scim = ScimDirectory()
         """The SCIM users and groups (`ce_daemon.simulator.scim`)."""
+        self.incidents = Incidents()
+        """What ticket orchestration wrote back to incidents (`ce_daemon.simulator.incidents`)."""
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -180,6 +183,7 @@ class TenantSimulator:
         app.add_routes(policy_routes(self))
         app.add_routes(uci_routes(self))
         app.add_routes(scim_routes(self))
+        app.add_routes(incident_routes(self))
         app.add_routes(control_routes(self))
         # A short shutdown timeout: `slow` faults are cut short by `_stopping`, so nothing long remains.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
