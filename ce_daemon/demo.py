@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
+from aiohttp import web
+
 from ce_daemon.daemon import Daemon
 from ce_daemon.registry import Registry
 from ce_daemon.simulator.process import SimulatorProcess, simulator_process
@@ -91,6 +94,23 @@ threats:
       to: edl
 """
 
+TICKETS = """\
+tickets:
+  destinations:
+    - name: inbox                           # the demo's stand-in for a ticketing system: out/tickets.ndjson
+      rate_limit: 20
+      plugin: {{type: webhook, url: {inbox_url}}}
+  rules:
+    - name: high-severity
+      tenant: demo
+      alerts: [dlp, malware, compromisedcredential]
+      filter: {{severity: {{$in: [high, critical]}}}}
+      dedup: {{fields: [user, alert_type], window: 1h}}   # a ticket per user and alert type, updated
+      queues:
+        - to: inbox
+          title: "${{alert_type}} alert for ${{user}}"
+"""
+
 BLOCKLIST = """\
 # the demo's local feed: one value a line; defanged values are refanged, bad ones refused and counted
 hxxp://malware-drop[.]biz/payload.exe
@@ -137,6 +157,8 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
             if not blocklist.exists():  # a person's edits survive the next demo
                 blocklist.write_text(BLOCKLIST, encoding="utf-8")
             edl_port = _free_port()
+            inbox = _TicketInbox(directory / "out" / "tickets.ndjson")
+            inbox_url = await inbox.start()
             path.write_text(
                 PIPELINE.format(
                     state=directory / "state" / "ce-daemon.db",
@@ -145,7 +167,8 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
                     token_env=DEMO_TOKEN_ENV,
                     list_token_env=DEMO_LIST_TOKEN_ENV,
                     edl_port=edl_port,
-                ),
+                )
+                + TICKETS.format(inbox_url=inbox_url),
                 encoding="utf-8",
             )
             _say(f"tenant simulator on {url}; pipeline written to {path}")
@@ -153,6 +176,8 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
             edl = f"http://127.0.0.1:{edl_port}/edl.txt"
             _say(f"threat indicators: curl -s {edl}  |  ce-daemon iocs stats -c {path}")
             _say(f"the tenant's URL lists: curl -s {url}/_sim/lists  |  the local feed: {blocklist}")
+            tickets_file = directory / "out" / "tickets.ndjson"
+            _say(f"tickets: tail -f {tickets_file}  |  ce-daemon tickets list -c {path}")
             _say(f"stop with ^C; edit the pipeline and `kill -HUP {os.getpid()}` to reload")
             environ = {**os.environ, DEMO_TOKEN_ENV: DEMO_TOKEN, DEMO_LIST_TOKEN_ENV: DEMO_LIST_TOKEN}
             daemon = Daemon(path, registry, environ=environ)
@@ -169,6 +194,7 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
             await _summary(directory, sim)
+            await inbox.stop()
             return code
     finally:
         transport.close()
@@ -201,6 +227,7 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
             )
             spool = snapshot.get("spool") or {}
             threats = (snapshot.get("jobs") or {}).get("threats") or {}
+            tickets = (snapshot.get("jobs") or {}).get("tickets") or {}
             shared = ", ".join(
                 f"{key.removeprefix('shared_')}={value}"
                 for key, value in threats.items()
@@ -210,7 +237,7 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
                 f"gen {snapshot['generation']} | components {snapshot['components_ok']}/"
                 f"{snapshot['components_total']} ok | pulled {pulled} records | shipped {shipped} | "
                 f"spool {spool.get('records', 0)} records | IOCs {threats.get('iocs_active', 0)} active,"
-                f" shared {shared or 'nothing yet'}"
+                f" shared {shared or 'nothing yet'} | tickets {tickets.get('tickets', 0)}"
             )
 
 
@@ -226,6 +253,36 @@ async def _summary(directory: Path, sim: SimulatorProcess) -> None:
         with contextlib.suppress(OSError):
             lines = sum(1 for _ in out.open("rb"))
             _say(f"{out}: {lines} lines")
+
+
+class _TicketInbox:
+    """The demo's stand-in for a ticketing system: the ``webhook`` ticket destination posts here, and
+    each ticket and update becomes a line of ``out/tickets.ndjson`` a person can tail."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/tickets", self._receive)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}/tickets"
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        line = {k: body.get(k) for k in ("action", "key", "rule", "title", "severity", "count")}
+        with self.path.open("ab") as out:
+            out.write(orjson.dumps(line) + b"\n")
+        return web.json_response({"id": body.get("key"), "url": f"{request.url}#{body.get('key')}"})
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
 
 
 def _free_port() -> int:
