@@ -82,7 +82,8 @@ async def _show(args: argparse.Namespace, tickets: TicketStore) -> int:
         return 1
     intents = await tickets.intents(found.key)
     data = {**found.as_dict(), "intents": intents}
-    lines = [f"{k}: {v}" for k, v in found.as_dict().items()]
+    # a group is its dedup fields' values joined by the unit separator: shown with a visible one
+    lines = [f"{k}: {str(v).replace(chr(0x1F), ' | ')}" for k, v in found.as_dict().items()]
     lines.extend(
         f"  intent {i['id']} {i['intent']}: {i['state']}, {i['attempts']} attempt(s)"
         + (f", error: {i['error']}" if i["error"] else "")
