@@ -112,16 +112,20 @@ async def main(count: int) -> None:
                 f"first ingest: {count:,} IOCs in {first:.1f} s = {count / first:,.0f} IOCs/s"
                 " (target ≥ 50,000)"
             )
-            print(f"  {counts}")
+            print(f"  {counts}; peak RSS so far {_rss():,.0f} MiB")
             second, counts = await poll(iocs, memo, count, 1_700_003_600.0, changed_from=count * 10)
             print(
                 f"re-ingest, 5 % changed: {second:.1f} s = {second / first:.2f} of the first (target < 0.33),"
                 f" {count / second:,.0f} IOCs/s"
             )
-            print(f"  {counts}")
+            print(f"  {counts}; peak RSS so far {_rss():,.0f} MiB")
             await push_build(store, iocs)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {rss:,.0f} MiB (target < 500)")
+    print(f"peak RSS: {_rss():,.0f} MiB (target < 500)")
+
+
+def _rss() -> float:
+    """This process's peak resident set so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

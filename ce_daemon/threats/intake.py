@@ -38,7 +38,8 @@ class Remembered:
         self.last, self.next = self.next, {}
 
     def abandon(self) -> None:
-        """The poll failed: keep what the last whole poll listed."""
+        """The poll failed: keep what the last whole poll listed (and what this one had taken of it)."""
+        self.last.update(self.next)
         self.next = {}
 
 
@@ -55,7 +56,7 @@ class Intake:
         memo = self.memo
         key: object = raw if kind is None and not dlp else (raw, kind, dlp)
         if memo is not None:
-            known = memo.last.get(key)
+            known = memo.last.pop(key, None)  # moved, not copied: one poll's values held once
             if known is not None:
                 memo.next[key] = known
                 return known

@@ -89,6 +89,12 @@ class PushRecord:
 
 def shared_ioc(indicator: Indicator, rows: Sequence[StoredIoc], winner: StoredIoc) -> SharedIoc:
     """The entry shared for ``indicator`` as decided by ``winner`` among its ``rows``."""
+    if len(rows) == 1:  # most indicators: one source's word, taken as it is
+        return SharedIoc(
+            indicator.type.value, indicator.value, winner.severity.value, winner.reputation,
+            winner.confidence, winner.tags, winner.comment, winner.first_seen, winner.last_seen,
+            (winner.source,), indicator.dlp,
+        )  # fmt: skip
     return SharedIoc(
         type=indicator.type.value,
         value=indicator.value,

@@ -409,9 +409,9 @@ class IocStore:
         while True:
             async with self.store.read() as tx:
                 rows = await tx.fetch(
-                    f"{_SELECT} WHERE {' AND '.join(where)} AND (i.value > :v OR (i.value = :v AND"
-                    " (i.type > :t OR (i.type = :t AND i.source > :s)))) ORDER BY i.value, i.type, i.source"
-                    " LIMIT :limit",
+                    # a row-value comparison: both backends seek it in the primary key's index
+                    f"{_SELECT} WHERE {' AND '.join(where)} AND (i.value, i.type, i.source) > (:v, :t, :s)"
+                    " ORDER BY i.value, i.type, i.source LIMIT :limit",
                     {**params, "v": after[0], "t": after[1], "s": after[2]},
                 )
             if not rows:
