@@ -14,6 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
+from ce_jira.fake import EMAIL as JIRA_EMAIL
+from ce_jira.fake import TOKEN as JIRA_TOKEN
+from ce_jira.fake import FakeJira
 from ce_ticket_webhook.fake import FakeTicketWebhook
 
 from ce_daemon.simulator.tenant import TenantSimulator
@@ -210,3 +213,47 @@ async def test_check_accepts_a_tickets_section_and_places_each_problem(tmp_path:
         for place in ("tickets.rules[0].tenant", "tickets.rules[0].alerts[0]", "tickets.rules[0].filter",
                       "tickets.rules[0].queues[0].to", "tickets.destinations[0].plugin.type"):  # fmt: skip
             assert place in out, (place, out)
+
+
+async def test_jira_tickets_sync_their_status_and_write_it_back_to_the_incident(tmp_path: Path) -> None:
+    """Incident events → Jira issues (the vendor's fake), one per severity: repeats join their issue; an
+    issue moved to Done is synced as closed and the change written to the Netskope incident."""
+    jira = FakeJira()
+    async with jira, backlog_simulator(TOKEN, 12, (("events", "incident"),), page_size=20) as sim:
+        incidents = [sim.factory.make("events", "incident", seq, 0) for seq in range(12)]
+        tickets = {
+            "destinations": [{
+                "name": "jira", "rate_limit": 50, "sync_every": "1s",
+                "plugin": {"type": "jira", "url": jira.url, "email": JIRA_EMAIL,
+                           "api_token": {"$env": "JIRA_TOKEN"}, "project": "SEC"},
+            }],
+            "rules": [{
+                "name": "incidents", "tenant": "sim", "events": ["incident"], "write_back": True,
+                "dedup": {"fields": ["severity"], "window": "1d"},
+                "queues": [{"to": "jira", "title": "Netskope incident ${object_id}"}],
+            }],
+        }  # fmt: skip
+        config = pipeline_config(tmp_path, sim.url, [], rate_limit=20, tickets=tickets, logs={},
+                                 logging={"level": "info", "format": "json"})  # fmt: skip
+        path = write_pipeline(tmp_path / "pipeline.yaml", config)
+        groups = {str(record["severity"]) for record in incidents}
+        env = {**ENV, "JIRA_TOKEN": JIRA_TOKEN}
+        async with DaemonProcess(path, env=env):
+            await jira.wait_until(lambda: len(jira.issues) == len(groups), 60)
+            issue = next(iter(jira.issues.values()))
+            jira.set_status(issue.key, "Done")
+            _, out = await run_cli("tickets", "list", "-c", str(path), "--json", env=env)
+            async with asyncio.timeout(30):
+                while '"closed"' not in out:  # noqa: ASYNC110 - the daemon (a child) syncs it
+                    await asyncio.sleep(0.3)
+                    _, out = await run_cli("tickets", "list", "-c", str(path), "--json", env=env)
+            found = orjson.loads(out)["tickets"]
+            [closed] = [t for t in found if t["status"] == "closed"]
+            assert closed["external_id"] == issue.key and closed["url"].endswith(f"/browse/{issue.key}")
+            async with asyncio.timeout(30):
+                while not sim.incidents.report()["updates"]:  # noqa: ASYNC110 - written by the daemon
+                    await asyncio.sleep(0.3)
+        written = {u["object_id"] for u in sim.incidents.report()["updates"]}
+        assert written <= {str(r["object_id"]) for r in incidents} and written
+        assert len(jira.issues) == len(groups)  # a repeat joined its issue, never opened a second one
+        assert {t["external_id"] for t in found} == set(jira.issues)
