@@ -244,7 +244,7 @@ async def test_jira_tickets_sync_their_status_and_write_it_back_to_the_incident(
             jira.set_status(issue.key, "Done")
             _, out = await run_cli("tickets", "list", "-c", str(path), "--json", env=env)
             async with asyncio.timeout(30):
-                while '"closed"' not in out:  # noqa: ASYNC110 - the daemon (a child) syncs it
+                while '"closed"' not in out:
                     await asyncio.sleep(0.3)
                     _, out = await run_cli("tickets", "list", "-c", str(path), "--json", env=env)
             found = orjson.loads(out)["tickets"]
