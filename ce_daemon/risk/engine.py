@@ -47,7 +47,7 @@ __all__ = ["ActionRunner", "Engine", "RuleSpec", "SourceWeight", "day_of", "tren
 log = structlog.get_logger("ce_daemon.risk")
 
 NO_BAND: Final = "none"
-YIELD_EVERY: Final = 2000
+YIELD_EVERY: Final = 5000
 """Entities evaluated between two yields to the event loop."""
 EntityKey = tuple[str, str]
 
@@ -164,7 +164,7 @@ class Engine:
         writes them while it evaluates the rules: SQLite works in its own thread meanwhile).
         """
         now = self.clock()
-        records = await self.store.records()
+        records = await self.store.scores()
         previous = {(t, k): (s, sc, at) for t, k, s, _, sc, at, _ in await self.store.entities()}
         sources, minimum = self.sources, self.how == "minimum"
         rows: list[dict[str, object]] = []
@@ -178,7 +178,7 @@ class Engine:
             total = weights = 0.0
             lowest: float | None = None
             texts: list[str] = []
-            for _, _, source, _, _, score, seen, attrs in group:
+            for _, _, source, score, seen, attrs in group:
                 config = sources.get(source)
                 if config is None:
                     continue
@@ -282,7 +282,7 @@ class Engine:
     def in_maintenance(self) -> bool:
         return self.maintenance is not None and self.maintenance.inside(self.clock())
 
-    async def evaluate(  # noqa: C901, PLR0912 - one pass over rules and entities, kept flat for speed
+    async def evaluate(
         self, views: Mapping[EntityKey, Mapping[str, Any]], fence: Fence | None
     ) -> tuple[int, int]:
         """Evaluate every enabled rule over ``views``: ``(edges, action calls)``.
@@ -297,48 +297,64 @@ class Engine:
         stops: list[tuple[RuleSpec, EntityKey, RuleState]] = []
         by_type: dict[str, list[tuple[EntityKey, Mapping[str, Any]]]] = {}
         for ident, view in views.items():
-            by_type.setdefault(ident[0], []).append((ident, view))
+            if view["score"] is not None:  # an entity without a combined score matches no rule
+                by_type.setdefault(ident[0], []).append((ident, view))
         edges = 0
         for rule in self.rules:
             if not rule.enabled:
                 continue
-            predicate, name = rule.predicate, rule.name
+            name = rule.name
             matching = self._matching(name)
-            for n, (ident, view) in enumerate(by_type.get(rule.entity, ())):
-                if n % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # the state database's writes go on meanwhile; so does the daemon
-                match = view["score"] is not None and (predicate is None or predicate(view))
-                if match == (ident in matching):
-                    continue
-                edges += 1
-                if not rule.actions:
-                    if match:
-                        matching.add(ident)
-                    else:
-                        matching.discard(ident)
-                    continue
-                if match:
-                    starts.append((rule, ident))
-                else:
-                    stops.append((rule, ident, states[(name, *ident)]))
+            started, stopped = await self._edges(rule, by_type.get(rule.entity, []), matching, views)
+            edges += len(started) + len(stopped)
+            if not rule.actions:
+                matching |= started
+                matching -= stopped
+                continue
+            starts.extend((rule, ident) for ident in sorted(started))
+            stops.extend((rule, ident, states[(name, *ident)]) for ident in sorted(stopped))
         acted = 0
         for rule, ident in starts:
             acted += await self._start(rule, ident, now, writes, fence)
         for rule, ident, state in stops:
             acted += await self._stop(rule, ident, state, now, writes, fence)
         if writes:
-            for k, v in writes.items():
-                matching = self._matching(k[0])
-                if v is None:
-                    states.pop(k, None)
-                else:
-                    states[k] = v
-                if v is not None and v.matching:
-                    matching.add((k[1], k[2]))
-                else:
-                    matching.discard((k[1], k[2]))
+            self._remember(writes)
             await self.store.write_states(writes, fence=fence)
         return edges, acted
+
+    def _remember(self, writes: Mapping[tuple[str, str, str], RuleState | None]) -> None:
+        """Keep the in-memory states and matches in step with what is written."""
+        assert self.states is not None
+        for k, v in writes.items():
+            matching = self._matching(k[0])
+            if v is None:
+                self.states.pop(k, None)
+            else:
+                self.states[k] = v
+            if v is not None and v.matching:
+                matching.add((k[1], k[2]))
+            else:
+                matching.discard((k[1], k[2]))
+
+    @staticmethod
+    async def _edges(
+        rule: RuleSpec,
+        scored: list[tuple[EntityKey, Mapping[str, Any]]],
+        matching: set[EntityKey],
+        views: Mapping[EntityKey, Any],
+    ) -> tuple[set[EntityKey], set[EntityKey]]:
+        """The entities of ``scored`` that start matching ``rule``, and those of ``views`` that stop."""
+        predicate = rule.predicate
+        matched: set[EntityKey] = set()
+        for start in range(0, len(scored), YIELD_EVERY):
+            await asyncio.sleep(0)  # the state database's writes go on meanwhile; so does the daemon
+            chunk = scored[start : start + YIELD_EVERY]
+            if predicate is None:
+                matched.update(ident for ident, _ in chunk)
+            else:
+                matched.update([ident for ident, view in chunk if predicate(view)])
+        return matched - matching, {ident for ident in matching & views.keys() if ident not in matched}
 
     def _matching(self, rule: str) -> set[EntityKey]:
         """The entities ``rule`` matches now (built from the stored states on first use)."""

@@ -288,6 +288,15 @@ class RiskStore:
             )
         return [tuple(r) for r in rows]
 
+    async def scores(self) -> list[tuple[Any, ...]]:
+        """``(type, key, source, score, seen, attributes)`` of every record, in (type, key) order: what a
+        recompute reads."""
+        async with self.store.read() as tx:
+            return await tx.fetch(
+                "SELECT type, key, source, score, seen, attributes FROM risk_records"
+                " ORDER BY type, key, source"
+            )  # type: ignore[return-value]
+
     async def entities(self, kind: str | None = None, key: str | None = None) -> list[tuple[Any, ...]]:
         """``(type, key, score, band, scores json, attributes json, updated)`` in (type, key) order."""
         where, params = _where(kind, key)
