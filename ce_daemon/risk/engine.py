@@ -166,7 +166,8 @@ class Engine:
         now = self.clock()
         records = await self.store.scores()
         previous = {(t, k): (s, sc, at) for t, k, s, _, sc, at, _ in await self.store.entities()}
-        sources, minimum = self.sources, self.how == "minimum"
+        minimum = self.how == "minimum"
+        sources = {name: (s.weight, now - s.stale_after) for name, s in self.sources.items()}
         rows: list[dict[str, object]] = []
         history: list[dict[str, object]] = []
         changed: set[EntityKey] = set()
@@ -184,11 +185,12 @@ class Engine:
                     continue
                 if attrs != "{}":
                     texts.append(attrs)
-                if now - seen > config.stale_after:
+                weight, cut = config
+                if seen < cut:
                     continue
                 scores[source] = score
-                total += score * config.weight
-                weights += config.weight
+                total += score * weight
+                weights += weight
                 if lowest is None or score < lowest:
                     lowest = score
             combined: float | None = None
