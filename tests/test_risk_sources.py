@@ -3,6 +3,7 @@ leaves the last good scores in place (its error recorded), and they go stale by 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,12 +11,15 @@ from typing import Any, ClassVar
 
 import pytest
 
+from ce_daemon.metrics import Metrics
 from ce_daemon.plugin import PluginContext, PluginOptions, RiskPage, RiskRecord, RiskScale, RiskSource
 from ce_daemon.registry import PluginInfo
 from ce_daemon.risk.components import RiskPoller, uba_records
 from ce_daemon.risk.engine import Engine
-from ce_daemon.risk.resolve import ResolvedRiskSource
-from ce_daemon.risk.settings import DAY, RiskSourceConfig
+from ce_daemon.risk.job import RiskJob
+from ce_daemon.risk.normalise import normalise_poll
+from ce_daemon.risk.resolve import ResolvedRiskSource, RiskPlan
+from ce_daemon.risk.settings import DAY, Risk, RiskSourceConfig
 from ce_daemon.risk.store import RISK_MIGRATIONS, RiskStore
 from ce_daemon.testing.state import open_test_store
 
@@ -108,3 +112,21 @@ def test_uba_alerts_give_the_users_latest_score() -> None:
         ("ana@demo.example.com", 100.0, 200.0),
     ]
     assert missing == 3
+
+
+async def test_status_reports_a_failing_source_and_its_stale_scores(
+    poller: tuple[RiskPoller, RiskStore],
+) -> None:
+    component, risk = poller
+    week_ago = time.time() - 8 * DAY
+    Scripted.script[:] = [ConnectionError("vendor down")]
+    poll = normalise_poll(Scripted.scale, [RiskRecord("user", "a@x.com", score=10, seen=week_ago)])
+    await risk.store_poll("kb4", poll, now=week_ago)
+    assert not await component.once()
+    plan = RiskPlan(Risk(), {"kb4": component.source}, {}, (), "fp")
+    runtime: Any = SimpleNamespace(store=risk.store, metrics=Metrics())
+    await Engine(risk, plan.weights()).run_pass()
+    status = await RiskJob().status(None, plan, runtime)  # type: ignore[arg-type]
+    assert "vendor down" in status["source_kb4_error"]
+    assert status["source_kb4_stale_days"] >= 8
+    assert status["users_none"] == 1

@@ -178,7 +178,9 @@ class RiskJob(Job[Risk, RiskPlan]):
         show.add_argument("key", help="the e-mail, host id or application name")
         show.add_argument("--type", choices=types, default="user")
         show.add_argument("--limit", type=int, default=50, help="history entries shown")
-        trend = actions.add_parser("trend", help="daily averages per type, with delta and trend")
+        trend = actions.add_parser(
+            "trend", aliases=["history"], help="daily averages per type, with delta and trend"
+        )
         trend.add_argument("--days", type=int, help="the window in days (default 30)")
         log = actions.add_parser("actions", help="the action log")
         log.add_argument("--rule")
@@ -189,10 +191,12 @@ class RiskJob(Job[Risk, RiskPlan]):
         approve.add_argument("ids", type=int, nargs="*", help="action-log ids (see `risk actions`)")
         approve.add_argument("--all", action="store_true", help="every pending action")
         approve.add_argument("--decline", action="store_true")
-        whatif = actions.add_parser("what-if", help="how each band's share would move with other weights")
+        whatif = actions.add_parser(
+            "what-if", aliases=["whatif"], help="how each band's share would move with other weights"
+        )
         whatif.add_argument("--weight", action="append", metavar="SOURCE=W", help="a source's new weight")
         whatif.add_argument("--type", choices=types)
-        for action in actions.choices.values():
+        for action in {id(a): a for a in actions.choices.values()}.values():
             action.add_argument("-c", "--config", type=Path, required=True, help="the pipeline YAML file")
             action.add_argument("--json", action="store_true", help="print JSON")
         risk.set_defaults(func=_cmd_risk)
@@ -207,6 +211,7 @@ def _cmd_risk(args: argparse.Namespace) -> int:
     from ce_daemon.risk.commands import risk_command
 
     applog.configure(fmt="console")
+    args.action = _ALIASES.get(args.action, args.action)
     if args.action == "what-if":
         from ce_daemon.config.load import load_pipeline
         from ce_daemon.errors import ConfigError
@@ -224,3 +229,7 @@ def _cmd_risk(args: argparse.Namespace) -> int:
     if located is None:
         return os.EX_CONFIG
     return asyncio.run(risk_command(args, located[1], None))
+
+
+_ALIASES = {"history": "trend", "whatif": "what-if"}
+"""The issue's names for two commands."""
