@@ -17,6 +17,8 @@ the rule's applied, revertible actions reverted; its pending actions are ``cance
 rule is not evaluated (its entities keep their state). Only changed entities are evaluated after the
 first pass. Every plugin call is logged ``running`` first and given its outcome after: a ``running``
 entry found at start (a crash in between) is redone, apply and revert being idempotent.
+A call that fails is logged ``failed`` with its reason and not retried: an apply that failed leaves
+nothing to revert, the entity's next edge tries again.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 - ``risk_records``: each source's word on each entity (raw value or label, normalised score, when the
   source scored it, its attributes); a poll replaces the rows of the entities it lists, a failed poll
-  touches nothing (the last good scores stay, and go stale by age).
+  touches nothing (the last good scores stay, and go stale by age). An entity a source stops listing
+  keeps its last score from that source until it goes stale (residual risk, documented in Elastic's
+  terms: no silent reset).
 - ``risk_entities``: each entity's combined score, band and the per-source scores that made it.
 - ``risk_history``: each entity's combined score every time it changed.
 - ``risk_daily``: per entity type and UTC day, the average combined score and how many entities had
