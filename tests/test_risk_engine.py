@@ -5,6 +5,7 @@ action and recording its outcome."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -274,3 +275,40 @@ async def test_a_crash_between_deciding_and_recording_redoes_the_call_once(risk:
         ("group", "success"),
         ("notify", "success"),
     ]
+
+
+class Dying(Recorder):
+    """Dies (as a SIGKILL would, mid-call) the first time it applies ``group``, after the target acted."""
+
+    died = False
+
+    async def apply(self, action: str, target: RiskTarget) -> Mapping[str, str]:
+        result = await super().apply(action, target)
+        if action == "group" and not self.died:
+            self.died = True
+            raise asyncio.CancelledError
+        return result
+
+
+async def test_a_crash_after_the_target_answered_gives_one_entry_per_edge(risk: RiskStore) -> None:
+    """The edge's decision and its calls' intents commit together: after the restart the edge is not seen
+    again, the interrupted call is redone (idempotent) and each action has one entry, a success."""
+    clock, runner = Clock(), Dying()
+    await put(risk, "a", {"u@x.com": 100}, clock.now)
+    with pytest.raises(asyncio.CancelledError):
+        await engine_with(risk, clock, runner).run_pass()
+    assert [(r.action, r.outcome) for r in await risk.actions()] == [
+        ("notify", "running"),
+        ("group", "running"),
+    ]
+    restarted = engine_with(risk, clock, runner)
+    await restarted.run_pass()
+    await restarted.run_pass()
+    assert sorted((r.action, r.kind, r.outcome) for r in await risk.actions()) == [
+        ("group", "apply", "success"),
+        ("notify", "apply", "success"),
+    ]
+    assert [c[1] for c in runner.calls] == ["group", "group", "notify"]
+    await put(risk, "a", {"u@x.com": 900}, clock.now)
+    await restarted.run_pass()
+    assert runner.calls[-1] == ("revert", "group", "u@x.com", {"member": "group:u@x.com"})

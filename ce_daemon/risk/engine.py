@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby
@@ -296,7 +296,6 @@ class Engine:
         assert self.states is not None
         now = self.clock()
         states = self.states
-        writes: dict[tuple[str, str, str], RuleState | None] = {}
         starts: list[tuple[RuleSpec, EntityKey]] = []
         stops: list[tuple[RuleSpec, EntityKey, RuleState]] = []
         by_type: dict[str, list[tuple[EntityKey, Mapping[str, Any]]]] = {}
@@ -319,12 +318,9 @@ class Engine:
             stops.extend((rule, ident, states[(name, *ident)]) for ident in sorted(stopped))
         acted = 0
         for rule, ident in starts:
-            acted += await self._start(rule, ident, now, writes, fence)
+            acted += await self._start(rule, ident, now, fence)
         for rule, ident, state in stops:
-            acted += await self._stop(rule, ident, state, now, writes, fence)
-        if writes:
-            self._remember(writes)
-            await self.store.write_states(writes, fence=fence)
+            acted += await self._stop(rule, ident, state, now, fence)
         return edges, acted
 
     def _remember(self, writes: Mapping[tuple[str, str, str], RuleState | None]) -> None:
@@ -370,25 +366,32 @@ class Engine:
             }
         return found
 
-    async def _start(
+    def _entry(
+        self, rule: str, ident: EntityKey, action: str, kind: str, outcome: str, detail: str = ""
+    ) -> dict[str, object]:
+        view = self.views.get(ident, {})
+        return {"rule": rule, "type": ident[0], "key": ident[1], "action": action, "kind": kind,
+                "outcome": outcome, "detail": detail, "score": view.get("score"),
+                "band": str(view.get("band", NO_BAND))}  # fmt: skip
+
+    async def _decide(
         self,
-        rule: RuleSpec,
-        ident: EntityKey,
-        now: float,
-        writes: dict[Any, RuleState | None],
+        states: dict[tuple[str, str, str], RuleState | None],
+        entries: list[dict[str, object]],
         fence: Fence | None,
-    ) -> int:
+        outcomes: Sequence[tuple[int, str, str]] = (),
+    ) -> list[int]:
+        ids = await self.store.decide(states, entries, outcomes=outcomes, now=self.clock(), fence=fence)
+        self._remember(states)
+        return ids
+
+    async def _start(self, rule: RuleSpec, ident: EntityKey, now: float, fence: Fence | None) -> int:
+        """An entity started matching ``rule``: fire its actions, or say why not."""
         assert self.states is not None
         key = (rule.name, *ident)
         old = self.states.get(key)
         state = RuleState(True, now, old.fired if old else 0.0, old.applied if old else False)
-        writes[key] = state
-        if not rule.actions:
-            state.fired = now
-            return 0
-        view = self.views.get(ident, {})
-        outcome = None
-        detail = ""
+        outcome, detail = "running", ""
         if rule.muted_until is not None and rule.muted_until > now:
             outcome, detail = "muted", f"rule muted until {_iso(rule.muted_until)}"
         elif (
@@ -402,67 +405,55 @@ class Engine:
             outcome, detail = "pending_approval", "awaiting `ce-daemon risk approve`"
         elif self.in_maintenance():
             outcome, detail = "deferred", "inside the maintenance window"
-        if outcome is not None:
-            for action in rule.actions:
-                await self.store.log_action(
-                    rule=rule.name, kind_=ident[0], key=ident[1], action=action, kind="apply",
-                    outcome=outcome, score=view.get("score"), band=str(view.get("band", NO_BAND)),
-                    detail=detail, now=now, fence=fence,
-                )  # fmt: skip
+        else:
+            state.fired, state.applied = now, True  # what the calls about to be made leave, once redone
+        entries = [self._entry(rule.name, ident, a, "apply", outcome, detail) for a in rule.actions]
+        ids = await self._decide({key: state}, entries, fence)
+        if outcome != "running":
             return 0
-        state.fired = now
-        calls = 0
-        for action in rule.actions:
-            ok = await self._execute(rule.name, ident, action, "apply", None, fence)
-            state.applied = state.applied or ok
-            calls += 1
-        return calls
+        succeeded = [
+            await self._call(rule.name, ident, action, "apply", row, fence)
+            for action, row in zip(rule.actions, ids, strict=True)
+        ]
+        if not any(succeeded):
+            state.applied = old.applied if old else False
+            await self._decide({key: state}, [], fence)
+        return len(ids)
 
     async def _stop(
-        self,
-        rule: RuleSpec,
-        ident: EntityKey,
-        old: RuleState,
-        now: float,
-        writes: dict[Any, RuleState | None],
-        fence: Fence | None,
+        self, rule: RuleSpec, ident: EntityKey, old: RuleState, now: float, fence: Fence | None
     ) -> int:
+        """An entity stopped matching ``rule``: its waiting actions lapse, its applied ones are reverted."""
         key = (rule.name, *ident)
-        state = RuleState(False, now, old.fired, old.applied)
-        for row in await self.store.actions(
-            outcomes=("pending_approval", "deferred", "approved"),
-            rule=rule.name,
-            kind_=ident[0],
-            key=ident[1],
-        ):
-            if row.kind == "apply":
-                await self.store.finish_action(
-                    row.id, "cancelled", detail="no longer matches", fence=fence, only_from=(row.outcome,)
-                )
-        calls = 0
+        state = RuleState(False, now, old.fired, False)
+        lapsed = [
+            (row.id, "cancelled", "no longer matches")
+            for row in await self.store.actions(
+                outcomes=("pending_approval", "deferred", "approved"),
+                rule=rule.name,
+                kind_=ident[0],
+                key=ident[1],
+            )
+            if row.kind == "apply"
+        ]
+        reverting: list[str] = []
         if old.applied and self.runner is not None:
-            view = self.views.get(ident, {})
-            for action in rule.actions:
-                if not self.runner.revertible(action):
-                    continue
-                if self.in_maintenance():
-                    await self.store.log_action(
-                        rule=rule.name, kind_=ident[0], key=ident[1], action=action, kind="revert",
-                        outcome="deferred", score=view.get("score"), band=str(view.get("band", NO_BAND)),
-                        detail="inside the maintenance window", now=now, fence=fence,
-                    )  # fmt: skip
-                    continue
-                await self._execute(rule.name, ident, action, "revert", None, fence)
-                calls += 1
-            state.applied = False
-        keep = state.applied or (rule.flap_suppression and now - state.fired < rule.flap_suppression)
-        writes[key] = state if keep else None
-        return calls
+            reverting = [a for a in rule.actions if self.runner.revertible(a)]
+        deferred = self.in_maintenance()
+        outcome, detail = ("deferred", "inside the maintenance window") if deferred else ("running", "")
+        entries = [self._entry(rule.name, ident, a, "revert", outcome, detail) for a in reverting]
+        keep = rule.flap_suppression and now - state.fired < rule.flap_suppression
+        ids = await self._decide({key: state if keep else None}, entries, fence, lapsed)
+        if deferred:
+            return 0
+        for action, row in zip(reverting, ids, strict=True):
+            await self._call(rule.name, ident, action, "revert", row, fence)
+        return len(ids)
 
-    async def _execute(
-        self, rule: str, ident: EntityKey, action: str, kind: str, row: int | None, fence: Fence | None
+    async def _call(
+        self, rule: str, ident: EntityKey, action: str, kind: str, row: int, fence: Fence | None
     ) -> bool:
-        """Call ``action`` (logged ``running`` first); whether it succeeded."""
+        """Make the call entry ``row`` (``running``) stands for, record its outcome; whether it succeeded."""
         view = self.views.get(ident, {})
         score, named = view.get("score"), str(view.get("band", NO_BAND))
         state: dict[str, str] = {}
@@ -475,13 +466,6 @@ class Engine:
                 if r.kind == "apply" and r.action == action
             ]
             state = applied[0].state if applied else {}
-        if row is None:
-            row = await self.store.log_action(
-                rule=rule, kind_=ident[0], key=ident[1], action=action, kind=kind, outcome="running",
-                score=score, band=named, fence=fence,
-            )  # fmt: skip
-        else:
-            await self.store.finish_action(row, "running", fence=fence)
         target = RiskTarget(
             ident[0], ident[1], rule, float(score) if score is not None else -1.0, named,
             {k: str(v) for k, v in dict(view.get("attributes") or {}).items()}, state,
@@ -507,10 +491,10 @@ class Engine:
         return True
 
     async def recover(self, fence: Fence | None) -> int:
-        """Redo the calls a crash interrupted (``running`` entries)."""
+        """Redo the calls a crash interrupted (``running`` entries: apply and revert are idempotent)."""
         calls = 0
         for row in reversed(await self.store.actions(outcomes=("running",))):
-            await self._execute(row.rule, (row.type, row.key), row.action, row.kind, row.id, fence)
+            await self._call(row.rule, (row.type, row.key), row.action, row.kind, row.id, fence)
             calls += 1
         return calls
 
@@ -520,28 +504,20 @@ class Engine:
             return 0
         assert self.states is not None
         calls = 0
-        waiting = await self.store.actions(outcomes=("deferred", "approved"))
-        for row in reversed(waiting):
+        for row in reversed(await self.store.actions(outcomes=("deferred", "approved"))):
             key = (row.rule, row.type, row.key)
-            state = self.states.get(key)
-            matching = state is not None and state.matching
-            if (row.kind == "apply") != matching:
+            old = self.states.get(key)
+            if (row.kind == "apply") != (old is not None and old.matching):
                 await self.store.finish_action(row.id, "cancelled", detail="no longer due", fence=fence)
                 continue
-            ok = await self._execute(row.rule, (row.type, row.key), row.action, row.kind, row.id, fence)
+            states: dict[tuple[str, str, str], RuleState | None] = {}
+            if old is not None and row.kind == "apply":
+                states[key] = RuleState(True, old.since, self.clock(), True)
+            await self._decide(states, [], fence, [(row.id, "running", "")])
+            await self._call(row.rule, (row.type, row.key), row.action, row.kind, row.id, fence)
             calls += 1
-            if state is not None:
-                if row.kind == "apply":
-                    state.fired = self.clock()
-                    state.applied = state.applied or ok
-                else:
-                    state.applied = False
-                await self.store.write_states({key: state}, fence=fence)
         return calls
 
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-Executor = Callable[[str, RiskTarget], Awaitable[Mapping[str, str]]]

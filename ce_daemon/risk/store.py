@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -443,36 +443,44 @@ class RiskStore:
 
     # -- action log --------------------------------------------------------------------------
 
-    async def log_action(
+    async def decide(
         self,
+        states: Mapping[tuple[str, str, str], RuleState | None],
+        entries: Sequence[Mapping[str, object]] = (),
         *,
-        rule: str,
-        kind_: str,
-        key: str,
-        action: str,
-        kind: str,
-        outcome: str,
-        score: float | None,
-        band: str,
-        detail: str = "",
-        state: dict[str, str] | None = None,
+        outcomes: Sequence[tuple[int, str, str]] = (),
         now: float | None = None,
         fence: Fence | None = None,
-    ) -> int:
-        """Append an entry to the action log; its id."""
+    ) -> list[int]:
+        """In one transaction: rule states written (None: deleted), new action-log ``entries`` appended
+        (their ids returned, in order) and existing entries given an outcome (``(id, outcome, detail)``).
+
+        An edge's decision and the intent of each call it makes commit together: after a crash either
+        both are there (the ``running`` calls are redone) or neither (the edge is seen again)."""
         now = time.time() if now is None else now
+        ids: list[int] = []
         async with self.store.transaction() as tx:
-            value = await tx.fetchval(
-                "INSERT INTO risk_actions (rule, type, key, action, kind, outcome, detail, state, score,"
-                " band, at, done) VALUES (:rule, :type, :key, :action, :kind, :outcome, :detail, :state,"
-                " :score, :band, :now, :done) RETURNING id",
-                {"rule": rule, "type": kind_, "key": key, "action": action, "kind": kind, "outcome": outcome,
-                 "detail": detail[:1000], "state": orjson.dumps(state or {}).decode(), "score": score,
-                 "band": band, "now": now, "done": 0.0 if outcome == "running" else now},
-            )  # fmt: skip
+            await self.write_states(dict(states), fence=None, tx=tx)
+            for entry in entries:
+                outcome = str(entry["outcome"])
+                value = await tx.fetchval(
+                    "INSERT INTO risk_actions (rule, type, key, action, kind, outcome, detail, state, score,"
+                    " band, at, done) VALUES (:rule, :type, :key, :action, :kind, :outcome, :detail, '{}',"
+                    " :score, :band, :now, :done) RETURNING id",
+                    {**entry, "detail": str(entry.get("detail", ""))[:1000], "now": now,
+                     "done": 0.0 if outcome == "running" else now},
+                )  # fmt: skip
+                ids.append(int(value))
+            for ident, outcome, detail in outcomes:
+                await tx.execute(
+                    "UPDATE risk_actions SET outcome = :outcome, detail = :detail, done = :done"
+                    " WHERE id = :id",
+                    {"id": ident, "outcome": outcome, "detail": detail[:1000],
+                     "done": 0.0 if outcome == "running" else now},
+                )  # fmt: skip
             if fence is not None:
                 await fence.check(tx)
-        return int(value)
+        return ids
 
     async def finish_action(
         self,
