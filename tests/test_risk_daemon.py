@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,35 @@ async def run_flow_with_sim_url(tmp_path: Path, action: dict[str, Any]) -> tuple
             await until(reverted)
         log = (await cli(config, "actions", "--limit", "100000"))["actions"]
     return config, log
+
+
+@pytest.mark.timeout(180)
+async def test_kill_9_mid_flow_leaves_one_action_per_edge(tmp_path: Path) -> None:
+    """SIGKILL at random moments while users cross bands: after the last restart every edge produced
+    exactly one entry (applies and reverts alternate per user, each a success) and the watchlist holds
+    exactly the users whose last entry is an apply."""
+    watchlist = tmp_path / "watchlist.json"
+    rng = random.Random(11)
+    streams = (("alerts", "uba"),)
+    async with backlog_simulator(TOKEN, 200, streams, arrival_rate=30, page_size=50) as sim:
+        assert sim.url is not None
+        settings = pipeline(tmp_path, sim.url, {"type": "risk_file", "path": str(watchlist)})
+        config = write_pipeline(tmp_path / "pipeline.yaml", settings)
+        for _ in range(3):
+            daemon = DaemonProcess(config, env=ENV)
+            await daemon.start()
+            await daemon.wait_for_event("risk.evaluated", timeout=60)
+            await asyncio.sleep(rng.uniform(0.5, 3.0))
+            await daemon.kill()
+        async with DaemonProcess(config, env=ENV) as daemon:
+            await daemon.wait_for_event("risk.evaluated", timeout=60)
+            await asyncio.sleep(2)
+        log = (await cli(config, "actions", "--limit", "100000"))["actions"]
+    assert log and {e["outcome"] for e in log} == {"success"}
+    last: dict[str, str] = {}
+    for key in {e["key"] for e in log}:
+        kinds = [e["kind"] for e in sorted(log, key=lambda e: e["id"]) if e["key"] == key]
+        assert kinds[0] == "apply" and all(a != b for a, b in itertools.pairwise(kinds)), (key, kinds)
+        last[key] = kinds[-1]
+    held = {value["key"] for value in json.loads(watchlist.read_text()).values()}
+    assert held == {key for key, kind in last.items() if kind == "apply"}
