@@ -28,8 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import groupby
-from operator import itemgetter
 from typing import Any, Final, Protocol
 
 import orjson
@@ -157,7 +155,7 @@ class Engine:
 
     # -- recompute -------------------------------------------------------------------------
 
-    async def recompute(  # noqa: PLR0912, PLR0915 - the hot loop of a pass, kept in one piece for speed
+    async def recompute(  # noqa: C901, PLR0915 - the hot loop of a pass, kept in one piece for speed
         self, fence: Fence | None = None, *, write: bool = True
     ) -> set[EntityKey]:
         """Every entity's combined score from the stored records; the entities that changed.
@@ -176,55 +174,70 @@ class Engine:
         views: dict[EntityKey, dict[str, Any]] = {}
         dumps, loads = orjson.dumps, orjson.loads
         parsed: dict[str, dict[str, Any]] = {}
-        for ident, group in groupby(records, key=itemgetter(0, 1)):
-            scores: dict[str, float] = {}
-            total = weights = 0.0
-            lowest: float | None = None
-            texts: list[str] = []
-            for _, _, source, score, seen, attrs in group:
-                config = sources.get(source)
-                if config is None:
-                    continue
-                if attrs != "{}":
-                    texts.append(attrs)
-                weight, cut = config
-                if seen < cut:
-                    continue
-                scores[source] = score
-                total += score * weight
-                weights += weight
-                if lowest is None or score < lowest:
-                    lowest = score
-            combined: float | None = None
-            if scores:
-                combined = round(lowest if minimum else total / weights, 1)  # type: ignore[arg-type]
+
+        def attributes_of(texts: list[str]) -> tuple[dict[str, Any], str]:
             if not texts:
-                attributes: dict[str, Any] = {}
-                attributes_text = "{}"
-            elif len(texts) == 1 or all(t == texts[0] for t in texts):
-                attributes_text = texts[0]
-                attributes = parsed.get(attributes_text) or parsed.setdefault(
-                    attributes_text, loads(attributes_text)
-                )
-            else:
-                attributes = {}
-                for text in texts:
-                    attributes.update(parsed.get(text) or parsed.setdefault(text, loads(text)))
-                attributes_text = dumps(attributes, option=orjson.OPT_SORT_KEYS).decode()
-            kind, key = ident
-            named = band(combined) if combined is not None else NO_BAND
+                return {}, "{}"
+            first = texts[0]
+            if all(t == first for t in texts):
+                found = parsed.get(first)
+                if found is None:
+                    found = parsed[first] = loads(first)
+                return found, first
+            merged: dict[str, Any] = {}
+            for text in texts:
+                merged.update(parsed.get(text) or parsed.setdefault(text, loads(text)))
+            return merged, dumps(merged, option=orjson.OPT_SORT_KEYS).decode()
+
+        def finish(
+            kind: str, key: str, scores: dict[str, float], combined: float | None, texts: list[str]
+        ) -> None:
+            ident = (kind, key)
+            attributes, attributes_text = attributes_of(texts)
+            named = NO_BAND if combined is None else band(combined)
             view = {**attributes, "type": kind, "key": key, "score": combined, "band": named,
                     "scores": scores, "sources": list(scores), "attributes": attributes}  # fmt: skip
             views[ident] = view
             was = previous.get(ident)
             scores_text = dumps(scores).decode()
             if was is not None and was[0] == combined and was[1] == scores_text and was[2] == attributes_text:
-                continue
+                return
             changed.add(ident)
             rows.append({"type": kind, "key": key, "score": combined, "band": named, "scores": scores_text,
                          "attributes": attributes_text, "updated": now})  # fmt: skip
             if was is None or was[0] != combined:
                 history.append({"type": kind, "key": key, "at": now, "score": combined, "band": named})
+
+        current_kind = current_key = None
+        scores: dict[str, float] = {}
+        texts: list[str] = []
+        total = weights = 0.0
+        lowest = 0.0
+        for kind, key, source, score, seen, attrs in records:
+            if key != current_key or kind != current_kind:
+                if current_key is not None:
+                    combined = (round(lowest if minimum else total / weights, 1)) if scores else None
+                    finish(current_kind, current_key, scores, combined, texts)  # type: ignore[arg-type]
+                current_kind, current_key = kind, key
+                scores, texts = {}, []
+                total = weights = 0.0
+                lowest = 1e9
+            config = sources.get(source)
+            if config is None:
+                continue
+            if attrs != "{}":
+                texts.append(attrs)
+            weight, cut = config
+            if seen < cut:
+                continue
+            scores[source] = score
+            total += score * weight
+            weights += weight
+            if score < lowest:  # noqa: PLR1730 - faster than min() in the hot loop
+                lowest = score
+        if current_key is not None:
+            combined = (round(lowest if minimum else total / weights, 1)) if scores else None
+            finish(current_kind, current_key, scores, combined, texts)  # type: ignore[arg-type]
         self.views = views
         self.pending = (rows, history)
         if write:
