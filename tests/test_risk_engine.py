@@ -14,9 +14,10 @@ import pytest
 
 from ce_daemon.filter import compile_filter
 from ce_daemon.plugin import RiskRecord, RiskScale, RiskTarget
+from ce_daemon.risk.commands import what_if
 from ce_daemon.risk.engine import Engine, RuleSpec, SourceWeight, day_of, trend
 from ce_daemon.risk.normalise import normalise_poll
-from ce_daemon.risk.settings import DAY, Maintenance
+from ce_daemon.risk.settings import DAY, Maintenance, Risk
 from ce_daemon.risk.store import RISK_MIGRATIONS, RiskStore
 from ce_daemon.testing.state import open_test_store
 
@@ -312,3 +313,23 @@ async def test_a_crash_after_the_target_answered_gives_one_entry_per_edge(risk: 
     await put(risk, "a", {"u@x.com": 900}, clock.now)
     await restarted.run_pass()
     assert runner.calls[-1] == ("revert", "group", "u@x.com", {"member": "group:u@x.com"})
+
+
+async def test_what_if_shows_how_each_bands_share_would_move(risk: RiskStore) -> None:
+    clock = Clock()
+    await put(risk, "a", {"u1@x.com": 900, "u2@x.com": 900, "u3@x.com": 100}, clock.now)
+    await put(risk, "b", {"u1@x.com": 100, "u2@x.com": 700}, clock.now)
+    settings = Risk.model_validate(
+        {"sources": [{"name": "a", "plugin": {"type": "x"}}, {"name": "b", "plugin": {"type": "x"}}]}
+    )
+    shares = what_if(await risk.records(), settings, {"b": 3}, clock.now)["user"]
+    # now: u1 500 (high), u2 800 (low), u3 100 (critical); with b x3: u1 300 (high), u2 750 (medium)
+    assert {b: (round(v["now"], 3), round(v["after"], 3)) for b, v in shares.items()} == {
+        "critical": (0.333, 0.333),
+        "high": (0.333, 0.333),
+        "medium": (0.0, 0.333),
+        "low": (0.333, 0.0),
+    }
+    assert what_if(await risk.records(), settings, {"b": 0}, clock.now)["user"]["low"][
+        "after"
+    ] == pytest.approx(2 / 3)
