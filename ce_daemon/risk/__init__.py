@@ -1,0 +1,1 @@
+"""The risk exchange: normalised, weighted scores of users, devices and applications, and actions."""

@@ -1,0 +1,223 @@
+"""Resolving the ``risk:`` section: each source's and action's plugin, each rule's filter and references.
+
+Every problem is reported at its place before anything runs. What comes out (:class:`RiskPlan`) is
+what the components are built from, each part with a fingerprint of its raw settings.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ce_daemon.config.load import digest, unique_names
+from ce_daemon.config.source import Loc
+from ce_daemon.filter import Predicate
+from ce_daemon.jobs import Resolution
+from ce_daemon.keys import StreamKey
+from ce_daemon.plugin import PluginOptions, RiskScale
+from ce_daemon.registry import PluginInfo
+from ce_daemon.risk.engine import RuleSpec, SourceWeight
+from ce_daemon.risk.settings import Risk, RiskRule, RiskSourceConfig
+
+__all__ = ["ResolvedAction", "ResolvedRiskSource", "RiskPlan", "RiskResolver"]
+
+
+@dataclass(frozen=True)
+class ResolvedRiskSource:
+    """A source with its plugin, options and effective scale (None plugin: Netskope's UBA alerts)."""
+
+    config: RiskSourceConfig
+    plugin: PluginInfo | None
+    options: PluginOptions | None
+    scale: RiskScale
+    streams: tuple[StreamKey, ...]
+    fingerprint: str
+
+    def weight(self) -> SourceWeight:
+        return SourceWeight(self.config.name, self.config.weight, self.config.stale_after)
+
+
+@dataclass(frozen=True)
+class ResolvedAction:
+    """A named action: its plugin and options."""
+
+    name: str
+    plugin: PluginInfo
+    options: PluginOptions
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class RiskPlan:
+    """The ``risk:`` section resolved."""
+
+    settings: Risk
+    sources: dict[str, ResolvedRiskSource]
+    actions: dict[str, ResolvedAction]
+    rules: tuple[RuleSpec, ...]
+    fingerprint: str
+    """Of everything the evaluator reads (weights, rules, actions, maintenance, combine)."""
+
+    def enabled_sources(self) -> list[ResolvedRiskSource]:
+        return [s for s in self.sources.values() if s.config.enabled]
+
+    def weights(self) -> dict[str, SourceWeight]:
+        """Every source's weight and staleness, by name (disabled sources too: their stored scores count
+        until stale)."""
+        return {name: source.weight() for name, source in self.sources.items()}
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+class RiskResolver:
+    """The checks of ``risk:`` beyond its model."""
+
+    def __init__(self, resolution: Resolution) -> None:
+        self.resolution = resolution
+        self.source = resolution.source
+        self.problems = resolution.problems
+        self.plugins: dict[Loc, tuple[PluginInfo, PluginOptions]] = {}
+        self.predicates: dict[Loc, Predicate | None] = {}
+
+    def raw(self, key: str) -> list[tuple[int, dict[str, Any]]]:
+        data = self.source.data
+        risk = data.get("risk") if isinstance(data, dict) else None
+        entries = risk.get(key) if isinstance(risk, dict) else None
+        if not isinstance(entries, list):
+            return []
+        return [(i, e) for i, e in enumerate(entries) if isinstance(e, dict)]
+
+    def check(self) -> None:
+        for key in ("sources", "rules", "actions"):
+            self.problems.extend(unique_names(self.source, ("risk", key)))
+        data = self.source.data
+        tenants = [
+            str(t.get("name"))
+            for t in (data.get("tenants") or [] if isinstance(data, dict) else [])
+            if isinstance(t, dict)
+        ]
+        for index, raw in self.raw("sources"):
+            loc: Loc = ("risk", "sources", index)
+            if "plugin" in raw:
+                self._plugin("risk_source", raw["plugin"], (*loc, "plugin"), "risk source")
+            netskope = raw.get("netskope")
+            tenant = netskope.get("tenant") if isinstance(netskope, dict) else None
+            if isinstance(tenant, str) and tenant not in tenants:
+                self._unknown((*loc, "netskope", "tenant"), "tenant", tenant, tenants)
+        named = {}
+        for index, raw in self.raw("actions"):
+            self._plugin(
+                "risk_action", raw.get("plugin"), ("risk", "actions", index, "plugin"), "risk action"
+            )
+            named[str(raw.get("name"))] = ("risk", "actions", index, "plugin")
+        for index, raw in self.raw("rules"):
+            loc = ("risk", "rules", index)
+            self.predicates[loc] = self.resolution.filter(raw.get("filter"), (*loc, "filter"))
+            entity = raw.get("entity", "user")
+            actions = raw.get("actions")
+            for i, action in enumerate(actions if isinstance(actions, list) else []):
+                where: Loc = (*loc, "actions", i)
+                plugin_loc: Loc
+                if isinstance(action, str):
+                    if action not in named:
+                        self._unknown(where, "action", action, list(named))
+                        continue
+                    plugin_loc = named[action]
+                elif isinstance(action, dict):
+                    plugin_loc = (*where, "plugin")
+                    self._plugin("risk_action", action.get("plugin"), plugin_loc, "risk action")
+                else:
+                    continue
+                self._acts_on(where, plugin_loc, entity)
+
+    def _acts_on(self, where: Loc, plugin_loc: Loc, entity: object) -> None:
+        resolved = self.plugins.get(plugin_loc)
+        if resolved is None or resolved[0].cls is None or not isinstance(entity, str):
+            return
+        entities: object = getattr(resolved[0].cls, "entities", frozenset())
+        if isinstance(entities, frozenset) and entities and entity not in entities:
+            self.problems.append(
+                self.source.problem(
+                    where,
+                    f"the {resolved[0].name!r} action does not act on {entity} entities",
+                    hint=f"it acts on: {', '.join(sorted(str(e) for e in entities))}",
+                )
+            )
+
+    def _plugin(self, kind: str, raw: object, loc: Loc, what: str) -> None:
+        resolved = self.resolution.plugin(kind, raw, loc, what)
+        if resolved is not None:
+            self.plugins[loc] = resolved
+
+    def _unknown(self, loc: Loc, what: str, name: str, known: list[str]) -> None:
+        close = difflib.get_close_matches(name, known, n=1)
+        self.problems.append(
+            self.source.problem(
+                loc,
+                f"no {what} named {name!r}",
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + f"{what}s: {', '.join(known) or 'none'}",
+            )
+        )
+
+    def build(self, section: Risk) -> RiskPlan:
+        raw_sources = dict(self.raw("sources"))
+        raw_actions = dict(self.raw("actions"))
+        raw_rules = dict(self.raw("rules"))
+        sources: dict[str, ResolvedRiskSource] = {}
+        for index, source in enumerate(section.sources):
+            plugin = self.plugins.get(("risk", "sources", index, "plugin"))
+            streams: tuple[StreamKey, ...] = ()
+            if source.netskope is not None:
+                streams = (StreamKey(source.netskope.tenant, "alerts", "uba"),)
+                scale = RiskScale(0.0, 1000.0, source.netskope.higher_is_safer)
+            else:
+                declared = getattr(plugin[0].cls, "scale", None) if plugin else None
+                scale = declared if isinstance(declared, RiskScale) else RiskScale()
+            if source.scale is not None:
+                scale = source.scale.scale()
+            sources[source.name] = ResolvedRiskSource(
+                source, plugin[0] if plugin else None, plugin[1] if plugin else None, scale, streams,
+                digest([raw_sources.get(index), plugin[0].version if plugin else ""]),
+            )  # fmt: skip
+        actions: dict[str, ResolvedAction] = {}
+        for index, action in enumerate(section.actions):
+            info, options = self.plugins[("risk", "actions", index, "plugin")]
+            actions[action.name] = ResolvedAction(
+                action.name, info, options, digest([raw_actions.get(index), info.version])
+            )
+        rules: list[RuleSpec] = []
+        for index, rule in enumerate(section.rules):
+            names: list[str] = []
+            for i, entry in enumerate(rule.actions):
+                if isinstance(entry, str):
+                    names.append(entry)
+                    continue
+                action = entry
+                name = f"{rule.name}/{action.name}"
+                info, options = self.plugins[("risk", "rules", index, "actions", i, "plugin")]
+                raw_rule = raw_rules.get(index, {})
+                actions[name] = ResolvedAction(
+                    name, info, options, digest([raw_rule.get("actions", [])[i], info.version])
+                )
+                names.append(name)
+            rules.append(_rule(rule, self.predicates.get(("risk", "rules", index)), tuple(names)))
+        section_raw = self.source.value_at(("risk",))
+        fingerprint = digest([
+            dict(section_raw) if isinstance(section_raw, dict) else {},
+            [a.fingerprint for a in actions.values()],
+        ])  # fmt: skip
+        return RiskPlan(section, sources, actions, tuple(rules), fingerprint)
+
+
+def _rule(rule: RiskRule, predicate: Predicate | None, actions: tuple[str, ...]) -> RuleSpec:
+    return RuleSpec(
+        rule.name, rule.entity, predicate, actions, rule.flap_suppression, _epoch(rule.muted_until),
+        rule.require_approval, rule.enabled,
+    )  # fmt: skip

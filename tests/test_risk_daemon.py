@@ -1,0 +1,182 @@
+"""The risk exchange in the running daemon: the tenant simulator's UBA alerts score users; a user whose
+latest anomaly is severe falls into the critical band, the rule's action puts them on a watchlist (the
+``risk_file`` action, or Netskope's SCIM group once that plugin is installed), and when a milder alert
+lifts the score back, the action is reverted. Then ``ce-daemon risk`` shows it all."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ce_daemon.registry import Registry
+from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.pipelines import backlog_simulator, daemon_status, pipeline_config, run_cli
+
+TOKEN = "risk-daemon-token-0123456789abcdef"
+ENV = {"SIM_TOKEN": TOKEN}
+
+
+def pipeline(tmp_path: Path, url: str, action: dict[str, Any]) -> dict[str, Any]:
+    risk = {
+        "sources": [{"name": "netskope", "netskope": {"tenant": "sim"}}],
+        "evaluate_every": "0.5s",
+        "actions": [{"name": "watch", "plugin": action}],
+        "rules": [
+            {"name": "critical-users", "entity": "user", "filter": {"band": "critical"}, "actions": ["watch"]}
+        ],
+    }
+    config = pipeline_config(tmp_path, url, [], rate_limit=20, risk=risk, logs={})
+    config["http"] = {"listen": "127.0.0.1:0"}
+    config["logging"] = {"level": "info", "format": "json"}
+    if "url" in config["state"]:
+        config["cluster"] = {"lease_ttl": 3}
+    return config
+
+
+async def cli(config: Path, *args: str) -> Any:
+    code, out = await run_cli("risk", *args, "-c", str(config), "--json", env=ENV)
+    assert code == 0, out
+    return orjson.loads(out.splitlines()[-1])
+
+
+async def until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            found = await check()
+            if found:
+                return found
+            await asyncio.sleep(0.5)
+
+
+def applied_then_reverted(log: list[dict[str, Any]]) -> str | None:
+    """A user whose action was applied and later reverted, both successfully."""
+    applied: set[str] = set()
+    for entry in sorted(log, key=lambda e: e["id"]):
+        if entry["outcome"] == "success" and entry["kind"] == "apply":
+            applied.add(entry["key"])
+        elif entry["outcome"] == "success" and entry["kind"] == "revert" and entry["key"] in applied:
+            return str(entry["key"])
+    return None
+
+
+async def run_flow(tmp_path: Path, action: dict[str, Any]) -> tuple[Path, list[dict[str, Any]]]:
+    streams = (("alerts", "uba"),)
+    async with backlog_simulator(TOKEN, 200, streams, arrival_rate=30, page_size=100) as sim:
+        assert sim.url is not None
+        config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url, action))
+        async with DaemonProcess(config, env=ENV) as daemon:
+            await daemon.wait_for_event("risk.evaluated")
+
+            async def reverted() -> str | None:
+                return applied_then_reverted((await cli(config, "actions", "--limit", "5000"))["actions"])
+
+            user = await until(reverted)
+            listed = (await cli(config, "entities", "--limit", "1000"))["entities"]
+            assert user in {e["key"] for e in listed} and len(listed) <= 64  # the simulator's user pool
+            shown = await cli(config, "show", user)
+            bands = {h["band"] for h in shown["history"]}
+            assert "critical" in bands and bands - {"critical"}, shown["history"]
+            assert [r["source"] for r in shown["records"]] == ["netskope"]
+            critical = (await cli(config, "entities", "--band", "critical", "--limit", "1000"))["entities"]
+            assert all(e["score"] <= 250 for e in critical)
+            trend = await cli(config, "trend")
+            assert trend["types"]["user"]["today"]["entities"] >= 1
+            moved = await cli(config, "what-if", "--weight", "netskope=2")
+            assert sum(v["now"] for v in moved["types"]["user"].values()) == pytest.approx(1.0)
+            status = (await daemon_status(config, env=ENV))["jobs"]["risk"]
+            assert 0 < sum(n for k, n in status.items() if k.startswith("users_")) <= 64
+            url = (await daemon.wait_for_event("http.listening"))["url"]
+            async with aiohttp.ClientSession() as session, session.get(f"{url}metrics") as answer:
+                families = {f.name: f for f in text_string_to_metric_families(await answer.text())}
+            assert 0 < sum(s.value for s in families["ce_daemon_risk_entities"].samples) <= 64
+            outcomes = {s.labels["outcome"] for s in families["ce_daemon_risk_actions"].samples}
+            assert "success" in outcomes
+        log = (await cli(config, "actions", "--limit", "100000"))["actions"]
+    return config, log
+
+
+async def test_uba_alerts_move_a_user_across_bands_and_the_watchlist_follows(tmp_path: Path) -> None:
+    watchlist = tmp_path / "watchlist.json"
+    config, log = await run_flow(tmp_path, {"type": "risk_file", "path": str(watchlist)})
+    assert {e["outcome"] for e in log} <= {"success"}
+    # the watchlist holds exactly the users whose last action was an apply
+    last: dict[str, str] = {}
+    for entry in sorted(log, key=lambda e: e["id"]):
+        last[entry["key"]] = entry["kind"]
+    held = {value["key"] for value in json.loads(watchlist.read_text()).values()}
+    assert held == {key for key, kind in last.items() if kind == "apply"}
+    # each edge acted once: applies and reverts alternate per user
+    for key in last:
+        kinds = [e["kind"] for e in sorted(log, key=lambda e: e["id"]) if e["key"] == key]
+        assert all(a != b for a, b in itertools.pairwise(kinds)), (key, kinds)
+    assert config.exists()
+
+
+@pytest.mark.skipif(
+    Registry.discover().get("risk_action", "netskope_scim_group") is None,
+    reason="the netskope_scim_group risk action is not installed yet (wired at merge)",
+)
+async def test_uba_alerts_add_a_user_to_a_scim_group_and_remove_them(tmp_path: Path) -> None:
+    """The same flow with Netskope's SCIM group action against the simulator's SCIM endpoints."""
+    action = {"type": "netskope_scim_group", "url": "{sim}", "token": {"$env": "SIM_TOKEN"}, "group": "risky"}
+    _, log = await run_flow_with_sim_url(tmp_path, action)
+    assert {e["outcome"] for e in log} <= {"success"}
+
+
+async def run_flow_with_sim_url(tmp_path: Path, action: dict[str, Any]) -> tuple[Path, list[dict[str, Any]]]:
+    """:func:`run_flow` with ``{sim}`` in the action's options replaced by the simulator's URL."""
+    streams = (("alerts", "uba"),)
+    async with backlog_simulator(TOKEN, 200, streams, arrival_rate=30, page_size=100) as sim:
+        assert sim.url is not None
+        options = {k: (sim.url if v == "{sim}" else v) for k, v in action.items()}
+        config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url, options))
+        async with DaemonProcess(config, env=ENV):
+
+            async def reverted() -> str | None:
+                return applied_then_reverted((await cli(config, "actions", "--limit", "5000"))["actions"])
+
+            await until(reverted)
+        log = (await cli(config, "actions", "--limit", "100000"))["actions"]
+    return config, log
+
+
+@pytest.mark.timeout(180)
+async def test_kill_9_mid_flow_leaves_one_action_per_edge(tmp_path: Path) -> None:
+    """SIGKILL at random moments while users cross bands: after the last restart every edge produced
+    exactly one entry (applies and reverts alternate per user, each a success) and the watchlist holds
+    exactly the users whose last entry is an apply."""
+    watchlist = tmp_path / "watchlist.json"
+    rng = random.Random(11)
+    streams = (("alerts", "uba"),)
+    async with backlog_simulator(TOKEN, 200, streams, arrival_rate=30, page_size=50) as sim:
+        assert sim.url is not None
+        settings = pipeline(tmp_path, sim.url, {"type": "risk_file", "path": str(watchlist)})
+        config = write_pipeline(tmp_path / "pipeline.yaml", settings)
+        for _ in range(3):
+            daemon = DaemonProcess(config, env=ENV)
+            await daemon.start()
+            await daemon.wait_for_event("risk.evaluated", timeout=60)
+            await asyncio.sleep(rng.uniform(0.5, 3.0))
+            await daemon.kill()
+        async with DaemonProcess(config, env=ENV) as daemon:
+            await daemon.wait_for_event("risk.evaluated", timeout=60)
+            await asyncio.sleep(2)
+        log = (await cli(config, "actions", "--limit", "100000"))["actions"]
+    assert log and {e["outcome"] for e in log} == {"success"}
+    last: dict[str, str] = {}
+    for key in {e["key"] for e in log}:
+        kinds = [e["kind"] for e in sorted(log, key=lambda e: e["id"]) if e["key"] == key]
+        assert kinds[0] == "apply" and all(a != b for a, b in itertools.pairwise(kinds)), (key, kinds)
+        last[key] = kinds[-1]
+    held = {value["key"] for value in json.loads(watchlist.read_text()).values()}
+    assert held == {key for key, kind in last.items() if kind == "apply"}
