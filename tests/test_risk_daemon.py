@@ -18,7 +18,6 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ce_daemon.registry import Registry
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import backlog_simulator, daemon_status, pipeline_config, run_cli
 
@@ -122,32 +121,41 @@ async def test_uba_alerts_move_a_user_across_bands_and_the_watchlist_follows(tmp
     assert config.exists()
 
 
-@pytest.mark.skipif(
-    Registry.discover().get("risk_action", "netskope_scim_group") is None,
-    reason="the netskope_scim_group risk action is not installed yet (wired at merge)",
-)
+@pytest.mark.timeout(120)
 async def test_uba_alerts_add_a_user_to_a_scim_group_and_remove_them(tmp_path: Path) -> None:
-    """The same flow with Netskope's SCIM group action against the simulator's SCIM endpoints."""
-    action = {"type": "netskope_scim_group", "url": "{sim}", "token": {"$env": "SIM_TOKEN"}, "group": "risky"}
-    _, log = await run_flow_with_sim_url(tmp_path, action)
-    assert {e["outcome"] for e in log} <= {"success"}
-
-
-async def run_flow_with_sim_url(tmp_path: Path, action: dict[str, Any]) -> tuple[Path, list[dict[str, Any]]]:
-    """:func:`run_flow` with ``{sim}`` in the action's options replaced by the simulator's URL."""
+    """The issue's end-to-end flow with Netskope's own action: the simulator's UBA alerts move users into
+    the critical band and out of it; the rule adds each to the tenant's SCIM group ``risky`` when their
+    combined score enters the band and removes them when it recovers. In the end the group holds exactly
+    the users whose last action was an apply."""
     streams = (("alerts", "uba"),)
     async with backlog_simulator(TOKEN, 200, streams, arrival_rate=30, page_size=100) as sim:
         assert sim.url is not None
-        options = {k: (sim.url if v == "{sim}" else v) for k, v in action.items()}
-        config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url, options))
-        async with DaemonProcess(config, env=ENV):
+        for seq in range(2000):  # the tenant's directory knows every user its alerts name
+            user = str(sim.factory.make("alerts", "uba", seq, 0)["user"])
+            if sim.scim.user_named(user) is None:
+                sim.scim.add_user(user)
+        action = {"type": "netskope_scim_group", "url": sim.url, "token": {"$env": "SIM_TOKEN"},
+                  "group": "risky", "create_missing": True}  # fmt: skip
+        config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url, action))
+        async with DaemonProcess(config, env=ENV) as daemon:
+            await daemon.wait_for_event("risk.evaluated")
 
             async def reverted() -> str | None:
                 return applied_then_reverted((await cli(config, "actions", "--limit", "5000"))["actions"])
 
-            await until(reverted)
+            user = await until(reverted)
         log = (await cli(config, "actions", "--limit", "100000"))["actions"]
-    return config, log
+    # a call in flight when the daemon stopped is logged `running` (the next start redoes it)
+    assert {e["outcome"] for e in log} <= {"success", "running"}
+    group = sim.scim.group_named("risky")
+    assert group is not None
+    members = {sim.scim.users[member].user_name for member in group.members}
+    last: dict[str, tuple[str, str]] = {}
+    for entry in sorted(log, key=lambda e: e["id"]):
+        last[entry["key"]] = (entry["kind"], entry["outcome"])
+    settled = {key for key, (_, outcome) in last.items() if outcome == "success"}
+    assert user in settled
+    assert members & settled == {key for key in settled if last[key][0] == "apply"}
 
 
 @pytest.mark.timeout(180)
