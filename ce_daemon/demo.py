@@ -111,6 +111,22 @@ tickets:
           title: "${{alert_type}} alert for ${{user}}"
 """
 
+RISK = """\
+risk:
+  evaluate_every: 5s
+  sources:
+    - name: netskope-uba                    # each user's latest UBA alert score (higher = riskier)
+      netskope: {{tenant: demo}}
+  actions:
+    - name: watchlist                       # a file a person can read: out/risky-users.json
+      plugin: {{type: risk_file, path: out/risky-users.json}}
+  rules:
+    - name: critical-users
+      entity: user
+      filter: {{band: critical}}              # in when the combined score enters Critical, out when it leaves
+      actions: [watchlist]
+"""
+
 BLOCKLIST = """\
 # the demo's local feed: one value a line; defanged values are refanged, bad ones refused and counted
 hxxp://malware-drop[.]biz/payload.exe
@@ -168,7 +184,8 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
                     list_token_env=DEMO_LIST_TOKEN_ENV,
                     edl_port=edl_port,
                 )
-                + TICKETS.format(inbox_url=inbox_url),
+                + TICKETS.format(inbox_url=inbox_url)
+                + RISK.format(),
                 encoding="utf-8",
             )
             _say(f"tenant simulator on {url}; pipeline written to {path}")
@@ -178,6 +195,8 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
             _say(f"the tenant's URL lists: curl -s {url}/_sim/lists  |  the local feed: {blocklist}")
             tickets_file = directory / "out" / "tickets.ndjson"
             _say(f"tickets: tail -f {tickets_file}  |  ce-daemon tickets list -c {path}")
+            watchlist = directory / "out" / "risky-users.json"
+            _say(f"risk: ce-daemon risk entities -c {path}  |  the watchlist: {watchlist}")
             _say(f"stop with ^C; edit the pipeline and `kill -HUP {os.getpid()}` to reload")
             environ = {**os.environ, DEMO_TOKEN_ENV: DEMO_TOKEN, DEMO_LIST_TOKEN_ENV: DEMO_LIST_TOKEN}
             daemon = Daemon(path, registry, environ=environ)
@@ -228,6 +247,8 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
             spool = snapshot.get("spool") or {}
             threats = (snapshot.get("jobs") or {}).get("threats") or {}
             tickets = (snapshot.get("jobs") or {}).get("tickets") or {}
+            risk = (snapshot.get("jobs") or {}).get("risk") or {}
+            users = sum(n for key, n in risk.items() if key.startswith("users_"))
             shared = ", ".join(
                 f"{key.removeprefix('shared_')}={value}"
                 for key, value in threats.items()
@@ -238,6 +259,7 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
                 f"{snapshot['components_total']} ok | pulled {pulled} records | shipped {shipped} | "
                 f"spool {spool.get('records', 0)} records | IOCs {threats.get('iocs_active', 0)} active,"
                 f" shared {shared or 'nothing yet'} | tickets {tickets.get('tickets', 0)}"
+                f" | users scored {users}, critical {risk.get('users_critical', 0)}"
             )
 
 

@@ -172,7 +172,8 @@ def _appends(sim: TenantSimulator) -> int:
 
 
 async def test_the_demo_shows_iocs_flowing_in_and_out(tmp_path: Path) -> None:
-    """`ce-daemon demo`: the simulator's alerts and the local feed in; the URL list and the EDL out."""
+    """`ce-daemon demo`: the simulator's alerts and the local feed in; the URL list and the EDL out (and
+    the other modules at work beside: tickets to the demo's inbox, users' risk scored)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ce_daemon", "demo", "--dir", str(tmp_path), "--duration", "18",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -193,6 +194,9 @@ async def test_the_demo_shows_iocs_flowing_in_and_out(tmp_path: Path) -> None:
     }
     feed = {s["source"]: s for s in data["sources"]}["local-feed"]
     assert feed["rejected"] == 2  # a line that is no value, and a private address
+    # every module is wired: tickets reached the demo's inbox, users were scored
+    assert (tmp_path / "out" / "tickets.ndjson").read_text().count('"action":"create"') > 0
+    assert re.search(r"tickets [1-9]\d* \| users scored [1-9]", progress[-2] + progress[-1]), progress[-2:]
 
 
 async def test_two_way_sharing_between_the_tenant_and_misp_never_echoes(tmp_path: Path) -> None:
