@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import orjson
 
+from ce_daemon.bulk import collector_paused
 from ce_daemon.plugin import SharedIoc
 from ce_daemon.store import Fence, Store
 from ce_daemon.threats.model import Indicator, IocType, Severity, Verdict
@@ -224,6 +225,22 @@ async def select(
     now: float | None = None,
 ) -> Selection:
     """What the destination fed by ``rules`` should hold, given what it ``held`` so far."""
+    with collector_paused():  # a pass over every active row: millions of short-lived objects
+        return await _select(rules, iocs, policy, takes, max_entries, max_bytes, size, held, echo_of, now)
+
+
+async def _select(
+    rules: Sequence[ResolvedRule],
+    iocs: IocStore,
+    policy: Policy,
+    takes: frozenset[str],
+    max_entries: int | None,
+    max_bytes: int | None,
+    size: Callable[[SharedIoc], int],
+    held: dict[tuple[str, str], Held],
+    echo_of: str | None,
+    now: float | None,
+) -> Selection:
     now = time.time() if now is None else now
     selection = Selection()
     union: list[tuple[str, SharedIoc]] = []
@@ -241,7 +258,7 @@ async def select(
         else:
             picked = await _rule_entries(rule, iocs, policy, takes, echo_of)
         capped, dropped = _cut(
-            [(name, item) for item in picked if _key(item) not in seen],
+            [(name, item) for item in picked if not seen or _key(item) not in seen],
             rule.config.cap.entries,
             rule.config.cap.bytes,
             size,

@@ -20,10 +20,11 @@ import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Final
+from typing import Final, NamedTuple
 
 import orjson
 
+from ce_daemon.bulk import collector_paused
 from ce_daemon.store import Fence, Migration, Store
 from ce_daemon.store.base import Row
 from ce_daemon.threats.model import Indicator, IocType, Severity, Sighting, Verdict
@@ -145,9 +146,8 @@ _SELECT: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class StoredIoc:
-    """One source's row for one indicator."""
+class StoredIoc(NamedTuple):
+    """One source's row for one indicator (a named tuple: a million of them are read to share a list)."""
 
     indicator: Indicator
     source: str
@@ -284,7 +284,8 @@ class IocStore:
         """
         now = time.time() if now is None else now
         result = IngestResult(rejected=rejected)
-        listed = await self._listed(source) if full_list else {}
+        with collector_paused():
+            listed = await self._listed(source) if full_list else {}
         upsert = _UPSERT.replace("{basis}", _BASIS[lifetime.basis])
 
         lives = {kind: lifetime.of(kind) for kind in IocType}
@@ -319,11 +320,12 @@ class IocStore:
                     "expires": sighting.seen + life,
                 }
 
-        for batch in _sorted_batches(rows()):
-            async with self.store.transaction() as tx:
-                await tx.executemany(upsert, batch)
-                if fence is not None:
-                    await fence.check(tx)
+        with collector_paused():  # the rows of a million-line feed: no use walking them for cycles
+            for batch in _sorted_batches(rows()):
+                async with self.store.transaction() as tx:
+                    await tx.executemany(upsert, batch)
+                    if fence is not None:
+                        await fence.check(tx)
         async with self.store.transaction() as tx:
             if full_list:
                 for batch in _batches(_unlisted(source, listed)):
