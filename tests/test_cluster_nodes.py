@@ -25,10 +25,10 @@ from ce_daemon.testing.cluster import ClusterRun, Lease, Node, Workload, cluster
 pytestmark = pytest.mark.slow
 
 LEASE_TTL = 3.0
-TAKEOVER_MARGIN = 10.0
+TAKEOVER_MARGIN = 20.0
 """Seconds beyond ``lease_ttl`` a takeover may take here: the survivors' round is scheduled at the
 expiry, then a round trip to the database; the margin absorbs a 2-core machine running the suite
-beside five processes of this test."""
+(other daemons' tests beside it) beside five processes of this test: 10 s was once too short there."""
 STARTUP = 30.0
 """Bound for three nodes to start, join and balance."""
 SHIPPING = 60.0

@@ -97,10 +97,9 @@ class RiskResolver:
         for key in ("sources", "rules", "actions"):
             self.problems.extend(unique_names(self.source, ("risk", key)))
         data = self.source.data
+        listed = data.get("tenants") if isinstance(data, dict) else None
         tenants = [
-            str(t.get("name"))
-            for t in (data.get("tenants") or [] if isinstance(data, dict) else [])
-            if isinstance(t, dict)
+            str(t.get("name")) for t in (listed if isinstance(listed, list) else []) if isinstance(t, dict)
         ]
         for index, raw in self.raw("sources"):
             loc: Loc = ("risk", "sources", index)
