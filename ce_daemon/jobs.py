@@ -21,6 +21,7 @@ distribution and the error, and only matters when the file has its section.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -70,6 +71,36 @@ class Resolution:
     """Every problem found, with its place: the file is refused when any is found."""
     warnings: list[Problem]
     """What is valid but probably not meant (printed by ``check``, logged by the daemon)."""
+
+    def entries(self, section: str, key: str) -> list[tuple[int, dict[str, Any]]]:
+        """The raw entries of ``<section>.<key>`` that are mappings, with their index (a list of another
+        shape gives none: the section's model reports it)."""
+        data = self.source.data
+        part = data.get(section) if isinstance(data, dict) else None
+        listed = part.get(key) if isinstance(part, dict) else None
+        if not isinstance(listed, list):
+            return []
+        return [(index, entry) for index, entry in enumerate(listed) if isinstance(entry, dict)]
+
+    def tenants(self) -> list[str]:
+        """The names of the raw ``tenants:`` (whatever shape the section has)."""
+        data = self.source.data
+        listed = data.get("tenants") if isinstance(data, dict) else None
+        return [
+            str(t.get("name")) for t in (listed if isinstance(listed, list) else []) if isinstance(t, dict)
+        ]
+
+    def unknown(self, loc: Loc, what: str, name: str, known: list[str]) -> None:
+        """Report that ``name`` at ``loc`` names no ``what``, with the nearest of ``known`` as a hint."""
+        close = difflib.get_close_matches(name, known, n=1)
+        self.problems.append(
+            self.source.problem(
+                loc,
+                f"no {what} named {name!r}",
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + f"{what}s: {', '.join(known) or 'none'}",
+            )
+        )
 
     def plugin(self, kind: str, raw: object, loc: Loc, what: str) -> tuple[PluginInfo, PluginOptions] | None:
         """The plugin of ``kind`` a raw ``{type: …, options…}`` mapping at ``loc`` names, with its

@@ -6,7 +6,6 @@ what the components are built from, each part with a fingerprint of its raw sett
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -86,21 +85,13 @@ class RiskResolver:
         self.predicates: dict[Loc, Predicate | None] = {}
 
     def raw(self, key: str) -> list[tuple[int, dict[str, Any]]]:
-        data = self.source.data
-        risk = data.get("risk") if isinstance(data, dict) else None
-        entries = risk.get(key) if isinstance(risk, dict) else None
-        if not isinstance(entries, list):
-            return []
-        return [(i, e) for i, e in enumerate(entries) if isinstance(e, dict)]
+        """The raw entries of ``risk.<key>`` that are mappings, with their index."""
+        return self.resolution.entries("risk", key)
 
     def check(self) -> None:
         for key in ("sources", "rules", "actions"):
             self.problems.extend(unique_names(self.source, ("risk", key)))
-        data = self.source.data
-        listed = data.get("tenants") if isinstance(data, dict) else None
-        tenants = [
-            str(t.get("name")) for t in (listed if isinstance(listed, list) else []) if isinstance(t, dict)
-        ]
+        tenants = self.resolution.tenants()
         for index, raw in self.raw("sources"):
             loc: Loc = ("risk", "sources", index)
             if "plugin" in raw:
@@ -108,7 +99,7 @@ class RiskResolver:
             netskope = raw.get("netskope")
             tenant = netskope.get("tenant") if isinstance(netskope, dict) else None
             if isinstance(tenant, str) and tenant not in tenants:
-                self._unknown((*loc, "netskope", "tenant"), "tenant", tenant, tenants)
+                self.resolution.unknown((*loc, "netskope", "tenant"), "tenant", tenant, tenants)
         named = {}
         for index, raw in self.raw("actions"):
             self._plugin(
@@ -125,7 +116,7 @@ class RiskResolver:
                 plugin_loc: Loc
                 if isinstance(action, str):
                     if action not in named:
-                        self._unknown(where, "action", action, list(named))
+                        self.resolution.unknown(where, "action", action, list(named))
                         continue
                     plugin_loc = named[action]
                 elif isinstance(action, dict):
@@ -153,17 +144,6 @@ class RiskResolver:
         resolved = self.resolution.plugin(kind, raw, loc, what)
         if resolved is not None:
             self.plugins[loc] = resolved
-
-    def _unknown(self, loc: Loc, what: str, name: str, known: list[str]) -> None:
-        close = difflib.get_close_matches(name, known, n=1)
-        self.problems.append(
-            self.source.problem(
-                loc,
-                f"no {what} named {name!r}",
-                hint=(f"did you mean {close[0]!r}? " if close else "")
-                + f"{what}s: {', '.join(known) or 'none'}",
-            )
-        )
 
     def build(self, section: Risk) -> RiskPlan:
         raw_sources = dict(self.raw("sources"))

@@ -8,7 +8,6 @@ built from, each part with a fingerprint of its raw settings for reload by diff.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,20 +85,13 @@ class ThreatResolver:
 
     def raw(self, key: str) -> list[tuple[int, dict[str, Any]]]:
         """The raw entries of ``threats.<key>`` that are mappings, with their index."""
-        data = self.source.data
-        threats = data.get("threats") if isinstance(data, dict) else None
-        entries = threats.get(key) if isinstance(threats, dict) else None
-        if not isinstance(entries, list):
-            return []
-        return [(i, e) for i, e in enumerate(entries) if isinstance(e, dict)]
+        return self.resolution.entries("threats", key)
 
     def check(self) -> None:
         """Check every raw source, destination and rule, each problem placed."""
         for key in ("sources", "destinations", "sharing"):
             self.problems.extend(unique_names(self.source, ("threats", key)))
-        data = self.source.data
-        listed = data.get("tenants") if isinstance(data, dict) else None
-        tenants = [t.get("name") for t in (listed if isinstance(listed, list) else []) if isinstance(t, dict)]
+        tenants = self.resolution.tenants()
         for index, raw in self.raw("sources"):
             loc: Loc = ("threats", "sources", index)
             if "plugin" in raw:
@@ -107,13 +99,17 @@ class ThreatResolver:
             netskope = raw.get("netskope")
             tenant = netskope.get("tenant") if isinstance(netskope, dict) else None
             if isinstance(tenant, str) and tenant not in tenants:
-                self._unknown((*loc, "netskope", "tenant"), "tenant", tenant, [str(t) for t in tenants])
+                self.resolution.unknown(
+                    (*loc, "netskope", "tenant"), "tenant", tenant, [str(t) for t in tenants]
+                )
         sources = [str(raw.get("name")) for _, raw in self.raw("sources")]
         destinations = {str(raw.get("name")): (index, raw) for index, raw in self.raw("destinations")}
         for index, raw in destinations.values():
             echo = raw.get("echo_of")
             if isinstance(echo, str) and echo not in sources:
-                self._unknown(("threats", "destinations", index, "echo_of"), "source", echo, sources)
+                self.resolution.unknown(
+                    ("threats", "destinations", index, "echo_of"), "source", echo, sources
+                )
             self._plugin(
                 "threat_sink",
                 raw.get("plugin"),
@@ -142,7 +138,7 @@ class ThreatResolver:
             self.predicates[loc] = self.resolution.filter(raw.get("filter"), (*loc, "filter"))
             to = raw.get("to")
             if isinstance(to, str) and to not in destinations:
-                self._unknown((*loc, "to"), "destination", to, list(destinations))
+                self.resolution.unknown((*loc, "to"), "destination", to, list(destinations))
             elif isinstance(to, str) and destinations[to][1].get("enabled") is False:
                 self.resolution.warnings.append(
                     self.source.problem(
@@ -165,17 +161,6 @@ class ThreatResolver:
         resolved = self.resolution.plugin(kind, raw, loc, what)
         if resolved is not None:
             self.plugins[loc] = resolved
-
-    def _unknown(self, loc: Loc, what: str, name: str, known: list[str]) -> None:
-        close = difflib.get_close_matches(name, known, n=1)
-        self.problems.append(
-            self.source.problem(
-                loc,
-                f"no {what} named {name!r}",
-                hint=(f"did you mean {close[0]!r}? " if close else "")
-                + f"{what}s: {', '.join(known) or 'none'}",
-            )
-        )
 
     def _types(self, raw: dict[str, Any], loc: Loc, destination: tuple[int, dict[str, Any]] | None) -> None:
         """A rule asking for types its destination never takes is refused (it would share nothing)."""

@@ -8,7 +8,6 @@ each part with a fingerprint of its raw settings for reload by diff.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -107,24 +106,13 @@ class TicketResolver:
 
     def raw(self, key: str) -> list[tuple[int, dict[str, Any]]]:
         """The raw entries of ``tickets.<key>`` that are mappings, with their index."""
-        data = self.source.data
-        section = data.get("tickets") if isinstance(data, dict) else None
-        entries = section.get(key) if isinstance(section, dict) else None
-        if not isinstance(entries, list):
-            return []
-        return [(i, e) for i, e in enumerate(entries) if isinstance(e, dict)]
+        return self.resolution.entries("tickets", key)
 
     def check(self) -> None:
         """Check every raw destination and rule, each problem placed."""
         for key in ("destinations", "rules"):
             self.problems.extend(unique_names(self.source, ("tickets", key)))
-        data = self.source.data
-        raw_tenants = data.get("tenants") if isinstance(data, dict) else None
-        tenants = [
-            str(t.get("name"))
-            for t in (raw_tenants if isinstance(raw_tenants, list) else [])
-            if isinstance(t, dict)
-        ]
+        tenants = self.resolution.tenants()
         for index, raw in self.raw("destinations"):
             loc: Loc = ("tickets", "destinations", index, "plugin")
             resolved = self.resolution.plugin("ticket_sink", raw.get("plugin"), loc, "ticket destination")
@@ -135,7 +123,7 @@ class TicketResolver:
             loc = ("tickets", "rules", index)
             tenant = raw.get("tenant")
             if isinstance(tenant, str) and tenant not in tenants:
-                self._unknown((*loc, "tenant"), "tenant", tenant, tenants)
+                self.resolution.unknown((*loc, "tenant"), "tenant", tenant, tenants)
             self._streams(index, raw, loc)
             self.predicates[(*loc, "filter")] = self.resolution.filter(raw.get("filter"), (*loc, "filter"))
             mutes = raw.get("mute")
@@ -151,7 +139,7 @@ class TicketResolver:
             for q, queue in enumerate(queues if isinstance(queues, list) else []):
                 to = queue.get("to") if isinstance(queue, dict) else None
                 if isinstance(to, str) and to not in destinations:
-                    self._unknown((*loc, "queues", q, "to"), "ticket destination", to, destinations)
+                    self.resolution.unknown((*loc, "queues", q, "to"), "ticket destination", to, destinations)
 
     def _streams(self, index: int, raw: dict[str, Any], loc: Loc) -> None:
         tenant = raw.get("tenant") if isinstance(raw.get("tenant"), str) else "?"
@@ -172,17 +160,6 @@ class TicketResolver:
                 )
             )
         self.streams[index] = tuple(dict.fromkeys(found))
-
-    def _unknown(self, loc: Loc, what: str, name: str, known: list[str]) -> None:
-        close = difflib.get_close_matches(name, known, n=1)
-        self.problems.append(
-            self.source.problem(
-                loc,
-                f"no {what} named {name!r}",
-                hint=(f"did you mean {close[0]!r}? " if close else "")
-                + f"{what}s: {', '.join(known) or 'none'}",
-            )
-        )
 
     def build(self, section: Tickets) -> TicketPlan:
         """The validated ``section`` resolved (when :meth:`check` found nothing)."""
