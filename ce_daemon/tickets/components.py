@@ -48,6 +48,12 @@ IDLE: Final = 0.5
 SYNC_BATCH: Final = 100
 
 
+WRITE_BACK_TRIES: Final = 4
+"""Tries of one incident write-back (the status change sent again after a transient refusal)."""
+WRITE_BACK_WAIT: Final = 15.0
+"""The longest wait between two tries of a write-back (a longer ``Retry-After`` is cut to it)."""
+
+
 class PageCache:
     """Parsed spool pages shared by the rule consumers of this process.
 
@@ -467,10 +473,22 @@ class StatusSyncer(PluginHolder):
         rule = self.plan.rules.get(ticket.rule)
         if self.write_back is None or rule is None or not rule.config.write_back or not ticket.object_id:
             return
-        try:
-            await self.write_back(rule.config.tenant, ticket, status)
-        except Exception as exc:  # noqa: BLE001 - the ticket's status is recorded whatever Netskope says
-            self.log.warning("ticket.write_back_failed", ticket=ticket.key, error=scrub(describe(exc)))
-            return
+        backoff = Backoff(first=1.0, cap=WRITE_BACK_WAIT)
+        for attempt in range(1, WRITE_BACK_TRIES + 1):
+            try:
+                await self.write_back(rule.config.tenant, ticket, status)
+                break
+            except TransientError as exc:  # a busy tenant (429, 5xx, a lost answer): the same change again
+                if attempt == WRITE_BACK_TRIES:
+                    self.log.warning(
+                        "ticket.write_back_failed", ticket=ticket.key, error=scrub(describe(exc))
+                    )
+                    return
+                wait = min(WRITE_BACK_WAIT, backoff.delay(attempt, exc.retry_after))
+                self.log.info("ticket.write_back_retry", ticket=ticket.key, retry_in=round(wait, 2))
+                await asyncio.sleep(wait)
+            except Exception as exc:  # noqa: BLE001 - the ticket's status is recorded whatever Netskope says
+                self.log.warning("ticket.write_back_failed", ticket=ticket.key, error=scrub(describe(exc)))
+                return
         await self.tickets.written_back(ticket.key)
         self.status.count("written_back")
