@@ -115,15 +115,25 @@ RISK = """\
 risk:
   evaluate_every: 5s
   sources:
-    - name: netskope-uba                    # each user's latest UBA alert score (higher = riskier)
+    - name: netskope-uba                    # users: each one's latest UBA alert score (higher = riskier)
       netskope: {{tenant: demo}}
+    - name: netskope-apps                   # applications: their Cloud Confidence Index in application events
+      netskope: {{tenant: demo, stream: application}}
+    - name: netskope-devices                # devices: the Netskope client's status (enabled, disabled…)
+      netskope: {{tenant: demo, stream: clientstatus}}
   actions:
     - name: watchlist                       # a file a person can read: out/risky-users.json
       plugin: {{type: risk_file, path: out/risky-users.json}}
+    - name: tell-the-soc                    # a notification through a ticket destination: the inbox
+      notify: {{type: webhook, url: {inbox_url}}}
   rules:
     - name: critical-users
       entity: user
       filter: {{band: critical}}              # in when the combined score enters Critical, out when it leaves
+      actions: [watchlist, tell-the-soc]
+    - name: unprotected-devices
+      entity: device
+      filter: {{band: critical}}              # the client is disabled: on the watchlist until it is back
       actions: [watchlist]
 """
 
@@ -185,7 +195,7 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
                     edl_port=edl_port,
                 )
                 + TICKETS.format(inbox_url=inbox_url)
-                + RISK.format(),
+                + RISK.format(inbox_url=inbox_url),
                 encoding="utf-8",
             )
             _say(f"tenant simulator on {url}; pipeline written to {path}")
@@ -213,6 +223,7 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
             await _summary(directory, sim)
+            await _risk_summary(path)
             await inbox.stop()
             return code
     finally:
@@ -248,7 +259,14 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
             threats = (snapshot.get("jobs") or {}).get("threats") or {}
             tickets = (snapshot.get("jobs") or {}).get("tickets") or {}
             risk = (snapshot.get("jobs") or {}).get("risk") or {}
-            users = sum(n for key, n in risk.items() if key.startswith("users_"))
+            scored = {
+                kind: (sum(n for key, n in risk.items() if key.startswith(f"{kind}s_")),
+                       risk.get(f"{kind}s_critical", 0))
+                for kind in ("user", "device", "application")
+            }  # fmt: skip
+            entities = ", ".join(
+                f"{kind}s {n} ({critical} critical)" for kind, (n, critical) in scored.items()
+            )
             shared = ", ".join(
                 f"{key.removeprefix('shared_')}={value}"
                 for key, value in threats.items()
@@ -259,7 +277,7 @@ async def _progress(daemon: Daemon, directory: Path) -> None:
                 f"{snapshot['components_total']} ok | pulled {pulled} records | shipped {shipped} | "
                 f"spool {spool.get('records', 0)} records | IOCs {threats.get('iocs_active', 0)} active,"
                 f" shared {shared or 'nothing yet'} | tickets {tickets.get('tickets', 0)}"
-                f" | users scored {users}, critical {risk.get('users_critical', 0)}"
+                f" | scored {entities}"
             )
 
 
@@ -275,6 +293,18 @@ async def _summary(directory: Path, sim: SimulatorProcess) -> None:
         with contextlib.suppress(OSError):
             lines = sum(1 for _ in out.open("rb"))
             _say(f"{out}: {lines} lines")
+
+
+async def _risk_summary(pipeline: Path) -> None:
+    """Run ``ce-daemon risk trend`` on the demo's state: each type's average today, per day, delta, trend."""
+    _say(
+        f"risk: each type's daily average (0-1000, higher is safer): ce-daemon risk trend -c {pipeline}"
+    )
+    with contextlib.suppress(OSError):
+        shown = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ce_daemon", "risk", "trend", "-c", str(pipeline)
+        )
+        await shown.wait()
 
 
 class _TicketInbox:
@@ -298,6 +328,8 @@ class _TicketInbox:
     async def _receive(self, request: web.Request) -> web.Response:
         body = await request.json()
         line = {k: body.get(k) for k in ("action", "key", "rule", "title", "severity", "count")}
+        if line["key"] is None and isinstance(body.get("ref"), dict):
+            line["key"] = body["ref"].get("id")  # an update or resolve names the ticket it is about
         with self.path.open("ab") as out:
             out.write(orjson.dumps(line) + b"\n")
         return web.json_response({"id": body.get("key"), "url": f"{request.url}#{body.get('key')}"})

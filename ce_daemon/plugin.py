@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Final, Generic, get_args
 
 import structlog
@@ -504,6 +505,11 @@ class RiskSource(Plugin[OptionsT_co]):
     """The entity types it scores."""
     scale: RiskScale = RiskScale()
     """Its vendor's scale (the YAML's ``scale:`` overrides it)."""
+    asks_about: frozenset[str] = frozenset()
+    """The entity types it can only be asked about by key (Netskope's ``getuci`` wants the users named):
+    before each poll the core sets :attr:`known` to the keys of each that any source gave."""
+    known: Mapping[str, Sequence[str]] = MappingProxyType({})
+    """Per type in :attr:`asks_about`, the keys the state holds (at most the core's bound), sorted."""
 
     @abstractmethod
     def pull(self) -> AsyncIterator[RiskPage]:
@@ -524,6 +530,13 @@ class RiskTarget:
     attributes: Mapping[str, str] = field(default_factory=dict)
     state: Mapping[str, str] = field(default_factory=dict)
     """What :meth:`RiskAction.apply` returned for this target, handed to :meth:`RiskAction.revert`."""
+    action_id: int = 0
+    """The action-log entry this call stands for (0: none). A call made again — its answer was lost,
+    the daemon was killed, another node took over — carries the same id and ``decided``: an action
+    without idempotency of its own builds its request from them, so that the retry is the same request
+    (a notification's dedup key, an impact's timestamp)."""
+    decided: float = 0.0
+    """When the core decided the call (epoch seconds), the same for every retry of it."""
 
 
 class RiskAction(Plugin[OptionsT_co]):

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from ce_ticket_webhook.fake import FakeTicketWebhook
 from prometheus_client.parser import text_string_to_metric_families
 
 from ce_daemon.testing import DaemonProcess, write_pipeline
@@ -25,15 +26,21 @@ TOKEN = "risk-daemon-token-0123456789abcdef"
 ENV = {"SIM_TOKEN": TOKEN}
 
 
-def pipeline(tmp_path: Path, url: str, action: dict[str, Any]) -> dict[str, Any]:
+def pipeline(
+    tmp_path: Path, url: str, action: dict[str, Any], notify: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    actions: list[dict[str, Any]] = [{"name": "watch", "plugin": action}]
+    if notify is not None:
+        actions.append({"name": "tell", "notify": notify})
     risk = {
         "sources": [{"name": "netskope", "netskope": {"tenant": "sim"}}],
         "evaluate_every": "0.5s",
-        "actions": [{"name": "watch", "plugin": action}],
+        "actions": actions,
         "rules": [
-            {"name": "critical-users", "entity": "user", "filter": {"band": "critical"}, "actions": ["watch"]}
+            {"name": "critical-users", "entity": "user", "filter": {"band": "critical"},
+             "actions": [a["name"] for a in actions]}
         ],
-    }
+    }  # fmt: skip
     config = pipeline_config(tmp_path, url, [], rate_limit=20, risk=risk, logs={})
     config["http"] = {"listen": "127.0.0.1:0"}
     config["logging"] = {"level": "info", "format": "json"}
@@ -125,10 +132,15 @@ async def test_uba_alerts_move_a_user_across_bands_and_the_watchlist_follows(tmp
 async def test_uba_alerts_add_a_user_to_a_scim_group_and_remove_them(tmp_path: Path) -> None:
     """The issue's end-to-end flow with Netskope's own action: the simulator's UBA alerts move users into
     the critical band and out of it; the rule adds each to the tenant's SCIM group ``risky`` when their
-    combined score enters the band and removes them when it recovers. In the end the group holds exactly
-    the users whose last action was an apply."""
+    combined score enters the band and opens a notification (a ticket webhook, one of the ticket module's
+    destinations), and when it recovers removes them and resolves the notification. In the end the group
+    holds exactly the users whose last action was an apply, and each apply opened one ticket."""
     streams = (("alerts", "uba"),)
-    async with backlog_simulator(TOKEN, 200, streams, arrival_rate=30, page_size=100) as sim:
+    receiver = FakeTicketWebhook()
+    async with (
+        receiver,
+        backlog_simulator(TOKEN, 200, streams, arrival_rate=30, page_size=100) as sim,
+    ):
         assert sim.url is not None
         for seq in range(2000):  # the tenant's directory knows every user its alerts name
             user = str(sim.factory.make("alerts", "uba", seq, 0)["user"])
@@ -136,7 +148,12 @@ async def test_uba_alerts_add_a_user_to_a_scim_group_and_remove_them(tmp_path: P
                 sim.scim.add_user(user)
         action = {"type": "netskope_scim_group", "url": sim.url, "token": {"$env": "SIM_TOKEN"},
                   "group": "risky", "create_missing": True}  # fmt: skip
-        config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url, action))
+        notify = {
+            "type": "webhook",
+            "url": f"{receiver.url}/tickets",
+            "find_url": f"{receiver.url}/tickets/find",
+        }
+        config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url, action, notify))
         async with DaemonProcess(config, env=ENV) as daemon:
             await daemon.wait_for_event("risk.evaluated")
 
@@ -156,6 +173,17 @@ async def test_uba_alerts_add_a_user_to_a_scim_group_and_remove_them(tmp_path: P
     settled = {key for key, (_, outcome) in last.items() if outcome == "success"}
     assert user in settled
     assert members & settled == {key for key in settled if last[key][0] == "apply"}
+    # one ticket per successful notification, about its user; resolved when that edge was reverted
+    told = [e for e in log if e["action"] == "tell"]
+    opened = {e["id"]: e for e in told if e["kind"] == "apply" and e["outcome"] == "success"}
+    assert opened and len(receiver.tickets) >= len(opened)
+    for entry in opened.values():
+        ticket = receiver.tickets[entry["state"]["key"]]
+        assert ticket.body["alert"]["key"] == entry["key"] and ticket.body["severity"] == "critical"
+    assert receiver.replays == 0
+    resolved = {t.key for t in receiver.tickets.values() if t.resolved}
+    reverts = [e for e in told if e["kind"] == "revert" and e["outcome"] == "success"]
+    assert reverts and len(resolved) == len(reverts)
 
 
 @pytest.mark.timeout(180)
@@ -188,3 +216,66 @@ async def test_kill_9_mid_flow_leaves_one_action_per_edge(tmp_path: Path) -> Non
         last[key] = kinds[-1]
     held = {value["key"] for value in json.loads(watchlist.read_text()).values()}
     assert held == {key for key, kind in last.items() if kind == "apply"}
+
+
+async def settled_entry(config: Path, entry_id: int) -> dict[str, Any] | None:
+    """The action-log entry ``entry_id`` once it has an outcome other than ``running``."""
+    log = (await cli(config, "actions", "--limit", "100000"))["actions"]
+    found = [e for e in log if e["id"] == entry_id and e["outcome"] != "running"]
+    return found[0] if found else None
+
+
+@pytest.mark.timeout(240)
+async def test_kill_9_with_a_notification_in_flight_opens_one_ticket(tmp_path: Path) -> None:
+    """SIGKILL while a rule's notification is in flight: once after the destination opened the ticket
+    (its answer never came back), once before the request reached it. After each restart the call is
+    made again, looks first (``find``) and finds or opens the ticket: every notification entry stands
+    for exactly one ticket, created once, and none is left running."""
+    receiver = FakeTicketWebhook()
+    streams = (("alerts", "uba"),)
+    async with (
+        receiver,
+        backlog_simulator(TOKEN, 200, streams, arrival_rate=30, page_size=50) as sim,
+    ):
+        assert sim.url is not None
+        notify = {
+            "type": "webhook",
+            "url": f"{receiver.url}/tickets",
+            "find_url": f"{receiver.url}/tickets/find",
+        }
+        settings = pipeline(
+            tmp_path, sim.url, {"type": "risk_file", "path": str(tmp_path / "w.json")}, notify
+        )
+        config = write_pipeline(tmp_path / "pipeline.yaml", settings)
+        cut: list[int] = []
+        for hold in (receiver.hold_next_answer, receiver.hold_next):  # after the target acted, then before
+            holding = receiver.answers_held + receiver.held
+            hold(1)
+            daemon = DaemonProcess(config, env=ENV)
+            await daemon.start()
+            await receiver.wait_until(
+                lambda held=holding: receiver.answers_held + receiver.held > held, timeout=90
+            )
+            await daemon.kill()
+            running = [e for e in (await cli(config, "actions", "--limit", "100000"))["actions"]
+                       if e["action"] == "tell" and e["outcome"] == "running"]  # fmt: skip
+            assert len(running) == 1, running
+            cut.append(running[0]["id"])
+            receiver.release_answers()
+            receiver.release_held()
+            entry = running[0]["id"]
+
+            async def settled(entry: int = entry) -> dict[str, Any] | None:
+                return await settled_entry(config, entry)
+
+            async with DaemonProcess(config, env=ENV):
+                done = await until(settled, timeout=90)
+            assert done["outcome"] == "success", done
+        log = (await cli(config, "actions", "--limit", "100000"))["actions"]
+    assert set(cut) <= {e["id"] for e in log if e["action"] == "tell" and e["outcome"] == "success"}
+    told = [e for e in log if e["action"] == "tell" and e["kind"] == "apply" and e["outcome"] == "success"]
+    for entry in told:
+        key = entry["state"]["key"]
+        assert receiver.keys.count(key) == 1, (key, receiver.keys.count(key))
+        assert receiver.tickets[key].body["alert"]["key"] == entry["key"]
+    assert receiver.replays == 0  # every retry found its ticket instead of sending it again

@@ -27,10 +27,22 @@ async def test_check_refuses_wrong_references_and_values_at_their_places(tmp_pat
                 {"name": "odd", "plugin": {"type": "knowbe5"}},
                 {"name": "both", "plugin": {"type": "x"}, "netskope": {"tenant": "nope"}, "weight": 0},
             ],
-            "actions": [{"name": "watch", "plugin": {"type": "risk_file", "path": "w.json", "color": 1}}],
+            "actions": [
+                {"name": "watch", "plugin": {"type": "risk_file", "path": "w.json", "color": 1}},
+                {"name": "tell", "notify": {"type": "slak", "url": "https://hooks.slack.com/x"}},
+                {"name": "page", "notify": {"type": "pagerduty"}},
+                {"name": "neither"},
+            ],
             "rules": [
                 {"name": "r1", "filter": {"score": {"$lt": 300}}, "actions": ["wacth"]},
                 {"name": "r2", "filter": {"score": {"$foo": 1}}, "actions": []},
+                {
+                    "name": "r3",
+                    "entity": "device",
+                    "actions": [
+                        {"name": "own", "notify": {"type": "webhook", "url": "ftp://x"}},
+                    ],
+                },
             ],
             "maintenance": {"start": "25:00", "end": "06:00"},
         },
@@ -46,6 +58,10 @@ async def test_check_refuses_wrong_references_and_values_at_their_places(tmp_pat
         "did you mean 'watch'?",
         "risk.rules[1].filter",
         "risk.maintenance.start",
+        "risk.actions[1].notify.type: unknown notification destination type 'slak'",
+        "risk.actions[2].notify.routing_key: required key 'routing_key' is missing",
+        "risk.actions[3]",
+        "risk.rules[2].actions[0].notify.url",
     ):
         assert expected in out, (expected, out)
 

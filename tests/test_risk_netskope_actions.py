@@ -39,9 +39,11 @@ async def make(sim: TenantSimulator, tmp_path: Path) -> AsyncIterator[Factory]:
     """Open an action of ``cls`` on the simulator (options as keywords), closed after the test."""
     opened: list[TenantRiskAction[Any]] = []
 
-    async def build(cls: type[TenantRiskAction[Any]], name: str = "risk", **options: Any) -> Any:
+    async def build(
+        cls: type[TenantRiskAction[Any]], name: str = "risk", data: str = "data", **options: Any
+    ) -> Any:
         settings = {"url": sim.url, "token": DEFAULT_TOKEN} | options
-        action = cls(cls.Options.model_validate(settings), PluginContext(name, tmp_path, tmp_path / "data"))
+        action = cls(cls.Options.model_validate(settings), PluginContext(name, tmp_path, tmp_path / data))
         await action.open()
         opened.append(action)
         return action
@@ -207,6 +209,31 @@ async def test_uci_impact_replayed_after_a_lost_answer_reduces_once(
     assert sim.uci.impacts_received == 2
     await restarted.revert(target())  # the journal knows the anomaly when the state does not
     assert sim.uci.score(ALICE) == 1000
+
+
+async def test_uci_impact_retried_on_another_node_reduces_once(sim: TenantSimulator, make: Factory) -> None:
+    """The core's action-log entry (id and decision time) makes the request: a node that takes over an
+    apply whose answer was lost elsewhere (its journal is not there) sends the same impact again."""
+    decided = 1_780_000_000.25
+    first = await make(NetskopeUciImpactAction, reduction=300, data="node-1")
+    call = RiskTarget("user", ALICE, "critical-users", 180.0, "critical", action_id=41, decided=decided)
+    sim.inject_endpoints("uci", Fault("truncate", keep_fraction=0.1))
+    with pytest.raises(TransientError):
+        await first.apply(call)
+    assert sim.uci.score(ALICE) == 700
+    other = await make(NetskopeUciImpactAction, reduction=300, data="node-2")
+    state = await other.apply(call)
+    assert sim.uci.score(ALICE) == 700 and sim.uci.impacts_received == 2
+    (anomaly,) = sim.uci.anomalies.values()
+    assert anomaly.timestamp == int(decided * 1000) and anomaly.reason.endswith("[#41]")
+    assert state == {"anomaly_id": anomaly.anomaly_id, "timestamp": str(anomaly.timestamp), "action": "41"}
+    # The next edge is another action-log entry: a new impact, even within the replay window.
+    again = await other.apply(RiskTarget("user", ALICE, "critical-users", 150.0, "critical", action_id=57,
+                                         decided=decided + 60))  # fmt: skip
+    assert again["anomaly_id"] != state["anomaly_id"] and sim.uci.score(ALICE) == 400
+    revert = RiskTarget("user", ALICE, "critical-users", 900.0, "low", state=state, action_id=58)
+    await first.revert(revert)
+    assert sim.uci.score(ALICE) == 700
 
 
 async def test_uci_impact_refused_or_throttled_leaves_the_score(sim: TenantSimulator, make: Factory) -> None:

@@ -20,24 +20,37 @@ from ce_daemon.backoff import pause
 from ce_daemon.errors import describe
 from ce_daemon.health import State
 from ce_daemon.pipeline import Runtime
-from ce_daemon.plugin import Plugin, PluginContext, RiskAction, RiskPage, RiskRecord, RiskSource, RiskTarget
+from ce_daemon.plugin import (
+    Plugin,
+    PluginContext,
+    RiskAction,
+    RiskPage,
+    RiskRecord,
+    RiskSource,
+    RiskTarget,
+    TicketSink,
+)
 from ce_daemon.redact import scrub
 from ce_daemon.risk.engine import Engine
 from ce_daemon.risk.metrics import RiskMetrics
+from ce_daemon.risk.netskope import reader_for, spool_records
 from ce_daemon.risk.normalise import PollScores, normalise_poll
+from ce_daemon.risk.notify import Notification, resolves
 from ce_daemon.risk.resolve import ResolvedAction, ResolvedRiskSource, RiskPlan
 from ce_daemon.risk.store import RiskStore
 from ce_daemon.store import LeaseLostError
 from ce_daemon.supervisor import Component
 from ce_daemon.threats.components import PluginComponent
 
-__all__ = ["Evaluator", "NetskopeUba", "RiskPoller", "uba_records", "wake"]
+__all__ = ["Evaluator", "NetskopeUba", "RiskPoller", "wake"]
 
 log = structlog.get_logger("ce_daemon.risk")
 
 ACTION_TIMEOUT: Final = 120.0
 MAX_RECORDS: Final = 2_000_000
 """The most records one poll may return (a source past it fails the poll: nothing is stored)."""
+MAX_KNOWN: Final = 1_000_000
+"""The most keys of a type handed to a source that is asked about named entities (``asks_about``)."""
 PASS_SPACING: Final = 5.0
 """After a pass woken by a poll, the next one waits this many times as long as the pass took."""
 _WAKE: dict[int, asyncio.Event] = {}
@@ -65,6 +78,10 @@ class RiskPoller(PluginComponent):
         records: list[RiskRecord] = []
         refused = 0
         async with asyncio.timeout(self.source.config.timeout):
+            if plugin.asks_about:
+                plugin.known = {
+                    kind: await self.risk.keys(kind, MAX_KNOWN) for kind in sorted(plugin.asks_about)
+                }
             async for page in plugin.pull():
                 if not isinstance(page, RiskPage):
                     raise TypeError(f"the source yielded {type(page).__name__}, not a RiskPage")
@@ -106,35 +123,10 @@ def _reasons(poll: PollScores) -> str:
     return ", ".join(f"{n} {why}" for why, n in poll.skipped.most_common(3))
 
 
-def uba_records(alerts: list[dict[str, Any]], field: str) -> tuple[list[RiskRecord], int]:
-    """The user scores Netskope's UBA alerts carry (``field`` of each, keyed by its ``user``); the
-    number of alerts without a user or score."""
-    records: list[RiskRecord] = []
-    missing = 0
-    for alert in alerts:
-        user = alert.get("user") or alert.get("ur_normalized") or alert.get("userkey")
-        value = alert.get(field)
-        seen = alert.get("timestamp")
-        if not isinstance(user, str) or not user or "@" not in user:
-            missing += 1
-            continue
-        score = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-        if score is None and isinstance(value, str):
-            try:
-                score = float(value)
-            except ValueError:
-                score = None
-        if score is None:
-            missing += 1
-            continue
-        when = float(seen) if isinstance(seen, int | float) and not isinstance(seen, bool) else None
-        attributes = {k: str(alert[k])[:200] for k in ("policy", "alert_name", "risk_level") if alert.get(k)}
-        records.append(RiskRecord("user", user, score=score, seen=when, attributes=attributes))
-    return records, missing
-
-
 class NetskopeUba(Component):
-    """Netskope's UBA alerts as a source of user scores, read from the spool, stored, then acknowledged."""
+    """A Netskope tenant's stream as a source of scores (UBA alerts for users, application events for
+    applications, client status for devices: :mod:`ce_daemon.risk.netskope`), read from the spool,
+    stored, then acknowledged."""
 
     kind = "risk_source"
 
@@ -144,7 +136,7 @@ class NetskopeUba(Component):
         self.runtime = runtime
         self.risk = RiskStore(runtime.store)
         self.log = log.bind(component=name)
-        self.status.counters.update({"alerts": 0, "stored": 0, "skipped": 0})
+        self.status.counters.update({"records": 0, "stored": 0, "skipped": 0})
 
     async def start(self) -> None:
         self.status.ok("reading the spool")
@@ -152,20 +144,20 @@ class NetskopeUba(Component):
     async def run(self, stopping: asyncio.Event) -> None:
         spool = self.runtime.spool
         assert self.source.config.netskope is not None
-        field = self.source.config.netskope.field
+        reader = reader_for(self.source.config.netskope)
         while not stopping.is_set() and not (self.lease is not None and self.lease.lost):
             page = await spool.next_page(self.name, timeout=1.0)
             if page is None:
                 self.status.beat()
                 continue
-            records, missing = uba_records(page.unread, field)
-            poll = normalise_poll(self.source.scale, records, ("user",))
+            records, missing = spool_records(page.unread, reader)
+            poll = normalise_poll(self.source.scale, records, (reader.entity,))
             if missing:
-                poll.skipped["no user or score"] += missing
+                poll.skipped[f"no {reader.entity} key or {reader.field}"] += missing
             fence = self.lease.fence if self.lease is not None else None
             stored = await self.risk.store_records(self.source.config.name, poll, fence=fence)
             await spool.ack(self.name, page.seq, fence=fence)
-            self.status.count("alerts", len(page.unread))
+            self.status.count("records", len(page.unread))
             self.status.count("stored", stored)
             self.status.count("skipped", sum(poll.skipped.values()))
             if self.status.state is not State.OK:
@@ -188,6 +180,8 @@ class ActionPlugins:
         resolved = self.actions.get(action)
         if resolved is None or resolved.plugin.cls is None:
             return False
+        if resolved.notify:
+            return resolves(resolved.plugin.cls)
         return bool(getattr(resolved.plugin.cls, "revertible", False))
 
     async def _plugin(self, action: str) -> RiskAction[Any]:
@@ -199,6 +193,9 @@ class ActionPlugins:
             raise LookupError(f"no action named {action!r} is configured")
         context = PluginContext(action, self.base_dir, self.data_dir, log.bind(action=action))
         created = resolved.plugin.cls(resolved.options, context)
+        if resolved.notify:
+            assert isinstance(created, TicketSink)
+            created = Notification(created, context)
         assert isinstance(created, RiskAction)
         try:
             await created.open()

@@ -393,8 +393,10 @@ class Engine:
         entries: list[dict[str, object]],
         fence: Fence | None,
         outcomes: Sequence[tuple[int, str, str]] = (),
+        now: float | None = None,
     ) -> list[int]:
-        ids = await self.store.decide(states, entries, outcomes=outcomes, now=self.clock(), fence=fence)
+        when = self.clock() if now is None else now
+        ids = await self.store.decide(states, entries, outcomes=outcomes, now=when, fence=fence)
         self._remember(states)
         return ids
 
@@ -421,11 +423,12 @@ class Engine:
         else:
             state.fired, state.applied = now, True  # what the calls about to be made leave, once redone
         entries = [self._entry(rule.name, ident, a, "apply", outcome, detail) for a in rule.actions]
-        ids = await self._decide({key: state}, entries, fence)
+        decided = self.clock()
+        ids = await self._decide({key: state}, entries, fence, now=decided)
         if outcome != "running":
             return 0
         succeeded = [
-            await self._call(rule.name, ident, action, "apply", row, fence)
+            await self._call(rule.name, ident, action, "apply", row, fence, decided)
             for action, row in zip(rule.actions, ids, strict=True)
         ]
         if not any(succeeded):
@@ -456,17 +459,27 @@ class Engine:
         outcome, detail = ("deferred", "inside the maintenance window") if deferred else ("running", "")
         entries = [self._entry(rule.name, ident, a, "revert", outcome, detail) for a in reverting]
         keep = rule.flap_suppression and now - state.fired < rule.flap_suppression
-        ids = await self._decide({key: state if keep else None}, entries, fence, lapsed)
+        decided = self.clock()
+        ids = await self._decide({key: state if keep else None}, entries, fence, lapsed, now=decided)
         if deferred:
             return 0
         for action, row in zip(reverting, ids, strict=True):
-            await self._call(rule.name, ident, action, "revert", row, fence)
+            await self._call(rule.name, ident, action, "revert", row, fence, decided)
         return len(ids)
 
     async def _call(
-        self, rule: str, ident: EntityKey, action: str, kind: str, row: int, fence: Fence | None
+        self,
+        rule: str,
+        ident: EntityKey,
+        action: str,
+        kind: str,
+        row: int,
+        fence: Fence | None,
+        decided: float,
     ) -> bool:
-        """Make the call entry ``row`` (``running``) stands for, record its outcome; whether it succeeded."""
+        """Make the call entry ``row`` (``running``, decided at ``decided``) stands for, record its
+        outcome; whether it succeeded. A call redone (crash recovery, another node) gets the same
+        ``row`` and ``decided``, which an action may use to make its request the same again."""
         view = self.views.get(ident, {})
         score, named = view.get("score"), str(view.get("band", NO_BAND))
         state: dict[str, str] = {}
@@ -481,7 +494,7 @@ class Engine:
             state = applied[0].state if applied else {}
         target = RiskTarget(
             ident[0], ident[1], rule, float(score) if score is not None else -1.0, named,
-            {k: str(v) for k, v in dict(view.get("attributes") or {}).items()}, state,
+            {k: str(v) for k, v in dict(view.get("attributes") or {}).items()}, state, row, decided,
         )  # fmt: skip
         if self.runner is None:
             await self.store.finish_action(row, "failed", detail="no action runner", fence=fence)
@@ -507,7 +520,7 @@ class Engine:
         """Redo the calls a crash interrupted (``running`` entries: apply and revert are idempotent)."""
         calls = 0
         for row in reversed(await self.store.actions(outcomes=("running",))):
-            await self._call(row.rule, (row.type, row.key), row.action, row.kind, row.id, fence)
+            await self._call(row.rule, (row.type, row.key), row.action, row.kind, row.id, fence, row.at)
             calls += 1
         return calls
 
@@ -527,7 +540,7 @@ class Engine:
             if old is not None and row.kind == "apply":
                 states[key] = RuleState(True, old.since, self.clock(), True)
             await self._decide(states, [], fence, [(row.id, "running", "")])
-            await self._call(row.rule, (row.type, row.key), row.action, row.kind, row.id, fence)
+            await self._call(row.rule, (row.type, row.key), row.action, row.kind, row.id, fence, row.at)
             calls += 1
         return calls
 

@@ -95,13 +95,16 @@ class RiskJob(Job[Risk, RiskPlan]):
     def options_model(
         self, source: Source, registry: Registry, loc: Loc
     ) -> tuple[type[BaseModel] | None, Loc] | None:
-        """Inside ``risk.sources[i].plugin``, ``risk.actions[i].plugin`` or a rule's own action's plugin."""
+        """Inside ``risk.sources[i].plugin``, ``risk.actions[i].plugin`` or ``.notify``, or a rule's own
+        action's."""
         if loc[:1] != ("risk",) or len(loc) < 4:
             return None
         if loc[1] in _PLUGIN_KINDS and loc[3] == "plugin" and len(loc) >= 5:
             kind, base = _PLUGIN_KINDS[str(loc[1])], loc[:4]
-        elif loc[1] == "rules" and len(loc) >= 7 and loc[3] == "actions" and loc[5] == "plugin":
-            kind, base = "risk_action", loc[:6]
+        elif loc[1] == "actions" and loc[3] == "notify" and len(loc) >= 5:
+            kind, base = "ticket_sink", loc[:4]
+        elif loc[1] == "rules" and len(loc) >= 7 and loc[3] == "actions" and loc[5] in ("plugin", "notify"):
+            kind, base = ("risk_action" if loc[5] == "plugin" else "ticket_sink"), loc[:6]
         else:
             return None
         rest = loc[len(base) :]

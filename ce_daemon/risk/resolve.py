@@ -18,6 +18,7 @@ from ce_daemon.keys import StreamKey
 from ce_daemon.plugin import PluginOptions, RiskScale
 from ce_daemon.registry import PluginInfo
 from ce_daemon.risk.engine import RuleSpec, SourceWeight
+from ce_daemon.risk.netskope import reader_for
 from ce_daemon.risk.settings import Risk, RiskRule, RiskSourceConfig
 
 __all__ = ["ResolvedAction", "ResolvedRiskSource", "RiskPlan", "RiskResolver"]
@@ -25,7 +26,7 @@ __all__ = ["ResolvedAction", "ResolvedRiskSource", "RiskPlan", "RiskResolver"]
 
 @dataclass(frozen=True)
 class ResolvedRiskSource:
-    """A source with its plugin, options and effective scale (None plugin: Netskope's UBA alerts)."""
+    """A source with its plugin, options and effective scale (None plugin: a Netskope tenant's stream)."""
 
     config: RiskSourceConfig
     plugin: PluginInfo | None
@@ -44,8 +45,10 @@ class ResolvedAction:
 
     name: str
     plugin: PluginInfo
+    """A ``risk_action`` plugin, or for a notification the ``ticket_sink`` it goes through."""
     options: PluginOptions
     fingerprint: str
+    notify: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,7 @@ class RiskResolver:
                 self.resolution.unknown((*loc, "netskope", "tenant"), "tenant", tenant, tenants)
         named = {}
         for index, raw in self.raw("actions"):
-            self._plugin(
-                "risk_action", raw.get("plugin"), ("risk", "actions", index, "plugin"), "risk action"
-            )
-            named[str(raw.get("name"))] = ("risk", "actions", index, "plugin")
+            named[str(raw.get("name"))] = self._action(raw, ("risk", "actions", index))
         for index, raw in self.raw("rules"):
             loc = ("risk", "rules", index)
             self.predicates[loc] = self.resolution.filter(raw.get("filter"), (*loc, "filter"))
@@ -120,14 +120,25 @@ class RiskResolver:
                         continue
                     plugin_loc = named[action]
                 elif isinstance(action, dict):
-                    plugin_loc = (*where, "plugin")
-                    self._plugin("risk_action", action.get("plugin"), plugin_loc, "risk action")
+                    plugin_loc = self._action(action, where)
                 else:
                     continue
                 self._acts_on(where, plugin_loc, entity)
 
+    def _action(self, raw: dict[str, Any], loc: Loc) -> Loc:
+        """Resolve the action at ``loc`` (a plugin, or a notification's destination); where its plugin is."""
+        if "notify" in raw and "plugin" not in raw:
+            where: Loc = (*loc, "notify")
+            self._plugin("ticket_sink", raw["notify"], where, "notification destination")
+            return where
+        where = (*loc, "plugin")
+        self._plugin("risk_action", raw.get("plugin"), where, "risk action")
+        return where
+
     def _acts_on(self, where: Loc, plugin_loc: Loc, entity: object) -> None:
         resolved = self.plugins.get(plugin_loc)
+        if plugin_loc[-1] == "notify":
+            return  # a notification is about any entity
         if resolved is None or resolved[0].cls is None or not isinstance(entity, str):
             return
         entities: object = getattr(resolved[0].cls, "entities", frozenset())
@@ -154,8 +165,9 @@ class RiskResolver:
             plugin = self.plugins.get(("risk", "sources", index, "plugin"))
             streams: tuple[StreamKey, ...] = ()
             if source.netskope is not None:
-                streams = (StreamKey(source.netskope.tenant, "alerts", "uba"),)
-                scale = RiskScale(0.0, 1000.0, source.netskope.higher_is_safer)
+                reader = reader_for(source.netskope)
+                streams = (reader.stream(source.netskope.tenant),)
+                scale = reader.scale
             else:
                 declared = getattr(plugin[0].cls, "scale", None) if plugin else None
                 scale = declared if isinstance(declared, RiskScale) else RiskScale()
@@ -167,9 +179,10 @@ class RiskResolver:
             )  # fmt: skip
         actions: dict[str, ResolvedAction] = {}
         for index, action in enumerate(section.actions):
-            info, options = self.plugins[("risk", "actions", index, "plugin")]
+            kind = "notify" if action.notify is not None else "plugin"
+            info, options = self.plugins[("risk", "actions", index, kind)]
             actions[action.name] = ResolvedAction(
-                action.name, info, options, digest([raw_actions.get(index), info.version])
+                action.name, info, options, digest([raw_actions.get(index), info.version]), kind == "notify"
             )
         rules: list[RuleSpec] = []
         for index, rule in enumerate(section.rules):
@@ -180,11 +193,13 @@ class RiskResolver:
                     continue
                 action = entry
                 name = f"{rule.name}/{action.name}"
-                info, options = self.plugins[("risk", "rules", index, "actions", i, "plugin")]
+                kind = "notify" if action.notify is not None else "plugin"
+                info, options = self.plugins[("risk", "rules", index, "actions", i, kind)]
                 raw_rule = raw_rules.get(index, {})
                 actions[name] = ResolvedAction(
-                    name, info, options, digest([raw_rule.get("actions", [])[i], info.version])
-                )
+                    name, info, options, digest([raw_rule.get("actions", [])[i], info.version]),
+                    kind == "notify",
+                )  # fmt: skip
                 names.append(name)
             rules.append(_rule(rule, self.predicates.get(("risk", "rules", index)), tuple(names)))
         section_raw = self.source.value_at(("risk",))

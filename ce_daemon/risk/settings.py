@@ -25,6 +25,7 @@ __all__ = [
     "DAY",
     "ActionInstance",
     "Maintenance",
+    "NetskopeStream",
     "NetskopeUba",
     "Risk",
     "RiskRule",
@@ -59,22 +60,36 @@ class ScaleOverride(Strict):
         return RiskScale(self.low, self.high, self.higher_is_safer, self.labels, self.population)
 
 
-class NetskopeUba(Strict):
-    """Netskope's UBA alerts (``alerts/uba``) as a source of user scores, read from the spool.
+NetskopeStream = Literal["uba", "application", "clientstatus"]
 
-    Each alert's ``field`` (the simulator's and the data export's ``score``: 0-1000, the anomaly's
-    risk, higher = riskier, as its ``risk_level`` shows) scores the alert's user (``user``,
-    lower-cased); a user's latest alert is their score, normalised as ``1000 - score`` by default.
+
+class NetskopeUba(Strict):
+    """A Netskope tenant's records as a source of scores, read from the spool (``stream``):
+
+    - ``uba`` (the default): UBA alerts score users. Each alert's ``field`` (the data export's
+      ``score``: 0-1000, the anomaly's risk, higher = riskier) scores the alert's ``user``
+      (lower-cased); a user's latest alert is their score, normalised as ``1000 - score``.
+    - ``application``: application events score applications (``app``) by their Cloud Confidence
+      Index ``cci`` (0-100, higher = safer).
+    - ``clientstatus``: client status events score devices (``device_id``, the host id) by the client's
+      ``status``: ``Enabled`` (traffic steered) 875, ``Upgrade failed`` 375, ``Disabled`` 125.
+
+    ``field`` and ``key`` name other fields (a dotted path reaches inside: ``host_info.hostname``);
+    the source's ``scale:`` replaces the stream's.
     """
 
     tenant: str
-    uba: Literal[True] = True
-    field: str = "score"
-    higher_is_safer: bool = False
+    stream: NetskopeStream = "uba"
+    field: str | None = None
+    """The scored field (default: ``score``, ``cci`` or ``status`` by stream)."""
+    key: str | None = None
+    """The entity's key field (default: ``user``, ``app`` or ``device_id`` by stream)."""
+    higher_is_safer: bool | None = None
+    """Whether a higher value of ``field`` is safer (default: by stream)."""
 
 
 class RiskSourceConfig(Strict):
-    """One system that scores entities: a ``risk_source`` plugin, or a Netskope tenant's UBA alerts."""
+    """One system that scores entities: a ``risk_source`` plugin, or a Netskope tenant's records."""
 
     name: Name
     plugin: dict[str, Any] | None = None
@@ -96,10 +111,21 @@ class RiskSourceConfig(Strict):
 
 
 class ActionInstance(Strict):
-    """A named ``risk_action`` plugin with its options (rules reference it by name, or carry their own)."""
+    """A named action (rules reference it by name, or carry their own): a ``risk_action`` plugin with its
+    options, or ``notify``: a notification through a ticket destination (``{type: slack, …}``, the
+    shape of a ``tickets.destinations`` entry's ``plugin``)."""
 
     name: Name
-    plugin: dict[str, Any]
+    plugin: dict[str, Any] | None = None
+    notify: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if (self.plugin is None) == (self.notify is None):
+            raise ValueError(
+                "an action names either `plugin` (a risk_action plugin) or `notify` (a ticket destination)"
+            )
+        return self
 
 
 class RiskRule(Strict):

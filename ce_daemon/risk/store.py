@@ -290,6 +290,15 @@ class RiskStore:
             )
         return [tuple(r) for r in rows]
 
+    async def keys(self, kind: str, limit: int) -> list[str]:
+        """The keys of the ``kind`` entities any source scored, sorted, at most ``limit``."""
+        async with self.store.read() as tx:
+            rows = await tx.fetch(
+                "SELECT DISTINCT key FROM risk_records WHERE type = :type ORDER BY key LIMIT :limit",
+                {"type": kind, "limit": limit},
+            )
+        return [str(key) for (key,) in rows]
+
     async def scores(self) -> list[tuple[Any, ...]]:
         """``(type, key, source, score, seen, attributes)`` of every record, in (type, key) order: what a
         recompute reads."""

@@ -5,7 +5,8 @@ REST API v2 with the data-export endpoints' ``Netskope-Api-Token`` header, token
 
 - ``POST /api/v2/incidents/uba/getuci`` ``{"users": [...], "fromTime": ms, "capPerUser": n}`` →
   ``{"usersUci": [{"userId", "confidences": [{"confidenceScore", "timestamp"}]}]}``: each user that
-  has a UCI, with its last ``capPerUser`` scores since ``fromTime`` (oldest first: the last is current).
+  has a UCI, with its last ``capPerUser`` scores since ``fromTime`` (oldest first: the last is current);
+  at most ``GETUCI_USERS_MAX`` users per request (CE's batch), more is a 400.
 - ``POST /api/v2/incidents/user/uciimpact`` ``{"user", "score", "timestamp", "source", "reason"}`` →
   ``{"anomalyId"}``: lowers the user's UCI by ``score`` (a reduction; floor 0).
 - ``POST /api/v2/incidents/anomalies/{id}/allow``: marks the anomaly allowed, which gives the reduction
@@ -47,6 +48,7 @@ UCI_ENDPOINTS = "uci"
 ENDPOINT_FAULT_TYPES = ("status", "rate_limit", "truncate")
 UCI_MAX = 1000
 GETUCI_PATH = "/api/v2/incidents/uba/getuci"
+GETUCI_USERS_MAX = 512
 UCIIMPACT_PATH = "/api/v2/incidents/user/uciimpact"
 ALLOW_PATH = "/api/v2/incidents/anomalies/{id}/allow"
 RESET_PATH = "/api/v2/incidents/users/uci/reset"
@@ -318,6 +320,8 @@ class UciEndpoints:
 
     def getuci(self, request: web.Request, body: Any) -> tuple[int, Any]:
         users = _users(body)
+        if len(users) > GETUCI_USERS_MAX:
+            raise ApiError(400, f"at most {GETUCI_USERS_MAX} users per request, not {len(users)}")
         from_time = _field(body, "fromTime", int, required=False) or 0
         cap = _field(body, "capPerUser", int, required=False) or 1
         if cap < 1:

@@ -1,5 +1,5 @@
-"""Netskope threat sinks (a URL list, deployed once a push; a file-hash list) and risk actions on users
-(UCI impact and reset, SCIM group membership)."""
+"""Netskope threat sinks (a URL list, deployed once a push; a file-hash list), risk actions on users
+(UCI impact and reset, SCIM group membership) and the users' UCI as a risk source."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ce_netskope.risk import (
     UciImpactOptions,
     UciResetOptions,
 )
+from ce_netskope.uci import NetskopeUciSource, UciSourceOptions
 from ce_netskope.urllist import NetskopeUrlListSink, UrlListOptions
 
 __all__ = [
@@ -20,9 +21,11 @@ __all__ = [
     "NetskopeScimGroupAction",
     "NetskopeUciImpactAction",
     "NetskopeUciResetAction",
+    "NetskopeUciSource",
     "NetskopeUrlListSink",
     "ScimGroupOptions",
     "UciImpactOptions",
     "UciResetOptions",
+    "UciSourceOptions",
     "UrlListOptions",
 ]

@@ -10,19 +10,18 @@ which gives the reduction back (an anomaly the tenant no longer knows, 404, coun
 An impact is not something one can look for before sending it again (``getuci`` shows scores, not
 anomalies, and the tenant applies impacts asynchronously), so a double reduction is avoided thus:
 
-- Before sending, the action writes the request it is about to make — its ``timestamp`` (ms) and
-  ``reason`` — to a journal in its data folder, per (rule, user); after the answer, the anomaly id.
-- An apply for a (rule, user) whose journal entry has an anomaly id answers that id without sending
-  (the tenant answered, the core lost the answer: a crash after the target acted).
-- An apply whose entry has no anomaly id yet sends the *same* request again: same user, timestamp,
-  source and reason. That counts once only where the tenant treats an identical impact as the same
-  anomaly, which the tenant simulator does; the vendor documents no idempotency for this call, so on a
-  real tenant that narrow window (the request landed, its answer was lost) may reduce twice.
-- Entries older than ``replay_window`` are a finished edge (its revert may never have come): the next
-  apply of that (rule, user) is a new impact. A revert removes the entry.
-
-The journal lives in this node's data folder: an apply retried on another node of a cluster does not
-see it (the same caveat as above then applies).
+- The request is built from the core's action-log entry (``RiskTarget.action_id`` and ``decided``):
+  its ``timestamp`` is when the core decided the action and its ``reason`` names the entry, so a call
+  made again — its answer lost, the daemon killed, another node taking over — is the *same* request
+  (same user, timestamp, source and reason). That counts once where the tenant treats an identical
+  impact as the same anomaly, which the tenant simulator does; the vendor documents no idempotency for
+  this call, so on a real tenant the narrow window (the request landed, its answer was lost) may
+  reduce twice.
+- Before sending, the action writes the request to a journal in its data folder (per action-log entry;
+  per (rule, user) when the core gave none); after the answer, the anomaly id. An apply whose entry
+  has an anomaly id answers it without sending (the tenant answered, the core lost the answer).
+- Entries older than ``replay_window`` are a finished edge (its revert may never have come); a revert
+  removes the entry.
 
 ``netskope_uci_reset`` (not revertible) sets the UCI back to 1000 (``POST …/users/uci/reset``). It
 looks first (``getuci``): a user without a UCI, or at 1000 already, needs nothing (the tenant would
@@ -51,17 +50,15 @@ from typing_extensions import TypeVar
 
 from ce_daemon.http import excerpt
 from ce_daemon.plugin import (
-    AuthError,
     ComponentConfigError,
     Duration,
-    Health,
     PermanentError,
     PluginContext,
     RiskAction,
     RiskTarget,
     TransientError,
 )
-from ce_netskope.tenant import Answer, TenantClient, TenantConnection, error_messages
+from ce_netskope.tenant import Answer, TenantClient, TenantConnection, TenantPlugin, error_messages
 
 TOKEN_HEADER = "Netskope-Api-Token"  # noqa: S105  # the header's name, not a secret
 GETUCI = "/api/v2/incidents/uba/getuci"
@@ -117,7 +114,7 @@ def scim_quote(value: str) -> str:
     return orjson.dumps(value).decode()
 
 
-class TenantRiskAction(RiskAction[RiskOptionsT_co]):
+class TenantRiskAction(TenantPlugin, RiskAction[RiskOptionsT_co]):
     """A risk action on a tenant's users, through one `TenantClient` for its life."""
 
     api_version: ClassVar[int] = 1
@@ -128,22 +125,7 @@ class TenantRiskAction(RiskAction[RiskOptionsT_co]):
         self.client = TenantClient(options, context, {TOKEN_HEADER: options.token.get_secret_value()})
         self.base = self.client.base
 
-    async def open(self) -> None:
-        self.client.session()
-
-    async def close(self) -> None:
-        await self.client.close()
-
-    async def health(self) -> Health:
-        """A read that changes nothing must be allowed to our token."""
-        try:
-            await self.probe()
-        except (TransientError, AuthError, PermanentError, ComponentConfigError) as exc:
-            return Health(ok=False, detail=str(exc))
-        return Health(ok=True)
-
     async def probe(self) -> None:
-        """The read `health` makes."""
         await self.uci_of("")
 
     def user(self, target: RiskTarget) -> str:
@@ -154,7 +136,7 @@ class TenantRiskAction(RiskAction[RiskOptionsT_co]):
 
     def refused(self, answer: Answer, target: str) -> PermanentError:
         """The error a kept 4xx stands for, quoting the tenant's words (SCIM ``detail`` or ``errors``)."""
-        parsed = _loads(answer.body)
+        parsed = json_or_none(answer.body)
         words = ""
         if isinstance(parsed, dict) and isinstance(parsed.get("detail"), str):
             words = excerpt(parsed["detail"])
@@ -231,7 +213,7 @@ class NetskopeUciImpactAction(TenantRiskAction[UciImpactOptions]):
 
     async def apply(self, target: RiskTarget) -> Mapping[str, str]:
         user = self.user(target)
-        key = f"{target.rule}\n{user.lower()}"
+        key = _journal_key(target, user)
         async with self._lock:
             entries = await self.journal.load()
             now = time.time()
@@ -240,19 +222,24 @@ class NetskopeUciImpactAction(TenantRiskAction[UciImpactOptions]):
                 entry = None
             if entry is not None and isinstance(entry.get("anomaly_id"), str):
                 self.context.log.info("netskope.uci_impact_replayed", user=user, rule=target.rule)
-                return {"anomaly_id": entry["anomaly_id"], "timestamp": str(entry["timestamp"])}
+                return _applied(entry, target)
             if entry is None or not isinstance(entry.get("timestamp"), int):
-                entry = {
-                    "timestamp": int(now * 1000),
-                    "reason": f"{self.options.reason}: {target.rule}",
-                    "at": now,
-                }
+                entry = self._request(target, now)
                 entries[key] = entry
                 await self.journal.save(entries)
             anomaly_id = await self._impact(user, entry, entries, key)
             entry["anomaly_id"] = anomaly_id
             await self.journal.save(entries)
-        return {"anomaly_id": anomaly_id, "timestamp": str(entry["timestamp"])}
+        return _applied(entry, target)
+
+    def _request(self, target: RiskTarget, now: float) -> dict[str, Any]:
+        """The impact to send for ``target``: from its action-log entry when the core gave one (the
+        same request on every retry, on any node), else from now."""
+        reason = f"{self.options.reason}: {target.rule}"
+        if target.action_id and target.decided > 0:
+            return {"timestamp": int(target.decided * 1000), "reason": f"{reason} [#{target.action_id}]",
+                    "at": now}  # fmt: skip
+        return {"timestamp": int(now * 1000), "reason": reason, "at": now}
 
     async def _impact(
         self, user: str, entry: dict[str, Any], entries: dict[str, dict[str, Any]], key: str
@@ -277,7 +264,8 @@ class NetskopeUciImpactAction(TenantRiskAction[UciImpactOptions]):
 
     async def revert(self, target: RiskTarget) -> None:
         user = self.user(target)
-        key = f"{target.rule}\n{user.lower()}"
+        applied = target.state.get("action", "")
+        key = f"#{applied}" if applied else f"{target.rule}\n{user.lower()}"
         async with self._lock:
             entries = await self.journal.load()
             anomaly_id = target.state.get("anomaly_id") or entries.get(key, {}).get("anomaly_id")
@@ -293,6 +281,19 @@ class NetskopeUciImpactAction(TenantRiskAction[UciImpactOptions]):
             if entries.get(key, {}).get("anomaly_id") == anomaly_id:
                 del entries[key]
                 await self.journal.save(entries)
+
+
+def _journal_key(target: RiskTarget, user: str) -> str:
+    """A journal entry per action-log entry, or (when the core gave none) per (rule, user)."""
+    return f"#{target.action_id}" if target.action_id else f"{target.rule}\n{user.lower()}"
+
+
+def _applied(entry: Mapping[str, Any], target: RiskTarget) -> dict[str, str]:
+    """What an apply returns: the anomaly to allow on revert, and the journal entry it came from."""
+    applied = {"anomaly_id": str(entry["anomaly_id"]), "timestamp": str(entry["timestamp"])}
+    if target.action_id:
+        applied["action"] = str(target.action_id)
+    return applied
 
 
 # -- UCI reset -------------------------------------------------------------------------------------
@@ -432,7 +433,7 @@ def _member_ids(group: dict[str, Any], target: str) -> set[str]:
     return {str(m["value"]) for m in members if isinstance(m, dict) and isinstance(m.get("value"), str)}
 
 
-def _loads(body: bytes) -> object:
+def json_or_none(body: bytes) -> object:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:

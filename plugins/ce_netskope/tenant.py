@@ -34,7 +34,16 @@ from ce_daemon.http import (
     status_error,
     transport_error,
 )
-from ce_daemon.plugin import PluginContext, ThreatSink, TransientError, register_secret
+from ce_daemon.plugin import (
+    AuthError,
+    ComponentConfigError,
+    Health,
+    PermanentError,
+    PluginContext,
+    ThreatSink,
+    TransientError,
+    register_secret,
+)
 
 SHORT_WAIT = 2.0
 """The longest ``Retry-After`` (seconds) waited out inside one push; longer ones go back to the core."""
@@ -202,6 +211,32 @@ class TenantSink(ThreatSink[TenantOptionsT_co]):
     ) -> Answer:
         """One request; a 2xx or 400 :class:`Answer`, else the classified error (`TenantClient.call`)."""
         return await self.client().call(method, path, body, params=params, read=read)
+
+
+class TenantPlugin:
+    """What a plugin talking to one tenant through one :class:`TenantClient` for its life shares: open,
+    close, and a health check that makes :meth:`probe` (a read that changes nothing). Put it first
+    among the bases."""
+
+    client: TenantClient
+
+    async def open(self) -> None:
+        self.client.session()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def probe(self) -> None:
+        """The read :meth:`health` makes."""
+        raise NotImplementedError
+
+    async def health(self) -> Health:
+        """The probe must be allowed to our token."""
+        try:
+            await self.probe()
+        except (TransientError, AuthError, PermanentError, ComponentConfigError) as exc:
+            return Health(ok=False, detail=str(exc))
+        return Health(ok=True)
 
 
 async def _drain(response: aiohttp.ClientResponse) -> bytes:
