@@ -112,7 +112,7 @@ class Daemon:
         self.metrics.watch(self)
         for job in self.jobs.loaded():
             job.register_metrics(self.metrics)
-        self.web = WebServer(self.metrics, self.health, lambda: str(self.phase))
+        self.web = WebServer(self.metrics, self.health, lambda: str(self.phase), api=self)
         self._reload_requested = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._force_exit = asyncio.Event()

@@ -297,9 +297,7 @@ async def _summary(directory: Path, sim: SimulatorProcess) -> None:
 
 async def _risk_summary(pipeline: Path) -> None:
     """Run ``ce-daemon risk trend`` on the demo's state: each type's average today, per day, delta, trend."""
-    _say(
-        f"risk: each type's daily average (0-1000, higher is safer): ce-daemon risk trend -c {pipeline}"
-    )
+    _say(f"risk: each type's daily average (0-1000, higher is safer): ce-daemon risk trend -c {pipeline}")
     with contextlib.suppress(OSError):
         shown = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ce_daemon", "risk", "trend", "-c", str(pipeline)

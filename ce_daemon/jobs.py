@@ -11,8 +11,9 @@ A job is a package that plugs into the core the way a plugin does, through the e
 - the components it plans from a loaded pipeline (:meth:`Job.plan`, each with a fingerprint for
   reload by diff) and the Netskope streams its consumers read (:meth:`Job.streams`: the core runs
   one poller per stream, the union over every job);
-- its part of ``ce-daemon status`` (:meth:`Job.status`), its metrics (:meth:`Job.register_metrics`)
-  and its CLI subcommands (:meth:`Job.add_commands`).
+- its part of ``ce-daemon status`` (:meth:`Job.status`), its metrics (:meth:`Job.register_metrics`),
+  its CLI subcommands (:meth:`Job.add_commands`), its HTTP API routes (:meth:`Job.api_routes`) and
+  its dashboard pages (:meth:`Job.dashboard_pages`).
 
 The core names no job: it asks each discovered one. A job that fails to import is reported with its
 distribution and the error, and only matters when the file has its section.
@@ -42,7 +43,9 @@ from ce_daemon.registry import PluginInfo, Registry, api_compatibility
 from ce_daemon.store import Migration
 
 if TYPE_CHECKING:
+    from ce_daemon.api import ApiRoute
     from ce_daemon.config.load import LoadedPipeline
+    from ce_daemon.dashboard import Page
     from ce_daemon.metrics import Metrics
     from ce_daemon.pipeline import ComponentSpec, Runtime
 
@@ -223,6 +226,15 @@ class Job(ABC, Generic[SectionT, ResolvedT]):
 
     def secret_holders(self, resolved: ResolvedT) -> Iterable[object]:
         """Validated values beyond the section holding ``SecretStr`` fields (a plugin's options)."""
+        return ()
+
+    def api_routes(self) -> Iterable[ApiRoute]:
+        """The job's HTTP API routes, mounted under ``/api/v1/<name>`` (handlers get the resolved section
+        of the running pipeline; a pipeline without the section answers 404)."""
+        return ()
+
+    def dashboard_pages(self) -> Iterable[Page]:
+        """The job's dashboard pages, mounted under ``/ui/<name>`` (reads only)."""
         return ()
 
     def summary(self, resolved: ResolvedT) -> str | None:

@@ -1,4 +1,5 @@
-"""The HTTP listener: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for probes.
+"""The HTTP listener: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for probes, and the JSON
+API under ``/api/v1`` (:mod:`ce_daemon.api`).
 
 It runs on the daemon's own event loop (aiohttp, no thread of its own), so a scrape reads the state
 between two steps of the components, and ``/healthz`` answering is itself the proof that the loop
@@ -20,7 +21,9 @@ import structlog
 from aiohttp import web
 
 from ce_daemon import redact
+from ce_daemon.api import ApiHost, api_application
 from ce_daemon.config.model import HttpSettings
+from ce_daemon.dashboard import dashboard_routes
 from ce_daemon.health import HealthRegistry
 from ce_daemon.metrics import Metrics
 
@@ -36,10 +39,18 @@ READY_PHASES = frozenset({"ready", "reloading"})
 class WebServer:
     """Serves the three endpoints on the address of the pipeline's ``http`` section, when there is one."""
 
-    def __init__(self, metrics: Metrics, health: HealthRegistry, phase: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        health: HealthRegistry,
+        phase: Callable[[], str],
+        api: ApiHost | None = None,
+    ) -> None:
         self.metrics = metrics
         self.health = health
         self.phase = phase
+        self.api = api
+        """The daemon whose state ``/api/v1`` serves (None: no API, the probes and metrics only)."""
         self.settings: HttpSettings | None = None
         self.url: str | None = None
         """``http://HOST:PORT/`` once bound (the port the kernel chose for ``:0``)."""
@@ -62,6 +73,9 @@ class WebServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self.api is not None:
+            app.add_routes(api_application(self.api))
+            app.add_routes(dashboard_routes(self.api))
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         try:

@@ -31,6 +31,19 @@ if ! command -v prometheus >/dev/null 2>&1; then
   fi
 fi
 
+# Chromium (Debian's, headless) is the browser the dashboard tests drive through Playwright; Playwright's own
+# browser download is never used.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing chromium (Debian) for the dashboard tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "!! chromium missing and we are not root: 'sudo apt-get install chromium'"
+    exit 1
+  fi
+fi
+
 # PostgreSQL is the second state backend: the suite runs once on it, each test in a database of its own
 # on 127.0.0.1:5432 as user postgres (trust authentication on loopback).
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

@@ -156,7 +156,7 @@ def test_logs_is_a_job_found_through_its_entry_point() -> None:
     """`logs` is found like any job: through its entry point, loaded, with its dead-letter table."""
     [logs] = [info for info in Jobs.discover().all() if info.name == "logs"]
     assert logs.job is not None and logs.error is None and logs.distribution == "ce-daemon"
-    assert {m.component for m in logs.job.migrations} == {"deadletters"}
+    assert {m.component for m in logs.job.migrations} == {"deadletters", "log_mutes"}
 
 
 def test_a_job_that_fails_to_import_is_reported_where_its_section_is(

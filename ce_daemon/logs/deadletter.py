@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -180,6 +181,15 @@ async def _dlq_action(args: argparse.Namespace, dead: DeadLetters, loaded: Loade
 
 
 async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -> int:
+    return 1 if await replay(loaded, dead, only, _say) else 0
+
+
+async def replay(
+    loaded: LoadedPipeline, dead: DeadLetters, only: str | None, say: Callable[[str], None]
+) -> int:
+    """Send the dead letters of ``only`` (every route: None) to their routes' sinks again, through a
+    sink opened for the purpose; what is delivered is removed. How many are still dead letters; ``say``
+    is told each route's outcome."""
     from ce_daemon.logs.job import routes_of, secrets_resolved
 
     redact.remember_pipeline(loaded)  # a replay's failures are stored as reasons: scrubbed like the daemon's
@@ -191,7 +201,7 @@ async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -
         if not rows:
             continue
         if not secrets_resolved(loaded, name):
-            _say(f"{name}: the route is disabled and its secrets are not resolved here, nothing replayed")
+            say(f"{name}: the route is disabled and its secrets are not resolved here, nothing replayed")
             failures += len(rows)
             continue
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
@@ -200,19 +210,24 @@ async def _replay(loaded: LoadedPipeline, dead: DeadLetters, only: str | None) -
         try:
             await sink.open()
         except Exception as exc:  # noqa: BLE001 - whatever a plugin raises, the operator reads why
-            _say(f"{name}: cannot open the sink, nothing replayed: {describe(exc)}")
+            say(f"{name}: cannot open the sink, nothing replayed: {describe(exc)}")
             failures += len(rows)
             await _close(name, sink)
             continue
         try:
-            failures += await _replay_rows(name, route, rows, sink, dead)
+            failures += await _replay_rows(name, route, rows, sink, dead, say)
         finally:
             await _close(name, sink)
-    return 1 if failures else 0
+    return failures
 
 
 async def _replay_rows(
-    name: str, route: ResolvedRoute, rows: list[dict[str, Any]], sink: LogSink, dead: DeadLetters
+    name: str,
+    route: ResolvedRoute,
+    rows: list[dict[str, Any]],
+    sink: LogSink,
+    dead: DeadLetters,
+    say: Callable[[str], None],
 ) -> int:
     """Send ``rows`` again in chunks of 500; how many are still dead letters afterwards."""
     failures = 0
@@ -242,7 +257,7 @@ async def _replay_rows(
         if refused:
             await dead.retried([chunk[i]["id"] for i in refused], "refused again on replay")
         failures += len(refused)
-        _say(f"{name}: replayed {len(chunk) - len(refused)} of {len(chunk)}")
+        say(f"{name}: replayed {len(chunk) - len(refused)} of {len(chunk)}")
     return failures
 
 

@@ -14,12 +14,14 @@ from ce_daemon.config.source import Loc, Source
 from ce_daemon.jobs import Job, Resolution, SubParsers
 from ce_daemon.keys import ComponentKey, StreamKey
 from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS, DeadLetters
+from ce_daemon.logs.mutes import MUTE_MIGRATIONS
 from ce_daemon.logs.resolve import ResolvedRoute, RouteResolver
 from ce_daemon.logs.settings import Logs
 from ce_daemon.pipeline import ComponentSpec
 from ce_daemon.registry import PluginInfo, Registry
 
 if TYPE_CHECKING:
+    from ce_daemon.api import ApiRoute
     from ce_daemon.config.load import LoadedPipeline
     from ce_daemon.metrics import Metrics
     from ce_daemon.pipeline import Runtime
@@ -41,7 +43,7 @@ class LogsJob(Job[Logs, LogRoutes]):
 
     name = "logs"
     section = Logs
-    migrations = DEADLETTER_MIGRATIONS
+    migrations = (*DEADLETTER_MIGRATIONS, *MUTE_MIGRATIONS)
 
     def resolve(self, resolution: Resolution, section: Logs | None) -> LogRoutes | None:
         """Check every route (plugins, filters, subtypes, mappings, tenants), then resolve them."""
@@ -96,6 +98,11 @@ class LogsJob(Job[Logs, LogRoutes]):
         if info is None or info.cls is None:
             return None, ()
         return info.cls.Options, loc[4:]
+
+    def api_routes(self) -> Iterable[ApiRoute]:
+        from ce_daemon.logs.api import log_routes
+
+        return log_routes()
 
     def plugins(self, resolved: LogRoutes) -> Iterable[PluginInfo]:
         """The sink plugins the routes use."""

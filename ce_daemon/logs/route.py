@@ -46,7 +46,8 @@ from ce_daemon.keys import StreamKey
 from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.metrics import RouteMetrics
-from ce_daemon.logs.resolve import ResolvedRoute
+from ce_daemon.logs.mutes import REFRESH, MuteStore
+from ce_daemon.logs.resolve import Mute, ResolvedRoute
 from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
 from ce_daemon.spool import Page
 from ce_daemon.supervisor import Component
@@ -88,6 +89,9 @@ class RouteComponent(Component):
         self.config = route.config
         self.spool = runtime.spool
         self.dead = DeadLetters(runtime.store)
+        self.mutes = MuteStore(runtime.store)
+        self._runtime_mutes: list[Mute] = []
+        self._mutes_read = -REFRESH
         tenant = loaded.tenants.get(self.config.tenant)
         self.formatter = RecordFormatter(
             self.config.format,
@@ -252,7 +256,7 @@ class RouteComponent(Component):
         stream = page.stream
         key = StreamKey.parse(stream)
         predicate = self.route.predicate
-        mutes = self._active_mutes()
+        mutes = await self._active_mutes()
         write = self.formatter.writer_for(key.kind, key.subtype)
         name = self.config.format
         max_records, max_bytes = self.config.batch.max_records, self.max_bytes
@@ -311,9 +315,21 @@ class RouteComponent(Component):
                 self._judge(0, 0)  # no batch will carry them into the health window: judge now
         return batch
 
-    def _active_mutes(self) -> list[Any]:
+    async def _active_mutes(self) -> list[Any]:
+        await self._refresh_mutes()
         now = time.time()
-        return [m for m in self.route.mutes if m.start <= now < m.end]
+        return [m for m in (*self.route.mutes, *self._runtime_mutes) if m.start <= now < m.end]
+
+    async def _refresh_mutes(self) -> None:
+        """Re-read the mutes added while running (every ``REFRESH`` seconds; a failed read keeps the last)."""
+        now = time.monotonic()
+        if now - self._mutes_read < REFRESH:
+            return
+        self._mutes_read = now
+        try:
+            self._runtime_mutes = await self.mutes.upcoming(self.config.name)
+        except Exception as exc:  # noqa: BLE001 - the mutes read before stay; the route ships on
+            log.warning("route.mutes_unread", route=self.config.name, error=describe(exc))
 
     async def _flush(self, batch: _Batch, stopping: asyncio.Event) -> _Batch:
         """Send ``batch`` until the sink acknowledges it, then move the offset. Returns a fresh batch."""

@@ -23,7 +23,15 @@ from ce_daemon.risk.settings import Risk
 from ce_daemon.risk.store import RISK_MIGRATIONS, ActionRow, RiskStore
 from ce_daemon.store import StoreError, open_store
 
-__all__ = ["risk_command", "what_if"]
+__all__ = [
+    "actions_view",
+    "decide_pending",
+    "entities_view",
+    "risk_command",
+    "show_view",
+    "trend_view",
+    "what_if",
+]
 
 
 async def risk_command(args: argparse.Namespace, state: StateSettings, settings: Risk | None) -> int:
@@ -46,19 +54,27 @@ async def risk_command(args: argparse.Namespace, state: StateSettings, settings:
         return 1
 
 
-async def _entities(args: argparse.Namespace, risk: RiskStore) -> int:
-    rows = await risk.entities(args.type)
+async def entities_view(
+    risk: RiskStore, kind: str | None, band: str | None, source: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Entities of ``kind`` (all: None) in ``band`` scored by ``source``, with their scores (at most
+    ``limit``)."""
     found = []
-    for kind, key, score, named, scores, _, updated in rows:
-        if args.band and named != args.band:
+    for t, key, score, named, scores, _, updated in await risk.entities(kind):
+        if band and named != band:
             continue
         per_source = orjson.loads(scores)
-        if args.source and args.source not in per_source:
+        if source and source not in per_source:
             continue
-        found.append({"type": kind, "key": key, "score": score, "band": named, "scores": per_source,
+        found.append({"type": t, "key": key, "score": score, "band": named, "scores": per_source,
                       "updated": updated})  # fmt: skip
-        if len(found) >= args.limit:
+        if len(found) >= limit:
             break
+    return found
+
+
+async def _entities(args: argparse.Namespace, risk: RiskStore) -> int:
+    found = await entities_view(risk, args.type, args.band, args.source, args.limit)
     lines = [
         f"{e['type']}  {e['key']}  {_score(e['score'])}  {e['band']}  "
         + " ".join(f"{s}={v:.0f}" for s, v in e["scores"].items())
@@ -67,90 +83,120 @@ async def _entities(args: argparse.Namespace, risk: RiskStore) -> int:
     return _print(args, {"entities": found}, "\n".join(lines) or "no entity matches")
 
 
-async def _show(args: argparse.Namespace, risk: RiskStore) -> int:
-    key = args.key.lower() if args.type == "user" else args.key
-    rows = await risk.entities(args.type, key)
+async def show_view(risk: RiskStore, kind: str, key: str, limit: int) -> dict[str, Any] | None:
+    """One entity: combined and per-source scores, attributes, its last ``limit`` history entries."""
+    key = key.lower() if kind == "user" else key
+    rows = await risk.entities(kind, key)
     if not rows:
-        _print(args, {"entities": []}, f"{args.type} {key}: not scored")
-        return 1
+        return None
     kind, key, score, named, scores, attributes, updated = rows[0]
     records = [
         {"source": s, "raw": raw, "label": label, "score": sc, "seen": seen}
         for _, _, s, raw, label, sc, seen, _ in await risk.records(kind, key)
     ]
     history: list[dict[str, Any]] = [
-        {"at": at, "score": s, "band": b} for at, s, b in await risk.history(kind, key, args.limit)
+        {"at": at, "score": s, "band": b} for at, s, b in await risk.history(kind, key, limit)
     ]
-    data = {"type": kind, "key": key, "score": score, "band": named, "scores": orjson.loads(scores),
+    return {"type": kind, "key": key, "score": score, "band": named, "scores": orjson.loads(scores),
             "attributes": orjson.loads(attributes), "updated": updated, "records": records,
             "history": history}  # fmt: skip
-    lines = [f"{kind} {key}: {_score(score)} ({named}), updated {_when(float(updated))}"]
+
+
+async def _show(args: argparse.Namespace, risk: RiskStore) -> int:
+    data = await show_view(risk, args.type, args.key, args.limit)
+    if data is None:
+        key = args.key.lower() if args.type == "user" else args.key
+        _print(args, {"entities": []}, f"{args.type} {key}: not scored")
+        return 1
+    updated = _when(float(data["updated"]))
+    lines = [f"{data['type']} {data['key']}: {_score(data['score'])} ({data['band']}), updated {updated}"]
     lines += [
         f"  {r['source']}: {r['score']:.0f}"
         + (f" (raw {r['raw']:g})" if r["raw"] is not None else "")
         + (f" (label {r['label']})" if r["label"] else "")
         + f" seen {_when(r['seen'])}"
-        for r in records
+        for r in data["records"]
     ]
-    lines += [f"  history {_when(h['at'])}: {_score(h['score'])} {h['band']}" for h in history]
+    lines += [f"  history {_when(h['at'])}: {_score(h['score'])} {h['band']}" for h in data["history"]]
     return _print(args, data, "\n".join(lines))
 
 
-async def _trend(args: argparse.Namespace, risk: RiskStore, settings: Risk | None) -> int:
-    window = settings.snapshot.window if settings is not None else 30 * 86_400.0
-    days = max(1, int(args.days or window // 86_400))
+async def trend_view(risk: RiskStore, days: int) -> dict[str, Any]:
+    """Per entity type: the daily averages of the last ``days`` days, the delta between the last two,
+    the trend (least-squares slope per day), and today's average over the current scores."""
     since = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%d")
     daily = await risk.daily(since)
     now = [(k, b, n, a) for k, b, n, a in await risk.band_counts()]
     data: dict[str, Any] = {"since": since, "types": {}}
-    lines: list[str] = []
     for kind in sorted({d[0] for d in daily} | {k for k, *_ in now}):
         series = [(day, avg, n) for k, day, avg, n in daily if k == kind]
         averages = [avg for _, avg, _ in series]
-        delta = averages[-1] - averages[-2] if len(averages) >= 2 else None
-        slope = trend(averages)
         scored = [(n, a) for k, _, n, a in now if k == kind and a is not None]
         count = sum(n for n, _ in scored)
-        today = sum(n * a for n, a in scored) / count if count else None
         data["types"][kind] = {
             "days": [{"day": d, "average": a, "entities": n} for d, a, n in series],
-            "delta": delta, "trend_per_day": slope, "today": {"day": day_of(time.time()), "average": today,
-                                                              "entities": count},
+            "delta": averages[-1] - averages[-2] if len(averages) >= 2 else None,
+            "trend_per_day": trend(averages),
+            "today": {"day": day_of(time.time()), "entities": count,
+                      "average": sum(n * a for n, a in scored) / count if count else None},
         }  # fmt: skip
+    return data
+
+
+async def _trend(args: argparse.Namespace, risk: RiskStore, settings: Risk | None) -> int:
+    window = settings.snapshot.window if settings is not None else 30 * 86_400.0
+    data = await trend_view(risk, max(1, int(args.days or window // 86_400)))
+    lines: list[str] = []
+    for kind, view in data["types"].items():
+        averages = [d["average"] for d in view["days"]]
+        delta, slope, today = view["delta"], view["trend_per_day"], view["today"]
         lines.append(
-            f"{kind}: today {_score(today)} over {count};"
+            f"{kind}: today {_score(today['average'])} over {today['entities']};"
             + (f" last day {averages[-1]:.1f}" if averages else " no day snapshotted yet")
             + (f", delta {delta:+.1f}" if delta is not None else "")
             + (f", trend {slope:+.2f}/day over {len(averages)} days" if slope is not None else "")
         )
-        lines += [f"  {d}  {a:.1f}  ({n})" for d, a, n in series]
+        lines += [f"  {d['day']}  {d['average']:.1f}  ({d['entities']})" for d in view["days"]]
     return _print(args, data, "\n".join(lines) or "no risk data")
 
 
+async def actions_view(
+    risk: RiskStore, outcomes: tuple[str, ...], rule: str | None, key: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The action log, newest first, filtered."""
+    return [_action(r) for r in await risk.actions(outcomes=outcomes, rule=rule, key=key, limit=limit)]
+
+
 async def _actions(args: argparse.Namespace, risk: RiskStore) -> int:
-    rows = await risk.actions(
-        outcomes=tuple(args.outcome or ()), rule=args.rule, key=args.key, limit=args.limit
-    )
-    data = {"actions": [_action(r) for r in rows]}
+    rows = await actions_view(risk, tuple(args.outcome or ()), args.rule, args.key, args.limit)
     lines = [
-        f"#{r.id} {_when(r.at)} {r.rule} {r.type} {r.key} {r.action} {r.kind}: {r.outcome}"
-        + (f" ({r.detail})" if r.detail else "")
+        f"#{r['id']} {_when(r['at'])} {r['rule']} {r['type']} {r['key']} {r['action']} {r['kind']}:"
+        f" {r['outcome']}" + (f" ({r['detail']})" if r["detail"] else "")
         for r in rows
     ]
-    return _print(args, data, "\n".join(lines) or "no action logged")
+    return _print(args, {"actions": rows}, "\n".join(lines) or "no action logged")
+
+
+async def decide_pending(
+    risk: RiskStore, ids: set[int], every: bool, decline: bool, who: str = "by hand"
+) -> tuple[list[int], set[int]]:
+    """Approve (or decline) the pending actions ``ids`` (``every``: all of them): those changed, and the
+    ids that were not pending."""
+    outcome = "declined" if decline else "approved"
+    pending = await risk.actions(outcomes=("pending_approval",), limit=100_000)
+    chosen = [r for r in pending if every or r.id in ids]
+    changed: list[int] = []
+    for row in chosen:
+        done = await risk.finish_action(
+            row.id, outcome, detail=f"{outcome} {who}", only_from=("pending_approval",)
+        )
+        changed += [row.id] if done else []
+    return changed, ids - {r.id for r in pending}
 
 
 async def _approve(args: argparse.Namespace, risk: RiskStore) -> int:
     outcome = "declined" if args.decline else "approved"
-    pending = await risk.actions(outcomes=("pending_approval",), limit=100_000)
-    chosen = [r for r in pending if args.all or r.id in set(args.ids)]
-    missing = set(args.ids) - {r.id for r in pending}
-    changed: list[int] = []
-    for row in chosen:
-        done = await risk.finish_action(
-            row.id, outcome, detail=f"{outcome} by hand", only_from=("pending_approval",)
-        )
-        changed += [row.id] if done else []
+    changed, missing = await decide_pending(risk, set(args.ids), args.all, args.decline)
     if missing:
         print(f"risk approve: no pending action #{', #'.join(map(str, sorted(missing)))}", file=sys.stderr)
     _print(args, {outcome: changed}, f"{len(changed)} action(s) {outcome}")

@@ -26,7 +26,9 @@ from ce_daemon.risk.settings import Risk
 from ce_daemon.risk.store import RISK_MIGRATIONS, RiskStore
 
 if TYPE_CHECKING:
+    from ce_daemon.api import ApiRoute
     from ce_daemon.config.load import LoadedPipeline
+    from ce_daemon.dashboard import Page
     from ce_daemon.metrics import Metrics
     from ce_daemon.pipeline import Runtime
 
@@ -115,6 +117,16 @@ class RiskJob(Job[Risk, RiskPlan]):
         if info is None or info.cls is None:
             return None, ()
         return info.cls.Options, rest
+
+    def dashboard_pages(self) -> Iterable[Page]:
+        from ce_daemon.risk.pages import risk_pages
+
+        return risk_pages()
+
+    def api_routes(self) -> Iterable[ApiRoute]:
+        from ce_daemon.risk.api import risk_routes
+
+        return risk_routes()
 
     def plugins(self, resolved: RiskPlan) -> Iterable[PluginInfo]:
         found = [s.plugin for s in resolved.sources.values() if s.plugin is not None]

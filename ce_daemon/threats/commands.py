@@ -24,7 +24,7 @@ from ce_daemon.threats.settings import Threats
 from ce_daemon.threats.share import ShareStore
 from ce_daemon.threats.store import THREATS_MIGRATIONS, IocStore, Merged
 
-__all__ = ["iocs_command"]
+__all__ = ["iocs_command", "merged_dict", "show_view", "stats_view"]
 
 
 async def iocs_command(args: argparse.Namespace, state: StateSettings, settings: Threats | None) -> int:
@@ -59,47 +59,63 @@ async def _search(args: argparse.Namespace, iocs: IocStore) -> int:
         f"  sources={','.join(m.sources)}  sightings={m.sightings}  last_seen={_when(m.last_seen)}"
         for m in found
     ]
-    return _print(args, {"iocs": [_merged(m) for m in found]}, "\n".join(lines) or "no IOC matches")
+    return _print(args, {"iocs": [merged_dict(m) for m in found]}, "\n".join(lines) or "no IOC matches")
+
+
+async def show_view(iocs: IocStore, given: str) -> list[dict[str, Any]]:
+    """Every stored indicator of the value ``given`` (normalised first): merged over its sources, each
+    source's row, and where it is shared."""
+    result = normalise(given)
+    value = result.value if isinstance(result, Indicator) else given
+    shares = ShareStore(iocs.store) if await iocs.store.columns("threat_shares") else None
+    found = []
+    for m in await iocs.merged(value):
+        shared = [] if shares is None else await shares.where_shared(str(m.indicator.type), m.indicator.value)
+        found.append({
+            **merged_dict(m),
+            "shared": [{"destination": d, "rule": r, "state": st, "reason": why} for d, r, st, why in shared],
+        })  # fmt: skip
+    return found
 
 
 async def _show(args: argparse.Namespace, iocs: IocStore) -> int:
-    result = normalise(args.value)
-    value = result.value if isinstance(result, Indicator) else args.value
-    found = await iocs.merged(value)
+    found = await show_view(iocs, args.value)
+    if not found:
+        result = normalise(args.value)
+        _print(
+            args, {"iocs": []}, f"{result.value if isinstance(result, Indicator) else args.value}: not stored"
+        )
+        return 1
     lines: list[str] = []
-    m_shared: dict[Merged, list[dict[str, str]]] = {}
-    shares = ShareStore(iocs.store) if await iocs.store.columns("threat_shares") else None
     for m in found:
-        shared = [] if shares is None else await shares.where_shared(str(m.indicator.type), m.indicator.value)
-        m_shared[m] = [{"destination": d, "rule": r, "state": st, "reason": why} for d, r, st, why in shared]
         lines.append(
-            f"{m.indicator.value} ({m.indicator.type}{', DLP' if m.indicator.dlp else ''}):"
-            f" {'active' if m.active else 'inactive'}, {m.sightings} sighting(s),"
-            f" first {_when(m.first_seen)}, last {_when(m.last_seen)}"
+            f"{m['value']} ({m['type']}{', DLP' if m['dlp'] else ''}):"
+            f" {'active' if m['active'] else 'inactive'}, {m['sightings']} sighting(s),"
+            f" first {_when(m['first_seen'])}, last {_when(m['last_seen'])}"
         )
         lines.extend(
-            f"  {r.source}: {r.verdict} severity={r.severity} reputation={r.reputation}"
-            f" confidence={r.confidence} sightings={r.sightings} {'active' if r.active else 'inactive'}"
-            f" expires={_when(r.expires_at)} tags={','.join(r.tags) or '-'}"
-            for r in m.rows
+            f"  {r['source']}: {r['verdict']} severity={r['severity']} reputation={r['reputation']}"
+            f" confidence={r['confidence']} sightings={r['sightings']}"
+            f" {'active' if r['active'] else 'inactive'}"
+            f" expires={_when(r['expires_at'])} tags={','.join(r['tags']) or '-'}"
+            for r in m["sources"]
         )
         lines.extend(
             f"  shared with {x['destination']} (rule {x['rule']}): {x['state']}"
             + (f" ({x['reason']})" if x["reason"] else "")
-            for x in m_shared[m]
+            for x in m["shared"]
         )
-    if not found:
-        _print(args, {"iocs": []}, f"{value}: not stored")
-        return 1
-    data = [{**_merged(m), "shared": m_shared[m]} for m in found]
-    return _print(args, {"iocs": data}, "\n".join(lines))
+    return _print(
+        args, {"iocs": [{k: v for k, v in m.items() if k != "rows"} for m in found]}, "\n".join(lines)
+    )
 
 
-async def _stats(args: argparse.Namespace, iocs: IocStore) -> int:
+async def stats_view(iocs: IocStore) -> dict[str, Any]:
+    """IOCs per type, source and state; each source's polls; each destination's pushes."""
     counts = await iocs.counts()
     sources = await iocs.sources()
     pushes = await ShareStore(iocs.store).pushes() if await iocs.store.columns("threat_shares") else []
-    data: dict[str, Any] = {
+    return {
         "counts": [{"type": k, "source": s, "active": a, "rows": n} for k, s, a, n in counts],
         "sources": [
             {"source": s.source, "full_list": s.full_list, "last_poll": s.last_poll, "polls": s.polls,
@@ -113,18 +129,26 @@ async def _stats(args: argparse.Namespace, iocs: IocStore) -> int:
             for p in pushes
         ],
     }  # fmt: skip
-    lines = [f"{k}  {s}  {'active' if a else 'inactive'}  {n}" for k, s, a, n in counts]
+
+
+async def _stats(args: argparse.Namespace, iocs: IocStore) -> int:
+    data = await stats_view(iocs)
+    lines = [
+        f"{c['type']}  {c['source']}  {'active' if c['active'] else 'inactive'}  {c['rows']}"
+        for c in data["counts"]
+    ]
     lines.extend(
-        f"source {s.source}: {s.polls} poll(s), last {_when(s.last_poll) if s.polls else 'never'},"
-        f" {s.rejected} rejected" + (f"; last poll failed: {s.last_error}" if s.last_error else "")
-        for s in sources
+        f"source {s['source']}: {s['polls']} poll(s),"
+        f" last {_when(s['last_poll']) if s['polls'] else 'never'},"
+        f" {s['rejected']} rejected" + (f"; last poll failed: {s['last_error']}" if s["last_error"] else "")
+        for s in data["sources"]
     )
     lines.extend(
-        f"destination {p.destination}: {p.listed} listed, last push"
-        f" {_when(p.last_ok) if p.last_ok else 'never'} (+{p.added} -{p.removed}),"
-        f" {p.dropped} dropped by caps, {p.rejected} refused"
-        + (f"; last push failed: {p.error}" if p.error else "")
-        for p in pushes
+        f"destination {p['destination']}: {p['listed']} listed, last push"
+        f" {_when(p['last_ok']) if p['last_ok'] else 'never'} (+{p['added']} -{p['removed']}),"
+        f" {p['dropped']} dropped by caps, {p['rejected']} refused"
+        + (f"; last push failed: {p['error']}" if p["error"] else "")
+        for p in data["destinations"]
     )
     return _print(args, data, "\n".join(lines) or "no IOCs")
 
@@ -159,7 +183,7 @@ async def _import(args: argparse.Namespace, store: Store, settings: Threats) -> 
     return _print(args, data, summary)
 
 
-def _merged(m: Merged) -> dict[str, Any]:
+def merged_dict(m: Merged) -> dict[str, Any]:
     return {
         "value": m.indicator.value,
         "type": str(m.indicator.type),

@@ -26,7 +26,9 @@ from ce_daemon.threats.settings import Threats
 from ce_daemon.threats.store import THREATS_MIGRATIONS, IocStore
 
 if TYPE_CHECKING:
+    from ce_daemon.api import ApiRoute
     from ce_daemon.config.load import LoadedPipeline
+    from ce_daemon.dashboard import Page
     from ce_daemon.metrics import Metrics
     from ce_daemon.pipeline import Runtime
 
@@ -143,6 +145,16 @@ class ThreatsJob(Job[Threats, ThreatPlan]):
         if info is None or info.cls is None:
             return None, ()
         return info.cls.Options, loc[4:]
+
+    def dashboard_pages(self) -> Iterable[Page]:
+        from ce_daemon.threats.pages import threat_pages
+
+        return threat_pages()
+
+    def api_routes(self) -> Iterable[ApiRoute]:
+        from ce_daemon.threats.api import threat_routes
+
+        return threat_routes()
 
     def plugins(self, resolved: ThreatPlan) -> Iterable[PluginInfo]:
         """The source and destination plugins the section uses."""

@@ -26,7 +26,9 @@ from ce_daemon.tickets.settings import Tickets
 from ce_daemon.tickets.store import TICKETS_MIGRATIONS, TicketStore
 
 if TYPE_CHECKING:
+    from ce_daemon.api import ApiRoute
     from ce_daemon.config.load import LoadedPipeline
+    from ce_daemon.dashboard import Page
     from ce_daemon.metrics import Metrics
     from ce_daemon.pipeline import Runtime
 
@@ -154,6 +156,16 @@ class TicketsJob(Job[Tickets, TicketPlan]):
         if info is None or info.cls is None:
             return None, ()
         return info.cls.Options, loc[4:]
+
+    def dashboard_pages(self) -> Iterable[Page]:
+        from ce_daemon.tickets.pages import ticket_pages
+
+        return ticket_pages()
+
+    def api_routes(self) -> Iterable[ApiRoute]:
+        from ce_daemon.tickets.api import ticket_routes
+
+        return ticket_routes()
 
     def plugins(self, resolved: TicketPlan) -> Iterable[PluginInfo]:
         """The destination plugins the section uses."""
