@@ -42,6 +42,7 @@ spool:
   max_bytes: 256MiB
 http:
   listen: 127.0.0.1:0                       # /metrics, /healthz, /readyz; port 0: the system picks a free one
+  public: [/metrics, /readyz]               # no token asked here; the rest needs one (ce-daemon token)
 tenants:
   - name: demo
     url: {url}
