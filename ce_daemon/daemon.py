@@ -119,6 +119,10 @@ class Daemon:
         """One change at a time of what runs on this node: a unit started or stopped, a reload."""
         self.last_reload: dict[str, Any] = {}
         self.audit: AuditLog | None = None
+        self.loaded_digest = ""
+        """The SHA-256 of the pipeline file as last read (for a start or a reload, applied or not)."""
+        self.running_digest = ""
+        """The SHA-256 of the file the running generation was loaded from."""
         self.metrics = Metrics()
         self.metrics.watch(self)
         for job in self.jobs.loaded():
@@ -249,7 +253,10 @@ class Daemon:
         self._emit(
             "daemon.started", "notice", gen=self.generation, version=__version__, components=len(self.specs)
         )
-        await self._audit("daemon.start", "ok", f"gen={self.generation} version={__version__}")
+        self.running_digest = self.loaded_digest
+        await self._audit(
+            "daemon.start", "ok", f"gen={self.generation} version={__version__}", self.running_digest
+        )
         await save_snapshot(self)
 
     async def _serve(self) -> int:
@@ -297,7 +304,7 @@ class Daemon:
             return EXIT_FAILURE
         force.cancel()
         await save_snapshot(self)
-        await self._audit("daemon.stop", "ok", f"gen={self.generation}")
+        await self._audit("daemon.stop", "ok", f"gen={self.generation}", self.running_digest)
         log.info("daemon.stopped", generation=self.generation)
         return EXIT_OK
 
@@ -317,9 +324,11 @@ class Daemon:
         self.last_reload = {}
         await self._reload_by_diff()
         outcome = str(self.last_reload.get("outcome", "abandoned"))
+        if outcome == "applied":
+            self.running_digest = self.loaded_digest
         reason = self.last_reload.get("reason")
         detail = f"gen={self.generation}" + (f" reason={reason}" if reason else "")
-        await self._audit("daemon.reload", outcome, detail)
+        await self._audit("daemon.reload", outcome, detail, self.loaded_digest)
 
     async def _reload_by_diff(self) -> None:
         assert self.runtime is not None and self.loaded is not None
@@ -590,6 +599,7 @@ class Daemon:
 
     def _load(self) -> LoadedPipeline:
         """The pipeline file as this node runs it (its name and directory put in)."""
+        self.loaded_digest = file_digest(self.path)  # just before the loader reads it
         loaded = load_pipeline(self.path, self.registry, jobs=self.jobs, environ=self.environ)
         loaded.config = self.node.apply(loaded.config)
         return loaded
@@ -659,9 +669,9 @@ class Daemon:
             log.error("http.listen_failed", listen=settings.listen, error=str(exc))
             self._emit("http.listen_failed", "err", listen=settings.listen, error=str(exc)[:200])
 
-    async def _audit(self, action: str, outcome: str, detail: str) -> None:
-        """Record a lifecycle event in the audit log, with the pipeline file's content hash; a state
-        database that cannot take it is logged, never a reason to fail the lifecycle step."""
+    async def _audit(self, action: str, outcome: str, detail: str, digest: str) -> None:
+        """Record a lifecycle event in the audit log with the pipeline file's content hash ``digest``; a
+        state database that cannot take it is logged, never a reason to fail the lifecycle step."""
         if self.audit is None:
             return
         try:
@@ -669,7 +679,7 @@ class Daemon:
                 action,
                 outcome,
                 actor="daemon",
-                detail=f"{detail} file={self.path} sha256={file_digest(self.path)}",
+                detail=f"{detail} file={self.path} sha256={digest}",
             )
         except StoreError as exc:
             log.error("audit.failed", action=action, error=str(exc))
