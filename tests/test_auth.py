@@ -201,6 +201,10 @@ async def test_a_login_gives_a_strict_http_only_cookie_and_writes_need_its_csrf_
         logout = await request("POST", url + "logout", headers={"X-CSRF-Token": csrf}, session=browser)
         after = await request("GET", url + "api/whoami", session=browser)
         viewer = await request("POST", url + "login", data={"user": "victor", "password": PASSWORD})
+        cross_site = await request(
+            "POST", url + "login", data={"user": "victor", "password": PASSWORD},
+            headers={"Origin": "https://attacker.example"},
+        )  # fmt: skip
         output = listener.output()
     assert wrong.status == 401 and "Set-Cookie" not in wrong.headers
     assert login.status == 200
@@ -219,6 +223,7 @@ async def test_a_login_gives_a_strict_http_only_cookie_and_writes_need_its_csrf_
     assert logout_no_csrf.status == 403 and logout.status == 200
     assert after.status == 401
     assert viewer.status == 200 and orjson.loads(viewer.text)["role"] == "viewer"
+    assert cross_site.status == 403 and "Set-Cookie" not in cross_site.headers
     session_id = cookie.split(";", 1)[0].split("=", 1)[1]
     for answer in (wrong, login, whoami, no_csrf, header, logout, after):
         assert PASSWORD not in answer.text and session_id not in answer.text

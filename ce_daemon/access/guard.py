@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -160,6 +161,8 @@ class Guard:
     async def login(self, request: web.Request) -> web.Response:
         """``POST /login`` (form ``user``, ``password``): a session cookie, and its CSRF token in the body."""
         address = client_address(request)
+        if not same_origin(request):
+            return error(403, "a login comes from the listener's own pages (Origin differs)")
         if request.content_length is not None and request.content_length > MAX_LOGIN_FORM:
             return error(413, f"a login form has at most {MAX_LOGIN_FORM} bytes")
         form = await request.post()
@@ -220,6 +223,16 @@ async def csrf_given(request: web.Request) -> str | None:
         value = (await request.post()).get("csrf_token")
         return value if isinstance(value, str) else None
     return None
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether a browser's ``Origin`` (when it sends one) is the listener itself: a login form posted from
+    another site would sign the victim into the attacker's account (login CSRF), and no cookie exists yet
+    for a CSRF token to be tied to."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()
 
 
 def client_address(request: web.Request) -> str:
