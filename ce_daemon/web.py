@@ -42,7 +42,8 @@ READY_PHASES = frozenset({"ready", "reloading"})
 
 
 class WebServer:
-    """Serves the three endpoints on the address of the pipeline's ``http`` section, when there is one."""
+    """Serves the probes, the metrics and the API on the address of the pipeline's ``http`` section, when
+    there is one, behind the access gate (:mod:`ce_daemon.access.guard`)."""
 
     def __init__(self, metrics: Metrics, health: HealthRegistry, phase: Callable[[], str]) -> None:
         self.metrics = metrics

@@ -146,3 +146,23 @@ def test_a_fifo_as_the_key_is_refused_without_blocking(tmp_path: Path) -> None:
         load_pipeline(path, Registry.discover(), environ={})
     [problem] = caught.value.problems
     assert "http.tls.key" in problem.render() and "FIFO" in problem.render()
+
+
+@pytest.mark.parametrize(
+    ("http", "warned"),
+    [
+        ({"listen": "0.0.0.0:9464"}, True),
+        ({"listen": "0.0.0.0:9464", "tls": {"self_signed": True}}, False),
+        ({"listen": "127.0.0.1:9464"}, False),
+    ],
+)
+def test_plain_http_reachable_from_other_machines_is_warned_of(
+    tmp_path: Path, http: dict[str, object], warned: bool
+) -> None:
+    """`check` warns, at http.listen, of a listener others reach without TLS (credentials in clear)."""
+    path = write_pipeline(tmp_path / "pipeline.yaml", listener_pipeline(tmp_path, http))
+    warnings = load_pipeline(path, Registry.discover(), environ={}).warnings
+    found = [w.render() for w in warnings if "http.listen" in w.render()]
+    assert bool(found) is warned
+    if warned:
+        assert "cross the network in clear" in found[0] and "http.tls" in found[0]

@@ -21,7 +21,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from ce_daemon.config.model import Pipeline, Tenant, anchor_paths, compose_pipeline
+from ce_daemon.config.model import Pipeline, Tenant, anchor_paths, compose_pipeline, is_loopback
 from ce_daemon.config.secrets import (
     expects_secret,
     inline_secret_problem,
@@ -152,6 +152,7 @@ def load_pipeline(
         problems.extend(_cluster_problems(source, anchored))
         problems.extend(_tenant_problems(source, anchored))
         problems.extend(_listener_tls_problems(source, anchored))
+        resolution.warnings.extend(_listener_warnings(source, anchored))
     if problems or config is None:
         raise ConfigError(dedupe(problems))
     loaded = LoadedPipeline(
@@ -388,6 +389,22 @@ def _listener_tls_problems(source: Source, config: Pipeline) -> list[Problem]:
         reason = f"{tls.cert} and {tls.key} are not a usable certificate and key ({exc})"
         return [source.problem(("http", "tls", "cert"), reason, hint=hint)]
     return []
+
+
+def _listener_warnings(source: Source, config: Pipeline) -> list[Problem]:
+    """A listener other machines reach over plain HTTP: tokens, passwords and session cookies in clear."""
+    http = config.http
+    if http is None or http.tls is not None or is_loopback(http.host):
+        return []
+    return [
+        source.problem(
+            ("http", "listen"),
+            f"the listener on {http.listen} is reachable from other machines over plain HTTP: "
+            "tokens, passwords and session cookies cross the network in clear",
+            hint="add http.tls (cert and key, or self_signed: true), "
+            "or listen on 127.0.0.1 behind a TLS proxy",
+        )
+    ]
 
 
 def _no_password() -> bytes:

@@ -356,7 +356,7 @@ class Tenant(Strict):
             parts.port  # noqa: B018 - urllib checks the port's range only when it is read
         except ValueError:
             raise SettingError(f"{url!r} has a port outside 1-65535", _TENANT_URL_HINT) from None
-        if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
             raise SettingError(
                 f"{url!r} would send the API token unencrypted: plain http is only for a loopback "
                 "address (such as the tenant simulator)",
@@ -425,7 +425,8 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (("state",), ("control",))
 """Sections a reload cannot change: the running process keeps its database and socket."""
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
     if host == "localhost":
         return True
     try:
