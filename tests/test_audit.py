@@ -11,6 +11,7 @@ from listener_kit import PASSWORD, add_users, audit_events, cli, listener_pipeli
 
 from ce_daemon.access import Role
 from ce_daemon.testing import DaemonProcess, write_pipeline
+from ce_daemon.testing.sockets import SyslogReceiver
 
 HTTP = {"listen": "127.0.0.1:0"}
 
@@ -114,3 +115,24 @@ async def test_a_password_file_must_be_a_regular_file_and_long_enough(tmp_path: 
     assert missing[0] == 1 and "no such file" in missing[2].lower()
     assert too_short[0] == 1 and "at least 12 characters" in too_short[2] and "tiny" not in too_short[2]
     assert listed[0] == 0 and "eve" not in listed[1]
+
+
+async def test_audit_events_reach_the_syslog_health_channel_without_secrets(tmp_path: Path) -> None:
+    """A failed login and a token write go to syslog as `event=audit.…` lines, with no password nor token."""
+    tokens = await make_tokens(tmp_path, {"deployer": Role.OPERATOR})
+    async with SyslogReceiver("udp") as syslog:
+        settings = listener_pipeline(tmp_path, HTTP)
+        settings["health"] = {"interval": "1h", "syslog": {"target": syslog.target}}
+        config = write_pipeline(tmp_path / "pipeline.yaml", settings)
+        async with DaemonProcess(config) as daemon:
+            url = str((await daemon.wait_for_event("http.listening"))["url"])
+            start = await syslog.wait_for("event=audit.daemon.start", timeout=30)
+            await request("POST", url + "login", data={"user": "mallory", "password": "guessed-password"})
+            login = await syslog.wait_for("event=audit.login", timeout=30)
+            await request("POST", url + "api/reload", token=tokens["deployer"])
+            write = await syslog.wait_for("event=audit.token.write", timeout=30)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+    assert "outcome=ok" in start and f"sha256={sha256(config)}" in start
+    assert "outcome=failed" in login and "user:mallory" in login and "guessed-password" not in login
+    assert "token:deployer" in write and tokens["deployer"] not in write
