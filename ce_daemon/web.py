@@ -16,6 +16,7 @@ the listener until a reload or restart. No answer carries a secret or a record's
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from ce_daemon import redact
 from ce_daemon.access import AccessStore, AuditLog, Role
 from ce_daemon.access.guard import Guard, client_address, error, principal, public, requires
 from ce_daemon.access.tls import server_context
-from ce_daemon.config.model import HttpSettings
+from ce_daemon.config.model import HttpSettings, ListenerTls
 from ce_daemon.health import HealthRegistry
 from ce_daemon.metrics import Metrics
 
@@ -54,6 +55,8 @@ class WebServer:
         """``http://HOST:PORT/`` once bound (the port the kernel chose for ``:0``)."""
         self.listening = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._context: ssl.SSLContext | None = None
+        self._pair: bytes | None = None
         self.access: AccessStore | None = None
         self.audit: AuditLog | None = None
         self.data_dir = Path()
@@ -73,6 +76,7 @@ class WebServer:
         then off, and the next ``configure`` tries again even with the same settings.
         """
         if settings == self.settings and (settings is None or self._runner is not None):
+            await self._reload_certificate()
             return
         await self.close()
         self.settings = settings
@@ -83,6 +87,7 @@ class WebServer:
         context: ssl.SSLContext | None = None
         if settings.tls is not None:
             context = await asyncio.to_thread(server_context, settings.tls, self.data_dir, settings.host)
+        self._context, self._pair = context, certificate_pair(settings.tls)
         guard = Guard(
             self.access,
             self.audit,
@@ -111,6 +116,22 @@ class WebServer:
         self.url = f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
         self.listening.set()
         log.info("http.listening", url=self.url, listen=settings.listen)
+
+    async def _reload_certificate(self) -> None:
+        """Load the operator's certificate and key again when their files changed (a renewal, then a
+        reload): handshakes from now on use the new pair, connections open keep theirs."""
+        assert self.settings is not None
+        tls = self.settings.tls
+        pair = certificate_pair(tls)
+        if self._context is None or tls is None or tls.cert is None or tls.key is None or pair == self._pair:
+            return
+        try:
+            self._context.load_cert_chain(tls.cert, tls.key, password=lambda: b"")
+        except (OSError, ssl.SSLError) as exc:  # the pair in use stays: a reload never drops TLS
+            log.error("http.certificate_reload_failed", cert=str(tls.cert), error=str(exc))
+            return
+        self._pair = pair
+        log.info("http.certificate_reloaded", cert=str(tls.cert))
 
     async def close(self) -> None:
         """Stop listening (requests in progress get ``SHUTDOWN_TIMEOUT`` seconds to finish)."""
@@ -169,6 +190,17 @@ class WebServer:
         who = principal(request)
         await self.audit.record("token.revoke", actor=who.actor, address=client_address(request), detail=name)
         return web.json_response({"revoked": name})
+
+
+def certificate_pair(tls: ListenerTls | None) -> bytes | None:
+    """The content of the operator's certificate and key files (None without them or when unreadable):
+    what tells a renewed pair from the one loaded."""
+    if tls is None or tls.cert is None or tls.key is None:
+        return None
+    try:
+        return hashlib.sha256(tls.cert.read_bytes() + b"\0" + tls.key.read_bytes()).digest()
+    except OSError:
+        return None
 
 
 def readiness(health: HealthRegistry, phase: str) -> tuple[bool, dict[str, Any]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import signal
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -74,6 +76,25 @@ async def test_tls_13_by_default_refuses_a_tls_12_client_and_serves_a_13_one(tmp
     assert served.status == 200
     cookie = login.headers["Set-Cookie"]
     assert cookie.startswith("__Host-ced_session=") and "Secure" in cookie and "HttpOnly" in cookie
+
+
+async def test_a_reload_takes_a_renewed_certificate_without_rebinding(tmp_path: Path) -> None:
+    """New PEM files at the same paths, then SIGHUP: the next handshake shows the new certificate."""
+    first = make_certificates(tmp_path / "first", hosts=("127.0.0.1",))
+    renewed = make_certificates(tmp_path / "renewed", hosts=("127.0.0.1",))
+    http = {"listen": "127.0.0.1:0", "tls": {"cert": str(first.cert_file), "key": str(first.key_file)}}
+    async with listening(tmp_path, http) as listener:
+        before = await handshake(listener.url, client(first.ca_file))
+        shutil.copyfile(renewed.cert_file, first.cert_file)
+        shutil.copyfile(renewed.key_file, first.key_file)
+        listener.daemon.signal(signal.SIGHUP)
+        await listener.daemon.wait_for_event("http.certificate_reloaded")
+        after = await handshake(listener.url, client(renewed.ca_file))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await handshake(listener.url, client(first.ca_file))
+        listenings = listener.daemon.events("http.listening")
+    assert before == after == "TLSv1.3"
+    assert len(listenings) == 1  # the same socket: no rebind
 
 
 async def test_min_version_12_lets_a_tls_12_client_in(tmp_path: Path) -> None:
