@@ -23,6 +23,7 @@ from aiohttp import web
 from ce_daemon.access.credentials import MAX_PASSWORD, Principal, Role
 from ce_daemon.access.store import AccessStore, AuditLog, csrf_matches
 from ce_daemon.access.throttle import FailureThrottle
+from ce_daemon.store import StoreError
 
 log = structlog.get_logger("ce_daemon.access")
 
@@ -112,8 +113,17 @@ class Guard:
         route = request.match_info.route
         matched = request.match_info.http_exception is None
         needed = needed_role(route.handler) if matched else Role.VIEWER
-        if needed is None or (matched and request.path in self.open_paths):
-            return await handler(request)
+        try:
+            if needed is None or (matched and request.path in self.open_paths):
+                return await handler(request)
+            refused = await self._gate(request, needed)
+            return refused if refused is not None else await handler(request)
+        except StoreError as exc:  # fail closed: no check, no audit row, no access, and no 500
+            log.error("access.store_unavailable", path=request.path[:200], error=str(exc))
+            return error(503, "the state database is unavailable", {"Retry-After": "5"})
+
+    async def _gate(self, request: web.Request, needed: Role) -> web.Response | None:
+        """The refusal of ``request`` (None: let it through, its principal set, a token's write audited)."""
         address = client_address(request)
         wait = self.failures.retry_after(address)
         if wait:
@@ -139,7 +149,7 @@ class Guard:
                 address=address,
                 detail=f"{request.method} {request.path[:200]}",
             )
-        return await handler(request)
+        return None
 
     async def identify(self, request: web.Request) -> tuple[Principal | None, str]:
         """Who ``request`` comes from, or None and why not (in words that quote nothing of it)."""
@@ -171,8 +181,8 @@ class Guard:
             return error(400, "a login posts the form fields user and password")
         keys = (f"address:{address}", f"user:{user}")
         wait = max(self.logins.retry_after(key) for key in keys)
-        if wait:
-            await self.audit.record("login", "throttled", actor=f"user:{user}", address=address)
+        if wait:  # logged, not a row each: a flood of throttled attempts must not fill the table
+            log.warning("access.login_throttled", user=user[:64], address=address)
             return error(429, "too many failed logins: try again later", {"Retry-After": str(wait)})
         role = await self.access.check_password(user, password[: MAX_PASSWORD + 1])
         if role is None:
