@@ -120,8 +120,7 @@ class WebServer:
     async def _reload_certificate(self) -> None:
         """Load the operator's certificate and key again when their files changed (a renewal, then a
         reload): handshakes from now on use the new pair, connections open keep theirs."""
-        assert self.settings is not None
-        tls = self.settings.tls
+        tls = self.settings.tls if self.settings is not None else None
         pair = certificate_pair(tls)
         if self._context is None or tls is None or tls.cert is None or tls.key is None or pair == self._pair:
             return
