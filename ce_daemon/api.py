@@ -9,8 +9,9 @@ is a 400 naming it), the role it needs (``viewer`` reads; ``operator`` approves,
 replays; ``admin`` manages tokens and users) and the JSON schema of its answer, from which the
 OpenAPI document is built. A handler gets an :class:`ApiCall`: the validated arguments, the state
 database and the job's resolved section of the pipeline now running; it returns what is sent as
-JSON, or raises :class:`ApiError`. Who may call what is decided by the ``authorise`` hook the
-listener installs (every route passes through it with its role); answers carry no secret.
+JSON, or raises :class:`ApiError`. Each route's handler carries its role for the listener's access
+gate (:mod:`ce_daemon.access.guard`), which refuses a missing, wrong or revoked credential (401) and
+a lower role (403) before the handler runs; answers carry no secret.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import structlog
 from aiohttp import web
 
 from ce_daemon import redact
+from ce_daemon.access.credentials import Principal
+from ce_daemon.access.credentials import Role as AccessRole
+from ce_daemon.access.guard import PRINCIPAL, HandlerT, requires
 from ce_daemon.errors import describe
 
 if TYPE_CHECKING:
@@ -39,10 +43,13 @@ __all__ = [
     "ApiError",
     "ApiHost",
     "ApiRoute",
+    "Caller",
     "Param",
     "Role",
     "api_application",
     "call_for",
+    "caller_of",
+    "guarded",
     "openapi_document",
 ]
 
@@ -188,14 +195,19 @@ class ApiHost(Protocol):
     async def status_snapshot(self) -> dict[str, Any]: ...
 
 
-Authorise = Callable[[web.Request, Role], Awaitable[str]]
-"""Who is calling; raises an aiohttp HTTP error (401, 403, 429) when the request may not do what
-``role`` allows."""
+Caller = Callable[[web.Request], str]
+"""Who made a request, as the audit log names it (the access gate let it through already)."""
 
 
-async def allow_all(request: web.Request, role: Role) -> str:
-    """The hook when the listener installs none: everyone is ``anonymous``."""
-    return "anonymous"
+def caller_of(request: web.Request) -> str:
+    """The caller the access gate identified (``anonymous`` on a path ``http.public`` opened)."""
+    who = request.get(PRINCIPAL)
+    return who.actor if isinstance(who, Principal) else "anonymous"
+
+
+def guarded(role: Role, handler: HandlerT) -> HandlerT:
+    """``handler`` marked for the access gate: ``role`` or above may call it."""
+    return requires(AccessRole(role))(handler)
 
 
 ERROR_SCHEMA: Final = {
@@ -235,28 +247,27 @@ def full_path(job: str | None, route: ApiRoute) -> str:
     return f"{PREFIX}{'' if job is None else '/' + job}{route.path}"
 
 
-def api_application(host: ApiHost, authorise: Authorise = allow_all) -> list[web.RouteDef]:
+def api_application(host: ApiHost, caller: Caller = caller_of) -> list[web.RouteDef]:
     """The routes of the API (every job's, the core's and the OpenAPI document), for the listener."""
     routes = all_routes(host.jobs)
     document = openapi_document(routes)
     defs: list[web.RouteDef] = []
     for job, route in routes:
-        handler = _endpoint(host, job, route, authorise)
+        handler = guarded(route.role, _endpoint(host, job, route, caller))
         defs.append(web.route(route.method, full_path(job, route), handler))
 
     async def openapi(request: web.Request) -> web.Response:
-        await authorise(request, "viewer")
         return _json(document)
 
-    defs.append(web.get(f"{PREFIX}/openapi.json", openapi))
+    defs.append(web.get(f"{PREFIX}/openapi.json", guarded("viewer", openapi)))
     return defs
 
 
 def _endpoint(
-    host: ApiHost, job: str | None, route: ApiRoute, authorise: Authorise
+    host: ApiHost, job: str | None, route: ApiRoute, caller: Caller
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        who = await authorise(request, route.role)
+        who = caller(request)
         try:
             answer = await route.handler(call_for(host, job, route.params, request, who))
         except ApiError as exc:

@@ -153,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     for job in Jobs.discover().loaded():
         _add_job_commands(job, sub)
 
+    from ce_daemon.access.commands import add_access_commands
+
+    add_access_commands(sub)
+
     from ce_daemon.store.transfer import add_state_command
 
     add_state_command(sub)

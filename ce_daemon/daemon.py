@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import structlog
 
 from ce_daemon import __version__, applog, redact
+from ce_daemon.access import ACCESS_MIGRATIONS, AccessStore, AuditLog
 from ce_daemon.cluster.handle import LeaseHandle
 from ce_daemon.cluster.manager import ClusterError, LeaseManager
 from ce_daemon.config.load import LoadedPipeline, load_pipeline
@@ -45,9 +47,17 @@ from ce_daemon.web import WebServer
 
 
 def state_migrations(jobs: Jobs) -> tuple[Migration, ...]:
-    """Every migration the daemon opens its state with: the spool's and each job's (``state migrate``
-    copies their tables)."""
-    return (*SPOOL_MIGRATIONS, *jobs.migrations())
+    """Every migration the daemon opens its state with: the spool's, the access tables and each job's
+    (``state migrate`` copies their tables)."""
+    return (*SPOOL_MIGRATIONS, *ACCESS_MIGRATIONS, *jobs.migrations())
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of the pipeline file's content as it is now (what the audit log records of a load)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or type(exc).__name__})"
 
 
 log = structlog.get_logger("ce_daemon.daemon")
@@ -108,6 +118,11 @@ class Daemon:
         self._units = asyncio.Lock()
         """One change at a time of what runs on this node: a unit started or stopped, a reload."""
         self.last_reload: dict[str, Any] = {}
+        self.audit: AuditLog | None = None
+        self.loaded_digest = ""
+        """The SHA-256 of the pipeline file as last read (for a start or a reload, applied or not)."""
+        self.running_digest = ""
+        """The SHA-256 of the file the running generation was loaded from."""
         self.metrics = Metrics()
         self.metrics.watch(self)
         for job in self.jobs.loaded():
@@ -154,6 +169,13 @@ class Daemon:
                 teardown.enter_context("state lock", exclusive(loaded.config.state))
                 store = await open_store(loaded.config.state, state_migrations(self.jobs))
                 teardown.push("state database", store.close)
+                self.audit = AuditLog(store, self._audit_emit)
+                self.web.attach(
+                    AccessStore(store),
+                    self.audit,
+                    loaded.config.state.path.parent,
+                    self._reload_requested.set,
+                )
                 spool = Spool(store, loaded.config.spool.max_bytes)
                 await spool.load()
                 self.runtime = Runtime(
@@ -231,6 +253,10 @@ class Daemon:
         self._emit(
             "daemon.started", "notice", gen=self.generation, version=__version__, components=len(self.specs)
         )
+        self.running_digest = self.loaded_digest
+        await self._audit(
+            "daemon.start", "ok", f"gen={self.generation} version={__version__}", self.running_digest
+        )
         await save_snapshot(self)
 
     async def _serve(self) -> int:
@@ -278,6 +304,7 @@ class Daemon:
             return EXIT_FAILURE
         force.cancel()
         await save_snapshot(self)
+        await self._audit("daemon.stop", "ok", f"gen={self.generation}", self.running_digest)
         log.info("daemon.stopped", generation=self.generation)
         return EXIT_OK
 
@@ -293,6 +320,17 @@ class Daemon:
     # -- reload by diff ----------------------------------------------------------------
 
     async def _reload(self) -> None:
+        """Reload by diff, and audit the outcome with the file's content hash."""
+        self.last_reload = {}
+        await self._reload_by_diff()
+        outcome = str(self.last_reload.get("outcome", "abandoned"))
+        if outcome == "applied":
+            self.running_digest = self.loaded_digest
+        reason = self.last_reload.get("reason")
+        detail = f"gen={self.generation}" + (f" reason={reason}" if reason else "")
+        await self._audit("daemon.reload", outcome, detail, self.loaded_digest)
+
+    async def _reload_by_diff(self) -> None:
         assert self.runtime is not None and self.loaded is not None
         self.phase = Phase.RELOADING
         self.notifier.reloading(f"reloading {self.path}")
@@ -561,6 +599,7 @@ class Daemon:
 
     def _load(self) -> LoadedPipeline:
         """The pipeline file as this node runs it (its name and directory put in)."""
+        self.loaded_digest = file_digest(self.path)  # just before the loader reads it
         loaded = load_pipeline(self.path, self.registry, jobs=self.jobs, environ=self.environ)
         loaded.config = self.node.apply(loaded.config)
         return loaded
@@ -629,6 +668,25 @@ class Daemon:
             assert settings is not None
             log.error("http.listen_failed", listen=settings.listen, error=str(exc))
             self._emit("http.listen_failed", "err", listen=settings.listen, error=str(exc)[:200])
+
+    async def _audit(self, action: str, outcome: str, detail: str, digest: str) -> None:
+        """Record a lifecycle event in the audit log with the pipeline file's content hash ``digest``; a
+        state database that cannot take it is logged, never a reason to fail the lifecycle step."""
+        if self.audit is None:
+            return
+        try:
+            await self.audit.record(
+                action,
+                outcome,
+                actor="daemon",
+                detail=f"{detail} file={self.path} sha256={digest}",
+            )
+        except StoreError as exc:
+            log.error("audit.failed", action=action, error=str(exc))
+
+    def _audit_emit(self, event: str, fields: dict[str, Any]) -> None:
+        severity: Severity = "notice" if fields.get("outcome") in ("ok", "applied") else "warning"
+        self._emit(event, severity, **{k: v for k, v in fields.items() if k != "action" and v is not None})
 
     def _emit(self, event: str, severity: Severity, **fields: Any) -> None:
         if self.syslog:

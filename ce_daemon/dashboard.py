@@ -20,7 +20,9 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ce_daemon import redact
-from ce_daemon.api import ApiCall, ApiError, ApiHost, Authorise, Param, allow_all, call_for
+from ce_daemon.access.credentials import Principal
+from ce_daemon.access.guard import LOGIN_PAGE, PRINCIPAL, is_page, public
+from ce_daemon.api import ApiCall, ApiError, ApiHost, Caller, Param, call_for, caller_of, guarded
 from ce_daemon.errors import describe
 
 __all__ = ["Page", "bar", "chart", "dashboard_routes", "escape", "link", "table", "when"]
@@ -30,6 +32,7 @@ STYLE: Final = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
 header{background:#16233a;color:#fff;padding:.6em 1.2em;display:flex;gap:1.4em;align-items:center}
 header a{color:#cfe0ff;text-decoration:none}header a.here{color:#fff;font-weight:600}
+header form{margin:0 0 0 auto}header .who{margin-left:auto;color:#cfe0ff}header .who+form{margin:0}
 main{padding:1em 1.4em;max-width:1400px}h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse;background:#fff;margin:.4em 0 1em}th,td{padding:.3em .7em;border-bottom:1px
 solid #e3e6eb;text-align:left;vertical-align:top}th a{color:inherit}td.n{text-align:right}
@@ -44,9 +47,11 @@ HEADERS: Final = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
-"""No script runs, nothing loads from elsewhere, no page is framed."""
+"""No script runs, nothing loads from elsewhere, no page is framed. The referrer stays on the listener
+(``same-origin``, not ``no-referrer``: with that a browser posts the login form with ``Origin: null``,
+which the login's origin check refuses)."""
 
 
 def escape(value: object) -> str:
@@ -143,16 +148,41 @@ def _state(state: str) -> str:
     return f'<span class="{escape(state)}">{escape(state)}</span>'
 
 
-def _frame(title: str, here: str, nav: Sequence[tuple[str, str]], body: str) -> str:
+def _frame(
+    title: str, here: str, nav: Sequence[tuple[str, str]], body: str, who: Principal | None = None
+) -> str:
     links = "".join(
         f'<a href="{escape(href)}"{" class=here" if href == here else ""}>{escape(name)}</a>'
         for name, href in nav
     )
+    if who is not None and who.csrf is not None:
+        links += (
+            f'<span class="who">{escape(who.name)} ({escape(who.role)})</span>'
+            f'<form method="post" action="/logout"><input type="hidden" name="csrf_token"'
+            f' value="{escape(who.csrf)}"><button>log out</button></form>'
+        )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)} · ce-daemon</title><style>{STYLE}</style></head>"
         f"<body><header><b>ce-daemon</b>{links}</header><main>{body}</main></body></html>"
     )
+
+
+@public
+async def login_page(request: web.Request) -> web.Response:
+    """``GET /login``: the form a person signs in with (posted to ``/login``, then back to ``next``)."""
+    back = request.query.get("next", UI + "/")
+    if not is_page(back.split("?", 1)[0]) or back.startswith("//"):
+        back = UI + "/"
+    failed = '<p class="failed">wrong user or password</p>' if request.query.get("failed") else ""
+    body = (
+        f'<h1>Log in</h1>{failed}<form method="post" action="{LOGIN_PAGE}">'
+        f'<input type="hidden" name="next" value="{escape(back)}">'
+        '<p><label>user <input name="user" autocomplete="username" required></label></p>'
+        '<p><label>password <input name="password" type="password" autocomplete="current-password"'
+        " required></label></p><p><button>log in</button></p></form>"
+    )
+    return web.Response(text=_frame("Log in", "", [], body), content_type="text/html", headers=HEADERS)
 
 
 async def _overview(call: ApiCall) -> str:
@@ -199,7 +229,7 @@ async def _overview(call: ApiCall) -> str:
     )
 
 
-def dashboard_routes(host: ApiHost, authorise: Authorise = allow_all) -> list[web.RouteDef]:
+def dashboard_routes(host: ApiHost, caller: Caller = caller_of) -> list[web.RouteDef]:
     """The dashboard's routes: ``/`` (to the overview), ``/ui/`` and every job's pages."""
     pages: list[tuple[str | None, Page]] = [(None, Page("", "Overview", _overview))]
     for info in host.jobs.all():
@@ -210,9 +240,13 @@ def dashboard_routes(host: ApiHost, authorise: Authorise = allow_all) -> list[we
     async def root(request: web.Request) -> web.Response:
         raise web.HTTPFound(UI + "/")
 
-    defs = [web.get("/", root), web.get(UI, root)]
+    defs = [
+        web.get("/", guarded("viewer", root)),
+        web.get(UI, guarded("viewer", root)),
+        web.get(LOGIN_PAGE, login_page),
+    ]
     for job, page in pages:
-        defs.append(web.get(_path(job, page), _handler(host, job, page, nav, authorise)))
+        defs.append(web.get(_path(job, page), guarded("viewer", _handler(host, job, page, nav, caller))))
     return defs
 
 
@@ -221,12 +255,12 @@ def _path(job: str | None, page: Page) -> str:
 
 
 def _handler(
-    host: ApiHost, job: str | None, page: Page, nav: Sequence[tuple[str, str]], authorise: Authorise
+    host: ApiHost, job: str | None, page: Page, nav: Sequence[tuple[str, str]], caller: Caller
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     here = _path(job, page) if page.title else next((h for _, h in nav if h.startswith(f"{UI}/{job}/")), "")
 
     async def handle(request: web.Request) -> web.Response:
-        who = await authorise(request, "viewer")
+        who = caller(request)
         title = page.title or (job or "").title()
         try:
             body = await page.render(call_for(host, job, page.params, request, who))
@@ -241,9 +275,9 @@ def _handler(
                 f"<p class=failed>this page failed: {escape(redact.scrub(describe(exc))[:300])}</p>",
                 500,
             )
-        return web.Response(
-            text=_frame(title, here, nav, body), status=status, content_type="text/html", headers=HEADERS
-        )
+        signed_in = request.get(PRINCIPAL)
+        framed = _frame(title, here, nav, body, signed_in if isinstance(signed_in, Principal) else None)
+        return web.Response(text=framed, status=status, content_type="text/html", headers=HEADERS)
 
     return handle
 

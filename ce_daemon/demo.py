@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from ce_daemon.daemon import Daemon
 from ce_daemon.registry import Registry
 from ce_daemon.simulator.process import SimulatorProcess, simulator_process
 
+DEMO_USER = "admin"
+"""The demo's dashboard user (its password is new each run, printed with the dashboard's address)."""
 DEMO_TOKEN_ENV = "CE_DEMO_TOKEN"  # noqa: S105 - the name of a variable, not a password
 DEMO_TOKEN = "demo-token-not-secret"  # noqa: S105 - the simulator's token, printed nowhere by the daemon
 DEMO_LIST_TOKEN_ENV = "CE_DEMO_LIST_TOKEN"  # noqa: S105 - the name of a variable, not a password
@@ -42,6 +46,7 @@ spool:
   max_bytes: 256MiB
 http:
   listen: 127.0.0.1:0                       # /metrics, /healthz, /readyz; port 0: the system picks a free one
+  public: [/metrics, /readyz]               # no token asked here; the rest needs one (ce-daemon token)
 tenants:
   - name: demo
     url: {url}
@@ -209,10 +214,11 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
             _say(f"risk: ce-daemon risk entities -c {path}  |  the watchlist: {watchlist}")
             _say(f"stop with ^C; edit the pipeline and `kill -HUP {os.getpid()}` to reload")
             environ = {**os.environ, DEMO_TOKEN_ENV: DEMO_TOKEN, DEMO_LIST_TOKEN_ENV: DEMO_LIST_TOKEN}
+            login = await _first_login(directory / "state" / "ce-daemon.db")
             daemon = Daemon(path, registry, environ=environ)
             tasks = [
                 asyncio.create_task(_progress(daemon, directory)),
-                asyncio.create_task(_announce(daemon)),
+                asyncio.create_task(_announce(daemon, login)),
             ]
             if duration > 0:
                 tasks.append(asyncio.create_task(_stop_after(duration)))
@@ -230,14 +236,36 @@ async def run_demo(directory: Path, duration: float, registry: Registry) -> int:
         transport.close()
 
 
+async def _first_login(state: Path) -> tuple[str, str]:
+    """A dashboard password for the demo's admin (new each run: it is printed) and an admin API token."""
+    from ce_daemon.access import AccessStore, Role
+    from ce_daemon.config.model import StateSettings
+    from ce_daemon.daemon import state_migrations
+    from ce_daemon.jobs import Jobs
+    from ce_daemon.store import open_store
+
+    password = secrets.token_urlsafe(12)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    async with await open_store(StateSettings(path=state), state_migrations(Jobs.discover())) as store:
+        access = AccessStore(store)
+        if not await access.set_password(DEMO_USER, password):
+            await access.add_user(DEMO_USER, Role.ADMIN, password)
+        token = await access.create_token(f"demo-{int(time.time())}", Role.ADMIN)
+    return password, token
+
+
 async def _stop_after(seconds: float) -> None:
     await asyncio.sleep(seconds)
     os.kill(os.getpid(), signal.SIGTERM)  # the same path as a real stop
 
 
-async def _announce(daemon: Daemon) -> None:
+async def _announce(daemon: Daemon, login: tuple[str, str]) -> None:
     await daemon.web.listening.wait()
+    password, token = login
     _say(f"metrics on {daemon.web.url}metrics — try: curl -s {daemon.web.url}metrics | grep sent_records")
+    _say(f"dashboard on {daemon.web.url}ui/ — first login: user {DEMO_USER}, password {password}")
+    api = f"{daemon.web.url}api/v1/status"
+    _say(f"API token (admin): {token} — try: curl -s -H 'Authorization: Bearer {token}' {api}")
 
 
 async def _progress(daemon: Daemon, directory: Path) -> None:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from ce_daemon.testing.demo import DemoProcess
+from ce_daemon.testing.pipelines import run_cli
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def check(document: dict[str, Any], path: str, method: str, status: int, body: A
 @pytest.mark.timeout(300)
 async def test_every_route_answers_what_the_openapi_document_says(demo: DemoProcess) -> None:
     base = demo.url + "api/v1"
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=demo.headers) as session:
         status, document = await get(session, base + "/openapi.json")
         assert status == 200 and document["openapi"].startswith("3.1")
         Draft202012Validator.check_schema({"$defs": document["components"]["schemas"]})
@@ -154,7 +155,7 @@ _QUERY = st.dictionaries(
 @pytest.mark.timeout(300)
 async def test_arbitrary_query_strings_never_make_a_server_error(demo: DemoProcess) -> None:
     base = demo.url + "api/v1"
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=demo.headers) as session:
         _, document = await get(session, base + "/openapi.json")
         paths = sorted(p for p, ops in document["paths"].items() if "get" in ops and "{" not in p)
 
@@ -172,3 +173,49 @@ async def test_arbitrary_query_strings_never_make_a_server_error(demo: DemoProce
 
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(probe)
+
+
+@pytest.mark.timeout(300)
+async def test_every_route_refuses_no_credential_and_a_lower_role(demo: DemoProcess) -> None:
+    base = demo.url + "api/v1"
+    code, out = await run_cli(
+        "token",
+        "create",
+        "api-viewer",
+        "--role",
+        "viewer",
+        "-c",
+        str(demo.directory / "pipeline.yaml"),
+        env={},
+    )
+    assert code == 0, out
+    token = next(word for word in out.split() if word.startswith("ced_"))
+    viewer = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session:
+        _, document = await get_as(session, base + "/openapi.json", demo.headers)
+        # refusals are throttled per client address: each pair of refused requests comes from its own
+        for n, (path, method, role) in enumerate(
+            (p, m, o["x-role"]) for p, ops in document["paths"].items() for m, o in ops.items()
+        ):
+            url = demo.url + re.sub(r"\{\w+\}", "1", path).removeprefix("/")
+            connector = aiohttp.TCPConnector(local_addr=(f"127.0.{1 + n // 250}.{1 + n % 250}", 0))
+            async with aiohttp.ClientSession(connector=connector) as stranger:
+                async with stranger.request(method, url) as answer:
+                    assert answer.status == 401, (method, path, answer.status)
+                    assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+                async with stranger.request(
+                    method, url, headers={"Authorization": "Bearer ced_0_wrong"}
+                ) as answer:
+                    assert answer.status == 401, (method, path, answer.status)
+            if role != "viewer":
+                async with session.request(method, url, headers=viewer) as answer:
+                    assert answer.status == 403, (method, path, answer.status)
+        status, body = await get_as(session, base + "/risk/trend", viewer)
+        assert status == 200 and "types" in body
+        async with session.get(demo.url + "ui/", allow_redirects=False) as answer:
+            assert answer.status == 303 and answer.headers["Location"].startswith("/login?next=")
+
+
+async def get_as(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    async with session.get(url, headers=headers) as answer:
+        return answer.status, await answer.json(content_type=None)

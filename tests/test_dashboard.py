@@ -60,6 +60,19 @@ async def test_each_view_in_chromium(demo: DemoProcess) -> None:
         page = await browser.new_page(viewport={"width": 1400, "height": 1000}, java_script_enabled=False)
         try:
             base = demo.url + "ui"
+            # a person without a session is sent to the login form, and back after it
+            await page.goto(base + "/tickets/")
+            assert "/login?next=" in page.url
+            await page.fill("input[name=user]", demo.user)
+            await page.fill("input[name=password]", "not the password")
+            await page.click("form button")
+            assert "failed=1" in page.url and "wrong user or password" in await page.content()
+            await page.fill("input[name=user]", demo.user)
+            await page.fill("input[name=password]", demo.password)
+            await page.click("form button")
+            assert page.url.endswith("/ui/tickets/"), page.url
+            assert await page.locator("header .who").inner_text() == f"{demo.user} (admin)"
+            await page.screenshot(path=str(ARTIFACTS / "signed-in.png"), full_page=True)
             # the overview: every component with its state, each log route with its counters
             await page.goto(base + "/")
             await _until_text(page, base + "/", "alerts-cef")
@@ -78,7 +91,7 @@ async def test_each_view_in_chromium(demo: DemoProcess) -> None:
             assert "sort=destination" in page.url
             await page.select_option("select[name=status]", "pending")
             await page.fill("input[name=rule]", "high-severity")
-            await page.click("form button")
+            await page.click("main form button")
             statuses = await page.locator("main table tbody tr td:nth-child(4)").all_inner_texts()
             rules = await page.locator("main table tbody tr td:nth-child(2)").all_inner_texts()
             assert set(rules) <= {"high-severity"} and set(statuses) <= {"pending"}
@@ -99,6 +112,11 @@ async def test_each_view_in_chromium(demo: DemoProcess) -> None:
             await page.locator("main table").last.locator("tbody tr a").first.click()
             assert "History" in await page.content()
             await page.screenshot(path=str(ARTIFACTS / "risk-entity.png"), full_page=True)
+            # logging out ends the session: the pages ask for the login again
+            await page.click("header form button")
+            assert "/login" in page.url
+            await page.goto(base + "/risk/")
+            assert "/login?next=" in page.url
         finally:
             await browser.close()
 

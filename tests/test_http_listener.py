@@ -28,6 +28,8 @@ from ce_daemon.testing.pipelines import SIM_TOKEN, backlog_simulator, pipeline_c
 
 ENV = {"SIM_TOKEN": SIM_TOKEN}
 BASE = "version: 1\nstate: {path: ./state/db.sqlite}\n"
+PROBES = ["/metrics", "/readyz"]
+"""Opened to callers without a token: these tests are about the endpoints, test_auth about credentials."""
 Samples = dict[str, dict[frozenset[tuple[str, str]], float]]
 
 
@@ -171,7 +173,7 @@ async def test_metrics_healthz_and_readyz_answer_without_secrets_or_records(
 ) -> None:
     """/metrics in text format; /healthz and /readyz 200 once all components are ok; no token, no record."""
     components = 2 + cluster_components(state_backend)
-    async with running(tmp_path, 100, {"listen": "127.0.0.1:0"}) as run:
+    async with running(tmp_path, 100, {"listen": "127.0.0.1:0", "public": PROBES}) as run:
         url = await run.url()
         await run.hook.wait_until(lambda: len(run.hook.records) >= 100)
         metrics = await get(url + "metrics")
@@ -199,7 +201,9 @@ async def test_readyz_is_503_naming_the_component_that_is_not_ok_and_why(
 ) -> None:
     """A poller whose token is refused makes /readyz 503 with its name, state and why; /healthz stays 200."""
     cluster = cluster_components(state_backend)
-    async with running(tmp_path, 10, {"listen": "127.0.0.1:0"}, env={"SIM_TOKEN": "not-the-token"}) as run:
+    async with running(
+        tmp_path, 10, {"listen": "127.0.0.1:0", "public": PROBES}, env={"SIM_TOKEN": "not-the-token"}
+    ) as run:
         url = await run.url()
         await run.daemon.wait_for_event("component.failed")
         readyz = await get(url + "readyz")
@@ -216,10 +220,10 @@ async def test_readyz_is_503_naming_the_component_that_is_not_ok_and_why(
 
 async def test_a_reload_rebinds_a_changed_address_and_closes_a_removed_section(tmp_path: Path) -> None:
     """SIGHUP with a new `http.listen` moves the listener; without the section, it closes."""
-    async with running(tmp_path, 10, {"listen": "127.0.0.1:0"}) as run:
+    async with running(tmp_path, 10, {"listen": "127.0.0.1:0", "public": PROBES}) as run:
         first = await run.url()
         await run.daemon.wait_for_event("daemon.ready")
-        run.rewrite({"listen": "127.0.0.2:0"})
+        run.rewrite({"listen": "127.0.0.2:0", "public": PROBES})
         run.daemon.signal(signal.SIGHUP)
         second = await run.url(count=2)
         moved = await get(second + "healthz")
@@ -243,7 +247,7 @@ async def test_an_address_in_use_is_reported_and_the_pipeline_runs_on(tmp_path: 
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = f"127.0.0.1:{holder.getsockname()[1]}"
-        async with running(tmp_path, 50, {"listen": taken}) as run:
+        async with running(tmp_path, 50, {"listen": taken, "public": PROBES}) as run:
             failed = await run.daemon.wait_for_event("http.listen_failed")
             await run.hook.wait_until(lambda: len(run.hook.records) >= 50)
     assert failed["listen"] == taken
@@ -254,11 +258,11 @@ async def test_an_address_in_use_is_reported_and_the_pipeline_runs_on(tmp_path: 
 async def test_counters_do_not_restart_when_a_reload_rebuilds_the_route(tmp_path: Path) -> None:
     """A route rebuilt by a reload counts on from its predecessor: Prometheus sees no reset."""
     backlog = 120
-    async with running(tmp_path, backlog, {"listen": "127.0.0.1:0"}) as run:
+    async with running(tmp_path, backlog, {"listen": "127.0.0.1:0", "public": PROBES}) as run:
         url = await run.url()
         await run.hook.wait_until(lambda: len(run.hook.records) >= backlog)
         before = await scrape_when(url, lambda s: sent(s) == backlog)
-        run.rewrite({"listen": "127.0.0.1:0"}, retry_max_delay="1m")
+        run.rewrite({"listen": "127.0.0.1:0", "public": PROBES}, retry_max_delay="1m")
         run.daemon.signal(signal.SIGHUP)
         applied = await run.daemon.wait_for_event("daemon.reload_applied")
         after = await scrape(url)

@@ -301,7 +301,9 @@ async def test_a_real_prometheus_scrapes_the_daemon_and_sees_its_counters_move(t
         route = {"name": "to-hook", "tenant": "sim", "alerts": ["dlp"], "format": "json"}
         route["sink"] = {"type": "webhook", "url": hook.url + "/hook"}
         route["batch"] = {"max_wait": "200ms"}
-        config = pipeline_config(tmp_path, sim.url, [route], http={"listen": "127.0.0.1:0"})
+        config = pipeline_config(
+            tmp_path, sim.url, [route], http={"listen": "127.0.0.1:0", "public": ["/metrics"]}
+        )
         path = write_pipeline(tmp_path / "pipeline.yaml", config)
         async with DaemonProcess(path, env={"SIM_TOKEN": SIM_TOKEN}) as daemon:
             url = (await daemon.wait_for_event("http.listening"))["url"]

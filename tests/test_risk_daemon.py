@@ -42,7 +42,7 @@ def pipeline(
         ],
     }  # fmt: skip
     config = pipeline_config(tmp_path, url, [], rate_limit=20, risk=risk, logs={})
-    config["http"] = {"listen": "127.0.0.1:0"}
+    config["http"] = {"listen": "127.0.0.1:0", "public": ["/metrics", "/readyz"]}
     config["logging"] = {"level": "info", "format": "json"}
     if "url" in config["state"]:
         config["cluster"] = {"lease_ttl": 3}

@@ -162,7 +162,7 @@ async def test_an_echoed_secret_reaches_no_output(tmp_path: Path, name: str) -> 
             "sink": sink_block(shape.sink, url),
         }
         health = {"interval": "1h", "syslog": {"target": syslog.target}}
-        listen = {"listen": "127.0.0.1:0"}
+        listen = {"listen": "127.0.0.1:0", "public": ["/metrics", "/readyz"]}
         config = write_pipeline(
             tmp_path / "pipeline.yaml",
             pipeline_config(tmp_path, sim.url, [route], health=health, http=listen),

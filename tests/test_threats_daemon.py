@@ -101,7 +101,7 @@ async def test_netskope_alerts_flow_to_the_tenants_lists_and_iocs_stats_shows_th
     async with backlog_simulator(TOKEN, BACKLOG, streams, page_size=100) as sim:
         urls, hashes = expected(sim)
         settings = pipeline(tmp_path, sim.url)
-        settings["http"] = {"listen": "127.0.0.1:0"}
+        settings["http"] = {"listen": "127.0.0.1:0", "public": ["/metrics", "/readyz"]}
         config = write_pipeline(tmp_path / "pipeline.yaml", settings)
         async with DaemonProcess(config, env=ENV) as daemon:
             await until(lambda: set(held(sim)[0]) == urls and set(held(sim)[1]) == hashes)

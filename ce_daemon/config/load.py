@@ -21,7 +21,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from ce_daemon.config.model import Pipeline, Tenant, anchor_paths, compose_pipeline
+from ce_daemon.config.model import Pipeline, Tenant, anchor_paths, compose_pipeline, is_loopback
 from ce_daemon.config.secrets import (
     expects_secret,
     inline_secret_problem,
@@ -151,6 +151,8 @@ def load_pipeline(
         problems.extend(_control_problems(source, anchored))
         problems.extend(_cluster_problems(source, anchored))
         problems.extend(_tenant_problems(source, anchored))
+        problems.extend(_listener_tls_problems(source, anchored))
+        resolution.warnings.extend(_listener_warnings(source, anchored))
     if problems or config is None:
         raise ConfigError(dedupe(problems))
     loaded = LoadedPipeline(
@@ -363,6 +365,51 @@ def _tenant_problems(source: Source, config: Pipeline) -> list[Problem]:
             )
         )
     return problems
+
+
+def _listener_tls_problems(source: Source, config: Pipeline) -> list[Problem]:
+    """The listener's certificate or key that `run` could not load: missing, not a regular file, not PEM,
+    or not a pair."""
+    tls = config.http.tls if config.http is not None else None
+    if tls is None or tls.cert is None or tls.key is None:
+        return []
+    hint = "PEM files: the certificate (chain) and its unencrypted private key, readable by the daemon"
+    problems = []
+    for key in ("cert", "key"):
+        try:
+            read_regular_file(getattr(tls, key), limit=MAX_CA_FILE_BYTES)
+        except UnusableFileError as exc:
+            problems.append(source.problem(("http", "tls", key), str(exc), hint=hint))
+    if problems:
+        return problems
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert, tls.key, password=_no_password)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = f"{tls.cert} and {tls.key} are not a usable certificate and key ({exc})"
+        return [source.problem(("http", "tls", "cert"), reason, hint=hint)]
+    return []
+
+
+def _listener_warnings(source: Source, config: Pipeline) -> list[Problem]:
+    """A listener other machines reach over plain HTTP: tokens, passwords and session cookies in clear."""
+    http = config.http
+    if http is None or http.tls is not None or is_loopback(http.host):
+        return []
+    return [
+        source.problem(
+            ("http", "listen"),
+            f"the listener on {http.listen} is reachable from other machines over plain HTTP: "
+            "tokens, passwords and session cookies cross the network in clear",
+            hint="add http.tls (cert and key, or self_signed: true), "
+            "or listen on 127.0.0.1 behind a TLS proxy",
+        )
+    ]
+
+
+def _no_password() -> bytes:
+    """An encrypted key is refused, never prompted for: a daemon has no one to ask."""
+    return b""
 
 
 def _cluster_problems(source: Source, config: Pipeline) -> list[Problem]:

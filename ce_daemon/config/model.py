@@ -231,10 +231,41 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class ListenerTls(Strict):
+    """TLS on the HTTP listener: your certificate and key, or a self-signed pair made on first start.
+
+    ``min_version`` is 1.3 unless 1.2 is asked for (clients older than TLS 1.2 are always refused).
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    self_signed: bool = False
+    min_version: Literal["1.2", "1.3"] = "1.3"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.self_signed and (self.cert or self.key):
+            raise ValueError("give either cert and key, or self_signed: true, not both")
+        if not self.self_signed and (self.cert is None or self.key is None):
+            raise ValueError("TLS needs both `cert` and `key` (PEM files), or `self_signed: true`")
+        return self
+
+
+PUBLIC_PATHS = ("/metrics", "/readyz")
+"""The endpoints a pipeline may open to callers without a credential (``/healthz`` always is)."""
+
+
 class HttpSettings(Strict):
-    """The HTTP listener: /metrics (Prometheus), /healthz and /readyz. Off when the section is absent."""
+    """The HTTP listener: /metrics (Prometheus), /healthz and /readyz. Off when the section is absent.
+
+    Every endpoint but ``/healthz`` asks for a credential (an API token, or a dashboard session)
+    unless ``public`` lists it: a scraper or probe that cannot send a token is a choice written down.
+    """
 
     listen: Annotated[str, AfterValidator(_listen_address)] = "127.0.0.1:9464"
+    public: list[Literal["/metrics", "/readyz"]] = []
+    tls: ListenerTls | None = None
+    session_ttl: Annotated[Duration, Field(gt=0, le=7 * 86400)] = 8 * 3600.0
 
     @property
     def host(self) -> str:
@@ -325,7 +356,7 @@ class Tenant(Strict):
             parts.port  # noqa: B018 - urllib checks the port's range only when it is read
         except ValueError:
             raise SettingError(f"{url!r} has a port outside 1-65535", _TENANT_URL_HINT) from None
-        if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
             raise SettingError(
                 f"{url!r} would send the API token unencrypted: plain http is only for a loopback "
                 "address (such as the tenant simulator)",
@@ -369,7 +400,11 @@ def anchor_paths(config: Pipeline, base: Path) -> Pipeline:
         if socket and not socket.is_absolute()
         else config.control
     )
-    return config.model_copy(update={"state": state, "control": control, "tenants": tenants})
+    http = config.http
+    if http is not None and http.tls is not None and http.tls.cert is not None and http.tls.key is not None:
+        tls = http.tls.model_copy(update={"cert": base / http.tls.cert, "key": base / http.tls.key})
+        http = http.model_copy(update={"tls": tls})
+    return config.model_copy(update={"state": state, "control": control, "tenants": tenants, "http": http})
 
 
 @functools.cache
@@ -390,7 +425,8 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (("state",), ("control",))
 """Sections a reload cannot change: the running process keeps its database and socket."""
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
     if host == "localhost":
         return True
     try:

@@ -20,6 +20,12 @@ class DemoProcess:
         self.directory = directory
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
+        """The listener's address (``http://127.0.0.1:PORT/``)."""
+        self.user = ""
+        self.password = ""
+        """The dashboard's first login, as the demo printed it."""
+        self.token = ""
+        """The admin API token the demo printed."""
         self.lines: list[str] = []
         """What the demo printed so far."""
         self._drainer: asyncio.Task[None] | None = None
@@ -31,12 +37,16 @@ class DemoProcess:
         )  # fmt: skip
         assert self.process.stdout is not None
         async with asyncio.timeout(DEMO_STARTS):
-            while not self.url:
+            while not (self.url and self.password and self.token):
                 line = (await self.process.stdout.readline()).decode()
                 assert line, "the demo ended before its listener started:\n" + "".join(self.lines[-30:])
                 self.lines.append(line)
                 if found := re.search(r"metrics on (http://\S+/)metrics", line):
                     self.url = found.group(1)
+                if found := re.search(r"first login: user (\S+), password (\S+)", line):
+                    self.user, self.password = found.group(1), found.group(2)
+                if found := re.search(r"API token \(admin\): (\S+)", line):
+                    self.token = found.group(1)
         self._drainer = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
@@ -56,3 +66,8 @@ class DemoProcess:
             await self.process.wait()
         if self._drainer is not None:
             await self._drainer
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What an API request carries: the admin token."""
+        return {"Authorization": f"Bearer {self.token}"}
