@@ -5,6 +5,7 @@ within its refresh, counted as muted, until it is expired."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from ce_daemon.logs.mutes import MUTE_MIGRATIONS, MuteError, MuteStore
 from ce_daemon.testing.demo import DemoProcess
+from ce_daemon.testing.pipelines import run_cli
 from ce_daemon.testing.state import open_test_store
 
 
@@ -103,6 +105,13 @@ async def test_a_mute_added_through_the_api_stops_a_route_until_expired(demo: De
         assert [m["id"] for m in listed] == [mute["id"]] and listed[0]["expired_by"].startswith("token:demo-")
         async with session.post(f"{base}/logs/mutes/999999/expire") as answer:
             assert answer.status == 404
+    # every write is in the audit log, with who made it
+    code, out = await run_cli("audit", "--json", "-c", str(demo.directory / "pipeline.yaml"), env={})
+    assert code == 0, out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    writes = [r for r in rows if r["action"] == "token.write"]
+    details = " ".join(r["detail"] for r in writes)
+    assert f"/api/v1/logs/mutes/{mute['id']}/expire" in details and "POST /api/v1/logs/mutes?" in details
 
 
 async def _sent(

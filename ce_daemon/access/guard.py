@@ -145,12 +145,12 @@ class Guard:
             log.warning("access.csrf_refused", actor=who.actor, address=address, path=request.path[:200])
             return error(403, "a write with the session cookie needs its CSRF token")
         request[PRINCIPAL] = who
-        if write and who.kind == "token":
+        if write:  # every write through the listener (approve, retry, mute, replay, reload…), by whom
             await self.audit.record(
-                "token.write",
+                f"{who.kind}.write",
                 actor=who.actor,
                 address=address,
-                detail=f"{request.method} {request.path[:200]}",
+                detail=f"{request.method} {request.path_qs[:300]}",
             )
         return None
 
