@@ -99,6 +99,26 @@ async def test_tapped_records_are_what_the_sink_receives_and_delivery_goes_on(tm
         await route_when(path, "r", lambda r: r["counters"]["sent"] > after + 100)
 
 
+async def cli(*args: str) -> asyncio.subprocess.Process:
+    """``ce-daemon ARGS`` running, its stdout and stderr piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ce_daemon",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def first_line(process: asyncio.subprocess.Process, holding: bytes) -> None:
+    """Wait until ``process`` prints a line holding ``holding`` (it is at work)."""
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while holding not in (line := await process.stdout.readline()):
+            assert line, "the command ended before printing what was expected"
+
+
 def control_socket_path_of(path: Path) -> Path:
     """The control socket of the test's pipeline (beside its state database)."""
     return tmp_state(path) / "control.sock"
@@ -109,8 +129,8 @@ def tmp_state(path: Path) -> Path:
 
 
 async def test_top_once_names_every_component_and_ends_when_the_daemon_goes(tmp_path: Path) -> None:
-    """`top --once`: one plain view naming every component of the status, with its rates; a running
-    `top` whose daemon stops says so and exits 3."""
+    """`top --once`: one plain view naming every component of the status, with its rates; `top` and
+    `tap` end with 0 at Ctrl-C; a running `top` whose daemon stops says so and exits 3."""
     async with live(tmp_path, rate=50) as (path, daemon):
         code, out = await run_cli("top", "-c", str(path), "--once", "--interval", "0.3", env={})
         snapshot = await ask_status(control_socket_path_of(path))
@@ -122,22 +142,17 @@ async def test_top_once_names_every_component_and_ends_when_the_daemon_goes(tmp_
         assert float(rows["route:r"][3]) >= 0  # OUT/s: a rate from two snapshots, not "-"
         assert "rates over" in out and "\x1b[" not in out, "plain text when stdout is no terminal"
 
-        top = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ce_daemon",
-            "top",
-            "-c",
-            str(path),
-            "--interval",
-            "0.2",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert top.stdout is not None and top.stderr is not None
-        async with asyncio.timeout(30):
-            while b"route:r" not in await top.stdout.readline():
-                pass  # a first view is drawn
+        for command in (("top", "-c", str(path), "--interval", "0.2"), ("tap", "r", "-c", str(path))):
+            interrupted = await cli(*command)
+            await first_line(interrupted, b"" if command[0] == "tap" else b"route:r")
+            interrupted.send_signal(signal.SIGINT)
+            async with asyncio.timeout(30):
+                _, err = await interrupted.communicate()
+            assert interrupted.returncode == 0, (command, err)
+            assert b"Traceback" not in err
+
+        top = await cli("top", "-c", str(path), "--interval", "0.2")
+        await first_line(top, b"route:r")
         daemon.signal(signal.SIGTERM)
         assert await daemon.wait(30) == 0
         async with asyncio.timeout(30):
