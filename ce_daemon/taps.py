@@ -2,8 +2,9 @@
 
 A component that can be tapped (a log route: each record as it leaves its filter and formatter)
 registers its name with the runtime's :class:`TapHub` while it runs, and hands every sample to the
-taps open on it. A tap keeps at most :data:`TAP_BUFFER` samples: when its reader is slower than the
-component, new samples are dropped and counted, and the component never waits. At most
+taps open on it. A tap keeps at most :data:`TAP_BUFFER` samples and :data:`TAP_BUFFER_BYTES` bytes:
+when its reader is slower than the component, new samples are dropped and counted, and the component
+never waits. At most
 :data:`MAX_TAPS` taps are open at once, daemon-wide.
 
 The hub names no job: a tap asks for a component by its key (``route:to-siem``).
@@ -23,6 +24,8 @@ MAX_TAPS: Final = 4
 """Taps open at once, daemon-wide: each costs a copy of every sample it takes."""
 TAP_BUFFER: Final = 1000
 """Samples one tap holds for its reader; more are dropped (and counted) until it catches up."""
+TAP_BUFFER_BYTES: Final = 16 * 1024 * 1024
+"""Bytes of samples one tap holds (a few huge records must not hold much memory either)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +44,13 @@ class TapRefusedError(Exception):
 class Tap:
     """One reader's bounded queue of samples of one component."""
 
-    def __init__(self, component: str, buffer: int = TAP_BUFFER) -> None:
+    def __init__(
+        self, component: str, buffer: int = TAP_BUFFER, buffer_bytes: int = TAP_BUFFER_BYTES
+    ) -> None:
         self.component = component
         self._buffer = buffer
+        self._buffer_bytes = buffer_bytes
+        self._held_bytes = 0
         self._samples: deque[Sample] = deque()
         self._dropped = 0
         self._ready = asyncio.Event()
@@ -51,10 +58,11 @@ class Tap:
 
     def offer(self, sample: Sample) -> None:
         """Keep ``sample`` if there is room, else count it as dropped (never waits)."""
-        if len(self._samples) >= self._buffer:
+        if len(self._samples) >= self._buffer or self._held_bytes + len(sample.data) > self._buffer_bytes:
             self._dropped += 1
-        else:
-            self._samples.append(sample)
+            return
+        self._samples.append(sample)
+        self._held_bytes += len(sample.data)
         self._ready.set()
 
     def take_dropped(self) -> int:
@@ -69,12 +77,15 @@ class Tap:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        return self._samples.popleft()
+        sample = self._samples.popleft()
+        self._held_bytes -= len(sample.data)
+        return sample
 
     def close(self) -> None:
         """End the tap: what it holds is let go, and :meth:`next` answers None."""
         self.closed = True
         self._samples.clear()
+        self._held_bytes = 0
         self._ready.set()
 
 

@@ -15,7 +15,7 @@ import orjson
 
 from ce_daemon.control import ControlServer, ask_status
 from ce_daemon.simulator.tenant import TenantSimulator
-from ce_daemon.taps import MAX_TAPS, TAP_BUFFER, Sample, TapHub
+from ce_daemon.taps import MAX_TAPS, TAP_BUFFER, Sample, Tap, TapHub
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config, route_when, run_cli
 
@@ -241,3 +241,19 @@ async def test_bad_unknown_and_too_many_taps_are_refused_and_a_stop_ends_every_t
             assert await reader.read() == b""
             writer.close()
     assert hub.taps_of("route:r") == ()
+
+
+async def test_a_tap_holds_a_bounded_number_of_samples_and_bytes_and_counts_the_rest() -> None:
+    """Past its sample or byte bound a tap drops what is offered, counts it, and never blocks."""
+    tap = Tap("route:r", buffer=3, buffer_bytes=10)
+    for n in range(5):
+        tap.offer(Sample("s", str(n), b"12"))
+    assert tap.take_dropped() == 2 and tap.take_dropped() == 0
+    tap.offer(Sample("s", "big", b"x" * 11))
+    assert tap.take_dropped() == 1
+    taken = [await tap.next() for _ in range(3)]
+    assert [sample.id for sample in taken if sample is not None] == ["0", "1", "2"]
+    tap.offer(Sample("s", "fits", b"x" * 10))
+    assert await tap.next() == Sample("s", "fits", b"x" * 10)
+    tap.close()
+    assert await tap.next() is None
