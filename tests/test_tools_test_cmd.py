@@ -259,3 +259,35 @@ def test_arbitrary_line_bytes_never_crash_the_dry_run(tmp_path: Path, lines: lis
     assert all(
         o.verdict in ("sent", "filtered", "muted", "unformattable", "unrouted", "bad_input") for o in outcomes
     )
+
+
+def test_a_filter_given_as_a_json_string_names_the_failing_part_of_its_and(tmp_path: Path) -> None:
+    """CE's stored form (`{"$and": [...]}` as a JSON string): the reason names the part that fails."""
+    config = {
+        "version": 1,
+        "state": {"path": str(tmp_path / "db.sqlite")},
+        "tenants": [{"name": "sim", "url": "https://127.0.0.1:9", "token": {"$env": "NOT_SET_ANYWHERE"}}],
+        "logs": {
+            "routes": [
+                {
+                    "name": "j",
+                    "tenant": "sim",
+                    "alerts": ["dlp"],
+                    "format": "json",
+                    "filter": '{"$and": [{"severity": "high"}, {"user": {"$regex": "^z"}}]}',
+                    "sink": {"type": "file", "path": "out.ndjson"},
+                }
+            ]
+        },
+    }
+    found = load_route(write_pipeline(tmp_path / "pipeline.yaml", config), "j")
+    assert found is not None
+    run = DryRun(found[1], found[0])
+    lines = b'{"severity": "high", "user": "bob"}\n{"severity": "low"}\n{"severity": "high", "user": "zed"}\n'
+    outcomes = list(judge_file(run, Path("in.ndjson"), io.BytesIO(lines)))
+    assert [o.reason for o in outcomes] == [
+        'filtered out by clause {"user":{"$regex":"^z"}}',
+        'filtered out by clause {"severity":"high"}',
+        None,
+    ]
+    assert outcomes[2].data == b'{"severity":"high","user":"zed"}'

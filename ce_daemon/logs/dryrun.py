@@ -174,7 +174,14 @@ def _clauses(spec: object) -> list[tuple[str, Any]]:
             return []
     if not isinstance(spec, Mapping):
         return []
-    return [(f"clause {describe({key: value})}", compile_filter({key: value})) for key, value in spec.items()]
+    clauses: list[tuple[str, Any]] = []
+    for key, value in spec.items():
+        if key == "$and" and isinstance(value, list):  # each of its parts must hold too: say which fails
+            for part in value:
+                clauses.extend(_clauses(part))
+        else:
+            clauses.append((f"clause {describe({key: value})}", compile_filter({key: value})))
+    return clauses
 
 
 def _forced_stream(text: str, route: ResolvedRoute) -> StreamKey:
