@@ -57,7 +57,9 @@ class Tap:
         self.closed = False
 
     def offer(self, sample: Sample) -> None:
-        """Keep ``sample`` if there is room, else count it as dropped (never waits)."""
+        """Keep ``sample`` if there is room, else count it as dropped (never waits); closed: ignore it."""
+        if self.closed:
+            return
         if len(self._samples) >= self._buffer or self._held_bytes + len(sample.data) > self._buffer_bytes:
             self._dropped += 1
             return
