@@ -204,9 +204,10 @@ async def test_the_socket_streams_samples_up_to_the_limit_and_still_answers_stat
         writer.close()
         assert lines == [{"stream": "t/alerts/dlp", "id": f"id{n}", "data": f"line {n}"} for n in range(3)]
         assert await ask_status(server.path) == {"phase": "ready"}
-        _, writer, answer = await request(server.path, b"\xff\xfe not a request\n")
-        writer.close()
-        assert answer == {"phase": "ready"}
+        for line in (b"\xff\xfe not a request\n", b'{"tap": "' + b"x" * 100_000 + b'"}\n'):
+            _, writer, answer = await request(server.path, line)  # garbage, a request past the limit
+            writer.close()
+            assert answer == {"phase": "ready"}
     finally:
         await server.close()
 
