@@ -1,4 +1,4 @@
-"""The ``ce-daemon`` command: run, check, plugins, status, demo, simulate, and each job's own (``dlq``)."""
+"""The ``ce-daemon`` command: run, check, plugins, status, top, demo, simulate, and each job's own."""
 
 from __future__ import annotations
 
@@ -124,6 +124,24 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help='print the JSON snapshot (with "live": true|false)'
     )
     status.set_defaults(func=_cmd_status)
+
+    top = sub.add_parser(
+        "top",
+        help="watch every component of a running daemon, live",
+        description="Every component of a running daemon with its state, rates, errors, lag and\n"
+        "backlog, redrawn in place on a terminal (plain text when not, or with --once).",
+        epilog="exit codes: 0 at Ctrl-C or after --once, 3 no daemon answers (or it went away),\n"
+        "4 the answer is unusable (socket permission, not a status)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("-c", "--config", type=Path, help="the pipeline file (to find the socket)")
+    top.add_argument("--socket", type=Path, help="the control socket path")
+    top.add_argument("--data-dir", type=Path, help="the node's directory, as given to `run --data-dir`")
+    top.add_argument("--interval", type=_seconds, default=2.0, help="seconds between two views (default 2)")
+    top.add_argument(
+        "--once", action="store_true", help="print one view (two snapshots --interval apart) and exit"
+    )
+    top.set_defaults(func=_cmd_top)
 
     demo = sub.add_parser(
         "demo",
@@ -369,6 +387,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"ce-daemon {snapshot.get('version')} pid {snapshot.get('pid')}: {_HEALTH[code]}")
         _print_status(snapshot)
     return code
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"between 0.05 and 3600 seconds, not {value}")
+    return value
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from ce_daemon.config.locate import locate_state
+    from ce_daemon.top import UNKNOWN, run_top
+
+    socket_path = args.socket
+    if socket_path is None:
+        if args.config is None:
+            print("top needs -c FILE or --socket PATH", file=sys.stderr)
+            return UNKNOWN
+        node = _node(args)
+        located = locate_state(args.config, node) if node is not None else None
+        if located is None:
+            return UNKNOWN
+        socket_path = located[0]
+    try:
+        return asyncio.run(run_top(socket_path, args.interval, once=args.once))
+    except KeyboardInterrupt:
+        return 0
 
 
 _HEALTH = {STATUS_OK: "ok", STATUS_DEGRADED: "DEGRADED", STATUS_FAILED: "FAILED"}

@@ -192,7 +192,9 @@ class Daemon:
                         state_url(loaded.config.state), settings, self._unit_acquired, self._unit_released
                     )
                     teardown.push("cluster", self.cluster.stop)
-                control = ControlServer(control_socket_path(loaded.config), self.status_snapshot)
+                control = ControlServer(
+                    control_socket_path(loaded.config), self.status_snapshot, self.runtime.taps
+                )
                 await control.start()
                 teardown.push("control socket", control.close)
                 # first to close, after the drain it reports on

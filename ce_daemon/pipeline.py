@@ -25,6 +25,7 @@ from ce_daemon.netskope.client import TenantClient
 from ce_daemon.spool import Spool
 from ce_daemon.store import Store
 from ce_daemon.supervisor import Component
+from ce_daemon.taps import TapHub
 from ce_daemon.teardown import close_all
 
 Stage = Literal["producer", "consumer", "other"]
@@ -69,7 +70,8 @@ class ComponentSpec:
 
 @dataclass
 class Runtime:
-    """What components of every generation share: the database, the spool, one client per tenant, metrics."""
+    """What components of every generation share: the database, the spool, one client per tenant, metrics,
+    and the taps open on them (``ce-daemon tap``)."""
 
     store: Store
     spool: Spool
@@ -77,6 +79,7 @@ class Runtime:
     data_dir: Path
     metrics: Metrics
     clients: dict[str, TenantClient] = field(default_factory=dict)
+    taps: TapHub = field(default_factory=TapHub)
 
     @staticmethod
     def client_key(tenant: Tenant, fingerprint: str) -> str:

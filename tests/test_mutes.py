@@ -96,6 +96,19 @@ async def test_a_mute_added_through_the_api_stops_a_route_until_expired(demo: De
         first = await until(lambda: _muted(session, base, route, 1))
         shown = await until(lambda: _muted(session, base, route, first["muted"] + 500))
         assert shown["sent"] - first["sent"] <= 5000, (first, shown)  # the route's max batch records
+        # the dry run applies the mutes added while running, as the route does
+        sample = demo.directory / "sample.ndjson"
+        with (demo.directory / "out" / "events.ndjson").open("rb") as shipped:
+            sample.write_bytes(b"".join(shipped.readline() for _ in range(5)))
+        config = str(demo.directory / "pipeline.yaml")
+        code, out = await run_cli(
+            "test", "-c", config, "--route", route, "--input", str(sample), "--json", env={}
+        )
+        assert code == 0, out
+        summary = json.loads(next(line for line in out.splitlines() if line.startswith('{"summary"')))[
+            "summary"
+        ]
+        assert summary["records"] == 5 and summary["muted"] == 5, summary
         async with session.post(f"{base}/logs/mutes/{mute['id']}/expire") as answer:
             assert answer.status == 200 and not (await answer.json())["mute"]["active"]
         after = await counters(session, base, route)

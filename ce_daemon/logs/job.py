@@ -1,4 +1,5 @@
-"""The Cloud Log Shipper as a job: the ``logs:`` section, its routes, dead letters, metrics and ``dlq``."""
+"""The Cloud Log Shipper as a job: the ``logs:`` section, its routes, dead letters, metrics, and its commands
+``dlq``, ``test`` and ``tap``."""
 
 from __future__ import annotations
 
@@ -127,7 +128,13 @@ class LogsJob(Job[Logs, LogRoutes]):
         metrics.own(RouteMetrics)
 
     def add_commands(self, commands: SubParsers[argparse.ArgumentParser]) -> None:
-        """``ce-daemon dlq list|replay|purge``."""
+        """``ce-daemon dlq list|replay|purge``, ``test`` (a route's dry run) and ``tap`` (a running route's
+        output)."""
+        from ce_daemon.logs.dryrun import add_test_command
+        from ce_daemon.logs.tap import add_tap_command
+
+        add_test_command(commands)
+        add_tap_command(commands)
         dlq = commands.add_parser(
             "dlq",
             help="list, replay or purge dead-lettered records",

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +47,11 @@ from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.metrics import RouteMetrics
 from ce_daemon.logs.mutes import REFRESH, MuteStore
-from ce_daemon.logs.resolve import Mute, ResolvedRoute
+from ce_daemon.logs.resolve import Mute, Predicate, ResolvedRoute
 from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
 from ce_daemon.spool import Page
 from ce_daemon.supervisor import Component
+from ce_daemon.taps import Sample, TapHub
 
 if TYPE_CHECKING:
     from ce_daemon.pipeline import Runtime
@@ -92,13 +93,8 @@ class RouteComponent(Component):
         self.mutes = MuteStore(runtime.store)
         self._runtime_mutes: list[Mute] = []
         self._mutes_read = -REFRESH
-        tenant = loaded.tenants.get(self.config.tenant)
-        self.formatter = RecordFormatter(
-            self.config.format,
-            route.mapping,
-            tenant.name if tenant else self.config.tenant,
-            json_fields=self.config.fields,
-        )
+        self.formatter = route_formatter(route, loaded)
+        self.taps = runtime.taps
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
         self._sink_class: type[LogSink] = route.sink.cls
         self._context = PluginContext(
@@ -211,6 +207,13 @@ class RouteComponent(Component):
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
+        self.taps.register(self.name)
+        try:
+            await self._run(stopping)
+        finally:
+            self.taps.unregister(self.name)
+
+    async def _run(self, stopping: asyncio.Event) -> None:
         if not self._ready and not await self._reopen(stopping):
             return
         if self.status.state is not State.OK:
@@ -261,25 +264,19 @@ class RouteComponent(Component):
         name = self.config.format
         max_records, max_bytes = self.config.batch.max_records, self.max_bytes
         counters = self.status.counters
-        received = filtered = muted = bad = 0
-        for position, record in _unread(page):
+        received = 0
+        dropped = {"filtered": 0, "muted": 0, "dead_lettered": 0}
+        taps = self.taps.taps_of(self.name)
+        for position, record, data in sift(_unread(page), predicate, mutes, write):
             received += 1
-            if predicate is not None and not predicate(record):
-                filtered += 1
+            if data.__class__ is not bytes:  # the rare case: a Dropped
+                assert isinstance(data, Dropped)
+                dropped[data.counter] += 1
+                if data.error is not None:
+                    self._last_refusal = f"formatting failed: {data.error}"
+                    await self.dead.add(self.config.name, stream, record, b"", self._last_refusal)
                 continue
-            if mutes and any(m.predicate is None or m.predicate(record) for m in mutes):
-                muted += 1
-                continue
-            try:
-                data = write(record)
-            except Exception as exc:  # noqa: BLE001 - one bad record is dead-lettered, never fatal
-                bad += 1
-                self._last_refusal = f"formatting failed: {exc}"
-                await self.dead.add(self.config.name, stream, record, b"", self._last_refusal)
-                continue
-            if data is None:
-                filtered += 1
-                continue
+            assert isinstance(data, bytes)
             ts = record.get("timestamp")
             out = OutRecord(
                 str(record.get("_id", "")),
@@ -296,6 +293,8 @@ class RouteComponent(Component):
                 batch = await self._flush(batch, stopping)
             if not batch.records:
                 batch.opened = time.monotonic()
+            if taps:
+                TapHub.publish(taps, Sample(stream, out.id, data))
             batch.records.append(out)  # appended inline: this is the per-record hot path
             batch.raw.append(record)
             batch.streams.append(stream)
@@ -304,21 +303,19 @@ class RouteComponent(Component):
                 batch.acks[stream] = (page.seq, position + 1)
                 batch = await self._flush(batch, stopping)
         counters["received"] = counters.get("received", 0) + received
-        if filtered:
-            counters["filtered"] = counters.get("filtered", 0) + filtered
-        if muted:
-            counters["muted"] = counters.get("muted", 0) + muted
+        for counter, count in dropped.items():
+            if count:
+                counters[counter] = counters.get(counter, 0) + count
+        bad = dropped["dead_lettered"]
         if bad:
-            counters["dead_lettered"] = counters.get("dead_lettered", 0) + bad
             self._unformatted += bad
             if not batch.records:
                 self._judge(0, 0)  # no batch will carry them into the health window: judge now
         return batch
 
-    async def _active_mutes(self) -> list[Any]:
+    async def _active_mutes(self) -> list[Mute]:
         await self._refresh_mutes()
-        now = time.time()
-        return [m for m in (*self.route.mutes, *self._runtime_mutes) if m.start <= now < m.end]
+        return active_mutes(self.route, time.time(), self._runtime_mutes)
 
     async def _refresh_mutes(self) -> None:
         """Re-read the mutes added while running (every ``REFRESH`` seconds; a failed read keeps the last)."""
@@ -473,6 +470,69 @@ def _unread(page: Page) -> Iterator[tuple[int, dict[str, Any]]]:
             continue
         first = max(0, start - offset)
         yield from enumerate(records[first:] if first else records, offset + first)
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Why a record is not sent: filtered out (neither field set: by the route's filter, or a formatter
+    that writes nothing for it), muted (``mute``), or impossible to format (``error``)."""
+
+    mute: Mute | None = None
+    error: Exception | None = None
+
+    @property
+    def counter(self) -> str:
+        """The route's counter of such records: ``filtered``, ``muted`` or ``dead_lettered``."""
+        if self.mute is not None:
+            return "muted"
+        return "filtered" if self.error is None else "dead_lettered"
+
+
+_FILTERED = Dropped()
+
+
+def sift(
+    records: Iterable[tuple[int, dict[str, Any]]],
+    predicate: Predicate | None,
+    mutes: Sequence[Mute],
+    write: Callable[[dict[str, Any]], bytes | None],
+) -> Iterator[tuple[int, dict[str, Any], bytes | Dropped]]:
+    """``(position, record, bytes to send or why not)`` for each of ``records``: the route's filter, then
+    its active ``mutes`` (the first that matches), then its formatter's ``write``.
+
+    The one decision a route makes per record; ``ce-daemon test`` runs the same.
+    """
+    for position, record in records:
+        if predicate is not None and not predicate(record):
+            yield position, record, _FILTERED
+            continue
+        if mutes:
+            mute = next((m for m in mutes if m.predicate is None or m.predicate(record)), None)
+            if mute is not None:
+                yield position, record, Dropped(mute=mute)
+                continue
+        try:
+            data = write(record)
+        except Exception as exc:  # noqa: BLE001 - one bad record is dead-lettered, never fatal
+            yield position, record, Dropped(error=exc)
+            continue
+        yield position, record, _FILTERED if data is None else data
+
+
+def active_mutes(route: ResolvedRoute, now: float, added: Sequence[Mute] = ()) -> list[Mute]:
+    """The mutes of ``route`` (its YAML's, and those ``added`` while running) whose window holds ``now``."""
+    return [m for m in (*route.mutes, *added) if m.start <= now < m.end]
+
+
+def route_formatter(route: ResolvedRoute, loaded: LoadedPipeline) -> RecordFormatter:
+    """The formatter of ``route``: its format, mapping, tenant name and JSON fields."""
+    tenant = loaded.tenants.get(route.config.tenant)
+    return RecordFormatter(
+        route.config.format,
+        route.mapping,
+        tenant.name if tenant else route.config.tenant,
+        json_fields=route.config.fields,
+    )
 
 
 def _checked(health: object, plugin: type) -> Health:

@@ -5,6 +5,14 @@
 """
 
 from ce_daemon.spool.codec import SpoolCorruptError, UnencodableRecordsError
-from ce_daemon.spool.store import SPOOL_MIGRATIONS, Page, PageCommit, Spool
+from ce_daemon.spool.store import SPOOL_MIGRATIONS, Page, PageCommit, Spool, peek_pages
 
-__all__ = ["SPOOL_MIGRATIONS", "Page", "PageCommit", "Spool", "SpoolCorruptError", "UnencodableRecordsError"]
+__all__ = [
+    "SPOOL_MIGRATIONS",
+    "Page",
+    "PageCommit",
+    "Spool",
+    "SpoolCorruptError",
+    "UnencodableRecordsError",
+    "peek_pages",
+]

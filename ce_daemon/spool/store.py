@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ import structlog
 from ce_daemon.spool.codec import CODEC, SpoolCorruptError, decode, encode
 from ce_daemon.store import Fence, Migration, Store, Transaction
 
-__all__ = ["SHARED_RECHECK", "SPOOL_MIGRATIONS", "Page", "PageCommit", "Spool"]
+__all__ = ["SHARED_RECHECK", "SPOOL_MIGRATIONS", "Page", "PageCommit", "Spool", "peek_pages"]
 
 log = structlog.get_logger("ce_daemon.spool")
 
@@ -624,6 +624,38 @@ class Spool:
         async with self._changes:
             self._version += 1
             self._changes.notify_all()
+
+
+async def peek_pages(store: Store, consumer: str, streams: Iterable[str]) -> AsyncIterator[Page]:
+    """The pages of ``streams`` from ``consumer``'s offsets on (every page of a stream it has none in), in
+    order, each with ``start`` at its first unacknowledged record. Only reads: no offset moves, nothing
+    is collected (``ce-daemon test --from-spool``)."""
+    wanted = sorted(set(streams))
+    after = -1
+    while True:
+        async with store.read() as tx:
+            rows = await tx.fetch(
+                "SELECT stream, seq, position FROM spool_offsets WHERE consumer = :consumer",
+                {"consumer": consumer},
+            )
+            offsets = {stream: (int(seq), int(position)) for stream, seq, position in rows}
+            found = None
+            for stream in wanted:
+                since = max(after + 1, offsets.get(stream, (0, 0))[0])
+                row = await tx.fetchrow(
+                    "SELECT seq, stream, first_id, last_id, codec, body, count FROM spool_pages"
+                    " WHERE stream = :stream AND seq >= :since ORDER BY seq LIMIT 1",
+                    {"stream": stream, "since": since},
+                )
+                if row is not None and (found is None or row[0] < found[0]):
+                    found = row
+        if found is None:
+            return
+        seq, stream, first_id, last_id, codec, body, count = found
+        offset = offsets.get(stream)
+        start = offset[1] if offset is not None and offset[0] == seq else 0
+        after = int(seq)
+        yield Page(after, stream, decode(after, codec, bytes(body)), count, first_id, last_id, start)
 
 
 async def _collect(tx: Transaction, streams: Iterable[str]) -> int:
