@@ -6,6 +6,7 @@ write routes refuse a bad request and take a good one; arbitrary query strings n
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from ce_daemon.demo import DEMO_LIST_TOKEN, DEMO_TOKEN
 from ce_daemon.testing.demo import DemoProcess
 from ce_daemon.testing.pipelines import run_cli
 
@@ -82,6 +84,7 @@ async def test_every_route_answers_what_the_openapi_document_says(demo: DemoProc
             "{value}": quote(iocs[0]["value"], safe=""), "{ticket}": str(tickets[0]["id"]),
             "{type}": entities[0]["type"], "{key}": quote(entities[0]["key"], safe=""),
         }  # fmt: skip
+        secrets = (DEMO_TOKEN, DEMO_LIST_TOKEN, demo.password, demo.token, demo.token.rsplit("_", 1)[-1])
         for path in sorted(gets):
             url = path
             for placeholder, value in filled.items():
@@ -89,6 +92,8 @@ async def test_every_route_answers_what_the_openapi_document_says(demo: DemoProc
             status, body = await get(session, demo.url + url.removeprefix("/"))
             assert status == 200, (url, status, body)
             check(document, path, "get", status, body)
+            text = json.dumps(body)
+            assert not [s for s in secrets if s in text], url  # no answer carries a secret
         # the lists' filters hold
         for kind in ("user", "device", "application"):
             status, body = await get(session, f"{base}/risk/entities?type={kind}&limit=50")
