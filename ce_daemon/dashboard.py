@@ -21,13 +21,15 @@ from aiohttp import web
 
 from ce_daemon import redact
 from ce_daemon.access.credentials import Principal
-from ce_daemon.access.guard import LOGIN_PAGE, PRINCIPAL, is_page, public
+from ce_daemon.access.guard import LOGIN_PAGE, PRINCIPAL, SSO_PAGE, is_page, public
 from ce_daemon.api import ApiCall, ApiError, ApiHost, Caller, Param, call_for, caller_of, guarded
 from ce_daemon.errors import describe
 
 __all__ = ["Page", "bar", "chart", "dashboard_routes", "escape", "link", "table", "when"]
 
 UI: Final = "/ui"
+SINGLE_SIGN_ON: Final = web.AppKey("single_sign_on", bool)
+"""Whether the listener offers single sign-on (the login page then links to it)."""
 STYLE: Final = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
 header{background:#16233a;color:#fff;padding:.6em 1.2em;display:flex;gap:1.4em;align-items:center}
@@ -175,6 +177,11 @@ async def login_page(request: web.Request) -> web.Response:
     if not is_page(back.split("?", 1)[0]) or back.startswith("//"):
         back = UI + "/"
     failed = '<p class="failed">wrong user or password</p>' if request.query.get("failed") else ""
+    if request.query.get("sso_error"):
+        failed += f'<p class="failed">single sign-on refused: {escape(request.query["sso_error"][:200])}</p>'
+    if request.app.get(SINGLE_SIGN_ON):
+        sso = SSO_PAGE + "?" + urlencode({"next": back})
+        failed += f'<p><a href="{escape(sso)}">log in with single sign-on</a></p>'
     body = (
         f'<h1>Log in</h1>{failed}<form method="post" action="{LOGIN_PAGE}">'
         f'<input type="hidden" name="next" value="{escape(back)}">'

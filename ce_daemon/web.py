@@ -29,10 +29,11 @@ from aiohttp import web
 from ce_daemon import redact
 from ce_daemon.access import AccessStore, AuditLog, Role
 from ce_daemon.access.guard import Guard, client_address, error, principal, public, requires
+from ce_daemon.access.oidc import OidcClient
 from ce_daemon.access.tls import server_context
 from ce_daemon.api import ApiHost, api_application
 from ce_daemon.config.model import HttpSettings, ListenerTls
-from ce_daemon.dashboard import dashboard_routes
+from ce_daemon.dashboard import SINGLE_SIGN_ON, dashboard_routes
 from ce_daemon.health import HealthRegistry
 from ce_daemon.metrics import Metrics
 
@@ -105,8 +106,10 @@ class WebServer:
             secure=context is not None,
             session_ttl=settings.session_ttl,
             open_paths=frozenset(settings.public),
+            oidc=None if settings.oidc is None else OidcClient(settings.oidc),
         )
         app = web.Application(middlewares=[guard.middleware])
+        app[SINGLE_SIGN_ON] = settings.oidc is not None
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)

@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from ce_daemon.access.credentials import MAX_PASSWORD, Principal, Role
+from ce_daemon.access.oidc import LoginRefusedError, OidcClient
 from ce_daemon.access.store import AccessStore, AuditLog, csrf_matches
 from ce_daemon.access.throttle import FailureThrottle
 from ce_daemon.store import StoreError
@@ -88,6 +90,7 @@ class Guard:
         open_paths: frozenset[str] = frozenset(),
         failures: FailureThrottle | None = None,
         logins: FailureThrottle | None = None,
+        oidc: OidcClient | None = None,
     ) -> None:
         self.access = access
         self.audit = audit
@@ -100,12 +103,17 @@ class Guard:
         self.logins = logins or FailureThrottle(burst=5, every=60.0)
         """Failed logins per user name and per address."""
         self.cookie = SECURE_COOKIE if secure else COOKIE
+        self.oidc = oidc
+        """Single sign-on through an OpenID Connect provider (None: local users only)."""
 
     def add_routes(self, app: web.Application) -> None:
         """Add ``POST /login``, ``POST /logout`` and ``GET /api/whoami``."""
         app.router.add_post("/login", self.login)
         app.router.add_post("/logout", self.logout)
         app.router.add_get("/api/whoami", self.whoami)
+        if self.oidc is not None:
+            app.router.add_get(SSO_PAGE, self.sso_begin)
+            app.router.add_get(SSO_CALLBACK, self.sso_finish)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -209,6 +217,62 @@ class Guard:
         )  # fmt: skip
         return response
 
+    # -- single sign-on -----------------------------------------------------------------------------
+
+    def _provider(self) -> aiohttp.ClientSession:
+        assert self.oidc is not None
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.oidc.settings.timeout))
+
+    @public
+    async def sso_begin(self, request: web.Request) -> web.Response:
+        """``GET /login/oidc?next=…``: to the provider, which sends the browser back to the callback."""
+        assert self.oidc is not None
+        back = request.query.get("next", "/ui/")
+        if not is_page(back.split("?", 1)[0]) or back.startswith("//"):
+            back = "/ui/"
+        redirect = f"{'https' if self.secure else 'http'}://{request.host}{SSO_CALLBACK}"
+        try:
+            async with self._provider() as session:
+                target = await self.oidc.begin(session, redirect, back)
+        except (LoginRefusedError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("access.sso_unavailable", error=str(exc)[:300])
+            said = urlencode({"sso_error": "the provider cannot be reached"})
+            raise web.HTTPSeeOther(f"{LOGIN_PAGE}?{said}") from None
+        raise web.HTTPSeeOther(target)
+
+    @public
+    async def sso_finish(self, request: web.Request) -> web.Response:
+        """``GET /login/oidc/callback``: the provider's answer checked, a session with the claim's role."""
+        assert self.oidc is not None
+        address = client_address(request)
+        key = f"address:{address}"
+        wait = self.logins.retry_after(key)
+        if wait:
+            return error(429, "too many failed logins: try again later", {"Retry-After": str(wait)})
+        query = {k: v[:4096] for k, v in request.query.items()}
+        try:
+            async with self._provider() as session:
+                signed = await self.oidc.finish(session, query)
+        except (LoginRefusedError, aiohttp.ClientError, TimeoutError) as exc:
+            reason = (
+                str(exc)[:200] if isinstance(exc, LoginRefusedError) else "the provider cannot be reached"
+            )
+            self.logins.failed(key)
+            await self.audit.record("login", "failed", actor="sso", address=address, detail=reason)
+            raise web.HTTPSeeOther(f"{LOGIN_PAGE}?{urlencode({'sso_error': reason})}") from None
+        session_id, _ = await self.access.open_session(signed.name, self.session_ttl, signed.role)
+        await self.audit.record(
+            "login", actor=f"user:{signed.name}", address=address, detail=f"sso {signed.role}"
+        )
+        response = web.HTTPSeeOther(signed.next)
+        # Lax, not Strict: the browser arrives from the provider's site, and the redirect that follows
+        # would not carry a Strict cookie. Reads only ride on it: a write still needs the CSRF token.
+        response.set_cookie(
+            self.cookie, session_id, max_age=int(self.session_ttl), path="/", secure=self.secure,
+            httponly=True, samesite="Lax",
+        )  # fmt: skip
+        return response
+
     @requires(Role.VIEWER)
     async def logout(self, request: web.Request) -> web.Response:
         """``POST /logout``: the session ends (a token has none: 400)."""
@@ -249,6 +313,8 @@ async def csrf_given(request: web.Request) -> str | None:
 
 
 LOGIN_PAGE: Final = "/login"
+SSO_PAGE: Final = "/login/oidc"
+SSO_CALLBACK: Final = "/login/oidc/callback"
 PAGES: Final = "/ui"
 
 

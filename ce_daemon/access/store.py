@@ -43,10 +43,11 @@ ACCESS_MIGRATIONS: tuple[Migration, ...] = (
                 "CREATE TABLE access_users (name {text} PRIMARY KEY, role {text} NOT NULL,"
                 " password {text} NOT NULL, created {real} NOT NULL, changed {real} NOT NULL)"
             ),
-            # The session id is kept as its SHA-256 only: a copy of the database opens no session.
+            # The session id is kept as its SHA-256 only: a copy of the database opens no session. `role`
+            # is set for a single-sign-on session (its user is not a local one: the provider gave the role).
             (
                 "CREATE TABLE access_sessions (digest {text} PRIMARY KEY, user_name {text} NOT NULL,"
-                " csrf {text} NOT NULL, created {real} NOT NULL, expires {real} NOT NULL)"
+                " csrf {text} NOT NULL, created {real} NOT NULL, expires {real} NOT NULL, role {text})"
             ),
             (
                 "CREATE TABLE audit_log (id {id}, at {real} NOT NULL, action {text} NOT NULL,"
@@ -209,21 +210,24 @@ class AccessStore:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    async def open_session(self, name: str, ttl: float) -> tuple[str, str]:
-        """A new session of user ``name`` for ``ttl`` seconds: (session id for the cookie, CSRF token)."""
+    async def open_session(self, name: str, ttl: float, role: Role | None = None) -> tuple[str, str]:
+        """A new session of user ``name`` for ``ttl`` seconds: (session id for the cookie, CSRF token).
+
+        ``role`` is given for a single-sign-on user (not a local one): the session holds it."""
         session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = time.time()
         async with self.store.transaction() as tx:
             await tx.execute("DELETE FROM access_sessions WHERE expires < :now", {"now": now})
             await tx.execute(
-                "INSERT INTO access_sessions (digest, user_name, csrf, created, expires)"
-                " VALUES (:digest, :name, :csrf, :now, :expires)",
+                "INSERT INTO access_sessions (digest, user_name, csrf, created, expires, role)"
+                " VALUES (:digest, :name, :csrf, :now, :expires, :role)",
                 {
                     "digest": _session_digest(session),
                     "name": name,
                     "csrf": csrf,
                     "now": now,
                     "expires": now + ttl,
+                    "role": None if role is None else str(role),
                 },
             )
         return session, csrf
@@ -232,12 +236,13 @@ class AccessStore:
         """Who the session cookie ``session`` belongs to (with the user's role now); None when it is over."""
         async with self.store.read() as tx:
             row = await tx.fetchrow(
-                "SELECT s.user_name, u.role, s.csrf, s.expires FROM access_sessions s"
-                " JOIN access_users u ON u.name = s.user_name WHERE s.digest = :digest",
+                "SELECT s.user_name, COALESCE(s.role, u.role), s.csrf, s.expires FROM access_sessions s"
+                " LEFT JOIN access_users u ON u.name = s.user_name AND s.role IS NULL"
+                " WHERE s.digest = :digest",
                 {"digest": _session_digest(session)},
             )
-        if row is None or row[3] < time.time():
-            return None
+        if row is None or row[1] is None or row[3] < time.time():
+            return None  # over, or a local user's session whose user was removed
         return Principal(str(row[0]), Role(row[1]), "session", csrf=str(row[2]))
 
     async def close_session(self, session: str) -> None:

@@ -251,6 +251,43 @@ class ListenerTls(Strict):
         return self
 
 
+def _issuer(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError("the issuer is an https:// URL (http:// only on this machine's loopback)")
+    if parts.query or parts.fragment:
+        raise ValueError("the issuer has no query or fragment")
+    return value.rstrip("/")
+
+
+class OidcSettings(Strict):
+    """Single sign-on for the dashboard through an OpenID Connect provider (authorisation-code flow with
+    PKCE). The provider is found at ``issuer`` (its ``/.well-known/openid-configuration``); a user's role
+    comes from the ``role_claim`` of their ID token, mapped by ``roles`` (the highest role whose values
+    the claim holds; none: the login is refused)."""
+
+    issuer: Annotated[str, AfterValidator(_issuer)]
+    client_id: Annotated[str, Field(min_length=1, max_length=255)]
+    client_secret: SecretStr | None = None
+    """Sent to the token endpoint (HTTP Basic) when the client is confidential; PKCE is used either way."""
+    scopes: list[str] = ["openid", "email", "profile"]
+    role_claim: Annotated[str, Field(min_length=1)] = "groups"
+    name_claim: Annotated[str, Field(min_length=1)] = "email"
+    """The claim that names the user (``sub`` when the token lacks it)."""
+    roles: dict[Literal["viewer", "operator", "admin"], list[str]]
+    """Per role, the values of ``role_claim`` that give it: ``{admin: [ce-admins], viewer: [soc]}``."""
+    timeout: Annotated[Duration, Field(gt=0, le=120)] = 10.0
+
+    @model_validator(mode="after")
+    def _sane(self) -> Self:
+        if "openid" not in self.scopes:
+            raise ValueError("`scopes` must hold `openid`")
+        if not any(self.roles.values()):
+            raise ValueError("`roles` gives no role to any value of the role claim: nobody could log in")
+        return self
+
+
 PUBLIC_PATHS = ("/metrics", "/readyz")
 """The endpoints a pipeline may open to callers without a credential (``/healthz`` always is)."""
 
@@ -266,6 +303,7 @@ class HttpSettings(Strict):
     public: list[Literal["/metrics", "/readyz"]] = []
     tls: ListenerTls | None = None
     session_ttl: Annotated[Duration, Field(gt=0, le=7 * 86400)] = 8 * 3600.0
+    oidc: OidcSettings | None = None
 
     @property
     def host(self) -> str:
