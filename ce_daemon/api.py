@@ -185,6 +185,32 @@ class ApiRoute:
     tag: str = ""
 
 
+class SnapshotHistory:
+    """Status snapshots kept a little while, so that a view can show rates (counter deltas over at least
+    ``span`` seconds) without sampling in the background: the first view has none yet."""
+
+    def __init__(self, span: float = 5.0, keep: float = 120.0) -> None:
+        self.span, self.keep = span, keep
+        self._kept: list[dict[str, Any]] = []
+
+    def rates(self, current: dict[str, Any]) -> dict[str, tuple[float | None, float | None]]:
+        """Input and output rates per component of ``current``, against the newest snapshot at least
+        ``span`` seconds older (then ``current`` is kept)."""
+        from ce_daemon.top import component_rates
+
+        at = float(current.get("at") or 0.0)
+        self._kept = [s for s in self._kept if at - float(s.get("at") or 0.0) <= self.keep]
+        older = [s for s in self._kept if at - float(s.get("at") or 0.0) >= self.span]
+        found = component_rates(current, older[-1] if older else None)
+        if not self._kept or at - float(self._kept[-1].get("at") or 0.0) >= 1.0:
+            self._kept.append(current)
+        return found
+
+
+HISTORY: Final = SnapshotHistory()
+"""The listener's one history (a view that reads the status snapshot shows rates from it)."""
+
+
 class ApiHost(Protocol):
     """What the API reads of the running daemon."""
 

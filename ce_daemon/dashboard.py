@@ -22,7 +22,7 @@ from aiohttp import web
 from ce_daemon import redact
 from ce_daemon.access.credentials import Principal
 from ce_daemon.access.guard import LOGIN_PAGE, PRINCIPAL, SSO_PAGE, is_page, public
-from ce_daemon.api import ApiCall, ApiError, ApiHost, Caller, Param, call_for, caller_of, guarded
+from ce_daemon.api import HISTORY, ApiCall, ApiError, ApiHost, Caller, Param, call_for, caller_of, guarded
 from ce_daemon.errors import describe
 
 __all__ = ["Page", "bar", "chart", "dashboard_routes", "escape", "link", "table", "when"]
@@ -146,6 +146,14 @@ class Page:
     params: tuple[Param, ...] = ()
 
 
+def _per_second(value: float | None) -> str:
+    return (
+        '<span class="muted" title="shown from the next view on">-</span>'
+        if value is None
+        else f"{value:.1f}"
+    )
+
+
 def _state(state: str) -> str:
     return f'<span class="{escape(state)}">{escape(state)}</span>'
 
@@ -194,6 +202,7 @@ async def login_page(request: web.Request) -> web.Response:
 
 async def _overview(call: ApiCall) -> str:
     snapshot = await call.host.status_snapshot()
+    rates = HISTORY.rates(snapshot)
     components = snapshot.get("components", [])
     cards = (
         f'<div class="cards"><div class="card">phase<b>{escape(snapshot.get("phase"))}</b></div>'
@@ -203,12 +212,15 @@ async def _overview(call: ApiCall) -> str:
         f'<div class="card">up<b>{int(snapshot.get("uptime_s", 0)) // 60} min</b></div></div>'
     )
     routes = [c for c in components if c.get("kind") == "route"]
-    route_rows = [
-        (escape(str(c["name"]).removeprefix("route:")), _state(c["state"]),
-         escape(c.get("counters", {}).get("sent", 0)), escape(c.get("counters", {}).get("dead_lettered", 0)),
-         escape(c.get("counters", {}).get("lag_s", "-")), escape(c.get("detail")))
-        for c in routes
-    ]  # fmt: skip
+    route_rows = []
+    for c in routes:
+        counters = c.get("counters", {})
+        route_rows.append((
+            escape(str(c["name"]).removeprefix("route:")), _state(c["state"]),
+            _per_second(rates.get(c["name"], (None, None))[1]), escape(counters.get("sent", 0)),
+            escape(counters.get("dead_lettered", 0)), escape(counters.get("lag_s", "-")),
+            escape(c.get("detail")),
+        ))  # fmt: skip
     spool = snapshot.get("spool") or {}
     fill = ""
     if spool:
@@ -226,9 +238,9 @@ async def _overview(call: ApiCall) -> str:
     return (
         f"<h1>Overview</h1>{cards}<h2>Log routes</h2>"
         + table(
-            ["route", "state", "sent", "dead-lettered", "lag (s)", "detail"],
+            ["route", "state", "sent/s", "sent", "dead-lettered", "lag (s)", "detail"],
             route_rows,
-            numeric=frozenset({2, 3, 4}),
+            numeric=frozenset({2, 3, 4, 5}),
         )
         + fill
         + "<h2>Components</h2>"

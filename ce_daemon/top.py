@@ -111,11 +111,35 @@ def _rate(
 ) -> str:
     """The per-second rate of the first of ``names`` in ``counters``; ``-`` when it cannot be told
     (no such counter, no earlier snapshot, a counter reset by a restart)."""
+    found = rate(counters, old, names, elapsed)
+    return "-" if found is None else f"{found:.1f}"
+
+
+def rate(
+    counters: Mapping[str, Any], old: Mapping[str, Any] | None, names: tuple[str, ...], elapsed: float | None
+) -> float | None:
+    """The per-second rate of the first of ``names`` in ``counters`` since ``old`` (``elapsed`` seconds
+    before); None when it cannot be told."""
     name = next((n for n in names if n in counters), None)
     if name is None or old is None or elapsed is None or name not in old:
-        return "-"
+        return None
     delta = _number(counters[name]) - _number(old[name])
-    return "-" if delta < 0 else f"{delta / elapsed:.1f}"
+    return None if delta < 0 else delta / elapsed
+
+
+def component_rates(
+    current: Mapping[str, Any], previous: Mapping[str, Any] | None
+) -> dict[str, tuple[float | None, float | None]]:
+    """Per component of ``current``: its input and output rates (records/s) since ``previous``."""
+    elapsed = _elapsed(current, previous)
+    before = {str(c.get("name")): c.get("counters") or {} for c in _components(previous)}
+    return {
+        str(c.get("name")): (
+            rate(c.get("counters") or {}, before.get(str(c.get("name"))), IN_COUNTERS, elapsed),
+            rate(c.get("counters") or {}, before.get(str(c.get("name"))), OUT_COUNTERS, elapsed),
+        )
+        for c in _components(current)
+    }
 
 
 def _number(value: object) -> float:

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import orjson
 
-from ce_daemon.api import ApiCall, ApiError, ApiRoute, Param, limit_param
+from ce_daemon.api import HISTORY, ApiCall, ApiError, ApiRoute, Param, limit_param
 from ce_daemon.logs.deadletter import DeadLetters, replay
 from ce_daemon.logs.mutes import MuteError, MuteStore
 
@@ -23,6 +23,8 @@ ROUTE: Final = {
         "detail": {"type": "string"},
         "since": {"type": "number"},
         "counters": {"type": "object", "additionalProperties": {"type": "number"}},
+        "in_per_s": {"type": ["number", "null"]},
+        "out_per_s": {"type": ["number", "null"]},
     },
 }
 DEAD: Final = {
@@ -42,12 +44,17 @@ DEAD: Final = {
 
 async def _routes(call: ApiCall) -> Any:
     snapshot = await call.host.status_snapshot()
-    routes = [
-        {"name": str(c["name"]).removeprefix("route:"), "state": c["state"], "detail": c.get("detail") or "",
-         "since": c.get("since"), "counters": c.get("counters") or {}}
-        for c in snapshot.get("components", ())
-        if c.get("kind") == "route"
-    ]  # fmt: skip
+    rates = HISTORY.rates(snapshot)
+    routes = []
+    for c in snapshot.get("components", ()):
+        if c.get("kind") != "route":
+            continue
+        taken, sent = rates.get(c["name"], (None, None))
+        routes.append({
+            "name": str(c["name"]).removeprefix("route:"), "state": c["state"],
+            "detail": c.get("detail") or "", "since": c.get("since"), "counters": c.get("counters") or {},
+            "in_per_s": taken, "out_per_s": sent,
+        })  # fmt: skip
     return {"routes": routes, "spool": snapshot.get("spool") or {}}
 
 

@@ -43,10 +43,10 @@ class _Grant:
 class FakeIdentityProvider(FakeHttpServer):
     """An OpenID Connect provider for one confidential client."""
 
-    def __init__(self, client_id: str = "ce-daemon", client_secret: str = "idp-client-secret-0123") -> None:
+    def __init__(self, client_id: str = "ce-daemon", client_secret: str | None = None) -> None:
         super().__init__()
         self.client_id = client_id
-        self.client_secret = client_secret
+        self.client_secret = client_secret or secrets.token_urlsafe(18)
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = "key-1"
         self.claims: dict[str, Any] = {"sub": "u-1", "email": "alice@example.com", "groups": ["soc"]}
@@ -87,8 +87,9 @@ class FakeIdentityProvider(FakeHttpServer):
         if "openid" not in q.get("scope", "").split():
             return json_response({"error": "invalid_scope"}, 400)
         code = secrets.token_urlsafe(16)
-        self._grants[code] = _Grant(self.client_id, q["redirect_uri"], q.get("nonce", ""), q["code_challenge"],
-                                    dict(self.claims))  # fmt: skip
+        self._grants[code] = _Grant(
+            self.client_id, q["redirect_uri"], q.get("nonce", ""), q["code_challenge"], dict(self.claims)
+        )
         separator = "&" if "?" in q["redirect_uri"] else "?"
         raise web.HTTPFound(f"{q['redirect_uri']}{separator}code={code}&state={q.get('state', '')}")
 
