@@ -196,7 +196,7 @@ async def test_the_demo_shows_iocs_flowing_in_and_out(tmp_path: Path) -> None:
     assert feed["rejected"] == 2  # a line that is no value, and a private address
     # every module is wired: tickets reached the demo's inbox, users were scored
     assert (tmp_path / "out" / "tickets.ndjson").read_text().count('"action":"create"') > 0
-    assert re.search(r"tickets [1-9]\d* \| users scored [1-9]", progress[-2] + progress[-1]), progress[-2:]
+    assert re.search(r"tickets [1-9]\d* \| scored users [1-9]", progress[-2] + progress[-1]), progress[-2:]
 
 
 async def test_two_way_sharing_between_the_tenant_and_misp_never_echoes(tmp_path: Path) -> None:
