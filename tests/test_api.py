@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -22,18 +20,6 @@ from jsonschema import Draft202012Validator
 from ce_daemon.demo import DEMO_LIST_TOKEN, DEMO_TOKEN
 from ce_daemon.testing.demo import DemoProcess
 from ce_daemon.testing.pipelines import run_cli
-
-
-@pytest.fixture
-async def demo(tmp_path: Path, state_backend: str) -> AsyncIterator[DemoProcess]:
-    if state_backend != "sqlite":
-        pytest.skip("the demo keeps its state in SQLite whatever the run's backend: one pass is enough")
-    running = DemoProcess(tmp_path / "demo")
-    try:
-        await running.start()
-        yield running
-    finally:
-        await running.stop()
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:

@@ -16,7 +16,7 @@ import pytest
 from ce_daemon.config.model import StateSettings
 from ce_daemon.risk.store import RISK_MIGRATIONS, RiskStore
 from ce_daemon.store import open_store
-from ce_daemon.testing.demo import DemoProcess
+from ce_daemon.testing.demo import DemoProcess, running_demo
 
 playwright = pytest.importorskip("playwright.async_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -43,13 +43,9 @@ async def seed_days(state: Path, days: int) -> list[str]:
 async def demo(tmp_path: Path, state_backend: str) -> AsyncIterator[DemoProcess]:
     if state_backend != "sqlite":
         pytest.skip("the demo keeps its state in SQLite whatever the run's backend: one pass is enough")
-    running = DemoProcess(tmp_path / "demo")
     await seed_days(tmp_path / "demo" / "state" / "ce-daemon.db", 6)
-    try:
-        await running.start()
+    async with running_demo(tmp_path / "demo") as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.mark.timeout(300)

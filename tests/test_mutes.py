@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +45,6 @@ async def test_mutes_are_stored_listed_and_expired(tmp_path: Path) -> None:
         ):
             with pytest.raises(MuteError, match=words):
                 await mutes.add("alerts-cef", **kwargs)
-
-
-@pytest.fixture
-async def demo(tmp_path: Path, state_backend: str) -> AsyncIterator[DemoProcess]:
-    if state_backend != "sqlite":
-        pytest.skip("the demo keeps its state in SQLite whatever the run's backend: one pass is enough")
-    running = DemoProcess(tmp_path / "demo")
-    try:
-        await running.start()
-        yield running
-    finally:
-        await running.stop()
 
 
 async def counters(session: aiohttp.ClientSession, base: str, route: str) -> dict[str, Any]:

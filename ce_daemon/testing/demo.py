@@ -6,9 +6,11 @@ import asyncio
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-__all__ = ["DemoProcess"]
+__all__ = ["DemoProcess", "running_demo"]
 
 DEMO_STARTS = 90.0
 
@@ -71,3 +73,14 @@ class DemoProcess:
     def headers(self) -> dict[str, str]:
         """What an API request carries: the admin token."""
         return {"Authorization": f"Bearer {self.token}"}
+
+
+@asynccontextmanager
+async def running_demo(directory: Path) -> AsyncIterator[DemoProcess]:
+    """The demo running in ``directory`` (its state may be seeded before), stopped at the end."""
+    running = DemoProcess(directory)
+    try:
+        await running.start()
+        yield running
+    finally:
+        await running.stop()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ce_daemon.testing.demo import DemoProcess, running_demo
 from ce_daemon.testing.sockets import NotifySocket, SyslogReceiver
 from ce_daemon.testing.state import (
     POSTGRES_SERVER,
@@ -45,6 +46,15 @@ def state_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     with _database() as url:
         monkeypatch.setenv(STATE_URL_VARIABLE, url)
         yield backend
+
+
+@pytest.fixture
+async def demo(tmp_path: Path, state_backend: str) -> AsyncIterator[DemoProcess]:
+    """``ce-daemon demo`` running in the test's folder (``demo/``), for tests of what a person sees."""
+    if state_backend != "sqlite":
+        pytest.skip("the demo keeps its state in SQLite whatever the run's backend: one pass is enough")
+    async with running_demo(tmp_path / "demo") as running:
+        yield running
 
 
 @pytest.fixture

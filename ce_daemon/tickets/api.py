@@ -8,9 +8,9 @@ import time
 from typing import Any, Final
 
 from ce_daemon.api import ApiCall, ApiError, ApiRoute, Param, limit_param
-from ce_daemon.tickets.store import TicketStore
+from ce_daemon.tickets.store import StoredTicket, TicketStore
 
-__all__ = ["ticket_routes"]
+__all__ = ["listed", "ticket_routes"]
 
 SORTS: Final = ("created", "updated", "status", "rule", "destination")
 _TEXT_OR_NULL: Final = {"type": ["string", "null"]}
@@ -61,18 +61,18 @@ INTENT: Final = {
 }
 
 
-async def _list(call: ApiCall) -> Any:
+async def listed(call: ApiCall) -> list[StoredTicket]:
+    """The tickets ``call``'s arguments ask for (``rule destination status since sort limit``)."""
     a = call.args
     since = None if a["since"] is None else time.time() - a["since"]
-    found = await TicketStore(call.store).search(
-        rule=a["rule"],
-        destination=a["destination"],
-        status=a["status"],
-        since=since,
-        sort=a["sort"],
+    return await TicketStore(call.store).search(
+        rule=a["rule"], destination=a["destination"], status=a["status"], since=since, sort=a["sort"],
         limit=a["limit"],
-    )
-    return {"tickets": [t.as_dict() for t in found]}
+    )  # fmt: skip
+
+
+async def _list(call: ApiCall) -> Any:
+    return {"tickets": [t.as_dict() for t in await listed(call)]}
 
 
 async def _find(call: ApiCall) -> Any:

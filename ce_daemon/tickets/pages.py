@@ -3,11 +3,9 @@ destination and status) and one ticket with its outbox, linked to the ticket in 
 
 from __future__ import annotations
 
-import time
-
 from ce_daemon.api import ApiCall, ApiError, Param, limit_param
 from ce_daemon.dashboard import Page, escape, form, link, table, when
-from ce_daemon.tickets.api import SORTS
+from ce_daemon.tickets.api import SORTS, listed
 from ce_daemon.tickets.store import TicketStore
 
 __all__ = ["ticket_pages"]
@@ -23,15 +21,7 @@ def _external(url: str | None, text: str | None) -> str:
 
 async def _list(call: ApiCall) -> str:
     a = call.args
-    since = None if a["since"] is None else time.time() - a["since"]
-    found = await TicketStore(call.store).search(
-        rule=a["rule"],
-        destination=a["destination"],
-        status=a["status"],
-        since=since,
-        sort=a["sort"],
-        limit=a["limit"],
-    )
+    found = await listed(call)
     keep = {k: a[k] for k in ("rule", "destination", "status")}
     heads = [
         link("/ui/tickets/", name, sort=column, **keep) if column else name
