@@ -25,11 +25,35 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ce_daemon.simulator.tenant import TenantSimulator
 from ce_daemon.testing import DaemonProcess, write_pipeline
-from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config, run_cli
+from ce_daemon.testing.pipelines import backlog_simulator, daemon_status, pipeline_config, run_cli
 from ce_daemon.threats.normalise import normalise
 
 TOKEN = "threats-daemon-token-0123456789"
 ENV = {"SIM_TOKEN": TOKEN}
+
+
+async def cycles_pass(
+    config: Path, destinations: list[str], count: int, env: dict[str, str] | None = None
+) -> None:
+    """Wait until each of ``destinations`` looked at what to share ``count`` more times (status counters)."""
+
+    async def cycles() -> dict[str, int]:
+        status = await daemon_status(config, env=env or ENV)
+        return {
+            str(c["name"]).removeprefix("threat_destination:"): int(c.get("counters", {}).get("cycles", 0))
+            for c in status["components"]
+            if c["kind"] == "threat_destination"
+        }
+
+    start = await cycles()
+    async with asyncio.timeout(60):
+        while True:
+            now = await cycles()
+            if all(now.get(d, 0) >= start.get(d, 0) + count for d in destinations):
+                return
+            await asyncio.sleep(0.2)
+
+
 BACKLOG = 240
 
 
@@ -119,7 +143,9 @@ async def test_netskope_alerts_flow_to_the_tenants_lists_and_iocs_stats_shows_th
             some = next(iter(urls))
             code, out = await run_cli("iocs", "show", some, "-c", str(config), env=ENV)
             assert code == 0 and "shared with urls (rule malsites): shared" in out, out
-            await asyncio.sleep(2.5)  # two more intervals: nothing changed, nothing pushed, no deploy
+            await cycles_pass(
+                config, ["urls"], 2
+            )  # two more looks: nothing changed, nothing pushed, no deploy
             assert held(sim)[2] == deploys
             url = (await daemon.wait_for_event("http.listening"))["url"]
             iocs = ("ce_daemon_threat_iocs", (("source", "netskope"), ("status", "active"), ("type", "url")))
@@ -229,9 +255,9 @@ async def test_two_way_sharing_between_the_tenant_and_misp_never_echoes(tmp_path
         async with DaemonProcess(path, env=env) as daemon:
             await until(lambda: set(held(sim)[0]) == wanted_urls and hashes <= set(misp.values()))
             await daemon.wait_for_event("threat_source.polled", count=4)  # MISP read again after the push
-            await asyncio.sleep(2.5)
+            await cycles_pass(path, ["urls", "misp-out"], 2, env)
             settled = (list(misp.values()), held(sim))
-            await asyncio.sleep(2.5)
+            await cycles_pass(path, ["urls", "misp-out"], 2, env)
             assert (list(misp.values()), held(sim)) == settled  # nothing more pushed either way
             code, out = await run_cli("iocs", "stats", "-c", str(path), "--json", env=env)
         values = misp.values()

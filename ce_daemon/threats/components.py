@@ -249,10 +249,13 @@ class Sharer(PluginComponent):
         self.iocs = IocStore(runtime.store)
         self.shares = ShareStore(runtime.store)
         self.dropped = 0
-        self.status.counters.update({"pushes": 0, "listed": 0, "added": 0, "removed": 0, "dropped": 0})
+        self.status.counters.update(
+            {"cycles": 0, "pushes": 0, "listed": 0, "added": 0, "removed": 0, "dropped": 0}
+        )
 
     async def cycle(self, plugin: Plugin[Any]) -> None:
         assert isinstance(plugin, ThreatSink)
+        self.status.count("cycles")  # each look at what to share, pushed or not (``pushes`` counts those)
         name = self.destination.config.name
         held = await self.shares.held(name)
         selection = await select(
