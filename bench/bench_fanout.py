@@ -1,0 +1,232 @@
+"""Fan-out benchmark (issue 13): one tenant's backlog pulled at the API ceiling by the real daemon and
+fanned out to three routes — CEF → TCP syslog, JSON → an HTTP sink, LEEF → TCP syslog.
+
+Run: ``python bench/bench_fanout.py [--per-subtype N]`` (default 250,000 for each of 4 subtypes = 1M records).
+
+The tenant simulator runs in its own process in backlog mode (pages of 10,000, 4 requests/s per token);
+the receivers run in a second process (a TCP server counting octet-counted syslog frames on two ports, an
+aiohttp server counting the lines of each NDJSON body it is posted); ``ce-daemon run`` runs the
+pipeline as a user would. Every route reads the same four streams from the start of the backlog.
+
+Prints, per route: records delivered, sustained records/s (from its first to its last record) and that as
+a share of the 40,000 records/s a tenant can deliver (target ≥ 90 % for every route), how far it fell
+behind the pollers (records pulled less records delivered, sampled every 2 s: the backlog's records are
+up to an hour old, so a route's ``lag_s`` says nothing here); for the daemon: CPU seconds per million
+records pulled (routes included) and peak RSS. Always exits 0: it is a report, not a gate.
+
+Measured on this 2-core machine before any of issue 13's work (2026-12-04): 7,013 / 6,342 / 7,006
+records/s (17.5 / 15.9 / 17.5 % of the ceiling), 156 CPU-s per million records, peak RSS 543 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RATE_LIMIT = 4
+PAGE_SIZE = 10_000
+CEILING = RATE_LIMIT * PAGE_SIZE
+TARGET_SHARE = 0.90
+SUBTYPES = "alerts/dlp,alerts/malware,events/page,events/network"
+TOKEN_ENV = "BENCH_TENANT_TOKEN"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM), MiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- the receivers (a child process) ----------------------------------------------------------------------
+
+
+def receivers(pipe: Connection) -> None:
+    """Serve two syslog TCP ports and one HTTP endpoint; report counts and first/last arrival times."""
+    asyncio.run(_receive(pipe))
+
+
+async def _receive(pipe: Connection) -> None:
+    from aiohttp import web
+
+    counts: dict[str, list[float]] = {}  # name -> [records, first, last]
+
+    def seen(name: str, n: int) -> None:
+        now = time.time()
+        entry = counts.setdefault(name, [0, now, now])
+        entry[0] += n
+        entry[2] = now
+
+    def syslog(name: str) -> Any:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            buffer = b""
+            while chunk := await reader.read(1 << 20):
+                buffer += chunk
+                frames, offset = 0, 0
+                while True:  # octet counting: "LEN SP MSG"
+                    space = buffer.find(b" ", offset, offset + 12)
+                    if space < 0:
+                        break
+                    end = space + 1 + int(buffer[offset:space])
+                    if end > len(buffer):
+                        break
+                    frames, offset = frames + 1, end
+                buffer = buffer[offset:]
+                if frames:
+                    seen(name, frames)
+            writer.close()
+
+        return handle
+
+    async def posted(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen("json-http", body.count(b"\n") + (0 if body.endswith(b"\n") or not body else 1))
+        return web.json_response({"ok": True})
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_post("/ingest", posted)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    cef = await asyncio.start_server(syslog("cef-syslog"), "127.0.0.1", 0)
+    leef = await asyncio.start_server(syslog("leef-syslog"), "127.0.0.1", 0)
+    ports = {"http": runner.addresses[0][1], "cef": cef.sockets[0].getsockname()[1],
+             "leef": leef.sockets[0].getsockname()[1]}  # fmt: skip
+    pipe.send(ports)
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = await loop.run_in_executor(None, pipe.recv)
+        if asked == "stop":
+            break
+        pipe.send({k: list(v) for k, v in counts.items()})
+    pipe.send({k: list(v) for k, v in counts.items()})
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+
+def pipeline(workdir: Path, url: str, ports: dict[str, int]) -> dict[str, Any]:
+    streams = {"alerts": ["dlp", "malware"], "events": ["page", "network"]}
+    batch = {"max_records": 5000, "max_wait": "1s"}
+    return {
+        "version": 1,
+        "state": {"path": str(workdir / "state.db")},
+        "health": {"interval": "1h", "syslog": {"enabled": False}},
+        "spool": {"max_bytes": "4GiB"},
+        "logging": {"level": "warning", "format": "json"},
+        "tenants": [{"name": "bench", "url": url, "token": {"$env": TOKEN_ENV}, "rate_limit": RATE_LIMIT,
+                     "start": "3h"}],
+        "logs": {"routes": [
+            {"name": "cef-syslog", "tenant": "bench", **streams, "format": "cef", "batch": batch,
+             "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["cef"], "protocol": "tcp"}},
+            {"name": "json-http", "tenant": "bench", **streams, "format": "json", "batch": batch,
+             "sink": {"type": "webhook", "url": f"http://127.0.0.1:{ports['http']}/ingest",
+                      "body": "ndjson"}},
+            {"name": "leef-syslog", "tenant": "bench", **streams, "format": "leef", "batch": batch,
+             "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["leef"], "protocol": "tcp"}},
+        ]},
+    }  # fmt: skip
+
+
+async def run(per_subtype: int, workdir: Path) -> dict[str, Any]:
+    from ce_daemon.control import ask_status
+    from ce_daemon.simulator.process import simulator_process
+    from ce_daemon.simulator.tenant import DEFAULT_TOKEN
+
+    total = per_subtype * len(SUBTYPES.split(","))
+    parent, child = multiprocessing.Pipe()
+    receiving = multiprocessing.get_context("spawn").Process(target=receivers, args=(child,), daemon=True)
+    receiving.start()
+    ports = parent.recv()
+    options = {"backlog": per_subtype, "arrival_rate": 0, "idle_wait": 1.0, "page_size": PAGE_SIZE,
+               "rate_limit": RATE_LIMIT, "subtypes": SUBTYPES, "backlog_span": 3600}  # fmt: skip
+    async with simulator_process(options) as sim:
+        config = workdir / "pipeline.yaml"
+        config.write_text(yaml.safe_dump(pipeline(workdir, sim.url, ports)), encoding="utf-8")
+        env = {**os.environ, TOKEN_ENV: DEFAULT_TOKEN}
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ce_daemon", "run", "-c", str(config), env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        began = time.time()
+        behind: dict[str, int] = {}
+        pulled = 0
+        counts: dict[str, list[float]] = {}
+        try:
+            while True:
+                await asyncio.sleep(2)
+                parent.send("counts")
+                counts = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
+                try:
+                    status = await ask_status(workdir / "control.sock", timeout=5)
+                except (OSError, ValueError, TimeoutError):
+                    status = {}
+                pollers = [c for c in status.get("components", []) if c.get("kind") == "poller"]
+                pulled = sum(int((c.get("counters") or {}).get("records", 0)) for c in pollers) or pulled
+                delivered = {k: int(v[0]) for k, v in counts.items()}
+                for name, got in delivered.items():  # how far each route is behind the pollers
+                    behind[name] = max(behind.get(name, 0), pulled - got)
+                shown = "  ".join(f"{k}={v:,}" for k, v in sorted(delivered.items()))
+                print(f"  {time.time() - began:6.1f}s pulled {pulled:>9,} {shown}", flush=True)
+                if len(delivered) == 3 and min(delivered.values()) >= total:
+                    break
+                if time.time() - began > 30 + 6 * total / CEILING:
+                    print("  (stopped: taking more than six times the ceiling's time)", flush=True)
+                    break
+            cpu = cpu_seconds(daemon.pid)
+            rss = peak_rss_mib(daemon.pid)
+        finally:
+            daemon.terminate()
+            await daemon.wait()
+            parent.send("stop")
+            parent.recv()
+            receiving.join(5)
+    return {"total": total, "counts": counts, "behind": behind, "cpu": cpu, "rss": rss, "pulled": pulled}
+
+
+def report(figures: dict[str, Any]) -> None:
+    total = figures["total"]
+    print(f"fan-out bench: {total:,} records (4 subtypes), 3 routes, ceiling {CEILING:,} records/s per route")
+    for name in ("cef-syslog", "json-http", "leef-syslog"):
+        got, first, last = figures["counts"].get(name, [0, 0.0, 0.0])
+        rate = got / (last - first) if last > first else 0.0
+        verdict = "met" if rate >= TARGET_SHARE * CEILING and got >= total else "not met"
+        behind = figures["behind"].get(name, 0)
+        print(
+            f"  {name:<12} {int(got):>9,} records  {rate:>9,.0f} records/s = {rate / CEILING:6.1%} of the"
+            f" ceiling (target >= {TARGET_SHARE:.0%}: {verdict}); at most {behind:,} records behind the pull"
+        )
+    print(f"  daemon: {figures['cpu'] / (total / 1e6):.1f} CPU-s per million records (3 routes and ingest),"
+          f" peak RSS {figures['rss']:.0f} MiB")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--per-subtype", type=int, default=250_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        report(asyncio.run(run(args.per_subtype, Path(directory))))
+
+
+if __name__ == "__main__":
+    main()
