@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from ce_daemon.store import Store
 
 __all__ = [
-    "ROLES",
     "ApiCall",
     "ApiError",
     "ApiHost",
@@ -56,8 +55,6 @@ __all__ = [
 log = structlog.get_logger("ce_daemon.api")
 
 Role = Literal["viewer", "operator", "admin"]
-ROLES: Final[tuple[Role, ...]] = ("viewer", "operator", "admin")
-"""Each role may do what the ones before it may."""
 PREFIX: Final = "/api/v1"
 LIMIT_MAX: Final = 10_000
 """The most items one answer lists (``limit`` above it is refused)."""

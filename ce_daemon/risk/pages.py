@@ -7,7 +7,7 @@ from __future__ import annotations
 from ce_daemon.api import ApiCall, Param, limit_param
 from ce_daemon.dashboard import Page, chart, escape, form, link, table, when
 from ce_daemon.risk.api import BANDS, TYPES
-from ce_daemon.risk.commands import entities_view, trend_view
+from ce_daemon.risk.commands import entities_view, show_view, trend_view
 from ce_daemon.risk.store import RiskStore
 
 __all__ = ["risk_pages"]
@@ -66,8 +66,6 @@ async def _risk(call: ApiCall) -> str:
 
 
 async def _entity(call: ApiCall) -> str:
-    from ce_daemon.risk.commands import show_view
-
     shown = await show_view(RiskStore(call.store), call.args["kind"], call.args["key"], 200)
     if shown is None:
         return f"<h1>Risk</h1><p>{escape(call.args['kind'])} {escape(call.args['key'])} is not scored.</p>"
