@@ -15,6 +15,8 @@ up to more than the suite's 60 s (start 30, takeover 13, shipping 60): each rais
 from __future__ import annotations
 
 import signal
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,7 @@ async def test_a_node_paused_past_its_lease_drives_and_commits_nothing_more(
         lost = (await run.leases())["tenant:t1"]
         paused = run.nodes[lost.node]
 
+        paused_at = time.time()
         paused.signal(signal.SIGSTOP)
         taken = await run.until(
             lambda: taken_from(run, "tenant:t1", paused),
@@ -135,6 +138,8 @@ async def test_a_node_paused_past_its_lease_drives_and_commits_nothing_more(
 
         # From SIGCONT until it may have been given tenant:t1 again (a new lease, a new token) by the
         # rebalancing, the paused node learns it lost the lease and commits nothing for t1's pollers.
+        # A commit begun before the pause may be logged after it (its fence check passed while the
+        # lease was held, and the takeover waited on its row lock): only commits begun later count.
         resumed = paused.process.lines[seen:]
         again = [i for i, line in enumerate(resumed) if _acquired(line, "tenant:t1")]
         resumed = resumed[: again[0]] if again else resumed
@@ -144,12 +149,20 @@ async def test_a_node_paused_past_its_lease_drives_and_commits_nothing_more(
         commits = [
             line
             for line in resumed
-            if line.get("event") == "poller.page_committed" and unit_of(line["component"]) == "tenant:t1"
+            if line.get("event") == "poller.page_committed"
+            and unit_of(line["component"]) == "tenant:t1"
+            and _began(line) > paused_at
         ]
         assert commits == [], f"{paused.name} committed for tenant:t1 after losing it: {commits}"
         await run.all_shipped(await run.served_ids(), SHIPPING)
         assert await run.ledger_violations() == []
         assert set((await run.stop()).values()) == {0}
+
+
+def _began(commit: dict[str, Any]) -> float:
+    """When a ``poller.page_committed`` commit began (epoch seconds): its log time less its duration."""
+    logged = datetime.fromisoformat(commit["timestamp"]).timestamp()
+    return logged - float(commit["seconds"])
 
 
 def _acquired(line: dict[str, Any], unit: str) -> bool:

@@ -209,6 +209,7 @@ class Poller(Component):
             self._note_repairs(page.repairs)
             mark = IteratorMark(timestamp_hwm=hwm, progress=progress)
             key = self.iterator_key
+            began = time.monotonic()
             try:
                 await self.spool.append(
                     self.stream.key,
@@ -227,7 +228,15 @@ class Poller(Component):
                 )
             self.status.count("pages")
             self.status.count("records", len(records))
-            self.log.debug("poller.page_committed", records=len(records), hwm=hwm, operation=operation)
+            # ``seconds`` dates the commit's start: a commit whose fence check passed just before the
+            # process was paused is logged after it resumes, and is no commit under a lost lease.
+            self.log.debug(
+                "poller.page_committed",
+                records=len(records),
+                hwm=hwm,
+                operation=operation,
+                seconds=round(time.monotonic() - began, 6),
+            )
         else:
             await self.checkpoints.mark_empty_page(
                 self.iterator_key, hwm, progress=progress, fence=self.fence
