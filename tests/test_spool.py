@@ -117,6 +117,61 @@ async def test_append_read_ack_round_trip(spool: Spool) -> None:
     assert spool.used_bytes == 0
 
 
+async def test_read_only_consumers_of_a_stream_parse_each_frame_once(spool: Spool) -> None:
+    """Three read-only consumers of a stream: the first parses each frame, the others take it; then
+    it is dropped (nothing kept once every consumer has read it)."""
+    await spool.set_consumers({name: {"demo/alerts/dlp"} for name in ("cef", "json", "leef")})
+    records = records_of(0, 2_500)  # three frames
+    await append(spool, "demo/alerts/dlp", records, MARK)
+    shared = spool.shared_frames
+    read = {}
+    for name in ("cef", "json", "leef"):
+        page = await spool.next_page(name, timeout=0)
+        assert page is not None
+        read[name] = [record for _, frame in page.frames(read_only=True) for record in frame]
+    assert read["cef"] == read["json"] == read["leef"] == records
+    assert (shared.misses, shared.hits, len(shared)) == (3, 6, 0)
+
+
+async def test_a_consumer_that_may_modify_records_parses_its_own(spool: Spool) -> None:
+    """Without ``read_only`` a consumer neither takes nor offers shared frames: its records are its own."""
+    await spool.set_consumers({"cef": {"demo/alerts/dlp"}, "tickets": {"demo/alerts/dlp"}})
+    await append(spool, "demo/alerts/dlp", records_of(0, 10), MARK)
+    mine = await spool.next_page("tickets", timeout=0)
+    theirs = await spool.next_page("cef", timeout=0)
+    assert mine is not None and theirs is not None
+    [(_, own)] = list(mine.frames())
+    own[0]["user"] = "changed"
+    [(_, shared)] = list(theirs.frames(read_only=True))
+    assert shared[0]["user"] == "user0@example.com"
+    assert spool.shared_frames.hits == 0
+
+
+async def test_a_lagging_consumer_parses_what_was_dropped_for_it(spool: Spool) -> None:
+    """Frames wait for a slow consumer only up to the limit: past it the oldest go, and the slow one
+    parses them itself (the same records), so it never holds memory for the others."""
+    await spool.set_consumers({"fast": {"demo/alerts/dlp"}, "slow": {"demo/alerts/dlp"}})
+    shared = spool.shared_frames
+    pages = shared.limit + 2  # one frame each
+    for number in range(pages):
+        await append(spool, "demo/alerts/dlp", records_of(number, 5), MARK)
+    after = None
+    for _ in range(pages):
+        page = await spool.next_page("fast", timeout=0, after=after)
+        assert page is not None
+        list(page.frames(read_only=True))
+        after = page.seq
+    assert len(shared) == shared.limit
+    after, slow = None, []
+    for _ in range(pages):
+        page = await spool.next_page("slow", timeout=0, after=after)
+        assert page is not None
+        slow.extend(record for _, frame in page.frames(read_only=True) for record in frame)
+        after = page.seq
+    assert slow == [record for number in range(pages) for record in records_of(number, 5)]
+    assert (shared.hits, len(shared)) == (shared.limit, 0)
+
+
 async def test_empty_page_is_not_appended(spool: Spool) -> None:
     """Appending no records is refused: empty answers go through mark_empty_page."""
     with pytest.raises(ValueError, match="mark_empty_page"):

@@ -200,6 +200,24 @@ async def test_an_unknown_route_exits_78_naming_the_routes(tmp_path: Path) -> No
     assert "no route named 'sim'" in out and "did you mean 'siem'?" in out and "routes: siem" in out
 
 
+async def test_show_writer_prints_the_generated_source_of_each_stream(tmp_path: Path) -> None:
+    """`--show-writer`: the Python each stream's records run through, one block per stream; a stream
+    the route does not read exits 78 naming the ones it does."""
+    path = pipeline(tmp_path)
+    code, out = await run_cli("test", "-c", str(path), "--route", "siem", "--show-writer", env={})
+    assert code == 0, out
+    assert [line for line in out.splitlines() if line.startswith("# ") and " as CEF" in line] == [
+        f"# {kind}/{subtype} as CEF: the header, then these extension fields joined by spaces, escaped as one"
+        for kind, subtype in STREAMS[:3]
+    ]
+    assert out.count("def collect(record):") == 3
+    code, out = await run_cli(
+        "test", "-c", str(path), "--route", "siem", "--show-writer", "--stream", "events/network", env={}
+    )
+    assert code == os.EX_CONFIG
+    assert "reads no stream 'events/network'" in out and "Traceback" not in out
+
+
 async def test_a_broken_pipeline_file_exits_78_with_its_problems(tmp_path: Path) -> None:
     """An invalid file: EX_CONFIG, its problems at their place, no traceback."""
     path = tmp_path / "pipeline.yaml"

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import orjson
 
+from ce_daemon.logs.generated import GeneratedCollect, PlanStep, generate_collect
 from ce_daemon.logs.mapping import HEADER_FIELDS, FieldRule, Getter, Record, SubtypeRules, make_getter
 
 TextConverter = Callable[[Any], "str | None"]
@@ -361,7 +362,7 @@ class FieldPlan:
     what keeps a 30-field record within a few microseconds.
     """
 
-    __slots__ = ("_steps",)
+    __slots__ = ("_generated", "_plan", "_steps")
 
     def __init__(
         self,
@@ -383,6 +384,7 @@ class FieldPlan:
         companions = companions or {}
         getters = getters or {}
         steps: list[tuple[str, str, Getter | None, TextConverter | None, str | None]] = []
+        plan: list[PlanStep] = []
         for key, rule in entries:
             converter = converters.get(key) or text_converter(rule.transformation)
             field, getter = make_getter(rule) if rule.mapping_field else ("", _absent)
@@ -390,6 +392,18 @@ class FieldPlan:
             default = None if key in getters else default_text(rule, tenant_name, converter)
             steps.append((f"{key}{separator}", field, getter, converter, default))
             follower = (f"{key}Label", rule.label) if rule.label else companions.get(key)
+            plan.append(
+                PlanStep(
+                    key_eq=f"{key}{separator}",
+                    field=field,
+                    getter=getter,
+                    converter=converter,
+                    default=default,
+                    follower=None if follower is None else f"{follower[0]}{separator}{follower[1]}",
+                    constant=getter is _absent,
+                    source=_described(rule, overridden=key in getters),
+                )
+            )
             if follower is not None:
                 # A step of its own that reads the same value and writes the constant whenever the
                 # key above was written: the loop then needs no per-field test for followers.
@@ -404,9 +418,18 @@ class FieldPlan:
                     )
                 )
         self._steps = tuple(steps)
+        self._plan = tuple(plan)
+        self._generated: GeneratedCollect | None = None
 
     def __len__(self) -> int:
         return len(self._steps)
+
+    def generated(self) -> GeneratedCollect:
+        """The plan written out as one Python function (:mod:`ce_daemon.logs.generated`), same output
+        as :meth:`collect`; generated on first use."""
+        if self._generated is None:
+            self._generated = generate_collect(self._plan, render_text)
+        return self._generated
 
     def collect(self, record: Record) -> list[str]:
         """``key<separator>text`` for every field that has a value, unescaped, in plan order."""
@@ -436,6 +459,16 @@ class FieldPlan:
             if text is not None:
                 add(key_eq + text)
         return parts
+
+
+def _described(rule: FieldRule, *, overridden: bool) -> str:
+    """Where a plan step's value comes from, for the generated source's comments."""
+    if overridden:
+        return f"{rule.mapping_field or 'its default'} (read by the format's own getter)"
+    if not rule.mapping_field:
+        return f"the constant {rule.default_value!r}"
+    transformation = "" if rule.transformation == "String" else f", as {rule.transformation}"
+    return f"{rule.mapping_field}{transformation}"
 
 
 def _written_with(converter: TextConverter | None, has_default: bool, text: str) -> TextConverter:
@@ -507,21 +540,8 @@ def _header_plan(rules: SubtypeRules, tenant_name: str, cef_version: str) -> tup
     return "|".join(leading) + "|", dynamic
 
 
-def compile_cef(
-    rules: SubtypeRules,
-    *,
-    tenant_name: str,
-    cef_version: str = "0",
-    sort_keys: bool = True,
-    audit: bool = False,
-) -> RecordWriter:
-    """Compile one subtype's rules into ``record -> CEF line`` (UTF-8 bytes, no newline).
-
-    ``sort_keys`` writes extensions sorted by key as CE does; False keeps the mapping file's order.
-    ``audit`` selects the audit severity table.
-    """
-    prefix, dynamic = _header_plan(rules, tenant_name, cef_version)
-    severity_of = severity_reader(rules.header.get("Severity"), tenant_name, audit=audit)
+def cef_plan(rules: SubtypeRules, *, tenant_name: str, sort_keys: bool = True) -> FieldPlan:
+    """The field plan of one subtype's CEF extension (keys end in a NUL placeholder, not ``=``)."""
     items = list(rules.extension.items())
     if sort_keys:
         items.sort(key=operator.itemgetter(0))
@@ -529,8 +549,28 @@ def compile_cef(
     # Keys end in a NUL placeholder instead of "=": the whole extension can then be escaped in a few
     # C-level passes (URLs make escaping the common case) and the placeholders turned into "=" after,
     # once the pass that looks for control characters has counted them.
-    plan = FieldPlan(items, tenant_name, converters=converters, separator=_KEY_END)
-    collect = plan.collect
+    return FieldPlan(items, tenant_name, converters=converters, separator=_KEY_END)
+
+
+def compile_cef(
+    rules: SubtypeRules,
+    *,
+    tenant_name: str,
+    cef_version: str = "0",
+    sort_keys: bool = True,
+    audit: bool = False,
+    generated: bool = True,
+) -> RecordWriter:
+    """Compile one subtype's rules into ``record -> CEF line`` (UTF-8 bytes, no newline).
+
+    ``sort_keys`` writes extensions sorted by key as CE does; False keeps the mapping file's order.
+    ``audit`` selects the audit severity table. ``generated`` collects the extension with the plan's
+    generated function; False with the reference loop (`FieldPlan.collect`: same bytes, slower).
+    """
+    prefix, dynamic = _header_plan(rules, tenant_name, cef_version)
+    severity_of = severity_reader(rules.header.get("Severity"), tenant_name, audit=audit)
+    plan = cef_plan(rules, tenant_name=tenant_name, sort_keys=sort_keys)
+    collect = plan.generated().function if generated else plan.collect
 
     def careful(record: Record) -> bytes:
         """Every field escaped on its own, pictures included: the rare record with a control character."""

@@ -305,6 +305,12 @@ def add_test_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="the records of the route's streams still in the state database's spool",
     )
+    source.add_argument(
+        "--show-writer",
+        action="store_true",
+        help="print what the route's formatter runs per record of each stream (for CEF and LEEF, the "
+        "Python source generated from the mapping) instead of running records",
+    )
     test.add_argument(
         "--limit",
         type=_positive,
@@ -365,25 +371,46 @@ def _cmd_test(args: argparse.Namespace) -> int:
         return os.EX_CONFIG
     loaded, route = found
     try:
+        if args.show_writer:
+            return _show_writer(route, loaded, args.stream)
         run = DryRun(route, loaded, stream=args.stream, added=asyncio.run(_added_mutes(loaded, route)))
-    except ValueError as exc:
+    except ValueError as exc:  # an unknown --stream, a subtype the mapping lacks
         sys.stderr.write(f"ce-daemon test: {exc}\n")
         return os.EX_CONFIG
     report = _Report(as_json=args.json)
     if args.from_spool:
         return asyncio.run(_from_spool(run, loaded, args.limit, report))
-    if str(args.input) == "-":
+    return _from_input(run, args.input, report)
+
+
+def _from_input(run: DryRun, path: Path, report: _Report) -> int:
+    """Judge the records of the NDJSON file ``path`` (``-``: stdin)."""
+    if str(path) == "-":
         for outcome in judge_file(run, Path("<stdin>"), sys.stdin.buffer):
             report.add(outcome)
         return report.finish()
     try:
-        with args.input.open("rb") as file:
-            for outcome in judge_file(run, args.input, file):
+        with path.open("rb") as file:
+            for outcome in judge_file(run, path, file):
                 report.add(outcome)
     except OSError as exc:
-        sys.stderr.write(f"ce-daemon test: cannot read {args.input}: {exc.strerror or exc}\n")
+        sys.stderr.write(f"ce-daemon test: cannot read {path}: {exc.strerror or exc}\n")
         return os.EX_NOINPUT
     return report.finish()
+
+
+def _show_writer(route: ResolvedRoute, loaded: LoadedPipeline, stream: str | None) -> int:
+    """Print the source of the route's writer of each of its streams (or of ``stream`` alone)."""
+    from ce_daemon.logs.mapping import UnmappedSubtypeError
+    from ce_daemon.logs.route import route_formatter  # heavy: not at `--help`
+
+    formatter = route_formatter(route, loaded)
+    for key in route.streams if stream is None else (_forced_stream(stream, route),):
+        try:
+            sys.stdout.write(formatter.source(key.kind, key.subtype) + "\n")
+        except UnmappedSubtypeError as exc:
+            raise ValueError(str(exc)) from exc
+    return 0
 
 
 async def _added_mutes(loaded: LoadedPipeline, route: ResolvedRoute) -> list[Mute]:

@@ -21,8 +21,8 @@ from typing import Any, Final, Literal
 import orjson
 import structlog
 
-from ce_daemon.logs.cef import RecordWriter, compile_cef, text_converter
-from ce_daemon.logs.leef import compile_leef, delimiter_field
+from ce_daemon.logs.cef import RecordWriter, cef_plan, compile_cef, text_converter
+from ce_daemon.logs.leef import compile_leef, delimiter_field, leef_plan
 from ce_daemon.logs.mapping import (
     JsonField,
     Mapping,
@@ -51,6 +51,7 @@ class RecordFormatter:
 
     __slots__ = (
         "_cache",
+        "_generated",
         "_json_fields",
         "_leef_delimiter",
         "_sort_extensions",
@@ -70,7 +71,11 @@ class RecordFormatter:
         subtype_from_record: bool = False,
         sort_extensions: bool = True,
         leef_delimiter: str = "\t",
+        generated: bool = True,
     ) -> None:
+        """``generated``: CEF and LEEF writers collect their fields with generated code (see
+        :mod:`ce_daemon.logs.generated`); False keeps the reference loop, which writes the same bytes
+        (the benchmarks compare the two, the tests check that they agree)."""
         if format not in ("cef", "leef", "json"):
             raise ValueError(f"unknown log format {format!r} (expected cef, leef or json)")
         if format == "leef":
@@ -85,6 +90,7 @@ class RecordFormatter:
         self._subtype_from_record = subtype_from_record
         self._sort_extensions = sort_extensions
         self._leef_delimiter = leef_delimiter
+        self._generated = generated
         self._cache: dict[tuple[str, str], RecordWriter] = {}
 
     def covers(self, kind: str, subtype: str) -> bool:
@@ -126,6 +132,36 @@ class RecordFormatter:
 
             return refuse
 
+    def source(self, kind: str, subtype: str) -> str:
+        """What the writer of (kind, subtype) runs per record, for a person to read: for CEF and LEEF the
+        generated source of its field collection, for JSON the fields it selects."""
+        if self.output == "json":
+            fields = self._json_fields or self.mapping.json_fields(kind, subtype)
+            if not fields:
+                return f"# {kind}/{subtype}: JSON, the raw record as orjson writes it\n"
+            listed = "".join(
+                f"#   {field.name} <- {field.rule.mapping_field or 'a constant'}\n" for field in fields
+            )
+            return f"# {kind}/{subtype}: JSON with these fields, in this order\n{listed}"
+        rules = self.mapping.rules(kind, subtype)
+        if rules is None:
+            raise UnmappedSubtypeError(
+                f"mapping {self.mapping.name or self.mapping.source!r} has no {kind}/{subtype}"
+            )
+        audit = kind == "events" and subtype_key(subtype) == "audit"
+        if self.output == "cef":
+            plan = cef_plan(rules, tenant_name=self.tenant_name, sort_keys=self._sort_extensions)
+            shape = (
+                "CEF: the header, then these extension fields joined by spaces, escaped as one\n"
+                "# (a key ends in \\x00 until then, and the escaped line turns each into '=')"
+            )
+        else:
+            plan = leef_plan(
+                rules, tenant_name=self.tenant_name, sort_keys=self._sort_extensions, audit=audit
+            )
+            shape = "LEEF 2.0: the header, then these attributes joined by the delimiter"
+        return f"# {kind}/{subtype} as {shape}\n{plan.generated().source}"
+
     def _compile(self, kind: str, subtype: str, *, fallback: tuple[str, str] | None = None) -> RecordWriter:
         """Build the writer of (kind, subtype), or of ``fallback`` when the mapping lacks the first."""
         writer: RecordWriter
@@ -154,6 +190,7 @@ class RecordFormatter:
                     cef_version=self.mapping.cef_version,
                     sort_keys=self._sort_extensions,
                     audit=audit,
+                    generated=self._generated,
                 )
             else:
                 writer = compile_leef(
@@ -162,6 +199,7 @@ class RecordFormatter:
                     delimiter=self._leef_delimiter,
                     sort_keys=self._sort_extensions,
                     audit=audit,
+                    generated=self._generated,
                 )
         # Subtype names come from the data (alert_type), so the cache is bounded; real feeds use a few dozen.
         if len(self._cache) < _CACHE_LIMIT:

@@ -465,7 +465,7 @@ class _BatchAbandonedError(Exception):
 def _unread(page: Page) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(position, record)`` from the page's ``start`` on, parsed a frame at a time (cache-friendly)."""
     start = page.start
-    for offset, records in page.frames():
+    for offset, records in page.frames(read_only=True):
         if offset + len(records) <= start:
             continue
         first = max(0, start - offset)

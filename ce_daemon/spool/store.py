@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -31,7 +32,16 @@ import structlog
 from ce_daemon.spool.codec import CODEC, SpoolCorruptError, decode, encode
 from ce_daemon.store import Fence, Migration, Store, Transaction
 
-__all__ = ["SHARED_RECHECK", "SPOOL_MIGRATIONS", "Page", "PageCommit", "Spool", "peek_pages"]
+__all__ = [
+    "SHARED_FRAMES",
+    "SHARED_RECHECK",
+    "SPOOL_MIGRATIONS",
+    "Page",
+    "PageCommit",
+    "SharedFrames",
+    "Spool",
+    "peek_pages",
+]
 
 log = structlog.get_logger("ce_daemon.spool")
 
@@ -42,6 +52,8 @@ PageCommit = Callable[[Transaction], Awaitable[None]]
 # NOTIFY would need a connection per process held apart from the pool and re-subscribed after every
 # reconnect, to save at most half a second of latency on a spool that is rarely empty under load.
 SHARED_RECHECK = 0.5
+SHARED_FRAMES = 8
+"""Parsed frames (of 1,000 records, about 5 MB each) kept for a stream's other read-only consumers."""
 # Past the largest id either backend hands out: "every page of the stream".
 _BEYOND_ANY_SEQ = 2**63 - 1
 
@@ -118,15 +130,25 @@ class Page:
     first_id: str | None
     last_id: str | None
     start: int = 0
+    shared: SharedFrames | None = field(default=None, repr=False, compare=False)
 
-    def frames(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        """``(position of the first record, records)`` per frame, in order, from the first frame on."""
+    def frames(self, *, read_only: bool = False) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """``(position of the first record, records)`` per frame, in order, from the first frame on.
+
+        ``read_only``: the caller promises never to modify the records, so a frame another consumer of
+        the stream parsed a moment ago is handed over instead of parsed again (:class:`SharedFrames`).
+        """
         offset = 0
-        for chunk in self.chunks:
-            try:
-                records = orjson.loads(chunk)
-            except orjson.JSONDecodeError as exc:
-                raise SpoolCorruptError(f"spool page {self.seq} cannot be decoded: {exc}") from exc
+        shared = self.shared if read_only else None
+        for index, chunk in enumerate(self.chunks):
+            records = None if shared is None else shared.take(self.seq, index)
+            if records is None:
+                try:
+                    records = orjson.loads(chunk)
+                except orjson.JSONDecodeError as exc:
+                    raise SpoolCorruptError(f"spool page {self.seq} cannot be decoded: {exc}") from exc
+                if shared is not None:
+                    shared.offer(self.seq, self.stream, index, records)
             yield offset, records
             offset += len(records)
 
@@ -139,6 +161,58 @@ class Page:
     def unread(self) -> list[dict[str, Any]]:
         """The records from ``start`` on."""
         return self.records[self.start :]
+
+
+class SharedFrames:
+    """Parsed frames handed from the first consumer of a stream that parses them to the others.
+
+    Each read-only consumer of a stream (log routes) would otherwise parse every frame itself: with
+    three routes on one stream, JSON decoding three times. A frame parsed by one is kept for the other
+    consumers of its stream in this process, and dropped once each has taken it. Consumers that fall
+    behind find their frames gone and parse them themselves: at most :attr:`limit` frames are kept,
+    the oldest dropped first, so a route stuck on an outage never holds memory for the others (nor
+    the others back). Pages are never rewritten and their seq never reused, so (seq, frame) names one
+    frame's records for good.
+    """
+
+    def __init__(self, readers: Callable[[str], int], limit: int) -> None:
+        self._readers = readers
+        self.limit = limit
+        self._frames: OrderedDict[tuple[int, int], tuple[list[dict[str, Any]], int]] = OrderedDict()
+        self._newest: dict[str, tuple[int, int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def take(self, seq: int, index: int) -> list[dict[str, Any]] | None:
+        """The records of frame ``index`` of page ``seq`` if another consumer parsed them, else None."""
+        key = (seq, index)
+        found = self._frames.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        records, waiting = found
+        if waiting <= 1:
+            del self._frames[key]
+        else:
+            self._frames[key] = (records, waiting - 1)
+        return records
+
+    def offer(self, seq: int, stream: str, index: int, records: list[dict[str, Any]]) -> None:
+        """Keep the records of a frame just parsed for the stream's other consumers, if it has any and
+        the frame is the newest of its stream offered yet: a consumer parsing an older one is behind
+        the others, who have read it already."""
+        others = self._readers(stream) - 1
+        key = (seq, index)
+        if others <= 0 or key <= self._newest.get(stream, (-1, -1)):
+            return
+        self._newest[stream] = key
+        self._frames[key] = (records, others)
+        while len(self._frames) > self.limit:
+            self._frames.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._frames)
 
 
 class Spool:
@@ -163,6 +237,7 @@ class Spool:
         self._used_bytes = 0
         self._counted_at = 0.0
         self._subscriptions: dict[str, frozenset[str]] = {}
+        self.shared_frames = SharedFrames(self._readers_of, SHARED_FRAMES)
         # The (consumer, stream) pairs this process subscribed: the only offsets set_consumers may delete.
         self._owned: frozenset[tuple[str, str]] = frozenset()
         # Where each of this process's consumers stands in each stream (seq, position), as last written:
@@ -454,7 +529,12 @@ class Spool:
             first_id=first_id,
             last_id=last_id,
             start=start,
+            shared=self.shared_frames,
         )
+
+    def _readers_of(self, stream: str) -> int:
+        """How many of this process's consumers read ``stream``."""
+        return sum(stream in streams for streams in self._subscriptions.values())
 
     async def _apply_ack(
         self, consumer: str, streams: frozenset[str], seq: int, position: int | None, fence: Fence | None
