@@ -226,8 +226,7 @@ def records(draw: st.DrawFn) -> Any:
 def test_the_fast_path_stores_what_the_slow_path_stores(
     page: list[Any], ascii_only: bool, spaced: bool
 ) -> None:
-    """Whatever the page, a page the fast path takes reads back from the spool exactly as the slow path's,
-    needed no fallback or repair there, and gives the same ``_id`` and ``timestamp``."""
+    """A page the fast path takes needed no repair and reads back exactly as the slow path stored it."""
     text = to_json({"ok": 1, "result": page, "wait_time": 0}, ascii_only, spaced)
     body = text.encode("utf-8", "surrogatepass")  # a lone surrogate becomes invalid UTF-8: hostile too
     fast = stored_by_the_fast_path(body)
