@@ -222,6 +222,8 @@ class Poller(Component):
                 await self._append(records, mark)
             self.status.count("pages")
             self.status.count("records", len(records))
+            if isinstance(records, list):  # the fast path could not take it: worth seeing when it is many
+                self.status.count("pages_parsed")
             # ``seconds`` dates the commit's start: a commit whose fence check passed just before the
             # process was paused is logged after it resumes, and is no commit under a lost lease.
             self.log.debug(
