@@ -45,6 +45,7 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr
 from typing_extensions import TypeVar
+from zlib_ng import zlib_ng
 
 from ce_daemon import __version__, redact
 from ce_daemon.errors import AuthError, CeDaemonError, ComponentConfigError, PermanentError, TransientError
@@ -67,6 +68,11 @@ MAX_ANSWER_BYTES = 16 * 1024**2
 """The largest answer body a sink parses (an Elasticsearch bulk answer for 5,000 documents is ~1 MB)."""
 ERROR_BODY_BYTES = 64 * 1024
 """How much of an error answer is read to find its code and message (the rest is never read)."""
+
+# aiohttp inflates every gzipped answer with one zlib per process: zlib-ng, a drop-in that inflates the
+# same streams 2.2x faster. Netskope's pages come gzipped, and inflating them was the largest cost of
+# ingestion left (2.1 of ~8 CPU-µs per record, bench_ingest).
+aiohttp.set_zlib_backend(zlib_ng)
 
 
 class TlsOptions(PluginOptions):

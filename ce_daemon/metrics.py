@@ -64,6 +64,10 @@ STREAM_COUNTERS: Mapping[str, tuple[str, str]] = {
         "ce_daemon_stream_oversized_pages",
         "Answers refused for exceeding max_page_bytes after decompression (then resent).",
     ),
+    "pages_parsed": (
+        "ce_daemon_stream_pages_parsed",
+        "Pages the fast path could not vouch for: parsed and written again (about twice the CPU).",
+    ),
     "records_repaired": (
         "ce_daemon_stream_records_repaired",
         "Records with a value the spool cannot encode, kept with that value as its JSON text.",

@@ -254,6 +254,7 @@ async def test_records_missing_id_or_timestamp_are_counted_and_still_spooled(tmp
     expected = [record.get("_id") for record in first_page] + expected_ids(DLP, backlog)[PAGE:]
     assert ingest.ids(DLP) == expected
     assert counters.get("records_missing_fields") == missing > 0
+    assert counters.get("pages_parsed", 0) == 0  # objects all: the fast path took every page
     assert counters.get("records") == backlog
     assert state is State.OK
 

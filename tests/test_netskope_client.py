@@ -105,7 +105,7 @@ async def test_a_429_asking_for_a_billion_seconds_holds_the_tenant_no_longer_tha
             await client.fetch("alerts", "dlp", "i", "next")
         fetched = await client.fetch("alerts", "dlp", "i", "next")  # before: held for 31 years
     assert refused.value.retry_after == 0.2
-    assert [record["_id"] for record in fetched.records] == ["a"]
+    assert [record["_id"] for record in fetched.records.parsed()] == ["a"]
     assert (client.requests, client.throttled) == (2, 1)
     assert client.bucket_wait_seconds > 0
     assert client.window.margin == 2 * MARGIN  # the tenant's window looked fuller than ours: widened

@@ -12,12 +12,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import lz4.frame
 import orjson
 import pytest
 from structlog.testing import capture_logs
 
 from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark, page_marker
 from ce_daemon.spool import SPOOL_MIGRATIONS, Spool, SpoolCorruptError
+from ce_daemon.spool.codec import CODEC, FRAME_RECORDS, decode
 from ce_daemon.store import Store, Transaction, open_url
 from ce_daemon.testing.state import open_test_store
 
@@ -644,6 +646,41 @@ async def test_damaged_page_raises_spool_corrupt_error(spool: Spool, store: Stor
         await tx.execute("UPDATE spool_pages SET body = substr(body, 1, 20) WHERE seq = :seq", {"seq": seq})
     with pytest.raises(SpoolCorruptError, match=f"spool page {seq}"):
         await spool.next_page("c", timeout=0)
+
+
+async def test_a_flipped_bit_anywhere_in_a_stored_page_raises_spool_corrupt_error(
+    spool: Spool, store: Store
+) -> None:
+    """LZ4's block checksums catch damage inside a frame, not only a page cut short."""
+    await spool.set_consumers({"c": {"s"}})
+    seq = await append(spool, "s", records_of(0, 2_500), MARK)
+    async with store.read() as tx:
+        body = bytes(await tx.fetchval("SELECT body FROM spool_pages WHERE seq = :seq", {"seq": seq}))
+    for position in range(0, len(body), max(1, len(body) // 40)):
+        damaged = bytearray(body)
+        damaged[position] ^= 0x10
+        with pytest.raises(SpoolCorruptError, match=f"spool page {seq}"):
+            decode(seq, CODEC, bytes(damaged))
+
+
+def test_a_page_written_with_content_checksums_is_still_read() -> None:
+    """Pages spooled before block checksums (LZ4 content checksums) decode as they did."""
+    records = records_of(0, 3)
+    body = lz4.frame.compress(orjson.dumps(records), content_checksum=True)
+    assert [orjson.loads(chunk) for chunk in decode(1, CODEC, body)] == [records]
+
+
+async def test_records_appended_as_texts_read_back_as_orjson_reads_the_texts(spool: Spool) -> None:
+    """append_texts stores each text as it came, in frames of FRAME_RECORDS, with the given marker."""
+    await spool.set_consumers({"c": {"s"}})
+    texts = [b'{"_id": "t%d", "v": "caf\\u00e9", "n": 1.50}' % i for i in range(FRAME_RECORDS + 1)]
+    seq = await spool.append_texts("s", texts, first_id="t0", last_id=f"t{FRAME_RECORDS}")
+    page = await spool.next_page("c", timeout=0)
+    assert page is not None
+    assert (page.seq, page.count, page.first_id, page.last_id) == (seq, len(texts), "t0", f"t{FRAME_RECORDS}")
+    assert [len(records) for _, records in page.frames()] == [FRAME_RECORDS, 1]
+    assert page.records == [orjson.loads(text) for text in texts]
+    assert page.records[0]["v"] == "café"
 
 
 async def test_load_is_required(store: Store) -> None:

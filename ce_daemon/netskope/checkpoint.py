@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
+from ce_daemon.netskope.rawpages import RecordTexts
 from ce_daemon.spool import PageCommit
 from ce_daemon.store import Fence, Store, Transaction
 
@@ -66,11 +67,15 @@ class IteratorState:
         return count > 0 and stored == (first_id or "", last_id or "", count)
 
 
-def page_marker(records: list[dict[str, Any]]) -> tuple[str | None, str | None, int]:
+def page_marker(records: list[dict[str, Any]] | RecordTexts) -> tuple[str | None, str | None, int]:
     """``(first_id, last_id, count)`` of a page, as :meth:`IteratorState.is_committed` compares them."""
     if not records:
         return None, None, 0
-    return _record_id(records[0]), _record_id(records[-1]), len(records)
+    if isinstance(records, RecordTexts):
+        first, last = records.field(0, "_id"), records.field(-1, "_id")
+    else:
+        first, last = records[0].get("_id"), records[-1].get("_id")
+    return _id_text(first), _id_text(last), len(records)
 
 
 class Checkpoints:
@@ -79,7 +84,9 @@ class Checkpoints:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def page_commit(self, key: str, records: list[dict[str, Any]], mark: IteratorMark) -> PageCommit:
+    def page_commit(
+        self, key: str, records: list[dict[str, Any]] | RecordTexts, mark: IteratorMark
+    ) -> PageCommit:
         """What :meth:`~ce_daemon.spool.Spool.append` runs with the page: intent cleared, marker moved."""
         first_id, last_id, count = page_marker(records)
 
@@ -183,8 +190,7 @@ class Checkpoints:
             await tx.execute(update, params)
 
 
-def _record_id(record: Mapping[str, Any]) -> str | None:
-    value = record.get("_id")
+def _id_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 

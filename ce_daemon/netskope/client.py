@@ -3,8 +3,9 @@
 Every attempt, retries included, takes a slot of the tenant's :class:`SendWindow`, so however many
 pollers a tenant has, the tenant never sees more than ``rate_limit`` requests in any second. Every
 answer is bounded (``max_page_bytes`` after decompression, read whole within ``timeout``; nesting,
-see `ce_daemon.netskope.pages`) and classified into the core's error taxonomy by what it says about
-the server's cursor, which is what the pollers need to know:
+see `ce_daemon.netskope.pages`), its records kept as the tenant's JSON text when the fast path can
+vouch for them (`ce_daemon.netskope.rawpages`; else parsed and repaired), and classified into the
+core's error taxonomy by what it says about the server's cursor, which is what the pollers need to know:
 
 - :class:`UncertainAnswerError`: the request may have reached the iterator, but no page came back
   (no answer in time, the connection lost, a 5xx, a 200 that is not a whole JSON page): the cursor
@@ -33,6 +34,7 @@ from ce_daemon.config.model import Tenant
 from ce_daemon.errors import AuthError, TransientError
 from ce_daemon.http import excerpt, read_excerpt, redirect_error
 from ce_daemon.netskope.pages import PageSyntaxError, Repair, parse_page, repair_records
+from ce_daemon.netskope.rawpages import RecordTexts, split_page
 from ce_daemon.netskope.sendwindow import SendWindow, Slot
 from ce_daemon.netskope.subtypes import DataKind, dataexport_path
 
@@ -89,11 +91,13 @@ class NotOkError(TransientError):
 class Page:
     """One answer of the data-export iterator.
 
-    ``wait_problem`` says how ``wait_time`` was corrected when the server's value was not sane;
-    ``repairs`` lists the records whose values were stored as JSON text (a page the fast parser refused).
+    ``records`` are the texts the tenant sent when the fast path took the page
+    (`ce_daemon.netskope.rawpages`), else parsed. ``wait_problem`` says how ``wait_time`` was corrected
+    when the server's value was not sane; ``repairs`` lists the records whose values were stored as JSON
+    text (a page orjson refused).
     """
 
-    records: list[Any]
+    records: list[Any] | RecordTexts
     wait_time: float
     timestamp_hwm: int | None
     size: int
@@ -293,19 +297,17 @@ class TenantClient:
     def _page(self, body: bytes, where: str) -> Page:
         if not body:
             raise BrokenPageError(f"empty body after 200 on {where}")
-        try:
-            data, slow_path = parse_page(body)
-        except PageSyntaxError as exc:
-            raise BrokenPageError(f"malformed JSON page on {where} ({len(body)} bytes): {exc}") from exc
-        if not isinstance(data, dict):
-            raise BrokenPageError(f"page on {where} is a JSON {type(data).__name__}, not an object")
+        split = split_page(body)
+        repairs: tuple[Repair, ...] = ()
+        if split is not None:
+            data, records = split.fields, split.records
+        else:
+            data, records, repairs = self._parsed(body, where)
         if data.get("ok", 1) != 1:
             message = data.get("message") or data.get("error") or data.get("errors") or "no message"
             raise NotOkError(f"ok={excerpt(repr(data.get('ok')), 40)}: {excerpt(str(message), 200)}")
-        records = data.get("result")
-        if not isinstance(records, list):
+        if not isinstance(records, list | RecordTexts):
             raise BrokenPageError(f"page on {where} has no `result` list")
-        repairs = tuple(repair_records(records)) if slow_path else ()
         wait, problem = sane_wait_time(data.get("wait_time"), self.tenant.max_wait_time)
         hwm = data.get("timestamp_hwm")
         return Page(
@@ -317,6 +319,18 @@ class TenantClient:
             wait_problem=problem,
             repairs=repairs,
         )
+
+    def _parsed(self, body: bytes, where: str) -> tuple[dict[str, Any], Any, tuple[Repair, ...]]:
+        """The slow path: the page parsed into dicts, its records repaired if the fallback read it."""
+        try:
+            data, slow_path = parse_page(body)
+        except PageSyntaxError as exc:
+            raise BrokenPageError(f"malformed JSON page on {where} ({len(body)} bytes): {exc}") from exc
+        if not isinstance(data, dict):
+            raise BrokenPageError(f"page on {where} is a JSON {type(data).__name__}, not an object")
+        records = data.get("result")
+        repairs = tuple(repair_records(records)) if slow_path and isinstance(records, list) else ()
+        return data, records, repairs
 
     async def close(self) -> None:
         """Close the HTTP session."""

@@ -1,6 +1,8 @@
 """What a data-export answer may hold, read into records the spool can store without losing any.
 
-A page is parsed by orjson, which is fast and refuses nesting beyond 1,024 levels. A page orjson refuses
+This is the slow path: most pages take the fast one (`ce_daemon.netskope.rawpages`), which keeps each
+record as the JSON text the tenant sent; it leaves here every page it cannot vouch for. A page is parsed
+by orjson, which is fast and refuses nesting beyond 1,024 levels. A page orjson refuses
 although a JSON reader can take it (a lone surrogate escape such as ``"\\ud800"``, ``NaN``, ``1e400``, a
 byte-order mark) is read once more by the standard library, after a check that it nests no deeper than
 :data:`FALLBACK_DEPTH_LIMIT` levels, within the interpreter's recursion limit. Such a page, and any record

@@ -7,8 +7,10 @@ uncertain whether the server's cursor moved (see `_fetch`), the poller asks ``re
 answering with the page already committed (same first and last ``_id``, same count) is
 recognised and not spooled twice.
 
-A record the spool cannot store as it came is stored with the offending values as their JSON
-text (`ce_daemon.netskope.pages`), counted and logged: one bad record never stalls its stream.
+A page's records usually reach the spool as the JSON text the tenant sent (`ce_daemon.netskope.rawpages`:
+nothing parsed but ``_id`` and ``timestamp``). A record the spool cannot store as it came is stored with
+the offending values as their JSON text (`ce_daemon.netskope.pages`), counted and logged: one bad record
+never stalls its stream.
 A poller that gets no page for longer than its settings explain (:func:`stall_limit`) reports
 itself degraded, saying what it is waiting for.
 
@@ -34,9 +36,10 @@ from ce_daemon.config.model import Tenant
 from ce_daemon.errors import TransientError
 from ce_daemon.health import State
 from ce_daemon.keys import StreamKey
-from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark
+from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark, page_marker
 from ce_daemon.netskope.client import Page, TenantClient, UncertainAnswerError
 from ce_daemon.netskope.pages import Repair, repair_records
+from ce_daemon.netskope.rawpages import RecordTexts
 from ce_daemon.netskope.subtypes import all_streams
 from ce_daemon.spool import UnencodableRecordsError
 from ce_daemon.store import Fence
@@ -199,7 +202,7 @@ class Poller(Component):
         state = await self.checkpoints.state(self.iterator_key)
         hwm = page.timestamp_hwm
         if records:
-            first, last = str(records[0].get("_id", "")), str(records[-1].get("_id", ""))
+            first, last = _resend_id(records, 0), _resend_id(records, -1)
             if operation == "resend" and state is not None and state.is_committed(first, last, len(records)):
                 self.log.info("poller.resend_already_committed", records=len(records))
                 await self.checkpoints.mark_empty_page(
@@ -208,26 +211,19 @@ class Poller(Component):
                 return False
             self._note_repairs(page.repairs)
             mark = IteratorMark(timestamp_hwm=hwm, progress=progress)
-            key = self.iterator_key
             began = time.monotonic()
             try:
-                await self.spool.append(
-                    self.stream.key,
-                    records,
-                    commit=self.checkpoints.page_commit(key, records, mark),
-                    fence=self.fence,
-                )
+                await self._append(records, mark)
             except UnencodableRecordsError:
-                # Rare (a hostile or broken tenant), so the check costs nothing on the usual path.
+                # Rare (a hostile or broken tenant), so the check costs nothing on the usual path. Only
+                # parsed records are encoded: texts are stored as they came.
+                assert isinstance(records, list)
                 self._note_repairs(await asyncio.to_thread(repair_records, records))
-                await self.spool.append(
-                    self.stream.key,
-                    records,
-                    commit=self.checkpoints.page_commit(key, records, mark),
-                    fence=self.fence,
-                )
+                await self._append(records, mark)
             self.status.count("pages")
             self.status.count("records", len(records))
+            if isinstance(records, list):  # the fast path could not take it: worth seeing when it is many
+                self.status.count("pages_parsed")
             # ``seconds`` dates the commit's start: a commit whose fence check passed just before the
             # process was paused is logged after it resumes, and is no commit under a lost lease.
             self.log.debug(
@@ -246,6 +242,22 @@ class Poller(Component):
             self.status.counters["timestamp_hwm"] = hwm
         self.status.ok(f"last page {len(records)} records")
         return False
+
+    async def _append(self, records: list[dict[str, Any]] | RecordTexts, mark: IteratorMark) -> None:
+        """Spool the page with its checkpoint: texts as they came (the fast path), else encoded."""
+        commit = self.checkpoints.page_commit(self.iterator_key, records, mark)
+        if isinstance(records, RecordTexts):
+            first_id, last_id, _ = page_marker(records)
+            await self.spool.append_texts(
+                self.stream.key,
+                records.texts,
+                first_id=first_id,
+                last_id=last_id,
+                commit=commit,
+                fence=self.fence,
+            )
+        else:
+            await self.spool.append(self.stream.key, records, commit=commit, fence=self.fence)
 
     def _note_repairs(self, repairs: list[Repair] | tuple[Repair, ...]) -> None:
         """Count and name the records stored with some values as JSON text."""
@@ -268,8 +280,11 @@ class Poller(Component):
                 self.log.warning("poller.wait_time_corrected", problem=problem)
         self._wait_problem = problem
 
-    def _clean(self, records: list[Any]) -> list[dict[str, Any]]:
+    def _clean(self, records: list[Any] | RecordTexts) -> list[dict[str, Any]] | RecordTexts:
         """Keep every record that is an object; count and name what is not (bad input never stops us)."""
+        if isinstance(records, RecordTexts):  # the fast path took only objects
+            self._note_missing_fields(records.missing_fields())
+            return records
         good = [r for r in records if isinstance(r, dict)]
         if len(good) != len(records):
             dropped = len(records) - len(good)
@@ -280,11 +295,13 @@ class Poller(Component):
                 page_records=len(records),
                 reason="records that are not JSON objects cannot be shipped",
             )
-        missing = sum(1 for r in good if "_id" not in r or "timestamp" not in r)
+        self._note_missing_fields(sum(1 for r in good if "_id" not in r or "timestamp" not in r))
+        return good
+
+    def _note_missing_fields(self, missing: int) -> None:
         if missing:
             self.status.count("records_missing_fields", missing)
             self.log.warning("poller.records_missing_fields", records=missing, fields="_id/timestamp")
-        return good
 
     async def _wait_for_space(self, stopping: asyncio.Event) -> bool:
         """Back-pressure: pause while the spool is full. False when asked to stop meanwhile."""
@@ -424,7 +441,7 @@ class HistoryPoller(Poller):
         start = int(saved.get("start") or lookback.start or time.time())
         # "now" is the load's, where the maintenance iterator starts too: nothing falls in between
         end = int(saved.get("end") or lookback.end or self.now)
-        records = [r for r in page.records if not (isinstance(r, dict) and _after(r, end))]
+        records = _until(page.records, end)
         hwm = page.timestamp_hwm or start
         percent = 100.0 if end <= start else max(0.0, min(100.0, 100.0 * (hwm - start) / (end - start)))
         pages = int(saved.get("pages", 0)) + (1 if records else 0)
@@ -449,9 +466,22 @@ class HistoryPoller(Poller):
         return done
 
 
-def _after(record: dict[str, Any], end: int) -> bool:
-    ts = record.get("timestamp")
-    return isinstance(ts, int | float) and ts > end
+def _until(records: list[Any] | RecordTexts, end: int) -> list[Any] | RecordTexts:
+    """The records of a look-back page not dated after ``end`` (non-objects are left for `_clean`)."""
+    if isinstance(records, RecordTexts):
+        return records.keep(lambda position: not _after(records.field(position, "timestamp"), end))
+    return [r for r in records if not (isinstance(r, dict) and _after(r.get("timestamp"), end))]
+
+
+def _after(timestamp: Any, end: int) -> bool:
+    return isinstance(timestamp, int | float) and timestamp > end
+
+
+def _resend_id(records: list[dict[str, Any]] | RecordTexts, position: int) -> str:
+    """The ``_id`` of a record as a resend is compared with the last page committed (``""`` for none)."""
+    if isinstance(records, RecordTexts):
+        return str(records.field(position, "_id", ""))
+    return str(records[position].get("_id", ""))
 
 
 def _seconds(value: float) -> str:

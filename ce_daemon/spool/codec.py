@@ -1,22 +1,38 @@
-"""How a spooled page is stored: a few independent LZ4 frames of orjson arrays.
+"""How a spooled page is stored: a few independent LZ4 frames of JSON arrays, each read with orjson.
 
 About 4.6x smaller than the JSON, and 5x faster to decompress than zlib (every route reads every page).
 Splitting a page into frames keeps each stretch of GIL-holding JSON work short when encoding and
 decoding run in a worker thread, so the event loop stays responsive while a 10,000-record page is
 processed.
+
+A frame's array is written by orjson from parsed records (:func:`encode`), or joined from records that
+are already JSON texts (:func:`encode_texts`: the Netskope fast path, `ce_daemon.netskope.rawpages`).
+Damage is caught by LZ4's block checksums (xxHash32 of each compressed block), checked by
+:func:`decode`: they cover every stored byte as the content checksum of earlier pages did (still read),
+at a quarter of its cost, since the compressed blocks are 4.6x shorter than the JSON.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import lz4.frame
 import orjson
+from typing_extensions import Buffer
 
 from ce_daemon.store import StoreError
 
-__all__ = ["CODEC", "FRAME_RECORDS", "SpoolCorruptError", "UnencodableRecordsError", "decode", "encode"]
+__all__ = [
+    "CODEC",
+    "FRAME_RECORDS",
+    "SpoolCorruptError",
+    "UnencodableRecordsError",
+    "decode",
+    "encode",
+    "encode_texts",
+]
 
 CODEC = "orjson-lz4-frames"
 # Pages written before lz4 (still readable): zlib level 1 frames.
@@ -47,8 +63,24 @@ def encode(records: list[dict[str, Any]]) -> bytes:
             raise UnencodableRecordsError(
                 f"records {start}-{min(start + FRAME_RECORDS, len(records)) - 1} of the page: {exc}"
             ) from exc
-        frames.append(lz4.frame.compress(text, content_checksum=True))
+        frames.append(_compress(text))
     return b"".join(frames)
+
+
+def encode_texts(texts: Sequence[Buffer]) -> bytes:
+    """The page body of records given as JSON texts, stored as they are: nothing is parsed or re-written.
+
+    The caller vouches that each text is one JSON object orjson reads (`ce_daemon.netskope.rawpages`).
+    """
+    return b"".join(
+        _compress(b"[" + b",".join(texts[start : start + FRAME_RECORDS]) + b"]")
+        for start in range(0, len(texts), FRAME_RECORDS)
+    )
+
+
+def _compress(array: bytes) -> bytes:
+    frame: bytes = lz4.frame.compress(array, block_checksum=True)
+    return frame
 
 
 def decode(seq: int, codec: str, body: bytes) -> tuple[bytes, ...]:

@@ -22,14 +22,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import structlog
+from typing_extensions import Buffer
 
-from ce_daemon.spool.codec import CODEC, SpoolCorruptError, decode, encode
+from ce_daemon.spool.codec import CODEC, SpoolCorruptError, decode, encode, encode_texts
 from ce_daemon.store import Fence, Migration, Store, Transaction
 
 __all__ = [
@@ -334,17 +335,44 @@ class Spool:
         write raises :class:`~ce_daemon.spool.codec.UnencodableRecordsError` before anything is written.
         """
         self._require_loaded()
-        if not records:
-            raise ValueError(
-                "an empty answer is not appended: the producer records it in its checkpoint (mark_empty_page)"
-            )
+        _require_records(len(records))
         first_id, last_id = _record_id(records[0]), _record_id(records[-1])
         body = await asyncio.to_thread(encode, records)
+        return await self._append_body(stream, body, first_id, last_id, len(records), commit, fence)
+
+    async def append_texts(
+        self,
+        stream: str,
+        texts: Sequence[Buffer],
+        *,
+        first_id: str | None,
+        last_id: str | None,
+        commit: PageCommit | None = None,
+        fence: Fence | None = None,
+    ) -> int:
+        """:meth:`append` for records that are already JSON texts, stored as they are (no parse, no write).
+
+        The caller vouches that orjson reads each text as one object (`ce_daemon.netskope.rawpages`), and
+        names the ``_id`` of the first and last record (None for none).
+        """
+        self._require_loaded()
+        _require_records(len(texts))
+        body = await asyncio.to_thread(encode_texts, texts)
+        return await self._append_body(stream, body, first_id, last_id, len(texts), commit, fence)
+
+    async def _append_body(
+        self,
+        stream: str,
+        body: bytes,
+        first_id: str | None,
+        last_id: str | None,
+        count: int,
+        commit: PageCommit | None,
+        fence: Fence | None,
+    ) -> int:
         # Shielded: if the caller is cancelled mid-commit, the accounting and the readers' wake-up
         # still follow the commit.
-        return await asyncio.shield(
-            self._commit_page(stream, body, first_id, last_id, len(records), commit, fence)
-        )
+        return await asyncio.shield(self._commit_page(stream, body, first_id, last_id, count, commit, fence))
 
     # -- consumers ------------------------------------------------------------------------------------
 
@@ -763,6 +791,13 @@ async def _collect(tx: Transaction, streams: Iterable[str]) -> int:
             freed += sum(sizes)
             log.debug("spool.pages_collected", stream=stream, pages=len(sizes), bytes=sum(sizes))
     return freed
+
+
+def _require_records(count: int) -> None:
+    if not count:
+        raise ValueError(
+            "an empty answer is not appended: the producer records it in its checkpoint (mark_empty_page)"
+        )
 
 
 def _record_id(record: Mapping[str, Any]) -> str | None:
