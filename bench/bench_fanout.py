@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -125,7 +126,7 @@ async def _receive(pipe: Connection) -> None:
 # -- the run ----------------------------------------------------------------------------------------------
 
 
-def pipeline(workdir: Path, url: str, ports: dict[str, int]) -> dict[str, Any]:
+def pipeline(workdir: Path, url: str, ports: dict[str, int], workers: str) -> dict[str, Any]:
     streams = {"alerts": ["dlp", "malware"], "events": ["page", "network"]}
     batch = {"max_records": 5000, "max_wait": "1s"}
     return {
@@ -136,7 +137,7 @@ def pipeline(workdir: Path, url: str, ports: dict[str, int]) -> dict[str, Any]:
         "logging": {"level": "warning", "format": "json"},
         "tenants": [{"name": "bench", "url": url, "token": {"$env": TOKEN_ENV}, "rate_limit": RATE_LIMIT,
                      "start": "3h"}],
-        "logs": {"routes": [
+        "logs": {"workers": workers if workers == "auto" else int(workers), "routes": [
             {"name": "cef-syslog", "tenant": "bench", **streams, "format": "cef", "batch": batch,
              "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["cef"], "protocol": "tcp"}},
             {"name": "json-http", "tenant": "bench", **streams, "format": "json", "batch": batch,
@@ -148,10 +149,11 @@ def pipeline(workdir: Path, url: str, ports: dict[str, int]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def run(per_subtype: int, workdir: Path) -> dict[str, Any]:
+async def run(per_subtype: int, workdir: Path, workers: str) -> dict[str, Any]:
     from ce_daemon.control import ask_status
     from ce_daemon.simulator.process import simulator_process
     from ce_daemon.simulator.tenant import DEFAULT_TOKEN
+    from ce_daemon.testing.processes import children_of
 
     total = per_subtype * len(SUBTYPES.split(","))
     parent, child = multiprocessing.Pipe()
@@ -162,7 +164,7 @@ async def run(per_subtype: int, workdir: Path) -> dict[str, Any]:
                "rate_limit": RATE_LIMIT, "subtypes": SUBTYPES, "backlog_span": 3600}  # fmt: skip
     async with simulator_process(options) as sim:
         config = workdir / "pipeline.yaml"
-        config.write_text(yaml.safe_dump(pipeline(workdir, sim.url, ports)), encoding="utf-8")
+        config.write_text(yaml.safe_dump(pipeline(workdir, sim.url, ports, workers)), encoding="utf-8")
         env = {**os.environ, TOKEN_ENV: DEFAULT_TOKEN}
         daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ce_daemon", "run", "-c", str(config), env=env,
@@ -172,6 +174,7 @@ async def run(per_subtype: int, workdir: Path) -> dict[str, Any]:
         behind: dict[str, int] = {}
         pulled = 0
         counts: dict[str, list[float]] = {}
+        helpers: dict[int, tuple[float, float]] = {}
         try:
             while True:
                 await asyncio.sleep(2)
@@ -188,6 +191,9 @@ async def run(per_subtype: int, workdir: Path) -> dict[str, Any]:
                     behind[name] = max(behind.get(name, 0), pulled - got)
                 shown = "  ".join(f"{k}={v:,}" for k, v in sorted(delivered.items()))
                 print(f"  {time.time() - began:6.1f}s pulled {pulled:>9,} {shown}", flush=True)
+                for pid in children_of(daemon.pid):  # read while they run: they end with the daemon
+                    with contextlib.suppress(OSError):
+                        helpers[pid] = (cpu_seconds(pid), peak_rss_mib(pid))
                 if len(delivered) == 3 and min(delivered.values()) >= total:
                     break
                 if time.time() - began > 30 + 6 * total / CEILING:
@@ -201,7 +207,9 @@ async def run(per_subtype: int, workdir: Path) -> dict[str, Any]:
             parent.send("stop")
             parent.recv()
             receiving.join(5)
-    return {"total": total, "counts": counts, "behind": behind, "cpu": cpu, "rss": rss, "pulled": pulled}
+    workers_cpu, workers_rss = sum(c for c, _ in helpers.values()), sum(r for _, r in helpers.values())
+    return {"total": total, "counts": counts, "behind": behind, "cpu": cpu, "rss": rss, "pulled": pulled,
+            "workers_cpu": workers_cpu, "workers_rss": workers_rss, "workers": workers}  # fmt: skip
 
 
 def report(figures: dict[str, Any]) -> None:
@@ -216,16 +224,21 @@ def report(figures: dict[str, Any]) -> None:
             f"  {name:<12} {int(got):>9,} records  {rate:>9,.0f} records/s = {rate / CEILING:6.1%} of the"
             f" ceiling (target >= {TARGET_SHARE:.0%}: {verdict}); at most {behind:,} records behind the pull"
         )
-    print(f"  daemon: {figures['cpu'] / (total / 1e6):.1f} CPU-s per million records (3 routes and ingest),"
-          f" peak RSS {figures['rss']:.0f} MiB")  # fmt: skip
+    million = total / 1e6
+    both = figures["cpu"] + figures["workers_cpu"]
+    print(f"  daemon (logs.workers: {figures['workers']}): {both / million:.1f} CPU-s per million records"
+          f" (3 routes and ingest): {figures['cpu'] / million:.1f} in its own process,"
+          f" {figures['workers_cpu'] / million:.1f} in its workers;"
+          f" peak RSS {figures['rss']:.0f} MiB + {figures['workers_rss']:.0f} MiB in workers")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--per-subtype", type=int, default=250_000)
+    parser.add_argument("--workers", default="auto", help="logs.workers: auto, or a number (0: in-process)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        report(asyncio.run(run(args.per_subtype, Path(directory))))
+        report(asyncio.run(run(args.per_subtype, Path(directory), args.workers)))
 
 
 if __name__ == "__main__":

@@ -639,13 +639,16 @@ async def test_stats_report_backlog_and_consumer_lag(spool: Spool) -> None:
 
 
 async def test_damaged_page_raises_spool_corrupt_error(spool: Spool, store: Store) -> None:
-    """A page whose stored body was damaged raises SpoolCorruptError naming it, not a zlib error."""
+    """A page whose stored body was damaged raises SpoolCorruptError naming it, not a zlib error, when
+    it is read."""
     await spool.set_consumers({"c": {"s"}})
     seq = await append(spool, "s", records_of(0, 10), MARK)
     async with store.transaction() as tx:
         await tx.execute("UPDATE spool_pages SET body = substr(body, 1, 20) WHERE seq = :seq", {"seq": seq})
+    page = await spool.next_page("c", timeout=0)
+    assert page is not None
     with pytest.raises(SpoolCorruptError, match=f"spool page {seq}"):
-        await spool.next_page("c", timeout=0)
+        list(page.frames())
 
 
 async def test_a_flipped_bit_anywhere_in_a_stored_page_raises_spool_corrupt_error(

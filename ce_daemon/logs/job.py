@@ -17,7 +17,7 @@ from ce_daemon.keys import ComponentKey, StreamKey
 from ce_daemon.logs.deadletter import DEADLETTER_MIGRATIONS, DeadLetters
 from ce_daemon.logs.mutes import MUTE_MIGRATIONS
 from ce_daemon.logs.resolve import ResolvedRoute, RouteResolver
-from ce_daemon.logs.settings import Logs
+from ce_daemon.logs.settings import Logs, auto_size
 from ce_daemon.pipeline import ComponentSpec
 from ce_daemon.registry import PluginInfo, Registry
 
@@ -33,6 +33,8 @@ class LogRoutes:
     """The ``logs:`` section resolved: every route by name (disabled ones too)."""
 
     routes: dict[str, ResolvedRoute]
+    workers: int = 0
+    """Format worker processes (``logs.workers``, ``auto`` resolved for this machine)."""
 
     def enabled(self) -> list[ResolvedRoute]:
         """The routes that run."""
@@ -52,7 +54,8 @@ class LogsJob(Job[Logs, LogRoutes]):
         resolver.check_routes()
         if section is None or resolution.problems:  # the file is refused: what is wrong may be elsewhere
             return None
-        return LogRoutes(resolver.build_routes(section))
+        workers = auto_size() if section.workers == "auto" else section.workers
+        return LogRoutes(resolver.build_routes(section), workers)
 
     def streams(self, resolved: LogRoutes) -> Iterable[StreamKey]:
         """What the enabled routes read."""
@@ -65,13 +68,17 @@ class LogsJob(Job[Logs, LogRoutes]):
         names = list(resolved.routes)
         for route in resolved.enabled():
             key = ComponentKey("route", route.config.name)
+            # A change of logs.workers rebuilds every route, and the new ones resize the pool.
+            fingerprint = f"{route.fingerprint}/workers={resolved.workers}"
 
-            def build(route: ResolvedRoute = route, key: ComponentKey = key) -> RouteComponent:
-                return RouteComponent(str(key), route.fingerprint, route, loaded, runtime)
+            def build(
+                route: ResolvedRoute = route, key: ComponentKey = key, fingerprint: str = fingerprint
+            ) -> RouteComponent:
+                return RouteComponent(str(key), fingerprint, route, loaded, runtime, workers=resolved.workers)
 
             yield ComponentSpec(
                 key=key,
-                fingerprint=route.fingerprint,
+                fingerprint=fingerprint,
                 stage="consumer",
                 build=build,
                 place=("logs", "routes", names.index(route.config.name)),

@@ -82,7 +82,11 @@ class StoredMute:
     def compiled(self) -> Mute:
         """As a route applies it."""
         return Mute(
-            self.name, self.start, self.end, None if self.filter is None else compile_filter(self.filter)
+            self.name,
+            self.start,
+            self.end,
+            None if self.filter is None else compile_filter(self.filter),
+            self.filter,
         )
 
 

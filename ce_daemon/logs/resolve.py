@@ -35,6 +35,8 @@ class Mute:
     start: float
     end: float
     predicate: Predicate | None
+    filter: Any = None
+    """The filter spec ``predicate`` was compiled from (a format worker compiles it again)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,13 @@ class RouteResolver:
             loc: Loc = ("logs", "routes", index)
             sink, options = self.sinks[index]
             mutes = tuple(
-                Mute(m.name, m.start.timestamp(), m.end.timestamp(), self.predicates.get((*loc, "mute", i)))
+                Mute(
+                    m.name,
+                    m.start.timestamp(),
+                    m.end.timestamp(),
+                    self.predicates.get((*loc, "mute", i)),
+                    m.filter,
+                )
                 for i, m in enumerate(route.mute)
             )
             mapping = self.mappings[index]

@@ -48,6 +48,14 @@ from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.metrics import RouteMetrics
 from ce_daemon.logs.mutes import REFRESH, MuteStore
 from ce_daemon.logs.resolve import Mute, Predicate, ResolvedRoute
+from ce_daemon.logs.workers import (
+    FormatWorkers,
+    PageDecisions,
+    PageWork,
+    Recipe,
+    WorkerLostError,
+    recipe_bytes,
+)
 from ce_daemon.plugin import Health, LogSink, OutRecord, PluginContext
 from ce_daemon.spool import Page
 from ce_daemon.supervisor import Component
@@ -69,8 +77,8 @@ FIRST_PROBE_DELAY = 1.0
 @dataclass
 class _Batch:
     records: list[OutRecord] = field(default_factory=list)
-    raw: list[dict[str, Any]] = field(default_factory=list)
-    streams: list[str] = field(default_factory=list)
+    sources: list[tuple[Page, int]] = field(default_factory=list)
+    """Per record, its page and position: the record itself is parsed again only if it is refused."""
     size: int = 0
     opened: float = 0.0
     acks: dict[str, tuple[int, int | None]] = field(default_factory=dict)
@@ -83,7 +91,14 @@ class RouteComponent(Component):
     kind = "route"
 
     def __init__(
-        self, name: str, fingerprint: str, route: ResolvedRoute, loaded: LoadedPipeline, runtime: Runtime
+        self,
+        name: str,
+        fingerprint: str,
+        route: ResolvedRoute,
+        loaded: LoadedPipeline,
+        runtime: Runtime,
+        *,
+        workers: int = 0,
     ) -> None:
         super().__init__(name, fingerprint)
         self.route = route
@@ -94,6 +109,20 @@ class RouteComponent(Component):
         self._runtime_mutes: list[Mute] = []
         self._mutes_read = -REFRESH
         self.formatter = route_formatter(route, loaded)
+        # Format workers (logs.workers): taken when the route runs, given back when it ends.
+        self.worker_count = workers
+        self.workers: FormatWorkers | None = None
+        self.recipe_key = route.fingerprint
+        self.recipe = recipe_bytes(
+            Recipe(
+                key=route.fingerprint,
+                format=route.config.format,
+                mapping=route.mapping,
+                tenant_name=self.formatter.tenant_name,
+                json_fields=route.config.fields,
+                filter=route.config.filter,
+            )
+        )
         self.taps = runtime.taps
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
         self._sink_class: type[LogSink] = route.sink.cls
@@ -208,9 +237,13 @@ class RouteComponent(Component):
 
     async def run(self, stopping: asyncio.Event) -> None:
         self.taps.register(self.name)
+        self.workers = FormatWorkers.acquire(self.worker_count)
         try:
             await self._run(stopping)
         finally:
+            if self.workers is not None:
+                self.workers.release()
+                self.workers = None
             self.taps.unregister(self.name)
 
     async def _run(self, stopping: asyncio.Event) -> None:
@@ -232,60 +265,76 @@ class RouteComponent(Component):
         batch = _Batch()
         after: int | None = None
         wait = self.config.batch.max_wait
-        while not stopping.is_set() and not (self.lease is not None and self.lease.lost):
-            if self._probe_at is not None and not batch.records and time.monotonic() >= self._probe_at:
-                await self._probe()  # nothing of its own tells whether the sink is back
-            timeout = max(0.0, wait - (time.monotonic() - batch.opened)) if batch.records else 1.0
-            page = await self.spool.next_page(self.name, after=after, timeout=timeout)
-            self.status.beat()
-            self._update_lag()
-            if page is None:
-                if batch.records and time.monotonic() - batch.opened >= wait:
-                    batch = await self._flush(batch, stopping)
-                await self._settle()
-                continue
-            after = page.seq
-            batch = await self._consume_page(page, batch, stopping)
+        # With format workers, the next page is handed to one while this one is sent: the workers then
+        # decide while the sink takes its time, instead of waiting for the route's next request.
+        ahead: tuple[Page, asyncio.Task[PageDecisions]] | None = None
+        try:
+            while not stopping.is_set() and not (self.lease is not None and self.lease.lost):
+                if self._probe_at is not None and not batch.records and time.monotonic() >= self._probe_at:
+                    await self._probe()  # nothing of its own tells whether the sink is back
+                if ahead is not None:
+                    (page, deciding), ahead = ahead, None
+                else:
+                    timeout = max(0.0, wait - (time.monotonic() - batch.opened)) if batch.records else 1.0
+                    found = await self.spool.next_page(self.name, after=after, timeout=timeout)
+                    self.status.beat()
+                    self._update_lag()
+                    if found is None:
+                        batch = await self._idle(batch, stopping)
+                        continue
+                    page, deciding = found, self._deciding(found)
+                after = page.seq
+                if self.workers is not None:
+                    following = await self.spool.next_page(self.name, after=after, timeout=0)
+                    if following is not None:
+                        ahead = (following, self._deciding(following))
+                batch = await self._consume_page(page, await deciding, batch, stopping)
+                if batch.records:
+                    batch.acks[page.stream] = (page.seq, None)
+                else:
+                    self._owed[page.stream] = (page.seq, None)
+                    await self._settle()
+                del page, deciding  # never hold a page's decisions across the next wait
             if batch.records:
-                batch.acks[page.stream] = (page.seq, None)
-            else:
-                self._owed[page.stream] = (page.seq, None)
-                await self._settle()
-            del page  # a decoded 10,000-record page is ~55 MB: never hold it across the next wait
-        if batch.records:
-            await self._flush(batch, stopping)
+                await self._flush(batch, stopping)
+        finally:
+            if ahead is not None:  # decided, never sent nor acknowledged: read again next time
+                ahead[1].cancel()
+                await asyncio.gather(ahead[1], return_exceptions=True)
 
-    async def _consume_page(self, page: Page, batch: _Batch, stopping: asyncio.Event) -> _Batch:
+    async def _idle(self, batch: _Batch, stopping: asyncio.Event) -> _Batch:
+        """No page came: send the open batch if it has waited ``max_wait``, hand over what is owed."""
+        if batch.records and time.monotonic() - batch.opened >= self.config.batch.max_wait:
+            batch = await self._flush(batch, stopping)
+        await self._settle()
+        return batch
+
+    def _deciding(self, page: Page) -> asyncio.Task[PageDecisions]:
+        """The decisions of ``page``, under way."""
+        return asyncio.create_task(
+            self._decide(page, StreamKey.parse(page.stream)), name=f"{self.name} decide"
+        )
+
+    async def _consume_page(
+        self, page: Page, decisions: PageDecisions, batch: _Batch, stopping: asyncio.Event
+    ) -> _Batch:
         stream = page.stream
         key = StreamKey.parse(stream)
-        predicate = self.route.predicate
-        mutes = await self._active_mutes()
-        write = self.formatter.writer_for(key.kind, key.subtype)
         name = self.config.format
         max_records, max_bytes = self.config.batch.max_records, self.max_bytes
         counters = self.status.counters
-        received = 0
         dropped = {"filtered": 0, "muted": 0, "dead_lettered": 0}
+        for _, counter, detail, record in decisions.dropped:
+            dropped[counter] += 1
+            if counter == "dead_lettered":
+                self._last_refusal = f"formatting failed: {detail}"
+                await self.dead.add(self.config.name, stream, record or {}, b"", self._last_refusal)
         taps = self.taps.taps_of(self.name)
-        for position, record, data in sift(_unread(page), predicate, mutes, write):
-            received += 1
-            if data.__class__ is not bytes:  # the rare case: a Dropped
-                assert isinstance(data, Dropped)
-                dropped[data.counter] += 1
-                if data.error is not None:
-                    self._last_refusal = f"formatting failed: {data.error}"
-                    await self.dead.add(self.config.name, stream, record, b"", self._last_refusal)
-                continue
-            assert isinstance(data, bytes)
-            ts = record.get("timestamp")
-            out = OutRecord(
-                str(record.get("_id", "")),
-                ts if isinstance(ts, int) else 0,
-                data,
-                key.kind,
-                key.subtype,
-                name,
-            )
+        kind, subtype = key.kind, key.subtype
+        for position, record_id, ts, data in zip(
+            decisions.positions, decisions.ids, decisions.timestamps, decisions.data, strict=True
+        ):
+            out = OutRecord(record_id, ts, data, kind, subtype, name)
             if batch.records and batch.size + len(data) + 1 > max_bytes:
                 # The record would take the batch past the byte cap (a target's hard request limit):
                 # send what is there, acknowledged up to this record, and start the next with it.
@@ -296,13 +345,12 @@ class RouteComponent(Component):
             if taps:
                 TapHub.publish(taps, Sample(stream, out.id, data))
             batch.records.append(out)  # appended inline: this is the per-record hot path
-            batch.raw.append(record)
-            batch.streams.append(stream)
+            batch.sources.append((page, position))
             batch.size += len(data) + 1
             if len(batch.records) >= max_records or batch.size >= max_bytes:
                 batch.acks[stream] = (page.seq, position + 1)
                 batch = await self._flush(batch, stopping)
-        counters["received"] = counters.get("received", 0) + received
+        counters["received"] = counters.get("received", 0) + len(decisions)
         for counter, count in dropped.items():
             if count:
                 counters[counter] = counters.get(counter, 0) + count
@@ -312,6 +360,33 @@ class RouteComponent(Component):
             if not batch.records:
                 self._judge(0, 0)  # no batch will carry them into the health window: judge now
         return batch
+
+    async def _decide(self, page: Page, key: StreamKey) -> PageDecisions:
+        """What to do with each unread record of ``page``: from a format worker when the daemon has
+        them (decided here when the worker is lost), else here."""
+        mutes = await self._active_mutes()
+        if self.workers is not None:
+            work = PageWork(
+                recipe_key=self.recipe_key,
+                recipe=self.recipe,
+                spool=self.spool.identity,
+                readers=self.spool.readers_of(page.stream),
+                kind=key.kind,
+                subtype=key.subtype,
+                seq=page.seq,
+                codec=page.codec,
+                body=page.body,
+                start=page.start,
+                mutes=tuple((mute.name, mute.filter) for mute in mutes),
+            )
+            try:
+                return await self.workers.decide(work)
+            except WorkerLostError as exc:
+                self.status.count("worker_lost")
+                self.log.warning("route.page_decided_here", seq=page.seq, reason=str(exc))
+        write = self.formatter.writer_for(key.kind, key.subtype)
+        frames = page.frames(read_only=True)
+        return decide_records(frames, page.start, self.route.predicate, mutes, write)
 
     async def _active_mutes(self) -> list[Mute]:
         await self._refresh_mutes()
@@ -334,8 +409,9 @@ class RouteComponent(Component):
             self._oldest_waiting = min((r.timestamp for r in batch.records if r.timestamp), default=0)
         rejected = await self._send(batch, stopping)
         for index, reason in rejected:
+            page, position = batch.sources[index]
             await self.dead.add(
-                self.config.name, batch.streams[index], batch.raw[index], batch.records[index].data, reason
+                self.config.name, page.stream, record_at(page, position), batch.records[index].data, reason
             )
         if rejected:
             self._last_refusal = rejected[0][1]
@@ -462,16 +538,6 @@ class _BatchAbandonedError(Exception):
     """A batch was abandoned unacknowledged because the route is stopping."""
 
 
-def _unread(page: Page) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(position, record)`` from the page's ``start`` on, parsed a frame at a time (cache-friendly)."""
-    start = page.start
-    for offset, records in page.frames(read_only=True):
-        if offset + len(records) <= start:
-            continue
-        first = max(0, start - offset)
-        yield from enumerate(records[first:] if first else records, offset + first)
-
-
 @dataclass(frozen=True, slots=True)
 class Dropped:
     """Why a record is not sent: filtered out (neither field set: by the route's filter, or a formatter
@@ -491,32 +557,88 @@ class Dropped:
 _FILTERED = Dropped()
 
 
+def judge(
+    record: dict[str, Any],
+    predicate: Predicate | None,
+    mutes: Sequence[Mute],
+    write: Callable[[dict[str, Any]], bytes | None],
+) -> bytes | Dropped:
+    """The one decision a route makes per record: its filter, then its active ``mutes`` (the first that
+    matches), then its formatter's ``write``; the bytes to send, or why not. ``ce-daemon test`` and the
+    format workers decide with it too."""
+    if predicate is not None and not predicate(record):
+        return _FILTERED
+    if mutes:
+        mute = next((m for m in mutes if m.predicate is None or m.predicate(record)), None)
+        if mute is not None:
+            return Dropped(mute=mute)
+    try:
+        data = write(record)
+    except Exception as exc:  # noqa: BLE001 - one bad record is dead-lettered, never fatal
+        return Dropped(error=exc)
+    return _FILTERED if data is None else data
+
+
 def sift(
     records: Iterable[tuple[int, dict[str, Any]]],
     predicate: Predicate | None,
     mutes: Sequence[Mute],
     write: Callable[[dict[str, Any]], bytes | None],
 ) -> Iterator[tuple[int, dict[str, Any], bytes | Dropped]]:
-    """``(position, record, bytes to send or why not)`` for each of ``records``: the route's filter, then
-    its active ``mutes`` (the first that matches), then its formatter's ``write``.
-
-    The one decision a route makes per record; ``ce-daemon test`` runs the same.
-    """
+    """``(position, record, bytes to send or why not)`` for each of ``records`` (see :func:`judge`)."""
     for position, record in records:
-        if predicate is not None and not predicate(record):
-            yield position, record, _FILTERED
+        yield position, record, judge(record, predicate, mutes, write)
+
+
+def decide_records(
+    frames: Iterable[tuple[int, list[dict[str, Any]]]],
+    start: int,
+    predicate: Predicate | None,
+    mutes: Sequence[Mute],
+    write: Callable[[dict[str, Any]], bytes | None],
+) -> PageDecisions:
+    """:func:`judge` over a page's records from position ``start`` on (given as parsed frames: ``(position
+    of the first record, records)``), gathered as the route consumes them (in a format worker or here).
+
+    One flat loop, no generator between it and the records: this runs once per record and route.
+    """
+    decisions = PageDecisions()
+    positions, ids, timestamps, data = (
+        decisions.positions,
+        decisions.ids,
+        decisions.timestamps,
+        decisions.data,
+    )
+    dropped = decisions.dropped
+    for offset, records in frames:
+        if offset + len(records) <= start:
             continue
-        if mutes:
-            mute = next((m for m in mutes if m.predicate is None or m.predicate(record)), None)
-            if mute is not None:
-                yield position, record, Dropped(mute=mute)
+        first = max(0, start - offset)
+        for position, record in enumerate(records[first:] if first else records, offset + first):
+            outcome = judge(record, predicate, mutes, write)
+            if outcome.__class__ is bytes:
+                positions.append(position)
+                ids.append(str(record.get("_id", "")))
+                ts = record.get("timestamp")
+                timestamps.append(ts if ts.__class__ is int else 0)
+                data.append(outcome)
                 continue
-        try:
-            data = write(record)
-        except Exception as exc:  # noqa: BLE001 - one bad record is dead-lettered, never fatal
-            yield position, record, Dropped(error=exc)
-            continue
-        yield position, record, _FILTERED if data is None else data
+            assert isinstance(outcome, Dropped)
+            if outcome.mute is not None:
+                dropped.append((position, "muted", outcome.mute.name, None))
+            elif outcome.error is not None:
+                dropped.append((position, "dead_lettered", str(outcome.error), record))
+            else:
+                dropped.append((position, "filtered", None, None))
+    return decisions
+
+
+def record_at(page: Page, position: int) -> dict[str, Any]:
+    """Record ``position`` of ``page``, parsed again (a refused record, on its way to the dead letters)."""
+    for offset, records in page.frames():
+        if position < offset + len(records):
+            return records[position - offset]
+    raise IndexError(f"spool page {page.seq} has no record {position}")
 
 
 def active_mutes(route: ResolvedRoute, now: float, added: Sequence[Mute] = ()) -> list[Mute]:

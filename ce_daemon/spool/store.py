@@ -20,6 +20,7 @@ acknowledgement wakes no event here.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -119,19 +120,31 @@ class Page:
     """One spooled page as a consumer reads it.
 
     ``start`` is the position of the first record this consumer has not acknowledged yet: 0 for a
-    fresh page, more when an earlier run acknowledged part of it. The page arrives decompressed but not
-    yet parsed: :meth:`frames` parses it a frame (1,000 records) at a time, which keeps a consumer's
-    working set in the CPU cache (23 % faster than parsing the whole 10,000-record page first).
+    fresh page, more when an earlier run acknowledged part of it. The page arrives as stored
+    (``body`` in ``codec``): :attr:`chunks` decompresses it on first use (a consumer that hands the
+    page to another process never does), and :meth:`frames` parses it a frame (1,000 records) at a
+    time, which keeps a consumer's working set in the CPU cache (23 % faster than parsing the whole
+    10,000-record page first). Damage is found there, as :class:`SpoolCorruptError`.
     """
 
     seq: int
     stream: str
-    chunks: tuple[bytes, ...]
+    body: bytes
+    codec: str
     count: int
     first_id: str | None
     last_id: str | None
     start: int = 0
     shared: SharedFrames | None = field(default=None, repr=False, compare=False)
+    _chunks: tuple[bytes, ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def chunks(self) -> tuple[bytes, ...]:
+        """The page's frames, decompressed (JSON arrays, not parsed yet)."""
+        if self._chunks is None:
+            object.__setattr__(self, "_chunks", decode(self.seq, self.codec, self.body))  # a cache
+        assert self._chunks is not None
+        return self._chunks
 
     def frames(self, *, read_only: bool = False) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         """``(position of the first record, records)`` per frame, in order, from the first frame on.
@@ -177,7 +190,8 @@ class SharedFrames:
     """
 
     def __init__(self, readers: Callable[[str], int], limit: int) -> None:
-        self._readers = readers
+        self.readers = readers
+        """How many consumers read a stream (this one included)."""
         self.limit = limit
         self._frames: OrderedDict[tuple[int, int], tuple[list[dict[str, Any]], int]] = OrderedDict()
         self._newest: dict[str, tuple[int, int]] = {}
@@ -203,7 +217,7 @@ class SharedFrames:
         """Keep the records of a frame just parsed for the stream's other consumers, if it has any and
         the frame is the newest of its stream offered yet: a consumer parsing an older one is behind
         the others, who have read it already."""
-        others = self._readers(stream) - 1
+        others = self.readers(stream) - 1
         key = (seq, index)
         if others <= 0 or key <= self._newest.get(stream, (-1, -1)):
             return
@@ -238,7 +252,9 @@ class Spool:
         self._used_bytes = 0
         self._counted_at = 0.0
         self._subscriptions: dict[str, frozenset[str]] = {}
-        self.shared_frames = SharedFrames(self._readers_of, SHARED_FRAMES)
+        self.shared_frames = SharedFrames(self.readers_of, SHARED_FRAMES)
+        self.identity = secrets.token_hex(8)
+        """Names this spool among others in the process (seqs are unique per spool only)."""
         # The (consumer, stream) pairs this process subscribed: the only offsets set_consumers may delete.
         self._owned: frozenset[tuple[str, str]] = frozenset()
         # Where each of this process's consumers stands in each stream (seq, position), as last written:
@@ -338,7 +354,11 @@ class Spool:
         _require_records(len(records))
         first_id, last_id = _record_id(records[0]), _record_id(records[-1])
         body = await asyncio.to_thread(encode, records)
-        return await self._append_body(stream, body, first_id, last_id, len(records), commit, fence)
+        # Shielded: if the caller is cancelled mid-commit, the accounting and the readers' wake-up
+        # still follow the commit.
+        return await asyncio.shield(
+            self._commit_page(stream, body, first_id, last_id, len(records), commit, fence)
+        )
 
     async def append_texts(
         self,
@@ -358,21 +378,10 @@ class Spool:
         self._require_loaded()
         _require_records(len(texts))
         body = await asyncio.to_thread(encode_texts, texts)
-        return await self._append_body(stream, body, first_id, last_id, len(texts), commit, fence)
-
-    async def _append_body(
-        self,
-        stream: str,
-        body: bytes,
-        first_id: str | None,
-        last_id: str | None,
-        count: int,
-        commit: PageCommit | None,
-        fence: Fence | None,
-    ) -> int:
-        # Shielded: if the caller is cancelled mid-commit, the accounting and the readers' wake-up
-        # still follow the commit.
-        return await asyncio.shield(self._commit_page(stream, body, first_id, last_id, count, commit, fence))
+        # Shielded, as in append.
+        return await asyncio.shield(
+            self._commit_page(stream, body, first_id, last_id, len(texts), commit, fence)
+        )
 
     # -- consumers ------------------------------------------------------------------------------------
 
@@ -548,11 +557,11 @@ class Spool:
         if row is None:
             return None  # collected between the two queries (another process acknowledged it)
         stream, first_id, last_id, codec, body, start, count = row
-        chunks = decode(seq, codec, bytes(body))
         return Page(
             seq=seq,
             stream=stream,
-            chunks=chunks,
+            body=bytes(body),
+            codec=codec,
             count=count,
             first_id=first_id,
             last_id=last_id,
@@ -560,7 +569,7 @@ class Spool:
             shared=self.shared_frames,
         )
 
-    def _readers_of(self, stream: str) -> int:
+    def readers_of(self, stream: str) -> int:
         """How many of this process's consumers read ``stream``."""
         return sum(stream in streams for streams in self._subscriptions.values())
 
@@ -763,7 +772,7 @@ async def peek_pages(store: Store, consumer: str, streams: Iterable[str]) -> Asy
         offset = offsets.get(stream)
         start = offset[1] if offset is not None and offset[0] == seq else 0
         after = int(seq)
-        yield Page(after, stream, decode(after, codec, bytes(body)), count, first_id, last_id, start)
+        yield Page(after, stream, bytes(body), codec, count, first_id, last_id, start)
 
 
 async def _collect(tx: Transaction, streams: Iterable[str]) -> int:

@@ -1,0 +1,313 @@
+"""Format workers: a route's pages decoded, filtered, muted and formatted in another process.
+
+The daemon's asyncio process does the I/O of every job: polling, the spool's database, every sink's
+sockets, acknowledgements. What a log route does to each record between the spool and its sink is
+CPU work (JSON decoding, the filter, the mapping, the output format) that holds the GIL: with three
+routes on one tenant at the API's rate it takes more than one core. So a route hands each page, as
+the spool stores it (compressed), to a pool of spawned processes (``logs.workers``), which answer
+with the page's *decisions*: per unread record, the bytes to send, or why it is not sent.
+
+What does not change: the route reads, batches, sends and acknowledges exactly as before, in the
+asyncio process, so at-least-once and every crash behaviour stay as they were (a page whose decisions
+were lost with a worker was never acknowledged, and is decided again). A worker decides with the same
+code (:func:`ce_daemon.logs.route.judge`) on a route built from the same recipe (filter, mutes,
+mapping, format), so what it writes is what the route would write itself.
+
+A worker lost (killed, out of memory) is replaced, and the page it held is decided in-process;
+the routes go on. A worker keeps the frames it parsed for the other routes of the same stream
+(:class:`~ce_daemon.spool.store.SharedFrames`): decoding a page once serves every route reading it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+import structlog
+
+from ce_daemon.errors import describe
+from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
+from ce_daemon.logs.mapping import Mapping
+from ce_daemon.logs.resolve import Mute, Predicate
+from ce_daemon.spool.codec import SpoolCorruptError, decode
+from ce_daemon.spool.store import SharedFrames
+
+log = structlog.get_logger("ce_daemon.workers")
+
+DEFAULT_TIMEOUT: Final = 120.0
+"""Seconds a worker may take for one page before it is taken for stuck (a page takes well under one)."""
+PARENT_CHECK: Final = 0.5
+"""Seconds between a worker's checks that the daemon is still there."""
+_RECIPES: Final = 64
+_MUTE_FILTERS: Final = 256
+_SHARED_FRAMES: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """What a worker builds a route's decisions from: its filter spec, format, mapping and options.
+
+    Sent pickled with each page (``key`` names it, so a worker unpickles it once): a worker holds no
+    state of its own that a restart could lose.
+    """
+
+    key: str
+    format: OutputFormat
+    mapping: Mapping
+    tenant_name: str
+    json_fields: Sequence[str | dict[str, Any]] | None
+    filter: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PageWork:
+    """One page for a worker: the stored page (compressed), where the route stands in it, its active mutes."""
+
+    recipe_key: str
+    recipe: bytes
+    spool: str
+    """Names the spool the page is from (seqs are unique per spool only)."""
+    readers: int
+    """Routes of this process that read the page's stream (how long its parsed frames are kept)."""
+    kind: str
+    subtype: str
+    seq: int
+    codec: str
+    body: bytes
+    start: int
+    mutes: tuple[tuple[str, Any], ...]
+    """(name, filter spec) of each mute active now, in the route's order."""
+
+
+@dataclass(slots=True)
+class PageDecisions:
+    """A page's decisions, from ``start`` on, in four parallel lists for the records to send and one
+    list for the others: ``(position, counter, detail, record)`` with counter ``filtered``, ``muted``
+    (detail: the mute's name) or ``dead_lettered`` (detail: why it could not be formatted; record: the
+    record, for the dead-letter table)."""
+
+    positions: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    data: list[bytes] = field(default_factory=list)
+    dropped: list[tuple[int, str, str | None, dict[str, Any] | None]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.positions) + len(self.dropped)
+
+
+class WorkerLostError(Exception):
+    """A worker died or stuck with a page: the route decides that page itself."""
+
+
+class FormatWorkers:
+    """The daemon's worker processes, shared by every route (see the module docstring).
+
+    Each worker is a pool of one, and a page goes to worker ``seq % size``: every route reading that
+    page asks the same worker, which has most likely just parsed it for another (its frames are kept
+    for the page's other readers), so a page is decoded about once whatever the number of routes.
+
+    Started with the first route that asks for it (:meth:`acquire`), stopped with the last
+    (:meth:`release`): a reload that keeps any route keeps the workers.
+    """
+
+    _instance: FormatWorkers | None = None
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.users = 0
+        self.lost = 0
+        self._executors: list[ProcessPoolExecutor | None] = [None] * size
+
+    @classmethod
+    def acquire(cls, size: int) -> FormatWorkers | None:
+        """The daemon's workers (``size`` of them from now on); None for ``size`` 0 (decide in-process)."""
+        if size <= 0:
+            return None
+        pool = cls._instance
+        if pool is None:
+            pool = cls._instance = FormatWorkers(size)
+        elif pool.size != size:  # logs.workers changed: the pages under way are still answered
+            pool._stop_all()
+            pool.size, pool._executors = size, [None] * size
+        pool.users += 1
+        return pool
+
+    def release(self) -> None:
+        """One route less; the last one stops the workers."""
+        self.users -= 1
+        if self.users <= 0:
+            if FormatWorkers._instance is self:
+                FormatWorkers._instance = None
+            self._stop_all()
+
+    async def decide(self, work: PageWork, timeout: float = DEFAULT_TIMEOUT) -> PageDecisions:  # noqa: ASYNC109 - a bound on a worker's answer, not a caller's deadline
+        """The decisions of ``work``'s page, from a worker; :class:`WorkerLostError` if none answers."""
+        index = work.seq % self.size
+        try:
+            # A worker that died between pages has its submission refused.
+            future = asyncio.get_running_loop().run_in_executor(self._running(index), decide_page, work)
+            async with asyncio.timeout(timeout):
+                return await future
+        except (BrokenProcessPool, TimeoutError) as exc:
+            self.lost += 1
+            why = "stuck" if isinstance(exc, TimeoutError) else "lost"
+            log.warning("workers.page_lost", seq=work.seq, why=why, error=describe(exc), worker=index)
+            self._stop(index, kill=True)
+            raise WorkerLostError(f"format worker {why} with page {work.seq}") from exc
+
+    def processes(self) -> list[int]:
+        """The process ids of the workers running now."""
+        return [
+            process.pid
+            for executor in self._executors
+            if executor is not None
+            for process in _processes_of(executor)
+            if process.pid is not None
+        ]
+
+    def _running(self, index: int) -> ProcessPoolExecutor:
+        executor = self._executors[index]
+        if executor is None:
+            executor = self._executors[index] = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_started,
+                initargs=(os.getpid(),),
+            )
+            log.info("workers.started", worker=index, size=self.size)
+        return executor
+
+    def _stop(self, index: int, *, kill: bool = False) -> None:
+        """Stop worker ``index``; ``kill`` ends what it is doing too (its pending pages then fail, as
+        lost: never cancelled, which the routes waiting on them would take for their own cancellation)."""
+        executor, self._executors[index] = self._executors[index], None
+        if executor is None:
+            return
+        if kill:
+            for process in _processes_of(executor):
+                process.kill()
+        executor.shutdown(wait=False)
+
+    def _stop_all(self) -> None:
+        for index in range(len(self._executors)):
+            self._stop(index)
+
+
+def _processes_of(executor: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    """An executor's worker processes (it keeps them in a private mapping, and names no public way)."""
+    return list((getattr(executor, "_processes", None) or {}).values())
+
+
+def recipe_bytes(recipe: Recipe) -> bytes:
+    """``recipe`` as sent with each page."""
+    return pickle.dumps(recipe, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# -- in the worker process ------------------------------------------------------------------------------
+
+
+def _worker_started(daemon: int) -> None:
+    """Set a worker up to live and die with the ``daemon`` process.
+
+    The daemon stops its workers itself: a Ctrl-C meant for it must not end them first. A daemon that
+    is killed cannot: its workers then end on their own, within :data:`PARENT_CHECK` seconds (they
+    would wait for work forever). A worker writes nothing to the daemon's stdout and stderr (the
+    daemon logs what goes wrong in one, from the answers it gets), so no worker output can interleave
+    with the daemon's log lines, or block on a pipe that a dead daemon's reader no longer empties.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    os.close(quiet)
+    threading.Thread(target=_end_with, args=(daemon,), name="daemon-watch", daemon=True).start()
+
+
+def _end_with(daemon: int) -> None:
+    """Exit as soon as ``daemon`` is no longer this process's parent (it died: this one was re-parented)."""
+    while os.getppid() == daemon:
+        time.sleep(PARENT_CHECK)
+    os._exit(0)
+
+
+@dataclass
+class _WorkerState:
+    recipes: OrderedDict[str, tuple[Predicate | None, RecordFormatter]] = field(default_factory=OrderedDict)
+    mutes: OrderedDict[bytes, Predicate | None] = field(default_factory=OrderedDict)
+    frames: dict[str, SharedFrames] = field(default_factory=dict)
+
+
+_STATE = _WorkerState()
+
+
+def decide_page(work: PageWork) -> PageDecisions:
+    """What the route does with each unread record of ``work``'s page (runs in a worker)."""
+    from ce_daemon.filter import compile_filter
+    from ce_daemon.logs.route import decide_records
+
+    predicate, formatter = _recipe(work)
+    mutes = [Mute(name, 0.0, float("inf"), _mute_filter(spec, compile_filter)) for name, spec in work.mutes]
+    write = formatter.writer_for(work.kind, work.subtype)
+    return decide_records(_frames(work), work.start, predicate, mutes, write)
+
+
+def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter]:
+    from ce_daemon.filter import compile_filter
+
+    built = _STATE.recipes.get(work.recipe_key)
+    if built is None:
+        recipe: Recipe = pickle.loads(work.recipe)  # noqa: S301 - from the daemon that spawned this process
+        predicate = None if recipe.filter is None else compile_filter(recipe.filter)
+        formatter = RecordFormatter(
+            recipe.format, recipe.mapping, recipe.tenant_name, json_fields=recipe.json_fields
+        )
+        built = _STATE.recipes[work.recipe_key] = (predicate, formatter)
+        while len(_STATE.recipes) > _RECIPES:
+            _STATE.recipes.popitem(last=False)
+    return built
+
+
+def _mute_filter(spec: Any, compile_filter: Any) -> Predicate | None:
+    if spec is None:
+        return None
+    key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
+    if key not in _STATE.mutes:
+        _STATE.mutes[key] = compile_filter(spec)
+        while len(_STATE.mutes) > _MUTE_FILTERS:
+            _STATE.mutes.popitem(last=False)
+    return _STATE.mutes[key]
+
+
+def _frames(work: PageWork) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """``(position of the first record, records)`` of each frame of ``work``'s page, each frame parsed
+    once for every route that reads it."""
+    shared = _STATE.frames.get(work.spool)
+    if shared is None:
+        shared = _STATE.frames[work.spool] = SharedFrames(lambda _stream: 1, _SHARED_FRAMES)
+    readers = work.readers
+    shared.readers = lambda _stream: readers
+    stream = f"{work.kind}/{work.subtype}"
+    offset = 0
+    for index, chunk in enumerate(decode(work.seq, work.codec, work.body)):
+        records = shared.take(work.seq, index)
+        if records is None:
+            try:
+                records = orjson.loads(chunk)
+            except orjson.JSONDecodeError as exc:
+                raise SpoolCorruptError(f"spool page {work.seq} cannot be decoded: {exc}") from exc
+            shared.offer(work.seq, stream, index, records)
+        yield offset, records
+        offset += len(records)
