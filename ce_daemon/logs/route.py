@@ -268,6 +268,7 @@ class RouteComponent(Component):
         # With format workers, the next page is handed to one while this one is sent: the workers then
         # decide while the sink takes its time, instead of waiting for the route's next request.
         ahead: tuple[Page, asyncio.Task[PageDecisions]] | None = None
+        inflight: set[asyncio.Task[PageDecisions]] = set()  # ended with the route, whatever ends it
         try:
             while not stopping.is_set() and not (self.lease is not None and self.lease.lost):
                 if self._probe_at is not None and not batch.records and time.monotonic() >= self._probe_at:
@@ -282,25 +283,28 @@ class RouteComponent(Component):
                     if found is None:
                         batch = await self._idle(batch, stopping)
                         continue
-                    page, deciding = found, self._deciding(found)
+                    page, deciding = found, self._deciding(found, inflight)
                 after = page.seq
                 if self.workers is not None:
                     following = await self.spool.next_page(self.name, after=after, timeout=0)
                     if following is not None:
-                        ahead = (following, self._deciding(following))
-                batch = await self._consume_page(page, await deciding, batch, stopping)
+                        ahead = (following, self._deciding(following, inflight))
+                decisions = await deciding
+                inflight.discard(deciding)
+                batch = await self._consume_page(page, decisions, batch, stopping)
                 if batch.records:
                     batch.acks[page.stream] = (page.seq, None)
                 else:
                     self._owed[page.stream] = (page.seq, None)
                     await self._settle()
-                del page, deciding  # never hold a page's decisions across the next wait
+                del page, deciding, decisions  # never hold a page's decisions across the next wait
             if batch.records:
                 await self._flush(batch, stopping)
         finally:
-            if ahead is not None:  # decided, never sent nor acknowledged: read again next time
-                ahead[1].cancel()
-                await asyncio.gather(ahead[1], return_exceptions=True)
+            # A page decided but never sent is not acknowledged either: it is read again next time.
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
 
     async def _idle(self, batch: _Batch, stopping: asyncio.Event) -> _Batch:
         """No page came: send the open batch if it has waited ``max_wait``, hand over what is owed."""
@@ -309,11 +313,15 @@ class RouteComponent(Component):
         await self._settle()
         return batch
 
-    def _deciding(self, page: Page) -> asyncio.Task[PageDecisions]:
-        """The decisions of ``page``, under way."""
-        return asyncio.create_task(
+    def _deciding(
+        self, page: Page, inflight: set[asyncio.Task[PageDecisions]]
+    ) -> asyncio.Task[PageDecisions]:
+        """The decisions of ``page``, under way (the task is added to ``inflight``)."""
+        task = asyncio.create_task(
             self._decide(page, StreamKey.parse(page.stream)), name=f"{self.name} decide"
         )
+        inflight.add(task)
+        return task
 
     async def _consume_page(
         self, page: Page, decisions: PageDecisions, batch: _Batch, stopping: asyncio.Event
