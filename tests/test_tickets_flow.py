@@ -14,7 +14,6 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
-import orjson
 import pytest
 from prometheus_client import generate_latest
 from test_tickets_support import BOARD, NOW, Board, alert, destination, rule
@@ -24,6 +23,7 @@ from ce_daemon.errors import AuthError, PermanentError, TransientError
 from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import Runtime
 from ce_daemon.plugin import PluginContext
+from ce_daemon.spool.codec import CODEC, encode
 from ce_daemon.spool.store import Page
 from ce_daemon.store import Store
 from ce_daemon.testing.pipelines import backlog_simulator
@@ -68,7 +68,7 @@ class FakeSpool:
 
 
 def page(seq: int, alerts: list[dict[str, Any]], stream: str = "sim/alerts/dlp") -> Page:
-    return Page(seq, stream, (orjson.dumps(alerts),), len(alerts), None, None)
+    return Page(seq, stream, encode(alerts), CODEC, len(alerts), None, None)
 
 
 def runtime(store: Store, tmp_path: Path, spool: Any = None) -> Runtime:
