@@ -15,7 +15,8 @@ mapping, format), so what it writes is what the route would write itself.
 
 A worker lost (killed, out of memory) is replaced, and the page it held is decided in-process;
 the routes go on. A worker keeps the frames it parsed for the other routes of the same stream
-(:class:`~ce_daemon.spool.store.SharedFrames`): decoding a page once serves every route reading it.
+(:class:`~ce_daemon.spool.store.SharedFrames`, a few pages' worth): routes that ask for a page close
+together have it decoded once; one that asks later decodes it again.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import orjson
 import structlog
 
 from ce_daemon.errors import describe
+from ce_daemon.filter import compile_filter
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
 from ce_daemon.logs.mapping import Mapping
 from ce_daemon.logs.resolve import Mute, Predicate
@@ -116,8 +118,7 @@ class FormatWorkers:
     """The daemon's worker processes, shared by every route (see the module docstring).
 
     Each worker is a pool of one, and a page goes to worker ``seq % size``: every route reading that
-    page asks the same worker, which has most likely just parsed it for another (its frames are kept
-    for the page's other readers), so a page is decoded about once whatever the number of routes.
+    page asks the same worker, which may still hold its frames, parsed for another of them.
 
     Started with the first route that asks for it (:meth:`acquire`), stopped with the last
     (:meth:`release`): a reload that keeps any route keeps the workers.
@@ -246,7 +247,7 @@ def _end_with(daemon: int) -> None:
 @dataclass
 class _WorkerState:
     recipes: OrderedDict[str, tuple[Predicate | None, RecordFormatter]] = field(default_factory=OrderedDict)
-    mutes: OrderedDict[bytes, Predicate | None] = field(default_factory=OrderedDict)
+    mutes: OrderedDict[str, Predicate | None] = field(default_factory=OrderedDict)
     frames: dict[str, SharedFrames] = field(default_factory=dict)
 
 
@@ -255,18 +256,15 @@ _STATE = _WorkerState()
 
 def decide_page(work: PageWork) -> PageDecisions:
     """What the route does with each unread record of ``work``'s page (runs in a worker)."""
-    from ce_daemon.filter import compile_filter
-    from ce_daemon.logs.route import decide_records
+    from ce_daemon.logs.route import decide_records  # the route module imports this one
 
     predicate, formatter = _recipe(work)
-    mutes = [Mute(name, 0.0, float("inf"), _mute_filter(spec, compile_filter)) for name, spec in work.mutes]
+    mutes = [Mute(name, 0.0, float("inf"), _mute_filter(spec)) for name, spec in work.mutes]
     write = formatter.writer_for(work.kind, work.subtype)
     return decide_records(_frames(work), work.start, predicate, mutes, write)
 
 
 def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter]:
-    from ce_daemon.filter import compile_filter
-
     built = _STATE.recipes.get(work.recipe_key)
     if built is None:
         recipe: Recipe = pickle.loads(work.recipe)  # noqa: S301 - from the daemon that spawned this process
@@ -280,10 +278,10 @@ def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter]:
     return built
 
 
-def _mute_filter(spec: Any, compile_filter: Any) -> Predicate | None:
+def _mute_filter(spec: Any) -> Predicate | None:
     if spec is None:
         return None
-    key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
+    key = repr(spec)  # a filter spec is YAML's or JSON's: repr names it whatever it holds (dates too)
     if key not in _STATE.mutes:
         _STATE.mutes[key] = compile_filter(spec)
         while len(_STATE.mutes) > _MUTE_FILTERS:
