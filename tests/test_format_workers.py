@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,56 +140,50 @@ def test_any_records_are_decided_in_a_worker_as_in_the_route(
     assert decide_page(work(made, "alerts", "dlp", records)) == here(made, "alerts", "dlp", records)
 
 
-async def test_decisions_cross_the_process_boundary_intact() -> None:
+@pytest.fixture
+def pool() -> Iterator[FormatWorkers]:
+    """The process's pool with one worker, given back (and so stopped) after the test."""
+    workers = FormatWorkers.acquire(1)
+    assert workers is not None
+    yield workers
+    workers.release()
+
+
+async def test_decisions_cross_the_process_boundary_intact(pool: FormatWorkers) -> None:
     """Through a real worker process: the same decisions as in-process (pickling loses nothing)."""
-    pool = FormatWorkers.acquire(1)
-    assert pool is not None
-    try:
-        records = simulated("alerts", "dlp", 3_000)
-        made = recipe("cef")
-        decided = await pool.decide(work(made, "alerts", "dlp", records))
-        assert decided == here(made, "alerts", "dlp", records)
-    finally:
-        pool.release()
+    records = simulated("alerts", "dlp", 3_000)
+    made = recipe("cef")
+    decided = await pool.decide(work(made, "alerts", "dlp", records))
+    assert decided == here(made, "alerts", "dlp", records)
 
 
-async def test_a_killed_worker_is_reported_and_replaced() -> None:
+async def test_a_killed_worker_is_reported_and_replaced(pool: FormatWorkers) -> None:
     """A worker killed with a page: WorkerLostError (the route then decides that page itself), and the
     next page goes to a new worker."""
-    pool = FormatWorkers.acquire(1)
-    assert pool is not None
-    try:
-        records = simulated("alerts", "dlp", 1_000)
-        made = recipe("cef")
-        await pool.decide(work(made, "alerts", "dlp", records))  # the worker is up
-        [worker] = list(pool.processes())
-        os.kill(worker, signal.SIGKILL)
-        with pytest.raises(WorkerLostError, match="lost with page 1"):
-            await pool.decide(work(made, "alerts", "dlp", records))
-        assert pool.lost == 1
-        decided = await pool.decide(work(made, "alerts", "dlp", records))
-        assert decided == here(made, "alerts", "dlp", records)
-        assert list(pool.processes()) != [worker]
-    finally:
-        pool.release()
-
-
-async def test_a_stuck_worker_is_ended_after_the_timeout() -> None:
-    """A worker that does not answer in time is killed and reported; the pool starts afresh."""
-    pool = FormatWorkers.acquire(1)
-    assert pool is not None
-    try:
-        records = simulated("alerts", "dlp", 1_000)
-        made = recipe("cef")
+    records = simulated("alerts", "dlp", 1_000)
+    made = recipe("cef")
+    await pool.decide(work(made, "alerts", "dlp", records))  # the worker is up
+    [worker] = list(pool.processes())
+    os.kill(worker, signal.SIGKILL)
+    with pytest.raises(WorkerLostError, match="lost with page 1"):
         await pool.decide(work(made, "alerts", "dlp", records))
-        [worker] = list(pool.processes())
-        os.kill(worker, signal.SIGSTOP)  # alive, answering nothing
-        with pytest.raises(WorkerLostError, match="stuck with page 1"):
-            await pool.decide(work(made, "alerts", "dlp", records), timeout=0.5)
-        assert await _gone(worker)
-        assert await pool.decide(work(made, "alerts", "dlp", records)) == here(made, "alerts", "dlp", records)
-    finally:
-        pool.release()
+    assert pool.lost == 1
+    decided = await pool.decide(work(made, "alerts", "dlp", records))
+    assert decided == here(made, "alerts", "dlp", records)
+    assert list(pool.processes()) != [worker]
+
+
+async def test_a_stuck_worker_is_ended_after_the_timeout(pool: FormatWorkers) -> None:
+    """A worker that does not answer in time is killed and reported; the pool starts afresh."""
+    records = simulated("alerts", "dlp", 1_000)
+    made = recipe("cef")
+    await pool.decide(work(made, "alerts", "dlp", records))
+    [worker] = list(pool.processes())
+    os.kill(worker, signal.SIGSTOP)  # alive, answering nothing
+    with pytest.raises(WorkerLostError, match="stuck with page 1"):
+        await pool.decide(work(made, "alerts", "dlp", records), timeout=0.5)
+    assert await _gone(worker)
+    assert await pool.decide(work(made, "alerts", "dlp", records)) == here(made, "alerts", "dlp", records)
 
 
 def test_the_pool_is_shared_and_ends_with_its_last_user() -> None:
