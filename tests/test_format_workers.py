@@ -19,7 +19,7 @@ from ce_daemon.filter import compile_filter
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
 from ce_daemon.logs.mapping import Mapping
 from ce_daemon.logs.resolve import Mute
-from ce_daemon.logs.route import decide_records
+from ce_daemon.logs.route import decide_records, records_at
 from ce_daemon.logs.settings import auto_size
 from ce_daemon.logs.workers import (
     FormatWorkers,
@@ -32,6 +32,7 @@ from ce_daemon.logs.workers import (
 )
 from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.spool.codec import CODEC, encode
+from ce_daemon.spool.store import Page
 from ce_daemon.testing import DaemonProcess, write_pipeline
 from ce_daemon.testing.pipelines import backlog_simulator, pipeline_config
 from ce_daemon.testing.processes import children_of, state_of
@@ -257,3 +258,17 @@ async def test_workers_end_with_a_killed_daemon(tmp_path: Path) -> None:
             await daemon.kill()
         for worker in workers:
             assert await _gone(worker), f"worker {worker} outlived its daemon"
+
+
+def test_refused_records_are_found_on_their_pages_in_order() -> None:
+    """The records a sink refused, parsed again from their pages (any frame, any order, two pages); a
+    position a page does not have is an error, never another record."""
+    first, second = simulated("alerts", "dlp", 2_500), simulated("events", "page", 10)
+    pages = [
+        Page(seq, "s", encode(records), CODEC, len(records), None, None)
+        for seq, records in ((1, first), (2, second))
+    ]
+    places = [(pages[0], 2_400), (pages[1], 3), (pages[0], 0), (pages[0], 1_500)]
+    assert records_at(places) == [first[2_400], second[3], first[0], first[1_500]]
+    with pytest.raises(IndexError, match="spool page 2 has no record 10"):
+        records_at([(pages[1], 10)])

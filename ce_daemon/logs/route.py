@@ -416,11 +416,10 @@ class RouteComponent(Component):
         if not self._newest_shipped and not self._oldest_waiting:
             self._oldest_waiting = min((r.timestamp for r in batch.records if r.timestamp), default=0)
         rejected = await self._send(batch, stopping)
-        for index, reason in rejected:
-            page, position = batch.sources[index]
-            await self.dead.add(
-                self.config.name, page.stream, record_at(page, position), batch.records[index].data, reason
-            )
+        refused = records_at([batch.sources[index] for index, _ in rejected])
+        for (index, reason), record in zip(rejected, refused, strict=True):
+            page = batch.sources[index][0]
+            await self.dead.add(self.config.name, page.stream, record, batch.records[index].data, reason)
         if rejected:
             self._last_refusal = rejected[0][1]
             self.status.count("dead_lettered", len(rejected))
@@ -641,12 +640,22 @@ def decide_records(
     return decisions
 
 
-def record_at(page: Page, position: int) -> dict[str, Any]:
-    """Record ``position`` of ``page``, parsed again (a refused record, on its way to the dead letters)."""
-    for offset, records in page.frames():
-        if position < offset + len(records):
-            return records[position - offset]
-    raise IndexError(f"spool page {page.seq} has no record {position}")
+def records_at(places: Sequence[tuple[Page, int]]) -> list[dict[str, Any]]:
+    """The records at ``(page, position)`` in ``places``, parsed again from their pages (records the
+    sink refused, on their way to the dead letters): each page once, however many of its records."""
+    found: dict[int, dict[int, dict[str, Any]]] = {}
+    for page, position in places:
+        if page.seq not in found:
+            wanted = {p for pg, p in places if pg.seq == page.seq}
+            found[page.seq] = {
+                offset + i: record
+                for offset, records in page.frames()
+                for i, record in enumerate(records)
+                if offset + i in wanted
+            }
+        if position not in found[page.seq]:
+            raise IndexError(f"spool page {page.seq} has no record {position}")
+    return [found[page.seq][position] for page, position in places]
 
 
 def active_mutes(route: ResolvedRoute, now: float, added: Sequence[Mute] = ()) -> list[Mute]:
