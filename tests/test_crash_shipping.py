@@ -24,6 +24,7 @@ ENV = {"SIM_TOKEN": TOKEN}
 RATE = 20  # requests per second, simulator and tenant alike
 STREAMS: tuple[tuple[DataKind, str], ...] = (("alerts", "dlp"), ("alerts", "malware"), ("events", "page"))
 BACKLOG = 3000  # per stream; pages of 100, so 90 pages in all: far more than the kills consume
+PAGE_SIZE = 100
 KILLS = 6
 ROUTES = {"small": 70, "large": 450}  # route name -> batch.max_records: kills land in different states
 
@@ -84,14 +85,18 @@ def served_ids(sim: TenantSimulator) -> set[str]:
     }
 
 
-async def kill_at_a_random_moment(daemon: DaemonProcess, rng: random.Random) -> str:
-    """SIGKILL the daemon after a random number of committed pages, some rounds only once it ships."""
-    if rng.random() < 0.5:
+async def kill_at_a_random_moment(daemon: DaemonProcess, rng: random.Random, remaining: int) -> str:
+    """SIGKILL the daemon after a random number of committed pages, some rounds only once it ships.
+
+    ``remaining``: pages of the backlog no earlier run committed. A slow machine's routes may start
+    shipping only after the pollers took the whole backlog: no round waits for more pages than remain.
+    """
+    if remaining > 0 and rng.random() < 0.5:
         await daemon.wait_for_event("route.first_batch_shipped", timeout=40)
-        pages = len(daemon.events("poller.page_committed")) + rng.randint(0, 6)
+        pages = min(len(daemon.events("poller.page_committed")) + rng.randint(0, 6), remaining)
         moment = f"shipping, after page {pages}"
     else:
-        pages = rng.randint(1, 8)
+        pages = min(rng.randint(1, 8), remaining)
         moment = f"after page {pages}"
     if pages:
         await daemon.wait_for_event("poller.page_committed", timeout=40, count=pages)
@@ -107,16 +112,19 @@ async def test_sigkill_while_shipping_loses_no_record(tmp_path: Path) -> None:
     rng = random.Random(seed)
     expected = {record_id(0, kind, subtype, seq) for kind, subtype in STREAMS for seq in range(BACKLOG)}
     outputs = {name: tmp_path / "out" / f"{name}.ndjson" for name in ROUTES}
-    async with backlog_simulator(TOKEN, BACKLOG, STREAMS, seed=0, page_size=100, rate_limit=RATE) as sim:
+    simulator = backlog_simulator(TOKEN, BACKLOG, STREAMS, seed=0, page_size=PAGE_SIZE, rate_limit=RATE)
+    async with simulator as sim:
         assert sim.url is not None
         config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url))
         moments = []
+        remaining = len(STREAMS) * BACKLOG // PAGE_SIZE
         for _ in range(KILLS):
             daemon = await DaemonProcess(config, env=ENV).start()
             try:
-                moments.append(await kill_at_a_random_moment(daemon, rng))
+                moments.append(await kill_at_a_random_moment(daemon, rng, remaining))
             finally:
                 await daemon.kill()
+            remaining -= len(daemon.events("poller.page_committed"))  # each page is committed once
             assert daemon.process is not None and daemon.process.returncode == -signal.SIGKILL
 
         # The last run is left alone until both sinks hold everything, then stopped cleanly.
