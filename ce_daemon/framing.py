@@ -58,6 +58,8 @@ class SyslogFramer:
         "_cached_base",
         "_cached_second",
         "_cached_zone",
+        "_head",
+        "_head_second",
         "_header",
         "_lf",
         "_pri",
@@ -96,6 +98,10 @@ class SyslogFramer:
         self._cached_second: int | None = None
         self._cached_base = b""
         self._cached_zone = b""
+        # The whole header of the last whole-second timestamp at the default severity: Netskope's
+        # timestamps are whole seconds, and a page's records share a few dozen of them.
+        self._head_second: int | None = None
+        self._head = b""
         host = _check_token("hostname", hostname or socket.gethostname() or NILVALUE, _LIMITS["hostname"])
         if header == "rfc5424":
             self._pri = tuple(f"<{facility * 8 + level}>1 ".encode("ascii") for level in range(8))
@@ -117,21 +123,26 @@ class SyslogFramer:
 
     def frame(self, message: bytes, timestamp: float, severity: int | None = None) -> bytes:
         """``message`` with the syslog header and the framing; ``timestamp`` in epoch seconds."""
-        head = b""
-        if self._pri:
-            head = (
-                self._pri[self._severity if severity is None else severity]
-                + self._stamp(timestamp)
-                + self._rest
-            )
-            if self._bom:
-                head += _BOM
+        if timestamp.__class__ is int and severity is None:
+            if timestamp != self._head_second:
+                self._head = self._header_of(timestamp, self._severity)
+                self._head_second = timestamp
+            head = self._head
+        else:
+            head = self._header_of(timestamp, self._severity if severity is None else severity)
         # The message (often a kilobyte) is copied once, into the frame itself.
         if self._lf:
             if b"\n" in message:
                 message = message.replace(b"\n", b" ")
             return b"".join((head, message, b"\n"))
         return b"%d %b%b" % (len(head) + len(message), head, message)
+
+    def _header_of(self, timestamp: float, severity: int) -> bytes:
+        """The syslog header (PRI, version, timestamp, hostname, ...), empty for ``header: none``."""
+        if not self._pri:
+            return b""
+        head = self._pri[severity] + self._stamp(timestamp) + self._rest
+        return head + _BOM if self._bom else head
 
     def _stamp(self, timestamp: float) -> bytes:
         # Round to the millisecond first so that .9996 carries into the next second instead of reading .999.

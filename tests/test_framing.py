@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ce_daemon.framing import SyslogFramer
 
@@ -89,6 +91,24 @@ def test_cached_second_does_not_leak_between_times() -> None:
     second = framer.frame(b"m", WHEN + 61)
     assert first.startswith(b"<134>Nov 14 22:13:20 ")
     assert second.startswith(b"<134>Nov 14 22:14:21 ")
+
+
+@given(
+    header=st.sampled_from(["rfc5424", "rfc3164", "none"]),
+    bom=st.booleans(),
+    frames=st.lists(
+        st.tuples(st.integers(-(2**33), 2**34), st.one_of(st.none(), st.integers(0, 7))), max_size=12
+    ),
+)
+def test_whole_second_headers_kept_between_frames_are_the_headers_of_those_seconds(
+    header: str, bom: bool, frames: list[tuple[int, int | None]]
+) -> None:
+    """The header of a whole-second timestamp is kept for the next frame: any sequence of seconds and
+    severities frames exactly as each timestamp does on its own, given as a float (never cached)."""
+    framer = SyslogFramer(header, "octet", hostname="h", tz=dt.timezone(dt.timedelta(hours=-5)), bom=bom)  # type: ignore[arg-type]
+    alone = SyslogFramer(header, "octet", hostname="h", tz=dt.timezone(dt.timedelta(hours=-5)), bom=bom)  # type: ignore[arg-type]
+    for second, severity in frames:
+        assert framer.frame(b"m", second, severity) == alone.frame(b"m", float(second), severity)
 
 
 def test_lf_framing_never_lets_a_message_span_two_lines() -> None:

@@ -22,11 +22,13 @@ whose every record is refused is not "ok". It is ok again once most of what it h
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -338,25 +340,44 @@ class RouteComponent(Component):
                 self._last_refusal = f"formatting failed: {detail}"
                 await self.dead.add(self.config.name, stream, record or {}, b"", self._last_refusal)
         taps = self.taps.taps_of(self.name)
-        kind, subtype = key.kind, key.subtype
-        for position, record_id, ts, data in zip(
-            decisions.positions, decisions.ids, decisions.timestamps, decisions.data, strict=True
-        ):
-            out = OutRecord(record_id, ts, data, kind, subtype, name)
-            if batch.records and batch.size + len(data) + 1 > max_bytes:
+        positions, data = decisions.positions, decisions.data
+        count = len(data)
+        # Made in bulk, at C speed: three routes at a tenant's full rate make 120,000 a second.
+        outs = list(
+            map(
+                OutRecord._make,
+                zip(
+                    decisions.ids,
+                    decisions.timestamps,
+                    data,
+                    *(repeat(value, count) for value in (key.kind, key.subtype, name)),
+                    strict=True,
+                ),
+            )
+        )
+        # ends[k]: the bytes of records 0..k-1 with their separators, as the batch counts them.
+        ends = list(accumulate((len(line) + 1 for line in data), initial=0))
+        first = 0
+        while first < count:
+            if batch.records and batch.size + ends[first + 1] - ends[first] > max_bytes:
                 # The record would take the batch past the byte cap (a target's hard request limit):
                 # send what is there, acknowledged up to this record, and start the next with it.
-                batch.acks[stream] = (page.seq, position)
+                batch.acks[stream] = (page.seq, positions[first])
                 batch = await self._flush(batch, stopping)
             if not batch.records:
                 batch.opened = time.monotonic()
+            # This record and those after it that keep the batch within both caps, as many as fit.
+            fits = bisect.bisect_right(ends, max_bytes - batch.size + ends[first], first + 1) - 1
+            last = max(first + 1, min(fits, first + max_records - len(batch.records), count))
             if taps:
-                TapHub.publish(taps, Sample(stream, out.id, data))
-            batch.records.append(out)  # appended inline: this is the per-record hot path
-            batch.sources.append((page, position))
-            batch.size += len(data) + 1
+                for index in range(first, last):
+                    TapHub.publish(taps, Sample(stream, outs[index].id, data[index]))
+            batch.records += outs[first:last]
+            batch.sources += zip(repeat(page, last - first), positions[first:last], strict=True)
+            batch.size += ends[last] - ends[first]
+            first = last
             if len(batch.records) >= max_records or batch.size >= max_bytes:
-                batch.acks[stream] = (page.seq, position + 1)
+                batch.acks[stream] = (page.seq, positions[last - 1] + 1)
                 batch = await self._flush(batch, stopping)
         counters["received"] = counters.get("received", 0) + len(decisions)
         for counter, count in dropped.items():
