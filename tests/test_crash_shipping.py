@@ -7,6 +7,8 @@ import contextlib
 import os
 import random
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ RATE = 20  # requests per second, simulator and tenant alike
 STREAMS: tuple[tuple[DataKind, str], ...] = (("alerts", "dlp"), ("alerts", "malware"), ("events", "page"))
 BACKLOG = 3000  # per stream; pages of 100, so 90 pages in all: far more than the kills consume
 PAGE_SIZE = 100
+QUIET = 3.0  # seconds without a page commit, once the whole backlog was served, that end a wait for more
 KILLS = 6
 ROUTES = {"small": 70, "large": 450}  # route name -> batch.max_records: kills land in different states
 
@@ -85,23 +88,40 @@ def served_ids(sim: TenantSimulator) -> set[str]:
     }
 
 
-async def kill_at_a_random_moment(daemon: DaemonProcess, rng: random.Random, remaining: int) -> str:
+async def kill_at_a_random_moment(
+    daemon: DaemonProcess,
+    rng: random.Random,
+    backlog_served: Callable[[], bool],
+    all_shipped: Callable[[], bool],
+) -> str:
     """SIGKILL the daemon after a random number of committed pages, some rounds only once it ships.
 
-    ``remaining``: pages of the backlog no earlier run committed. A slow machine's routes may start
-    shipping only after the pollers took the whole backlog: no round waits for more pages than remain.
+    On a slow machine the pollers may take the whole backlog before a route ships its first batch, and
+    an earlier run may have shipped it all: no round waits for a batch or pages that cannot come.
     """
-    if remaining > 0 and rng.random() < 0.5:
+    if not all_shipped() and rng.random() < 0.5:
         await daemon.wait_for_event("route.first_batch_shipped", timeout=40)
-        pages = min(len(daemon.events("poller.page_committed")) + rng.randint(0, 6), remaining)
+        pages = len(daemon.events("poller.page_committed")) + rng.randint(0, 6)
         moment = f"shipping, after page {pages}"
     else:
-        pages = min(rng.randint(1, 8), remaining)
+        pages = rng.randint(1, 8)
         moment = f"after page {pages}"
-    if pages:
-        await daemon.wait_for_event("poller.page_committed", timeout=40, count=pages)
+    await committed(daemon, pages, backlog_served)
     await daemon.kill()
     return moment
+
+
+async def committed(daemon: DaemonProcess, pages: int, backlog_served: Callable[[], bool]) -> None:
+    """Until the daemon has logged ``pages`` page commits, or the simulator has served the whole backlog
+    and no commit came for ``QUIET`` seconds: the pollers have nothing left to commit."""
+    seen, since = -1, time.monotonic()
+    async with asyncio.timeout(40):
+        while (count := len(daemon.events("poller.page_committed"))) < pages:
+            if count != seen:
+                seen, since = count, time.monotonic()
+            elif backlog_served() and time.monotonic() - since > QUIET:
+                return
+            await asyncio.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -117,18 +137,25 @@ async def test_sigkill_while_shipping_loses_no_record(tmp_path: Path) -> None:
         assert sim.url is not None
         config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url))
         moments = []
-        remaining = len(STREAMS) * BACKLOG // PAGE_SIZE
+
+        def backlog_served() -> bool:
+            return served_ids(sim) >= expected
+
+        def all_shipped() -> bool:
+            return all(expected <= shipped_ids(path)[0] for path in outputs.values())
+
         for _ in range(KILLS):
             daemon = await DaemonProcess(config, env=ENV).start()
             try:
-                moments.append(await kill_at_a_random_moment(daemon, rng, remaining))
+                moments.append(await kill_at_a_random_moment(daemon, rng, backlog_served, all_shipped))
             finally:
                 await daemon.kill()
-            remaining -= len(daemon.events("poller.page_committed"))  # each page is committed once
             assert daemon.process is not None and daemon.process.returncode == -signal.SIGKILL
 
         # The last run is left alone until both sinks hold everything, then stopped cleanly.
         async with DaemonProcess(config, env=ENV) as daemon:
+            # Earlier runs may have shipped everything: a SIGTERM before the daemon handles it would kill it.
+            await daemon.wait_for_event("daemon.ready", timeout=60)
             # The sinks are files another process writes: they can only be polled. A timeout falls
             # through to the assertions below, which say what is missing.
             with contextlib.suppress(TimeoutError):
