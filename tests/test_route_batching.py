@@ -22,22 +22,12 @@ from ce_daemon.metrics import Metrics
 from ce_daemon.pipeline import Runtime, plan_components
 from ce_daemon.registry import Registry
 from ce_daemon.spool import SPOOL_MIGRATIONS, Page, Spool
+from ce_daemon.testing import write_pipeline
+from ce_daemon.testing.pipelines import pipeline_config
 from ce_daemon.testing.state import open_test_store
 
-PIPELINE = """\
-version: 1
-state: {path: ./state/db.sqlite}
-tenants:
-  - name: acme
-    url: https://acme.goskope.com
-    token: {$env: ACME_TOKEN}
-logs:
-  routes:
-    - name: out
-      tenant: acme
-      alerts: [dlp]
-      sink: {type: file, path: out/x.cef}
-"""
+ROUTE = {"name": "out", "tenant": "sim", "alerts": ["dlp"], "sink": {"type": "file", "path": "out/x.cef"}}
+STREAM = "sim/alerts/dlp"
 
 
 @dataclass
@@ -57,8 +47,9 @@ class Recording:
 @pytest.fixture
 async def route(tmp_path: Path) -> AsyncIterator[RouteComponent]:
     """The real route of a real pipeline file, its sink never opened: what it would send is recorded."""
-    (tmp_path / "pipeline.yaml").write_text(PIPELINE, encoding="utf-8")
-    loaded = load_pipeline(tmp_path / "pipeline.yaml", Registry.discover(), environ={"ACME_TOKEN": "t"})
+    config = pipeline_config(tmp_path, "http://127.0.0.1:9", [ROUTE])  # the tenant is never polled
+    path = write_pipeline(tmp_path / "pipeline.yaml", config)
+    loaded = load_pipeline(path, Registry.discover(), environ={"SIM_TOKEN": "t"})
     store = await open_test_store(loaded.config.state.path, SPOOL_MIGRATIONS + Jobs.discover().migrations())
     spool = Spool(store, 10_000_000)
     await spool.load()
@@ -84,12 +75,12 @@ def expected_cuts(
     size = sum(length for _, length in batch)
     for position, record_id, length in lines:
         if batch and size + length + 1 > max_bytes:
-            cuts.append(Cut([i for i, _ in batch], size, {"acme/alerts/dlp": (seq, position)}))
+            cuts.append(Cut([i for i, _ in batch], size, {STREAM: (seq, position)}))
             batch, size = [], 0
         batch.append((record_id, length + 1))
         size += length + 1
         if len(batch) >= max_records or size >= max_bytes:
-            cuts.append(Cut([i for i, _ in batch], size, {"acme/alerts/dlp": (seq, position + 1)}))
+            cuts.append(Cut([i for i, _ in batch], size, {STREAM: (seq, position + 1)}))
             batch, size = [], 0
     return cuts, batch
 
@@ -143,7 +134,7 @@ async def test_a_page_is_cut_into_batches_as_record_by_record(
         timestamps=[1_700_000_000] * len(positions),
         data=[b"x" * length for length in lengths],
     )
-    page = Page(7, "acme/alerts/dlp", b"", "lz4", position, None, None)
+    page = Page(7, STREAM, b"", "lz4", position, None, None)
 
     left = await route._consume_page(page, decisions, open_batch, None)  # type: ignore[arg-type]  # never waited on
 
