@@ -8,7 +8,8 @@ fail the ticket until retried by hand) → status syncer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -26,6 +27,7 @@ from ce_daemon.plugin import PluginContext
 from ce_daemon.spool.codec import CODEC, encode
 from ce_daemon.spool.store import Page
 from ce_daemon.store import Store
+from ce_daemon.store.base import Transaction
 from ce_daemon.testing.pipelines import backlog_simulator
 from ce_daemon.testing.state import open_test_store
 from ce_daemon.tickets.components import Dispatcher, RuleConsumer, StatusSyncer
@@ -129,6 +131,62 @@ async def test_alerts_become_tickets_and_duplicates_update_them_with_their_count
     await consume(store, tmp_path, resolved, [page(2, [alert(n) for n in (10, 13)]), page(3, [alert(16)])])
     await drain(d)
     assert len(BOARD.updates) == 1 and BOARD.updates[0][1] == 5
+    await d.close()
+
+
+class MarkingHook:
+    """A store that runs ``between`` once: when the dispatcher's first write transaction opens (it marks
+    an intent tried), or (``inside``) at the end of that transaction, just before its COMMIT: where a
+    consumer's page of duplicates could slip in between a dispatcher's read of the ticket and its mark."""
+
+    def __init__(self, store: Store, between: Callable[[], Awaitable[None]], *, inside: bool) -> None:
+        self.store = store
+        self.between: Callable[[], Awaitable[None]] | None = between
+        self.inside = inside
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def _run(self) -> None:
+        if self.between is not None:
+            between, self.between = self.between, None
+            await between()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        if not self.inside:
+            await self._run()
+        async with self.store.transaction() as tx:
+            yield tx
+            if self.inside:
+                await self._run()
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["before-the-mark", "inside-the-mark"])
+async def test_duplicates_counted_while_a_create_goes_out_reach_the_destination(
+    store: Store, tmp_path: Path, inside: bool
+) -> None:
+    """A page of duplicates committed while the dispatcher marks a create tried: the count either goes
+    with the create or in an update after it, never lost between the two (on both backends)."""
+    resolved = rule(dedup={"fields": ["user"]})
+    await consume(store, tmp_path, resolved, [page(1, [alert(0)])])
+    racing: list[asyncio.Task[Any]] = []
+
+    async def duplicates() -> None:
+        racing.append(
+            asyncio.create_task(consume(store, tmp_path, resolved, [page(2, [alert(3), alert(6)])]))
+        )
+        await asyncio.wait(racing, timeout=1.0)  # as far as it gets meanwhile (PostgreSQL: all the way)
+
+    d = dispatcher(cast(Store, MarkingHook(store, duplicates, inside=inside)), tmp_path)
+    await drain(d)
+    assert racing
+    await racing[0]
+    await drain(d)
+    [ticket] = await TicketStore(store).search()
+    assert ticket.dedup_count == 3
+    [sent] = BOARD.tickets.values()
+    assert sent["count"] == 3, (sent, BOARD.updates)
     await d.close()
 
 

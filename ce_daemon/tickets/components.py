@@ -325,10 +325,9 @@ class Dispatcher(PluginHolder):
         if stored is None:  # the ticket is gone: nothing to say
             await self.tickets.done(intent, external_id="", url="", state={}, status=None, fence=fence)
             return True
-        ticket = ticket_of(intent, stored, self.plan)
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
-                ref, status = await self._call(plugin, intent, stored, ticket)
+                ref, status = await self._call(plugin, intent, stored)
         except asyncio.CancelledError:
             raise
         except TransientError as exc:
@@ -357,9 +356,17 @@ class Dispatcher(PluginHolder):
         return True
 
     async def _call(
-        self, plugin: TicketSink[Any], intent: Intent, stored: StoredTicket, ticket: Ticket
+        self, plugin: TicketSink[Any], intent: Intent, stored: StoredTicket
     ) -> tuple[TicketRef, str | None]:
         """The plugin call of ``intent``: the ticket's ref afterwards, and its new status (None: as is)."""
+        if intent.intent != "create" and not stored.external_id:
+            # its create never went through: nothing to update or resolve
+            return TicketRef(stored.external_id, stored.url, stored.state), None
+        if not intent.tried:
+            # Marked before the first call, whose answer may be lost. The ticket is read again with the
+            # mark: a page's duplicates counted after it get an update of their own, those before are in it.
+            stored = await self.tickets.tried(intent, fence=self.fence) or stored
+        ticket = ticket_of(intent, stored, self.plan)
         if intent.intent == "create":
             opened = "new" if plugin.tracks else "notified"
             if intent.tried:  # an earlier try may have reached the destination: look before re-creating
@@ -369,17 +376,11 @@ class Dispatcher(PluginHolder):
                     self.status.count("adopted")
                     self.log.info("ticket.adopted", ticket=ticket.key, external_id=found.id)
                     return found, opened
-            else:
-                await self.tickets.tried(intent, fence=self.fence)
             await self.limiter.acquire()
             ref = await plugin.create(ticket)
             self.status.count("created")
             return ref, opened
         current = TicketRef(stored.external_id, stored.url, stored.state)
-        if not stored.external_id:  # its create never went through: nothing to update or resolve
-            return current, None
-        if not intent.tried:
-            await self.tickets.tried(intent, fence=self.fence)
         await self.limiter.acquire()
         if intent.intent == "resolve":
             await plugin.resolve(current)

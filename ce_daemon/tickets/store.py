@@ -97,6 +97,8 @@ states ``pending|held|done|failed``; ``held`` waits for approval), rules' progre
 
 _CHUNK: Final = 500
 """Keys per ``IN (…)`` list."""
+DEDUP_LOCK: Final = "ticket_dedup"
+"""Serializes counting a page's duplicates with marking an intent tried (see :meth:`TicketStore.tried`)."""
 CLOSED: Final = ("closed", "deleted", "failed", "declined")
 """Statuses of a ticket no duplicate joins (a new one opens instead, as CE re-creates)."""
 _TICKET_COLUMNS: Final = (
@@ -230,6 +232,7 @@ class TicketStore:
                     [{**c, "now": now} for c in page.creates],
                 )
             if page.duplicates:
+                await tx.serialize(DEDUP_LOCK)  # against a dispatcher marking an intent tried (`tried`)
                 await tx.executemany(
                     "UPDATE ticket_tickets SET dedup_count = dedup_count + :n, updated = :now,"
                     " last_alert = CASE WHEN last_alert < :last THEN :last ELSE last_alert END"
@@ -303,12 +306,23 @@ class TicketStore:
             )
         return None if row is None else _ticket(row)
 
-    async def tried(self, intent: Intent, *, fence: Fence | None = None) -> None:
-        """Mark ``intent`` as sent once (its answer may be lost: the next try looks before creating)."""
+    async def tried(self, intent: Intent, *, fence: Fence | None = None) -> StoredTicket | None:
+        """Mark ``intent`` as sent once (its answer may be lost: the next try looks before creating);
+        its ticket as it is now, which the call carries.
+
+        Page commits that count duplicates serialize with this (``DEDUP_LOCK``): each either comes
+        before, and its count is in the ticket read here, or after, and it sees the intent tried and
+        queues an update of its own. Neither can see the other half done."""
         async with self.store.transaction() as tx:
+            await tx.serialize(DEDUP_LOCK)
             await tx.execute("UPDATE ticket_outbox SET tried = 1 WHERE id = :id", {"id": intent.id})
+            row = await tx.fetchrow(
+                f"SELECT {_TICKET_COLUMNS} FROM ticket_tickets WHERE key = :key",  # noqa: S608 - fixed names
+                {"key": intent.ticket},
+            )
             if fence is not None:
                 await fence.check(tx)
+        return None if row is None else _ticket(row)
 
     async def done(
         self,
