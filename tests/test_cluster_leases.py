@@ -16,7 +16,7 @@ from ce_daemon.cluster.manager import ClusterError, LeaseManager
 from ce_daemon.cluster.settings import ClusterSettings
 from ce_daemon.cluster.status import cluster_status
 from ce_daemon.store import open_url
-from ce_daemon.store.base import Fence, LeaseLostError
+from ce_daemon.store.base import CommitUncertainError, Fence, LeaseLostError
 
 UNITS = [
     f"poller:t{tenant}/events/{subtype}" for tenant in (1, 2, 3) for subtype in ("page", "network", "audit")
@@ -116,6 +116,41 @@ async def test_a_passed_fence_check_holds_off_a_takeover_but_not_a_renewal() -> 
                     assert await leases.renew(other, me, -1.0, {"u": 1}, {}) == {"u"}
             taken = await leases.acquire(other, "b", 5.0, ["u"])
             assert list(taken) == ["u"] and taken["u"] > 1
+        finally:
+            await other.close()
+
+
+async def test_a_holder_paused_inside_a_commit_holds_off_a_takeover_only_briefly() -> None:
+    """A node stopped between its fence check and its COMMIT (SIGSTOP) keeps the lease row locked: the
+    server rolls that idle transaction back after ``idle_in_transaction`` seconds, the lease is taken
+    over, and the paused commit, once resumed, fails as uncertain (nothing it wrote was kept)."""
+    async with (
+        scratch_database() as dsn,
+        await open_url(dsn, idle_in_transaction=1.0) as store,
+    ):
+        other = await asyncpg.connect(dsn)
+        try:
+            async with store.transaction() as tx:
+                await tx.execute(
+                    "INSERT INTO ce_leases VALUES ('u', 'a', 1, now(), now(), now() - interval '1 second')"
+                )
+            taken: dict[str, int] = {}
+
+            async def paused_commit() -> None:
+                nonlocal taken
+                async with store.transaction() as tx:
+                    await tx.execute("CREATE TABLE written (n INTEGER)")
+                    await Fence("u", "a", 1).check(tx)
+                    assert await leases.acquire(other, "b", 5.0, ["u"]) == {}
+                    async with asyncio.timeout(15):
+                        while not taken:  # the paused holder's session is ended after about a second
+                            await asyncio.sleep(0.2)
+                            taken = await leases.acquire(other, "b", 5.0, ["u"])
+
+            with pytest.raises(CommitUncertainError):
+                await paused_commit()
+            assert taken["u"] > 1
+            assert await other.fetchval("SELECT to_regclass('written')") is None
         finally:
             await other.close()
 

@@ -71,12 +71,14 @@ async def open_url(
     *,
     connect_timeout: float = 10.0,
     command_timeout: float | None = None,
+    idle_in_transaction: float | None = None,
     migrate: bool = True,
 ) -> Store:
     """Open ``sqlite:///path`` or ``postgresql://user[:password]@host[:port]/db`` and migrate it.
 
     ``command_timeout`` bounds each statement, commit and wait for a connection of PostgreSQL (its
-    default when None); SQLite waits out another process's lock for its own busy timeout.
+    default when None), ``idle_in_transaction`` how long PostgreSQL lets a transaction sit idle before
+    it rolls it back; SQLite waits out another process's lock for its own busy timeout.
     """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
@@ -84,13 +86,14 @@ async def open_url(
 
         return await SqliteStore.open(Path(parts.path), migrations, migrate=migrate)
     if parts.scheme in ("postgresql", "postgres"):
-        from ce_daemon.store.postgres import COMMAND_TIMEOUT, PostgresStore
+        from ce_daemon.store.postgres import COMMAND_TIMEOUT, IDLE_IN_TRANSACTION, PostgresStore
 
         return await PostgresStore.open(
             url,
             migrations,
             connect_timeout=connect_timeout,
             command_timeout=command_timeout or COMMAND_TIMEOUT,
+            idle_in_transaction=idle_in_transaction or IDLE_IN_TRANSACTION,
             migrate=migrate,
         )
     raise StoreError(f"unknown state URL scheme {parts.scheme!r}: use sqlite:///path or postgresql://host/db")

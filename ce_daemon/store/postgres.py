@@ -65,6 +65,11 @@ COMMAND_TIMEOUT = 30.0
 # The server probes an idle client connection after 30 s, then every 10 s, 3 times: a node that died
 # without closing its connections (power loss) frees them, and their locks, within a minute.
 KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+IDLE_IN_TRANSACTION = 10.0
+"""The server ends a session left idle inside a transaction this long (a node paused by SIGSTOP or
+stuck between a fence check and its COMMIT), rolling it back: its row locks, a fence's ``FOR KEY
+SHARE`` on a lease among them, would otherwise keep every takeover of that lease off until it resumed.
+Its COMMIT then fails as one without an answer (``CommitUncertainError``), which every caller handles."""
 _SESSION_ENDED = (
     asyncpg.PostgresConnectionError,  # the connection ended (08xxx)
     asyncpg.exceptions.OperatorInterventionError,  # the server shut the session down (57xxx)
@@ -175,6 +180,7 @@ class PostgresStore(MetaTable):
         *,
         connect_timeout: float = 10.0,
         command_timeout: float = COMMAND_TIMEOUT,
+        idle_in_transaction: float = IDLE_IN_TRANSACTION,
         migrate: bool = True,
     ) -> PostgresStore:
         """Connect to ``url`` (``postgresql://user[:password]@host[:port]/db``) and apply pending migrations.
@@ -182,7 +188,8 @@ class PostgresStore(MetaTable):
         Raises :class:`StoreError` naming the host and database (never the password) when the server
         cannot be reached within ``connect_timeout`` seconds or refuses the login, and when the
         database records a schema newer than ``migrations`` know. Every statement, commit and wait for
-        a pooled connection afterwards is bounded by ``command_timeout`` seconds.
+        a pooled connection afterwards is bounded by ``command_timeout`` seconds, and a transaction
+        left idle for ``idle_in_transaction`` seconds is rolled back by the server, its session ended.
         """
         plan = plan_migrations(CORE_MIGRATIONS, CLUSTER_MIGRATIONS, migrations)
         try:
@@ -192,7 +199,10 @@ class PostgresStore(MetaTable):
                 max_size=POOL_SIZE,
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
-                server_settings=KEEPALIVES,
+                server_settings={
+                    **KEEPALIVES,
+                    "idle_in_transaction_session_timeout": str(round(idle_in_transaction * 1000)),
+                },
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ValueError) as exc:
             raise StoreError(
