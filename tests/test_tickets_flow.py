@@ -176,7 +176,8 @@ async def test_duplicates_counted_while_a_create_goes_out_reach_the_destination(
         racing.append(
             asyncio.create_task(consume(store, tmp_path, resolved, [page(2, [alert(3), alert(6)])]))
         )
-        await asyncio.wait(racing, timeout=1.0)  # as far as it gets meanwhile (PostgreSQL: all the way)
+        # as far as it gets meanwhile: all the way before the mark, up to the mark's lock inside it
+        await asyncio.wait(racing, timeout=1.0)
 
     d = dispatcher(cast(Store, MarkingHook(store, duplicates, inside=inside)), tmp_path)
     await drain(d)
