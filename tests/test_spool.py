@@ -123,6 +123,8 @@ async def test_read_only_consumers_of_a_stream_parse_each_frame_once(spool: Spoo
     """Three read-only consumers of a stream: the first parses each frame, the others take it; then
     it is dropped (nothing kept once every consumer has read it)."""
     await spool.set_consumers({name: {"demo/alerts/dlp"} for name in ("cef", "json", "leef")})
+    for name in ("cef", "json", "leef"):
+        spool.shares_frames(name)
     records = records_of(0, 2_500)  # three frames
     await append(spool, "demo/alerts/dlp", records, MARK)
     shared = spool.shared_frames
@@ -138,6 +140,7 @@ async def test_read_only_consumers_of_a_stream_parse_each_frame_once(spool: Spoo
 async def test_a_consumer_that_may_modify_records_parses_its_own(spool: Spool) -> None:
     """Without ``read_only`` a consumer neither takes nor offers shared frames: its records are its own."""
     await spool.set_consumers({"cef": {"demo/alerts/dlp"}, "tickets": {"demo/alerts/dlp"}})
+    spool.shares_frames("cef")
     await append(spool, "demo/alerts/dlp", records_of(0, 10), MARK)
     mine = await spool.next_page("tickets", timeout=0)
     theirs = await spool.next_page("cef", timeout=0)
@@ -149,10 +152,29 @@ async def test_a_consumer_that_may_modify_records_parses_its_own(spool: Spool) -
     assert spool.shared_frames.hits == 0
 
 
+async def test_frames_are_not_kept_for_a_consumer_that_parses_its_own(spool: Spool) -> None:
+    """Two routes and a ticket rule read a stream: a frame is dropped once both routes took it, not
+    kept until the limit pushes it out for the rule, which never takes one."""
+    await spool.set_consumers({name: {"demo/alerts/dlp"} for name in ("cef", "json", "tickets")})
+    spool.shares_frames("cef")
+    spool.shares_frames("json")
+    assert spool.readers_of("demo/alerts/dlp") == 2
+    await append(spool, "demo/alerts/dlp", records_of(0, 2_500), MARK)
+    for name in ("cef", "json", "tickets"):
+        page = await spool.next_page(name, timeout=0)
+        assert page is not None
+        frames = page.frames(read_only=name != "tickets")
+        assert sum(len(records) for _, records in frames) == 2_500
+    shared = spool.shared_frames
+    assert (shared.misses, shared.hits, len(shared)) == (3, 3, 0)
+
+
 async def test_a_lagging_consumer_parses_what_was_dropped_for_it(spool: Spool) -> None:
     """Frames wait for a slow consumer only up to the limit: past it the oldest go, and the slow one
     parses them itself (the same records), so it never holds memory for the others."""
     await spool.set_consumers({"fast": {"demo/alerts/dlp"}, "slow": {"demo/alerts/dlp"}})
+    spool.shares_frames("fast")
+    spool.shares_frames("slow")
     shared = spool.shared_frames
     pages = shared.limit + 2  # one frame each
     for number in range(pages):

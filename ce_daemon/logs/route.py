@@ -239,6 +239,7 @@ class RouteComponent(Component):
 
     async def run(self, stopping: asyncio.Event) -> None:
         self.taps.register(self.name)
+        self.spool.shares_frames(self.name)  # it reads pages read-only, here or through a format worker
         self.workers = FormatWorkers.acquire(self.worker_count)
         try:
             await self._run(stopping)

@@ -253,6 +253,7 @@ class Spool:
         self._counted_at = 0.0
         self._subscriptions: dict[str, frozenset[str]] = {}
         self.shared_frames = SharedFrames(self.readers_of, SHARED_FRAMES)
+        self._sharing: set[str] = set()
         self.identity = secrets.token_hex(8)
         """Names this spool among others in the process (seqs are unique per spool only)."""
         # The (consumer, stream) pairs this process subscribed: the only offsets set_consumers may delete.
@@ -569,9 +570,20 @@ class Spool:
             shared=self.shared_frames,
         )
 
+    def shares_frames(self, consumer: str) -> None:
+        """Count ``consumer`` among the readers its streams' parsed frames are kept for
+        (:class:`SharedFrames`): it reads them with ``Page.frames(read_only=True)``, or has a format
+        worker read them, which keeps them the same way. A consumer that parses its own records (tickets,
+        risk) is not counted: frames waiting for it would only be dropped by the limit, late."""
+        self._sharing.add(consumer)
+
     def readers_of(self, stream: str) -> int:
-        """How many of this process's consumers read ``stream``."""
-        return sum(stream in streams for streams in self._subscriptions.values())
+        """How many of this process's consumers that share frames (:meth:`shares_frames`) read ``stream``."""
+        return sum(
+            stream in streams
+            for consumer, streams in self._subscriptions.items()
+            if consumer in self._sharing
+        )
 
     async def _apply_ack(
         self, consumer: str, streams: frozenset[str], seq: int, position: int | None, fence: Fence | None
