@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from ce_daemon.cluster import leases
 from ce_daemon.cluster.leases import NodeIdentity
-from ce_daemon.cluster.manager import ClusterError, LeaseManager
+from ce_daemon.cluster.manager import ClusterError, LeaseManager, _Link
 from ce_daemon.cluster.settings import ClusterSettings
 from ce_daemon.cluster.status import cluster_status
 from ce_daemon.store import open_url
@@ -153,6 +153,20 @@ async def test_a_holder_paused_inside_a_commit_holds_off_a_takeover_only_briefly
             assert await other.fetchval("SELECT to_regclass('written')") is None
         finally:
             await other.close()
+
+
+async def test_the_lease_manager_s_sessions_are_bounded_like_the_store_s() -> None:
+    """The renewer's and balancer's connections take row locks too (an acquire locks FOR UPDATE): the
+    server ends their idle transactions and probes them as it does the store's sessions."""
+    async with scratch_database() as dsn:
+        link = _Link(dsn, "lease balancer test", 5.0)
+        conn = await link.get()
+        try:
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "10s"
+            assert await conn.fetchval("SHOW tcp_keepalives_idle") == "30"
+            assert await conn.fetchval("SHOW application_name") == "ce-daemon lease balancer test"
+        finally:
+            await link.close()
 
 
 async def test_held_turns_false_when_renewals_are_blocked() -> None:

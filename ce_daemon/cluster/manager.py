@@ -37,6 +37,7 @@ from ce_daemon.cluster.settings import ClusterSettings
 from ce_daemon.cluster.status import ClusterStatus, cluster_status
 from ce_daemon.errors import CeDaemonError, describe
 from ce_daemon.store.base import Fence
+from ce_daemon.store.postgres import session_settings
 
 log = structlog.get_logger("ce_daemon.cluster")
 
@@ -66,7 +67,8 @@ class _Link:
             conn: Connection = await asyncpg.connect(
                 self._dsn,
                 timeout=self._timeout,
-                server_settings={"application_name": f"ce-daemon {self._purpose}"},
+                # A node paused inside an acquire (FOR UPDATE) must not keep those rows from the others.
+                server_settings={**session_settings(), "application_name": f"ce-daemon {self._purpose}"},
             )
             try:
                 if self.on_connect is not None:

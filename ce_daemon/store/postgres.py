@@ -69,7 +69,15 @@ IDLE_IN_TRANSACTION = 10.0
 """The server ends a session left idle inside a transaction this long (a node paused by SIGSTOP or
 stuck between a fence check and its COMMIT), rolling it back: its row locks, a fence's ``FOR KEY
 SHARE`` on a lease among them, would otherwise keep every takeover of that lease off until it resumed.
-Its COMMIT then fails as one without an answer (``CommitUncertainError``), which every caller handles."""
+Its COMMIT then fails as one without an answer (``CommitUncertainError``), as after a lost connection."""
+
+
+def session_settings(idle_in_transaction: float = IDLE_IN_TRANSACTION) -> dict[str, str]:
+    """What every session of a node sets on the server: keepalives, and how long a transaction may sit
+    idle before the server rolls it back (the store's pool and the lease manager's connections alike)."""
+    return {**KEEPALIVES, "idle_in_transaction_session_timeout": str(round(idle_in_transaction * 1000))}
+
+
 _SESSION_ENDED = (
     asyncpg.PostgresConnectionError,  # the connection ended (08xxx)
     asyncpg.exceptions.OperatorInterventionError,  # the server shut the session down (57xxx)
@@ -199,10 +207,7 @@ class PostgresStore(MetaTable):
                 max_size=POOL_SIZE,
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
-                server_settings={
-                    **KEEPALIVES,
-                    "idle_in_transaction_session_timeout": str(round(idle_in_transaction * 1000)),
-                },
+                server_settings=session_settings(idle_in_transaction),
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ValueError) as exc:
             raise StoreError(
