@@ -162,6 +162,46 @@ class MarkingHook:
                 await self._run()
 
 
+class LockWatch:
+    """The consumer's store: ``waiting`` is set as its page is about to wait for what a dispatcher
+    marking an intent holds (SQLite: the database itself, for a read too; PostgreSQL: the advisory
+    lock a commit of duplicates takes). A consumer that never waits simply finishes."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Transaction]:
+        if self.store.backend == "sqlite":
+            self.waiting.set()
+        async with self.store.read() as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        if self.store.backend == "sqlite":
+            self.waiting.set()
+        async with self.store.transaction() as tx:
+            yield cast(Transaction, _SerializeWatch(tx, self.waiting))
+
+
+class _SerializeWatch:
+    def __init__(self, tx: Transaction, waiting: asyncio.Event) -> None:
+        self._tx = tx
+        self._waiting = waiting
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    async def serialize(self, name: str) -> None:
+        self._waiting.set()
+        await self._tx.serialize(name)
+
+
 @pytest.mark.parametrize("inside", [False, True], ids=["before-the-mark", "inside-the-mark"])
 async def test_duplicates_counted_while_a_create_goes_out_reach_the_destination(
     store: Store, tmp_path: Path, inside: bool
@@ -170,14 +210,19 @@ async def test_duplicates_counted_while_a_create_goes_out_reach_the_destination(
     with the create or in an update after it, never lost between the two (on both backends)."""
     resolved = rule(dedup={"fields": ["user"]})
     await consume(store, tmp_path, resolved, [page(1, [alert(0)])])
+    watched = LockWatch(store)
     racing: list[asyncio.Task[Any]] = []
 
     async def duplicates() -> None:
-        racing.append(
-            asyncio.create_task(consume(store, tmp_path, resolved, [page(2, [alert(3), alert(6)])]))
-        )
-        # as far as it gets meanwhile: all the way before the mark, up to the mark's lock inside it
-        await asyncio.wait(racing, timeout=1.0)
+        pages = [page(2, [alert(3), alert(6)])]
+        racing.append(asyncio.create_task(consume(cast(Store, watched), tmp_path, resolved, pages)))
+        if not inside:  # nothing of the dispatcher's is under way: the page is committed whole
+            await racing[0]
+            return
+        # as far as it gets: to the lock the mark holds, or all the way if it takes none
+        waiting = asyncio.create_task(watched.waiting.wait())
+        await asyncio.wait([racing[0], waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
 
     d = dispatcher(cast(Store, MarkingHook(store, duplicates, inside=inside)), tmp_path)
     await drain(d)
