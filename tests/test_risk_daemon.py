@@ -65,12 +65,6 @@ async def until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
             await asyncio.sleep(0.5)
 
 
-async def stop(daemon: DaemonProcess) -> None:
-    """SIGTERM: the evaluator ends its pass, so no call is left ``running`` (a SIGKILL would leave one)."""
-    daemon.signal(signal.SIGTERM)
-    assert await daemon.wait(60) == 0
-
-
 def applied_then_reverted(log: list[dict[str, Any]]) -> str | None:
     """A user whose action was applied and later reverted, both successfully."""
     applied: set[str] = set()
@@ -114,7 +108,8 @@ async def run_flow(tmp_path: Path, action: dict[str, Any]) -> tuple[Path, list[d
             assert 0 < sum(s.value for s in families["ce_daemon_risk_entities"].samples) <= 64
             outcomes = {s.labels["outcome"] for s in families["ce_daemon_risk_actions"].samples}
             assert "success" in outcomes
-            await stop(daemon)
+            daemon.signal(signal.SIGTERM)  # the pass ends first: no call left `running`, as a SIGKILL leaves
+            assert await daemon.wait(60) == 0
         log = (await cli(config, "actions", "--limit", "100000"))["actions"]
     return config, log
 
@@ -215,7 +210,8 @@ async def test_kill_9_mid_flow_leaves_one_action_per_edge(tmp_path: Path) -> Non
         async with DaemonProcess(config, env=ENV) as daemon:
             await daemon.wait_for_event("risk.evaluated", timeout=60)
             await asyncio.sleep(2)
-            await stop(daemon)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(60) == 0
         log = (await cli(config, "actions", "--limit", "100000"))["actions"]
     assert log and {e["outcome"] for e in log} == {"success"}
     last: dict[str, str] = {}
