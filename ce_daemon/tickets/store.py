@@ -155,6 +155,15 @@ def _ticket(row: Row) -> StoredTicket:
     )  # fmt: skip
 
 
+async def _ticket_of(tx: Transaction, key: str) -> StoredTicket | None:
+    """The ticket of ``key`` as ``tx`` sees it."""
+    row = await tx.fetchrow(
+        f"SELECT {_TICKET_COLUMNS} FROM ticket_tickets WHERE key = :key",  # noqa: S608 - fixed names
+        {"key": key},
+    )
+    return None if row is None else _ticket(row)
+
+
 @dataclass(frozen=True, slots=True)
 class Intent:
     """One outbox row: what to tell a destination about a ticket."""
@@ -300,11 +309,7 @@ class TicketStore:
     async def ticket(self, key: str) -> StoredTicket | None:
         """The ticket of ``key``."""
         async with self.store.read() as tx:
-            row = await tx.fetchrow(
-                f"SELECT {_TICKET_COLUMNS} FROM ticket_tickets WHERE key = :key",  # noqa: S608 - fixed names
-                {"key": key},
-            )
-        return None if row is None else _ticket(row)
+            return await _ticket_of(tx, key)
 
     async def tried(self, intent: Intent, *, fence: Fence | None = None) -> StoredTicket | None:
         """Mark ``intent`` as sent once (its answer may be lost: the next try looks before creating);
@@ -316,13 +321,10 @@ class TicketStore:
         async with self.store.transaction() as tx:
             await tx.serialize(DEDUP_LOCK)
             await tx.execute("UPDATE ticket_outbox SET tried = 1 WHERE id = :id", {"id": intent.id})
-            row = await tx.fetchrow(
-                f"SELECT {_TICKET_COLUMNS} FROM ticket_tickets WHERE key = :key",  # noqa: S608 - fixed names
-                {"key": intent.ticket},
-            )
+            stored = await _ticket_of(tx, intent.ticket)
             if fence is not None:
                 await fence.check(tx)
-        return None if row is None else _ticket(row)
+        return stored
 
     async def done(
         self,
