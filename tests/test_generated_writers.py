@@ -1,9 +1,11 @@
-"""Generated writers: byte for byte what the reference loop (`FieldPlan.collect`) writes, for CEF and LEEF.
+"""Generated and C writers: byte for byte what the reference loop (`FieldPlan.collect`) writes, for CEF
+and LEEF.
 
-The reference formatter (``generated=False``) is today's tested implementation; the generated one must
-never differ from it: on the simulator's records of every subtype, and on generated mappings (every
-transformation, labels, defaults, constants, nested paths) over generated values (every control
-character, CEF and LEEF syntax, containers, numbers of every kind).
+The reference formatter (``generated=False``) is today's tested implementation; the generated Python
+writer and the C writer (``native``, :mod:`ce_daemon.logs.native`) must never differ from it: on the
+simulator's records of every subtype, and on generated mappings (every transformation, labels,
+defaults, constants, nested paths) over generated values (every control character, CEF and LEEF
+syntax, lone surrogates, containers, numbers of every kind).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ce_daemon.logs import native
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
 from ce_daemon.logs.mapping import Mapping
 from ce_daemon.netskope.subtypes import SUBTYPES
@@ -24,15 +27,28 @@ STREAMS = [(kind, subtype) for kind, subtypes in SUBTYPES.items() for subtype in
 FORMATS: list[tuple[OutputFormat, str]] = [("cef", "\t"), ("leef", "\t"), ("leef", "^")]
 
 
-def pair(output: OutputFormat, mapping: Mapping, delimiter: str = "\t", **options: Any) -> tuple[Any, Any]:
-    """(generated, reference) formatters of one output."""
+def writers(
+    output: OutputFormat, mapping: Mapping, delimiter: str = "\t", **options: Any
+) -> tuple[RecordFormatter, RecordFormatter, RecordFormatter]:
+    """(C, generated, reference) formatters of one output."""
     made = [
         RecordFormatter(
-            output, mapping, "tenant|one", leef_delimiter=delimiter, generated=generated, **options
+            output,
+            mapping,
+            "tenant|one",
+            leef_delimiter=delimiter,
+            generated=generated,
+            native=in_c,
+            **options,
         )
-        for generated in (True, False)
+        for generated, in_c in ((True, True), (True, False), (False, False))
     ]
-    return made[0], made[1]
+    return made[0], made[1], made[2]
+
+
+def test_the_c_writer_is_built() -> None:
+    """The install built the C writer (a C compiler is on this machine): the tests below exercise it."""
+    assert native.AVAILABLE, native.STATE
 
 
 @pytest.mark.parametrize(("kind", "subtype"), STREAMS, ids=[f"{k}/{s}" for k, s in STREAMS])
@@ -44,16 +60,38 @@ def test_simulator_records_are_written_identically(
     if not BUILTIN.covers(kind, subtype):
         pytest.skip(f"the built-in mapping has no {kind}/{subtype}")
     records = RecordFactory(seed=7, tenant="t").make_many(kind, subtype, range(300), [1_714_557_600] * 300)  # type: ignore[arg-type]  # kinds of SUBTYPES
-    fast, reference = pair(output, BUILTIN, delimiter)
+    in_c, generated, reference = writers(output, BUILTIN, delimiter)
     for record in records:
-        assert fast.format(record, kind, subtype) == reference.format(record, kind, subtype), record["_id"]
+        expected = reference.format(record, kind, subtype)
+        assert generated.format(record, kind, subtype) == expected, record["_id"]
+        assert in_c.format(record, kind, subtype) == expected, record["_id"]
 
 
 # --- property: generated mappings over generated values ------------------------------------------
 
 FIELDS = ["f0", "f1", "f2", "time", "ip", "host.name", "$.list[0].x"]
 CONTROLS = [chr(code) for code in [*range(0x20), 0x7F]]
-NASTY = st.sampled_from(["|", "=", "\\", " ", "\t", "^", "\n", "\r", "a=b", "é", "💥", "␀", "", *CONTROLS])
+NASTY = st.sampled_from(
+    [
+        "|",
+        "=",
+        "\\",
+        " ",
+        "\t",
+        "^",
+        "¦",
+        "\n",
+        "\r",
+        "a=b",
+        "é",
+        "💥",
+        "␀",
+        "\ud800",
+        "\u2028",
+        "",
+        *CONTROLS,
+    ]
+)
 TEXT = st.lists(st.one_of(NASTY, st.text(max_size=5)), max_size=6).map("".join)
 SCALAR = st.one_of(
     TEXT,  # text twice: it is what most fields hold
@@ -128,7 +166,7 @@ RECORDS = st.fixed_dictionaries(
     header=HEADERS,
     records=st.lists(RECORDS, min_size=1, max_size=5),
     output=st.sampled_from(["cef", "leef"]),
-    delimiter=st.sampled_from(["\t", "^", "|"]),
+    delimiter=st.sampled_from(["\t", "^", "|", "¦"]),
     sort=st.booleans(),
 )
 def test_generated_mappings_over_any_values_are_written_identically(
@@ -143,9 +181,146 @@ def test_generated_mappings_over_any_values_are_written_identically(
     mapping = Mapping.from_document(
         {"taxonomy": {"alerts": {"dlp": {"header": header, "extension": extension}}}}
     )
-    fast, reference = pair(output, mapping, delimiter, sort_extensions=sort)
+    in_c, generated, reference = writers(output, mapping, delimiter, sort_extensions=sort)
     for record in records:
-        assert fast.format(record, "alerts", "dlp") == reference.format(record, "alerts", "dlp")
+        expected = reference.format(record, "alerts", "dlp")
+        assert generated.format(record, "alerts", "dlp") == expected
+        assert in_c.format(record, "alerts", "dlp") == expected
+
+
+PLAIN_HEADER = {
+    "Device Vendor": {"default_value": "v"},
+    "Device Product": {"default_value": "p"},
+    "Device Version": {"default_value": "1"},
+    "Device Event Class ID": {"mapping_field": "f0"},
+    "Name": {"mapping_field": "f1"},
+    "Severity": {"default_value": "high"},
+}
+SPECIAL = [chr(code) for code in range(0x80)] + ["é", "¦", "\u2028", "\u2400", "\ud800", "\udfff", "💥"]
+
+
+def _single_field_mapping(text: str) -> Mapping:
+    """Every way a text reaches an extension: a record value, a default and a label."""
+    return Mapping.from_document(
+        {
+            "taxonomy": {
+                "alerts": {
+                    "dlp": {
+                        "header": PLAIN_HEADER,
+                        "extension": {
+                            "msg": {"mapping_field": "f0"},
+                            "cs1": {"mapping_field": "f1", "label": f"l{text}l"},
+                            "cs2": {"mapping_field": "absent", "default_value": f"d{text}d"},
+                        },
+                    }
+                }
+            }
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "delimiter"),
+    [*FORMATS, ("leef", "¦")],
+    ids=["cef", "leef-tab", "leef-caret", "leef-broken-bar"],
+)
+def test_every_character_is_written_identically(output: OutputFormat, delimiter: str) -> None:
+    """Each ASCII character (and a few beyond: the delimiters, a picture, lone surrogates, an emoji)
+    in a value, a default and a label, alone and between others."""
+    for char in SPECIAL:
+        in_c, generated, reference = writers(output, _single_field_mapping(char), delimiter)
+        for record in ({"f0": char, "f1": f"a{char}{char}b"}, {"f0": char * 3, "f1": 7}):
+            expected = reference.format(record, "alerts", "dlp")
+            assert generated.format(record, "alerts", "dlp") == expected, repr(char)
+            assert in_c.format(record, "alerts", "dlp") == expected, repr(char)
+
+
+EDGE_NUMBERS = [
+    0,
+    -1,
+    99_999_999_999,
+    100_000_000_000,
+    -99_999_999_999,
+    -100_000_000_000,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    -(2**63) - 1,
+    2**70,
+    True,
+    False,
+    1.5,
+    -0.0,
+    "1714557600",
+]
+
+
+@pytest.mark.parametrize(("output", "delimiter"), FORMATS, ids=["cef", "leef-tab", "leef-caret"])
+def test_numbers_at_every_edge_are_written_identically(output: OutputFormat, delimiter: str) -> None:
+    """Whole numbers where the C writer changes path (64 bits, the seconds/milliseconds limit), as a time
+    key, as an Integer and as a plain value."""
+    mapping = Mapping.from_document(
+        {
+            "taxonomy": {
+                "alerts": {
+                    "dlp": {
+                        "header": PLAIN_HEADER,
+                        "extension": {
+                            "rt": {"mapping_field": "f0"},
+                            "start": {"mapping_field": "f0", "transformation": "Time Stamp"},
+                            "cn1": {"mapping_field": "f0", "transformation": "Integer"},
+                            "msg": {"mapping_field": "f0"},
+                        },
+                    }
+                }
+            }
+        }
+    )
+    in_c, generated, reference = writers(output, mapping, delimiter)
+    for number in EDGE_NUMBERS:
+        record = {"f0": number}
+        expected = reference.format(record, "alerts", "dlp")
+        assert generated.format(record, "alerts", "dlp") == expected, number
+        assert in_c.format(record, "alerts", "dlp") == expected, number
+
+
+class _Record(dict[str, Any]):
+    """A record that is a dict subclass whose ``get`` reads ``f0`` from ``renamed``: every writer must
+    read it through ``get``, as the Python writers do."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get("renamed" if key == "f0" else key, default)
+
+
+@pytest.mark.parametrize(("output", "delimiter"), FORMATS, ids=["cef", "leef-tab", "leef-caret"])
+def test_long_values_and_dict_subclasses_are_written_identically(
+    output: OutputFormat, delimiter: str
+) -> None:
+    """Values far beyond the C writer's first buffer (every escape, non-ASCII, surrogates) and records
+    that are not plain dicts."""
+    long_value = ("a=b\\c|d^e\tf\ng\rh\x00i\x7fé💥\ud800 " * 4000)[:50_000]
+    mapping = Mapping.from_document(
+        {
+            "taxonomy": {
+                "alerts": {
+                    "dlp": {
+                        "header": {**PLAIN_HEADER, "Name": {"mapping_field": "f2"}},
+                        "extension": {
+                            "msg": {"mapping_field": "f0"},
+                            "cs1": {"mapping_field": "f1", "label": "x=y"},
+                            "cs2": {"mapping_field": "f2", "default_value": long_value},
+                        },
+                    }
+                }
+            }
+        }
+    )
+    in_c, generated, reference = writers(output, mapping, delimiter)
+    for record in ({"f0": long_value, "f1": long_value.upper()}, _Record(renamed="plain", f1=[long_value])):
+        expected = reference.format(record, "alerts", "dlp")
+        assert len(expected) > 50_000
+        assert generated.format(record, "alerts", "dlp") == expected
+        assert in_c.format(record, "alerts", "dlp") == expected
 
 
 def test_the_generated_source_names_each_key_and_its_field() -> None:

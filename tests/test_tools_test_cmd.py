@@ -211,6 +211,7 @@ async def test_show_writer_prints_the_generated_source_of_each_stream(tmp_path: 
         for kind, subtype in STREAMS[:3]
     ]
     assert out.count("def collect(record):") == 3
+    assert out.count("# the C writer (logs/_native.c) runs this plan, the same bytes as this Python") == 3
     code, out = await run_cli(
         "test", "-c", str(path), "--route", "siem", "--show-writer", "--stream", "events/network", env={}
     )

@@ -39,6 +39,9 @@ import orjson
 
 from ce_daemon.logs.generated import GeneratedCollect, PlanStep, generate_collect
 from ce_daemon.logs.mapping import HEADER_FIELDS, FieldRule, Getter, Record, SubtypeRules, make_getter
+from ce_daemon.logs.native import CEF as NATIVE_CEF
+from ce_daemon.logs.native import EPOCH_MS_TEXT, INT_TEXT, ExtensionWriter
+from ce_daemon.logs.native import extension_writer as native_writer
 
 TextConverter = Callable[[Any], "str | None"]
 RecordWriter = Callable[[Record], bytes]
@@ -424,6 +427,11 @@ class FieldPlan:
     def __len__(self) -> int:
         return len(self._steps)
 
+    @property
+    def steps(self) -> tuple[PlanStep, ...]:
+        """The plan, one step per output key (the generated and the C writers are built from it)."""
+        return self._plan
+
     def generated(self) -> GeneratedCollect:
         """The plan written out as one Python function (:mod:`ce_daemon.logs.generated`), same output
         as :meth:`collect`; generated on first use."""
@@ -504,6 +512,9 @@ def epoch_ms_text(value: Any) -> str | None:
     return None
 
 
+# The converters whose effect on an int the C writer applies itself (ce_daemon/logs/native.py).
+NATIVE_SHORTCUTS: Final[dict[TextConverter, int]] = {_to_int_text: INT_TEXT, epoch_ms_text: EPOCH_MS_TEXT}
+
 _EMPTY: Final[Record] = {}
 # Ends each key while the extension is assembled; becomes "=" once the values are escaped.
 _KEY_END: Final = "\x00"
@@ -560,16 +571,34 @@ def compile_cef(
     sort_keys: bool = True,
     audit: bool = False,
     generated: bool = True,
+    native: bool = True,
 ) -> RecordWriter:
     """Compile one subtype's rules into ``record -> CEF line`` (UTF-8 bytes, no newline).
 
     ``sort_keys`` writes extensions sorted by key as CE does; False keeps the mapping file's order.
     ``audit`` selects the audit severity table. ``generated`` collects the extension with the plan's
     generated function; False with the reference loop (`FieldPlan.collect`: same bytes, slower).
+    ``native`` (with ``generated``) writes the extension with the C writer when it is built
+    (:mod:`ce_daemon.logs.native`: same bytes again, faster still).
     """
     prefix, dynamic = _header_plan(rules, tenant_name, cef_version)
     severity_of = severity_reader(rules.header.get("Severity"), tenant_name, audit=audit)
     plan = cef_plan(rules, tenant_name=tenant_name, sort_keys=sort_keys)
+    extension = (
+        native_writer(
+            plan.steps,
+            mode=NATIVE_CEF,
+            separator=_KEY_END,
+            joint=" ",
+            escape=escape_extension,
+            render_text=render_text,
+            shortcuts=NATIVE_SHORTCUTS,
+        )
+        if generated and native
+        else None
+    )
+    if extension is not None:
+        return _natively_written(prefix, dynamic, severity_of, extension)
     collect = plan.generated().function if generated else plan.collect
 
     def careful(record: Record) -> bytes:
@@ -606,6 +635,24 @@ def compile_cef(
         if len(data) - len(data.translate(None, CONTROL_BYTES)) == len(fields):
             return data.replace(_KEY_END_BYTE, b"=")
         return careful(record)
+
+    return write
+
+
+def _natively_written(
+    prefix: str, dynamic: list[HeaderPart], severity_of: Callable[[Record], str], extension: ExtensionWriter
+) -> RecordWriter:
+    """The CEF writer around the C extension writer: the header escaped here, field by field as the
+    careful path does (the C writer escapes every value on its own, so no whole-line check follows)."""
+
+    def write(record: Record) -> bytes:
+        parts = [prefix]
+        for constant, getter in dynamic:
+            parts.append(constant if constant is not None else header_text(getter(record)))  # type: ignore[misc]  # set when constant is None
+            parts.append("|")
+        parts.append(severity_of(record))
+        parts.append("|")
+        return extension(record, "".join(parts))
 
     return write
 

@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 import orjson
 import structlog
 
+from ce_daemon.logs import native
 from ce_daemon.logs.cef import RecordWriter, cef_plan, compile_cef, text_converter
 from ce_daemon.logs.leef import compile_leef, delimiter_field, leef_plan
 from ce_daemon.logs.mapping import (
@@ -56,6 +57,7 @@ class RecordFormatter:
         "_leef_delimiter",
         "_sort_extensions",
         "_subtype_from_record",
+        "_use_native",
         "mapping",
         "output",
         "tenant_name",
@@ -72,10 +74,12 @@ class RecordFormatter:
         sort_extensions: bool = True,
         leef_delimiter: str = "\t",
         generated: bool = True,
+        native: bool = True,
     ) -> None:
         """``generated``: CEF and LEEF writers collect their fields with generated code (see
         :mod:`ce_daemon.logs.generated`); False keeps the reference loop, which writes the same bytes
-        (the benchmarks compare the two, the tests check that they agree)."""
+        (the benchmarks compare the two, the tests check that they agree). ``native`` (with
+        ``generated``): the C writer of :mod:`ce_daemon.logs.native` when it is built."""
         if format not in ("cef", "leef", "json"):
             raise ValueError(f"unknown log format {format!r} (expected cef, leef or json)")
         if format == "leef":
@@ -91,6 +95,7 @@ class RecordFormatter:
         self._sort_extensions = sort_extensions
         self._leef_delimiter = leef_delimiter
         self._generated = generated
+        self._use_native = native
         self._cache: dict[tuple[str, str], RecordWriter] = {}
 
     def covers(self, kind: str, subtype: str) -> bool:
@@ -134,7 +139,8 @@ class RecordFormatter:
 
     def source(self, kind: str, subtype: str) -> str:
         """What the writer of (kind, subtype) runs per record, for a person to read: for CEF and LEEF the
-        generated source of its field collection, for JSON the fields it selects."""
+        generated source of its field collection and what runs it (the C writer runs the same plan),
+        for JSON the fields it selects."""
         if self.output == "json":
             fields = self._json_fields or self.mapping.json_fields(kind, subtype)
             if not fields:
@@ -160,7 +166,13 @@ class RecordFormatter:
                 rules, tenant_name=self.tenant_name, sort_keys=self._sort_extensions, audit=audit
             )
             shape = "LEEF 2.0: the header, then these attributes joined by the delimiter"
-        return f"# {kind}/{subtype} as {shape}\n{plan.generated().source}"
+        if not self._generated:
+            runs = "the reference loop (FieldPlan.collect) runs this plan"
+        elif self._use_native and native.AVAILABLE:
+            runs = "the C writer (logs/_native.c) runs this plan, the same bytes as this Python"
+        else:
+            runs = f"this Python runs per record (the C writer: {native.STATE})"
+        return f"# {kind}/{subtype} as {shape}\n# {runs}\n{plan.generated().source}"
 
     def _compile(self, kind: str, subtype: str, *, fallback: tuple[str, str] | None = None) -> RecordWriter:
         """Build the writer of (kind, subtype), or of ``fallback`` when the mapping lacks the first."""
@@ -191,6 +203,7 @@ class RecordFormatter:
                     sort_keys=self._sort_extensions,
                     audit=audit,
                     generated=self._generated,
+                    native=self._use_native,
                 )
             else:
                 writer = compile_leef(
@@ -200,6 +213,7 @@ class RecordFormatter:
                     sort_keys=self._sort_extensions,
                     audit=audit,
                     generated=self._generated,
+                    native=self._use_native,
                 )
         # Subtype names come from the data (alert_type), so the cache is bounded; real feeds use a few dozen.
         if len(self._cache) < _CACHE_LIMIT:

@@ -1,0 +1,592 @@
+/* The extension part of a CEF or LEEF line, written in C: the hot loop of every CEF and LEEF route.
+ *
+ * What it does is what the Python writers do (ce_daemon/logs/cef.py, leef.py) for one record, and the
+ * tests hold it to their bytes (tests/test_generated_writers.py, every subtype of the simulator and
+ * hypothesis over every control character, escape, surrogate and value type):
+ *
+ *   for each step of a field plan (one output key):
+ *       read the value: record.get(field), or getter(record) for a path or a format's own reader;
+ *       turn it into text: converter(value), else a str as it is, a bool as true/false, an int as
+ *       str(), a float as repr(), anything else through render_text (containers as compact JSON);
+ *       no value or no text: the step's default, already escaped, or nothing at all;
+ *       write "key=" + escaped text, then the step's follower ("cs1Label=..."), joined by the format's
+ *       separator (a space for CEF, the delimiter for LEEF).
+ *
+ * Escaping, per code point while encoding UTF-8 (a lone surrogate becomes '?', as
+ * str.encode("utf-8", "replace") writes it):
+ *   CEF:  \ -> \\   = -> \=   LF -> \n   CR -> \r   other C0 and DEL -> Unicode Control Picture;
+ *   LEEF: the delimiter -> a space (unless it is a control character itself); C0 and DEL -> picture.
+ *
+ * The header is the caller's: it arrives as text already escaped and is only encoded. Every Python
+ * call (getters, converters, render_text) keeps its own semantics, exceptions included. Nothing
+ * here is reachable from the mapping file but keys and texts, which are data, never code.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* Raised by the Python side when this file changes shape: a stale build is then not used. */
+#define NATIVE_ABI 2
+
+enum { MODE_PLAIN = -1, MODE_CEF = 0, MODE_LEEF = 1 }; /* PLAIN: encoded, not escaped */
+
+/* Converters whose effect on an exact int is known: str(int), and epoch_ms_text (seconds below
+ * 1e11 are multiplied by 1000). Any other value still goes through the converter itself. */
+enum { SHORTCUT_NONE = 0, SHORTCUT_INT_TEXT = 1, SHORTCUT_EPOCH_MS = 2 };
+#define SECONDS_LIMIT 100000000000LL
+
+typedef struct {
+    PyObject *key;       /* bytes: "key=" */
+    PyObject *field;     /* str: the top-level key read when getter is NULL */
+    PyObject *getter;    /* callable(record) or NULL */
+    PyObject *converter; /* callable(value) -> str | None, or NULL */
+    PyObject *fallback;  /* bytes: the default's escaped text, or NULL when the step has none */
+    PyObject *follower;  /* bytes: "key=text" written after this step whenever it is written, or NULL */
+    int constant;        /* nothing to read: the default alone */
+    int shortcut;        /* the converter's effect on an exact int, done here (SHORTCUT_...) */
+} Step;
+
+/* How values are made safe: the format's rules, and the ASCII characters they rewrite. */
+typedef struct {
+    int mode;
+    Py_UCS4 delimiter;          /* LEEF: the delimiter, as a code point */
+    unsigned char special[128]; /* the ASCII characters `escaped` rewrites */
+} Escaping;
+
+/* Text already escaped (the head): encoded as UTF-8, nothing rewritten. */
+static const Escaping PLAIN = {MODE_PLAIN, 0, {0}};
+
+typedef struct {
+    PyObject_HEAD
+    Step *steps;
+    Py_ssize_t count;
+    Escaping escaping;
+    PyObject *joint;     /* bytes between two fields */
+    PyObject *render;    /* render_text */
+} Writer;
+
+/* -- a growable byte buffer, on the stack until a line outgrows it ------------------------------- */
+
+typedef struct {
+    char *data;
+    Py_ssize_t size;
+    Py_ssize_t capacity;
+    char local[8192];
+} Buffer;
+
+static void buffer_init(Buffer *b)
+{
+    b->data = b->local;
+    b->size = 0;
+    b->capacity = (Py_ssize_t)sizeof(b->local);
+}
+
+static void buffer_free(Buffer *b)
+{
+    if (b->data != b->local) {
+        PyMem_Free(b->data);
+    }
+}
+
+static int buffer_reserve(Buffer *b, Py_ssize_t more)
+{
+    if (b->size + more <= b->capacity) {
+        return 0;
+    }
+    if (more > PY_SSIZE_T_MAX / 2 - b->size) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t capacity = b->capacity * 2;
+    while (capacity < b->size + more) {
+        capacity *= 2;
+    }
+    char *grown;
+    if (b->data == b->local) {
+        grown = PyMem_Malloc((size_t)capacity);
+        if (grown != NULL) {
+            memcpy(grown, b->local, (size_t)b->size);
+        }
+    } else {
+        grown = PyMem_Realloc(b->data, (size_t)capacity);
+    }
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = grown;
+    b->capacity = capacity;
+    return 0;
+}
+
+static int buffer_put(Buffer *b, const char *bytes, Py_ssize_t length)
+{
+    if (buffer_reserve(b, length) < 0) {
+        return -1;
+    }
+    memcpy(b->data + b->size, bytes, (size_t)length);
+    b->size += length;
+    return 0;
+}
+
+static int buffer_put_bytes(Buffer *b, PyObject *bytes)
+{
+    return buffer_put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+/* -- text ---------------------------------------------------------------------------------------- */
+
+static int is_control(Py_UCS4 c)
+{
+    return c < 0x20 || c == 0x7F;
+}
+
+/* The UTF-8 of one code point (a surrogate as '?'); `out` has room for 4 bytes. */
+static Py_ssize_t utf8(Py_UCS4 c, char *out)
+{
+    if (c < 0x80) {
+        out[0] = (char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        out[0] = (char)(0xC0 | (c >> 6));
+        out[1] = (char)(0x80 | (c & 0x3F));
+        return 2;
+    }
+    if (c >= 0xD800 && c <= 0xDFFF) {
+        out[0] = '?';
+        return 1;
+    }
+    if (c < 0x10000) {
+        out[0] = (char)(0xE0 | (c >> 12));
+        out[1] = (char)(0x80 | ((c >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (c >> 18));
+    out[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((c >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+/* The escaped form of `c` in `mode` (at most 4 bytes), or 0 when `c` is written as it is. */
+static Py_ssize_t escaped(const Escaping *e, Py_UCS4 c, char *out)
+{
+    if (e->mode == MODE_PLAIN) {
+        return 0;
+    }
+    if (e->mode == MODE_CEF) {
+        switch (c) {
+        case '\\': memcpy(out, "\\\\", 2); return 2;
+        case '=': memcpy(out, "\\=", 2); return 2;
+        case '\n': memcpy(out, "\\n", 2); return 2;
+        case '\r': memcpy(out, "\\r", 2); return 2;
+        default: break;
+        }
+    } else if (c == e->delimiter && !is_control(c)) {
+        out[0] = ' ';
+        return 1;
+    }
+    if (is_control(c)) {
+        return utf8(c == 0x7F ? 0x2421 : 0x2400 + c, out);
+    }
+    return 0;
+}
+
+/* Append `text` (a str), escaped as `e` says, as UTF-8. */
+static int put_text(const Escaping *e, Buffer *b, PyObject *text)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0) { /* a string made by a deprecated API; never one from JSON */
+        return -1;
+    }
+#endif
+    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    /* An escape or a picture is at most 3 bytes for 1 ASCII character, a code point at most 4. */
+    if (length > PY_SSIZE_T_MAX / 4 || buffer_reserve(b, length * 4) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        return -1;
+    }
+    char *out = b->data + b->size;
+    if (PyUnicode_IS_ASCII(text)) {
+        /* The common case: copy runs of plain characters, stop only at what the table marks. */
+        const unsigned char *chars = PyUnicode_1BYTE_DATA(text);
+        const unsigned char *special = e->special;
+        Py_ssize_t i = 0;
+        while (i < length) {
+            Py_ssize_t start = i;
+            while (i < length && !special[chars[i]]) {
+                i++;
+            }
+            memcpy(out, chars + start, (size_t)(i - start));
+            out += i - start;
+            if (i < length) {
+                out += escaped(e, chars[i], out);
+                i++;
+            }
+        }
+    } else {
+        int kind = PyUnicode_KIND(text);
+        const void *data = PyUnicode_DATA(text);
+        for (Py_ssize_t i = 0; i < length; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            Py_ssize_t n = escaped(e, c, out);
+            out += n > 0 ? n : utf8(c, out);
+        }
+    }
+    b->size = out - b->data;
+    return 0;
+}
+
+/* -- one record ---------------------------------------------------------------------------------- */
+
+/* The value's text as a new reference, Py_None (new) when it has none; NULL on an error. */
+static PyObject *text_of(const Writer *w, const Step *step, PyObject *value)
+{
+    PyObject *text;
+    if (step->converter != NULL) {
+        text = PyObject_CallOneArg(step->converter, value);
+        if (text != NULL && text != Py_None && !PyUnicode_Check(text)) {
+            PyErr_Format(PyExc_TypeError, "a converter gave %.100s, not text", Py_TYPE(text)->tp_name);
+            Py_DECREF(text);
+            return NULL;
+        }
+        return text; /* "" is a text here: the key is written with nothing after it */
+    }
+    if (PyUnicode_CheckExact(value)) {
+        Py_INCREF(value);
+        return value;
+    }
+    if (PyBool_Check(value)) {
+        return PyUnicode_FromString(value == Py_True ? "true" : "false");
+    }
+    if (PyLong_CheckExact(value)) {
+        return PyObject_Str(value); /* beyond 64 bits (put_integer writes the others) */
+    }
+    if (PyFloat_CheckExact(value)) {
+        return PyObject_Repr(value);
+    }
+    text = PyObject_CallOneArg(w->render, value);
+    if (text != NULL && text != Py_None && !PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "render_text gave %.100s, not text", Py_TYPE(text)->tp_name);
+        Py_DECREF(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* Append one field: the joint when something came before, then the key, then either `text` escaped
+ * or `ready` (`size` bytes already safe to write). */
+static int put_field(const Writer *w, Buffer *b, Py_ssize_t *written, PyObject *key, PyObject *text,
+                     const char *ready, Py_ssize_t size)
+{
+    if (*written > 0 && buffer_put_bytes(b, w->joint) < 0) {
+        return -1;
+    }
+    if (buffer_put_bytes(b, key) < 0) {
+        return -1;
+    }
+    int status = text != NULL ? put_text(&w->escaping, b, text) : buffer_put(b, ready, size);
+    if (status < 0) {
+        return -1;
+    }
+    (*written)++;
+    return 0;
+}
+
+static int put_follower(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step)
+{
+    if (step->follower == NULL) {
+        return 0;
+    }
+    if (*written > 0 && buffer_put_bytes(b, w->joint) < 0) {
+        return -1;
+    }
+    (*written)++;
+    return buffer_put_bytes(b, step->follower);
+}
+
+static int put_default(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step)
+{
+    if (step->fallback == NULL) {
+        return 0;
+    }
+    if (put_field(w, b, written, step->key, NULL, PyBytes_AS_STRING(step->fallback),
+                  PyBytes_GET_SIZE(step->fallback)) < 0) {
+        return -1;
+    }
+    return put_follower(w, b, written, step);
+}
+
+/* An exact int that fits 64 bits, written as its digits (what str() gives) when the step renders it
+ * by type or through a shortcut converter: 1 when written, 0 when the value is not such an int. */
+static int put_integer(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, PyObject *value)
+{
+    if (!PyLong_CheckExact(value) || (step->converter != NULL && step->shortcut == SHORTCUT_NONE)) {
+        return 0;
+    }
+    int overflow = 0;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow != 0 || (number == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0; /* beyond 64 bits: the general path */
+    }
+    if (step->shortcut == SHORTCUT_EPOCH_MS && number > -SECONDS_LIMIT && number < SECONDS_LIMIT) {
+        number *= 1000; /* epoch seconds -> milliseconds, as epoch_ms_text does */
+    }
+    char digits[24];
+    int size = snprintf(digits, sizeof(digits), "%lld", number);
+    if (put_field(w, b, written, step->key, NULL, digits, size) < 0 ||
+        put_follower(w, b, written, step) < 0) {
+        return -1;
+    }
+    return 1;
+}
+
+static int put_step(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, PyObject *record)
+{
+    if (step->constant) {
+        return put_default(w, b, written, step);
+    }
+    PyObject *value;
+    if (step->getter != NULL) {
+        value = PyObject_CallOneArg(step->getter, record);
+    } else if (PyDict_CheckExact(record)) {
+        value = PyDict_GetItemWithError(record, step->field);
+        Py_XINCREF(value);
+        if (value == NULL && !PyErr_Occurred()) {
+            value = Py_NewRef(Py_None);
+        }
+    } else {
+        value = PyObject_CallMethod(record, "get", "O", step->field);
+    }
+    if (value == NULL) {
+        return -1;
+    }
+    if (value == Py_None) {
+        Py_DECREF(value);
+        return put_default(w, b, written, step);
+    }
+    int done = put_integer(w, b, written, step, value);
+    if (done != 0) {
+        Py_DECREF(value);
+        return done < 0 ? -1 : 0;
+    }
+    PyObject *text = text_of(w, step, value);
+    Py_DECREF(value);
+    if (text == NULL) {
+        return -1;
+    }
+    /* Without a converter an empty text is no text (the default applies); a converter's "" is one. */
+    if (text == Py_None || (step->converter == NULL && PyUnicode_GET_LENGTH(text) == 0)) {
+        Py_DECREF(text);
+        return put_default(w, b, written, step);
+    }
+    int status = put_field(w, b, written, step->key, text, NULL, 0);
+    Py_DECREF(text);
+    if (status < 0) {
+        return -1;
+    }
+    return put_follower(w, b, written, step);
+}
+
+/* Writer(record, head) -> bytes: head (escaped text) as UTF-8, then the record's fields. */
+static PyObject *writer_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    const Writer *w = (const Writer *)self;
+    PyObject *record;
+    PyObject *head;
+    static char *names[] = {"record", "head", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OU", names, &record, &head)) {
+        return NULL;
+    }
+    if (w->joint == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this writer was cleared by the garbage collector");
+        return NULL;
+    }
+    Buffer b;
+    buffer_init(&b);
+    Py_ssize_t written = 0;
+    if (put_text(&PLAIN, &b, head) < 0) {
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < w->count; i++) {
+        if (put_step(w, &b, &written, &w->steps[i], record) < 0) {
+            goto fail;
+        }
+    }
+    PyObject *result = PyBytes_FromStringAndSize(b.data, b.size);
+    buffer_free(&b);
+    return result;
+fail:
+    buffer_free(&b);
+    return NULL;
+}
+
+/* -- construction -------------------------------------------------------------------------------- */
+
+static void clear_steps(Writer *w)
+{
+    for (Py_ssize_t i = 0; i < w->count; i++) {
+        Step *s = &w->steps[i];
+        Py_XDECREF(s->key);
+        Py_XDECREF(s->field);
+        Py_XDECREF(s->getter);
+        Py_XDECREF(s->converter);
+        Py_XDECREF(s->fallback);
+        Py_XDECREF(s->follower);
+    }
+    PyMem_Free(w->steps);
+    w->steps = NULL;
+    w->count = 0;
+}
+
+static PyObject *or_null(PyObject *value)
+{
+    return value == Py_None ? NULL : Py_NewRef(value);
+}
+
+/* One step from its tuple: (key, field, getter, converter, fallback, follower, constant, shortcut). */
+static int parse_step(PyObject *item, Step *step)
+{
+    PyObject *key, *field, *getter, *converter, *fallback, *follower;
+    int constant, shortcut;
+    if (!PyArg_ParseTuple(item, "SUOOOOpi", &key, &field, &getter, &converter, &fallback, &follower,
+                          &constant, &shortcut)) {
+        return -1;
+    }
+    if (shortcut < SHORTCUT_NONE || shortcut > SHORTCUT_EPOCH_MS || (shortcut != SHORTCUT_NONE && converter == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "a shortcut is 0, 1 or 2, and only for a step with a converter");
+        return -1;
+    }
+    if ((getter != Py_None && !PyCallable_Check(getter)) ||
+        (converter != Py_None && !PyCallable_Check(converter)) ||
+        (fallback != Py_None && !PyBytes_Check(fallback)) ||
+        (follower != Py_None && !PyBytes_Check(follower))) {
+        PyErr_SetString(PyExc_TypeError, "a step is (bytes, str, callable|None, callable|None, "
+                                         "bytes|None, bytes|None, bool)");
+        return -1;
+    }
+    step->key = Py_NewRef(key);
+    step->field = Py_NewRef(field);
+    step->getter = or_null(getter);
+    step->converter = or_null(converter);
+    step->fallback = or_null(fallback);
+    step->follower = or_null(follower);
+    step->constant = constant;
+    step->shortcut = shortcut;
+    return 0;
+}
+
+/* Writer(steps, mode, delimiter, joint, render_text): mode 0 is CEF, 1 is LEEF. */
+static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *steps, *delimiter, *joint, *render;
+    int mode;
+    static char *names[] = {"steps", "mode", "delimiter", "joint", "render_text", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!iUSO", names, &PyTuple_Type, &steps, &mode,
+                                     &delimiter, &joint, &render)) {
+        return NULL;
+    }
+    if ((mode != MODE_CEF && mode != MODE_LEEF) || PyUnicode_GET_LENGTH(delimiter) != 1 ||
+        !PyCallable_Check(render)) {
+        PyErr_SetString(PyExc_ValueError, "mode is 0 or 1, the delimiter one character, render_text callable");
+        return NULL;
+    }
+    Writer *w = (Writer *)type->tp_alloc(type, 0);
+    if (w == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(steps);
+    w->steps = PyMem_Calloc((size_t)(count > 0 ? count : 1), sizeof(Step));
+    if (w->steps == NULL) {
+        Py_DECREF(w);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (parse_step(PyTuple_GET_ITEM(steps, i), &w->steps[i]) < 0) {
+            Py_DECREF(w);
+            return NULL;
+        }
+        w->count = i + 1;
+    }
+    w->escaping.mode = mode;
+    w->escaping.delimiter = PyUnicode_READ_CHAR(delimiter, 0);
+    w->joint = Py_NewRef(joint);
+    w->render = Py_NewRef(render);
+    char code[4];
+    for (Py_UCS4 c = 0; c < 128; c++) {
+        w->escaping.special[c] = escaped(&w->escaping, c, code) > 0;
+    }
+    return (PyObject *)w;
+}
+
+/* Getters and converters are the caller's objects: a writer takes part in garbage collection, so that a
+ * converter holding on to what holds the writer is no leak. */
+static int writer_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Writer *w = (Writer *)self;
+    for (Py_ssize_t i = 0; i < w->count; i++) {
+        Py_VISIT(w->steps[i].getter);
+        Py_VISIT(w->steps[i].converter);
+    }
+    Py_VISIT(w->render);
+    return 0;
+}
+
+static int writer_clear(PyObject *self)
+{
+    Writer *w = (Writer *)self;
+    clear_steps(w);
+    Py_CLEAR(w->joint);
+    Py_CLEAR(w->render);
+    return 0;
+}
+
+static void writer_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    writer_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ce_daemon.logs._native.Writer",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Writer(steps, mode, delimiter, joint, render_text)(record, head) -> bytes",
+    .tp_new = writer_new,
+    .tp_dealloc = writer_dealloc,
+    .tp_traverse = writer_traverse,
+    .tp_clear = writer_clear,
+    .tp_call = writer_call,
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ce_daemon.logs._native",
+    .m_doc = "The CEF and LEEF extension writer in C (see ce_daemon/logs/native.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    if (PyType_Ready(&WriterType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&native_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "ABI", NATIVE_ABI) < 0 ||
+        PyModule_AddObjectRef(module, "Writer", (PyObject *)&WriterType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

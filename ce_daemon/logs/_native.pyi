@@ -1,0 +1,16 @@
+# The C writer (_native.c); ce_daemon/logs/native.py is its only user.
+from collections.abc import Callable
+from typing import Any
+
+ABI: int
+
+class Writer:
+    def __init__(
+        self,
+        steps: tuple[tuple[bytes, str, Any, Any, bytes | None, bytes | None, bool, int], ...],
+        mode: int,
+        delimiter: str,
+        joint: bytes,
+        render_text: Callable[[Any], str | None],
+    ) -> None: ...
+    def __call__(self, record: Any, head: str) -> bytes: ...

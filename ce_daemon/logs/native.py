@@ -1,0 +1,117 @@
+"""The C writer of CEF and LEEF extensions (``_native.c``), used when the install could build it.
+
+A CEF or LEEF route spends most of its time turning a record into ``key=value`` fields: about 100 ns
+a field in CPython even once the plan is generated code (:mod:`ce_daemon.logs.generated`), 5-7 µs
+for a 40-field record. ``_native.Writer`` runs the same field plan in C: the dictionary reads, the
+type tests, the escaping and the UTF-8 encoding; getters of nested paths, converters (timestamps,
+addresses, severities) and the rendering of containers stay the Python functions they are, called
+from C. The header is still written in Python and handed over as escaped text.
+
+The C file is compiled when the package is installed (``hatch_build.py``, with the interpreter's own
+compiler settings). Without a C compiler the install still succeeds and the generated Python writers
+are used: the same bytes, more CPU; ``CE_DAEMON_NATIVE=0`` in the daemon's environment turns a built one
+off (the benchmarks compare the two that way). ``ce-daemon test --route NAME --show-writer`` says which
+one runs. A build of an older ``_native.c`` (its ``ABI`` differs) is not used.
+
+The bytes are the reference formatter's, byte for byte: ``tests/test_generated_writers.py`` holds
+all three writers (reference loop, generated Python, C) to each other on every subtype of the
+simulator and on generated mappings over values holding every control character, escape and lone
+surrogate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any, Final, Protocol
+
+from ce_daemon.logs.generated import PlanStep
+from ce_daemon.logs.mapping import Record
+
+ABI: Final = 2
+"""The ``NATIVE_ABI`` of the ``_native.c`` this module is written for."""
+
+CEF: Final = 0
+LEEF: Final = 1
+INT_TEXT: Final = 1
+"""A converter that writes an exact int as ``str(value)``: the C writer does it without the call."""
+EPOCH_MS_TEXT: Final = 2
+"""A converter that writes an exact int as epoch milliseconds (seconds below 1e11 times 1000)."""
+
+
+class ExtensionWriter(Protocol):
+    """``writer(record, head) -> bytes``: ``head`` (escaped text) encoded, then the record's fields."""
+
+    def __call__(self, record: Record, head: str) -> bytes: ...
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    if os.environ.get("CE_DAEMON_NATIVE", "1") == "0":
+        return None, "turned off (CE_DAEMON_NATIVE=0)"
+    try:
+        from ce_daemon.logs import _native  # built at install time when a C compiler is there
+    except ImportError as exc:
+        return None, f"not built ({exc})"
+    found = getattr(_native, "ABI", None)
+    if found != ABI:
+        return None, f"a stale build (ABI {found}, expected {ABI}): reinstall the package"
+    return _native, "built"
+
+
+_MODULE, STATE = _load()
+AVAILABLE: Final = _MODULE is not None
+"""True when the C writer is built and current; ``STATE`` says why not otherwise."""
+
+
+def extension_writer(
+    steps: tuple[PlanStep, ...],
+    *,
+    mode: int,
+    separator: str,
+    joint: str,
+    escape: Callable[[str], str],
+    render_text: Callable[[Any], str | None],
+    shortcuts: Mapping[Callable[[Any], str | None], int],
+    delimiter: str = "\t",
+) -> ExtensionWriter | None:
+    """The C writer of a field plan's ``steps``, or None when it is not available.
+
+    ``mode`` is `CEF` or `LEEF` (the escaping of values); ``separator`` ends each key in the steps
+    (it becomes ``=``); ``joint`` goes between fields; ``escape`` makes the constant texts (defaults
+    and followers) safe, as the Python writers escape them; ``shortcuts`` names the converters whose
+    effect on an int the C writer knows (`INT_TEXT`, `EPOCH_MS_TEXT`); ``delimiter`` is LEEF's.
+    """
+    if _MODULE is None:
+        return None
+    compiled = tuple(_step(step, separator, escape, shortcuts) for step in steps)
+    writer: ExtensionWriter = _MODULE.Writer(compiled, mode, delimiter, joint.encode(), render_text)
+    return writer
+
+
+def _step(
+    step: PlanStep,
+    separator: str,
+    escape: Callable[[str], str],
+    shortcuts: Mapping[Callable[[Any], str | None], int],
+) -> tuple[bytes, str, Any, Any, bytes | None, bytes | None, bool, int]:
+    """One step as ``_native.Writer`` takes it: texts already escaped and encoded."""
+    key = step.key_eq.removesuffix(separator)
+    follower: bytes | None = None
+    if step.follower is not None:
+        follower_key, _, follower_text = step.follower.partition(separator)
+        follower = _encoded(f"{follower_key}={escape(follower_text)}")
+    return (
+        f"{key}=".encode(),
+        step.field,
+        None if step.constant else step.getter,
+        step.converter,
+        None if step.default is None else _encoded(escape(step.default)),
+        follower,
+        step.constant,
+        0 if step.converter is None else shortcuts.get(step.converter, 0),
+    )
+
+
+def _encoded(text: str) -> bytes:
+    return text.encode("utf-8", "replace")
