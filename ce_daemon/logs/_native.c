@@ -1,10 +1,12 @@
-/* The extension part of a CEF or LEEF line, written in C: the hot loop of every CEF and LEEF route.
+/* A CEF or LEEF line, written in C: the hot loop of every CEF and LEEF route.
  *
  * What it does is what the Python writers do (ce_daemon/logs/cef.py, leef.py) for one record, and the
  * tests hold it to their bytes (tests/test_generated_writers.py, every subtype of the simulator and
  * hypothesis over every control character, escape, surrogate and value type):
  *
- *   for each step of a field plan (one output key):
+ *   the head: each part a constant (already escaped) or a reader(record) -> str | None, whose text is
+ *       escaped as a header field (None and "" write nothing);
+ *   then for each step of a field plan (one output key):
  *       read the value: record.get(field), or getter(record) for a path or a format's own reader;
  *       turn it into text: converter(value), else a str as it is, a bool as true/false, an int as
  *       str(), a float as repr(), anything else through render_text (containers as compact JSON);
@@ -14,12 +16,13 @@
  *
  * Escaping, per code point while encoding UTF-8 (a lone surrogate becomes '?', as
  * str.encode("utf-8", "replace") writes it):
- *   CEF:  \ -> \\   = -> \=   LF -> \n   CR -> \r   other C0 and DEL -> Unicode Control Picture;
- *   LEEF: the delimiter -> a space (unless it is a control character itself); C0 and DEL -> picture.
+ *   CEF:    \ -> \\   = -> \=   LF -> \n   CR -> \r   other C0 and DEL -> Unicode Control Picture;
+ *   LEEF:   the delimiter -> a space (unless it is a control character itself); C0 and DEL -> picture;
+ *   header: \ -> \\   | -> \|   C0 (LF and CR included) and DEL -> picture (CEF and LEEF alike).
  *
- * The header is the caller's: it arrives as text already escaped and is only encoded. Every Python
- * call (getters, converters, render_text) keeps its own semantics, exceptions included. Nothing
- * here is reachable from the mapping file but keys and texts, which are data, never code.
+ * Every Python call (getters, converters, render_text, the head's readers) keeps its own semantics,
+ * exceptions included. Nothing here is reachable from the mapping file but keys and texts, which are
+ * data, never code.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -27,9 +30,10 @@
 #include <string.h>
 
 /* Raised by the Python side when this file changes shape: a stale build is then not used. */
-#define NATIVE_ABI 2
+#define NATIVE_ABI 3
 
-enum { MODE_PLAIN = -1, MODE_CEF = 0, MODE_LEEF = 1 }; /* PLAIN: encoded, not escaped */
+/* PLAIN: encoded, not escaped; HEADER: a header field's escapes. */
+enum { MODE_PLAIN = -1, MODE_CEF = 0, MODE_LEEF = 1, MODE_HEADER = 2 };
 
 /* Converters whose effect on an exact int is known: str(int), and epoch_ms_text (seconds below
  * 1e11 are multiplied by 1000). Any other value still goes through the converter itself. */
@@ -54,14 +58,16 @@ typedef struct {
     unsigned char special[128]; /* the ASCII characters `escaped` rewrites */
 } Escaping;
 
-/* Text already escaped (the head): encoded as UTF-8, nothing rewritten. */
+/* Text already escaped (the head's constants): encoded as UTF-8, nothing rewritten. */
 static const Escaping PLAIN = {MODE_PLAIN, 0, {0}};
 
 typedef struct {
     PyObject_HEAD
+    PyObject *head;      /* tuple: str (escaped) or callable(record) -> str | None */
     Step *steps;
     Py_ssize_t count;
     Escaping escaping;
+    Escaping header;     /* the escaping of the head's read fields */
     PyObject *joint;     /* bytes between two fields */
     PyObject *render;    /* render_text */
 } Writer;
@@ -177,7 +183,13 @@ static Py_ssize_t escaped(const Escaping *e, Py_UCS4 c, char *out)
     if (e->mode == MODE_PLAIN) {
         return 0;
     }
-    if (e->mode == MODE_CEF) {
+    if (e->mode == MODE_HEADER) {
+        switch (c) {
+        case '\\': memcpy(out, "\\\\", 2); return 2;
+        case '|': memcpy(out, "\\|", 2); return 2;
+        default: break;
+        }
+    } else if (e->mode == MODE_CEF) {
         switch (c) {
         case '\\': memcpy(out, "\\\\", 2); return 2;
         case '=': memcpy(out, "\\=", 2); return 2;
@@ -394,25 +406,47 @@ static int put_step(const Writer *w, Buffer *b, Py_ssize_t *written, const Step 
     return put_follower(w, b, written, step);
 }
 
-/* Writer(record, head) -> bytes: head (escaped text) as UTF-8, then the record's fields. */
+/* One part of the head: a constant as it is, a reader's text escaped as a header field. */
+static int put_head_part(const Writer *w, Buffer *b, PyObject *part, PyObject *record)
+{
+    if (PyUnicode_Check(part)) {
+        return put_text(&PLAIN, b, part);
+    }
+    PyObject *text = PyObject_CallOneArg(part, record);
+    if (text == NULL) {
+        return -1;
+    }
+    int status = 0;
+    if (PyUnicode_Check(text)) {
+        status = put_text(&w->header, b, text);
+    } else if (text != Py_None) {
+        PyErr_Format(PyExc_TypeError, "a header field gave %.100s, not text", Py_TYPE(text)->tp_name);
+        status = -1;
+    }
+    Py_DECREF(text);
+    return status;
+}
+
+/* Writer(record) -> bytes: the head, then the record's fields. */
 static PyObject *writer_call(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     const Writer *w = (const Writer *)self;
     PyObject *record;
-    PyObject *head;
-    static char *names[] = {"record", "head", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OU", names, &record, &head)) {
+    static char *names[] = {"record", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", names, &record)) {
         return NULL;
     }
-    if (w->joint == NULL) {
+    if (w->joint == NULL || w->head == NULL) {
         PyErr_SetString(PyExc_ValueError, "this writer was cleared by the garbage collector");
         return NULL;
     }
     Buffer b;
     buffer_init(&b);
     Py_ssize_t written = 0;
-    if (put_text(&PLAIN, &b, head) < 0) {
-        goto fail;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(w->head); i++) {
+        if (put_head_part(w, &b, PyTuple_GET_ITEM(w->head, i), record) < 0) {
+            goto fail;
+        }
     }
     for (Py_ssize_t i = 0; i < w->count; i++) {
         if (put_step(w, &b, &written, &w->steps[i], record) < 0) {
@@ -482,20 +516,27 @@ static int parse_step(PyObject *item, Step *step)
     return 0;
 }
 
-/* Writer(steps, mode, delimiter, joint, render_text): mode 0 is CEF, 1 is LEEF. */
+/* Writer(head, steps, mode, delimiter, joint, render_text): mode 0 is CEF, 1 is LEEF. */
 static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *steps, *delimiter, *joint, *render;
+    PyObject *head, *steps, *delimiter, *joint, *render;
     int mode;
-    static char *names[] = {"steps", "mode", "delimiter", "joint", "render_text", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!iUSO", names, &PyTuple_Type, &steps, &mode,
-                                     &delimiter, &joint, &render)) {
+    static char *names[] = {"head", "steps", "mode", "delimiter", "joint", "render_text", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!iUSO", names, &PyTuple_Type, &head, &PyTuple_Type,
+                                     &steps, &mode, &delimiter, &joint, &render)) {
         return NULL;
     }
     if ((mode != MODE_CEF && mode != MODE_LEEF) || PyUnicode_GET_LENGTH(delimiter) != 1 ||
         !PyCallable_Check(render)) {
         PyErr_SetString(PyExc_ValueError, "mode is 0 or 1, the delimiter one character, render_text callable");
         return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(head); i++) {
+        PyObject *part = PyTuple_GET_ITEM(head, i);
+        if (!PyUnicode_Check(part) && !PyCallable_Check(part)) {
+            PyErr_SetString(PyExc_TypeError, "a head part is a str or a callable");
+            return NULL;
+        }
     }
     Writer *w = (Writer *)type->tp_alloc(type, 0);
     if (w == NULL) {
@@ -516,11 +557,14 @@ static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     }
     w->escaping.mode = mode;
     w->escaping.delimiter = PyUnicode_READ_CHAR(delimiter, 0);
+    w->head = Py_NewRef(head);
     w->joint = Py_NewRef(joint);
     w->render = Py_NewRef(render);
+    w->header.mode = MODE_HEADER;
     char code[4];
     for (Py_UCS4 c = 0; c < 128; c++) {
         w->escaping.special[c] = escaped(&w->escaping, c, code) > 0;
+        w->header.special[c] = escaped(&w->header, c, code) > 0;
     }
     return (PyObject *)w;
 }
@@ -534,6 +578,7 @@ static int writer_traverse(PyObject *self, visitproc visit, void *arg)
         Py_VISIT(w->steps[i].getter);
         Py_VISIT(w->steps[i].converter);
     }
+    Py_VISIT(w->head);
     Py_VISIT(w->render);
     return 0;
 }
@@ -542,6 +587,7 @@ static int writer_clear(PyObject *self)
 {
     Writer *w = (Writer *)self;
     clear_steps(w);
+    Py_CLEAR(w->head);
     Py_CLEAR(w->joint);
     Py_CLEAR(w->render);
     return 0;
@@ -559,7 +605,7 @@ static PyTypeObject WriterType = {
     .tp_name = "ce_daemon.logs._native.Writer",
     .tp_basicsize = sizeof(Writer),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Writer(steps, mode, delimiter, joint, render_text)(record, head) -> bytes",
+    .tp_doc = "Writer(head, steps, mode, delimiter, joint, render_text)(record) -> bytes",
     .tp_new = writer_new,
     .tp_dealloc = writer_dealloc,
     .tp_traverse = writer_traverse,
@@ -570,7 +616,7 @@ static PyTypeObject WriterType = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ce_daemon.logs._native",
-    .m_doc = "The CEF and LEEF extension writer in C (see ce_daemon/logs/native.py).",
+    .m_doc = "The CEF and LEEF line writer in C (see ce_daemon/logs/native.py).",
     .m_size = -1,
 };
 

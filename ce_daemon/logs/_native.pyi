@@ -7,10 +7,11 @@ ABI: int
 class Writer:
     def __init__(
         self,
+        head: tuple[str | Callable[[Any], str | None], ...],
         steps: tuple[tuple[bytes, str, Any, Any, bytes | None, bytes | None, bool, int], ...],
         mode: int,
         delimiter: str,
         joint: bytes,
         render_text: Callable[[Any], str | None],
     ) -> None: ...
-    def __call__(self, record: Any, head: str) -> bytes: ...
+    def __call__(self, record: Any) -> bytes: ...

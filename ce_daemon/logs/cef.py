@@ -40,8 +40,8 @@ import orjson
 from ce_daemon.logs.generated import GeneratedCollect, PlanStep, generate_collect
 from ce_daemon.logs.mapping import HEADER_FIELDS, FieldRule, Getter, Record, SubtypeRules, make_getter
 from ce_daemon.logs.native import CEF as NATIVE_CEF
-from ce_daemon.logs.native import EPOCH_MS_TEXT, INT_TEXT, ExtensionWriter
-from ce_daemon.logs.native import extension_writer as native_writer
+from ce_daemon.logs.native import EPOCH_MS_TEXT, INT_TEXT, HeadPart
+from ce_daemon.logs.native import line_writer as native_writer
 
 TextConverter = Callable[[Any], "str | None"]
 RecordWriter = Callable[[Record], bytes]
@@ -578,14 +578,19 @@ def compile_cef(
     ``sort_keys`` writes extensions sorted by key as CE does; False keeps the mapping file's order.
     ``audit`` selects the audit severity table. ``generated`` collects the extension with the plan's
     generated function; False with the reference loop (`FieldPlan.collect`: same bytes, slower).
-    ``native`` (with ``generated``) writes the extension with the C writer when it is built
+    ``native`` (with ``generated``) writes the line with the C writer when it is built
     (:mod:`ce_daemon.logs.native`: same bytes again, faster still).
     """
     prefix, dynamic = _header_plan(rules, tenant_name, cef_version)
     severity_of = severity_reader(rules.header.get("Severity"), tenant_name, audit=audit)
     plan = cef_plan(rules, tenant_name=tenant_name, sort_keys=sort_keys)
-    extension = (
+    head: list[HeadPart] = [prefix]
+    for constant, getter in dynamic:
+        head += [constant if constant is not None else getter, "|"]  # type: ignore[list-item]  # set when constant is None
+    head += [severity_of, "|"]
+    in_c = (
         native_writer(
+            head,
             plan.steps,
             mode=NATIVE_CEF,
             separator=_KEY_END,
@@ -597,8 +602,8 @@ def compile_cef(
         if generated and native
         else None
     )
-    if extension is not None:
-        return _natively_written(prefix, dynamic, severity_of, extension)
+    if in_c is not None:
+        return in_c
     collect = plan.generated().function if generated else plan.collect
 
     def careful(record: Record) -> bytes:
@@ -635,24 +640,6 @@ def compile_cef(
         if len(data) - len(data.translate(None, CONTROL_BYTES)) == len(fields):
             return data.replace(_KEY_END_BYTE, b"=")
         return careful(record)
-
-    return write
-
-
-def _natively_written(
-    prefix: str, dynamic: list[HeaderPart], severity_of: Callable[[Record], str], extension: ExtensionWriter
-) -> RecordWriter:
-    """The CEF writer around the C extension writer: the header escaped here, field by field as the
-    careful path does (the C writer escapes every value on its own, so no whole-line check follows)."""
-
-    def write(record: Record) -> bytes:
-        parts = [prefix]
-        for constant, getter in dynamic:
-            parts.append(constant if constant is not None else header_text(getter(record)))  # type: ignore[misc]  # set when constant is None
-            parts.append("|")
-        parts.append(severity_of(record))
-        parts.append("|")
-        return extension(record, "".join(parts))
 
     return write
 

@@ -50,7 +50,8 @@ from ce_daemon.logs.cef import (
 )
 from ce_daemon.logs.mapping import FieldRule, Record, SubtypeRules
 from ce_daemon.logs.native import LEEF as NATIVE_LEEF
-from ce_daemon.logs.native import extension_writer as native_writer
+from ce_daemon.logs.native import HeadPart
+from ce_daemon.logs.native import line_writer as native_writer
 
 LEEF_KEYS: Final = {
     "suser": "usrName",
@@ -222,8 +223,13 @@ def compile_leef(
         head = fixed_head or "LEEF:2.0|" + "|".join(_text_of(field, record, careful) for field in lead) + "|"
         return head + _text_of(event_id, record, careful) + tail
 
-    extension = (
+    head: list[HeadPart] = (
+        [fixed_head] if fixed_head else ["LEEF:2.0|", vendor, "|", product, "|", version, "|"]
+    )
+    head += [event_id, tail]
+    in_c = (
         native_writer(
+            head,
             plan.steps,
             mode=NATIVE_LEEF,
             separator="=",
@@ -236,9 +242,8 @@ def compile_leef(
         if generated and native
         else None
     )
-    if extension is not None:
-        # The C writer makes every value safe on its own; the head is escaped as the careful path does.
-        return lambda record: extension(record, head_of(record, careful=True))
+    if in_c is not None:
+        return in_c  # every value and header field made safe on its own, as the careful path does
     collect = plan.generated().function if generated else plan.collect
 
     def careful(record: Record) -> bytes:

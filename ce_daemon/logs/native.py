@@ -1,11 +1,12 @@
-"""The C writer of CEF and LEEF extensions (``_native.c``), used when the install could build it.
+"""The C writer of CEF and LEEF lines (``_native.c``), used when the install could build it.
 
 A CEF or LEEF route spends most of its time turning a record into ``key=value`` fields: about 100 ns
-a field in CPython even once the plan is generated code (:mod:`ce_daemon.logs.generated`), 5-7 µs
-for a 40-field record. ``_native.Writer`` runs the same field plan in C: the dictionary reads, the
-type tests, the escaping and the UTF-8 encoding; getters of nested paths, converters (timestamps,
-addresses, severities) and the rendering of containers stay the Python functions they are, called
-from C. The header is still written in Python and handed over as escaped text.
+a field in CPython even once the plan is generated code (:mod:`ce_daemon.logs.generated`), 7-10 µs
+for a 40-field record. ``_native.Writer`` runs the same field plan in C, and the header's: the
+dictionary reads, the type tests, the escaping and the UTF-8 encoding; getters of nested paths,
+converters (addresses, severities, LEEF's devTime), the header's readers and the rendering of
+containers stay the Python functions they are, called from C. Integers read by an Integer or a CEF
+time key are written in C (`INT_TEXT`, `EPOCH_MS_TEXT`), as those converters write them.
 
 The C file is compiled when the package is installed (``hatch_build.py``, with the interpreter's own
 compiler settings). Without a C compiler the install still succeeds and the generated Python writers
@@ -22,14 +23,14 @@ surrogate.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from ce_daemon.logs.generated import PlanStep
 from ce_daemon.logs.mapping import Record
 
-ABI: Final = 2
+ABI: Final = 3
 """The ``NATIVE_ABI`` of the ``_native.c`` this module is written for."""
 
 CEF: Final = 0
@@ -40,10 +41,8 @@ EPOCH_MS_TEXT: Final = 2
 """A converter that writes an exact int as epoch milliseconds (seconds below 1e11 times 1000)."""
 
 
-class ExtensionWriter(Protocol):
-    """``writer(record, head) -> bytes``: ``head`` (escaped text) encoded, then the record's fields."""
-
-    def __call__(self, record: Record, head: str) -> bytes: ...
+HeadPart = str | Callable[[Record], "str | None"]
+"""A constant of the head, already escaped, or a reader whose text the writer escapes as a header field."""
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -64,7 +63,8 @@ AVAILABLE: Final = _MODULE is not None
 """True when the C writer is built and current; ``STATE`` says why not otherwise."""
 
 
-def extension_writer(
+def line_writer(
+    head: Sequence[HeadPart],
     steps: tuple[PlanStep, ...],
     *,
     mode: int,
@@ -74,18 +74,29 @@ def extension_writer(
     render_text: Callable[[Any], str | None],
     shortcuts: Mapping[Callable[[Any], str | None], int],
     delimiter: str = "\t",
-) -> ExtensionWriter | None:
-    """The C writer of a field plan's ``steps``, or None when it is not available.
+) -> Callable[[Record], bytes] | None:
+    """``record -> line`` in C: the ``head`` parts, then a field plan's ``steps``; None when the C
+    writer is not available.
 
-    ``mode`` is `CEF` or `LEEF` (the escaping of values); ``separator`` ends each key in the steps
-    (it becomes ``=``); ``joint`` goes between fields; ``escape`` makes the constant texts (defaults
-    and followers) safe, as the Python writers escape them; ``shortcuts`` names the converters whose
-    effect on an int the C writer knows (`INT_TEXT`, `EPOCH_MS_TEXT`); ``delimiter`` is LEEF's.
+    A reader in ``head`` gives text or None (nothing written); its text is escaped as a header field
+    (``\\``, ``|``, control characters as pictures), as `header_text` does. ``mode`` is `CEF` or
+    `LEEF` (the escaping of values); ``separator`` ends each key in the steps (it becomes ``=``);
+    ``joint`` goes between fields; ``escape`` makes the constant texts (defaults and followers) safe,
+    as the Python writers escape them; ``shortcuts`` names the converters whose effect on an int the
+    C writer knows (`INT_TEXT`, `EPOCH_MS_TEXT`); ``delimiter`` is LEEF's.
     """
     if _MODULE is None:
         return None
+    parts: list[HeadPart] = []
+    for part in head:
+        if isinstance(part, str) and parts and isinstance(parts[-1], str):
+            parts[-1] += part  # neighbouring constants are written as one
+        elif part != "":
+            parts.append(part)
     compiled = tuple(_step(step, separator, escape, shortcuts) for step in steps)
-    writer: ExtensionWriter = _MODULE.Writer(compiled, mode, delimiter, joint.encode(), render_text)
+    writer: Callable[[Record], bytes] = _MODULE.Writer(
+        tuple(parts), compiled, mode, delimiter, joint.encode(), render_text
+    )
     return writer
 
 
