@@ -113,6 +113,26 @@ async def test_each_record_gets_the_routes_verdict_and_the_reason(tmp_path: Path
             assert "events/network" in outcome["reason"]
 
 
+async def test_with_the_c_writer_turned_off_the_same_lines_are_written_by_python(tmp_path: Path) -> None:
+    """``CE_DAEMON_NATIVE=0``: ``--show-writer`` says the Python writer runs and why, and the route writes
+    the very same lines as with the C writer."""
+    path = pipeline(tmp_path)
+    source = tmp_path / "records.ndjson"
+    source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for _, _, r in simulated(30)))
+    command = ("test", "-c", str(path), "--route", "siem")
+    code, shown = await run_cli(*command, "--show-writer", env={"CE_DAEMON_NATIVE": "0"})
+    assert code == 0, shown
+    assert "# this Python runs per record (the C writer: turned off (CE_DAEMON_NATIVE=0))" in shown
+    outputs = []
+    for switch in ("0", "1"):
+        code, out = await run_cli(
+            *command, "--input", str(source), "--json", env={"CE_DAEMON_NATIVE": switch}
+        )
+        assert code == 0, out
+        outputs.append([line for line in out.splitlines() if '"verdict":"sent"' in line])
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 10
+
+
 async def test_the_human_form_prints_what_would_be_sent_on_stdout_and_reasons_on_stderr(
     tmp_path: Path,
 ) -> None:

@@ -45,6 +45,7 @@ from ce_daemon.errors import (
 )
 from ce_daemon.health import State
 from ce_daemon.keys import StreamKey
+from ce_daemon.logs import native
 from ce_daemon.logs.deadletter import DeadLetters
 from ce_daemon.logs.formatter import RecordFormatter
 from ce_daemon.logs.metrics import RouteMetrics
@@ -173,6 +174,9 @@ class RouteComponent(Component):
         """
         if self.route.sink.note:
             self.log.warning("sink.plugin_note", sink=self.route.sink.name, note=self.route.sink.note)
+        if self.config.format in ("cef", "leef") and not native.AVAILABLE:
+            # Same bytes, about twice the CPU per record: worth knowing on a busy tenant.
+            self.log.warning("route.python_writer", format=self.config.format, c_writer=native.STATE)
         health = await self._open_sink()
         if not health.ok:
             raise TransientError(f"sink {self.route.sink.name!r} unhealthy: {health.detail}")
