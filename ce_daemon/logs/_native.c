@@ -30,7 +30,7 @@
 #include <string.h>
 
 /* Raised by the Python side when this file changes shape: a stale build is then not used. */
-#define NATIVE_ABI 3
+#define NATIVE_ABI 4
 
 /* PLAIN: encoded, not escaped; HEADER: a header field's escapes. */
 enum { MODE_PLAIN = -1, MODE_CEF = 0, MODE_LEEF = 1, MODE_HEADER = 2 };
@@ -70,7 +70,12 @@ typedef struct {
     Escaping header;     /* the escaping of the head's read fields */
     PyObject *joint;     /* bytes between two fields */
     PyObject *render;    /* render_text */
+    PyObject *fields;    /* dict: a field read with a dict lookup -> tuple of the indexes of its steps */
+    unsigned long calls; /* records written, for `adopt_keys` */
 } Writer;
+
+/* Every this many records, the writer takes the record's own key objects for its lookups. */
+#define ADOPT_EVERY 1024
 
 /* -- a growable byte buffer, on the stack until a line outgrows it ------------------------------- */
 
@@ -427,10 +432,70 @@ static int put_head_part(const Writer *w, Buffer *b, PyObject *part, PyObject *r
     return status;
 }
 
+/* Take the record's key objects as the steps' lookup keys.
+ *
+ * orjson makes one key object per distinct key and gives it to every record it parses, but not ours:
+ * a lookup with our own string then finds the entry by hash and compares the characters (memcmp),
+ * about half the cost of a field. With the record's own object the lookup stops at the first pointer
+ * comparison. The objects are equal strings, so what is read never changes, only how fast; done
+ * again every ADOPT_EVERY records, in case the parser's key cache moved on. */
+static void adopt_keys(Writer *w, PyObject *record)
+{
+    Py_ssize_t position = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(record, &position, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) {
+            continue;
+        }
+        PyObject *indexes = PyDict_GetItemWithError(w->fields, key);
+        if (indexes == NULL) {
+            PyErr_Clear(); /* not a field of ours (an error here is only a missed speed-up) */
+            continue;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(indexes); i++) {
+            Step *step = &w->steps[PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i))];
+            if (step->field != key) {
+                Py_SETREF(step->field, Py_NewRef(key));
+            }
+        }
+    }
+}
+
+/* The steps read with a dict lookup, by field: {field: (index, ...)}. */
+static PyObject *fields_of(const Writer *w)
+{
+    PyObject *fields = PyDict_New();
+    if (fields == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < w->count; i++) {
+        const Step *step = &w->steps[i];
+        if (step->getter != NULL || step->constant || !PyUnicode_CheckExact(step->field)) {
+            continue;
+        }
+        PyObject *known = PyDict_GetItemWithError(fields, step->field);
+        PyObject *index = PyLong_FromSsize_t(i);
+        PyObject *indexes = NULL;
+        if (index != NULL && !PyErr_Occurred()) {
+            PyObject *one = PyTuple_Pack(1, index);
+            indexes = one == NULL ? NULL : (known == NULL ? Py_NewRef(one) : PySequence_Concat(known, one));
+            Py_XDECREF(one);
+        }
+        Py_XDECREF(index);
+        if (indexes == NULL || PyDict_SetItem(fields, step->field, indexes) < 0) {
+            Py_XDECREF(indexes);
+            Py_DECREF(fields);
+            return NULL;
+        }
+        Py_DECREF(indexes);
+    }
+    return fields;
+}
+
 /* Writer(record) -> bytes: the head, then the record's fields. */
 static PyObject *writer_call(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    const Writer *w = (const Writer *)self;
+    Writer *w = (Writer *)self;
     PyObject *record;
     static char *names[] = {"record", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", names, &record)) {
@@ -439,6 +504,9 @@ static PyObject *writer_call(PyObject *self, PyObject *args, PyObject *kwargs)
     if (w->joint == NULL || w->head == NULL) {
         PyErr_SetString(PyExc_ValueError, "this writer was cleared by the garbage collector");
         return NULL;
+    }
+    if (w->calls++ % ADOPT_EVERY == 0 && PyDict_CheckExact(record)) {
+        adopt_keys(w, record);
     }
     Buffer b;
     buffer_init(&b);
@@ -560,6 +628,11 @@ static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     w->head = Py_NewRef(head);
     w->joint = Py_NewRef(joint);
     w->render = Py_NewRef(render);
+    w->fields = fields_of(w);
+    if (w->fields == NULL) {
+        Py_DECREF(w);
+        return NULL;
+    }
     w->header.mode = MODE_HEADER;
     char code[4];
     for (Py_UCS4 c = 0; c < 128; c++) {
@@ -590,6 +663,7 @@ static int writer_clear(PyObject *self)
     Py_CLEAR(w->head);
     Py_CLEAR(w->joint);
     Py_CLEAR(w->render);
+    Py_CLEAR(w->fields);
     return 0;
 }
 

@@ -30,7 +30,7 @@ from typing import Any, Final
 from ce_daemon.logs.generated import PlanStep
 from ce_daemon.logs.mapping import Record
 
-ABI: Final = 3
+ABI: Final = 4
 """The ``NATIVE_ABI`` of the ``_native.c`` this module is written for."""
 
 CEF: Final = 0
