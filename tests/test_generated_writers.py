@@ -161,8 +161,17 @@ HEADERS = st.fixed_dictionaries(
     {
         "Device Vendor": st.just({"default_value": "Net|sk\\ope"}),
         "Device Product": st.just({"default_value": "$tenant_name"}),
-        "Device Version": st.just({"mapping_field": "f1"}),
-        "Device Event Class ID": st.just({"mapping_field": "f0"}),
+        "Device Version": st.sampled_from(
+            [
+                {"mapping_field": "f1"},
+                {"mapping_field": "f1", "default_value": "d|e\\f"},
+                {"mapping_field": "f1", "transformation": "Integer"},
+                {"mapping_field": "host.name"},
+            ]
+        ),
+        "Device Event Class ID": st.sampled_from(
+            [{"mapping_field": "f0"}, {"mapping_field": "f0", "default_value": "é|" * 200}]
+        ),
         "Name": st.just({"mapping_field": "f2"}),
         "Severity": st.sampled_from([{"mapping_field": "f0", "default_value": "high"}, {"default_value": 7}]),
     }

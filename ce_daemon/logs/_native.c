@@ -4,8 +4,10 @@
  * tests hold it to their bytes (tests/test_generated_writers.py, every subtype of the simulator and
  * hypothesis over every control character, escape, surrogate and value type):
  *
- *   the head: each part a constant (already escaped) or a reader(record) -> str | None, whose text is
- *       escaped as a header field (None and "" write nothing);
+ *   the head: each part a constant (already escaped), a field read from the record as a String
+ *       rule's header field is (its fallback when the record has no text, cut to a limit), or a
+ *       reader(record) -> str | None; a field's or a reader's text is escaped as a header field
+ *       (None and "" write nothing);
  *   then for each step of a field plan (one output key):
  *       read the value: record.get(field), or getter(record) for a path or a format's own reader;
  *       turn it into text: converter(value), else a str as it is, a bool as true/false, an int as
@@ -30,7 +32,7 @@
 #include <string.h>
 
 /* Raised by the Python side when this file changes shape: a stale build is then not used. */
-#define NATIVE_ABI 4
+#define NATIVE_ABI 5
 
 /* PLAIN: encoded, not escaped; HEADER: a header field's escapes. */
 enum { MODE_PLAIN = -1, MODE_CEF = 0, MODE_LEEF = 1, MODE_HEADER = 2 };
@@ -61,9 +63,19 @@ typedef struct {
 /* Text already escaped (the head's constants): encoded as UTF-8, nothing rewritten. */
 static const Escaping PLAIN = {MODE_PLAIN, 0, {0}};
 
+/* One part of the head. */
+typedef struct {
+    PyObject *constant;  /* str, already escaped; or NULL */
+    PyObject *reader;    /* callable(record) -> str | None; or NULL */
+    PyObject *field;     /* str: read from the record when constant and reader are NULL */
+    PyObject *fallback;  /* str written when the field has no text (not escaped yet), or NULL */
+    Py_ssize_t limit;    /* the field's text is cut to this many characters (-1: not cut) */
+} HeadPart;
+
 typedef struct {
     PyObject_HEAD
-    PyObject *head;      /* tuple: str (escaped) or callable(record) -> str | None */
+    HeadPart *head;
+    Py_ssize_t head_count;
     Step *steps;
     Py_ssize_t count;
     Escaping escaping;
@@ -364,23 +376,26 @@ static int put_integer(const Writer *w, Buffer *b, Py_ssize_t *written, const St
     return 1;
 }
 
+/* record.get(field) as a new reference (Py_None when absent); NULL on an error. */
+static PyObject *read_field(PyObject *record, PyObject *field)
+{
+    if (!PyDict_CheckExact(record)) {
+        return PyObject_CallMethod(record, "get", "O", field);
+    }
+    PyObject *value = PyDict_GetItemWithError(record, field);
+    if (value == NULL) {
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    return Py_NewRef(value);
+}
+
 static int put_step(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, PyObject *record)
 {
     if (step->constant) {
         return put_default(w, b, written, step);
     }
-    PyObject *value;
-    if (step->getter != NULL) {
-        value = PyObject_CallOneArg(step->getter, record);
-    } else if (PyDict_CheckExact(record)) {
-        value = PyDict_GetItemWithError(record, step->field);
-        Py_XINCREF(value);
-        if (value == NULL && !PyErr_Occurred()) {
-            value = Py_NewRef(Py_None);
-        }
-    } else {
-        value = PyObject_CallMethod(record, "get", "O", step->field);
-    }
+    PyObject *value = step->getter != NULL ? PyObject_CallOneArg(step->getter, record)
+                                           : read_field(record, step->field);
     if (value == NULL) {
         return -1;
     }
@@ -411,13 +426,39 @@ static int put_step(const Writer *w, Buffer *b, Py_ssize_t *written, const Step 
     return put_follower(w, b, written, step);
 }
 
-/* One part of the head: a constant as it is, a reader's text escaped as a header field. */
-static int put_head_part(const Writer *w, Buffer *b, PyObject *part, PyObject *record)
+/* A plain step: no getter, no converter (what `text_of` does with a value read for a head field). */
+static const Step BY_TYPE = {0};
+
+/* A head field's text as a String rule's header field gives it (new reference; Py_None for none). */
+static PyObject *head_field_text(const Writer *w, const HeadPart *part, PyObject *record)
 {
-    if (PyUnicode_Check(part)) {
-        return put_text(&PLAIN, b, part);
+    PyObject *value = read_field(record, part->field);
+    if (value == NULL) {
+        return NULL;
     }
-    PyObject *text = PyObject_CallOneArg(part, record);
+    PyObject *text = value == Py_None ? Py_NewRef(Py_None) : text_of(w, &BY_TYPE, value);
+    Py_DECREF(value);
+    if (text == NULL) {
+        return NULL;
+    }
+    if (text == Py_None || PyUnicode_GET_LENGTH(text) == 0) {
+        Py_DECREF(text);
+        return Py_NewRef(part->fallback != NULL ? part->fallback : Py_None);
+    }
+    if (part->limit >= 0 && PyUnicode_GET_LENGTH(text) > part->limit) {
+        Py_SETREF(text, PyUnicode_Substring(text, 0, part->limit));
+    }
+    return text;
+}
+
+/* One part of the head: a constant as it is, a field's or a reader's text escaped as a header field. */
+static int put_head_part(const Writer *w, Buffer *b, const HeadPart *part, PyObject *record)
+{
+    if (part->constant != NULL) {
+        return put_text(&PLAIN, b, part->constant);
+    }
+    PyObject *text = part->reader != NULL ? PyObject_CallOneArg(part->reader, record)
+                                          : head_field_text(w, part, record);
     if (text == NULL) {
         return -1;
     }
@@ -453,27 +494,35 @@ static void adopt_keys(Writer *w, PyObject *record)
             continue;
         }
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(indexes); i++) {
-            Step *step = &w->steps[PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i))];
-            if (step->field != key) {
-                Py_SETREF(step->field, Py_NewRef(key));
+            Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(indexes, i));
+            PyObject **field = index >= 0 ? &w->steps[index].field : &w->head[-index - 1].field;
+            if (*field != key) {
+                Py_SETREF(*field, Py_NewRef(key));
             }
         }
     }
 }
 
-/* The steps read with a dict lookup, by field: {field: (index, ...)}. */
+/* The steps and head parts read with a dict lookup, by field: {field: (index, ...)}, a step by its
+ * index, head part i as -(i + 1). */
 static PyObject *fields_of(const Writer *w)
 {
     PyObject *fields = PyDict_New();
     if (fields == NULL) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < w->count; i++) {
-        const Step *step = &w->steps[i];
-        if (step->getter != NULL || step->constant || !PyUnicode_CheckExact(step->field)) {
+    for (Py_ssize_t i = -w->head_count; i < w->count; i++) {
+        PyObject *field;
+        if (i < 0) {
+            field = w->head[-i - 1].field;
+        } else {
+            const Step *step = &w->steps[i];
+            field = step->getter != NULL || step->constant ? NULL : step->field;
+        }
+        if (field == NULL || !PyUnicode_CheckExact(field)) {
             continue;
         }
-        PyObject *known = PyDict_GetItemWithError(fields, step->field);
+        PyObject *known = PyDict_GetItemWithError(fields, field);
         PyObject *index = PyLong_FromSsize_t(i);
         PyObject *indexes = NULL;
         if (index != NULL && !PyErr_Occurred()) {
@@ -482,7 +531,7 @@ static PyObject *fields_of(const Writer *w)
             Py_XDECREF(one);
         }
         Py_XDECREF(index);
-        if (indexes == NULL || PyDict_SetItem(fields, step->field, indexes) < 0) {
+        if (indexes == NULL || PyDict_SetItem(fields, field, indexes) < 0) {
             Py_XDECREF(indexes);
             Py_DECREF(fields);
             return NULL;
@@ -501,7 +550,7 @@ static PyObject *writer_call(PyObject *self, PyObject *args, PyObject *kwargs)
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", names, &record)) {
         return NULL;
     }
-    if (w->joint == NULL || w->head == NULL) {
+    if (w->joint == NULL) {
         PyErr_SetString(PyExc_ValueError, "this writer was cleared by the garbage collector");
         return NULL;
     }
@@ -511,8 +560,8 @@ static PyObject *writer_call(PyObject *self, PyObject *args, PyObject *kwargs)
     Buffer b;
     buffer_init(&b);
     Py_ssize_t written = 0;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(w->head); i++) {
-        if (put_head_part(w, &b, PyTuple_GET_ITEM(w->head, i), record) < 0) {
+    for (Py_ssize_t i = 0; i < w->head_count; i++) {
+        if (put_head_part(w, &b, &w->head[i], record) < 0) {
             goto fail;
         }
     }
@@ -531,6 +580,8 @@ fail:
 
 /* -- construction -------------------------------------------------------------------------------- */
 
+static PyObject *or_null(PyObject *value);
+
 static void clear_steps(Writer *w)
 {
     for (Py_ssize_t i = 0; i < w->count; i++) {
@@ -545,6 +596,42 @@ static void clear_steps(Writer *w)
     PyMem_Free(w->steps);
     w->steps = NULL;
     w->count = 0;
+    for (Py_ssize_t i = 0; i < w->head_count; i++) {
+        HeadPart *part = &w->head[i];
+        Py_XDECREF(part->constant);
+        Py_XDECREF(part->reader);
+        Py_XDECREF(part->field);
+        Py_XDECREF(part->fallback);
+    }
+    PyMem_Free(w->head);
+    w->head = NULL;
+    w->head_count = 0;
+}
+
+/* One head part: a str (a constant, escaped), a callable (a reader), or (field, fallback, limit). */
+static int parse_head_part(PyObject *item, HeadPart *part)
+{
+    part->limit = -1;
+    if (PyUnicode_Check(item)) {
+        part->constant = Py_NewRef(item);
+        return 0;
+    }
+    if (PyCallable_Check(item)) {
+        part->reader = Py_NewRef(item);
+        return 0;
+    }
+    PyObject *field, *fallback;
+    Py_ssize_t limit;
+    if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "UOn", &field, &fallback, &limit) ||
+        (fallback != Py_None && !PyUnicode_Check(fallback))) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "a head part is a str, a callable or (str, str|None, int)");
+        return -1;
+    }
+    part->field = Py_NewRef(field);
+    part->fallback = or_null(fallback);
+    part->limit = limit;
+    return 0;
 }
 
 static PyObject *or_null(PyObject *value)
@@ -599,22 +686,24 @@ static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         PyErr_SetString(PyExc_ValueError, "mode is 0 or 1, the delimiter one character, render_text callable");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(head); i++) {
-        PyObject *part = PyTuple_GET_ITEM(head, i);
-        if (!PyUnicode_Check(part) && !PyCallable_Check(part)) {
-            PyErr_SetString(PyExc_TypeError, "a head part is a str or a callable");
-            return NULL;
-        }
-    }
     Writer *w = (Writer *)type->tp_alloc(type, 0);
     if (w == NULL) {
         return NULL;
     }
+    Py_ssize_t parts = PyTuple_GET_SIZE(head);
+    w->head = PyMem_Calloc((size_t)(parts > 0 ? parts : 1), sizeof(HeadPart));
     Py_ssize_t count = PyTuple_GET_SIZE(steps);
     w->steps = PyMem_Calloc((size_t)(count > 0 ? count : 1), sizeof(Step));
-    if (w->steps == NULL) {
+    if (w->head == NULL || w->steps == NULL) {
         Py_DECREF(w);
         return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < parts; i++) {
+        if (parse_head_part(PyTuple_GET_ITEM(head, i), &w->head[i]) < 0) {
+            Py_DECREF(w);
+            return NULL;
+        }
+        w->head_count = i + 1;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         if (parse_step(PyTuple_GET_ITEM(steps, i), &w->steps[i]) < 0) {
@@ -625,7 +714,6 @@ static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     }
     w->escaping.mode = mode;
     w->escaping.delimiter = PyUnicode_READ_CHAR(delimiter, 0);
-    w->head = Py_NewRef(head);
     w->joint = Py_NewRef(joint);
     w->render = Py_NewRef(render);
     w->fields = fields_of(w);
@@ -651,7 +739,9 @@ static int writer_traverse(PyObject *self, visitproc visit, void *arg)
         Py_VISIT(w->steps[i].getter);
         Py_VISIT(w->steps[i].converter);
     }
-    Py_VISIT(w->head);
+    for (Py_ssize_t i = 0; i < w->head_count; i++) {
+        Py_VISIT(w->head[i].reader);
+    }
     Py_VISIT(w->render);
     return 0;
 }
@@ -660,7 +750,6 @@ static int writer_clear(PyObject *self)
 {
     Writer *w = (Writer *)self;
     clear_steps(w);
-    Py_CLEAR(w->head);
     Py_CLEAR(w->joint);
     Py_CLEAR(w->render);
     Py_CLEAR(w->fields);

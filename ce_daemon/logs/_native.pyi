@@ -7,7 +7,7 @@ ABI: int
 class Writer:
     def __init__(
         self,
-        head: tuple[str | Callable[[Any], str | None], ...],
+        head: tuple[str | Callable[[Any], str | None] | tuple[str, str | None, int], ...],
         steps: tuple[tuple[bytes, str, Any, Any, bytes | None, bytes | None, bool, int], ...],
         mode: int,
         delimiter: str,

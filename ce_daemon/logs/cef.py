@@ -354,6 +354,25 @@ def value_text(
     return text
 
 
+def header_part(rule: FieldRule, tenant_name: str, limit: int | None = None) -> HeadPart:
+    """A header field read from the record, as the C writer takes it: ``(field, fallback, limit)`` for a
+    top-level field rendered as it is (a String rule, the common case: read in C), else the reader
+    `value_text` makes (cut to ``limit`` characters). Either gives the text `value_text` gives."""
+    field, getter = make_getter(rule)
+    convert = text_converter(rule.transformation)
+    if getter is None and convert is None:
+        fallback = default_text(rule, tenant_name, None)
+        return (
+            field,
+            fallback if fallback is None or limit is None else fallback[:limit],
+            -1 if limit is None else limit,
+        )
+    reader = value_text(rule, tenant_name, convert)
+    if limit is None:
+        return reader
+    return lambda record: None if (text := reader(record)) is None else text[:limit]
+
+
 def _absent(_record: Record) -> None:
     """The getter of a constant field: there is nothing to read, so its default always applies."""
 
@@ -529,12 +548,12 @@ def _escape_field(field: str) -> str:
 # --- the CEF writer --------------------------------------------------------------------------------
 
 
-HeaderPart = tuple[str | None, Callable[[Record], "str | None"] | None]
+HeaderPart = tuple[str | None, Callable[[Record], "str | None"] | None, FieldRule | None]
 
 
 def _header_plan(rules: SubtypeRules, tenant_name: str, cef_version: str) -> tuple[str, list[HeaderPart]]:
     """The header's constant start (``CEF:0|Vendor|...|``, escaped) and its other fields up to Name:
-    ``(constant, None)`` or ``(None, record -> text)``."""
+    ``(constant, None, None)`` or ``(None, record -> text, the rule it reads)``."""
     leading = [f"CEF:{cef_version}"]
     dynamic: list[HeaderPart] = []
     for field in HEADER_FIELDS[:5]:
@@ -545,9 +564,9 @@ def _header_plan(rules: SubtypeRules, tenant_name: str, cef_version: str) -> tup
             if not dynamic:
                 leading.append(constant)
             else:
-                dynamic.append((constant, None))
+                dynamic.append((constant, None, None))
         else:
-            dynamic.append((None, getter))
+            dynamic.append((None, getter, rule))
     return "|".join(leading) + "|", dynamic
 
 
@@ -585,8 +604,8 @@ def compile_cef(
     severity_of = severity_reader(rules.header.get("Severity"), tenant_name, audit=audit)
     plan = cef_plan(rules, tenant_name=tenant_name, sort_keys=sort_keys)
     head: list[HeadPart] = [prefix]
-    for constant, getter in dynamic:
-        head += [constant if constant is not None else getter, "|"]  # type: ignore[list-item]  # set when constant is None
+    for constant, _, rule in dynamic:
+        head += [constant if rule is None else header_part(rule, tenant_name), "|"]  # type: ignore[list-item]  # set when rule is None
     head += [severity_of, "|"]
     in_c = (
         native_writer(
@@ -609,7 +628,7 @@ def compile_cef(
     def careful(record: Record) -> bytes:
         """Every field escaped on its own, pictures included: the rare record with a control character."""
         parts = [prefix]
-        for constant, getter in dynamic:
+        for constant, getter, _ in dynamic:
             text = constant if constant is not None else header_text(getter(record))  # type: ignore[misc]  # see write
             parts.append(text)
             parts.append("|")
@@ -620,7 +639,7 @@ def compile_cef(
 
     def write(record: Record) -> bytes:
         parts = [prefix]
-        for constant, getter in dynamic:
+        for constant, getter, _ in dynamic:
             if constant is not None:
                 parts.append(constant)
             else:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import operator
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, overload
 
 from ce_daemon.logs.cef import (
     CONTROL_BYTES,
@@ -42,6 +42,7 @@ from ce_daemon.logs.cef import (
     TextConverter,
     epoch_ms,
     epoch_ms_text,
+    header_part,
     header_text,
     header_text_unchecked,
     render_text,
@@ -143,9 +144,14 @@ def _attributes(rules: SubtypeRules, sort_keys: bool) -> list[tuple[str, FieldRu
     return entries
 
 
-def _header_fields(rules: SubtypeRules, tenant_name: str) -> list[HeaderField]:
-    """Vendor, Product, Version and EventID: escaped constants, or closures for record fields."""
-    fields: list[HeaderField] = []
+@overload
+def _header_fields(rules: SubtypeRules, tenant_name: str) -> list[HeaderField]: ...
+@overload
+def _header_fields(rules: SubtypeRules, tenant_name: str, *, in_c: bool) -> list[HeadPart]: ...
+def _header_fields(rules: SubtypeRules, tenant_name: str, *, in_c: bool = False) -> list[Any]:
+    """Vendor, Product, Version and EventID: escaped constants, or closures for record fields (with
+    ``in_c``: the C writer's head parts, see `header_part`)."""
+    fields: list[Any] = []
     for name in ("Device Vendor", "Device Product", "Device Version", "Device Event Class ID"):
         rule = rules.header.get(name)
         limit = EVENT_ID_LIMIT if name == "Device Event Class ID" else None
@@ -153,6 +159,8 @@ def _header_fields(rules: SubtypeRules, tenant_name: str) -> list[HeaderField]:
             fields.append("")
         elif not rule.mapping_field:
             fields.append(header_text((value_text(rule, tenant_name)({}) or "")[:limit]))
+        elif in_c:
+            fields.append(header_part(rule, tenant_name, limit))
         else:
             fields.append(
                 value_text(rule, tenant_name) if limit is None else _cut(value_text(rule, tenant_name), limit)
@@ -223,10 +231,10 @@ def compile_leef(
         head = fixed_head or "LEEF:2.0|" + "|".join(_text_of(field, record, careful) for field in lead) + "|"
         return head + _text_of(event_id, record, careful) + tail
 
-    head: list[HeadPart] = (
-        [fixed_head] if fixed_head else ["LEEF:2.0|", vendor, "|", product, "|", version, "|"]
-    )
-    head += [event_id, tail]
+    head: list[HeadPart] = ["LEEF:2.0|"]
+    for part in _header_fields(rules, tenant_name, in_c=True):
+        head += [part, "|"]
+    head[-1] = tail
     in_c = (
         native_writer(
             head,

@@ -30,7 +30,7 @@ from typing import Any, Final
 from ce_daemon.logs.generated import PlanStep
 from ce_daemon.logs.mapping import Record
 
-ABI: Final = 4
+ABI: Final = 5
 """The ``NATIVE_ABI`` of the ``_native.c`` this module is written for."""
 
 CEF: Final = 0
@@ -41,8 +41,11 @@ EPOCH_MS_TEXT: Final = 2
 """A converter that writes an exact int as epoch milliseconds (seconds below 1e11 times 1000)."""
 
 
-HeadPart = str | Callable[[Record], "str | None"]
-"""A constant of the head, already escaped, or a reader whose text the writer escapes as a header field."""
+HeadPart = str | Callable[[Record], "str | None"] | tuple[str, "str | None", int]
+"""A constant of the head, already escaped; a reader; or ``(field, fallback, limit)``: a top-level field
+read as a String rule's header field is (a value rendered by type, the fallback when it gives no text,
+cut to ``limit`` characters unless ``limit`` is -1). A reader's or a field's text is escaped as a header
+field."""
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -78,8 +81,8 @@ def line_writer(
     """``record -> line`` in C: the ``head`` parts, then a field plan's ``steps``; None when the C
     writer is not available.
 
-    A reader in ``head`` gives text or None (nothing written); its text is escaped as a header field
-    (``\\``, ``|``, control characters as pictures), as `header_text` does. ``mode`` is `CEF` or
+    A reader or a field in ``head`` gives text or None (nothing written); its text is escaped as a
+    header field (``\\``, ``|``, control characters as pictures), as `header_text` does. ``mode`` is `CEF` or
     `LEEF` (the escaping of values); ``separator`` ends each key in the steps (it becomes ``=``);
     ``joint`` goes between fields; ``escape`` makes the constant texts (defaults and followers) safe,
     as the Python writers escape them; ``shortcuts`` names the converters whose effect on an int the
