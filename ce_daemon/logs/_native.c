@@ -31,7 +31,7 @@
 #include <Python.h>
 #include <string.h>
 
-/* Raised by the Python side when this file changes shape: a stale build is then not used. */
+/* Raised whenever this file changes what it takes: native.py refuses a build whose ABI is not its own. */
 #define NATIVE_ABI 5
 
 /* PLAIN: encoded, not escaped; HEADER: a header field's escapes. */
@@ -82,7 +82,7 @@ typedef struct {
     Escaping header;     /* the escaping of the head's read fields */
     PyObject *joint;     /* bytes between two fields */
     PyObject *render;    /* render_text */
-    PyObject *fields;    /* dict: a field read with a dict lookup -> tuple of the indexes of its steps */
+    PyObject *fields;    /* dict: a field read with a dict lookup -> its readers (see `fields_of`) */
     unsigned long calls; /* records written, for `adopt_keys` */
 } Writer;
 
