@@ -169,6 +169,19 @@ async def test_frames_are_not_kept_for_a_consumer_that_parses_its_own(spool: Spo
     assert (shared.misses, shared.hits, len(shared)) == (3, 3, 0)
 
 
+async def test_a_consumer_no_longer_subscribed_no_longer_shares_frames(spool: Spool) -> None:
+    """A route removed by a reload stops counting among a stream's readers; one added back under the
+    same name counts again once it declares itself (as a route does when it runs)."""
+    await spool.set_consumers({"cef": {"demo/alerts/dlp"}, "json": {"demo/alerts/dlp"}})
+    spool.shares_frames("cef")
+    spool.shares_frames("json")
+    await spool.set_consumers({"cef": {"demo/alerts/dlp"}})
+    await spool.set_consumers({"cef": {"demo/alerts/dlp"}, "json": {"demo/alerts/dlp"}})
+    assert spool.readers_of("demo/alerts/dlp") == 1
+    spool.shares_frames("json")
+    assert spool.readers_of("demo/alerts/dlp") == 2
+
+
 async def test_a_lagging_consumer_parses_what_was_dropped_for_it(spool: Spool) -> None:
     """Frames wait for a slow consumer only up to the limit: past it the oldest go, and the slow one
     parses them itself (the same records), so it never holds memory for the others."""

@@ -654,6 +654,7 @@ class Spool:
             }
             freed = await _collect(tx, seen | {s for _, s in removed})
         self._subscriptions = wanted
+        self._sharing &= wanted.keys()  # a consumer that comes back declares itself again when it runs
         self._owned = frozenset(pairs)
         self._positions = positions
         self._release(freed)
