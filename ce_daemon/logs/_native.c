@@ -580,9 +580,13 @@ fail:
 
 /* -- construction -------------------------------------------------------------------------------- */
 
-static PyObject *or_null(PyObject *value);
+static PyObject *or_null(PyObject *value)
+{
+    return value == Py_None ? NULL : Py_NewRef(value);
+}
 
-static void clear_steps(Writer *w)
+/* Release the steps and the head parts (a writer being freed, or cleared by the garbage collector). */
+static void clear_parts(Writer *w)
 {
     for (Py_ssize_t i = 0; i < w->count; i++) {
         Step *s = &w->steps[i];
@@ -632,11 +636,6 @@ static int parse_head_part(PyObject *item, HeadPart *part)
     part->fallback = or_null(fallback);
     part->limit = limit;
     return 0;
-}
-
-static PyObject *or_null(PyObject *value)
-{
-    return value == Py_None ? NULL : Py_NewRef(value);
 }
 
 /* One step from its tuple: (key, field, getter, converter, fallback, follower, constant, shortcut). */
@@ -749,7 +748,7 @@ static int writer_traverse(PyObject *self, visitproc visit, void *arg)
 static int writer_clear(PyObject *self)
 {
     Writer *w = (Writer *)self;
-    clear_steps(w);
+    clear_parts(w);
     Py_CLEAR(w->joint);
     Py_CLEAR(w->render);
     Py_CLEAR(w->fields);

@@ -367,10 +367,20 @@ def header_part(rule: FieldRule, tenant_name: str, limit: int | None = None) -> 
             fallback if fallback is None or limit is None else fallback[:limit],
             -1 if limit is None else limit,
         )
-    reader = value_text(rule, tenant_name, convert)
+    return cut_text(value_text(rule, tenant_name, convert), limit)
+
+
+def cut_text(text_of: Callable[[Record], str | None], limit: int | None) -> Callable[[Record], str | None]:
+    """``text_of`` cut to ``limit`` characters (before it is escaped, so no escape sequence is split);
+    ``text_of`` itself when there is no limit."""
     if limit is None:
-        return reader
-    return lambda record: None if (text := reader(record)) is None else text[:limit]
+        return text_of
+
+    def cut(record: Record) -> str | None:
+        text = text_of(record)
+        return text[:limit] if text else text
+
+    return cut
 
 
 def _absent(_record: Record) -> None:
@@ -603,12 +613,12 @@ def compile_cef(
     prefix, dynamic = _header_plan(rules, tenant_name, cef_version)
     severity_of = severity_reader(rules.header.get("Severity"), tenant_name, audit=audit)
     plan = cef_plan(rules, tenant_name=tenant_name, sort_keys=sort_keys)
-    head: list[HeadPart] = [prefix]
-    for constant, _, rule in dynamic:
-        head += [constant if rule is None else header_part(rule, tenant_name), "|"]  # type: ignore[list-item]  # set when rule is None
-    head += [severity_of, "|"]
-    in_c = (
-        native_writer(
+    if generated and native:
+        head: list[HeadPart] = [prefix]
+        for constant, _, rule in dynamic:
+            head += [constant if rule is None else header_part(rule, tenant_name), "|"]  # type: ignore[list-item]  # set when rule is None
+        head += [severity_of, "|"]
+        in_c = native_writer(
             head,
             plan.steps,
             mode=NATIVE_CEF,
@@ -618,11 +628,8 @@ def compile_cef(
             render_text=render_text,
             shortcuts=NATIVE_SHORTCUTS,
         )
-        if generated and native
-        else None
-    )
-    if in_c is not None:
-        return in_c
+        if in_c is not None:
+            return in_c
     collect = plan.generated().function if generated else plan.collect
 
     def careful(record: Record) -> bytes:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import operator
 import time
 from collections.abc import Callable
-from typing import Any, Final, overload
+from typing import Any, Final, TypeVar
 
 from ce_daemon.logs.cef import (
     CONTROL_BYTES,
@@ -40,6 +40,7 @@ from ce_daemon.logs.cef import (
     FieldPlan,
     RecordWriter,
     TextConverter,
+    cut_text,
     epoch_ms,
     epoch_ms_text,
     header_part,
@@ -67,6 +68,7 @@ SEVERITY_NUMBERS: Final = {"Info": "1", "Low": "3", "Medium": "6", "High": "8", 
 EVENT_ID_LIMIT: Final = 255
 
 HeaderField = Callable[[Record], "str | None"] | str
+T = TypeVar("T")
 
 
 def delimiter_field(delimiter: str) -> str:
@@ -144,14 +146,12 @@ def _attributes(rules: SubtypeRules, sort_keys: bool) -> list[tuple[str, FieldRu
     return entries
 
 
-@overload
-def _header_fields(rules: SubtypeRules, tenant_name: str) -> list[HeaderField]: ...
-@overload
-def _header_fields(rules: SubtypeRules, tenant_name: str, *, in_c: bool) -> list[HeadPart]: ...
-def _header_fields(rules: SubtypeRules, tenant_name: str, *, in_c: bool = False) -> list[Any]:
-    """Vendor, Product, Version and EventID: escaped constants, or closures for record fields (with
-    ``in_c``: the C writer's head parts, see `header_part`)."""
-    fields: list[Any] = []
+def _header_fields(
+    rules: SubtypeRules, tenant_name: str, read: Callable[[FieldRule, int | None], T]
+) -> list[str | T]:
+    """Vendor, Product, Version and EventID: escaped constants, or what ``read(rule, limit)`` makes of
+    a rule that reads the record (EventID's ``limit`` is IBM's 255 characters, the others' None)."""
+    fields: list[str | T] = []
     for name in ("Device Vendor", "Device Product", "Device Version", "Device Event Class ID"):
         rule = rules.header.get(name)
         limit = EVENT_ID_LIMIT if name == "Device Event Class ID" else None
@@ -159,23 +159,9 @@ def _header_fields(rules: SubtypeRules, tenant_name: str, *, in_c: bool = False)
             fields.append("")
         elif not rule.mapping_field:
             fields.append(header_text((value_text(rule, tenant_name)({}) or "")[:limit]))
-        elif in_c:
-            fields.append(header_part(rule, tenant_name, limit))
         else:
-            fields.append(
-                value_text(rule, tenant_name) if limit is None else _cut(value_text(rule, tenant_name), limit)
-            )
+            fields.append(read(rule, limit))
     return fields
-
-
-def _cut(text_of: Callable[[Record], str | None], limit: int) -> Callable[[Record], str | None]:
-    """Cut a field to ``limit`` characters before it is escaped, so no escape sequence is split."""
-
-    def cut(record: Record) -> str | None:
-        text = text_of(record)
-        return text[:limit] if text else text
-
-    return cut
 
 
 def _text_of(field: HeaderField, record: Record, careful: bool) -> str:
@@ -219,7 +205,9 @@ def compile_leef(
     writer: the same bytes at three speeds).
     """
     tail = f"|{delimiter_field(delimiter)}|"
-    vendor, product, version, event_id = _header_fields(rules, tenant_name)
+    vendor, product, version, event_id = _header_fields(
+        rules, tenant_name, lambda rule, limit: cut_text(value_text(rule, tenant_name), limit)
+    )
     plan = leef_plan(rules, tenant_name=tenant_name, sort_keys=sort_keys, audit=audit)
     lead = (vendor, product, version)
     fixed_head = (
@@ -231,12 +219,14 @@ def compile_leef(
         head = fixed_head or "LEEF:2.0|" + "|".join(_text_of(field, record, careful) for field in lead) + "|"
         return head + _text_of(event_id, record, careful) + tail
 
-    head: list[HeadPart] = ["LEEF:2.0|"]
-    for part in _header_fields(rules, tenant_name, in_c=True):
-        head += [part, "|"]
-    head[-1] = tail
-    in_c = (
-        native_writer(
+    if generated and native:
+        head: list[HeadPart] = ["LEEF:2.0|"]
+        for part in _header_fields(
+            rules, tenant_name, lambda rule, limit: header_part(rule, tenant_name, limit)
+        ):
+            head += [part, "|"]
+        head[-1] = tail
+        in_c = native_writer(
             head,
             plan.steps,
             mode=NATIVE_LEEF,
@@ -247,11 +237,8 @@ def compile_leef(
             shortcuts=NATIVE_SHORTCUTS,
             delimiter=delimiter,
         )
-        if generated and native
-        else None
-    )
-    if in_c is not None:
-        return in_c  # every value and header field made safe on its own, as the careful path does
+        if in_c is not None:
+            return in_c  # every value and header field made safe on its own, as the careful path does
     collect = plan.generated().function if generated else plan.collect
 
     def careful(record: Record) -> bytes:
