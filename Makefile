@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/ce-daemon: pyproject.toml hatch_build.py ce_daemon/logs/_native.c
+$(BIN)/ce-daemon: pyproject.toml hatch_build.py ce_daemon/logs/_native.c scripts/c-compiler.sh
 	$(PYTHON) -m venv $(VENV)
+	./scripts/c-compiler.sh $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
