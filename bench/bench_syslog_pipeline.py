@@ -32,7 +32,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 import yaml
 
@@ -302,9 +301,10 @@ def _measure_formatting(samples: int) -> dict[str, tuple[float, float, float]]:
 
     from ce_daemon.logs.formatter import RecordFormatter
     from ce_daemon.logs.mapping import Mapping
-    from ce_daemon.logs.route import decide_records
+    from ce_daemon.logs.route import decide_page
     from ce_daemon.simulator.records import RecordFactory
-    from ce_daemon.spool.codec import CODEC, decode, encode
+    from ce_daemon.spool import Page
+    from ce_daemon.spool.codec import CODEC, encode
 
     factory = RecordFactory(seed=1, tenant=TENANT)
     per = samples // len(STREAMS)
@@ -335,12 +335,8 @@ def _measure_formatting(samples: int) -> dict[str, tuple[float, float, float]]:
             frame_best = min(frame_best, time.process_time() - started)
             started = time.process_time()
             for kind, subtype, body in pages:
-                frames, offset = [], 0
-                for chunk in decode(0, CODEC, body):
-                    records = orjson.loads(chunk)
-                    frames.append((offset, records))
-                    offset += len(records)
-                decided = decide_records(frames, 0, None, (), formatter.writer_for(kind, subtype))
+                page = Page(0, f"{TENANT}/{kind}/{subtype}", body, CODEC, per, None, None)
+                decided = decide_page(page, None, (), formatter.writer_for(kind, subtype))
                 for data, stamp in zip(decided.data, decided.timestamps, strict=True):
                     frame(data, stamp)
             page_best = min(page_best, time.process_time() - started)

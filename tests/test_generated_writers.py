@@ -10,6 +10,7 @@ syntax, lone surrogates, containers, numbers of every kind).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -19,9 +20,13 @@ from hypothesis import strategies as st
 
 from ce_daemon.logs import native
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
-from ce_daemon.logs.mapping import Mapping
+from ce_daemon.logs.generated import PlanStep
+from ce_daemon.logs.mapping import Mapping, reads
+from ce_daemon.logs.route import decide_records, decide_texts
+from ce_daemon.logs.workers import PageDecisions
 from ce_daemon.netskope.subtypes import SUBTYPES
 from ce_daemon.simulator.records import RecordFactory
+from ce_daemon.spool.codec import CODEC, SpoolCorruptError, decode, encode, encode_texts, parse_frame
 
 BUILTIN = Mapping.builtin("netskope")
 STREAMS = [(kind, subtype) for kind, subtypes in SUBTYPES.items() for subtype in subtypes]
@@ -363,3 +368,365 @@ def test_the_generated_source_names_each_key_and_its_field() -> None:
     assert "v = get('user')" in source
     compile(source, "<shown>", "exec")  # what is shown is the code that runs, so it compiles
     assert "# alerts/malware as LEEF 2.0" in RecordFormatter("leef", BUILTIN, "t").source("alerts", "malware")
+
+
+# -- records read as JSON text (`Writer.write_frame`, `decide_texts`) ----------------------------------
+
+
+def _decided_both_ways(
+    write: Any, frames: list[bytes], start: int = 0
+) -> tuple[PageDecisions | Exception, PageDecisions | Exception]:
+    """A page of JSON ``frames`` decided from its text and from its parsed dicts (or what each raised)."""
+
+    def parse(chunk: bytes) -> list[dict[str, Any]]:
+        return parse_frame(1, chunk)
+
+    outcomes: list[PageDecisions | Exception] = []
+    for decide in (
+        lambda: decide_texts(frames, start, write, parse),
+        lambda: decide_records(_offsets([parse(chunk) for chunk in frames]), start, None, (), write),
+    ):
+        try:
+            outcomes.append(decide())
+        except Exception as exc:  # compared below: both ways must fail alike
+            outcomes.append(exc)
+    return outcomes[0], outcomes[1]
+
+
+def _offsets(frames: list[list[dict[str, Any]]]) -> list[tuple[int, list[dict[str, Any]]]]:
+    starts = [0]
+    for records in frames[:-1]:
+        starts.append(starts[-1] + len(records))
+    return list(zip(starts, frames, strict=True))
+
+
+def _same(from_text: PageDecisions | Exception, from_dicts: PageDecisions | Exception) -> None:
+    if isinstance(from_dicts, Exception):
+        assert type(from_text) is type(from_dicts), (from_text, from_dicts)
+        assert str(from_text) == str(from_dicts)
+    else:
+        assert from_text == from_dicts
+
+
+def test_reading_json_text_needs_the_c_writer_and_declared_reads() -> None:
+    """CEF and LEEF C writers read JSON text, and JSON of the raw record; a getter that does not say what
+    it reads, a non-ASCII LEEF delimiter, JSON of selected fields or the Python writers do not."""
+    assert RecordFormatter("cef", BUILTIN, "t").writer_for("alerts", "dlp").reads_json  # type: ignore[attr-defined]
+    assert RecordFormatter("leef", BUILTIN, "t").reads_json
+    assert RecordFormatter("json", BUILTIN, "t").reads_json  # the raw record
+    assert not RecordFormatter("json", BUILTIN, "t", json_fields=["user"]).reads_json
+    assert not RecordFormatter("cef", BUILTIN, "t", native=False).reads_json
+    leef = RecordFormatter("leef", BUILTIN, "t", leef_delimiter="¦").writer_for("alerts", "dlp")
+    assert not getattr(leef, "reads_json", False)
+
+    def undeclared(record: Any) -> Any:
+        return record.get("x")
+
+    steps = (PlanStep("k=", "", undeclared, None, None, None, False),)
+    made = native.line_writer(
+        ["CEF:0|"],
+        steps,
+        mode=native.CEF,
+        separator="=",
+        joint=" ",
+        escape=str,
+        render_text=str,
+        shortcuts={},
+    )
+    assert made is not None and not made.reads_json  # type: ignore[attr-defined]
+    declared = native.line_writer(
+        ["CEF:0|"],
+        (PlanStep("k=", "", reads(("x",), undeclared), None, None, None, False),),
+        mode=native.CEF,
+        separator="=",
+        joint=" ",
+        escape=str,
+        render_text=str,
+        shortcuts={},
+    )
+    assert declared is not None and declared.reads_json  # type: ignore[attr-defined]
+    assert decide_texts([b'[{"x": "a=b", "y": 1}, {}]'], 0, declared, orjson.loads).data == [
+        b"CEF:0|k=a\\=b",
+        b"CEF:0|",
+    ]
+
+
+@pytest.mark.parametrize(("kind", "subtype"), STREAMS, ids=[f"{k}/{s}" for k, s in STREAMS])
+@pytest.mark.parametrize(("output", "delimiter"), FORMATS, ids=["cef", "leef-tab", "leef-caret"])
+def test_simulator_pages_are_decided_identically_from_their_text(
+    kind: str, subtype: str, output: OutputFormat, delimiter: str
+) -> None:
+    """Every subtype's simulator records, spooled as the codec stores them (orjson's text, and the
+    tenant's own spelling: spaces and escapes), from several start positions: the same lines, ids and
+    timestamps as from their dicts."""
+    if not BUILTIN.covers(kind, subtype):
+        pytest.skip(f"the built-in mapping has no {kind}/{subtype}")
+    records = RecordFactory(seed=5, tenant="t").make_many(
+        kind, subtype, range(2_300), [1_714_557_600] * 2_300
+    )  # type: ignore[arg-type]  # kinds of SUBTYPES
+    write = writers(output, BUILTIN, delimiter)[0].writer_for(kind, subtype)
+    assert write.reads_json  # type: ignore[attr-defined]
+    spelled = [json.dumps(record, indent=1, ensure_ascii=True).encode() for record in records]
+    for body in (encode(records), encode_texts(spelled)):
+        frames = list(decode(1, CODEC, body))
+        assert len(frames) == 3
+        for start in (0, 999, 1_000, 2_299, 2_300):
+            from_text, from_dicts = _decided_both_ways(write, frames, start)
+            assert isinstance(from_text, PageDecisions)
+            assert len(from_text.data) == 2_300 - start
+            _same(from_text, from_dicts)
+
+
+SPELLINGS = st.sampled_from(
+    [
+        orjson.dumps,
+        lambda record: json.dumps(record).encode(),
+        lambda record: json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+        lambda record: json.dumps(record, indent="\t", separators=(" ,\r\n", " : ")).encode(),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    extension=MAPPINGS,
+    header=HEADERS,
+    records=st.lists(st.one_of(RECORDS, RECORDS, VALUE), min_size=1, max_size=5),
+    output=st.sampled_from(["cef", "leef"]),
+    delimiter=st.sampled_from(["\t", "^", "|"]),
+    spell=SPELLINGS,
+    data=st.data(),
+)
+def test_any_mapping_over_any_json_text_is_decided_identically(
+    extension: dict[str, Any],
+    header: dict[str, Any],
+    records: list[Any],
+    output: OutputFormat,
+    delimiter: str,
+    spell: Any,
+    data: st.DataObject,
+) -> None:
+    """Any mapping over any records, spelled any way JSON allows (escapes, surrogate pairs, whitespace,
+    keys given twice, ints beyond 64 bits, lone surrogates and records that are not objects): reading
+    the text decides what reading the dicts does, dead letters and errors included."""
+    mapping = Mapping.from_document(
+        {"taxonomy": {"alerts": {"dlp": {"header": header, "extension": extension}}}}
+    )
+    write = writers(output, mapping, delimiter)[0].writer_for("alerts", "dlp")
+    assert write.reads_json  # type: ignore[attr-defined]
+    try:
+        texts = [spell(record) for record in records]
+    except (TypeError, ValueError):  # orjson.dumps refuses ints beyond 64 bits
+        texts = [json.dumps(record).encode() for record in records]
+    if data.draw(st.booleans()):  # a key given twice: the last one counts, as in orjson's dict
+        texts = [
+            text.replace(b"{", b'{"f0": "first", ', 1) if text.startswith(b"{") else text for text in texts
+        ]
+    frame = b"[" + b",".join(texts) + b"]"
+    _same(*_decided_both_ways(write, [frame], data.draw(st.integers(0, len(records)))))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_damaged_text_is_never_read_where_orjson_refuses_it(data: st.DataObject) -> None:
+    """Frames cut, spliced and overwritten anywhere: the C writer takes a frame only when orjson reads it,
+    and then writes what the dicts give; one it refuses is read with orjson, which decides (or fails)."""
+    records = RecordFactory(seed=9, tenant="t").make_many("alerts", "dlp", range(3), [1_714_557_600] * 3)
+    frame = bytearray(orjson.dumps(records))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(frame)))
+        cut = data.draw(st.integers(0, 8))
+        frame[at : at + cut] = data.draw(
+            st.one_of(
+                st.binary(max_size=4),
+                st.sampled_from(
+                    [
+                        b'"',
+                        b"\\",
+                        b"\\u",
+                        b"\\ud800",
+                        b"{",
+                        b"[",
+                        b"]",
+                        b",",
+                        b":",
+                        b"-",
+                        b"0",
+                        b"1e999",
+                        b"\xff",
+                        b"\xed\xa0\x80",
+                    ]
+                ),
+            )
+        )
+    write = RecordFormatter("cef", BUILTIN, "t").writer_for("alerts", "dlp")
+    try:
+        count, _, _, lines = write.write_frame(bytes(frame), 0)  # type: ignore[attr-defined]
+    except ValueError:
+        return
+    parsed = orjson.loads(bytes(frame))  # would raise: the C writer took what orjson refuses
+    assert count == len(parsed)
+    assert lines == [write(record) for record in parsed]
+
+
+def test_a_value_a_converter_refuses_is_dead_lettered_as_from_dicts() -> None:
+    """A converter that raises on one record: that frame is decided from its dicts, so the record is
+    dead-lettered with the same reason and the others are written."""
+
+    def strict(value: Any) -> str:
+        if value == "bad":
+            raise ValueError("not a value this converter takes")
+        return str(value)
+
+    steps = (PlanStep("k=", "f", None, strict, None, None, False),)
+    write = native.line_writer(
+        ["CEF:0|"],
+        steps,
+        mode=native.CEF,
+        separator="=",
+        joint=" ",
+        escape=str,
+        render_text=str,
+        shortcuts={},
+    )
+    frames = [b'[{"f": "good", "_id": 1}, {"f": "bad", "_id": 2}]', b'[{"f": 7, "_id": "x", "timestamp": 9}]']
+    from_text, from_dicts = _decided_both_ways(write, frames)
+    _same(from_text, from_dicts)
+    assert isinstance(from_text, PageDecisions)
+    assert from_text.positions == [0, 2] and from_text.ids == ["1", "x"] and from_text.timestamps == [0, 9]
+    assert from_text.dropped == [
+        (1, "dead_lettered", "not a value this converter takes", {"f": "bad", "_id": 2})
+    ]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"[" + b"[" * 600 + b"]" * 600 + b"]",  # deeper than the C writer reads: orjson's own rules
+        b'[{"f0": "' + b"\\u00e9=" * 200_000 + b'"}]',  # a long value grows the buffer
+        b'[1, "two", null, {"f0": 3}]',  # records that are not objects
+        b"[]",
+        b" [ ] ",
+        b'[{"f0": "x"}',  # cut short
+        b'[{"f\\u0030": "x", "f0": "y", "f\\u0031": 2}]',  # keys spelled with escapes
+        b'[{"f0": 18446744073709551615, "f1": -9223372036854775809, "f2": 1e308, "time": 1E2}]',
+    ],
+    ids=["deep", "long", "not-objects", "empty", "spaced", "cut", "escaped-keys", "numbers"],
+)
+def test_hostile_frames_are_decided_as_from_dicts(frame: bytes) -> None:
+    """Frames no tenant sends (nesting, sizes, non-objects, truncation, numbers at the edges): the text
+    path decides them as the dict path does, or fails as it does."""
+    mapping = Mapping.from_document(
+        {
+            "taxonomy": {
+                "alerts": {
+                    "dlp": {
+                        "header": PLAIN_HEADER,
+                        "extension": {
+                            "cs1": {"mapping_field": "f0"},
+                            "cn1": {"mapping_field": "f1", "transformation": "Integer"},
+                            "cs2": {"mapping_field": "f2"},
+                            "rt": {"mapping_field": "time"},
+                        },
+                    }
+                }
+            }
+        }
+    )
+    write = RecordFormatter("cef", mapping, "t").writer_for("alerts", "dlp")
+    _same(*_decided_both_ways(write, [frame]))
+
+
+REFUSED_BY_ORJSON = [
+    b'[{"f1": 01}]',
+    b'[{"f1": -}]',
+    b'[{"f1": 1.}]',
+    b'[{"f1": .5}]',
+    b'[{"f1": +1}]',
+    b'[{"f1": 1e}]',
+    b'[{"f1": 1e999}]',
+    b'[{"f1": tru}]',
+    b'[{"f1": nul}]',
+    b'[{"f0": 1,}]',
+    b'[{"f0": 1}],',
+    b'[{"f0": 1},]',
+    b'[{"f0" 1}]',
+    b"[{f0: 1}]",
+    b'[{"f0": "a\x01b"}]',
+    b'[{"f0": "\\x"}]',
+    b'[{"f0": "\\u12G4"}]',
+    b'[{"f0": "\\udc00"}]',
+    b'[{"f0": "\\ud800x"}]',
+    b'[{"f0": "\\ud800\\u0041"}]',
+    b'[{"f0": "\xff"}]',
+    b'[{"f0": "\xc0\x80"}]',
+    b'[{"f0": "\xed\xa0\x80"}]',
+    b'[{"f0": "\xf4\x90\x80\x80"}]',
+    b'[{"f0": "\xe2\x82"}]',
+    b"[{'f0': 1}]",
+    b'[{"f0": 1}] x',
+]
+
+
+@pytest.mark.parametrize("frame", REFUSED_BY_ORJSON)
+def test_text_orjson_refuses_is_refused_alike(frame: bytes) -> None:
+    """Each way JSON text can break at the scanner's every decision: orjson refuses it, and so does the C
+    writer, so the page fails as it fails from dicts (`SpoolCorruptError`), never read more leniently."""
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(frame)
+    write = RecordFormatter("cef", BUILTIN, "t").writer_for("alerts", "dlp")
+    with pytest.raises(ValueError, match="is not JSON this writer reads"):
+        write.write_frame(frame, 0)  # type: ignore[attr-defined]
+    from_text, from_dicts = _decided_both_ways(write, [frame])
+    assert isinstance(from_dicts, SpoolCorruptError)
+    _same(from_text, from_dicts)
+
+
+def test_json_routes_ship_a_records_own_text_when_orjson_would_write_it() -> None:
+    """A JSON route of the raw record reads frames' text too: it ships the record's own bytes when they
+    are orjson's, and orjson's rewrite of the others (whitespace, floats, escapes orjson does not
+    write, "-0", a key given twice, at any depth)."""
+    write = RecordFormatter("json", BUILTIN, "t").writer_for("alerts", "dlp")
+    assert write.reads_json  # type: ignore[attr-defined]
+    records = [
+        b'{"a":1,"b":"x\\u001fy\\"\\\\\\n","c":[true,false,null,{"d":-1}]}',
+        b'{"a": 1}',
+        b'{"a":1.0}',
+        b'{"a":1E2}',
+        b'{"a":-0}',
+        b'{"a":"\\/"}',
+        b'{"a":"\\u00e9"}',
+        b'{"a":"\\u000a"}',
+        b'{"a":"\\u001F"}',
+        b'{"a":1,"a":2}',
+        b'{"a":{"b":1,"b":2}}',
+        b'{"a":[{"b":1},{"b":2}],"b":{"b":{"b":3}}}',
+        b'{"a":"\\ud83d\\ude00"}',
+    ]
+    frame = b"[" + b",".join(records) + b"]"
+    count, _, _, lines = write.write_frame(frame, 0)  # type: ignore[attr-defined]
+    assert count == len(records)
+    assert lines == [orjson.dumps(orjson.loads(record)) for record in records]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(st.one_of(RECORDS, RECORDS, VALUE), min_size=1, max_size=5),
+    spell=SPELLINGS,
+    twice=st.sampled_from([None, b'{"', b'{"f0":']),
+    start=st.integers(0, 5),
+)
+def test_json_lines_from_any_text_are_what_orjson_writes(
+    records: list[Any], spell: Any, twice: bytes | None, start: int
+) -> None:
+    """Any records spelled any way JSON allows, with keys given twice at the top or nested: a JSON route
+    decides from the text what it decides from the dicts."""
+    write = RecordFormatter("json", BUILTIN, "t").writer_for("alerts", "dlp")
+    try:
+        texts = [spell(record) for record in records]
+    except (TypeError, ValueError):
+        texts = [json.dumps(record).encode() for record in records]
+    if twice is not None:
+        texts = [text.replace(twice, b'{"k": 0, "k": [1], ' + twice[1:], 2) for text in texts]
+    frame = b"[" + b",".join(texts) + b"]"
+    _same(*_decided_both_ways(write, [frame], min(start, len(records))))

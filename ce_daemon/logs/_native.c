@@ -1,4 +1,4 @@
-/* A CEF or LEEF line, written in C: the hot loop of every CEF and LEEF route.
+/* A CEF or LEEF line, written in C: the hot loop of every CEF and LEEF route (and JSON lines' reader).
  *
  * What it does is what the Python writers do (ce_daemon/logs/cef.py, leef.py) for one record, and the
  * tests hold it to their bytes (tests/test_generated_writers.py, every subtype of the simulator and
@@ -22,6 +22,10 @@
  *   LEEF:   the delimiter -> a space (unless it is a control character itself); C0 and DEL -> picture;
  *   header: \ -> \\   | -> \|   C0 (LF and CR included) and DEL -> picture (CEF and LEEF alike).
  *
+ * A record comes as a dict (`Writer(record)`), or as its JSON text in a frame of the spool
+ * (`write_frame`, "records as JSON text" below: the same lines, no dict built); a JSON route of the raw
+ * record uses `write_frame` alone ("JSON lines" below).
+ *
  * Every Python call (getters, converters, render_text, the head's readers) keeps its own semantics,
  * exceptions included. Nothing here is reachable from the mapping file but keys and texts, which are
  * data, never code.
@@ -29,13 +33,16 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
+#include <stdint.h>
 #include <string.h>
 
 /* Raised whenever this file changes what it takes: native.py refuses a build whose ABI is not its own. */
-#define NATIVE_ABI 5
+#define NATIVE_ABI 7
 
-/* PLAIN: encoded, not escaped; HEADER: a header field's escapes. */
-enum { MODE_PLAIN = -1, MODE_CEF = 0, MODE_LEEF = 1, MODE_HEADER = 2 };
+/* PLAIN: encoded, not escaped; HEADER: a header field's escapes; JSON: a JSON route's whole record
+ * (`render_text` is then the record's writer, orjson.dumps or its fallback). */
+enum { MODE_PLAIN = -1, MODE_CEF = 0, MODE_LEEF = 1, MODE_HEADER = 2, MODE_JSON = 3 };
 
 /* Converters whose effect on an exact int is known: str(int), and epoch_ms_text (seconds below
  * 1e11 are multiplied by 1000). Any other value still goes through the converter itself. */
@@ -72,6 +79,58 @@ typedef struct {
     Py_ssize_t limit;    /* the field's text is cut to this many characters (-1: not cut) */
 } HeadPart;
 
+/* A value of a record read as JSON text: where it is in the text and what it is. */
+enum { JSON_STRING = 1, JSON_ESCAPED, JSON_INT, JSON_FLOAT, JSON_TRUE, JSON_FALSE, JSON_NULL, JSON_CONTAINER };
+
+typedef struct {
+    const unsigned char *start; /* a string's first byte after its quote; any other value's first byte */
+    Py_ssize_t length;          /* a string's bytes between its quotes; any other value's bytes */
+    int kind;                   /* JSON_... */
+    long long number;           /* JSON_INT */
+    double real;                /* JSON_FLOAT */
+} Value;
+
+/* A field this writer reads, by the UTF-8 of its name: one entry of an open-addressing table. */
+typedef struct {
+    const char *name; /* NULL: a free entry */
+    Py_ssize_t length;
+    Py_ssize_t slot;
+} Entry;
+
+/* A key seen in one object of the record being checked (`is_canonical`): 16 bytes, so that the table
+ * stays in the first-level cache. */
+typedef struct {
+    uint32_t object; /* the object's number (0: a free entry) */
+    uint32_t hash;
+    uint32_t offset; /* where the key starts, from the record's first byte */
+    uint32_t length;
+} KeySeen;
+
+#define KEY_TABLE 512
+
+/* What a writer needs to read records as JSON text (`write_frame`): each field it reads has a slot,
+ * filled per record with the value found in the text. */
+typedef struct {
+    Py_ssize_t slot_count;
+    PyObject **names;        /* str per slot */
+    Entry *table;            /* the slots by name */
+    size_t mask;             /* table size - 1 (a power of two) */
+    Py_ssize_t *step_slots;  /* per step: the slot it reads, -1 for a constant or a getter */
+    Py_ssize_t *head_slots;  /* per head part: the slot of its field, -1 for a constant or a reader */
+    Py_ssize_t *reads;       /* the slots handed to getters and readers (their declared fields) */
+    Py_ssize_t read_count;
+    Py_ssize_t id_slot;      /* "_id" */
+    Py_ssize_t stamp_slot;   /* "timestamp" */
+    Value *values;           /* per slot, the current record's */
+    unsigned long *seen;     /* per slot, the record that last set it */
+    unsigned long record;    /* records scanned (the current one's number) */
+    unsigned char stop[256]; /* bytes a string's copy stops at: escapes, specials, non-ASCII */
+    PyObject *loads;         /* parses a container's text (orjson.loads) */
+    int busy;                /* a frame is being written */
+    uint32_t objects;        /* objects numbered so far (`is_canonical`) */
+    KeySeen keys[KEY_TABLE]; /* their keys (`is_canonical`), by hash */
+} Texts;
+
 typedef struct {
     PyObject_HEAD
     HeadPart *head;
@@ -84,6 +143,7 @@ typedef struct {
     PyObject *render;    /* render_text */
     PyObject *fields;    /* dict: a field read with a dict lookup -> its readers (see `fields_of`) */
     unsigned long calls; /* records written, for `adopt_keys` */
+    Texts *texts;        /* NULL when this writer cannot read records as JSON text */
 } Writer;
 
 /* Every this many records, the writer takes the record's own key objects for its lookups. */
@@ -351,6 +411,29 @@ static int put_default(const Writer *w, Buffer *b, Py_ssize_t *written, const St
     return put_follower(w, b, written, step);
 }
 
+/* A step's int `number`, written as str() writes it (epoch seconds as milliseconds under that shortcut). */
+static int put_number(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, long long number)
+{
+    if (step->shortcut == SHORTCUT_EPOCH_MS && number > -SECONDS_LIMIT && number < SECONDS_LIMIT) {
+        number *= 1000; /* epoch seconds -> milliseconds, as epoch_ms_text does */
+    }
+    char digits[24];
+    char *first = digits + sizeof(digits);
+    unsigned long long magnitude = number < 0 ? 0ULL - (unsigned long long)number : (unsigned long long)number;
+    do { /* what "%lld" writes, without printf's machinery */
+        *--first = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude > 0);
+    if (number < 0) {
+        *--first = '-';
+    }
+    Py_ssize_t size = digits + sizeof(digits) - first;
+    if (put_field(w, b, written, step->key, NULL, first, size) < 0) {
+        return -1;
+    }
+    return put_follower(w, b, written, step);
+}
+
 /* An exact int that fits 64 bits, written as its digits (what str() gives) when the step renders it
  * by type or through a shortcut converter: 1 when written, 0 when the value is not such an int. */
 static int put_integer(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, PyObject *value)
@@ -364,16 +447,7 @@ static int put_integer(const Writer *w, Buffer *b, Py_ssize_t *written, const St
         PyErr_Clear();
         return 0; /* beyond 64 bits: the general path */
     }
-    if (step->shortcut == SHORTCUT_EPOCH_MS && number > -SECONDS_LIMIT && number < SECONDS_LIMIT) {
-        number *= 1000; /* epoch seconds -> milliseconds, as epoch_ms_text does */
-    }
-    char digits[24];
-    int size = snprintf(digits, sizeof(digits), "%lld", number);
-    if (put_field(w, b, written, step->key, NULL, digits, size) < 0 ||
-        put_follower(w, b, written, step) < 0) {
-        return -1;
-    }
-    return 1;
+    return put_number(w, b, written, step, number) < 0 ? -1 : 1;
 }
 
 /* record.get(field) as a new reference (Py_None when absent); NULL on an error. */
@@ -389,27 +463,17 @@ static PyObject *read_field(PyObject *record, PyObject *field)
     return Py_NewRef(value);
 }
 
-static int put_step(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, PyObject *record)
+/* Write one step's `value` (read already; Py_None when it has none). */
+static int put_value(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, PyObject *value)
 {
-    if (step->constant) {
-        return put_default(w, b, written, step);
-    }
-    PyObject *value = step->getter != NULL ? PyObject_CallOneArg(step->getter, record)
-                                           : read_field(record, step->field);
-    if (value == NULL) {
-        return -1;
-    }
     if (value == Py_None) {
-        Py_DECREF(value);
         return put_default(w, b, written, step);
     }
     int done = put_integer(w, b, written, step, value);
     if (done != 0) {
-        Py_DECREF(value);
         return done < 0 ? -1 : 0;
     }
     PyObject *text = text_of(w, step, value);
-    Py_DECREF(value);
     if (text == NULL) {
         return -1;
     }
@@ -426,18 +490,28 @@ static int put_step(const Writer *w, Buffer *b, Py_ssize_t *written, const Step 
     return put_follower(w, b, written, step);
 }
 
+static int put_step(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, PyObject *record)
+{
+    if (step->constant) {
+        return put_default(w, b, written, step);
+    }
+    PyObject *value = step->getter != NULL ? PyObject_CallOneArg(step->getter, record)
+                                           : read_field(record, step->field);
+    if (value == NULL) {
+        return -1;
+    }
+    int status = put_value(w, b, written, step, value);
+    Py_DECREF(value);
+    return status;
+}
+
 /* A plain step: no getter, no converter (what `text_of` does with a value read for a head field). */
 static const Step BY_TYPE = {0};
 
-/* A head field's text as a String rule's header field gives it (new reference; Py_None for none). */
-static PyObject *head_field_text(const Writer *w, const HeadPart *part, PyObject *record)
+/* The text a String rule's header field gives for the `value` read (new reference; Py_None for none). */
+static PyObject *head_field_text(const Writer *w, const HeadPart *part, PyObject *value)
 {
-    PyObject *value = read_field(record, part->field);
-    if (value == NULL) {
-        return NULL;
-    }
     PyObject *text = value == Py_None ? Py_NewRef(Py_None) : text_of(w, &BY_TYPE, value);
-    Py_DECREF(value);
     if (text == NULL) {
         return NULL;
     }
@@ -451,14 +525,9 @@ static PyObject *head_field_text(const Writer *w, const HeadPart *part, PyObject
     return text;
 }
 
-/* One part of the head: a constant as it is, a field's or a reader's text escaped as a header field. */
-static int put_head_part(const Writer *w, Buffer *b, const HeadPart *part, PyObject *record)
+/* A field's or a reader's `text` (consumed) escaped as a header field; NULL is an error raised. */
+static int put_head_text(const Writer *w, Buffer *b, PyObject *text)
 {
-    if (part->constant != NULL) {
-        return put_text(&PLAIN, b, part->constant);
-    }
-    PyObject *text = part->reader != NULL ? PyObject_CallOneArg(part->reader, record)
-                                          : head_field_text(w, part, record);
     if (text == NULL) {
         return -1;
     }
@@ -471,6 +540,24 @@ static int put_head_part(const Writer *w, Buffer *b, const HeadPart *part, PyObj
     }
     Py_DECREF(text);
     return status;
+}
+
+/* One part of the head: a constant as it is, a field's or a reader's text escaped as a header field. */
+static int put_head_part(const Writer *w, Buffer *b, const HeadPart *part, PyObject *record)
+{
+    if (part->constant != NULL) {
+        return put_text(&PLAIN, b, part->constant);
+    }
+    if (part->reader != NULL) {
+        return put_head_text(w, b, PyObject_CallOneArg(part->reader, record));
+    }
+    PyObject *value = read_field(record, part->field);
+    if (value == NULL) {
+        return -1;
+    }
+    PyObject *text = head_field_text(w, part, value);
+    Py_DECREF(value);
+    return put_head_text(w, b, text);
 }
 
 /* Take the record's key objects as the steps' lookup keys.
@@ -554,6 +641,9 @@ static PyObject *writer_call(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "this writer was cleared by the garbage collector");
         return NULL;
     }
+    if (w->escaping.mode == MODE_JSON) {
+        return PyObject_CallOneArg(w->render, record);
+    }
     if (w->calls++ % ADOPT_EVERY == 0 && PyDict_CheckExact(record)) {
         adopt_keys(w, record);
     }
@@ -576,6 +666,923 @@ static PyObject *writer_call(PyObject *self, PyObject *args, PyObject *kwargs)
 fail:
     buffer_free(&b);
     return NULL;
+}
+
+/* -- records as JSON text ------------------------------------------------------------------------ */
+
+/* A frame of the spool is a JSON array of records. `write_frame` writes each record's line from that
+ * text, without building its dict: a field's string is escaped straight from its JSON bytes, an int
+ * written from its digits. Values that need Python (a converter's argument, a float, a container, the
+ * fields a getter or a reader declared) are made as orjson makes them, and a getter or a reader gets
+ * a dict of its declared fields alone.
+ *
+ * The scanner checks the whole frame as strictly as orjson: any text orjson would refuse or read in a
+ * way of its own (an int beyond 64 bits, a lone surrogate, invalid UTF-8, a key with an escape, depth
+ * beyond MAX_DEPTH) makes `write_frame` raise ValueError, and the caller parses that frame with orjson
+ * instead; so does any error raised while writing (a converter's). */
+
+#define MAX_DEPTH 512
+#define LONGEST_FLOAT 400
+
+/* The bytes a string's scan stops at: 1 the closing quote, 2 an escape, 3 a control (refused), 4 the
+ * lead byte of a UTF-8 sequence. */
+static unsigned char STRING_CLASS[256];
+
+static void init_string_class(void)
+{
+    for (int c = 0; c < 256; c++) {
+        STRING_CLASS[c] = c == '"' ? 1 : c == '\\' ? 2 : c < 0x20 ? 3 : c >= 0x80 ? 4 : 0;
+    }
+}
+
+/* Eight bytes at a time: a word with none of '"', '\\', a control character or a non-ASCII byte is passed
+ * whole (the common run of a string), the byte loops then take over. Exact: a word is passed only when
+ * none of its bytes is one of those. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static int plain_word(uint64_t word)
+{
+    uint64_t quote = word ^ (ONES * '"'), backslash = word ^ (ONES * '\\');
+    uint64_t found = ((quote - ONES) & ~quote) | ((backslash - ONES) & ~backslash) | (word - ONES * 0x20) | word;
+    return (found & HIGHS) == 0;
+}
+
+/* The first byte from p on that `plain_word` stops at, or `end`. */
+static const unsigned char *skip_plain(const unsigned char *p, const unsigned char *end)
+{
+    while (end - p >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        if (!plain_word(word)) {
+            break;
+        }
+        p += 8;
+    }
+    return p;
+}
+
+static const unsigned char *skip_space(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
+        p++;
+    }
+    return p;
+}
+
+/* Four hex digits at p as a code unit; -1 when they are not. */
+static long hex4(const unsigned char *p)
+{
+    long unit = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = p[i];
+        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (digit < 0) {
+            return -1;
+        }
+        unit = unit * 16 + digit;
+    }
+    return unit;
+}
+
+/* The length of the valid UTF-8 sequence at p (its lead byte >= 0x80), 0 when it is not one:
+ * overlong forms, surrogates and code points beyond U+10FFFF are not. */
+static int utf8_sequence(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char c = p[0];
+    int length;
+    unsigned char low = 0x80, high = 0xBF; /* the second byte's range */
+    if (c >= 0xC2 && c <= 0xDF) {
+        length = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        length = 3;
+        low = c == 0xE0 ? 0xA0 : 0x80;
+        high = c == 0xED ? 0x9F : 0xBF;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        length = 4;
+        low = c == 0xF0 ? 0x90 : 0x80;
+        high = c == 0xF4 ? 0x8F : 0xBF;
+    } else {
+        return 0;
+    }
+    if (end - p < length || p[1] < low || p[1] > high) {
+        return 0;
+    }
+    for (int i = 2; i < length; i++) {
+        if (p[i] < 0x80 || p[i] > 0xBF) {
+            return 0;
+        }
+    }
+    return length;
+}
+
+/* The escape at p (its backslash): its code point, and its length in *size; -1 when refused. A high
+ * surrogate must be followed by a low one (the pair is one code point); a lone one is refused. */
+static long read_escape(const unsigned char *p, const unsigned char *end, Py_ssize_t *size)
+{
+    if (end - p < 2) {
+        return -1;
+    }
+    *size = 2;
+    switch (p[1]) {
+    case '"': return '"';
+    case '\\': return '\\';
+    case '/': return '/';
+    case 'b': return '\b';
+    case 'f': return '\f';
+    case 'n': return '\n';
+    case 'r': return '\r';
+    case 't': return '\t';
+    case 'u': break;
+    default: return -1;
+    }
+    long unit = end - p >= 6 ? hex4(p + 2) : -1;
+    *size = 6;
+    if (unit < 0xD800 || unit > 0xDFFF) {
+        return unit;
+    }
+    if (unit > 0xDBFF || end - p < 12 || p[6] != '\\' || p[7] != 'u') {
+        return -1;
+    }
+    long low = hex4(p + 8);
+    if (low < 0xDC00 || low > 0xDFFF) {
+        return -1;
+    }
+    *size = 12;
+    return 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+}
+
+/* A string from p (after its opening quote) to its closing quote: the byte after that quote, NULL
+ * when refused; *escapes says whether it holds any. */
+static const unsigned char *scan_string(const unsigned char *p, const unsigned char *end, int *escapes)
+{
+    *escapes = 0;
+    for (;;) {
+        p = skip_plain(p, end);
+        while (p < end && STRING_CLASS[*p] == 0) {
+            p++;
+        }
+        if (p >= end) {
+            return NULL;
+        }
+        Py_ssize_t size;
+        switch (STRING_CLASS[*p]) {
+        case 1:
+            return p + 1;
+        case 2:
+            if (read_escape(p, end, &size) < 0) {
+                return NULL;
+            }
+            *escapes = 1;
+            p += size;
+            break;
+        case 3:
+            return NULL;
+        default:
+            size = utf8_sequence(p, end);
+            if (size == 0) {
+                return NULL;
+            }
+            p += size;
+        }
+    }
+}
+
+static int is_digit(const unsigned char *p, const unsigned char *end)
+{
+    return p < end && *p >= '0' && *p <= '9';
+}
+
+/* A number at p, as JSON writes one: the byte after it, NULL when refused. An int is read into
+ * v->number (refused beyond 64 bits: orjson's rules for those are its own); a float into v->real
+ * (refused when infinite, as orjson refuses it). */
+static const unsigned char *scan_number(const unsigned char *p, const unsigned char *end, Value *v)
+{
+    const unsigned char *start = p;
+    int negative = p < end && *p == '-';
+    p += negative;
+    if (!is_digit(p, end)) {
+        return NULL;
+    }
+    if (*p == '0') {
+        p++;
+    } else {
+        while (is_digit(p, end)) {
+            p++;
+        }
+    }
+    const unsigned char *digits_end = p;
+    int real = 0;
+    if (p < end && *p == '.') {
+        p++;
+        if (!is_digit(p, end)) {
+            return NULL;
+        }
+        while (is_digit(p, end)) {
+            p++;
+        }
+        real = 1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) {
+            p++;
+        }
+        if (!is_digit(p, end)) {
+            return NULL;
+        }
+        while (is_digit(p, end)) {
+            p++;
+        }
+        real = 1;
+    }
+    v->length = p - start;
+    if (real) {
+        char text[LONGEST_FLOAT + 1];
+        if (v->length > LONGEST_FLOAT) {
+            return NULL;
+        }
+        memcpy(text, start, (size_t)v->length);
+        text[v->length] = '\0';
+        v->real = PyOS_string_to_double(text, NULL, NULL); /* correctly rounded; HUGE_VAL beyond */
+        if (v->real == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return NULL;
+        }
+        if (Py_IS_INFINITY(v->real)) {
+            return NULL;
+        }
+        v->kind = JSON_FLOAT;
+        return p;
+    }
+    unsigned long long magnitude = 0;
+    for (const unsigned char *d = start + negative; d < digits_end; d++) {
+        unsigned digit = (unsigned)(*d - '0');
+        if (magnitude > (ULLONG_MAX - digit) / 10) {
+            return NULL;
+        }
+        magnitude = magnitude * 10 + digit;
+    }
+    if (magnitude > (unsigned long long)LLONG_MAX + (unsigned long long)negative) {
+        return NULL;
+    }
+    v->number = negative ? (long long)(0ULL - magnitude) : (long long)magnitude;
+    v->kind = JSON_INT;
+    return p;
+}
+
+static const unsigned char *scan_value(const unsigned char *p, const unsigned char *end, int depth, Value *v);
+
+/* An object or an array at p, checked to its end: the byte after it, NULL when refused. */
+static const unsigned char *scan_container(const unsigned char *p, const unsigned char *end, int depth)
+{
+    if (depth >= MAX_DEPTH) {
+        return NULL;
+    }
+    int object = *p == '{';
+    unsigned char close = object ? '}' : ']';
+    p = skip_space(p + 1, end);
+    if (p < end && *p == close) {
+        return p + 1;
+    }
+    for (;;) {
+        if (object) {
+            int escapes;
+            if (p >= end || *p != '"' || (p = scan_string(p + 1, end, &escapes)) == NULL) {
+                return NULL;
+            }
+            p = skip_space(p, end);
+            if (p >= end || *p != ':') {
+                return NULL;
+            }
+            p = skip_space(p + 1, end);
+        }
+        Value inner;
+        if ((p = scan_value(p, end, depth + 1, &inner)) == NULL) {
+            return NULL;
+        }
+        p = skip_space(p, end);
+        if (p < end && *p == ',') {
+            p = skip_space(p + 1, end);
+        } else if (p < end && *p == close) {
+            return p + 1;
+        } else {
+            return NULL;
+        }
+    }
+}
+
+static const unsigned char *scan_literal(const unsigned char *p, const unsigned char *end, const char *word,
+                                         int kind, Value *v)
+{
+    size_t size = strlen(word);
+    if ((size_t)(end - p) < size || memcmp(p, word, size) != 0) {
+        return NULL;
+    }
+    v->kind = kind;
+    v->length = (Py_ssize_t)size;
+    return p + size;
+}
+
+/* Any JSON value at p: the byte after it, NULL when refused; `v` says what and where it is. */
+static const unsigned char *scan_value(const unsigned char *p, const unsigned char *end, int depth, Value *v)
+{
+    if (p >= end) {
+        return NULL;
+    }
+    v->start = p;
+    switch (*p) {
+    case '"': {
+        int escapes;
+        const unsigned char *after = scan_string(p + 1, end, &escapes);
+        if (after == NULL) {
+            return NULL;
+        }
+        v->kind = escapes ? JSON_ESCAPED : JSON_STRING;
+        v->start = p + 1;
+        v->length = after - 1 - v->start;
+        return after;
+    }
+    case '{':
+    case '[': {
+        const unsigned char *after = scan_container(p, end, depth);
+        if (after == NULL) {
+            return NULL;
+        }
+        v->kind = JSON_CONTAINER;
+        v->length = after - p;
+        return after;
+    }
+    case 't': return scan_literal(p, end, "true", JSON_TRUE, v);
+    case 'f': return scan_literal(p, end, "false", JSON_FALSE, v);
+    case 'n': return scan_literal(p, end, "null", JSON_NULL, v);
+    default: return scan_number(p, end, v);
+    }
+}
+
+/* A hash of a key's bytes, eight at a time (keys are short: one or two rounds). */
+static size_t name_hash(const char *name, Py_ssize_t length)
+{
+    uint64_t hash = (uint64_t)length * 0x9E3779B97F4A7C15ULL;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= length; i += 8) {
+        uint64_t word;
+        memcpy(&word, name + i, 8);
+        hash = (hash ^ word) * 0xFF51AFD7ED558CCDULL;
+        hash ^= hash >> 29;
+    }
+    if (i < length) {
+        uint64_t word = 0;
+        if (length >= 8) {
+            memcpy(&word, name + length - 8, 8); /* the last eight bytes (a fixed-size load, no stall) */
+        } else {
+            for (Py_ssize_t j = 0; j < length; j++) {
+                word |= (uint64_t)(unsigned char)name[j] << (8 * j);
+            }
+        }
+        hash = (hash ^ word) * 0xFF51AFD7ED558CCDULL;
+        hash ^= hash >> 29;
+    }
+    return (size_t)(hash ^ (hash >> 32));
+}
+
+/* The slot of the field named by `length` bytes at `name`, -1 when this writer does not read it. */
+static Py_ssize_t slot_of(const Texts *t, const char *name, Py_ssize_t length)
+{
+    for (size_t i = name_hash(name, length) & t->mask;; i = (i + 1) & t->mask) {
+        const Entry *entry = &t->table[i];
+        if (entry->name == NULL) {
+            return -1;
+        }
+        if (entry->length == length && memcmp(entry->name, name, (size_t)length) == 0) {
+            return entry->slot;
+        }
+    }
+}
+
+/* The code point at *p of a string's JSON text (valid: it was scanned), *p moved past it. */
+static Py_UCS4 next_char(const unsigned char **p, const unsigned char *end)
+{
+    const unsigned char *at = *p;
+    if (*at == '\\') {
+        Py_ssize_t size;
+        long c = read_escape(at, end, &size);
+        *p = at + size;
+        return (Py_UCS4)c;
+    }
+    if (*at < 0x80) {
+        *p = at + 1;
+        return *at;
+    }
+    int length = *at >= 0xF0 ? 4 : *at >= 0xE0 ? 3 : 2;
+    Py_UCS4 c = *at & (0xFF >> (length + 1));
+    for (int i = 1; i < length; i++) {
+        c = (c << 6) | (at[i] & 0x3F);
+    }
+    *p = at + length;
+    return c;
+}
+
+/* A value of the text as orjson makes it (new reference; NULL on an error). */
+static PyObject *value_object(const Texts *t, const Value *v)
+{
+    switch (v->kind) {
+    case JSON_STRING:
+        return PyUnicode_DecodeUTF8((const char *)v->start, v->length, NULL);
+    case JSON_ESCAPED: {
+        Py_UCS4 *chars = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)(v->length > 0 ? v->length : 1));
+        if (chars == NULL) {
+            return PyErr_NoMemory();
+        }
+        Py_ssize_t count = 0;
+        const unsigned char *p = v->start, *end = v->start + v->length;
+        while (p < end) {
+            chars[count++] = next_char(&p, end);
+        }
+        PyObject *text = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, chars, count);
+        PyMem_Free(chars);
+        return text;
+    }
+    case JSON_INT: return PyLong_FromLongLong(v->number);
+    case JSON_FLOAT: return PyFloat_FromDouble(v->real);
+    case JSON_TRUE: return Py_NewRef(Py_True);
+    case JSON_FALSE: return Py_NewRef(Py_False);
+    case JSON_NULL: return Py_NewRef(Py_None);
+    default: {
+        PyObject *text = PyBytes_FromStringAndSize((const char *)v->start, v->length);
+        if (text == NULL) {
+            return NULL;
+        }
+        PyObject *value = PyObject_CallOneArg(t->loads, text);
+        Py_DECREF(text);
+        return value;
+    }
+    }
+}
+
+/* The current record's value in `slot` (new reference; Py_None when the record has none). */
+static PyObject *slot_object(const Texts *t, Py_ssize_t slot)
+{
+    if (slot < 0 || t->seen[slot] != t->record) {
+        return Py_NewRef(Py_None);
+    }
+    return value_object(t, &t->values[slot]);
+}
+
+/* The dict a getter or a reader is given: the fields they declared, those the record has. */
+static PyObject *declared_fields(const Texts *t)
+{
+    PyObject *record = PyDict_New();
+    for (Py_ssize_t i = 0; record != NULL && i < t->read_count; i++) {
+        Py_ssize_t slot = t->reads[i];
+        if (t->seen[slot] != t->record) {
+            continue;
+        }
+        PyObject *value = value_object(t, &t->values[slot]);
+        if (value == NULL || PyDict_SetItem(record, t->names[slot], value) < 0) {
+            Py_XDECREF(value);
+            Py_CLEAR(record);
+        }
+        Py_XDECREF(value);
+    }
+    return record;
+}
+
+/* Append a string's JSON text escaped as `e` says: runs of plain bytes copied, UTF-8 sequences as
+ * they are (the text is valid UTF-8 and no non-ASCII character is escaped here), each escape decoded
+ * and its character escaped as `put_text` would. */
+static int put_json_text(const Writer *w, const Escaping *e, Buffer *b, const Value *v)
+{
+    /* Each byte gives at most 3 (a picture for a control character), an escape never more than its own. */
+    if (v->length > PY_SSIZE_T_MAX / 3 || buffer_reserve(b, v->length * 3) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        return -1;
+    }
+    const unsigned char *stop = w->texts->stop;
+    const unsigned char *p = v->start, *end = v->start + v->length;
+    char *out = b->data + b->size;
+    while (p < end) {
+        const unsigned char *run = p;
+        while (p < end && !stop[*p]) {
+            p++;
+        }
+        memcpy(out, run, (size_t)(p - run));
+        out += p - run;
+        if (p >= end) {
+            break;
+        }
+        if (*p >= 0x80) {
+            int length = *p >= 0xF0 ? 4 : *p >= 0xE0 ? 3 : 2;
+            memcpy(out, p, (size_t)length);
+            out += length;
+            p += length;
+            continue;
+        }
+        Py_UCS4 c = next_char(&p, end);
+        Py_ssize_t n = escaped(e, c, out);
+        out += n > 0 ? n : utf8(c, out);
+    }
+    b->size = out - b->data;
+    return 0;
+}
+
+/* Write one step from the current record's value `v` (NULL: the record has none). */
+static int put_json_value(const Writer *w, Buffer *b, Py_ssize_t *written, const Step *step, const Value *v)
+{
+    if (v == NULL || v->kind == JSON_NULL) {
+        return put_default(w, b, written, step);
+    }
+    if (step->converter == NULL) {
+        if (v->kind == JSON_STRING || v->kind == JSON_ESCAPED) {
+            if (v->length == 0) {
+                return put_default(w, b, written, step); /* "" is no text */
+            }
+            if ((*written > 0 && buffer_put_bytes(b, w->joint) < 0) || buffer_put_bytes(b, step->key) < 0 ||
+                put_json_text(w, &w->escaping, b, v) < 0) {
+                return -1;
+            }
+            (*written)++;
+            return put_follower(w, b, written, step);
+        }
+        if (v->kind == JSON_TRUE || v->kind == JSON_FALSE) {
+            const char *word = v->kind == JSON_TRUE ? "true" : "false";
+            if (put_field(w, b, written, step->key, NULL, word, (Py_ssize_t)strlen(word)) < 0) {
+                return -1;
+            }
+            return put_follower(w, b, written, step);
+        }
+    }
+    if (v->kind == JSON_INT && (step->converter == NULL || step->shortcut != SHORTCUT_NONE)) {
+        return put_number(w, b, written, step, v->number);
+    }
+    PyObject *value = value_object(w->texts, v);
+    if (value == NULL) {
+        return -1;
+    }
+    int status = put_value(w, b, written, step, value);
+    Py_DECREF(value);
+    return status;
+}
+
+/* The line of the record whose values were just scanned (new bytes; NULL on an error). */
+static PyObject *text_line(const Writer *w)
+{
+    const Texts *t = w->texts;
+    PyObject *declared = NULL; /* made for the first getter or reader */
+    Buffer b;
+    buffer_init(&b);
+    Py_ssize_t written = 0;
+    for (Py_ssize_t i = 0; i < w->head_count; i++) {
+        const HeadPart *part = &w->head[i];
+        int status;
+        if (part->constant != NULL) {
+            status = put_text(&PLAIN, &b, part->constant);
+        } else if (part->reader != NULL) {
+            if (declared == NULL && (declared = declared_fields(t)) == NULL) {
+                goto fail;
+            }
+            status = put_head_text(w, &b, PyObject_CallOneArg(part->reader, declared));
+        } else {
+            PyObject *value = slot_object(t, t->head_slots[i]);
+            PyObject *text = value == NULL ? NULL : head_field_text(w, part, value);
+            Py_XDECREF(value);
+            status = put_head_text(w, &b, text);
+        }
+        if (status < 0) {
+            goto fail;
+        }
+    }
+    for (Py_ssize_t i = 0; i < w->count; i++) {
+        const Step *step = &w->steps[i];
+        int status;
+        if (step->constant) {
+            status = put_default(w, &b, &written, step);
+        } else if (step->getter != NULL) {
+            if (declared == NULL && (declared = declared_fields(t)) == NULL) {
+                goto fail;
+            }
+            PyObject *value = PyObject_CallOneArg(step->getter, declared);
+            status = value == NULL ? -1 : put_value(w, &b, &written, step, value);
+            Py_XDECREF(value);
+        } else {
+            Py_ssize_t slot = t->step_slots[i];
+            status = put_json_value(w, &b, &written, step, t->seen[slot] == t->record ? &t->values[slot] : NULL);
+        }
+        if (status < 0) {
+            goto fail;
+        }
+    }
+    Py_XDECREF(declared);
+    PyObject *line = PyBytes_FromStringAndSize(b.data, b.size);
+    buffer_free(&b);
+    return line;
+fail:
+    Py_XDECREF(declared);
+    buffer_free(&b);
+    return NULL;
+}
+
+/* The current record's "_id" as str(record.get("_id", "")) gives it, and its "timestamp" when an int
+ * (0 otherwise), appended to `ids` and `stamps`. */
+static int put_identity(const Texts *t, PyObject *ids, PyObject *stamps)
+{
+    PyObject *id;
+    if (t->seen[t->id_slot] != t->record) {
+        id = PyUnicode_FromStringAndSize(NULL, 0);
+    } else {
+        PyObject *value = value_object(t, &t->values[t->id_slot]);
+        id = value == NULL ? NULL : PyObject_Str(value);
+        Py_XDECREF(value);
+    }
+    const Value *stamp = &t->values[t->stamp_slot];
+    long long number = t->seen[t->stamp_slot] == t->record && stamp->kind == JSON_INT ? stamp->number : 0;
+    PyObject *time = PyLong_FromLongLong(number);
+    int status = id == NULL || time == NULL || PyList_Append(ids, id) < 0 || PyList_Append(stamps, time) < 0;
+    Py_XDECREF(id);
+    Py_XDECREF(time);
+    return status ? -1 : 0;
+}
+
+/* Scan one record (an object at p): its values into the slots; the byte after it, NULL when refused. */
+static const unsigned char *scan_record(Texts *t, const unsigned char *p, const unsigned char *end)
+{
+    t->record++;
+    if (p >= end || *p != '{') {
+        return NULL;
+    }
+    p = skip_space(p + 1, end);
+    if (p < end && *p == '}') {
+        return p + 1;
+    }
+    for (;;) {
+        int escapes;
+        if (p >= end || *p != '"') {
+            return NULL;
+        }
+        const unsigned char *name = p + 1;
+        if ((p = scan_string(name, end, &escapes)) == NULL || escapes) {
+            return NULL; /* a key with an escape: orjson reads it (and the frame goes to orjson) */
+        }
+        Py_ssize_t slot = slot_of(t, (const char *)name, p - 1 - name);
+        p = skip_space(p, end);
+        if (p >= end || *p != ':') {
+            return NULL;
+        }
+        p = skip_space(p + 1, end);
+        Value value;
+        if ((p = scan_value(p, end, 1, &value)) == NULL) {
+            return NULL;
+        }
+        if (slot >= 0) {
+            t->values[slot] = value; /* a key given twice: the last wins, as in orjson's dict */
+            t->seen[slot] = t->record;
+        }
+        p = skip_space(p, end);
+        if (p < end && *p == ',') {
+            p = skip_space(p + 1, end);
+        } else if (p < end && *p == '}') {
+            return p + 1;
+        } else {
+            return NULL;
+        }
+    }
+}
+
+/* -- JSON lines: the record's own text ----------------------------------------------------------- */
+
+/* A JSON route without a field list writes each record as orjson.dumps writes its dict. A record's text
+ * in the spool often is exactly that already (the spool's own pages are orjson's; a tenant's text may
+ * be): `write_frame` then ships those bytes as they are, and makes the others dumps(loads(text)). */
+
+/* The escape at p (its backslash, in a scanned string) when it is one orjson writes: \" \\ \b \t \n \f \r,
+ * and \u00xx (lower-case hex) for the other control characters; its length, or 0. */
+static int canonical_escape(const unsigned char *p)
+{
+    switch (p[1]) {
+    case '"': case '\\': case 'b': case 't': case 'n': case 'f': case 'r':
+        return 2;
+    case 'u':
+        break;
+    default:
+        return 0;
+    }
+    if (p[2] != '0' || p[3] != '0' || (p[4] != '0' && p[4] != '1')) {
+        return 0;
+    }
+    unsigned char low = p[5];
+    int unit = (p[4] - '0') * 16 + (low >= '0' && low <= '9' ? low - '0' : low >= 'a' && low <= 'f' ? low - 'a' + 10 : -99);
+    if (unit < 0 || unit == 0x08 || unit == 0x09 || unit == 0x0A || unit == 0x0C || unit == 0x0D) {
+        return 0;
+    }
+    return 6;
+}
+
+/* Note a key of the object numbered `object` in the record at `record`: 0 when that object already had
+ * it, 1 otherwise. Entries of objects numbered below `first` (earlier records) are free. */
+static int new_key(Texts *t, uint32_t first, uint32_t object, const unsigned char *record,
+                   const unsigned char *key, Py_ssize_t length)
+{
+    uint32_t hash = (uint32_t)name_hash((const char *)key, length);
+    size_t i = hash & (KEY_TABLE - 1);
+    for (; t->keys[i].object >= first; i = (i + 1) & (KEY_TABLE - 1)) {
+        const KeySeen *seen = &t->keys[i];
+        if (seen->object == object && seen->hash == hash && seen->length == (uint32_t)length &&
+            memcmp(record + seen->offset, key, (size_t)length) == 0) {
+            return 0;
+        }
+    }
+    t->keys[i] = (KeySeen){object, hash, (uint32_t)(key - record), (uint32_t)length};
+    return 1;
+}
+
+/* True when the scanned record at [p, end) is the text orjson.dumps writes for the dict orjson.loads
+ * makes of it: no whitespace, no float (orjson writes its own shortest form), no "-0", escapes only as
+ * orjson writes them, and no key twice in one object (the dict keeps one). */
+static int is_canonical(Texts *t, const unsigned char *p, const unsigned char *end)
+{
+    uint32_t stack[MAX_DEPTH + 1]; /* per open container: its object number, 0 for an array */
+    int depth = 0, expect_key = 0, keys = 0;
+    const unsigned char *record = p;
+    if (end - p > (Py_ssize_t)UINT32_MAX || t->objects > UINT32_MAX - (uint32_t)(end - p)) {
+        memset(t->keys, 0, sizeof(t->keys)); /* the numbering starts again (after 4 billion objects) */
+        t->objects = 0;
+        if (end - p > (Py_ssize_t)UINT32_MAX) {
+            return 0;
+        }
+    }
+    uint32_t first = t->objects + 1;
+    while (p < end) {
+        unsigned char c = *p;
+        switch (c) {
+        case '{':
+            if (depth > MAX_DEPTH) {
+                return 0;
+            }
+            stack[depth++] = ++t->objects;
+            expect_key = 1;
+            p++;
+            break;
+        case '[':
+            if (depth > MAX_DEPTH) {
+                return 0;
+            }
+            stack[depth++] = 0;
+            expect_key = 0;
+            p++;
+            break;
+        case '}':
+        case ']':
+            depth--;
+            expect_key = 0;
+            p++;
+            break;
+        case ',':
+            expect_key = depth > 0 && stack[depth - 1] != 0;
+            p++;
+            break;
+        case ':':
+            expect_key = 0;
+            p++;
+            break;
+        case '"': {
+            const unsigned char *text = ++p;
+            for (;;) {
+                p = skip_plain(p, end);
+                while (STRING_CLASS[*p] == 0 || STRING_CLASS[*p] == 4) {
+                    p++; /* a scanned string: its quote comes before `end` */
+                }
+                if (*p == '"') {
+                    break;
+                }
+                int size = canonical_escape(p);
+                if (size == 0) {
+                    return 0;
+                }
+                p += size;
+            }
+            if (expect_key && (++keys > KEY_TABLE / 2 ||
+                               !new_key(t, first, stack[depth - 1], record, text, p - text))) {
+                return 0;
+            }
+            p++;
+            break;
+        }
+        case '-':
+            if (end - p >= 2 && p[1] == '0' && (end - p == 2 || p[2] < '0' || p[2] > '9')) {
+                return 0; /* -0 reads as the int 0 */
+            }
+            p++;
+            break;
+        case 't': case 'n':
+            p += 4;
+            break;
+        case 'f':
+            p += 5;
+            break;
+        default:
+            if (c >= '0' && c <= '9') {
+                p++;
+                break;
+            }
+            return 0; /* whitespace, or a float's '.', 'e', 'E', '+' */
+        }
+    }
+    return 1;
+}
+
+/* The line of a JSON route for the record at [start, end) (new bytes; NULL on an error). */
+static PyObject *raw_line(const Writer *w, const unsigned char *start, const unsigned char *end)
+{
+    PyObject *text = PyBytes_FromStringAndSize((const char *)start, end - start);
+    if (text == NULL || is_canonical(w->texts, start, end)) {
+        return text;
+    }
+    PyObject *record = PyObject_CallOneArg(w->texts->loads, text);
+    Py_DECREF(text);
+    if (record == NULL) {
+        return NULL;
+    }
+    PyObject *line = PyObject_CallOneArg(w->render, record);
+    Py_DECREF(record);
+    if (line != NULL && !PyBytes_Check(line)) {
+        PyErr_Format(PyExc_TypeError, "a JSON writer gave %.100s, not bytes", Py_TYPE(line)->tp_name);
+        Py_CLEAR(line);
+    }
+    return line;
+}
+
+/* Writer.write_frame(frame, first) -> (records, ids, timestamps, lines): see the section's comment. */
+static PyObject *writer_write_frame(PyObject *self, PyObject *args)
+{
+    Writer *w = (Writer *)self;
+    Py_buffer frame;
+    Py_ssize_t first;
+    if (!PyArg_ParseTuple(args, "y*n", &frame, &first)) {
+        return NULL;
+    }
+    Texts *t = w->texts;
+    if (t == NULL || w->joint == NULL || t->busy) {
+        PyBuffer_Release(&frame);
+        PyErr_SetString(PyExc_TypeError, "this writer does not read records as JSON text now");
+        return NULL;
+    }
+    t->busy = 1;
+    PyObject *ids = PyList_New(0), *stamps = PyList_New(0), *lines = PyList_New(0), *result = NULL;
+    const unsigned char *start = frame.buf, *end = start + frame.len, *p = skip_space(start, end);
+    const unsigned char *at = p; /* the record being read */
+    Py_ssize_t index = 0;
+    if (ids == NULL || stamps == NULL || lines == NULL) {
+        goto done;
+    }
+    if (p >= end || *p != '[') {
+        goto refused;
+    }
+    p = skip_space(p + 1, end);
+    if (p < end && *p == ']') {
+        p++;
+    } else {
+        for (;;) {
+            at = p;
+            if ((p = scan_record(t, p, end)) == NULL) {
+                goto refused;
+            }
+            if (index++ >= first) {
+                PyObject *line = w->escaping.mode == MODE_JSON ? raw_line(w, at, p) : text_line(w);
+                int status = line == NULL || PyList_Append(lines, line) < 0 || put_identity(t, ids, stamps) < 0;
+                Py_XDECREF(line);
+                if (status) {
+                    goto done;
+                }
+            }
+            p = skip_space(p, end);
+            if (p < end && *p == ',') {
+                p = skip_space(p + 1, end);
+            } else if (p < end && *p == ']') {
+                p++;
+                break;
+            } else {
+                goto refused;
+            }
+        }
+    }
+    if (skip_space(p, end) != end) {
+        goto refused;
+    }
+    result = Py_BuildValue("nOOO", index, ids, stamps, lines);
+    goto done;
+refused:
+    PyErr_Format(PyExc_ValueError, "record %zd of the frame (from byte %zd) is not JSON this writer reads",
+                 index, (Py_ssize_t)(at - start));
+done:
+    t->busy = 0;
+    Py_XDECREF(ids);
+    Py_XDECREF(stamps);
+    Py_XDECREF(lines);
+    PyBuffer_Release(&frame);
+    return result;
 }
 
 /* -- construction -------------------------------------------------------------------------------- */
@@ -670,19 +1677,147 @@ static int parse_step(PyObject *item, Step *step)
     return 0;
 }
 
-/* Writer(head, steps, mode, delimiter, joint, render_text): mode 0 is CEF, 1 is LEEF. */
+/* Free what `make_texts` made. */
+static void free_texts(Texts *t)
+{
+    if (t == NULL) {
+        return;
+    }
+    for (Py_ssize_t i = 0; i < t->slot_count; i++) {
+        Py_XDECREF(t->names[i]);
+    }
+    Py_XDECREF(t->loads);
+    PyMem_Free(t->names);
+    PyMem_Free(t->table);
+    PyMem_Free(t->step_slots);
+    PyMem_Free(t->head_slots);
+    PyMem_Free(t->reads);
+    PyMem_Free(t->values);
+    PyMem_Free(t->seen);
+    PyMem_Free(t);
+}
+
+/* The slot of the field `name` (str), given one when it has none yet; -1 when the name has no UTF-8
+ * (a lone surrogate: no valid JSON text names that key). */
+static Py_ssize_t add_slot(Texts *t, PyObject *name)
+{
+    Py_ssize_t length;
+    const char *utf8_name = PyUnicode_AsUTF8AndSize(name, &length); /* kept by the str itself */
+    if (utf8_name == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    size_t i = name_hash(utf8_name, length) & t->mask;
+    for (; t->table[i].name != NULL; i = (i + 1) & t->mask) {
+        if (t->table[i].length == length && memcmp(t->table[i].name, utf8_name, (size_t)length) == 0) {
+            return t->table[i].slot;
+        }
+    }
+    Py_ssize_t slot = t->slot_count++;
+    t->names[slot] = Py_NewRef(name);
+    t->table[i] = (Entry){utf8_name, length, slot};
+    return slot;
+}
+
+/* Make `w` able to read records as JSON text: `reads` (a tuple of str, or None when a getter or a
+ * reader did not declare what it reads) are the fields getters and readers are given; `loads` parses
+ * a container's text. Leaves w->texts NULL when it cannot; -1 on an error. */
+static int make_texts(Writer *w, PyObject *reads, PyObject *loads)
+{
+    if (reads == Py_None || loads == Py_None ||
+        (w->escaping.mode == MODE_LEEF && w->escaping.delimiter >= 0x80)) {
+        return 0; /* a non-ASCII delimiter: `put_json_text` copies non-ASCII characters as they are */
+    }
+    if (!PyTuple_Check(reads) || !PyCallable_Check(loads)) {
+        PyErr_SetString(PyExc_TypeError, "reads is a tuple of str or None, loads a callable or None");
+        return -1;
+    }
+    Py_ssize_t bound = w->count + w->head_count + PyTuple_GET_SIZE(reads) + 2;
+    size_t size = 16;
+    while (size < (size_t)bound * 2) {
+        size *= 2;
+    }
+    Texts *t = PyMem_Calloc(1, sizeof(Texts));
+    if (t == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->mask = size - 1;
+    t->table = PyMem_Calloc(size, sizeof(Entry));
+    t->names = PyMem_Calloc((size_t)bound, sizeof(PyObject *));
+    t->values = PyMem_Calloc((size_t)bound, sizeof(Value));
+    t->seen = PyMem_Calloc((size_t)bound, sizeof(unsigned long));
+    t->step_slots = PyMem_Calloc((size_t)(w->count + 1), sizeof(Py_ssize_t));
+    t->head_slots = PyMem_Calloc((size_t)(w->head_count + 1), sizeof(Py_ssize_t));
+    t->reads = PyMem_Calloc((size_t)(PyTuple_GET_SIZE(reads) + 1), sizeof(Py_ssize_t));
+    if (t->table == NULL || t->names == NULL || t->values == NULL || t->seen == NULL ||
+        t->step_slots == NULL || t->head_slots == NULL || t->reads == NULL) {
+        free_texts(t);
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->loads = Py_NewRef(loads);
+    int matchable = 1;
+    for (Py_ssize_t i = 0; i < w->count; i++) {
+        const Step *step = &w->steps[i];
+        t->step_slots[i] = step->constant || step->getter != NULL ? -1 : add_slot(t, step->field);
+        matchable &= step->constant || step->getter != NULL || t->step_slots[i] >= 0;
+    }
+    for (Py_ssize_t i = 0; i < w->head_count; i++) {
+        const HeadPart *part = &w->head[i];
+        t->head_slots[i] = part->field == NULL ? -1 : add_slot(t, part->field);
+        matchable &= part->field == NULL || t->head_slots[i] >= 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(reads); i++) {
+        PyObject *name = PyTuple_GET_ITEM(reads, i);
+        if (!PyUnicode_Check(name)) {
+            free_texts(t);
+            PyErr_SetString(PyExc_TypeError, "reads is a tuple of str or None");
+            return -1;
+        }
+        t->reads[t->read_count] = add_slot(t, name);
+        matchable &= t->reads[t->read_count++] >= 0;
+    }
+    PyObject *id = PyUnicode_FromString("_id");
+    PyObject *stamp = PyUnicode_FromString("timestamp");
+    if (id == NULL || stamp == NULL) {
+        Py_XDECREF(id);
+        Py_XDECREF(stamp);
+        free_texts(t);
+        return -1;
+    }
+    t->id_slot = add_slot(t, id);
+    t->stamp_slot = add_slot(t, stamp);
+    Py_DECREF(id);
+    Py_DECREF(stamp);
+    if (!matchable) {
+        free_texts(t); /* a field no JSON text can name: records are read as dicts */
+        return 0;
+    }
+    for (int c = 0; c < 256; c++) {
+        t->stop[c] = c >= 0x80 || c == '\\' || w->escaping.special[c];
+    }
+    w->texts = t;
+    return 0;
+}
+
+/* Writer(head, steps, mode, delimiter, joint, render_text, reads=None, loads=None): mode 0 is CEF, 1 is
+ * LEEF, 3 a JSON route's record as render_text(record) writes it; with `reads` and `loads` (see
+ * `make_texts`) it reads records as JSON text too (`write_frame`). */
 static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *head, *steps, *delimiter, *joint, *render;
+    PyObject *head, *steps, *delimiter, *joint, *render, *reads = Py_None, *loads = Py_None;
     int mode;
-    static char *names[] = {"head", "steps", "mode", "delimiter", "joint", "render_text", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!iUSO", names, &PyTuple_Type, &head, &PyTuple_Type,
-                                     &steps, &mode, &delimiter, &joint, &render)) {
+    static char *names[] = {"head", "steps", "mode", "delimiter", "joint", "render_text", "reads", "loads", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!iUSO|OO", names, &PyTuple_Type, &head, &PyTuple_Type,
+                                     &steps, &mode, &delimiter, &joint, &render, &reads, &loads)) {
         return NULL;
     }
-    if ((mode != MODE_CEF && mode != MODE_LEEF) || PyUnicode_GET_LENGTH(delimiter) != 1 ||
-        !PyCallable_Check(render)) {
-        PyErr_SetString(PyExc_ValueError, "mode is 0 or 1, the delimiter one character, render_text callable");
+    if ((mode != MODE_CEF && mode != MODE_LEEF && mode != MODE_JSON) || PyUnicode_GET_LENGTH(delimiter) != 1 ||
+        !PyCallable_Check(render) ||
+        (mode == MODE_JSON && (PyTuple_GET_SIZE(head) > 0 || PyTuple_GET_SIZE(steps) > 0))) {
+        PyErr_SetString(PyExc_ValueError, "mode is 0, 1 or 3 (JSON: no head, no steps), the delimiter one "
+                                          "character, render_text callable");
         return NULL;
     }
     Writer *w = (Writer *)type->tp_alloc(type, 0);
@@ -726,6 +1861,10 @@ static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         w->escaping.special[c] = escaped(&w->escaping, c, code) > 0;
         w->header.special[c] = escaped(&w->header, c, code) > 0;
     }
+    if (make_texts(w, reads, loads) < 0) {
+        Py_DECREF(w);
+        return NULL;
+    }
     return (PyObject *)w;
 }
 
@@ -742,6 +1881,9 @@ static int writer_traverse(PyObject *self, visitproc visit, void *arg)
         Py_VISIT(w->head[i].reader);
     }
     Py_VISIT(w->render);
+    if (w->texts != NULL) {
+        Py_VISIT(w->texts->loads);
+    }
     return 0;
 }
 
@@ -752,6 +1894,8 @@ static int writer_clear(PyObject *self)
     Py_CLEAR(w->joint);
     Py_CLEAR(w->render);
     Py_CLEAR(w->fields);
+    free_texts(w->texts);
+    w->texts = NULL;
     return 0;
 }
 
@@ -762,17 +1906,37 @@ static void writer_dealloc(PyObject *self)
     Py_TYPE(self)->tp_free(self);
 }
 
+static PyObject *writer_reads_json(PyObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((Writer *)self)->texts != NULL);
+}
+
+static PyMethodDef writer_methods[] = {
+    {"write_frame", writer_write_frame, METH_VARARGS,
+     "write_frame(frame, first) -> (records, ids, timestamps, lines): the lines of a JSON array's records "
+     "from index `first` on, read from its text; ValueError for a frame to parse with orjson instead."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef writer_getset[] = {
+    {"reads_json", writer_reads_json, NULL, "True when write_frame can run.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject WriterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ce_daemon.logs._native.Writer",
     .tp_basicsize = sizeof(Writer),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Writer(head, steps, mode, delimiter, joint, render_text)(record) -> bytes",
+    .tp_doc = "Writer(head, steps, mode, delimiter, joint, render_text, reads=None, loads=None)(record) -> bytes",
     .tp_new = writer_new,
     .tp_dealloc = writer_dealloc,
     .tp_traverse = writer_traverse,
     .tp_clear = writer_clear,
     .tp_call = writer_call,
+    .tp_methods = writer_methods,
+    .tp_getset = writer_getset,
 };
 
 static struct PyModuleDef native_module = {
@@ -784,6 +1948,7 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
+    init_string_class();
     if (PyType_Ready(&WriterType) < 0) {
         return NULL;
     }

@@ -38,7 +38,16 @@ from typing import Any, Final
 import orjson
 
 from ce_daemon.logs.generated import GeneratedCollect, PlanStep, generate_collect
-from ce_daemon.logs.mapping import HEADER_FIELDS, FieldRule, Getter, Record, SubtypeRules, make_getter
+from ce_daemon.logs.mapping import (
+    HEADER_FIELDS,
+    FieldRule,
+    Getter,
+    Record,
+    SubtypeRules,
+    make_getter,
+    reads,
+    reads_of,
+)
 from ce_daemon.logs.native import CEF as NATIVE_CEF
 from ce_daemon.logs.native import EPOCH_MS_TEXT, INT_TEXT, HeadPart
 from ce_daemon.logs.native import line_writer as native_writer
@@ -341,7 +350,7 @@ def value_text(
     convert = converter if converter is not None else text_converter(rule.transformation)
     fallback = default_text(rule, tenant_name, convert)
     if not rule.mapping_field:
-        return lambda _record: fallback
+        return reads((), lambda _record: fallback)
     render = convert if convert is not None else render_text
 
     def text(record: Record) -> str | None:
@@ -351,7 +360,8 @@ def value_text(
         result = render(value)
         return fallback if result is None else result
 
-    return text
+    declared = (name,) if getter is None else reads_of(getter)
+    return text if declared is None else reads(declared, text)
 
 
 def header_part(rule: FieldRule, tenant_name: str, limit: int | None = None) -> HeadPart:
@@ -380,7 +390,8 @@ def cut_text(text_of: Callable[[Record], str | None], limit: int | None) -> Call
         text = text_of(record)
         return text[:limit] if text else text
 
-    return cut
+    declared = reads_of(text_of)
+    return cut if declared is None else reads(declared, cut)
 
 
 def _absent(_record: Record) -> None:
@@ -675,13 +686,13 @@ def severity_reader(rule: FieldRule | None, tenant_name: str, *, audit: bool) ->
     when the record has none, normalised with the general or the audit table."""
     normalize = normalize_audit_severity if audit else normalize_severity
     if rule is None:
-        return lambda _record: "Unknown"
+        return reads((), lambda _record: "Unknown")
     fallback = rule.default_value
     if isinstance(fallback, str):
         fallback = fallback.replace(TENANT_PLACEHOLDER, tenant_name)
     fallback_word = normalize(fallback) if fallback not in (None, "") else "Unknown"
     if not rule.mapping_field:
-        return lambda _record: fallback_word
+        return reads((), lambda _record: fallback_word)
     name, getter = make_getter(rule)
 
     def severity(record: Record) -> str:
@@ -690,4 +701,5 @@ def severity_reader(rule: FieldRule | None, tenant_name: str, *, audit: bool) ->
             return fallback_word
         return normalize(value)
 
-    return severity
+    declared = (name,) if getter is None else reads_of(getter)
+    return severity if declared is None else reads(declared, severity)

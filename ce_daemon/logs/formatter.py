@@ -98,6 +98,16 @@ class RecordFormatter:
         self._use_native = native
         self._cache: dict[tuple[str, str], RecordWriter] = {}
 
+    @property
+    def reads_json(self) -> bool:
+        """True when its writers are C writers that read records as JSON text (see
+        `ce_daemon.logs.route.decide_texts`): CEF or LEEF, generated; JSON of the raw record."""
+        if not native.AVAILABLE or not native.READS_TEXT or self._subtype_from_record:
+            return False
+        if self.output == "json":
+            return not self._json_fields and not self.mapping.has_json_fields()
+        return self._generated and self._use_native
+
     def covers(self, kind: str, subtype: str) -> bool:
         """True when `format` can write (kind, subtype): always for JSON, else when the mapping has it."""
         return self.output == "json" or self.mapping.covers(kind, subtype)
@@ -254,7 +264,7 @@ def _native(transformation: str) -> Callable[[Any], Any] | None:
 def compile_json(fields: Sequence[JsonField], tenant_name: str) -> RecordWriter:
     """``record -> JSON bytes``: the raw record when ``fields`` is empty, else the selected fields."""
     if not fields:
-        return dump_json
+        return native.json_line_writer(dump_json) or dump_json
     steps: list[tuple[str, str, Callable[[Record], Any] | None, Callable[[Any], Any] | None, Any]] = []
     for field in fields:
         rule = field.rule

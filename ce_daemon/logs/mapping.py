@@ -207,6 +207,10 @@ class Mapping:
         """The JSON field list for (kind, subtype); None or empty means "the raw record"."""
         return _lookup(self._json.get(kind), subtype)
 
+    def has_json_fields(self) -> bool:
+        """True when some (kind, subtype) has a JSON field list (the others write the raw record)."""
+        return any(fields for table in self._json.values() for fields in table.values())
+
     def extension_keys(self) -> frozenset[str]:
         """Every extension key the mapping's CEF/LEEF entries write, over all data types and subtypes."""
         return frozenset(
@@ -557,6 +561,22 @@ def parse_field_path(text: str) -> tuple[PathStep, ...] | None:
 # --- reading a field out of a record -------------------------------------------------------------
 
 
+_Reader = TypeVar("_Reader", bound=Callable[..., Any])
+
+
+def reads(fields: tuple[str, ...], function: _Reader) -> _Reader:
+    """Declare that ``function(record)`` reads no top-level key of a record but ``fields``: the C writer,
+    reading records as JSON text, then hands it a dict of those fields alone (`ce_daemon.logs.native`)."""
+    function.reads = fields  # type: ignore[attr-defined]  # a function's own attribute
+    return function
+
+
+def reads_of(function: object) -> tuple[str, ...] | None:
+    """The top-level keys ``function`` declared it reads (:func:`reads`); None when it declared none."""
+    found = getattr(function, "reads", None)
+    return found if isinstance(found, tuple) else None
+
+
 def make_getter(rule: FieldRule) -> tuple[str, Getter | None]:
     """(top-level key, getter): getter is None when ``record.get(key)`` is enough (the fast, common case)."""
     field = rule.mapping_field or ""
@@ -584,4 +604,5 @@ def make_getter(rule: FieldRule) -> tuple[str, Getter | None]:
                 return None
         return current
 
-    return field, get_path
+    top = (whole,) if literal_first else ()
+    return field, reads(top + tuple(step for step in steps[:1] if isinstance(step, str)), get_path)

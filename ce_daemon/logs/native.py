@@ -8,6 +8,16 @@ converters (addresses, severities, LEEF's devTime), the header's readers and the
 containers stay the Python functions they are, called from C. Integers read by an Integer or a CEF
 time key are written in C (`INT_TEXT`, `EPOCH_MS_TEXT`), as those converters write them.
 
+A route with no filter and no active mute goes further (`ce_daemon.logs.route.decide_texts`): the writer
+reads each frame of a spooled page as JSON text (``write_frame``) and builds no dict. A string is escaped
+straight from its JSON bytes and an int written from its digits; what needs Python gets the objects orjson
+would make (a converter's argument, a float, a container), and a getter or a header reader gets a dict
+of the fields it declared (`ce_daemon.logs.mapping.reads`: a function that does not declare them keeps
+its writer on dicts). A JSON route of the raw record ships each record's own bytes when they are what
+orjson writes for it, and orjson's rewrite otherwise. The scanner takes only text orjson reads the same
+way; any other frame (and any frame a converter raises on) is parsed with orjson and decided as before.
+``CE_DAEMON_NATIVE=dicts`` keeps the C writer on parsed records.
+
 The C file is compiled when the package is installed (``hatch_build.py``, with the interpreter's own
 compiler settings). Without a C compiler the install still succeeds and the generated Python writers
 are used: the same bytes, more CPU; ``CE_DAEMON_NATIVE=0`` in the daemon's environment turns a built one
@@ -27,14 +37,17 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, Final
 
-from ce_daemon.logs.generated import PlanStep
-from ce_daemon.logs.mapping import Record
+import orjson
 
-ABI: Final = 5
+from ce_daemon.logs.generated import PlanStep
+from ce_daemon.logs.mapping import Record, reads_of
+
+ABI: Final = 7
 """The ``NATIVE_ABI`` of the ``_native.c`` this module is written for."""
 
 CEF: Final = 0
 LEEF: Final = 1
+JSON: Final = 3
 INT_TEXT: Final = 1
 """A converter that writes an exact int as ``str(value)``: the C writer does it without the call."""
 EPOCH_MS_TEXT: Final = 2
@@ -64,6 +77,9 @@ def _load() -> tuple[ModuleType | None, str]:
 _MODULE, STATE = _load()
 AVAILABLE: Final = _MODULE is not None
 """True when the C writer is built and current; ``STATE`` says why not otherwise."""
+READS_TEXT: Final = os.environ.get("CE_DAEMON_NATIVE", "1") != "dicts"
+"""False when ``CE_DAEMON_NATIVE=dicts``: the C writer then reads parsed records only, never a frame's
+JSON text (to compare the two, or to rule the text reader out)."""
 
 
 def line_writer(
@@ -97,10 +113,45 @@ def line_writer(
         elif part != "":
             parts.append(part)
     compiled = tuple(_step(step, separator, escape, shortcuts) for step in steps)
+    declared = _declared_reads([part for part in parts if callable(part)], steps) if READS_TEXT else None
     writer: Callable[[Record], bytes] = _MODULE.Writer(
-        tuple(parts), compiled, mode, delimiter, joint.encode(), render_text
+        tuple(parts),
+        compiled,
+        mode,
+        delimiter,
+        joint.encode(),
+        render_text,
+        reads=declared,
+        loads=orjson.loads,
     )
     return writer
+
+
+def json_line_writer(dump: Callable[[Record], bytes]) -> Callable[[Record], bytes] | None:
+    """A JSON route's writer of whole records: ``dump(record)`` for a dict, and from a frame's JSON text
+    (``write_frame``) each record's own bytes when they are what ``dump`` (orjson's) would write, else
+    ``dump`` of what orjson reads in them. None when the C writer is not available or reads no text."""
+    if _MODULE is None or not READS_TEXT:
+        return None
+    writer: Callable[[Record], bytes] = _MODULE.Writer(
+        (), (), JSON, "\t", b"", dump, reads=(), loads=orjson.loads
+    )
+    return writer
+
+
+def _declared_reads(
+    readers: Sequence[Callable[[Record], Any]], steps: tuple[PlanStep, ...]
+) -> tuple[str, ...] | None:
+    """Every top-level key the head's readers and the steps' getters read, as they declared it
+    (`ce_daemon.logs.mapping.reads`); None when one of them did not: the writer then reads dicts only."""
+    functions = [*readers, *(step.getter for step in steps if step.getter is not None and not step.constant)]
+    declared: dict[str, None] = {}
+    for function in functions:
+        keys = reads_of(function)
+        if keys is None:
+            return None
+        declared.update(dict.fromkeys(keys))
+    return tuple(declared)
 
 
 def _step(

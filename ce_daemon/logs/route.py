@@ -243,7 +243,8 @@ class RouteComponent(Component):
 
     async def run(self, stopping: asyncio.Event) -> None:
         self.taps.register(self.name)
-        self.spool.shares_frames(self.name)  # it reads pages read-only, here or through a format worker
+        if self.route.predicate is not None or not self.formatter.reads_json:
+            self.spool.shares_frames(self.name)  # it reads pages read-only, here or through a format worker
         self.workers = FormatWorkers.acquire(self.worker_count)
         try:
             await self._run(stopping)
@@ -419,8 +420,7 @@ class RouteComponent(Component):
                 self.status.count("worker_lost")
                 self.log.warning("route.page_decided_here", seq=page.seq, reason=str(exc))
         write = self.formatter.writer_for(key.kind, key.subtype)
-        frames = page.frames(read_only=True)
-        return decide_records(frames, page.start, self.route.predicate, mutes, write)
+        return decide_page(page, self.route.predicate, mutes, write)
 
     async def _active_mutes(self) -> list[Mute]:
         await self._refresh_mutes()
@@ -623,6 +623,20 @@ def sift(
         yield position, record, judge(record, predicate, mutes, write)
 
 
+def decide_page(
+    page: Page,
+    predicate: Predicate | None,
+    mutes: Sequence[Mute],
+    write: Callable[[dict[str, Any]], bytes | None],
+) -> PageDecisions:
+    """What a route does with each unread record of ``page``, decided in this process: from the frames'
+    JSON text when it :func:`reads_json`, else from their records (parsed once for every route that
+    reads them, `Page.frames`)."""
+    if reads_json(write, predicate, mutes):
+        return decide_texts(page.chunks, page.start, write, page.parse)
+    return decide_records(page.frames(read_only=True), page.start, predicate, mutes, write)
+
+
 def decide_records(
     frames: Iterable[tuple[int, list[dict[str, Any]]]],
     start: int,
@@ -636,6 +650,22 @@ def decide_records(
     One flat loop, no generator between it and the records: this runs once per record and route.
     """
     decisions = PageDecisions()
+    for offset, records in frames:
+        if offset + len(records) > start:
+            _decide_frame(decisions, offset, records, start, predicate, mutes, write)
+    return decisions
+
+
+def _decide_frame(
+    decisions: PageDecisions,
+    offset: int,
+    records: list[dict[str, Any]],
+    start: int,
+    predicate: Predicate | None,
+    mutes: Sequence[Mute],
+    write: Callable[[dict[str, Any]], bytes | None],
+) -> None:
+    """:func:`judge` over one frame's records (the first at position ``offset``) from ``start`` on."""
     positions, ids, timestamps, data = (
         decisions.positions,
         decisions.ids,
@@ -643,26 +673,61 @@ def decide_records(
         decisions.data,
     )
     dropped = decisions.dropped
-    for offset, records in frames:
-        if offset + len(records) <= start:
+    first = max(0, start - offset)
+    for position, record in enumerate(records[first:] if first else records, offset + first):
+        outcome = judge(record, predicate, mutes, write)
+        if outcome.__class__ is bytes:
+            positions.append(position)
+            ids.append(str(record.get("_id", "")))
+            ts = record.get("timestamp")
+            timestamps.append(ts if ts.__class__ is int else 0)
+            data.append(outcome)
             continue
+        assert isinstance(outcome, Dropped)
+        if outcome.mute is not None:
+            dropped.append((position, "muted", outcome.mute.name, None))
+        elif outcome.error is not None:
+            dropped.append((position, "dead_lettered", str(outcome.error), record))
+        else:
+            dropped.append((position, "filtered", None, None))
+
+
+def reads_json(write: object, predicate: Predicate | None, mutes: Sequence[Mute]) -> bool:
+    """True when a page can be decided from its frames' JSON text (:func:`decide_texts`): the route has
+    no filter and no active mute, and ``write`` is a C writer that reads records as text."""
+    return predicate is None and not mutes and getattr(write, "reads_json", False) is True
+
+
+def decide_texts(
+    chunks: Iterable[bytes],
+    start: int,
+    write: Callable[[dict[str, Any]], bytes | None],
+    parse: Callable[[bytes], list[dict[str, Any]]],
+) -> PageDecisions:
+    """What :func:`decide_records` decides for a route that :func:`reads_json`, from the page's frames
+    as JSON text (``chunks``): the C writer writes each record's line from its text, and no dict is
+    built (`ce_daemon.logs.native`). A frame it does not take (text orjson reads in a way of its own,
+    or a record its converters refuse) is ``parse``d and decided record by record, as anywhere else:
+    the same lines, the same dead letters.
+    """
+    decisions = PageDecisions()
+    write_frame = write.write_frame  # type: ignore[attr-defined]  # reads_json said it has one
+    offset = 0
+    for chunk in chunks:
         first = max(0, start - offset)
-        for position, record in enumerate(records[first:] if first else records, offset + first):
-            outcome = judge(record, predicate, mutes, write)
-            if outcome.__class__ is bytes:
-                positions.append(position)
-                ids.append(str(record.get("_id", "")))
-                ts = record.get("timestamp")
-                timestamps.append(ts if ts.__class__ is int else 0)
-                data.append(outcome)
-                continue
-            assert isinstance(outcome, Dropped)
-            if outcome.mute is not None:
-                dropped.append((position, "muted", outcome.mute.name, None))
-            elif outcome.error is not None:
-                dropped.append((position, "dead_lettered", str(outcome.error), record))
-            else:
-                dropped.append((position, "filtered", None, None))
+        try:
+            count, ids, timestamps, lines = write_frame(chunk, first)
+        except Exception:  # noqa: BLE001 - this frame is read as dicts instead, where errors are judged
+            records = parse(chunk)
+            if offset + len(records) > start:
+                _decide_frame(decisions, offset, records, start, None, (), write)
+            offset += len(records)
+            continue
+        decisions.positions.extend(range(offset + first, offset + count))
+        decisions.ids += ids
+        decisions.timestamps += timestamps
+        decisions.data += lines
+        offset += count
     return decisions
 
 

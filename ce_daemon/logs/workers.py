@@ -22,6 +22,7 @@ together have it decoded once; one that asks later decodes it again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import os
 import pickle
@@ -35,7 +36,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
 import structlog
 
 from ce_daemon.errors import describe
@@ -43,7 +43,7 @@ from ce_daemon.filter import compile_filter
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
 from ce_daemon.logs.mapping import Mapping
 from ce_daemon.logs.resolve import Mute, Predicate
-from ce_daemon.spool.codec import SpoolCorruptError, decode
+from ce_daemon.spool.codec import decode, parse_frame
 from ce_daemon.spool.store import SharedFrames
 
 log = structlog.get_logger("ce_daemon.workers")
@@ -256,11 +256,14 @@ _STATE = _WorkerState()
 
 def decide_page(work: PageWork) -> PageDecisions:
     """What the route does with each unread record of ``work``'s page (runs in a worker)."""
-    from ce_daemon.logs.route import decide_records  # the route module imports this one
+    from ce_daemon.logs.route import decide_records, decide_texts, reads_json  # route imports this module
 
     predicate, formatter = _recipe(work)
     mutes = [Mute(name, 0.0, float("inf"), _mute_filter(spec)) for name, spec in work.mutes]
     write = formatter.writer_for(work.kind, work.subtype)
+    if reads_json(write, predicate, mutes):
+        chunks = decode(work.seq, work.codec, work.body)
+        return decide_texts(chunks, work.start, write, functools.partial(parse_frame, work.seq))
     return decide_records(_frames(work), work.start, predicate, mutes, write)
 
 
@@ -302,10 +305,7 @@ def _frames(work: PageWork) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     for index, chunk in enumerate(decode(work.seq, work.codec, work.body)):
         records = shared.take(work.seq, index)
         if records is None:
-            try:
-                records = orjson.loads(chunk)
-            except orjson.JSONDecodeError as exc:
-                raise SpoolCorruptError(f"spool page {work.seq} cannot be decoded: {exc}") from exc
+            records = parse_frame(work.seq, chunk)
             shared.offer(work.seq, stream, index, records)
         yield offset, records
         offset += len(records)

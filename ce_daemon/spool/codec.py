@@ -32,6 +32,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_texts",
+    "parse_frame",
 ]
 
 CODEC = "orjson-lz4-frames"
@@ -99,3 +100,12 @@ def decode(seq: int, codec: str, body: bytes) -> tuple[bytes, ...]:
     except (zlib.error, RuntimeError) as exc:
         raise SpoolCorruptError(f"spool page {seq} cannot be decoded: {exc}") from exc
     return tuple(chunks)
+
+
+def parse_frame(seq: int, chunk: bytes) -> list[dict[str, Any]]:
+    """The records of one frame of page ``seq`` (a JSON array from :func:`decode`)."""
+    try:
+        records: list[dict[str, Any]] = orjson.loads(chunk)
+    except orjson.JSONDecodeError as exc:
+        raise SpoolCorruptError(f"spool page {seq} cannot be decoded: {exc}") from exc
+    return records

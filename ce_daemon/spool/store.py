@@ -27,11 +27,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import structlog
 from typing_extensions import Buffer
 
-from ce_daemon.spool.codec import CODEC, SpoolCorruptError, decode, encode, encode_texts
+from ce_daemon.spool.codec import CODEC, decode, encode, encode_texts, parse_frame
 from ce_daemon.store import Fence, Migration, Store, Transaction
 
 __all__ = [
@@ -157,14 +156,15 @@ class Page:
         for index, chunk in enumerate(self.chunks):
             records = None if shared is None else shared.take(self.seq, index)
             if records is None:
-                try:
-                    records = orjson.loads(chunk)
-                except orjson.JSONDecodeError as exc:
-                    raise SpoolCorruptError(f"spool page {self.seq} cannot be decoded: {exc}") from exc
+                records = self.parse(chunk)
                 if shared is not None:
                     shared.offer(self.seq, self.stream, index, records)
             yield offset, records
             offset += len(records)
+
+    def parse(self, chunk: bytes) -> list[dict[str, Any]]:
+        """The records of one of this page's frames (:attr:`chunks`)."""
+        return parse_frame(self.seq, chunk)
 
     @property
     def records(self) -> list[dict[str, Any]]:
