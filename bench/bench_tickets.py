@@ -24,10 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ce_daemon.filter import compile_filter
 from ce_daemon.keys import StreamKey
+from ce_daemon.spool.codec import CODEC, encode
 from ce_daemon.spool.store import Page
 from ce_daemon.store.sqlite import SqliteStore
 from ce_daemon.tickets.components import PageCache
@@ -42,7 +41,7 @@ SEVERITIES = ("low", "medium", "high", "critical")
 
 
 def pages(count: int, now: float) -> list[bytes]:
-    """``count`` alerts as spool pages (JSON arrays of at most :data:`PAGE`)."""
+    """``count`` alerts as stored spool pages' bodies (at most :data:`PAGE` records each)."""
     rng = random.Random(10)
     alerts: list[dict[str, Any]] = [
         {
@@ -55,7 +54,7 @@ def pages(count: int, now: float) -> list[bytes]:
         }
         for i in range(count)
     ]  # fmt: skip
-    return [orjson.dumps(alerts[i : i + PAGE]) for i in range(0, count, PAGE)]
+    return [encode(alerts[i : i + PAGE]) for i in range(0, count, PAGE)]
 
 
 def rules(count: int, now: float) -> list[ResolvedRule]:
@@ -97,7 +96,7 @@ async def main(alert_count: int, rule_count: int) -> None:
                 for seq, body in enumerate(spool, 1):
                     commit = PageCommit(rule.config.name)
                     t0 = time.perf_counter()
-                    alerts = cache.records(Page(seq, "t/alerts/dlp", (body,), PAGE, None, None))
+                    alerts = cache.records(Page(seq, "t/alerts/dlp", body, CODEC, PAGE, None, None))
                     t1 = time.perf_counter()
                     total.add(engine.decide(alerts, now, commit))
                     spent["parse"] += t1 - t0
