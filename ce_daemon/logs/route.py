@@ -707,8 +707,8 @@ def decide_texts(
     """What :func:`decide_records` decides for a route that :func:`reads_json`, from the page's frames
     as JSON text (``chunks``): the C writer writes each record's line from its text, and no dict is
     built (`ce_daemon.logs.native`). A frame it does not take (text orjson reads in a way of its own,
-    or a record its converters refuse) is ``parse``d and decided record by record, as anywhere else:
-    the same lines, the same dead letters.
+    or a record on which a converter raises) is ``parse``d and decided record by record, as anywhere
+    else: the same lines, the same dead letters.
     """
     decisions = PageDecisions()
     write_frame = write.write_frame  # type: ignore[attr-defined]  # reads_json said it has one
