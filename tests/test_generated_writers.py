@@ -10,6 +10,7 @@ syntax, lone surrogates, containers, numbers of every kind).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -18,11 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ce_daemon.filter import FilterError, compile_filter, fields_read
 from ce_daemon.logs import native
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
 from ce_daemon.logs.generated import PlanStep
 from ce_daemon.logs.mapping import Mapping, reads
-from ce_daemon.logs.route import decide_records, decide_texts
+from ce_daemon.logs.route import decide_records, decide_texts, reads_json
 from ce_daemon.logs.workers import PageDecisions
 from ce_daemon.netskope.subtypes import SUBTYPES
 from ce_daemon.simulator.records import RecordFactory
@@ -730,3 +732,152 @@ def test_json_lines_from_any_text_are_what_orjson_writes(
         texts = [text.replace(twice, b'{"k": 0, "k": [1], ' + twice[1:], 2) for text in texts]
     frame = b"[" + b",".join(texts) + b"]"
     _same(*_decided_both_ways(write, [frame], min(start, len(records))))
+
+
+# -- routes with a filter, read from the text ---------------------------------------------------------
+
+FILTER_FIELDS = ["f0", "f1", "f2", "time", "host.name", "host", "list.x", "list.0.x", "_id", "absent"]
+CONDITION = st.one_of(
+    SCALAR,
+    st.fixed_dictionaries({"$eq": SCALAR}),
+    st.fixed_dictionaries({"$ne": SCALAR}),
+    st.fixed_dictionaries({"$in": st.lists(SCALAR, min_size=1, max_size=3)}),
+    st.fixed_dictionaries({"$nin": st.lists(SCALAR, max_size=3)}),
+    st.fixed_dictionaries({"$exists": st.booleans()}),
+    st.fixed_dictionaries({"$gt": st.one_of(st.integers(-5, 2**40), TEXT)}),
+    st.fixed_dictionaries({"$lte": st.one_of(st.integers(-5, 2**40), st.floats(allow_nan=False), TEXT)}),
+    st.fixed_dictionaries({"$regex": st.sampled_from(["^a", "b", "\\d", "é", "^$"])}),
+    st.fixed_dictionaries({"$contains": TEXT}),
+    st.fixed_dictionaries({"$not": st.fixed_dictionaries({"$eq": SCALAR})}),
+)
+FIELD_FILTER = st.dictionaries(st.sampled_from(FILTER_FIELDS), CONDITION, min_size=1, max_size=2)
+FILTERS = st.recursive(
+    FIELD_FILTER,
+    lambda inner: st.dictionaries(
+        st.sampled_from(["$or", "$and", "$nor"]),
+        st.lists(inner, min_size=1, max_size=2),
+        min_size=1,
+        max_size=1,
+    ),
+    max_leaves=4,
+)
+
+
+def _compiled(spec: dict[str, Any]) -> Any:
+    try:
+        return compile_filter(spec)
+    except FilterError:
+        return None
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=FILTERS, records=st.lists(st.one_of(RECORDS, RECORDS, VALUE), min_size=1, max_size=6))
+def test_a_filter_decides_alike_on_the_fields_it_names_and_on_the_whole_record(
+    spec: dict[str, Any], records: list[Any]
+) -> None:
+    """`fields_read`: a filter's predicate gives the same answer for a dict of the top-level fields its
+    spec names as for the whole record, whatever the record holds."""
+    predicate = _compiled(spec)
+    if predicate is None:
+        return
+    fields = fields_read(spec)
+    assert fields is not None
+    for record in records:
+        if isinstance(record, dict):
+            assert predicate({key: record[key] for key in fields if key in record}) == predicate(record)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=FILTERS,
+    records=st.lists(st.one_of(RECORDS, RECORDS, VALUE), min_size=1, max_size=6),
+    output=st.sampled_from(["cef", "leef", "json"]),
+    spell=SPELLINGS,
+    start=st.integers(0, 6),
+)
+def test_a_route_with_a_filter_decides_alike_from_the_text(
+    spec: dict[str, Any], records: list[Any], output: OutputFormat, spell: Any, start: int
+) -> None:
+    """A route with a filter reads the text too: its filter gets the fields it names, and the page is
+    decided (sent, filtered, dead-lettered) exactly as from the dicts."""
+    predicate = _compiled(spec)
+    if predicate is None:
+        return
+    pick = native.filter_picker(spec)
+    write = RecordFormatter(output, BUILTIN, "t").writer_for("alerts", "dlp")
+    assert pick is not None and reads_json(write, predicate, (), pick)
+    try:
+        texts = [spell(record) for record in records]
+    except (TypeError, ValueError):
+        texts = [json.dumps(record).encode() for record in records]
+    frame = b"[" + b",".join(texts) + b"]"
+    start = min(start, len(records))
+    parse = functools.partial(parse_frame, 1)
+    outcomes: list[PageDecisions | Exception] = []
+    for decide in (
+        lambda: decide_texts([frame], start, write, parse, predicate, pick),
+        lambda: decide_records([(0, parse(frame))], start, predicate, (), write),
+    ):
+        try:
+            outcomes.append(decide())
+        except Exception as exc:  # compared below: both ways must fail alike
+            outcomes.append(exc)
+    _same(*outcomes)
+
+
+def test_a_filter_on_the_simulators_records_decides_alike_from_the_text() -> None:
+    """The demo's own filter over every alert subtype's records: the same lines and the same filtered."""
+    spec = {"severity": {"$in": ["high", "critical"]}}
+    predicate, pick = compile_filter(spec), native.filter_picker(spec)
+    for kind, subtype in STREAMS:
+        if not BUILTIN.covers(kind, subtype):
+            continue
+        records = RecordFactory(seed=2, tenant="t").make_many(
+            kind, subtype, range(1_500), [1_714_557_600] * 1_500
+        )  # type: ignore[arg-type]  # kinds of SUBTYPES
+        write = RecordFormatter("leef", BUILTIN, "t").writer_for(kind, subtype)
+        frames = list(decode(1, CODEC, encode(records)))
+        parse = functools.partial(parse_frame, 1)
+        from_text = decide_texts(frames, 700, write, parse, predicate, pick)
+        from_dicts = decide_records(_offsets([parse(frame) for frame in frames]), 700, predicate, (), write)
+        assert from_text == from_dicts
+        if kind == "alerts":
+            assert from_text.data and from_text.dropped, subtype  # both kinds of decision were made
+
+
+def test_fields_read_names_every_top_level_key_a_spec_reads() -> None:
+    """Dotted paths read their first part; logical operators are walked; specs the compiler refuses
+    give None."""
+    spec = {"severity": "high", "$or": [{"user.name": {"$ne": "x"}}, {"$nor": [{"app": {"$exists": True}}]}]}
+    assert sorted(fields_read(spec) or ()) == ["app", "severity", "user"]
+    assert fields_read('{"a.b": 1}') == ("a",)
+    assert fields_read(None) == ()
+    assert fields_read({}) == ()
+    assert fields_read({"$where": "1"}) is None
+    assert fields_read("not json") is None
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"host.name": {"$exists": True}},
+        {"host.name": "a"},
+        {"list.0.x": {"$exists": True}},
+        {"list.x": {"$in": ["b", 1]}},
+        {"$nor": [{"host.name": {"$exists": False}}]},
+    ],
+)
+def test_a_filter_on_a_dotted_path_reads_the_nested_value_from_the_text(spec: dict[str, Any]) -> None:
+    """A dotted path is read inside the record's top-level field (``host`` for ``host.name``), never from
+    a key spelled with the dot; the text path finds what the dicts do."""
+    records = [
+        {"host": {"name": "a"}, "list": [{"x": "b"}]},
+        {"host.name": "a", "list.x": "b"},
+        {"host": "a"},
+    ]
+    predicate, pick = compile_filter(spec), native.filter_picker(spec)
+    write = RecordFormatter("cef", BUILTIN, "t").writer_for("alerts", "dlp")
+    frame = orjson.dumps(records)
+    from_text = decide_texts([frame], 0, write, orjson.loads, predicate, pick)
+    assert from_text == decide_records([(0, orjson.loads(frame))], 0, predicate, (), write)
+    assert from_text.positions == [0]  # only the first record holds the nested value

@@ -24,8 +24,17 @@ never raises, whatever the record holds. Every problem of a spec is reported at 
 
 from __future__ import annotations
 
-from ce_daemon.filter.compiler import compile_filter, describe, match_all
+from ce_daemon.filter.compiler import compile_filter, describe, fields_read, match_all
 from ce_daemon.filter.problems import FilterError, FilterProblem, Loc
 from ce_daemon.filter.values import Predicate
 
-__all__ = ["FilterError", "FilterProblem", "Loc", "Predicate", "compile_filter", "describe", "match_all"]
+__all__ = [
+    "FilterError",
+    "FilterProblem",
+    "Loc",
+    "Predicate",
+    "compile_filter",
+    "describe",
+    "fields_read",
+    "match_all",
+]

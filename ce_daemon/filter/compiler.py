@@ -59,6 +59,29 @@ def compile_filter(spec: object, *, warnings: list[FilterProblem] | None = None)
     return predicate
 
 
+def fields_read(spec: object) -> tuple[str, ...] | None:
+    """The top-level keys of a record the compiled ``spec`` reads (a dotted path reads its first part);
+    None when the spec is not one :func:`compile_filter` takes. Its predicate gives the same answer for
+    a mapping holding just these keys (those the record has) as for the whole record."""
+    try:
+        document = _load(spec)
+    except FilterError:
+        return None
+    found: dict[str, None] = {}
+    pending: list[Mapping[Any, Any]] = [document] if document else []
+    while pending:
+        for key, value in pending.pop().items():
+            if not isinstance(key, str):
+                return None
+            if key in _LOGICAL_OPERATORS and isinstance(value, list):
+                pending.extend(entry for entry in value if isinstance(entry, Mapping))
+            elif key.startswith("$"):
+                return None  # not a filter compile_filter takes
+            else:
+                found[key.split(".")[0]] = None
+    return tuple(found)
+
+
 def describe(spec: object) -> str:
     """A short one-line text of a spec for logs: compact JSON, truncated; never raises."""
     if isinstance(spec, str):

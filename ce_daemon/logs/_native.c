@@ -38,7 +38,7 @@
 #include <string.h>
 
 /* Raised whenever this file changes what it takes: native.py refuses a build whose ABI is not its own. */
-#define NATIVE_ABI 7
+#define NATIVE_ABI 8
 
 /* PLAIN: encoded, not escaped; HEADER: a header field's escapes; JSON: a JSON route's whole record
  * (`render_text` is then the record's writer, orjson.dumps or its fallback). */
@@ -1514,24 +1514,34 @@ static PyObject *raw_line(const Writer *w, const unsigned char *start, const uns
     return line;
 }
 
-/* Writer.write_frame(frame, first) -> (records, ids, timestamps, lines): see the section's comment. */
-static PyObject *writer_write_frame(PyObject *self, PyObject *args)
+/* One record's output in `write_frame` (its line, id and timestamp), or in `pick_frame` (the dict of the
+ * fields the writer declared); -1 on an error. */
+static int put_record(const Writer *w, int pick, const unsigned char *at, const unsigned char *after,
+                      PyObject *ids, PyObject *stamps, PyObject *lines)
 {
-    Writer *w = (Writer *)self;
-    Py_buffer frame;
-    Py_ssize_t first;
-    if (!PyArg_ParseTuple(args, "y*n", &frame, &first)) {
-        return NULL;
+    PyObject *out;
+    if (pick) {
+        out = declared_fields(w->texts);
+    } else {
+        out = w->escaping.mode == MODE_JSON ? raw_line(w, at, after) : text_line(w);
     }
+    int status = out == NULL || PyList_Append(lines, out) < 0 || (!pick && put_identity(w->texts, ids, stamps) < 0);
+    Py_XDECREF(out);
+    return status ? -1 : 0;
+}
+
+/* The loop of `write_frame` and `pick_frame` over a frame's records, from index `first` on; `keep` (a
+ * list, or NULL) says which of them to write. */
+static PyObject *frame_records(Writer *w, Py_buffer *frame, Py_ssize_t first, PyObject *keep, int pick)
+{
     Texts *t = w->texts;
     if (t == NULL || w->joint == NULL || t->busy) {
-        PyBuffer_Release(&frame);
         PyErr_SetString(PyExc_TypeError, "this writer does not read records as JSON text now");
         return NULL;
     }
     t->busy = 1;
     PyObject *ids = PyList_New(0), *stamps = PyList_New(0), *lines = PyList_New(0), *result = NULL;
-    const unsigned char *start = frame.buf, *end = start + frame.len, *p = skip_space(start, end);
+    const unsigned char *start = frame->buf, *end = start + frame->len, *p = skip_space(start, end);
     const unsigned char *at = p; /* the record being read */
     Py_ssize_t index = 0;
     if (ids == NULL || stamps == NULL || lines == NULL) {
@@ -1550,10 +1560,21 @@ static PyObject *writer_write_frame(PyObject *self, PyObject *args)
                 goto refused;
             }
             if (index++ >= first) {
-                PyObject *line = w->escaping.mode == MODE_JSON ? raw_line(w, at, p) : text_line(w);
-                int status = line == NULL || PyList_Append(lines, line) < 0 || put_identity(t, ids, stamps) < 0;
-                Py_XDECREF(line);
-                if (status) {
+                int wanted = 1;
+                if (keep != NULL) {
+                    Py_ssize_t place = index - 1 - first;
+                    if (place >= PyList_GET_SIZE(keep)) {
+                        PyErr_SetString(PyExc_ValueError, "keep names fewer records than the frame holds");
+                        goto done;
+                    }
+                    PyObject *verdict = Py_NewRef(PyList_GET_ITEM(keep, place));
+                    wanted = PyObject_IsTrue(verdict);
+                    Py_DECREF(verdict);
+                    if (wanted < 0) {
+                        goto done;
+                    }
+                }
+                if (wanted && put_record(w, pick, at, p, ids, stamps, lines) < 0) {
                     goto done;
                 }
             }
@@ -1571,7 +1592,7 @@ static PyObject *writer_write_frame(PyObject *self, PyObject *args)
     if (skip_space(p, end) != end) {
         goto refused;
     }
-    result = Py_BuildValue("nOOO", index, ids, stamps, lines);
+    result = pick ? Py_BuildValue("nO", index, lines) : Py_BuildValue("nOOO", index, ids, stamps, lines);
     goto done;
 refused:
     PyErr_Format(PyExc_ValueError, "record %zd of the frame (from byte %zd) is not JSON this writer reads",
@@ -1581,6 +1602,39 @@ done:
     Py_XDECREF(ids);
     Py_XDECREF(stamps);
     Py_XDECREF(lines);
+    return result;
+}
+
+/* Writer.write_frame(frame, first, keep=None) -> (records, ids, timestamps, lines): see the section's
+ * comment; `keep`, a list of one truth value per record from `first` on, leaves out the false ones. */
+static PyObject *writer_write_frame(PyObject *self, PyObject *args)
+{
+    Py_buffer frame;
+    Py_ssize_t first;
+    PyObject *keep = Py_None;
+    if (!PyArg_ParseTuple(args, "y*n|O", &frame, &first, &keep)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (keep != Py_None && !PyList_Check(keep)) {
+        PyErr_SetString(PyExc_TypeError, "keep is a list or None");
+    } else {
+        result = frame_records((Writer *)self, &frame, first, keep == Py_None ? NULL : keep, 0);
+    }
+    PyBuffer_Release(&frame);
+    return result;
+}
+
+/* Writer.pick_frame(frame, first) -> (records, dicts): for each record from `first` on, a dict of the
+ * fields this writer was given as `reads` (those the record has), as a filter reads them. */
+static PyObject *writer_pick_frame(PyObject *self, PyObject *args)
+{
+    Py_buffer frame;
+    Py_ssize_t first;
+    if (!PyArg_ParseTuple(args, "y*n", &frame, &first)) {
+        return NULL;
+    }
+    PyObject *result = frame_records((Writer *)self, &frame, first, NULL, 1);
     PyBuffer_Release(&frame);
     return result;
 }
@@ -1914,8 +1968,11 @@ static PyObject *writer_reads_json(PyObject *self, void *closure)
 
 static PyMethodDef writer_methods[] = {
     {"write_frame", writer_write_frame, METH_VARARGS,
-     "write_frame(frame, first) -> (records, ids, timestamps, lines): the lines of a JSON array's records "
-     "from index `first` on, read from its text; ValueError for a frame to parse with orjson instead."},
+     "write_frame(frame, first, keep=None) -> (records, ids, timestamps, lines): the lines of a JSON "
+     "array's records from index `first` on (those `keep` keeps), read from its text; ValueError for a "
+     "frame to parse with orjson instead."},
+    {"pick_frame", writer_pick_frame, METH_VARARGS,
+     "pick_frame(frame, first) -> (records, dicts): the declared fields of each record from `first` on."},
     {NULL, NULL, 0, NULL},
 };
 

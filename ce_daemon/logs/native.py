@@ -8,8 +8,9 @@ converters (addresses, severities, LEEF's devTime), the header's readers and the
 containers stay the Python functions they are, called from C. Integers read by an Integer or a CEF
 time key are written in C (`INT_TEXT`, `EPOCH_MS_TEXT`), as those converters write them.
 
-A route with no filter and no active mute goes further (`ce_daemon.logs.route.decide_texts`): the writer
-reads each frame of a spooled page as JSON text (``write_frame``) and builds no dict. A string is escaped
+A route with no active mute goes further (`ce_daemon.logs.route.decide_texts`): the writer reads each
+frame of a spooled page as JSON text (``write_frame``) and builds no dict; its filter, if it has one, is
+given a dict of the fields it names (``pick_frame``, `filter_picker`). A string is escaped
 straight from its JSON bytes and an int written from its digits; what needs Python gets the objects orjson
 would make (a converter's argument, a float, a container), and a getter or a header reader gets a dict
 of the fields it declared (`ce_daemon.logs.mapping.reads`: a function that does not declare them keeps
@@ -39,10 +40,11 @@ from typing import Any, Final
 
 import orjson
 
+from ce_daemon.filter import fields_read
 from ce_daemon.logs.generated import PlanStep
 from ce_daemon.logs.mapping import Record, reads_of
 
-ABI: Final = 7
+ABI: Final = 8
 """The ``NATIVE_ABI`` of the ``_native.c`` this module is written for."""
 
 CEF: Final = 0
@@ -137,6 +139,17 @@ def json_line_writer(dump: Callable[[Record], bytes]) -> Callable[[Record], byte
         (), (), JSON, "\t", b"", dump, reads=(), loads=orjson.loads
     )
     return writer
+
+
+def filter_picker(spec: object) -> Any:
+    """What hands a route's filter (``spec``) its record from a frame's JSON text: ``pick_frame(frame,
+    first)`` gives, for each record from ``first`` on, a dict of the fields the filter reads (those the
+    record has) as orjson reads them (`ce_daemon.filter.fields_read`). None when there is no filter, or
+    the C writer is not available or reads no text."""
+    fields = None if spec is None else fields_read(spec)
+    if _MODULE is None or not READS_TEXT or fields is None:
+        return None
+    return _MODULE.Writer((), (), JSON, "\t", b"", orjson.dumps, reads=fields, loads=orjson.loads)
 
 
 def _declared_reads(

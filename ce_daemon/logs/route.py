@@ -112,6 +112,7 @@ class RouteComponent(Component):
         self._runtime_mutes: list[Mute] = []
         self._mutes_read = -REFRESH
         self.formatter = route_formatter(route, loaded)
+        self._pick = native.filter_picker(route.config.filter)  # the filter's fields, from the frames' text
         # Format workers (logs.workers): taken when the route runs, given back when it ends.
         self.worker_count = workers
         self.workers: FormatWorkers | None = None
@@ -243,7 +244,7 @@ class RouteComponent(Component):
 
     async def run(self, stopping: asyncio.Event) -> None:
         self.taps.register(self.name)
-        if self.route.predicate is not None or not self.formatter.reads_json:
+        if not self.formatter.reads_json or (self.route.predicate is not None and self._pick is None):
             self.spool.shares_frames(self.name)  # it reads pages read-only, here or through a format worker
         self.workers = FormatWorkers.acquire(self.worker_count)
         try:
@@ -420,7 +421,7 @@ class RouteComponent(Component):
                 self.status.count("worker_lost")
                 self.log.warning("route.page_decided_here", seq=page.seq, reason=str(exc))
         write = self.formatter.writer_for(key.kind, key.subtype)
-        return decide_page(page, self.route.predicate, mutes, write)
+        return decide_page(page, self.route.predicate, mutes, write, self._pick)
 
     async def _active_mutes(self) -> list[Mute]:
         await self._refresh_mutes()
@@ -628,12 +629,13 @@ def decide_page(
     predicate: Predicate | None,
     mutes: Sequence[Mute],
     write: Callable[[dict[str, Any]], bytes | None],
+    pick: Any = None,
 ) -> PageDecisions:
     """What a route does with each unread record of ``page``, decided in this process: from the frames'
     JSON text when it :func:`reads_json`, else from their records (parsed once for every route that
-    reads them, `Page.frames`)."""
-    if reads_json(write, predicate, mutes):
-        return decide_texts(page.chunks, page.start, write, page.parse)
+    reads them, `Page.frames`). ``pick`` hands the filter its fields (`native.filter_picker`)."""
+    if reads_json(write, predicate, mutes, pick):
+        return decide_texts(page.chunks, page.start, write, page.parse, predicate, pick)
     return decide_records(page.frames(read_only=True), page.start, predicate, mutes, write)
 
 
@@ -692,10 +694,13 @@ def _decide_frame(
             dropped.append((position, "filtered", None, None))
 
 
-def reads_json(write: object, predicate: Predicate | None, mutes: Sequence[Mute]) -> bool:
+def reads_json(write: object, predicate: Predicate | None, mutes: Sequence[Mute], pick: Any = None) -> bool:
     """True when a page can be decided from its frames' JSON text (:func:`decide_texts`): the route has
-    no filter and no active mute, and ``write`` is a C writer that reads records as text."""
-    return predicate is None and not mutes and getattr(write, "reads_json", False) is True
+    no active mute, no filter or one its ``pick`` hands its fields, and ``write`` is a C writer that
+    reads records as text."""
+    return (
+        not mutes and (predicate is None or pick is not None) and getattr(write, "reads_json", False) is True
+    )
 
 
 def decide_texts(
@@ -703,12 +708,14 @@ def decide_texts(
     start: int,
     write: Callable[[dict[str, Any]], bytes | None],
     parse: Callable[[bytes], list[dict[str, Any]]],
+    predicate: Predicate | None = None,
+    pick: Any = None,
 ) -> PageDecisions:
     """What :func:`decide_records` decides for a route that :func:`reads_json`, from the page's frames
     as JSON text (``chunks``): the C writer writes each record's line from its text, and no dict is
-    built (`ce_daemon.logs.native`). A frame it does not take (text orjson reads in a way of its own,
-    or a record on which a converter raises) is ``parse``d and decided record by record, as anywhere
-    else: the same lines, the same dead letters.
+    built (`ce_daemon.logs.native`); a ``predicate`` is given the fields it reads, from ``pick``. A frame
+    they do not take (text orjson reads in a way of its own, or a record on which a converter raises)
+    is ``parse``d and decided record by record, as anywhere else: the same lines, the same dead letters.
     """
     decisions = PageDecisions()
     write_frame = write.write_frame  # type: ignore[attr-defined]  # reads_json said it has one
@@ -716,14 +723,26 @@ def decide_texts(
     for chunk in chunks:
         first = max(0, start - offset)
         try:
-            count, ids, timestamps, lines = write_frame(chunk, first)
+            keep = (
+                None
+                if predicate is None
+                else [predicate(fields) for fields in pick.pick_frame(chunk, first)[1]]
+            )
+            count, ids, timestamps, lines = write_frame(chunk, first, keep)
         except Exception:  # noqa: BLE001 - this frame is read as dicts instead, where errors are judged
             records = parse(chunk)
             if offset + len(records) > start:
-                _decide_frame(decisions, offset, records, start, None, (), write)
+                _decide_frame(decisions, offset, records, start, predicate, (), write)
             offset += len(records)
             continue
-        decisions.positions.extend(range(offset + first, offset + count))
+        if keep is None:
+            decisions.positions.extend(range(offset + first, offset + count))
+        else:
+            for position, kept in enumerate(keep, offset + first):
+                if kept:
+                    decisions.positions.append(position)
+                else:
+                    decisions.dropped.append((position, "filtered", None, None))
         decisions.ids += ids
         decisions.timestamps += timestamps
         decisions.data += lines

@@ -42,6 +42,7 @@ from ce_daemon.errors import describe
 from ce_daemon.filter import compile_filter
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
 from ce_daemon.logs.mapping import Mapping
+from ce_daemon.logs.native import filter_picker
 from ce_daemon.logs.resolve import Mute, Predicate
 from ce_daemon.spool.codec import decode, parse_frame
 from ce_daemon.spool.store import SharedFrames
@@ -246,7 +247,9 @@ def _end_with(daemon: int) -> None:
 
 @dataclass
 class _WorkerState:
-    recipes: OrderedDict[str, tuple[Predicate | None, RecordFormatter]] = field(default_factory=OrderedDict)
+    recipes: OrderedDict[str, tuple[Predicate | None, RecordFormatter, Any]] = field(
+        default_factory=OrderedDict
+    )
     mutes: OrderedDict[str, Predicate | None] = field(default_factory=OrderedDict)
     frames: dict[str, SharedFrames] = field(default_factory=dict)
 
@@ -258,16 +261,17 @@ def decide_page(work: PageWork) -> PageDecisions:
     """What the route does with each unread record of ``work``'s page (runs in a worker)."""
     from ce_daemon.logs.route import decide_records, decide_texts, reads_json  # route imports this module
 
-    predicate, formatter = _recipe(work)
+    predicate, formatter, pick = _recipe(work)
     mutes = [Mute(name, 0.0, float("inf"), _mute_filter(spec)) for name, spec in work.mutes]
     write = formatter.writer_for(work.kind, work.subtype)
-    if reads_json(write, predicate, mutes):
+    if reads_json(write, predicate, mutes, pick):
         chunks = decode(work.seq, work.codec, work.body)
-        return decide_texts(chunks, work.start, write, functools.partial(parse_frame, work.seq))
+        parse = functools.partial(parse_frame, work.seq)
+        return decide_texts(chunks, work.start, write, parse, predicate, pick)
     return decide_records(_frames(work), work.start, predicate, mutes, write)
 
 
-def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter]:
+def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter, Any]:
     built = _STATE.recipes.get(work.recipe_key)
     if built is None:
         recipe: Recipe = pickle.loads(work.recipe)  # noqa: S301 - from the daemon that spawned this process
@@ -275,7 +279,7 @@ def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter]:
         formatter = RecordFormatter(
             recipe.format, recipe.mapping, recipe.tenant_name, json_fields=recipe.json_fields
         )
-        built = _STATE.recipes[work.recipe_key] = (predicate, formatter)
+        built = _STATE.recipes[work.recipe_key] = (predicate, formatter, filter_picker(recipe.filter))
         while len(_STATE.recipes) > _RECIPES:
             _STATE.recipes.popitem(last=False)
     return built
