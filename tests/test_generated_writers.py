@@ -10,7 +10,6 @@ syntax, lone surrogates, containers, numbers of every kind).
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -376,17 +375,18 @@ def test_the_generated_source_names_each_key_and_its_field() -> None:
 
 
 def _decided_both_ways(
-    write: Any, frames: list[bytes], start: int = 0
+    write: Any, frames: list[bytes], start: int = 0, predicate: Any = None, pick: Any = None
 ) -> tuple[PageDecisions | Exception, PageDecisions | Exception]:
-    """A page of JSON ``frames`` decided from its text and from its parsed dicts (or what each raised)."""
+    """A page of JSON ``frames`` decided from its text and from its parsed dicts (or what each raised),
+    with a filter's ``predicate`` and its ``pick`` if given."""
 
     def parse(chunk: bytes) -> list[dict[str, Any]]:
         return parse_frame(1, chunk)
 
     outcomes: list[PageDecisions | Exception] = []
     for decide in (
-        lambda: decide_texts(frames, start, write, parse),
-        lambda: decide_records(_offsets([parse(chunk) for chunk in frames]), start, None, (), write),
+        lambda: decide_texts(frames, start, write, parse, predicate, pick),
+        lambda: decide_records(_offsets([parse(chunk) for chunk in frames]), start, predicate, (), write),
     ):
         try:
             outcomes.append(decide())
@@ -410,6 +410,20 @@ def _same(from_text: PageDecisions | Exception, from_dicts: PageDecisions | Exce
         assert from_text == from_dicts
 
 
+def _cef_writer(steps: tuple[PlanStep, ...]) -> Any:
+    """A C writer of ``CEF:0|`` and ``steps``, texts as they are (for the tests of its own rules)."""
+    return native.line_writer(
+        ["CEF:0|"],
+        steps,
+        mode=native.CEF,
+        separator="=",
+        joint=" ",
+        escape=str,
+        render_text=str,
+        shortcuts={},
+    )
+
+
 def test_reading_json_text_needs_the_c_writer_and_declared_reads() -> None:
     """CEF and LEEF C writers read JSON text, and JSON of the raw record; a getter that does not say what
     it reads, a non-ASCII LEEF delimiter, JSON of selected fields or the Python writers do not."""
@@ -425,27 +439,9 @@ def test_reading_json_text_needs_the_c_writer_and_declared_reads() -> None:
         return record.get("x")
 
     steps = (PlanStep("k=", "", undeclared, None, None, None, False),)
-    made = native.line_writer(
-        ["CEF:0|"],
-        steps,
-        mode=native.CEF,
-        separator="=",
-        joint=" ",
-        escape=str,
-        render_text=str,
-        shortcuts={},
-    )
+    made = _cef_writer(steps)
     assert made is not None and not made.reads_json  # type: ignore[attr-defined]
-    declared = native.line_writer(
-        ["CEF:0|"],
-        (PlanStep("k=", "", reads(("x",), undeclared), None, None, None, False),),
-        mode=native.CEF,
-        separator="=",
-        joint=" ",
-        escape=str,
-        render_text=str,
-        shortcuts={},
-    )
+    declared = _cef_writer((PlanStep("k=", "", reads(("x",), undeclared), None, None, None, False),))
     assert declared is not None and declared.reads_json  # type: ignore[attr-defined]
     assert decide_texts([b'[{"x": "a=b", "y": 1}, {}]'], 0, declared, orjson.loads).data == [
         b"CEF:0|k=a\\=b",
@@ -489,6 +485,15 @@ SPELLINGS = st.sampled_from(
 )
 
 
+def _spelled(records: list[Any], spell: Any) -> list[bytes]:
+    """Each record's JSON text as ``spell`` writes it; as the stdlib writes it when ``spell`` refuses one
+    of them (orjson.dumps refuses ints beyond 64 bits)."""
+    try:
+        return [spell(record) for record in records]
+    except (TypeError, ValueError):
+        return [json.dumps(record).encode() for record in records]
+
+
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     extension=MAPPINGS,
@@ -516,10 +521,7 @@ def test_any_mapping_over_any_json_text_is_decided_identically(
     )
     write = writers(output, mapping, delimiter)[0].writer_for("alerts", "dlp")
     assert write.reads_json  # type: ignore[attr-defined]
-    try:
-        texts = [spell(record) for record in records]
-    except (TypeError, ValueError):  # orjson.dumps refuses ints beyond 64 bits
-        texts = [json.dumps(record).encode() for record in records]
+    texts = _spelled(records, spell)
     if data.draw(st.booleans()):  # a key given twice: the last one counts, as in orjson's dict
         texts = [
             text.replace(b"{", b'{"f0": "first", ', 1) if text.startswith(b"{") else text for text in texts
@@ -581,16 +583,7 @@ def test_a_value_a_converter_refuses_is_dead_lettered_as_from_dicts() -> None:
         return str(value)
 
     steps = (PlanStep("k=", "f", None, strict, None, None, False),)
-    write = native.line_writer(
-        ["CEF:0|"],
-        steps,
-        mode=native.CEF,
-        separator="=",
-        joint=" ",
-        escape=str,
-        render_text=str,
-        shortcuts={},
-    )
+    write = _cef_writer(steps)
     frames = [b'[{"f": "good", "_id": 1}, {"f": "bad", "_id": 2}]', b'[{"f": 7, "_id": "x", "timestamp": 9}]']
     from_text, from_dicts = _decided_both_ways(write, frames)
     _same(from_text, from_dicts)
@@ -724,10 +717,7 @@ def test_json_lines_from_any_text_are_what_orjson_writes(
     """Any records spelled any way JSON allows, with keys given twice at the top or nested: a JSON route
     decides from the text what it decides from the dicts."""
     write = RecordFormatter("json", BUILTIN, "t").writer_for("alerts", "dlp")
-    try:
-        texts = [spell(record) for record in records]
-    except (TypeError, ValueError):
-        texts = [json.dumps(record).encode() for record in records]
+    texts = _spelled(records, spell)
     if twice is not None:
         texts = [text.replace(twice, b'{"k": 0, "k": [1], ' + twice[1:], 2) for text in texts]
     frame = b"[" + b",".join(texts) + b"]"
@@ -806,23 +796,9 @@ def test_a_route_with_a_filter_decides_alike_from_the_text(
     pick = native.filter_picker(spec)
     write = RecordFormatter(output, BUILTIN, "t").writer_for("alerts", "dlp")
     assert pick is not None and reads_json(write, predicate, (), pick)
-    try:
-        texts = [spell(record) for record in records]
-    except (TypeError, ValueError):
-        texts = [json.dumps(record).encode() for record in records]
+    texts = _spelled(records, spell)
     frame = b"[" + b",".join(texts) + b"]"
-    start = min(start, len(records))
-    parse = functools.partial(parse_frame, 1)
-    outcomes: list[PageDecisions | Exception] = []
-    for decide in (
-        lambda: decide_texts([frame], start, write, parse, predicate, pick),
-        lambda: decide_records([(0, parse(frame))], start, predicate, (), write),
-    ):
-        try:
-            outcomes.append(decide())
-        except Exception as exc:  # compared below: both ways must fail alike
-            outcomes.append(exc)
-    _same(*outcomes)
+    _same(*_decided_both_ways(write, [frame], min(start, len(records)), predicate, pick))
 
 
 def test_a_filter_on_the_simulators_records_decides_alike_from_the_text() -> None:
@@ -836,10 +812,10 @@ def test_a_filter_on_the_simulators_records_decides_alike_from_the_text() -> Non
             kind, subtype, range(1_500), [1_714_557_600] * 1_500
         )  # type: ignore[arg-type]  # kinds of SUBTYPES
         write = RecordFormatter("leef", BUILTIN, "t").writer_for(kind, subtype)
-        frames = list(decode(1, CODEC, encode(records)))
-        parse = functools.partial(parse_frame, 1)
-        from_text = decide_texts(frames, 700, write, parse, predicate, pick)
-        from_dicts = decide_records(_offsets([parse(frame) for frame in frames]), 700, predicate, (), write)
+        from_text, from_dicts = _decided_both_ways(
+            write, list(decode(1, CODEC, encode(records))), 700, predicate, pick
+        )
+        assert isinstance(from_text, PageDecisions)
         assert from_text == from_dicts
         if kind == "alerts":
             assert from_text.data and from_text.dropped, subtype  # both kinds of decision were made
