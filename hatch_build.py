@@ -1,10 +1,12 @@
-"""Build hook: compiles ``ce_daemon/logs/_native.c``, the C writer of CEF and LEEF extensions.
+"""Build hook: compiles the two C extensions, both on the JSON scanner of ``ce_daemon/_jsonscan.h``:
+``ce_daemon/logs/_native.c`` (the C writer of CEF and LEEF lines) and ``ce_daemon/netskope/_pages.c``
+(ingestion's page splitter).
 
-The C writer is an accelerator, not a requirement (:mod:`ce_daemon.logs.native`): without a C compiler,
-or with ``CE_DAEMON_NATIVE=0`` in the environment, the package installs all the same and the generated
-Python writers run instead (the same bytes, more CPU). It is compiled with the interpreter's own
+Both are accelerators, not requirements (:mod:`ce_daemon.logs.native`, :mod:`ce_daemon.netskope.rawpages`):
+without a C compiler, or with ``CE_DAEMON_NATIVE=0`` in the environment, the package installs all the
+same and Python runs instead (the same bytes, more CPU). They are compiled with the interpreter's own
 compiler and include directory (``sysconfig``), so nothing but a C compiler is needed; an editable
-install puts the module beside its source, a wheel carries it.
+install puts each module beside its source, a wheel carries them.
 """
 
 from __future__ import annotations
@@ -18,18 +20,26 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = Path("ce_daemon", "logs", "_native.c")
+SOURCES = (Path("ce_daemon", "logs", "_native.c"), Path("ce_daemon", "netskope", "_pages.c"))
 
 
-class NativeWriterHook(BuildHookInterface):  # type: ignore[type-arg]
+class NativeHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if os.environ.get("CE_DAEMON_NATIVE", "1") == "0":
-            self.app.display_info("ce-daemon: CE_DAEMON_NATIVE=0, the C writer is not built")
+            self.app.display_info("ce-daemon: CE_DAEMON_NATIVE=0, the C extensions are not built")
             return
-        name = "_native" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
-        source = Path(self.root, SOURCE)
+        built = [self._compile(source, version, build_data) for source in SOURCES]
+        if not any(built):
+            return
+        build_data["pure_python"] = False
+        build_data["infer_tag"] = True
+
+    def _compile(self, relative: Path, version: str, build_data: dict[str, Any]) -> bool:
+        """Compile one extension; whether it was built (a failure is reported, not raised)."""
+        name = relative.stem + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+        source = Path(self.root, relative)
         if version == "editable":
             target = source.with_name(name)
         else:
@@ -52,11 +62,8 @@ class NativeWriterHook(BuildHookInterface):  # type: ignore[type-arg]
             subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)  # noqa: S603
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", None) or exc
-            self.app.display_warning(
-                f"ce-daemon: the C writer was not built ({detail}); CEF and LEEF use the Python writers"
-            )
-            return
+            self.app.display_warning(f"ce-daemon: {relative} was not built ({detail}); Python runs instead")
+            return False
         if version != "editable":
-            build_data["force_include"][str(target)] = f"ce_daemon/logs/{name}"
-        build_data["pure_python"] = False
-        build_data["infer_tag"] = True
+            build_data["force_include"][str(target)] = str(relative.with_name(name))
+        return True

@@ -1,4 +1,7 @@
-"""The fast path: records stored as the tenant's JSON text only when orjson reads them back as before."""
+"""The fast path: records stored as the tenant's JSON text only when orjson reads them back as before.
+
+Every test runs on both splitters: ``_pages.c`` (when built) and msgspec with simdjson.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,33 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ce_daemon.netskope import rawpages
 from ce_daemon.netskope.pages import RECORD_DEPTH_LIMIT, parse_page, repair_records
-from ce_daemon.netskope.rawpages import split_page
+from ce_daemon.netskope.rawpages import SplitPage
+from ce_daemon.simulator.records import RecordFactory
 from ce_daemon.spool import UnencodableRecordsError
-from ce_daemon.spool.codec import CODEC, decode, encode, encode_texts
+from ce_daemon.spool.codec import CODEC, FRAME_RECORDS, decode, encode, encode_texts
+
+SPLITTERS = [
+    "python",
+    pytest.param("c", marks=pytest.mark.skipif(rawpages._PAGES is None, reason="not built")),
+]
+
+
+@pytest.fixture(params=SPLITTERS, autouse=True)
+def splitter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test once with the C splitter and once without it."""
+    if request.param == "python":
+        monkeypatch.setattr(rawpages, "_PAGES", None)
+    return str(request.param)
+
+
+def split_page(body: bytes) -> SplitPage | None:
+    """The splitter the test runs on (looked up at each call: the fixture chose it)."""
+    return rawpages.split_page(body)
 
 
 def stored_by_the_slow_path(body: bytes) -> list[Any]:
@@ -35,7 +58,7 @@ def stored_by_the_fast_path(body: bytes) -> list[Any] | None:
     split = split_page(body)
     if split is None:
         return None
-    stored = encode_texts(split.records.texts)
+    stored = encode_texts(split.records)
     return [record for frame in decode(1, CODEC, stored) for record in orjson.loads(frame)]
 
 
@@ -58,7 +81,7 @@ def test_a_plain_page_is_split_into_its_records_texts() -> None:
     body += b' "wait_time": 2.5, "timestamp_hwm": 7}'
     split = split_page(body)
     assert split is not None
-    assert [bytes(text) for text in split.records.texts] == [
+    assert [split.records.text(p) for p in range(len(split.records))] == [
         b'{"_id": "a", "timestamp": 5}',
         b'{"_id":"b","timestamp":6, "x": [1]}',
     ]
@@ -245,3 +268,118 @@ def test_the_fast_path_stores_what_the_slow_path_stores(
             assert orjson.dumps(split.records.field(position, name, "absent")) == orjson.dumps(
                 record.get(name, "absent")
             )
+
+
+# -- the records' texts, and what the spool stores --------------------------------------------------------
+
+
+def simulator_answer(kind: str, subtype: str, count: int, *, spaced: bool) -> tuple[bytes, list[Any]]:
+    """An answer of ``count`` simulator records, as the simulator writes it or spaced out and escaped."""
+    made = RecordFactory(seed=11, tenant="t").make_many(kind, subtype, range(count), [1_714_557_600] * count)  # type: ignore[arg-type]  # kinds of SUBTYPES
+    records: list[Any] = orjson.loads(orjson.dumps(made))
+    if spaced:
+        text = json.dumps({"ok": 1, "result": records, "wait_time": 0}, indent=1, ensure_ascii=True)
+        return text.encode(), records
+    return orjson.dumps({"ok": 1, "result": records, "wait_time": 0}), records
+
+
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+@pytest.mark.parametrize(("kind", "subtype"), [("alerts", "dlp"), ("events", "page"), ("events", "network")])
+def test_simulator_pages_are_stored_as_they_came(kind: str, subtype: str, spaced: bool) -> None:
+    """Every record of a page of 2,500 comes back from the spool's frames as the tenant sent it."""
+    body, records = simulator_answer(kind, subtype, 2_500, spaced=spaced)
+    split = split_page(body)
+    assert split is not None
+    texts = split.records
+    assert len(texts) == 2_500
+    assert texts.missing_fields() == 0
+    assert texts.parsed() == records
+    assert [texts.field(p, "_id") for p in (0, 1_234, -1)] == [records[p]["_id"] for p in (0, 1_234, -1)]
+    frames = decode(1, CODEC, encode_texts(texts))
+    assert [len(orjson.loads(frame)) for frame in frames] == [FRAME_RECORDS, FRAME_RECORDS, 500]
+    assert [record for frame in frames for record in orjson.loads(frame)] == records
+    assert stored_by_the_fast_path(body) == stored_by_the_slow_path(body)
+
+
+def test_keep_takes_the_records_asked_for_with_their_fields() -> None:
+    """A page cut at the end of a window keeps the records it keeps, their ids, stamps and counts."""
+    body = answer(*(orjson.dumps({"_id": f"r{i}", "timestamp": i} if i % 3 else {"n": i}) for i in range(10)))
+    split = split_page(body)
+    assert split is not None
+    assert split.records.missing_fields() == 4
+    kept = split.records.keep(lambda position: position >= 5)
+    assert len(kept) == 5
+    assert [kept.field(p, "_id") for p in range(5)] == ["r5", None, "r7", "r8", None]
+    assert kept.parsed() == [orjson.loads(kept.text(p)) for p in range(5)]
+    assert [record.get("_id") for record in kept.parsed()] == ["r5", None, "r7", "r8", None]
+    assert [kept.field(p, "timestamp", -1) for p in range(5)] == [5, -1, 7, 8, -1]
+    assert kept.missing_fields() == 2
+    records = kept.parsed()
+    assert [orjson.loads(array) for array in kept.arrays(2)] == [records[:2], records[2:4], records[4:]]
+    assert len(split.records.keep(lambda position: False)) == 0
+    with pytest.raises(IndexError):
+        kept.field(5, "_id")
+
+
+def test_a_name_spelled_with_escapes_is_read_or_refused_never_misread() -> None:
+    """``\\u005fid`` is ``_id``: a splitter reads it as orjson does, or sends the page the slow way."""
+    body = answer(b'{"\\u005fid": "escaped", "timestamp": 1}')
+    split = split_page(body)
+    if split is not None:
+        assert split.records.field(0, "_id") == "escaped"
+    body = b'{"ok":1,"re\\u0073ult":[{"_id":"a"}]}'
+    split = split_page(body)
+    assert split is None or split.records.parsed() == [{"_id": "a"}]
+
+
+def test_a_field_given_twice_at_the_top_is_read_as_orjson_reads_it_or_refused() -> None:
+    """Two ``result`` arrays: orjson keeps the last; a splitter keeps that too or refuses the page."""
+    body = b'{"ok":1,"result":[{"_id":"first"}],"result":[{"_id":"last"}]}'
+    split = split_page(body)
+    assert split is None or split.records.parsed() == orjson.loads(body)["result"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_damaged_answer_is_refused_or_read_as_orjson_reads_it(data: st.DataObject) -> None:
+    """Bytes flipped, cut or inserted anywhere: whatever a splitter takes, orjson reads the same way."""
+    body = bytearray(answer(*PAGE_RECORDS, extra=b',"timestamp_hwm":1714557600'))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(body) - 1))
+        edit = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if edit == "flip":
+            body[at] = data.draw(st.sampled_from(HOSTILE_BYTES))
+        elif edit == "cut":
+            del body[at : at + data.draw(st.integers(1, 8))]
+        else:
+            body[at:at] = data.draw(st.binary(min_size=1, max_size=4) | st.sampled_from(HOSTILE_TEXTS))
+    split = split_page(bytes(body))
+    if split is None:
+        return
+    read = orjson.loads(bytes(body))
+    assert set(read) <= {"ok", "result", "wait_time", "timestamp_hwm"}
+    assert split.records.parsed() == read["result"]
+    assert split.fields == {name: value for name, value in read.items() if name != "result"}
+    for position, record in enumerate(read["result"]):
+        assert split.records.field(position, "_id", "absent") == record.get("_id", "absent")
+
+
+PAGE_RECORDS = (
+    b'{"_id":"a1","timestamp":1714557600,"user":"ann@example.com","n":[1,2.5,{"d":null}],"ok":true}',
+    b'{"_id": "b\\u00e92", "timestamp": -0, "s": "tab\\tq\\"\\\\ \xc3\xa9 \xf0\x9f\x98\x80", "e": 1e3}',
+    b'{"timestamp":9223372036854775807,"_id":"c3","deep":[[[{"x":[]}]]],"f":false}',
+)
+HOSTILE_BYTES = list(b'"\\{}[],: 0-eE.\x00\x1f\x7f\x80\xbf\xc0\xed\xf0\xf5\xff')
+HOSTILE_TEXTS = (
+    b"\\ud800",
+    b"\\udc00",
+    b"\\u00",
+    b"1e999",
+    b"-",
+    b"\xed\xa0\x80",
+    b'"_id":',
+    b"]]",
+    b"{{",
+    b"NaN",
+)
+HOSTILE_TEXTS += (b"18446744073709551616", b"\\u005f")

@@ -250,7 +250,7 @@ class Poller(Component):
             first_id, last_id, _ = page_marker(records)
             await self.spool.append_texts(
                 self.stream.key,
-                records.texts,
+                records,
                 first_id=first_id,
                 last_id=last_id,
                 commit=commit,

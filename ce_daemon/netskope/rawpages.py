@@ -2,13 +2,20 @@
 
 Parsing a page into dicts and writing them out again for the spool was most of what ingestion cost
 (about 8 µs of the 13 per record: orjson's parse, freeing 10,000 dicts, orjson's write). Most records are
-only stored, and a route parses them again anyway, so :func:`split_page` does neither: msgspec cuts the
-answer into one text per record without building them (``msgspec.Raw``), and reads only ``_id`` and
-``timestamp`` of each. The spool stores the texts as they are (`ce_daemon.spool.codec.encode_texts`).
+only stored, and a route parses them again anyway, so :func:`split_page` does neither: it cuts the answer
+into one text per record without building them, and reads only ``_id`` and ``timestamp`` of each. The
+spool stores the texts as they are (`ce_daemon.spool.codec.encode_texts`).
+
+Two implementations do that, and answer alike (``tests/test_netskope_rawpages.py`` runs every test on
+both): ``_pages.c``, built when the package is installed (one pass of the strict JSON scanner the C writer
+of log lines uses, ``ce_daemon/_jsonscan.h``: about 1 µs a record), and without it (or with
+``CE_DAEMON_NATIVE=0``) msgspec, simdjson and two bracket counts (about 4 µs).
 
 That is only right when orjson reads each text back to exactly the record the slow path
 (`ce_daemon.netskope.pages`) would have stored, so :func:`split_page` answers None, and the page takes the
-slow path, whenever it cannot vouch for that:
+slow path, whenever it cannot vouch for that (the C splitter refuses the same, and a few rarer things
+besides, listed in ``_pages.c``: ints between 2**63 and 2**64, floats written with over 400 characters,
+names spelled with escapes):
 
 - msgspec refuses the answer (bad syntax, a lone surrogate escape, a control character in a string, nesting
   beyond the interpreter's recursion limit), it is not an object whose ``result`` is a list of objects, or
@@ -28,10 +35,13 @@ back to the same values, and every reader of the spool parses with orjson.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import ModuleType
+from typing import Any, Final, Literal
 
 import msgspec
 import orjson
@@ -39,7 +49,130 @@ import simdjson
 
 from ce_daemon.netskope.pages import RECORD_DEPTH_LIMIT, nesting_depth
 
-__all__ = ["RecordTexts", "SplitPage", "split_page"]
+__all__ = ["SPLITTER", "RecordTexts", "SplitPage", "split_page"]
+
+ABI: Final = 1
+"""The ``PAGES_ABI`` of the ``_pages.c`` this module is written for."""
+
+Field = Literal["_id", "timestamp"]
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("CE_DAEMON_NATIVE", "1") == "0":
+        return None
+    try:
+        from ce_daemon.netskope import _pages  # built at install time when a C compiler is there
+    except ImportError:
+        return None
+    return _pages if getattr(_pages, "ABI", None) == ABI else None  # a stale build is not used
+
+
+_PAGES = _load()
+SPLITTER: Final = "C (_pages.c)" if _PAGES is not None else "msgspec and simdjson"
+"""Which implementation splits pages in this process."""
+
+
+class RecordTexts(ABC):
+    """Records kept as the JSON text the tenant sent, each an object orjson reads back as the slow path's.
+
+    Only ``_id`` and ``timestamp`` are read, each parsed by orjson when asked for (:meth:`field`).
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def text(self, position: int) -> bytes:
+        """The record's JSON text."""
+
+    @abstractmethod
+    def field(self, position: int, name: Field, default: Any = None) -> Any:
+        """The record's ``_id`` or ``timestamp`` as orjson reads it, or ``default`` when it has none."""
+
+    @abstractmethod
+    def missing_fields(self) -> int:
+        """How many records lack ``_id`` or ``timestamp``."""
+
+    @abstractmethod
+    def keep(self, wanted: Callable[[int], bool]) -> RecordTexts:
+        """The records whose position ``wanted`` accepts, in order."""
+
+    @abstractmethod
+    def arrays(self, per: int) -> Iterator[bytes]:
+        """The records as JSON arrays of ``per`` records (the last may hold fewer), as the spool stores
+        its frames."""
+
+    def parsed(self) -> list[dict[str, Any]]:
+        """Every record as orjson reads it back from the spool."""
+        return [orjson.loads(self.text(position)) for position in range(len(self))]
+
+
+# -- in C ---------------------------------------------------------------------------------------------
+
+
+class _SpannedTexts(RecordTexts):
+    """The answer's body, and per record where its text, its ``_id`` and its ``timestamp`` lie in it."""
+
+    __slots__ = ("_body", "_missing", "_rows", "_spans")
+
+    def __init__(self, body: bytes, spans: bytes, missing: int) -> None:
+        self._body = body
+        self._spans = spans
+        self._rows = memoryview(spans).cast("q")  # SPAN_WIDTH int64 per record (see _pages.c)
+        self._missing = missing
+
+    def __len__(self) -> int:
+        return len(self._rows) // _WIDTH
+
+    def _row(self, position: int) -> int:
+        """Where the record's row starts in ``_rows`` (a negative position counts from the end)."""
+        count = len(self)
+        if not -count <= position < count:
+            raise IndexError(f"record {position} of {count}")
+        return _WIDTH * (position % count)
+
+    def text(self, position: int) -> bytes:
+        row = self._row(position)
+        return self._body[self._rows[row] : self._rows[row + 1]]
+
+    def field(self, position: int, name: Field, default: Any = None) -> Any:
+        at = self._row(position) + (2 if name == "_id" else 4)
+        start = self._rows[at]
+        return default if start < 0 else orjson.loads(memoryview(self._body)[start : self._rows[at + 1]])
+
+    def missing_fields(self) -> int:
+        return self._missing
+
+    def keep(self, wanted: Callable[[int], bool]) -> RecordTexts:
+        kept = [position for position in range(len(self)) if wanted(position)]
+        row = _WIDTH * 8  # bytes
+        spans = b"".join(self._spans[p * row : (p + 1) * row] for p in kept)
+        missing = sum(1 for p in kept if min(self._rows[_WIDTH * p + 2], self._rows[_WIDTH * p + 4]) < 0)
+        return _SpannedTexts(self._body, spans, missing)
+
+    def arrays(self, per: int) -> Iterator[bytes]:
+        assert _PAGES is not None  # only made by the C splitter
+        for start in range(0, len(self), per):
+            yield _PAGES.join(self._body, self._spans, start, min(start + per, len(self)))
+
+
+_WIDTH: Final = 6 if _PAGES is None else int(_PAGES.SPAN_WIDTH)
+
+
+def _split_in_c(body: bytes) -> SplitPage | None:
+    assert _PAGES is not None
+    answer = _PAGES.split(body, RECORD_DEPTH_LIMIT)
+    if answer is None:
+        return None
+    texts, spans, missing = answer
+    # The scanner took the whole answer, so orjson reads each field's text.
+    fields = {name: orjson.loads(text) for name, text in texts.items()}
+    return SplitPage(fields, _SpannedTexts(body, spans, missing))
+
+
+# -- msgspec and simdjson ------------------------------------------------------------------------------
 
 
 class _Answer(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,50 +197,40 @@ _HEAD = msgspec.json.Decoder(_Head)
 _validators = threading.local()
 
 
-@dataclass(frozen=True, slots=True)
-class RecordTexts:
-    """Records kept as the JSON text the tenant sent, each an object orjson reads back as the slow path's.
+class _RawTexts(RecordTexts):
+    """msgspec's slices of the answer, one per record, and the record's two fields it read."""
 
-    Only ``_id`` and ``timestamp`` are read, each parsed by orjson when asked for (:meth:`field`).
-    """
+    __slots__ = ("_heads", "_texts")
 
-    texts: list[msgspec.Raw]
-    heads: list[_Head]
+    def __init__(self, texts: list[msgspec.Raw], heads: list[_Head]) -> None:
+        self._texts = texts
+        self._heads = heads
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self._texts)
 
-    def field(self, position: int, name: Literal["_id", "timestamp"], default: Any = None) -> Any:
-        """The record's ``_id`` or ``timestamp`` as orjson reads it, or ``default`` when it has none."""
-        head = self.heads[position]
+    def text(self, position: int) -> bytes:
+        return bytes(self._texts[position])
+
+    def field(self, position: int, name: Field, default: Any = None) -> Any:
+        head = self._heads[position]
         text = head.record_id if name == "_id" else head.timestamp
         return default if text is msgspec.UNSET else orjson.loads(memoryview(text))
 
-    def parsed(self) -> list[dict[str, Any]]:
-        """Every record as orjson reads it back from the spool."""
-        return [orjson.loads(memoryview(text)) for text in self.texts]
-
     def missing_fields(self) -> int:
-        """How many records lack ``_id`` or ``timestamp``."""
         unset = msgspec.UNSET
-        return sum(1 for head in self.heads if head.record_id is unset or head.timestamp is unset)
+        return sum(1 for head in self._heads if head.record_id is unset or head.timestamp is unset)
 
     def keep(self, wanted: Callable[[int], bool]) -> RecordTexts:
-        """The records whose position ``wanted`` accepts, in order."""
-        positions = [position for position in range(len(self.texts)) if wanted(position)]
-        return RecordTexts([self.texts[p] for p in positions], [self.heads[p] for p in positions])
+        positions = [position for position in range(len(self._texts)) if wanted(position)]
+        return _RawTexts([self._texts[p] for p in positions], [self._heads[p] for p in positions])
+
+    def arrays(self, per: int) -> Iterator[bytes]:
+        for start in range(0, len(self._texts), per):
+            yield b"[" + b",".join(self._texts[start : start + per]) + b"]"
 
 
-@dataclass(frozen=True, slots=True)
-class SplitPage:
-    """A page the fast path took: its records, and its other fields as orjson reads them (if present)."""
-
-    fields: dict[str, Any]
-    records: RecordTexts
-
-
-def split_page(body: bytes) -> SplitPage | None:
-    """The page with its records kept as text, or None when it must take the slow path (see the module)."""
+def _split_in_python(body: bytes) -> SplitPage | None:
     try:
         answer = _ANSWER.decode(body)
         heads = [_HEAD.decode(text) for text in answer.result]
@@ -121,7 +244,7 @@ def split_page(body: bytes) -> SplitPage | None:
         if text is not msgspec.UNSET:
             # simdjson took it, so orjson reads it: both refuse the same nesting (over 1,024 levels)
             fields[name] = orjson.loads(memoryview(text))
-    return SplitPage(fields, RecordTexts(answer.result, heads))
+    return SplitPage(fields, _RawTexts(answer.result, heads))
 
 
 def _valid(body: bytes) -> bool:
@@ -152,3 +275,19 @@ def _shallow(body: bytes, texts: list[msgspec.Raw]) -> bool:
         ):
             return False
     return True
+
+
+# -- either ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SplitPage:
+    """A page the fast path took: its records, and its other fields as orjson reads them (if present)."""
+
+    fields: dict[str, Any]
+    records: RecordTexts
+
+
+def split_page(body: bytes) -> SplitPage | None:
+    """The page with its records kept as text, or None when it must take the slow path (see the module)."""
+    return _split_in_c(body) if _PAGES is not None else _split_in_python(body)

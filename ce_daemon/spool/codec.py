@@ -15,8 +15,8 @@ at a quarter of its cost, since the compressed blocks are 4.6x shorter than the 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import lz4.frame
 import orjson
@@ -28,6 +28,7 @@ __all__ = [
     "CODEC",
     "FRAME_RECORDS",
     "SpoolCorruptError",
+    "TextArrays",
     "UnencodableRecordsError",
     "decode",
     "encode",
@@ -68,15 +69,31 @@ def encode(records: list[dict[str, Any]]) -> bytes:
     return b"".join(frames)
 
 
-def encode_texts(texts: Sequence[Buffer]) -> bytes:
+@runtime_checkable
+class TextArrays(Protocol):
+    """Records held as JSON texts that join themselves into the spool's frames (`ce_daemon.netskope.rawpages`
+    holds a page's that way)."""
+
+    def __len__(self) -> int: ...
+
+    def arrays(self, per: int) -> Iterator[bytes]:
+        """The records as JSON arrays of ``per`` records (the last may hold fewer)."""
+        ...
+
+
+def encode_texts(texts: Sequence[Buffer] | TextArrays) -> bytes:
     """The page body of records given as JSON texts, stored as they are: nothing is parsed or re-written.
 
     The caller vouches that each text is one JSON object orjson reads (`ce_daemon.netskope.rawpages`).
     """
-    return b"".join(
-        _compress(b"[" + b",".join(texts[start : start + FRAME_RECORDS]) + b"]")
-        for start in range(0, len(texts), FRAME_RECORDS)
-    )
+    if isinstance(texts, TextArrays):
+        arrays: Iterable[bytes] = texts.arrays(FRAME_RECORDS)
+    else:
+        arrays = (
+            b"[" + b",".join(texts[start : start + FRAME_RECORDS]) + b"]"
+            for start in range(0, len(texts), FRAME_RECORDS)
+        )
+    return b"".join(_compress(array) for array in arrays)
 
 
 def _compress(array: bytes) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from typing_extensions import Buffer
 
-from ce_daemon.spool.codec import CODEC, decode, encode, encode_texts, parse_frame
+from ce_daemon.spool.codec import CODEC, TextArrays, decode, encode, encode_texts, parse_frame
 from ce_daemon.store import Fence, Migration, Store, Transaction
 
 __all__ = [
@@ -364,7 +364,7 @@ class Spool:
     async def append_texts(
         self,
         stream: str,
-        texts: Sequence[Buffer],
+        texts: Sequence[Buffer] | TextArrays,
         *,
         first_id: str | None,
         last_id: str | None,
