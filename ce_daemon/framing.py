@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+from collections.abc import Sequence
 from typing import Final, Literal
 
 SyslogHeader = Literal["rfc5424", "rfc3164", "none"]
@@ -136,6 +137,37 @@ class SyslogFramer:
                 message = message.replace(b"\n", b" ")
             return b"".join((head, message, b"\n"))
         return b"%d %b%b" % (len(head) + len(message), head, message)
+
+    def frame_all(self, messages: Sequence[bytes], timestamps: Sequence[int]) -> bytes:
+        """The frames of ``messages`` one after the other, as a stream carries them: the bytes of
+        ``b"".join(self.frame(m, t) for m, t in zip(messages, timestamps))``, each message copied once.
+
+        ``timestamps`` are whole epoch seconds; the framer's severity applies to each message.
+        """
+        parts: list[bytes] = []
+        append = parts.append
+        second, head = self._head_second, self._head
+        header_of, severity = self._header_of, self._severity
+        lf = self._lf
+        for message, stamp in zip(messages, timestamps, strict=True):
+            if stamp != second:
+                head, second = header_of(stamp, severity), stamp
+            if lf:
+                append(head)
+                append(message.replace(b"\n", b" ") if b"\n" in message else message)
+                append(b"\n")
+            else:
+                append(b"%d %b" % (len(head) + len(message), head))
+                append(message)
+        self._head_second, self._head = second, head
+        return b"".join(parts)
+
+    def header_bound(self) -> int:
+        """No header this framer writes at its own severity is longer (its timestamp at its widest)."""
+        if not self._pri:
+            return 0
+        widest = 15 if self._header == "rfc3164" else len("9999-12-31T23:59:59.999+23:59")
+        return len(self._pri[self._severity]) + widest + len(self._rest) + (len(_BOM) if self._bom else 0)
 
     def _header_of(self, timestamp: float, severity: int) -> bytes:
         """The syslog header (PRI, version, timestamp, hostname, ...), empty for ``header: none``."""

@@ -51,6 +51,7 @@ from ce_daemon import __version__, redact
 from ce_daemon.errors import AuthError, CeDaemonError, ComponentConfigError, PermanentError, TransientError
 from ce_daemon.plugin import (
     LogSink,
+    OutBatch,
     OutRecord,
     PluginContext,
     PluginOptions,
@@ -377,6 +378,8 @@ def split_by_size(sizes: Sequence[int], limit: int, *, overhead: int = 0, separa
     JSON array, ``overhead=2`` (the brackets) and ``separator=1`` (the commas). An item too large
     to fit even alone gets a range of its own: the caller sends it anyway or refuses it.
     """
+    if overhead + sum(sizes) + separator * (len(sizes) - 1) <= limit:
+        return [range(len(sizes))] if sizes else []  # all in one (the usual case, without the loop)
     ranges: list[range] = []
     start, size = 0, overhead
     for position, item in enumerate(sizes):
@@ -442,7 +445,7 @@ class ResumableSender:
     async def send(
         self,
         batch: Sequence[OutRecord],
-        encode: Callable[[OutRecord], bytes],
+        encode: Callable[[OutRecord], bytes] | None,
         post: Callable[[list[bytes]], Awaitable[None]],
         *,
         limit: int,
@@ -451,7 +454,8 @@ class ResumableSender:
         oversize: Callable[[int], str],
         on_split: Callable[[range], object] | None = None,
     ) -> SendResult:
-        """Deliver ``batch``: each record ``encode``-d, the items of each request given to ``post``.
+        """Deliver ``batch``: each record ``encode``-d (``None``: its data as it is), the items of each
+        request given to ``post``.
 
         ``post`` raises :class:`RequestTooLargeError` (the request is halved, ``on_split`` told),
         :class:`PermanentError` (its records are rejected with the message), :class:`ItemRefusedError`
@@ -463,20 +467,36 @@ class ResumableSender:
         """
         if not batch:
             return SendResult()
-        key = (len(batch), batch[0].id, batch[-1].id)
+        records = OutBatch.of(batch)
+        key = (len(records), records.ids[0], records.ids[-1])
         if self._batch != key:
             self._batch, self._delivered = key, set()
         delivered = self._delivered
-        items = {i: encode(batch[i]) for i in range(len(batch)) if i not in delivered}
-        fitting = [i for i, item in items.items() if overhead + len(item) <= limit]
-        rejected = [(i, oversize(len(item))) for i, item in items.items() if overhead + len(item) > limit]
+        items = records.data if encode is None else list(map(encode, records))
+        rejected: list[tuple[int, str]] = []
+        fitting: Sequence[int]
+        if not delivered and overhead + max(map(len, items)) <= limit:
+            fitting = range(len(items))  # the usual batch: nothing delivered yet, every record fits
+        else:
+            fitting = []
+            for i, item in enumerate(items):
+                if i in delivered:
+                    continue
+                if overhead + len(item) <= limit:
+                    fitting.append(i)
+                else:
+                    rejected.append((i, oversize(len(item))))
         refusal: str | None = None
 
         async def post_part(part: range) -> range | None:
             nonlocal refusal
-            positions = [fitting[p] for p in part]
+            positions = fitting[part.start : part.stop]
+            if isinstance(positions, range):
+                chunk = items[positions.start : positions.stop]
+            else:
+                chunk = [items[i] for i in positions]
             try:
-                await post([items[i] for i in positions])
+                await post(chunk)
             except PermanentError as exc:
                 refusal = str(exc)
                 rejected.extend((i, refusal) for i in positions)
@@ -488,11 +508,12 @@ class ResumableSender:
             delivered.update(positions)
             return None
 
-        parts = split_by_size([len(items[i]) for i in fitting], limit, overhead=overhead, separator=separator)
+        sizes = [len(items[i]) for i in fitting] if isinstance(fitting, list) else list(map(len, items))
+        parts = split_by_size(sizes, limit, overhead=overhead, separator=separator)
         refused = await send_halving(parts, post_part, on_split=on_split)
         rejected += [(fitting[p], reason) for p, reason in refused]
         self._batch = None
-        if refusal is not None and not delivered and len(rejected) == len(batch):
+        if refusal is not None and not delivered and len(rejected) == len(records):
             raise PermanentError(refusal)
         return SendResult(rejected=sorted(rejected)) if rejected else SendResult()
 

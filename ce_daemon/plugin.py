@@ -17,11 +17,11 @@ registry checks it against :data:`API_VERSION` when it loads the plugin (see ``d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, Generic, NamedTuple, get_args
+from typing import Any, ClassVar, Final, Generic, NamedTuple, get_args, overload
 
 import structlog
 from pydantic import BaseModel, ConfigDict
@@ -47,6 +47,7 @@ __all__ = [
     "IocRecord",
     "LogSink",
     "OptionsT_co",
+    "OutBatch",
     "OutRecord",
     "PermanentError",
     "Plugin",
@@ -146,6 +147,94 @@ class OutRecord(NamedTuple):
     kind: str
     subtype: str
     format: str
+
+
+class OutBatch(Sequence[OutRecord]):
+    """A batch of records as a route hands it to a log sink: one list per field of :class:`OutRecord`.
+
+    It is a ``Sequence[OutRecord]`` like any other (an item is made when it is asked for), so a sink
+    that iterates records works unchanged. A sink that reads one field of every record reads that
+    field's list instead, and no record object is made at all: the route ships 120,000 records a second
+    at a tenant's full rate on three routes, and making them cost it more than anything else it does.
+    ``OutBatch.of(batch)`` gives the lists of any sequence of records (itself, for an ``OutBatch``).
+
+    The lists belong to the batch: a sink reads them, never changes them.
+    """
+
+    __slots__ = ("data", "formats", "ids", "kinds", "subtypes", "timestamps")
+
+    def __init__(
+        self,
+        ids: list[str] | None = None,
+        timestamps: list[int] | None = None,
+        data: list[bytes] | None = None,
+        kinds: list[str] | None = None,
+        subtypes: list[str] | None = None,
+        formats: list[str] | None = None,
+    ) -> None:
+        self.ids: list[str] = [] if ids is None else ids
+        self.timestamps: list[int] = [] if timestamps is None else timestamps
+        self.data: list[bytes] = [] if data is None else data
+        self.kinds: list[str] = [] if kinds is None else kinds
+        self.subtypes: list[str] = [] if subtypes is None else subtypes
+        self.formats: list[str] = [] if formats is None else formats
+        lengths = {len(self.ids), len(self.timestamps), len(self.data), len(self.kinds)}
+        if len(lengths | {len(self.subtypes), len(self.formats)}) != 1:
+            raise ValueError("every field of an OutBatch needs one value per record")
+
+    @classmethod
+    def of(cls, records: Sequence[OutRecord]) -> OutBatch:
+        """``records`` as an ``OutBatch`` (itself when it is one)."""
+        if isinstance(records, OutBatch):
+            return records
+        columns = [list(field) for field in zip(*records, strict=True)] if records else [[]] * 6
+        return cls(*columns)
+
+    def append(self, record: OutRecord) -> None:
+        """Add one record at the end."""
+        self.ids.append(record.id)
+        self.timestamps.append(record.timestamp)
+        self.data.append(record.data)
+        self.kinds.append(record.kind)
+        self.subtypes.append(record.subtype)
+        self.formats.append(record.format)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> OutRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> OutBatch: ...
+
+    def __getitem__(self, index: int | slice) -> OutRecord | OutBatch:
+        if isinstance(index, slice):
+            return OutBatch(*(field[index] for field in self._fields()))
+        return OutRecord(
+            self.ids[index],
+            self.timestamps[index],
+            self.data[index],
+            self.kinds[index],
+            self.subtypes[index],
+            self.formats[index],
+        )
+
+    def __iter__(self) -> Iterator[OutRecord]:
+        return map(OutRecord._make, zip(*self._fields(), strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a list is
+
+    def __repr__(self) -> str:
+        return f"OutBatch({list(self)!r})"
+
+    def _fields(self) -> tuple[list[Any], ...]:
+        return (self.ids, self.timestamps, self.data, self.kinds, self.subtypes, self.formats)
 
 
 @dataclass(frozen=True, slots=True)

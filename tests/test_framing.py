@@ -142,3 +142,31 @@ def test_invalid_options_are_refused(options: dict[str, object], message: str) -
     """Header fields that would make an invalid syslog message are refused up front."""
     with pytest.raises(ValueError, match=message):
         SyslogFramer(**{"hostname": "h", **options})  # type: ignore[arg-type]
+
+
+@given(
+    header=st.sampled_from(["rfc5424", "rfc3164", "none"]),
+    framing=st.sampled_from(["octet", "lf"]),
+    bom=st.booleans(),
+    hours=st.integers(-14, 14),
+    records=st.lists(
+        st.tuples(
+            st.binary(max_size=40) | st.sampled_from([b"a\nb", b"\n", b""]), st.integers(1, 253_402_300_799)
+        ),
+        max_size=12,
+    ),
+)
+def test_a_batch_framed_at_once_is_each_record_framed_alone(
+    header: str, framing: str, bom: bool, hours: int, records: list[tuple[bytes, int]]
+) -> None:
+    """``frame_all`` writes the bytes of ``frame`` on each record, one after the other, and no header is
+    longer than ``header_bound`` says (the syslog sink relies on it to skip checking each record)."""
+    zone = dt.timezone(dt.timedelta(hours=hours))
+    batch = SyslogFramer(header, framing, hostname="h", tz=zone, bom=bom, procid="7")  # type: ignore[arg-type]
+    alone = SyslogFramer(header, framing, hostname="h", tz=zone, bom=bom, procid="7")  # type: ignore[arg-type]
+    messages, stamps = [m for m, _ in records], [s for _, s in records]
+    assert batch.frame_all(messages, stamps) == b"".join(alone.frame(m, s) for m, s in records)
+    for stamp in stamps:
+        framed = alone.frame(b"", stamp)
+        head = framed[framed.index(b" ") + 1 :] if framing == "octet" else framed[:-1]
+        assert len(head) <= alone.header_bound()

@@ -144,7 +144,11 @@ async def test_a_page_is_cut_into_batches_as_record_by_record(
     assert [(r.id, len(r.data) + 1) for r in left.records] == still_open
     assert left.size == sum(length for _, length in still_open)
     open_ids = {record_id for record_id, _ in still_open}
-    assert [source[1] for source in left.sources] == [p for p, i, _ in lines if i in open_ids]
+    assert [p for _, _, kept in left.runs for p in kept] == [p for p, i, _ in lines if i in open_ids]
+    first_kept = len(left.records) - sum(len(kept) for _, _, kept in left.runs)
+    assert [left.source(i)[1] for i in range(first_kept, len(left.records))] == [
+        p for p, i, _ in lines if i in open_ids
+    ]
 
 
 def _out(record_id: str, length: int) -> Any:

@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from ce_syslog import SyslogSink, SyslogSinkOptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ce_daemon.errors import TransientError
@@ -119,6 +122,40 @@ def test_defaults_follow_the_protocol() -> None:
     assert (tls.port, tls.framing, tls.tls.verify) == (6514, "octet", True)
     assert (udp.port, udp.max_message_bytes) == (514, 65_000)
     assert (tcp.facility, tcp.severity, tcp.app_name, tcp.header) == (1, 6, "netskopece", "rfc5424")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    framing=st.sampled_from(["octet", "lf"]),
+    header=st.sampled_from(["rfc5424", "rfc3164", "none"]),
+    records=st.lists(
+        st.tuples(st.integers(0, 160), st.sampled_from([0, -5, 1, FIRST_TIMESTAMP, 253_402_300_799, 2**40])),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_a_batch_framed_at_once_matches_the_record_by_record_framing(
+    framing: str, header: str, records: list[tuple[int, int]]
+) -> None:
+    """The whole-batch path (TCP, no record near the limit) writes what framing each record writes,
+    timestamps out of range included; a batch with a record that may be too large goes record by record."""
+    options = {"host": "127.0.0.1", "hostname": HOST, "framing": framing, "header": header}
+    sink = SyslogSink(
+        SyslogSinkOptions.model_validate({**options, "max_message_bytes": 200}),
+        PluginContext(name="test-route", base_dir=Path("."), data_dir=Path(".")),
+    )
+    batch = [
+        OutRecord(f"r{i}", stamp, b"\n=x" * (size // 3), "alerts", "dlp", "cef")
+        for i, (size, stamp) in enumerate(records)
+    ]
+    with patch("ce_syslog.sink.time.time", return_value=FIRST_TIMESTAMP + 0.5):
+        payload = sink._stream_payload(batch)
+        frames, rejected = sink._frame(batch)
+    if payload is None:
+        assert max(len(r.data) for r in batch) + sink._framer.header_bound() > 200
+    else:
+        assert not rejected
+        assert payload == b"".join(frame for _, frame in frames)
 
 
 def test_facility_and_severity_accept_names_and_numbers() -> None:

@@ -89,7 +89,8 @@ class _DevTimeText:
     """``devTime`` text from epoch seconds/ms; the date part is cached since records share seconds.
 
     The last value and its text are kept too: the ``devTimeFormat`` step asks again for the same value
-    right after, to know whether devTime was written.
+    right after, to know whether devTime was written (the same object from a dict; an equal int from the
+    C writer reading JSON text, which makes a new one for each call).
     """
 
     __slots__ = ("_last", "_seconds")
@@ -100,7 +101,9 @@ class _DevTimeText:
 
     def __call__(self, value: Any) -> str | None:
         last_value, last_text = self._last
-        if value is last_value:
+        if value is last_value or (
+            value.__class__ is int and last_value.__class__ is int and value == last_value
+        ):
             return last_text
         text: str | None = None
         ms = epoch_ms(value)

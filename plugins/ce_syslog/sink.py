@@ -28,6 +28,7 @@ from ce_daemon.http import ssl_context
 from ce_daemon.plugin import (
     Health,
     LogSink,
+    OutBatch,
     OutRecord,
     PluginContext,
     SendResult,
@@ -76,6 +77,10 @@ class SyslogSink(LogSink[SyslogSinkOptions]):
 
     async def send(self, batch: Sequence[OutRecord]) -> SendResult:
         """Frame and write ``batch``; oversize records are refused one by one, the rest is sent."""
+        payload = self._stream_payload(batch)
+        if payload is not None:
+            await self._write(payload)
+            return SendResult()
         frames, rejected = self._frame(batch)
         if frames:
             if self.options.protocol == "udp":
@@ -93,6 +98,20 @@ class SyslogSink(LogSink[SyslogSinkOptions]):
             self._datagrams = None
 
     # -- framing -------------------------------------------------------------------------------------
+
+    def _stream_payload(self, batch: Sequence[OutRecord]) -> bytes | None:
+        """The whole batch framed for TCP or TLS at once, when no record in it can be too large (the
+        usual batch); None otherwise (``_frame`` then looks at each record)."""
+        if self.options.protocol == "udp" or not batch:
+            return None
+        records = OutBatch.of(batch)
+        data, stamps = records.data, records.timestamps
+        if max(map(len, data)) + self._framer.header_bound() > self.options.max_message_bytes:
+            return None
+        if min(stamps) <= 0 or max(stamps) > _LATEST_TIMESTAMP:
+            now = int(time.time())
+            stamps = [stamp if 0 < stamp <= _LATEST_TIMESTAMP else now for stamp in stamps]
+        return self._framer.frame_all(data, stamps)
 
     def _frame(self, batch: Sequence[OutRecord]) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]]]:
         frame = self._framer.frame

@@ -33,7 +33,7 @@ from ce_daemon.http import (
     raise_for_status,
     transport_error,
 )
-from ce_daemon.plugin import Health, OutRecord, PluginContext, PluginOptions, SendResult
+from ce_daemon.plugin import Health, OutBatch, OutRecord, PluginContext, PluginOptions, SendResult
 
 _HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 
@@ -123,9 +123,11 @@ class WebhookSink(HttpSink[WebhookOptions]):
 
     async def send(self, batch: Sequence[OutRecord]) -> SendResult:
         json_array = self.options.body == "json"
+        records = OutBatch.of(batch)
+        raw = records.formats.count("json") == len(records)  # JSON lines go as they are: no _item
         return await self._sender.send(
-            batch,
-            _item,
+            records,
+            None if raw else _item,
             lambda items: self._request(self._body(items)),
             limit=self.options.max_request_bytes,
             overhead=2 if json_array else 1,  # the brackets, or the last newline
