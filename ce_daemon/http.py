@@ -398,6 +398,7 @@ async def send_halving(
     send: Callable[[range], Awaitable[range | None]],
     *,
     on_split: Callable[[range], object] | None = None,
+    concurrency: int = 1,
 ) -> list[tuple[int, str]]:
     """Send each range of positions with ``send``, in order; one refused as too large is halved.
 
@@ -407,25 +408,77 @@ async def send_halving(
     target's message)``. ``send`` may return the positions of the range still to send (a target
     that took the items before one it refused alone): they go next. Any other error from ``send``
     ends the delivery there.
+
+    With ``concurrency`` above 1, up to that many ranges are under way at once (started in order, done
+    in any order). After an error no range is started, the ones under way are waited for (each may
+    have been delivered: ``send`` records what was), and the first error is raised.
     """
-    queue = deque(parts)
-    refused: list[tuple[int, str]] = []
-    while queue:
-        part = queue.popleft()
-        try:
-            rest = await send(part)
-        except RequestTooLargeError as exc:
-            if len(part) <= 1:
-                refused.extend((position, str(exc)) for position in part)
+    halving = _Halving(parts, on_split)
+    if concurrency <= 1:
+        await halving.one_by_one(send)
+    else:
+        await halving.in_parallel(send, concurrency)
+    return halving.refused
+
+
+class _Halving:
+    """The ranges still to send (:func:`send_halving`), and the positions given up."""
+
+    def __init__(self, parts: Iterable[range], on_split: Callable[[range], object] | None) -> None:
+        self.queue = deque(parts)
+        self.refused: list[tuple[int, str]] = []
+        self.on_split = on_split
+
+    def settle(self, part: range, rest: range | None, too_large: RequestTooLargeError | None) -> None:
+        """After ``part`` was sent: re-queue its rest, or its halves when it was too large, or give it up."""
+        if too_large is None:
+            if rest:
+                self.queue.appendleft(rest)
+            return
+        if len(part) <= 1:
+            self.refused.extend((position, str(too_large)) for position in part)
+            return
+        if self.on_split is not None:
+            self.on_split(part)
+        middle = len(part) // 2
+        self.queue.extendleft([part[middle:], part[:middle]])
+
+    async def one_by_one(self, send: Callable[[range], Awaitable[range | None]]) -> None:
+        while self.queue:
+            part = self.queue.popleft()
+            try:
+                rest = await send(part)
+            except RequestTooLargeError as exc:
+                self.settle(part, None, exc)
                 continue
-            if on_split is not None:
-                on_split(part)
-            middle = len(part) // 2
-            queue.extendleft([part[middle:], part[:middle]])
-            continue
-        if rest:
-            queue.appendleft(rest)
-    return refused
+            self.settle(part, rest, None)
+
+    async def in_parallel(self, send: Callable[[range], Awaitable[range | None]], concurrency: int) -> None:
+        running: dict[asyncio.Task[range | None], range] = {}
+        failure: BaseException | None = None
+        try:
+            while self.queue or running:
+                while self.queue and failure is None and len(running) < concurrency:
+                    part = self.queue.popleft()
+                    running[asyncio.ensure_future(send(part))] = part
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                # The latest first: what each puts back at the front of the queue stays in order.
+                for task in sorted(done, key=lambda task: running[task].start, reverse=True):
+                    part = running.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        self.settle(part, task.result(), None)
+                    elif isinstance(error, RequestTooLargeError):
+                        self.settle(part, None, error)
+                    elif failure is None:
+                        failure = error
+        finally:
+            for task in running:  # only when this is cancelled: what is under way is then not waited for
+                task.cancel()
+        if failure is not None:
+            raise failure
 
 
 class ResumableSender:
@@ -453,9 +506,10 @@ class ResumableSender:
         separator: int = 0,
         oversize: Callable[[int], str],
         on_split: Callable[[range], object] | None = None,
+        concurrency: int = 1,
     ) -> SendResult:
         """Deliver ``batch``: each record ``encode``-d (``None``: its data as it is), the items of each
-        request given to ``post``.
+        request given to ``post``, up to ``concurrency`` requests at once (see :func:`send_halving`).
 
         ``post`` raises :class:`RequestTooLargeError` (the request is halved, ``on_split`` told),
         :class:`PermanentError` (its records are rejected with the message), :class:`ItemRefusedError`
@@ -510,7 +564,7 @@ class ResumableSender:
 
         sizes = [len(items[i]) for i in fitting] if isinstance(fitting, list) else list(map(len, items))
         parts = split_by_size(sizes, limit, overhead=overhead, separator=separator)
-        refused = await send_halving(parts, post_part, on_split=on_split)
+        refused = await send_halving(parts, post_part, on_split=on_split, concurrency=concurrency)
         rejected += [(fitting[p], reason) for p, reason in refused]
         self._batch = None
         if refusal is not None and not delivered and len(rejected) == len(records):

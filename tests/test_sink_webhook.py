@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
@@ -132,13 +133,51 @@ async def test_wrong_credentials_raise_auth_error_without_the_secret(
 
 
 async def test_large_batch_is_split_under_max_request_bytes(tmp_path: Path, hook: FakeWebhook) -> None:
-    """A batch larger than `max_request_bytes` goes in several requests, each within the cap, in order."""
+    """A batch larger than `max_request_bytes` goes in several requests, each within the cap, in order
+    when they go one after another (``parallel_requests: 1``)."""
     batch = [js(i, pad="x" * 300) for i in range(100)]
-    async with webhook_sink(tmp_path, f"{hook.url}/hook", auth=bearer_auth(), max_request_bytes=5000) as sink:
+    options = {"auth": bearer_auth(), "max_request_bytes": 5000, "parallel_requests": 1}
+    async with webhook_sink(tmp_path, f"{hook.url}/hook", **options) as sink:
         await sink.send(batch)
     assert len(hook.batches) > 5
     assert all(len(r.body) <= 5000 for r in hook.requests)
     assert [r["_id"] for r in hook.records] == [f"js-{i}" for i in range(100)]
+
+
+async def test_the_requests_of_a_batch_are_under_way_together(tmp_path: Path, hook: FakeWebhook) -> None:
+    """Up to ``parallel_requests`` requests of one batch wait on the endpoint at once; all arrive once."""
+    batch = [js(i, pad="x" * 300) for i in range(100)]
+    hook.hold_next(10)
+    options = {"auth": bearer_auth(), "max_request_bytes": 5000, "parallel_requests": 3}
+    async with webhook_sink(tmp_path, f"{hook.url}/hook", **options) as sink:
+        sending = asyncio.create_task(sink.send(batch))
+        await hook.wait_until(lambda: hook.held == 3)
+        await asyncio.sleep(0.2)
+        assert hook.held == 3  # never a fourth while three are under way
+        hook.release_held()
+        result = await sending
+    assert not result.rejected
+    assert all(len(r.body) <= 5000 for r in hook.requests)
+    assert sorted(r["_id"] for r in hook.records) == sorted(f"js-{i}" for i in range(100))
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+async def test_a_batch_retried_after_one_request_failed_sends_only_the_rest(
+    tmp_path: Path, hook: FakeWebhook, parallel: int
+) -> None:
+    """One request of the batch fails: the batch fails, and its retry (the same records, as the route
+    retries) sends what the endpoint did not take, so every record arrives exactly once."""
+    batch = [js(i, pad="x" * 300) for i in range(100)]
+    hook.fail_next(1, 500, after=2)
+    options = {"auth": bearer_auth(), "max_request_bytes": 5000, "parallel_requests": parallel}
+    async with webhook_sink(tmp_path, f"{hook.url}/hook", **options) as sink:
+        with pytest.raises(TransientError):
+            await sink.send(batch)
+        delivered_first = len(hook.records)
+        assert 0 < delivered_first < 100
+        result = await sink.send(batch)
+    assert not result.rejected
+    assert sorted(r["_id"] for r in hook.records) == sorted(f"js-{i}" for i in range(100))
 
 
 async def test_413_halves_the_request_and_rejects_only_the_oversized_record(tmp_path: Path) -> None:

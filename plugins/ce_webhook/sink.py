@@ -3,7 +3,8 @@
 The body is a JSON array of records, or NDJSON. A record formatted as JSON is embedded as the
 object itself (its bytes spliced in, never re-parsed); a CEF or LEEF line is wrapped as
 ``{"message", "id", "timestamp", "kind", "subtype"}``. Batches larger than ``max_request_bytes``
-are split into several requests; a 413 answer splits the request in halves, down to the one
+are split into several requests (``parallel_requests`` of them under way at once, 4 unless set); a
+413 answer splits the request in halves, down to the one
 record the endpoint cannot take, which is refused alone (as is a record larger than
 ``max_request_bytes`` on its own). A request refused for good (a 400) refuses its own records only.
 
@@ -72,6 +73,9 @@ class WebhookOptions(HttpOptions):
     """Compress request bodies (``Content-Encoding: gzip``); only if the endpoint accepts it."""
     max_request_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1_000_000
     """The largest body (before compression) one request may carry."""
+    parallel_requests: Annotated[int, Field(ge=1, le=32)] = 4
+    """Requests of one batch under way at once (a batch over ``max_request_bytes`` takes several): they
+    may then arrive in any order; 1 sends them one after another."""
     health_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     """Checked with GET at start and reload (2xx: healthy); without it, the URL is probed with HEAD."""
 
@@ -134,6 +138,7 @@ class WebhookSink(HttpSink[WebhookOptions]):
             separator=1,  # the commas, or the newlines
             oversize=lambda size: f"record of {size} bytes exceeds max_request_bytes",
             on_split=lambda part: self.log.info("webhook.request_split", records=len(part)),
+            concurrency=self.options.parallel_requests,
         )
 
     def _body(self, items: list[bytes]) -> bytes:
