@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ce_daemon.filter import compile_filter
+from ce_daemon.logs import workers
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
 from ce_daemon.logs.mapping import Mapping
 from ce_daemon.logs.resolve import Mute
@@ -28,6 +29,7 @@ from ce_daemon.logs.workers import (
     Recipe,
     WorkerLostError,
     decide_page,
+    output_key,
     recipe_bytes,
 )
 from ce_daemon.simulator.records import RecordFactory
@@ -78,6 +80,70 @@ def here(
     mutes = [Mute("quiet-a", 0, float("inf"), compile_filter(MUTE))]
     predicate = None if made.filter is None else compile_filter(made.filter)
     return decide_records([(0, records)], start, predicate, mutes, formatter.writer_for(kind, subtype))
+
+
+@pytest.fixture
+def fresh_worker() -> Iterator[None]:
+    """This process as a worker that keeps no decisions from an earlier test."""
+    workers._STATE.decided.clear()
+    yield
+    workers._STATE.decided.clear()
+
+
+def shared_work(made: Recipe, records: list[dict[str, Any]], sharers: int, **changes: Any) -> PageWork:
+    """``work`` of a route that is one of ``sharers`` with the same output."""
+    return dataclasses.replace(
+        work(made, "alerts", "dlp", records), output_key=output_key(made), sharers=sharers, **changes
+    )
+
+
+@pytest.mark.usefixtures("fresh_worker")
+def test_routes_with_the_same_output_share_a_pages_decisions() -> None:
+    """The first of three routes with the same output has the page decided; the two others take those
+    decisions (the same object); then they are let go, and a later ask decides again."""
+    records = simulated("alerts", "dlp", 1_000)
+    made = recipe("cef")
+    twin = dataclasses.replace(made, key="another route, same output")
+    assert output_key(twin) == output_key(made)
+    first = decide_page(shared_work(made, records, 3))
+    assert first == here(made, "alerts", "dlp", records)
+    assert decide_page(shared_work(twin, records, 3)) is first
+    assert decide_page(shared_work(made, records, 3)) is first
+    again = decide_page(shared_work(made, records, 3))
+    assert again is not first and again == first
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"start": 10},
+        {"seq": 2},
+        {"spool": "another"},
+        {"mutes": ()},
+    ],
+    ids=["another start", "another page", "another spool", "other mutes"],
+)
+@pytest.mark.usefixtures("fresh_worker")
+def test_decisions_are_shared_only_for_the_same_page_start_and_mutes(change: dict[str, Any]) -> None:
+    """What differs in the page asked for, where the route stands in it or its mutes: decided anew."""
+    records = simulated("alerts", "dlp", 1_000)
+    made = recipe("cef")
+    first = decide_page(shared_work(made, records, 2))
+    other = decide_page(shared_work(made, records, 2, **change))
+    assert other is not first
+    assert decide_page(shared_work(made, records, 2)) is first  # still kept for the twin
+
+
+def test_outputs_differ_with_anything_that_changes_a_line() -> None:
+    """Format, mapping's tenant name, fields or filter: another output, never shared."""
+    made = recipe("cef")
+    others = [
+        recipe("leef"),
+        recipe("cef", spec=None),
+        recipe("json", fields=["_id"]),
+        dataclasses.replace(made, tenant_name="tenant|two"),
+    ]
+    assert len({output_key(made), *(output_key(other) for other in others)}) == 1 + len(others)
 
 
 def simulated(kind: str, subtype: str, count: int = 2_500) -> list[dict[str, Any]]:
@@ -258,6 +324,49 @@ async def test_workers_end_with_a_killed_daemon(tmp_path: Path) -> None:
             await daemon.kill()
         for worker in workers:
             assert await _gone(worker), f"worker {worker} outlived its daemon"
+
+
+async def test_twin_routes_through_workers_write_the_same_lines(tmp_path: Path) -> None:
+    """Two routes with the same output to two files, beside a LEEF route, through two workers (which
+    share the twins' decisions): each file gets every record once, the twins' files byte for byte alike."""
+    token = "workers-token-0123456789abcdef"
+    count = 3_000
+    async with backlog_simulator(
+        token, count, [("alerts", "dlp"), ("events", "page")], seed=4, page_size=500
+    ) as sim:
+        assert sim.url is not None
+        streams = {"alerts": ["dlp"], "events": ["page"]}
+        routes = [
+            {
+                "name": name,
+                "tenant": "sim",
+                **streams,
+                "format": output,
+                "sink": {"type": "file", "path": path},
+            }
+            for name, output, path in [
+                ("twin-a", "cef", "a.cef"),
+                ("twin-b", "cef", "b.cef"),
+                ("other", "leef", "c.leef"),
+            ]
+        ]
+        config = pipeline_config(tmp_path, sim.url, routes)
+        config["logs"]["workers"] = 2
+        daemon = await DaemonProcess(
+            write_pipeline(tmp_path / "pipeline.yaml", config), env={"SIM_TOKEN": token}
+        ).start()
+        files = [tmp_path / name for name in ("a.cef", "b.cef", "c.leef")]
+        try:
+            async with asyncio.timeout(60):
+                while not all(f.exists() and f.read_bytes().count(b"\n") >= 2 * count for f in files):  # noqa: ASYNC110 - files another process writes
+                    await asyncio.sleep(0.2)
+        finally:
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait() == 0
+    twin_a, twin_b, other = (f.read_bytes().splitlines() for f in files)
+    assert len(twin_a) == len(other) == 2 * count
+    assert twin_a == twin_b
+    assert len(set(twin_a)) == 2 * count  # every record once
 
 
 def test_refused_records_are_found_on_their_pages_in_order() -> None:

@@ -57,6 +57,7 @@ from ce_daemon.logs.workers import (
     PageWork,
     Recipe,
     WorkerLostError,
+    output_key,
     recipe_bytes,
 )
 from ce_daemon.plugin import Health, LogSink, OutBatch, PluginContext
@@ -124,16 +125,16 @@ class RouteComponent(Component):
         self.worker_count = workers
         self.workers: FormatWorkers | None = None
         self.recipe_key = route.fingerprint
-        self.recipe = recipe_bytes(
-            Recipe(
-                key=route.fingerprint,
-                format=route.config.format,
-                mapping=route.mapping,
-                tenant_name=self.formatter.tenant_name,
-                json_fields=route.config.fields,
-                filter=route.config.filter,
-            )
+        recipe = Recipe(
+            key=route.fingerprint,
+            format=route.config.format,
+            mapping=route.mapping,
+            tenant_name=self.formatter.tenant_name,
+            json_fields=route.config.fields,
+            filter=route.config.filter,
         )
+        self.recipe = recipe_bytes(recipe)
+        self.output = output_key(recipe)  # routes with the same output share a page's decisions
         self.taps = runtime.taps
         assert route.sink.cls is not None and issubclass(route.sink.cls, LogSink)
         self._sink_class: type[LogSink] = route.sink.cls
@@ -254,10 +255,14 @@ class RouteComponent(Component):
         if not self.formatter.reads_json or (self.route.predicate is not None and self._pick is None):
             self.spool.shares_frames(self.name)  # it reads pages read-only, here or through a format worker
         self.workers = FormatWorkers.acquire(self.worker_count)
+        streams = [stream.key for stream in self.route.streams]
+        if self.workers is not None:
+            self.workers.share(self.output, streams)
         try:
             await self._run(stopping)
         finally:
             if self.workers is not None:
+                self.workers.share(self.output, streams, joining=False)
                 self.workers.release()
                 self.workers = None
             self.taps.unregister(self.name)
@@ -416,6 +421,8 @@ class RouteComponent(Component):
                 body=page.body,
                 start=page.start,
                 mutes=tuple((mute.name, mute.filter) for mute in mutes),
+                output_key=self.output,
+                sharers=self.workers.sharers(self.output, page.stream),
             )
             try:
                 return await self.workers.decide(work)

@@ -22,15 +22,17 @@ together have it decoded once; one that asks later decodes it again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import hashlib
 import multiprocessing
 import os
 import pickle
 import signal
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -56,6 +58,8 @@ PARENT_CHECK: Final = 0.5
 _RECIPES: Final = 64
 _MUTE_FILTERS: Final = 256
 _SHARED_FRAMES: Final = 16
+_SHARED_DECISIONS: Final = 4
+"""Pages' decisions a worker keeps for routes with the same output (each can be 10 MB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,11 @@ class PageWork:
     start: int
     mutes: tuple[tuple[str, Any], ...]
     """(name, filter spec) of each mute active now, in the route's order."""
+    output_key: str = ""
+    """Names what the recipe makes of a record, whichever route sends it (:func:`output_key`)."""
+    sharers: int = 1
+    """Routes of this process that send this page's stream with the same output: the decisions of a page
+    are kept for the others once the first asked for them."""
 
 
 @dataclass(slots=True)
@@ -132,6 +141,18 @@ class FormatWorkers:
         self.users = 0
         self.lost = 0
         self._executors: list[ProcessPoolExecutor | None] = [None] * size
+        self._outputs: Counter[tuple[str, str]] = Counter()
+
+    def share(self, output: str, streams: Iterable[str], *, joining: bool = True) -> None:
+        """A route that sends ``streams`` with ``output`` starts (``joining``) or stops using the workers."""
+        for stream in streams:
+            self._outputs[output, stream] += 1 if joining else -1
+            if self._outputs[output, stream] <= 0:
+                del self._outputs[output, stream]
+
+    def sharers(self, output: str, stream: str) -> int:
+        """Routes using the workers that send ``stream`` with ``output`` (see :attr:`PageWork.sharers`)."""
+        return max(1, self._outputs[output, stream])
 
     @classmethod
     def acquire(cls, size: int) -> FormatWorkers | None:
@@ -218,6 +239,13 @@ def recipe_bytes(recipe: Recipe) -> bytes:
     return pickle.dumps(recipe, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def output_key(recipe: Recipe) -> str:
+    """What ``recipe`` makes of a record, as a name: equal for two routes whose recipes differ only in
+    their ``key`` (the same pickle but for it), so equal names always make equal decisions; recipes
+    that pickle differently are never taken for the same, even when they would write alike."""
+    return hashlib.sha256(recipe_bytes(dataclasses.replace(recipe, key=""))).hexdigest()
+
+
 # -- in the worker process ------------------------------------------------------------------------------
 
 
@@ -252,13 +280,39 @@ class _WorkerState:
     )
     mutes: OrderedDict[str, Predicate | None] = field(default_factory=OrderedDict)
     frames: dict[str, SharedFrames] = field(default_factory=dict)
+    decided: OrderedDict[tuple[str, str, int, int, str], tuple[PageDecisions, int]] = field(
+        default_factory=OrderedDict
+    )
+    """Decisions kept for the other routes with the same output, and how many of them may still ask."""
 
 
 _STATE = _WorkerState()
 
 
 def decide_page(work: PageWork) -> PageDecisions:
-    """What the route does with each unread record of ``work``'s page (runs in a worker)."""
+    """What the route does with each unread record of ``work``'s page (runs in a worker).
+
+    Routes with the same output (:func:`output_key`; two SIEMs fed the same CEF, say) get the same
+    decisions: the first to ask has them made, the others of ``work.sharers`` take them while the worker
+    keeps them (the last few pages); one that asks later, or from elsewhere in the page, decides anew.
+    """
+    if work.sharers <= 1:
+        return _decide(work)
+    key = (work.spool, work.output_key, work.seq, work.start, repr(work.mutes))
+    kept = _STATE.decided.pop(key, None)
+    if kept is not None:
+        decisions, others = kept
+        if others > 1:
+            _STATE.decided[key] = (decisions, others - 1)
+        return decisions
+    decisions = _decide(work)
+    _STATE.decided[key] = (decisions, work.sharers - 1)
+    while len(_STATE.decided) > _SHARED_DECISIONS:
+        _STATE.decided.popitem(last=False)
+    return decisions
+
+
+def _decide(work: PageWork) -> PageDecisions:
     from ce_daemon.logs.route import decide_records, decide_texts, reads_json  # route imports this module
 
     predicate, formatter, pick = _recipe(work)
