@@ -1,7 +1,9 @@
 """Fan-out benchmark (issue 13): one tenant's backlog pulled at the API ceiling by the real daemon and
 fanned out to three routes — CEF → TCP syslog, JSON → an HTTP sink, LEEF → TCP syslog.
 
-Run: ``python bench/bench_fanout.py [--per-subtype N]`` (default 250,000 for each of 4 subtypes = 1M records).
+Run: ``python bench/bench_fanout.py [--per-subtype N] [--twin]`` (default 250,000 for each of 4 subtypes =
+1M records). ``--twin`` adds a fourth route, the CEF route's twin to a third syslog port: routes with the
+same output share the format workers' decisions, so it should cost little more than its sending.
 
 The tenant simulator runs in its own process in backlog mode (pages of 10,000, 4 requests/s per token);
 the receivers run in a second process (a TCP server counting octet-counted syslog frames on two ports, an
@@ -40,6 +42,7 @@ CEILING = RATE_LIMIT * PAGE_SIZE
 TARGET_SHARE = 0.90
 SUBTYPES = "alerts/dlp,alerts/malware,events/page,events/network"
 TOKEN_ENV = "BENCH_TENANT_TOKEN"
+ROUTES = ["cef-syslog", "json-http", "leef-syslog"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,8 +114,9 @@ async def _receive(pipe: Connection) -> None:
     await site.start()
     cef = await asyncio.start_server(syslog("cef-syslog"), "127.0.0.1", 0)
     leef = await asyncio.start_server(syslog("leef-syslog"), "127.0.0.1", 0)
+    twin = await asyncio.start_server(syslog("cef-twin"), "127.0.0.1", 0)
     ports = {"http": runner.addresses[0][1], "cef": cef.sockets[0].getsockname()[1],
-             "leef": leef.sockets[0].getsockname()[1]}  # fmt: skip
+             "leef": leef.sockets[0].getsockname()[1], "twin": twin.sockets[0].getsockname()[1]}  # fmt: skip
     pipe.send(ports)
     loop = asyncio.get_running_loop()
     while True:
@@ -126,9 +130,13 @@ async def _receive(pipe: Connection) -> None:
 # -- the run ----------------------------------------------------------------------------------------------
 
 
-def pipeline(workdir: Path, url: str, ports: dict[str, int], workers: str) -> dict[str, Any]:
+def pipeline(workdir: Path, url: str, ports: dict[str, int], workers: str, twin: bool) -> dict[str, Any]:
     streams = {"alerts": ["dlp", "malware"], "events": ["page", "network"]}
     batch = {"max_records": 5000, "max_wait": "1s"}
+    twin_sink = {"type": "syslog", "host": "127.0.0.1", "port": ports["twin"], "protocol": "tcp"}
+    extra = [
+        {"name": "cef-twin", "tenant": "bench", **streams, "format": "cef", "batch": batch, "sink": twin_sink}
+    ]
     return {
         "version": 1,
         "state": {"path": str(workdir / "state.db")},
@@ -145,11 +153,11 @@ def pipeline(workdir: Path, url: str, ports: dict[str, int], workers: str) -> di
                       "body": "ndjson"}},
             {"name": "leef-syslog", "tenant": "bench", **streams, "format": "leef", "batch": batch,
              "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["leef"], "protocol": "tcp"}},
-        ]},
+        ] + (extra if twin else [])},
     }  # fmt: skip
 
 
-async def run(per_subtype: int, workdir: Path, workers: str) -> dict[str, Any]:
+async def run(per_subtype: int, workdir: Path, workers: str, twin: bool) -> dict[str, Any]:
     from ce_daemon.control import ask_status
     from ce_daemon.simulator.process import simulator_process
     from ce_daemon.simulator.tenant import DEFAULT_TOKEN
@@ -164,7 +172,7 @@ async def run(per_subtype: int, workdir: Path, workers: str) -> dict[str, Any]:
                "rate_limit": RATE_LIMIT, "subtypes": SUBTYPES, "backlog_span": 3600}  # fmt: skip
     async with simulator_process(options) as sim:
         config = workdir / "pipeline.yaml"
-        config.write_text(yaml.safe_dump(pipeline(workdir, sim.url, ports, workers)), encoding="utf-8")
+        config.write_text(yaml.safe_dump(pipeline(workdir, sim.url, ports, workers, twin)), encoding="utf-8")
         env = {**os.environ, TOKEN_ENV: DEFAULT_TOKEN}
         daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ce_daemon", "run", "-c", str(config), env=env,
@@ -194,7 +202,7 @@ async def run(per_subtype: int, workdir: Path, workers: str) -> dict[str, Any]:
                 for pid in children_of(daemon.pid):  # read while they run: they end with the daemon
                     with contextlib.suppress(OSError):
                         helpers[pid] = (cpu_seconds(pid), peak_rss_mib(pid))
-                if len(delivered) == 3 and min(delivered.values()) >= total:
+                if len(delivered) == len(ROUTES) + twin and min(delivered.values()) >= total:
                     break
                 if time.time() - began > 30 + 6 * total / CEILING:
                     print("  (stopped: taking more than six times the ceiling's time)", flush=True)
@@ -209,13 +217,16 @@ async def run(per_subtype: int, workdir: Path, workers: str) -> dict[str, Any]:
             receiving.join(5)
     workers_cpu, workers_rss = sum(c for c, _ in helpers.values()), sum(r for _, r in helpers.values())
     return {"total": total, "counts": counts, "behind": behind, "cpu": cpu, "rss": rss, "pulled": pulled,
-            "workers_cpu": workers_cpu, "workers_rss": workers_rss, "workers": workers}  # fmt: skip
+            "workers_cpu": workers_cpu, "workers_rss": workers_rss, "workers": workers,
+            "twin": twin}  # fmt: skip
 
 
 def report(figures: dict[str, Any]) -> None:
     total = figures["total"]
-    print(f"fan-out bench: {total:,} records (4 subtypes), 3 routes, ceiling {CEILING:,} records/s per route")
-    for name in ("cef-syslog", "json-http", "leef-syslog"):
+    names = [*ROUTES, "cef-twin"] if figures["twin"] else ROUTES
+    print(f"fan-out bench: {total:,} records (4 subtypes), {len(names)} routes,"
+          f" ceiling {CEILING:,} records/s per route")  # fmt: skip
+    for name in names:
         got, first, last = figures["counts"].get(name, [0, 0.0, 0.0])
         rate = got / (last - first) if last > first else 0.0
         verdict = "met" if rate >= TARGET_SHARE * CEILING and got >= total else "not met"
@@ -227,7 +238,7 @@ def report(figures: dict[str, Any]) -> None:
     million = total / 1e6
     both = figures["cpu"] + figures["workers_cpu"]
     print(f"  daemon (logs.workers: {figures['workers']}): {both / million:.1f} CPU-s per million records"
-          f" (3 routes and ingest): {figures['cpu'] / million:.1f} in its own process,"
+          f" ({len(names)} routes and ingest): {figures['cpu'] / million:.1f} in its own process,"
           f" {figures['workers_cpu'] / million:.1f} in its workers;"
           f" peak RSS {figures['rss']:.0f} MiB + {figures['workers_rss']:.0f} MiB in workers")  # fmt: skip
 
@@ -236,9 +247,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--per-subtype", type=int, default=250_000)
     parser.add_argument("--workers", default="auto", help="logs.workers: auto, or a number (0: in-process)")
+    parser.add_argument("--twin", action="store_true", help="a fourth route: the CEF route's twin")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        report(asyncio.run(run(args.per_subtype, Path(directory), args.workers)))
+        report(asyncio.run(run(args.per_subtype, Path(directory), args.workers, args.twin)))
 
 
 if __name__ == "__main__":
