@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from ce_webhook.fake import FakeWebhook
 
@@ -163,6 +164,48 @@ async def test_ce_mapping_file_produces_the_mapped_cef(tmp_path: Path) -> None:
         assert f"fsize={record['file_size']}".encode() in line
         assert f"suser={record['user']}".encode() in line
         assert line == reference.format(record, "alerts", "dlp")
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["C extensions", "CE_DAEMON_NATIVE=0"])
+async def test_with_or_without_the_c_extensions_every_line_is_the_reference_formatters(
+    tmp_path: Path, native: str
+) -> None:
+    """The daemon as a user runs it, with the C page splitter and writer or without them (the Python
+    paths, which it names in its log): every CEF and LEEF line is the reference formatter's on the record
+    the raw JSON route shipped, every record once, in order."""
+    backlog = 400
+    streams = [("alerts", "dlp"), ("events", "page")]
+    async with backlog_simulator(TOKEN, backlog, streams, page_size=100, rate_limit=RATE) as sim:
+        assert sim.url is not None
+        routes = [
+            {"name": output, "tenant": "sim", "alerts": ["dlp"], "events": ["page"], "format": output,
+             "sink": {"type": "file", "path": f"out/{output}.txt"}}
+            for output in ("json", "cef", "leef")
+        ]  # fmt: skip
+        config = write_pipeline(tmp_path / "pipeline.yaml", pipeline(tmp_path, sim.url, routes))
+        paths = {output: tmp_path / "out" / f"{output}.txt" for output in ("json", "cef", "leef")}
+        async with DaemonProcess(config, env={**ENV, "CE_DAEMON_NATIVE": native}) as daemon:
+            await poll(lambda: all(len(lines_of(path)) >= 2 * backlog for path in paths.values()))
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+        named = {
+            event["event"]
+            for event in daemon.events("poller.python_splitter") + daemon.events("route.python_writer")
+        }
+        assert named == (set() if native == "1" else {"poller.python_splitter", "route.python_writer"})
+    records = [orjson.loads(line) for line in lines_of(paths["json"])]
+    assert sorted(r["_id"] for r in records) == sorted(
+        backlog_ids(sim, "alerts", "dlp", backlog) + backlog_ids(sim, "events", "page", backlog)
+    )
+    mapping = Mapping.builtin("netskope")
+    for output in ("cef", "leef"):
+        reference = RecordFormatter(output, mapping, "sim")  # type: ignore[arg-type]  # cef or leef
+        kinds = {
+            record["_id"]: ("alerts", "dlp") if record.get("alert_type") else ("events", "page")
+            for record in records
+        }
+        expected = [reference.format(record, *kinds[record["_id"]]) for record in records]
+        assert lines_of(paths[output]) == expected, output
 
 
 # -- one route's trouble is its own -----------------------------------------------------------------

@@ -49,7 +49,7 @@ import simdjson
 
 from ce_daemon.netskope.pages import RECORD_DEPTH_LIMIT, nesting_depth
 
-__all__ = ["SPLITTER", "RecordTexts", "SplitPage", "split_page"]
+__all__ = ["NATIVE_SPLITTER", "SPLITTER", "RecordTexts", "SplitPage", "split_page"]
 
 ABI: Final = 1
 """The ``PAGES_ABI`` of the ``_pages.c`` this module is written for."""
@@ -68,7 +68,8 @@ def _load() -> ModuleType | None:
 
 
 _PAGES = _load()
-SPLITTER: Final = "C (_pages.c)" if _PAGES is not None else "msgspec and simdjson"
+NATIVE_SPLITTER: Final = "C (_pages.c)"
+SPLITTER: Final = NATIVE_SPLITTER if _PAGES is not None else "msgspec and simdjson"
 """Which implementation splits pages in this process."""
 
 
