@@ -11,6 +11,7 @@ syntax, lone surrogates, containers, numbers of every kind).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from ce_daemon.logs import native
 from ce_daemon.logs.formatter import OutputFormat, RecordFormatter
 from ce_daemon.logs.generated import PlanStep
 from ce_daemon.logs.mapping import Mapping, reads
+from ce_daemon.logs.resolve import Mute
 from ce_daemon.logs.route import decide_records, decide_texts, reads_json
 from ce_daemon.logs.workers import PageDecisions
 from ce_daemon.netskope.subtypes import SUBTYPES
@@ -375,18 +377,23 @@ def test_the_generated_source_names_each_key_and_its_field() -> None:
 
 
 def _decided_both_ways(
-    write: Any, frames: list[bytes], start: int = 0, predicate: Any = None, pick: Any = None
+    write: Any,
+    frames: list[bytes],
+    start: int = 0,
+    predicate: Any = None,
+    pick: Any = None,
+    mutes: Sequence[Mute] = (),
 ) -> tuple[PageDecisions | Exception, PageDecisions | Exception]:
     """A page of JSON ``frames`` decided from its text and from its parsed dicts (or what each raised),
-    with a filter's ``predicate`` and its ``pick`` if given."""
+    with a filter's ``predicate``, active ``mutes`` and their ``pick`` if given."""
 
     def parse(chunk: bytes) -> list[dict[str, Any]]:
         return parse_frame(1, chunk)
 
     outcomes: list[PageDecisions | Exception] = []
     for decide in (
-        lambda: decide_texts(frames, start, write, parse, predicate, pick),
-        lambda: decide_records(_offsets([parse(chunk) for chunk in frames]), start, predicate, (), write),
+        lambda: decide_texts(frames, start, write, parse, predicate, pick, mutes),
+        lambda: decide_records(_offsets([parse(chunk) for chunk in frames]), start, predicate, mutes, write),
     ):
         try:
             outcomes.append(decide())
@@ -799,6 +806,62 @@ def test_a_route_with_a_filter_decides_alike_from_the_text(
     texts = _spelled(records, spell)
     frame = b"[" + b",".join(texts) + b"]"
     _same(*_decided_both_ways(write, [frame], min(start, len(records)), predicate, pick))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=st.none() | FILTERS,
+    mute_specs=st.lists(st.none() | FILTERS, min_size=1, max_size=3),
+    records=st.lists(st.one_of(RECORDS, RECORDS, VALUE), min_size=1, max_size=6),
+    output=st.sampled_from(["cef", "leef", "json"]),
+    spell=SPELLINGS,
+    start=st.integers(0, 6),
+)
+def test_a_route_with_active_mutes_decides_alike_from_the_text(
+    spec: dict[str, Any] | None,
+    mute_specs: list[dict[str, Any] | None],
+    records: list[Any],
+    output: OutputFormat,
+    spell: Any,
+    start: int,
+) -> None:
+    """Active mutes (a mute of everything among them) with or without the route's filter: the picker
+    hands them the fields they read, and every record is sent, filtered or muted by the same mute as
+    from the dicts."""
+    predicate = None if spec is None else _compiled(spec)
+    compiled = [None if each is None else _compiled(each) for each in mute_specs]
+    if (spec is not None and predicate is None) or any(
+        each is not None and done is None for each, done in zip(mute_specs, compiled, strict=True)
+    ):
+        return
+    mutes = [Mute(f"mute-{n}", 0.0, float("inf"), done) for n, done in enumerate(compiled)]
+    pick = native.filter_picker(spec, *mute_specs)
+    write = RecordFormatter(output, BUILTIN, "t").writer_for("alerts", "dlp")
+    assert pick is not None and reads_json(write, predicate, mutes, pick)
+    frame = b"[" + b",".join(_spelled(records, spell)) + b"]"
+    _same(*_decided_both_ways(write, [frame], min(start, len(records)), predicate, pick, mutes))
+
+
+def test_the_simulators_records_under_a_mute_decide_alike_from_the_text() -> None:
+    """A mute of one user's records and a route filter, on every alert subtype: the same lines, the same
+    muted and filtered records."""
+    spec = {"severity": {"$in": ["high", "critical", "medium"]}}
+    mute_spec = {"user": {"$regex": "^[a-h]"}}
+    mutes = [Mute("quiet", 0.0, float("inf"), compile_filter(mute_spec))]
+    predicate, pick = compile_filter(spec), native.filter_picker(spec, mute_spec)
+    for kind, subtype in STREAMS:
+        if kind != "alerts" or not BUILTIN.covers(kind, subtype):
+            continue
+        records = RecordFactory(seed=2, tenant="t").make_many(
+            kind, subtype, range(1_500), [1_714_557_600] * 1_500
+        )  # type: ignore[arg-type]  # kinds of SUBTYPES
+        write = RecordFormatter("cef", BUILTIN, "t").writer_for(kind, subtype)
+        frames = list(decode(1, CODEC, encode(records)))
+        from_text, from_dicts = _decided_both_ways(write, frames, 300, predicate, pick, mutes)
+        assert isinstance(from_text, PageDecisions)
+        assert from_text == from_dicts, subtype
+        reasons = {counter for _, counter, _, _ in from_text.dropped}
+        assert reasons == {"muted", "filtered"}, (subtype, reasons)
 
 
 def test_a_filter_on_the_simulators_records_decides_alike_from_the_text() -> None:

@@ -8,9 +8,9 @@ converters (addresses, severities, LEEF's devTime), the header's readers and the
 containers stay the Python functions they are, called from C. Integers read by an Integer or a CEF
 time key are written in C (`INT_TEXT`, `EPOCH_MS_TEXT`), as those converters write them.
 
-A route with no active mute goes further (`ce_daemon.logs.route.decide_texts`): the writer reads each
-frame of a spooled page as JSON text (``write_frame``) and builds no dict; its filter, if it has one, is
-given a dict of the fields it names (``pick_frame``, `filter_picker`). A string is escaped
+A route goes further (`ce_daemon.logs.route.decide_texts`): the writer reads each frame of a spooled
+page as JSON text (``write_frame``) and builds no dict; its filter and active mutes, if it has any, are
+given a dict of the fields they name (``pick_frame``, `filter_picker`). A string is escaped
 straight from its JSON bytes and an int written from its digits; what needs Python gets the objects orjson
 would make (a converter's argument, a float, a container), and a getter or a header reader gets a dict
 of the fields it declared (`ce_daemon.logs.mapping.reads`: a function that does not declare them keeps
@@ -141,15 +141,25 @@ def json_line_writer(dump: Callable[[Record], bytes]) -> Callable[[Record], byte
     return writer
 
 
-def filter_picker(spec: object) -> Any:
-    """What hands a route's filter (``spec``) its record from a frame's JSON text: ``pick_frame(frame,
-    first)`` gives, for each record from ``first`` on, a dict of the fields the filter reads (those the
-    record has) as orjson reads them (`ce_daemon.filter.fields_read`). None when there is no filter, or
-    the C writer is not available or reads no text."""
-    fields = None if spec is None else fields_read(spec)
-    if _MODULE is None or not READS_TEXT or fields is None:
+def filter_picker(spec: object, *mutes: object) -> Any:
+    """What hands a route's filter (``spec``) and its active ``mutes`` (their filter specs; None for a
+    mute of everything) their record from a frame's JSON text: ``pick_frame(frame, first)`` gives, for
+    each record from ``first`` on, a dict of the fields those filters read (those the record has) as
+    orjson reads them (`ce_daemon.filter.fields_read`). None when there is nothing to judge (no filter,
+    no mute), when a filter's fields cannot be named, or when the C writer is not available or reads no
+    text."""
+    specs = [each for each in (spec, *mutes) if each is not None]
+    if not specs and not mutes:
         return None
-    return _MODULE.Writer((), (), JSON, "\t", b"", orjson.dumps, reads=fields, loads=orjson.loads)
+    fields: dict[str, None] = {}
+    for each in specs:
+        read = fields_read(each)
+        if read is None:
+            return None
+        fields.update(dict.fromkeys(read))
+    if _MODULE is None or not READS_TEXT:
+        return None
+    return _MODULE.Writer((), (), JSON, "\t", b"", orjson.dumps, reads=tuple(fields), loads=orjson.loads)
 
 
 def _declared_reads(

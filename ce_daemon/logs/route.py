@@ -76,6 +76,8 @@ HEALTH_WINDOW = 10
 """Batches whose outcome decides whether the sink refuses what the route sends (see the module docstring)."""
 FIRST_PROBE_DELAY = 1.0
 """Seconds to the first re-check of a sink that failed its start check (doubling to ``retry_max_delay``)."""
+_MUTE_PICKERS = 16
+"""Sets of active mutes a route keeps the pickers of (the set changes as mutes start and end)."""
 
 
 @dataclass
@@ -121,6 +123,7 @@ class RouteComponent(Component):
         self._mutes_read = -REFRESH
         self.formatter = route_formatter(route, loaded)
         self._pick = native.filter_picker(route.config.filter)  # the filter's fields, from the frames' text
+        self._mute_picks: dict[tuple[str, ...], Any] = {}  # the same with the active mutes' fields
         # Format workers (logs.workers): taken when the route runs, given back when it ends.
         self.worker_count = workers
         self.workers: FormatWorkers | None = None
@@ -430,7 +433,19 @@ class RouteComponent(Component):
                 self.status.count("worker_lost")
                 self.log.warning("route.page_decided_here", seq=page.seq, reason=str(exc))
         write = self.formatter.writer_for(key.kind, key.subtype)
-        return decide_page(page, self.route.predicate, mutes, write, self._pick)
+        return decide_page(page, self.route.predicate, mutes, write, self._picker(mutes))
+
+    def _picker(self, mutes: Sequence[Mute]) -> Any:
+        """What hands the route's filter and ``mutes`` their fields from the frames' text (None: dicts)."""
+        if not mutes:
+            return self._pick
+        key = tuple(repr(mute.filter) for mute in mutes)
+        if key not in self._mute_picks:
+            if len(self._mute_picks) >= _MUTE_PICKERS:
+                self._mute_picks.clear()
+            filters = (mute.filter for mute in mutes)
+            self._mute_picks[key] = native.filter_picker(self.route.config.filter, *filters)
+        return self._mute_picks[key]
 
     async def _active_mutes(self) -> list[Mute]:
         await self._refresh_mutes()
@@ -644,7 +659,7 @@ def decide_page(
     JSON text when it :func:`reads_json`, else from their records (parsed once for every route that
     reads them, `Page.frames`). ``pick`` hands the filter its fields (`native.filter_picker`)."""
     if reads_json(write, predicate, mutes, pick):
-        return decide_texts(page.chunks, page.start, write, page.parse, predicate, pick)
+        return decide_texts(page.chunks, page.start, write, page.parse, predicate, pick, mutes)
     return decide_records(page.frames(read_only=True), page.start, predicate, mutes, write)
 
 
@@ -704,12 +719,11 @@ def _decide_frame(
 
 
 def reads_json(write: object, predicate: Predicate | None, mutes: Sequence[Mute], pick: Any = None) -> bool:
-    """True when a page can be decided from its frames' JSON text (:func:`decide_texts`): the route has
-    no active mute, no filter or one its ``pick`` hands its fields, and ``write`` is a C writer that
-    reads records as text."""
-    return (
-        not mutes and (predicate is None or pick is not None) and getattr(write, "reads_json", False) is True
-    )
+    """True when a page can be decided from its frames' JSON text (:func:`decide_texts`): ``write`` is a
+    C writer that reads records as text, and the route has no filter and no active mute, or a ``pick``
+    that hands them their fields (`native.filter_picker`)."""
+    judged = predicate is not None or bool(mutes)
+    return (pick is not None or not judged) and getattr(write, "reads_json", False) is True
 
 
 def decide_texts(
@@ -719,44 +733,60 @@ def decide_texts(
     parse: Callable[[bytes], list[dict[str, Any]]],
     predicate: Predicate | None = None,
     pick: Any = None,
+    mutes: Sequence[Mute] = (),
 ) -> PageDecisions:
     """What :func:`decide_records` decides for a route that :func:`reads_json`, from the page's frames
     as JSON text (``chunks``): the C writer writes each record's line from its text, and no dict is
-    built (`ce_daemon.logs.native`); a ``predicate`` is given the fields it reads, from ``pick``. A frame
-    they do not take (text orjson reads in a way of its own, or a record on which a converter raises)
-    is ``parse``d and decided record by record, as anywhere else: the same lines, the same dead letters.
+    built (`ce_daemon.logs.native`); the ``predicate`` and the ``mutes`` are given the fields they read,
+    from ``pick``. A frame they do not take (text orjson reads in a way of its own, or a record on which
+    a converter raises) is ``parse``d and decided record by record, as anywhere else: the same lines,
+    the same dead letters.
     """
     decisions = PageDecisions()
     write_frame = write.write_frame  # type: ignore[attr-defined]  # reads_json said it has one
+    judged = predicate is not None or bool(mutes)
     offset = 0
     for chunk in chunks:
         first = max(0, start - offset)
         try:
-            keep = (
-                None
-                if predicate is None
-                else [predicate(fields) for fields in pick.pick_frame(chunk, first)[1]]
+            verdicts = (
+                [_verdict(fields, predicate, mutes) for fields in pick.pick_frame(chunk, first)[1]]
+                if judged
+                else None
             )
+            keep = None if verdicts is None else [verdict is None for verdict in verdicts]
             count, ids, timestamps, lines = write_frame(chunk, first, keep)
         except Exception:  # noqa: BLE001 - this frame is read as dicts instead, where errors are judged
             records = parse(chunk)
             if offset + len(records) > start:
-                _decide_frame(decisions, offset, records, start, predicate, (), write)
+                _decide_frame(decisions, offset, records, start, predicate, mutes, write)
             offset += len(records)
             continue
-        if keep is None:
+        if verdicts is None:
             decisions.positions.extend(range(offset + first, offset + count))
         else:
-            for position, kept in enumerate(keep, offset + first):
-                if kept:
+            for position, verdict in enumerate(verdicts, offset + first):
+                if verdict is None:
                     decisions.positions.append(position)
-                else:
+                elif verdict.mute is None:
                     decisions.dropped.append((position, "filtered", None, None))
+                else:
+                    decisions.dropped.append((position, "muted", verdict.mute.name, None))
         decisions.ids += ids
         decisions.timestamps += timestamps
         decisions.data += lines
         offset += count
     return decisions
+
+
+def _verdict(fields: dict[str, Any], predicate: Predicate | None, mutes: Sequence[Mute]) -> Dropped | None:
+    """:func:`judge` up to the formatter, on the fields the filters read: None to write the record."""
+    if predicate is not None and not predicate(fields):
+        return _FILTERED
+    for mute in mutes:
+        if mute.predicate is None or mute.predicate(fields):
+            return Dropped(mute=mute)
+    return None
 
 
 def records_at(places: Sequence[tuple[Page, int]]) -> list[dict[str, Any]]:

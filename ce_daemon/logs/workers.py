@@ -279,6 +279,7 @@ class _WorkerState:
         default_factory=OrderedDict
     )
     mutes: OrderedDict[str, Predicate | None] = field(default_factory=OrderedDict)
+    pickers: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     frames: dict[str, SharedFrames] = field(default_factory=dict)
     decided: OrderedDict[tuple[str, str, int, int, str], tuple[PageDecisions, int]] = field(
         default_factory=OrderedDict
@@ -317,11 +318,13 @@ def _decide(work: PageWork) -> PageDecisions:
 
     predicate, formatter, pick = _recipe(work)
     mutes = [Mute(name, 0.0, float("inf"), _mute_filter(spec)) for name, spec in work.mutes]
+    if mutes:
+        pick = _mute_picker(work)
     write = formatter.writer_for(work.kind, work.subtype)
     if reads_json(write, predicate, mutes, pick):
         chunks = decode(work.seq, work.codec, work.body)
         parse = functools.partial(parse_frame, work.seq)
-        return decide_texts(chunks, work.start, write, parse, predicate, pick)
+        return decide_texts(chunks, work.start, write, parse, predicate, pick, mutes)
     return decide_records(_frames(work), work.start, predicate, mutes, write)
 
 
@@ -337,6 +340,18 @@ def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter, Any]:
         while len(_STATE.recipes) > _RECIPES:
             _STATE.recipes.popitem(last=False)
     return built
+
+
+def _mute_picker(work: PageWork) -> Any:
+    """The picker of the route's filter and ``work``'s mutes (`native.filter_picker`), kept per recipe and
+    set of mutes."""
+    key = f"{work.recipe_key} {work.mutes!r}"
+    if key not in _STATE.pickers:
+        recipe: Recipe = pickle.loads(work.recipe)  # noqa: S301 - from the daemon that spawned this process
+        _STATE.pickers[key] = filter_picker(recipe.filter, *(spec for _, spec in work.mutes))
+        while len(_STATE.pickers) > _MUTE_FILTERS:
+            _STATE.pickers.popitem(last=False)
+    return _STATE.pickers[key]
 
 
 def _mute_filter(spec: Any) -> Predicate | None:
