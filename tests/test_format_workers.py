@@ -86,8 +86,10 @@ def here(
 def fresh_worker() -> Iterator[None]:
     """This process as a worker that keeps no decisions from an earlier test."""
     workers._STATE.decided.clear()
+    workers._STATE.chunks.clear()
     yield
     workers._STATE.decided.clear()
+    workers._STATE.chunks.clear()
 
 
 def shared_work(made: Recipe, records: list[dict[str, Any]], sharers: int, **changes: Any) -> PageWork:
@@ -132,6 +134,29 @@ def test_decisions_are_shared_only_for_the_same_page_start_and_mutes(change: dic
     other = decide_page(shared_work(made, records, 2, **change))
     assert other is not first
     assert decide_page(shared_work(made, records, 2)) is first  # still kept for the twin
+
+
+@pytest.mark.usefixtures("fresh_worker")
+def test_a_page_is_decompressed_once_for_the_routes_of_every_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three routes with three outputs on one stream: the page is decompressed for the first, kept for
+    the two others, then let go."""
+    records = simulated("alerts", "dlp", 1_000)
+    decoded: list[int] = []
+    real = workers.decode
+
+    def counting(seq: int, codec: str, body: bytes) -> tuple[bytes, ...]:
+        decoded.append(seq)
+        return real(seq, codec, body)
+
+    monkeypatch.setattr(workers, "decode", counting)
+    made = [recipe("cef"), recipe("leef"), recipe("json", spec=None)]
+    asks = [dataclasses.replace(work(each, "alerts", "dlp", records), outputs=3) for each in made]
+    for ask, each in zip(asks, made, strict=True):
+        assert decide_page(ask) == here(each, "alerts", "dlp", records)
+    assert decoded == [1]
+    assert not workers._STATE.chunks
+    decide_page(asks[0])
+    assert decoded == [1, 1]  # asked again later: decompressed again
 
 
 def test_outputs_differ_with_anything_that_changes_a_line() -> None:

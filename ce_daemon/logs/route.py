@@ -426,6 +426,7 @@ class RouteComponent(Component):
                 mutes=tuple((mute.name, mute.filter) for mute in mutes),
                 output_key=self.output,
                 sharers=self.workers.sharers(self.output, page.stream),
+                outputs=self.workers.outputs(page.stream),
             )
             try:
                 return await self.workers.decide(work)

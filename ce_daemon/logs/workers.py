@@ -60,6 +60,8 @@ _MUTE_FILTERS: Final = 256
 _SHARED_FRAMES: Final = 16
 _SHARED_DECISIONS: Final = 4
 """Pages' decisions a worker keeps for routes with the same output (each can be 10 MB)."""
+_SHARED_CHUNKS: Final = 2
+"""Pages' decompressed frames a worker keeps for the routes of other outputs (each about 13 MB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,9 @@ class PageWork:
     sharers: int = 1
     """Routes of this process that send this page's stream with the same output: the decisions of a page
     are kept for the others once the first asked for them."""
+    outputs: int = 1
+    """Distinct outputs of this process's routes on this page's stream: the page's decompressed frames
+    are kept for the others once the first decompressed them."""
 
 
 @dataclass(slots=True)
@@ -149,6 +154,10 @@ class FormatWorkers:
             self._outputs[output, stream] += 1 if joining else -1
             if self._outputs[output, stream] <= 0:
                 del self._outputs[output, stream]
+
+    def outputs(self, stream: str) -> int:
+        """Distinct outputs of the routes using the workers on ``stream`` (:attr:`PageWork.outputs`)."""
+        return max(1, sum(1 for _, each in self._outputs if each == stream))
 
     def sharers(self, output: str, stream: str) -> int:
         """Routes using the workers that send ``stream`` with ``output`` (see :attr:`PageWork.sharers`)."""
@@ -285,6 +294,8 @@ class _WorkerState:
         default_factory=OrderedDict
     )
     """Decisions kept for the other routes with the same output, and how many of them may still ask."""
+    chunks: OrderedDict[tuple[str, int], tuple[tuple[bytes, ...], int]] = field(default_factory=OrderedDict)
+    """Pages' decompressed frames kept for the routes of other outputs, and how many may still ask."""
 
 
 _STATE = _WorkerState()
@@ -322,7 +333,7 @@ def _decide(work: PageWork) -> PageDecisions:
         pick = _mute_picker(work)
     write = formatter.writer_for(work.kind, work.subtype)
     if reads_json(write, predicate, mutes, pick):
-        chunks = decode(work.seq, work.codec, work.body)
+        chunks = _chunks(work)
         parse = functools.partial(parse_frame, work.seq)
         return decide_texts(chunks, work.start, write, parse, predicate, pick, mutes)
     return decide_records(_frames(work), work.start, predicate, mutes, write)
@@ -340,6 +351,24 @@ def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter, Any]:
         while len(_STATE.recipes) > _RECIPES:
             _STATE.recipes.popitem(last=False)
     return built
+
+
+def _chunks(work: PageWork) -> tuple[bytes, ...]:
+    """The page's frames, decompressed once for the routes of every output on its stream (kept for the
+    others, a few pages at most: a route that asks later decompresses again)."""
+    key = (work.spool, work.seq)
+    kept = _STATE.chunks.pop(key, None)
+    if kept is not None:
+        chunks, others = kept
+        if others > 1:
+            _STATE.chunks[key] = (chunks, others - 1)
+        return chunks
+    chunks = decode(work.seq, work.codec, work.body)
+    if work.outputs > 1:
+        _STATE.chunks[key] = (chunks, work.outputs - 1)
+        while len(_STATE.chunks) > _SHARED_CHUNKS:
+            _STATE.chunks.popitem(last=False)
+    return chunks
 
 
 def _mute_picker(work: PageWork) -> Any:
@@ -375,7 +404,7 @@ def _frames(work: PageWork) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     shared.readers = lambda _stream: readers
     stream = f"{work.kind}/{work.subtype}"
     offset = 0
-    for index, chunk in enumerate(decode(work.seq, work.codec, work.body)):
+    for index, chunk in enumerate(_chunks(work)):
         records = shared.take(work.seq, index)
         if records is None:
             records = parse_frame(work.seq, chunk)
