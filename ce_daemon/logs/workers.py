@@ -14,9 +14,11 @@ code (:func:`ce_daemon.logs.route.judge`) on a route built from the same recipe 
 mapping, format), so what it writes is what the route would write itself.
 
 A worker lost (killed, out of memory) is replaced, and the page it held is decided in-process;
-the routes go on. A worker keeps the frames it parsed for the other routes of the same stream
-(:class:`~ce_daemon.spool.store.SharedFrames`, a few pages' worth): routes that ask for a page close
-together have it decoded once; one that asks later decodes it again.
+the routes go on. A worker keeps what it made of a page for the other routes of the same stream that
+ask close behind (a few pages' worth; one that asks later makes it again): the decompressed frames,
+for the routes of every output (:attr:`PageWork.outputs`); the parsed frames, for routes that read
+dicts (:class:`~ce_daemon.spool.store.SharedFrames`); and the decisions themselves, for routes with
+the same output (:func:`output_key`: one CEF feed to two SIEMs).
 """
 
 from __future__ import annotations
