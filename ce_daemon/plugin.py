@@ -178,8 +178,7 @@ class OutBatch(Sequence[OutRecord]):
         self.kinds: list[str] = [] if kinds is None else kinds
         self.subtypes: list[str] = [] if subtypes is None else subtypes
         self.formats: list[str] = [] if formats is None else formats
-        lengths = {len(self.ids), len(self.timestamps), len(self.data), len(self.kinds)}
-        if len(lengths | {len(self.subtypes), len(self.formats)}) != 1:
+        if len({len(field) for field in self._fields()}) != 1:
             raise ValueError("every field of an OutBatch needs one value per record")
 
     @classmethod
@@ -187,8 +186,7 @@ class OutBatch(Sequence[OutRecord]):
         """``records`` as an ``OutBatch`` (itself when it is one)."""
         if isinstance(records, OutBatch):
             return records
-        columns = [list(field) for field in zip(*records, strict=True)] if records else [[]] * 6
-        return cls(*columns)
+        return cls(*(list(field) for field in zip(*records, strict=True))) if records else cls()
 
     def append(self, record: OutRecord) -> None:
         """Add one record at the end."""

@@ -48,3 +48,12 @@ def test_every_field_needs_one_value_per_record() -> None:
     """Lists of different lengths are refused when the batch is made."""
     with pytest.raises(ValueError, match="one value per record"):
         OutBatch(["a"], [1], [b"x"], ["alerts"], ["dlp"], [])
+
+
+def test_a_batch_made_of_nothing_grows_each_field_on_its_own() -> None:
+    """An empty batch (of an empty list, or new) holds six separate lists: a record added shows once."""
+    record = OutRecord("a", 1, b"x", "alerts", "dlp", "cef")
+    for batch in (OutBatch.of([]), OutBatch()):
+        batch.append(record)
+        assert list(batch) == [record]
+        assert batch.ids == ["a"] and batch.data == [b"x"]

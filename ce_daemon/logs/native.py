@@ -34,7 +34,7 @@ surrogate.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, Final
 
@@ -148,18 +148,22 @@ def filter_picker(spec: object, *mutes: object) -> Any:
     orjson reads them (`ce_daemon.filter.fields_read`). None when there is nothing to judge (no filter,
     no mute), when a filter's fields cannot be named, or when the C writer is not available or reads no
     text."""
-    specs = [each for each in (spec, *mutes) if each is not None]
-    if not specs and not mutes:
+    if spec is None and not mutes:
         return None
-    fields: dict[str, None] = {}
-    for each in specs:
-        read = fields_read(each)
-        if read is None:
+    fields = _every_key(fields_read(each) for each in (spec, *mutes) if each is not None)
+    if fields is None or _MODULE is None or not READS_TEXT:
+        return None
+    return _MODULE.Writer((), (), JSON, "\t", b"", orjson.dumps, reads=fields, loads=orjson.loads)
+
+
+def _every_key(groups: Iterable[tuple[str, ...] | None]) -> tuple[str, ...] | None:
+    """The keys of every group, each once, in order; None when a group is None (its keys are unknown)."""
+    keys: dict[str, None] = {}
+    for group in groups:
+        if group is None:
             return None
-        fields.update(dict.fromkeys(read))
-    if _MODULE is None or not READS_TEXT:
-        return None
-    return _MODULE.Writer((), (), JSON, "\t", b"", orjson.dumps, reads=tuple(fields), loads=orjson.loads)
+        keys.update(dict.fromkeys(group))
+    return tuple(keys)
 
 
 def _declared_reads(
@@ -168,13 +172,7 @@ def _declared_reads(
     """Every top-level key the head's readers and the steps' getters read, as they declared it
     (`ce_daemon.logs.mapping.reads`); None when one of them did not: the writer then reads dicts only."""
     functions = [*readers, *(step.getter for step in steps if step.getter is not None and not step.constant)]
-    declared: dict[str, None] = {}
-    for function in functions:
-        keys = reads_of(function)
-        if keys is None:
-            return None
-        declared.update(dict.fromkeys(keys))
-    return tuple(declared)
+    return _every_key(reads_of(function) for function in functions)
 
 
 def _step(

@@ -625,17 +625,25 @@ def judge(
     """The one decision a route makes per record: its filter, then its active ``mutes`` (the first that
     matches), then its formatter's ``write``; the bytes to send, or why not. ``ce-daemon test`` and the
     format workers decide with it too."""
-    if predicate is not None and not predicate(record):
-        return _FILTERED
-    if mutes:
-        mute = next((m for m in mutes if m.predicate is None or m.predicate(record)), None)
-        if mute is not None:
-            return Dropped(mute=mute)
+    screened = screen(record, predicate, mutes)
+    if screened is not None:
+        return screened
     try:
         data = write(record)
     except Exception as exc:  # noqa: BLE001 - one bad record is dead-lettered, never fatal
         return Dropped(error=exc)
     return _FILTERED if data is None else data
+
+
+def screen(record: dict[str, Any], predicate: Predicate | None, mutes: Sequence[Mute]) -> Dropped | None:
+    """:func:`judge` up to the formatter: the filter, then the first active mute that matches; None when
+    the record is to be written. Given the whole record, or the fields the filters read (`decide_texts`)."""
+    if predicate is not None and not predicate(record):
+        return _FILTERED
+    for mute in mutes:
+        if mute.predicate is None or mute.predicate(record):
+            return Dropped(mute=mute)
+    return None
 
 
 def sift(
@@ -751,7 +759,7 @@ def decide_texts(
         first = max(0, start - offset)
         try:
             verdicts = (
-                [_verdict(fields, predicate, mutes) for fields in pick.pick_frame(chunk, first)[1]]
+                [screen(fields, predicate, mutes) for fields in pick.pick_frame(chunk, first)[1]]
                 if judged
                 else None
             )
@@ -778,16 +786,6 @@ def decide_texts(
         decisions.data += lines
         offset += count
     return decisions
-
-
-def _verdict(fields: dict[str, Any], predicate: Predicate | None, mutes: Sequence[Mute]) -> Dropped | None:
-    """:func:`judge` up to the formatter, on the fields the filters read: None to write the record."""
-    if predicate is not None and not predicate(fields):
-        return _FILTERED
-    for mute in mutes:
-        if mute.predicate is None or mute.predicate(fields):
-            return Dropped(mute=mute)
-    return None
 
 
 def records_at(places: Sequence[tuple[Page, int]]) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import structlog
 
@@ -64,6 +64,8 @@ _SHARED_DECISIONS: Final = 4
 """Pages' decisions a worker keeps for routes with the same output (each can be 10 MB)."""
 _SHARED_CHUNKS: Final = 2
 """Pages' decompressed frames a worker keeps for the routes of other outputs (each about 13 MB)."""
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,20 +286,63 @@ def _end_with(daemon: int) -> None:
     os._exit(0)
 
 
+class _KeptForOthers(Generic[K, V]):
+    """What a worker made for one route, kept for the others that will ask for the same (a few at most,
+    the oldest let go first): each entry goes once the last of them took it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._kept: OrderedDict[K, tuple[V, int]] = OrderedDict()
+
+    def take(self, key: K) -> V | None:
+        """The value kept under ``key`` for one more asker, or None."""
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            return None
+        value, others = kept
+        if others > 1:
+            self._kept[key] = (value, others - 1)
+        return value
+
+    def keep(self, key: K, value: V, others: int) -> None:
+        """Keep ``value`` for ``others`` more askers (nothing when none)."""
+        if others < 1:
+            return
+        self._kept[key] = (value, others)
+        while len(self._kept) > self.limit:
+            self._kept.popitem(last=False)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A recipe as a worker uses it: its filter, compiled and as written, its formatter, its picker."""
+
+    predicate: Predicate | None
+    formatter: RecordFormatter
+    pick: Any
+    filter: Any
+
+
 @dataclass
 class _WorkerState:
-    recipes: OrderedDict[str, tuple[Predicate | None, RecordFormatter, Any]] = field(
-        default_factory=OrderedDict
-    )
+    recipes: OrderedDict[str, _Built] = field(default_factory=OrderedDict)
     mutes: OrderedDict[str, Predicate | None] = field(default_factory=OrderedDict)
     pickers: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     frames: dict[str, SharedFrames] = field(default_factory=dict)
-    decided: OrderedDict[tuple[str, str, int, int, str], tuple[PageDecisions, int]] = field(
-        default_factory=OrderedDict
+    decided: _KeptForOthers[tuple[str, str, int, int, str], PageDecisions] = field(
+        default_factory=lambda: _KeptForOthers(_SHARED_DECISIONS)
     )
-    """Decisions kept for the other routes with the same output, and how many of them may still ask."""
-    chunks: OrderedDict[tuple[str, int], tuple[tuple[bytes, ...], int]] = field(default_factory=OrderedDict)
-    """Pages' decompressed frames kept for the routes of other outputs, and how many may still ask."""
+    """Decisions kept for the other routes with the same output."""
+    chunks: _KeptForOthers[tuple[str, int], tuple[bytes, ...]] = field(
+        default_factory=lambda: _KeptForOthers(_SHARED_CHUNKS)
+    )
+    """Pages' decompressed frames kept for the routes of other outputs."""
 
 
 _STATE = _WorkerState()
@@ -313,27 +358,22 @@ def decide_page(work: PageWork) -> PageDecisions:
     if work.sharers <= 1:
         return _decide(work)
     key = (work.spool, work.output_key, work.seq, work.start, repr(work.mutes))
-    kept = _STATE.decided.pop(key, None)
-    if kept is not None:
-        decisions, others = kept
-        if others > 1:
-            _STATE.decided[key] = (decisions, others - 1)
-        return decisions
-    decisions = _decide(work)
-    _STATE.decided[key] = (decisions, work.sharers - 1)
-    while len(_STATE.decided) > _SHARED_DECISIONS:
-        _STATE.decided.popitem(last=False)
+    decisions = _STATE.decided.take(key)
+    if decisions is None:
+        decisions = _decide(work)
+        _STATE.decided.keep(key, decisions, work.sharers - 1)
     return decisions
 
 
 def _decide(work: PageWork) -> PageDecisions:
     from ce_daemon.logs.route import decide_records, decide_texts, reads_json  # route imports this module
 
-    predicate, formatter, pick = _recipe(work)
+    built = _recipe(work)
+    predicate, pick = built.predicate, built.pick
     mutes = [Mute(name, 0.0, float("inf"), _mute_filter(spec)) for name, spec in work.mutes]
     if mutes:
-        pick = _mute_picker(work)
-    write = formatter.writer_for(work.kind, work.subtype)
+        pick = _mute_picker(work, built)
+    write = built.formatter.writer_for(work.kind, work.subtype)
     if reads_json(write, predicate, mutes, pick):
         chunks = _chunks(work)
         parse = functools.partial(parse_frame, work.seq)
@@ -341,7 +381,7 @@ def _decide(work: PageWork) -> PageDecisions:
     return decide_records(_frames(work), work.start, predicate, mutes, write)
 
 
-def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter, Any]:
+def _recipe(work: PageWork) -> _Built:
     built = _STATE.recipes.get(work.recipe_key)
     if built is None:
         recipe: Recipe = pickle.loads(work.recipe)  # noqa: S301 - from the daemon that spawned this process
@@ -349,7 +389,8 @@ def _recipe(work: PageWork) -> tuple[Predicate | None, RecordFormatter, Any]:
         formatter = RecordFormatter(
             recipe.format, recipe.mapping, recipe.tenant_name, json_fields=recipe.json_fields
         )
-        built = _STATE.recipes[work.recipe_key] = (predicate, formatter, filter_picker(recipe.filter))
+        built = _Built(predicate, formatter, filter_picker(recipe.filter), recipe.filter)
+        _STATE.recipes[work.recipe_key] = built
         while len(_STATE.recipes) > _RECIPES:
             _STATE.recipes.popitem(last=False)
     return built
@@ -359,27 +400,19 @@ def _chunks(work: PageWork) -> tuple[bytes, ...]:
     """The page's frames, decompressed once for the routes of every output on its stream (kept for the
     others, a few pages at most: a route that asks later decompresses again)."""
     key = (work.spool, work.seq)
-    kept = _STATE.chunks.pop(key, None)
-    if kept is not None:
-        chunks, others = kept
-        if others > 1:
-            _STATE.chunks[key] = (chunks, others - 1)
-        return chunks
-    chunks = decode(work.seq, work.codec, work.body)
-    if work.outputs > 1:
-        _STATE.chunks[key] = (chunks, work.outputs - 1)
-        while len(_STATE.chunks) > _SHARED_CHUNKS:
-            _STATE.chunks.popitem(last=False)
+    chunks = _STATE.chunks.take(key)
+    if chunks is None:
+        chunks = decode(work.seq, work.codec, work.body)
+        _STATE.chunks.keep(key, chunks, work.outputs - 1)
     return chunks
 
 
-def _mute_picker(work: PageWork) -> Any:
+def _mute_picker(work: PageWork, built: _Built) -> Any:
     """The picker of the route's filter and ``work``'s mutes (`native.filter_picker`), kept per recipe and
     set of mutes."""
     key = f"{work.recipe_key} {work.mutes!r}"
     if key not in _STATE.pickers:
-        recipe: Recipe = pickle.loads(work.recipe)  # noqa: S301 - from the daemon that spawned this process
-        _STATE.pickers[key] = filter_picker(recipe.filter, *(spec for _, spec in work.mutes))
+        _STATE.pickers[key] = filter_picker(built.filter, *(spec for _, spec in work.mutes))
         while len(_STATE.pickers) > _MUTE_FILTERS:
             _STATE.pickers.popitem(last=False)
     return _STATE.pickers[key]

@@ -139,7 +139,7 @@ class _SpannedTexts(RecordTexts):
         return self._body[self._rows[row] : self._rows[row + 1]]
 
     def field(self, position: int, name: Field, default: Any = None) -> Any:
-        at = self._row(position) + (2 if name == "_id" else 4)
+        at = self._row(position) + (_ID_AT if name == "_id" else _STAMP_AT)
         start = self._rows[at]
         return default if start < 0 else orjson.loads(memoryview(self._body)[start : self._rows[at + 1]])
 
@@ -150,7 +150,8 @@ class _SpannedTexts(RecordTexts):
         kept = [position for position in range(len(self)) if wanted(position)]
         row = _WIDTH * 8  # bytes
         spans = b"".join(self._spans[p * row : (p + 1) * row] for p in kept)
-        missing = sum(1 for p in kept if min(self._rows[_WIDTH * p + 2], self._rows[_WIDTH * p + 4]) < 0)
+        rows = self._rows
+        missing = sum(1 for p in kept if min(rows[_WIDTH * p + _ID_AT], rows[_WIDTH * p + _STAMP_AT]) < 0)
         return _SpannedTexts(self._body, spans, missing)
 
     def arrays(self, per: int) -> Iterator[bytes]:
@@ -160,6 +161,8 @@ class _SpannedTexts(RecordTexts):
 
 
 _WIDTH: Final = 6 if _PAGES is None else int(_PAGES.SPAN_WIDTH)
+_ID_AT: Final = 2  # SPAN_ID_START in _pages.c: where the _id's text starts (the next int64: ends)
+_STAMP_AT: Final = 4  # SPAN_STAMP_START
 
 
 def _split_in_c(body: bytes) -> SplitPage | None:
