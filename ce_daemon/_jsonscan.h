@@ -231,6 +231,18 @@ SCAN_MAYBE_UNUSED static int is_digit(const unsigned char *p, const unsigned cha
     return p < end && *p >= '0' && *p <= '9';
 }
 
+/* One or more digits at p: the byte after them, NULL when there is none. */
+SCAN_MAYBE_UNUSED static const unsigned char *scan_digits(const unsigned char *p, const unsigned char *end)
+{
+    if (!is_digit(p, end)) {
+        return NULL;
+    }
+    while (is_digit(p, end)) {
+        p++;
+    }
+    return p;
+}
+
 /* A number at p, as JSON writes one: the byte after it, NULL when refused. An int is read into
  * v->number (refused beyond 64 bits: orjson's rules for those are its own); a float into v->real
  * (refused when infinite, as orjson refuses it). */
@@ -242,22 +254,12 @@ SCAN_MAYBE_UNUSED static const unsigned char *scan_number(const unsigned char *p
     if (!is_digit(p, end)) {
         return NULL;
     }
-    if (*p == '0') {
-        p++;
-    } else {
-        while (is_digit(p, end)) {
-            p++;
-        }
-    }
+    p = *p == '0' ? p + 1 : scan_digits(p, end);
     const unsigned char *digits_end = p;
     int real = 0;
     if (p < end && *p == '.') {
-        p++;
-        if (!is_digit(p, end)) {
+        if ((p = scan_digits(p + 1, end)) == NULL) {
             return NULL;
-        }
-        while (is_digit(p, end)) {
-            p++;
         }
         real = 1;
     }
@@ -266,11 +268,8 @@ SCAN_MAYBE_UNUSED static const unsigned char *scan_number(const unsigned char *p
         if (p < end && (*p == '+' || *p == '-')) {
             p++;
         }
-        if (!is_digit(p, end)) {
+        if ((p = scan_digits(p, end)) == NULL) {
             return NULL;
-        }
-        while (is_digit(p, end)) {
-            p++;
         }
         real = 1;
     }
@@ -309,6 +308,40 @@ SCAN_MAYBE_UNUSED static const unsigned char *scan_number(const unsigned char *p
     return p;
 }
 
+/* An object member's name at p (its opening quote) and the colon after it: the first byte of its value
+ * (spaces skipped), NULL when refused; the name's bytes between its quotes in *name and *length, and
+ * whether it holds an escape in *escapes. */
+SCAN_MAYBE_UNUSED static const unsigned char *scan_member_name(const unsigned char *p, const unsigned char *end,
+                                                               const unsigned char **name, Py_ssize_t *length,
+                                                               int *escapes)
+{
+    if (p >= end || *p != '"') {
+        return NULL;
+    }
+    const unsigned char *after = scan_string(p + 1, end, escapes);
+    if (after == NULL) {
+        return NULL;
+    }
+    *name = p + 1;
+    *length = after - 1 - *name;
+    p = skip_space(after, end);
+    return p < end && *p == ':' ? skip_space(p + 1, end) : NULL;
+}
+
+/* After an item of an object or an array that `close` ends: the next item's first byte (spaces skipped)
+ * and *more 1, or the byte after `close` and *more 0; NULL when neither comes. */
+SCAN_MAYBE_UNUSED static const unsigned char *next_item(const unsigned char *p, const unsigned char *end,
+                                                        unsigned char close, int *more)
+{
+    p = skip_space(p, end);
+    if (p < end && *p == ',') {
+        *more = 1;
+        return skip_space(p + 1, end);
+    }
+    *more = 0;
+    return p < end && *p == close ? p + 1 : NULL;
+}
+
 SCAN_MAYBE_UNUSED static const unsigned char *scan_value(const unsigned char *p, const unsigned char *end, int depth, Value *v);
 
 /* An object or an array at p, checked to its end: the byte after it, NULL when refused. */
@@ -323,31 +356,21 @@ SCAN_MAYBE_UNUSED static const unsigned char *scan_container(const unsigned char
     if (p < end && *p == close) {
         return p + 1;
     }
-    for (;;) {
+    for (int more = 1; more;) {
         if (object) {
+            const unsigned char *name;
+            Py_ssize_t length;
             int escapes;
-            if (p >= end || *p != '"' || (p = scan_string(p + 1, end, &escapes)) == NULL) {
+            if ((p = scan_member_name(p, end, &name, &length, &escapes)) == NULL) {
                 return NULL;
             }
-            p = skip_space(p, end);
-            if (p >= end || *p != ':') {
-                return NULL;
-            }
-            p = skip_space(p + 1, end);
         }
         Value inner;
-        if ((p = scan_value(p, end, depth + 1, &inner)) == NULL) {
-            return NULL;
-        }
-        p = skip_space(p, end);
-        if (p < end && *p == ',') {
-            p = skip_space(p + 1, end);
-        } else if (p < end && *p == close) {
-            return p + 1;
-        } else {
+        if ((p = scan_value(p, end, depth + 1, &inner)) == NULL || (p = next_item(p, end, close, &more)) == NULL) {
             return NULL;
         }
     }
+    return p;
 }
 
 SCAN_MAYBE_UNUSED static const unsigned char *scan_literal(const unsigned char *p, const unsigned char *end, const char *word,

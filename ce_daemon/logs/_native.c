@@ -968,21 +968,14 @@ static const unsigned char *scan_record(Texts *t, const unsigned char *p, const 
     if (p < end && *p == '}') {
         return p + 1;
     }
-    for (;;) {
+    for (int more = 1; more;) {
+        const unsigned char *name;
+        Py_ssize_t length;
         int escapes;
-        if (p >= end || *p != '"') {
-            return NULL;
-        }
-        const unsigned char *name = p + 1;
-        if ((p = scan_string(name, end, &escapes)) == NULL || escapes) {
+        if ((p = scan_member_name(p, end, &name, &length, &escapes)) == NULL || escapes) {
             return NULL; /* a key with an escape: orjson reads it (and the frame goes to orjson) */
         }
-        Py_ssize_t slot = slot_of(t, (const char *)name, p - 1 - name);
-        p = skip_space(p, end);
-        if (p >= end || *p != ':') {
-            return NULL;
-        }
-        p = skip_space(p + 1, end);
+        Py_ssize_t slot = slot_of(t, (const char *)name, length);
         Value value;
         if ((p = scan_value(p, end, 1, &value)) == NULL) {
             return NULL;
@@ -991,15 +984,11 @@ static const unsigned char *scan_record(Texts *t, const unsigned char *p, const 
             t->values[slot] = value; /* a key given twice: the last wins, as in orjson's dict */
             t->seen[slot] = t->record;
         }
-        p = skip_space(p, end);
-        if (p < end && *p == ',') {
-            p = skip_space(p + 1, end);
-        } else if (p < end && *p == '}') {
-            return p + 1;
-        } else {
+        if ((p = next_item(p, end, '}', &more)) == NULL) {
             return NULL;
         }
     }
+    return p;
 }
 
 /* -- JSON lines: the record's own text ----------------------------------------------------------- */

@@ -64,22 +64,13 @@ static int named(const unsigned char *name, Py_ssize_t length, const char *word)
     return (size_t)length == strlen(word) && memcmp(name, word, (size_t)length) == 0;
 }
 
-/* A string at p (its opening quote) with no escape in it: the byte after its closing quote, NULL when
- * refused; its bytes between the quotes in *name, *length. */
+/* A member's name and its colon at p (see scan_member_name), refused when the name holds an escape. */
 static const unsigned char *scan_name(const unsigned char *p, const unsigned char *end,
                                       const unsigned char **name, Py_ssize_t *length)
 {
     int escapes;
-    if (p >= end || *p != '"') {
-        return NULL;
-    }
-    const unsigned char *after = scan_string(p + 1, end, &escapes);
-    if (after == NULL || escapes) {
-        return NULL;
-    }
-    *name = p + 1;
-    *length = after - 1 - *name;
-    return after;
+    p = scan_member_name(p, end, name, length, &escapes);
+    return p == NULL || escapes ? NULL : p;
 }
 
 /* One record at p, an object: the byte after it, NULL when refused. Its row of spans is `row`, offsets
@@ -97,17 +88,12 @@ static const unsigned char *scan_record(const unsigned char *body, const unsigne
         row[SPAN_END] = p + 1 - body;
         return p + 1;
     }
-    for (;;) {
+    for (int more = 1; more;) {
         const unsigned char *name;
         Py_ssize_t length;
         if ((p = scan_name(p, end, &name, &length)) == NULL) {
             return NULL;
         }
-        p = skip_space(p, end);
-        if (p >= end || *p != ':') {
-            return NULL;
-        }
-        p = skip_space(p + 1, end);
         const unsigned char *start = p;
         Value value;
         if ((p = scan_value(p, end, depth, &value)) == NULL) {
@@ -120,16 +106,12 @@ static const unsigned char *scan_record(const unsigned char *body, const unsigne
             row[SPAN_STAMP_START] = start - body;
             row[SPAN_STAMP_END] = p - body;
         }
-        p = skip_space(p, end);
-        if (p < end && *p == ',') {
-            p = skip_space(p + 1, end);
-        } else if (p < end && *p == '}') {
-            row[SPAN_END] = p + 1 - body;
-            return p + 1;
-        } else {
+        if ((p = next_item(p, end, '}', &more)) == NULL) {
             return NULL;
         }
     }
+    row[SPAN_END] = p - body;
+    return p;
 }
 
 /* The `result` array at p: its records' rows appended to `spans`; the byte after it, NULL when refused
@@ -152,13 +134,9 @@ static const unsigned char *scan_result(const unsigned char *body, const unsigne
             return NULL;
         }
         spans->count += SPAN_WIDTH;
-        p = skip_space(p, end);
-        if (p < end && *p == ',') {
-            p = skip_space(p + 1, end);
-        } else if (p < end && *p == ']') {
-            return p + 1;
-        } else {
-            return NULL;
+        int more;
+        if ((p = next_item(p, end, ']', &more)) == NULL || !more) {
+            return p;
         }
     }
 }
@@ -180,17 +158,12 @@ static int scan_answer(const unsigned char *body, Py_ssize_t size, int depth, Sp
     if (p < end && *p == '}') {
         return 0; /* no result */
     }
-    for (;;) {
+    for (int more = 1; more;) {
         const unsigned char *name;
         Py_ssize_t length;
         if ((p = scan_name(p, end, &name, &length)) == NULL) {
             return 0;
         }
-        p = skip_space(p, end);
-        if (p >= end || *p != ':') {
-            return 0;
-        }
-        p = skip_space(p + 1, end);
         if (named(name, length, "result")) {
             if (seen_result++) {
                 return 0;
@@ -220,16 +193,11 @@ static int scan_answer(const unsigned char *body, Py_ssize_t size, int depth, Sp
             }
             Py_DECREF(text);
         }
-        p = skip_space(p, end);
-        if (p < end && *p == ',') {
-            p = skip_space(p + 1, end);
-        } else if (p < end && *p == '}') {
-            break;
-        } else {
+        if ((p = next_item(p, end, '}', &more)) == NULL) {
             return 0;
         }
     }
-    return seen_result && skip_space(p + 1, end) == end;
+    return seen_result && skip_space(p, end) == end;
 }
 
 static PyObject *pages_split(PyObject *module, PyObject *args)
