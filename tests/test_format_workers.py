@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import os
 import signal
 from collections.abc import Iterator
@@ -406,3 +407,17 @@ def test_refused_records_are_found_on_their_pages_in_order() -> None:
     assert records_at(places) == [first[2_400], second[3], first[0], first[1_500]]
     with pytest.raises(IndexError, match="spool page 2 has no record 10"):
         records_at([(pages[1], 10)])
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe capacities are Linux's")
+async def test_the_pipes_to_a_worker_hold_a_megabyte(pool: FormatWorkers) -> None:
+    """Pages and decisions cross in a few writes, not a hundred of 64 KiB (Linux's default capacity)."""
+    records = simulated("alerts", "dlp", 1_000)
+    made = recipe("cef")
+    await pool.decide(work(made, "alerts", "dlp", records))
+    [executor] = [each for each in pool._executors if each is not None]
+    ends = workers.pipe_ends(executor)
+    assert len(ends) == 2
+    allowed = int(Path("/proc/sys/fs/pipe-max-size").read_text())  # noqa: ASYNC240 - a few bytes of procfs
+    wanted = workers.PIPE_BYTES if os.geteuid() == 0 else min(workers.PIPE_BYTES, allowed)
+    assert [fcntl.fcntl(end, fcntl.F_GETPIPE_SZ) for end in ends] == [wanted, wanted]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import multiprocessing
@@ -57,6 +58,8 @@ DEFAULT_TIMEOUT: Final = 120.0
 """Seconds a worker may take for one page before it is taken for stuck (a page takes well under one)."""
 PARENT_CHECK: Final = 0.5
 """Seconds between a worker's checks that the daemon is still there."""
+PIPE_BYTES: Final = 1 << 20
+"""Capacity asked for each pipe between the daemon and a worker (Linux's default most may set)."""
 _RECIPES: Final = 64
 _MUTE_FILTERS: Final = 256
 _SHARED_FRAMES: Final = 16
@@ -223,6 +226,7 @@ class FormatWorkers:
                 initializer=_worker_started,
                 initargs=(os.getpid(),),
             )
+            _widen_pipes(executor)
             log.info("workers.started", worker=index, size=self.size)
         return executor
 
@@ -240,6 +244,38 @@ class FormatWorkers:
     def _stop_all(self) -> None:
         for index in range(len(self._executors)):
             self._stop(index)
+
+
+def _widen_pipes(executor: ProcessPoolExecutor) -> None:
+    """Give the pipes that carry pages to a worker and decisions back :data:`PIPE_BYTES` each, where
+    Linux allows it.
+
+    A page's decisions are a few MB. Through a pipe of 64 KiB (Linux's default) they go over in a hundred
+    writes and reads, each a wake-up of the other side, and every read allocates a buffer for all that
+    is still to come: the daemon spent as much CPU receiving decisions as writing them to its sinks.
+    Left as they are where the system refuses (another OS, or a user past its pipe allowance).
+    """
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is None:
+        return
+    for end in pipe_ends(executor):
+        try:
+            fcntl.fcntl(end, set_size, PIPE_BYTES)
+        except OSError as exc:
+            log.debug("workers.pipe_kept", error=describe(exc))
+
+
+def pipe_ends(executor: ProcessPoolExecutor) -> list[int]:
+    """The daemon's ends (file descriptors) of the pipes to ``executor``'s worker and back.
+
+    The executor keeps its queues in private attributes and names no public way to them: none are
+    found if they change.
+    """
+    ends = (
+        getattr(getattr(executor, "_call_queue", None), "_writer", None),
+        getattr(getattr(executor, "_result_queue", None), "_reader", None),
+    )
+    return [end.fileno() for end in ends if end is not None]
 
 
 def _processes_of(executor: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
