@@ -1,6 +1,6 @@
 """How a spooled page is stored: a few independent LZ4 frames of JSON arrays, each read with orjson.
 
-About 4.6x smaller than the JSON, and 5x faster to decompress than zlib (every route reads every page).
+About 4x smaller than the JSON, and 5x faster to decompress than zlib (every route reads every page).
 Splitting a page into frames keeps each stretch of GIL-holding JSON work short when encoding and
 decoding run in a worker thread, so the event loop stays responsive while a 10,000-record page is
 processed.
@@ -9,7 +9,7 @@ A frame's array is written by orjson from parsed records (:func:`encode`), or jo
 are already JSON texts (:func:`encode_texts`: the Netskope fast path, `ce_daemon.netskope.rawpages`).
 Damage is caught by LZ4's block checksums (xxHash32 of each compressed block), checked by
 :func:`decode`: they cover every stored byte as the content checksum of earlier pages did (still read),
-at a quarter of its cost, since the compressed blocks are 4.6x shorter than the JSON.
+at a quarter of its cost, since the compressed blocks are 4x shorter than the JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ _ZLIB_CODEC = "orjson-zlib1-frames"
 # Records per compressed frame: small enough that one frame's JSON work holds the GIL only ~3 ms,
 # large enough that the compressor still finds the repetition between records.
 FRAME_RECORDS = 1_000
+# LZ4's acceleration 8 (a negative level): on the simulator's pages it compresses in a third less CPU than
+# its default, and decompresses in a sixth less, for a page about 10 % larger (4.1x smaller than the JSON
+# instead of 4.5x). Every page the tenant sends is compressed once, on the daemon's own cores.
+_LEVEL = -8
 
 
 class SpoolCorruptError(StoreError):
@@ -97,7 +101,7 @@ def encode_texts(texts: Sequence[Buffer] | TextArrays) -> bytes:
 
 
 def _compress(array: bytes) -> bytes:
-    frame: bytes = lz4.frame.compress(array, block_checksum=True)
+    frame: bytes = lz4.frame.compress(array, block_checksum=True, compression_level=_LEVEL)
     return frame
 
 
