@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/ce-daemon: pyproject.toml hatch_build.py ce_daemon/_jsonscan.h ce_daemon/logs/_native.c ce_daemon/netskope/_pages.c scripts/c-compiler.sh
+$(BIN)/ce-daemon: pyproject.toml hatch_build.py ce_daemon/_jsonscan.h ce_daemon/logs/_native.c ce_daemon/netskope/_pages.c ce_daemon/_framing.c scripts/c-compiler.sh
 	$(PYTHON) -m venv $(VENV)
 	./scripts/c-compiler.sh $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip

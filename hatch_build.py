@@ -1,8 +1,9 @@
-"""Build hook: compiles the two C extensions, both on the JSON scanner of ``ce_daemon/_jsonscan.h``:
+"""Build hook: compiles the C extensions: two on the JSON scanner of ``ce_daemon/_jsonscan.h``,
 ``ce_daemon/logs/_native.c`` (the C writer of CEF and LEEF lines) and ``ce_daemon/netskope/_pages.c``
-(ingestion's page splitter).
+(ingestion's page splitter), and ``ce_daemon/_framing.c`` (syslog frames of a whole batch).
 
-Both are accelerators, not requirements (:mod:`ce_daemon.logs.native`, :mod:`ce_daemon.netskope.rawpages`):
+All are accelerators, not requirements (:mod:`ce_daemon.logs.native`, :mod:`ce_daemon.netskope.rawpages`,
+:mod:`ce_daemon.framing`):
 without a C compiler, or with ``CE_DAEMON_NATIVE=0`` in the environment, the package installs all the
 same and Python runs instead (the same bytes, more CPU). They are compiled with the interpreter's own
 compiler and include directory (``sysconfig``), so nothing but a C compiler is needed; an editable
@@ -20,7 +21,11 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCES = (Path("ce_daemon", "logs", "_native.c"), Path("ce_daemon", "netskope", "_pages.c"))
+SOURCES = (
+    Path("ce_daemon", "logs", "_native.c"),
+    Path("ce_daemon", "netskope", "_pages.c"),
+    Path("ce_daemon", "_framing.c"),
+)
 
 
 class NativeHook(BuildHookInterface):  # type: ignore[type-arg]

@@ -17,13 +17,17 @@ read as two.
 
 PRI = facility * 8 + severity; the defaults are local0 (16) and informational (6), giving ``<134>``.
 Everything that does not change per record is rendered once; the timestamp text is cached per second.
+A whole batch is framed by ``_framing.c`` when it was built (``hatch_build.py``), by a Python loop
+otherwise or with ``CE_DAEMON_NATIVE=0``: the same bytes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Final, Literal
 
 SyslogHeader = Literal["rfc5424", "rfc3164", "none"]
@@ -37,6 +41,25 @@ _BOM: Final = b"\xef\xbb\xbf"
 # RFC 5424 §6: HOSTNAME ≤ 255, APP-NAME ≤ 48, PROCID ≤ 128, MSGID ≤ 32 printable US-ASCII characters.
 _LIMITS: Final = {"hostname": 255, "app_name": 48, "procid": 128, "msgid": 32}
 _TAG_LIMIT: Final = 32  # RFC 3164 §4.1.3
+
+
+_FRAMING_ABI: Final = 1
+"""The ``FRAMING_ABI`` of the ``_framing.c`` this module is written for."""
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("CE_DAEMON_NATIVE", "1") == "0":
+        return None
+    try:
+        from ce_daemon import _framing  # built at install time when a C compiler is there
+    except ImportError:
+        return None
+    return _framing if getattr(_framing, "ABI", None) == _FRAMING_ABI else None  # a stale build is not used
+
+
+_FRAMING = _load()
+NATIVE_FRAMING: Final = _FRAMING is not None
+"""True when batches are framed in C (``_framing.c``)."""
 
 
 def _check_token(name: str, value: str, limit: int) -> str:
@@ -144,6 +167,25 @@ class SyslogFramer:
 
         ``timestamps`` are whole epoch seconds; the framer's severity applies to each message.
         """
+        if _FRAMING is not None:
+            severity = self._severity
+            header_of = self._header_of
+            framed = _FRAMING.frame_all(
+                messages,
+                timestamps,
+                lambda stamp: header_of(stamp, severity),
+                self._lf,
+                self._head_second,
+                self._head,
+            )
+            if framed is not None:
+                frames: bytes
+                frames, self._head_second, self._head = framed
+                return frames
+        return self._frame_all(messages, timestamps)
+
+    def _frame_all(self, messages: Sequence[bytes], timestamps: Sequence[int]) -> bytes:
+        """:meth:`frame_all` in Python: without ``_framing.c``, and for messages that are not bytes."""
         parts: list[bytes] = []
         append = parts.append
         second, head = self._head_second, self._head

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ce_daemon import framing as framing_module
 from ce_daemon.framing import SyslogFramer
 
 MESSAGE = b"CEF:0|Netskope|acme|NULL|DLP|n|High|suser=z\xc3\xab"  # ends in a two-byte UTF-8 character
@@ -166,11 +167,53 @@ def test_a_batch_framed_at_once_is_each_record_framed_alone(
     """``frame_all`` writes the bytes of ``frame`` on each record, one after the other, and no header is
     longer than ``header_bound`` says (the syslog sink relies on it to skip checking each record)."""
     zone = dt.timezone(dt.timedelta(hours=hours))
-    batch = SyslogFramer(header, framing, hostname="h", tz=zone, bom=bom, procid="7")  # type: ignore[arg-type]
-    alone = SyslogFramer(header, framing, hostname="h", tz=zone, bom=bom, procid="7")  # type: ignore[arg-type]
+    batch, in_python, alone = (
+        SyslogFramer(header, framing, hostname="h", tz=zone, bom=bom, procid="7")  # type: ignore[arg-type]
+        for _ in range(3)
+    )
     messages, stamps = [m for m, _ in records], [s for _, s in records]
-    assert batch.frame_all(messages, stamps) == b"".join(alone.frame(m, s) for m, s in records)
+    half = len(records) // 2  # two batches: the header kept from the first serves the second
+    expected = b"".join(alone.frame(m, s) for m, s in records)
+    assert (
+        batch.frame_all(messages[:half], stamps[:half]) + batch.frame_all(messages[half:], stamps[half:])
+        == expected
+    )
+    python = in_python._frame_all(messages[:half], stamps[:half]) + in_python._frame_all(
+        messages[half:], stamps[half:]
+    )
+    assert python == expected
     for stamp in stamps:
         framed = alone.frame(b"", stamp)
         head = framed[framed.index(b" ") + 1 :] if framing == "octet" else framed[:-1]
         assert len(head) <= alone.header_bound()
+
+
+def test_batches_are_framed_in_c() -> None:
+    """The install built ``_framing.c`` (a C compiler is on this machine): the tests here exercise it."""
+    assert framing_module.NATIVE_FRAMING
+
+
+def test_a_batch_with_other_buffers_than_bytes_is_framed_all_the_same() -> None:
+    """A sink may hand bytearrays or memoryviews: the C loop leaves such a batch to the Python one."""
+    messages = [b"one", bytearray(b"two\nlines"), memoryview(b"three")]
+    stamps = [1_700_000_000, 1_700_000_000, 1_700_000_001]
+    for framing in ("octet", "lf"):
+        alone = SyslogFramer("rfc5424", framing, hostname="h")  # type: ignore[arg-type]
+        expected = b"".join(alone.frame(bytes(m), s) for m, s in zip(messages, stamps, strict=True))
+        assert SyslogFramer("rfc5424", framing, hostname="h").frame_all(messages, stamps) == expected  # type: ignore[arg-type]
+
+
+def test_a_batch_needs_one_timestamp_per_message() -> None:
+    framer = SyslogFramer(hostname="h")
+    with pytest.raises(ValueError, match="timestamp"):
+        framer.frame_all([b"a", b"b"], [1_700_000_000])
+    with pytest.raises(ValueError, match="shorter"):
+        framer._frame_all([b"a", b"b"], [1_700_000_000])
+
+
+def test_a_timestamp_past_datetimes_range_fails_the_batch_in_either_loop() -> None:
+    """The header of a timestamp that cannot be rendered raises as ``frame`` would: no frame is half made."""
+    framer = SyslogFramer(hostname="h")
+    for frame_all in (framer.frame_all, framer._frame_all):
+        with pytest.raises((OverflowError, ValueError, OSError)):
+            frame_all([b"a", b"b"], [1_700_000_000, 10**15])

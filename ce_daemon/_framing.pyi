@@ -1,0 +1,17 @@
+"""Types of syslog framing in C (``_framing.c``), built at install time when a C compiler is there."""
+
+from collections.abc import Callable, Sequence
+
+ABI: int
+
+def frame_all(
+    messages: Sequence[bytes],
+    timestamps: Sequence[int],
+    header_of: Callable[[int], bytes],
+    lf: bool,
+    second: int | None,
+    head: bytes,
+    /,
+) -> tuple[bytes, int | None, bytes] | None:
+    """The frames of ``messages`` as one bytes, with the timestamp and header kept for the next batch;
+    None when a message is not a bytes object."""
