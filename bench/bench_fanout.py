@@ -64,6 +64,36 @@ def peak_rss_mib(pid: int) -> float:
 # -- the receivers (a child process) ----------------------------------------------------------------------
 
 
+class OctetCounter:
+    """Counts the messages of an octet-counted syslog stream ("LEN SP MSG") where each chunk lies: a message
+    that runs on into the next chunk is skipped there, and only a length cut in two is joined to what
+    follows. (A buffer grown and cut by every chunk cost the receivers more CPU than some routes.)"""
+
+    def __init__(self) -> None:
+        self.head = b""  # the start of a length cut off at the end of the last chunk
+        self.skip = 0  # bytes of the last message still to come
+
+    def feed(self, chunk: bytes) -> int:
+        """The messages that end in ``chunk``."""
+        if self.head:
+            chunk, self.head = self.head + chunk, b""
+        frames, offset, size = 0, min(self.skip, len(chunk)), len(chunk)
+        self.skip -= offset
+        if offset and not self.skip:
+            frames += 1
+        while offset < size:
+            space = chunk.find(b" ", offset, offset + 12)
+            if space < 0:
+                self.head = chunk[offset:]
+                break
+            end = space + 1 + int(chunk[offset:space])
+            if end > size:
+                self.skip = end - size
+                break
+            frames, offset = frames + 1, end
+        return frames
+
+
 def receivers(pipe: Connection) -> None:
     """Serve two syslog TCP ports and one HTTP endpoint; report counts and first/last arrival times."""
     asyncio.run(_receive(pipe))
@@ -82,28 +112,19 @@ async def _receive(pipe: Connection) -> None:
 
     def syslog(name: str) -> Any:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            buffer = b""
+            counter = OctetCounter()
             while chunk := await reader.read(1 << 20):
-                buffer += chunk
-                frames, offset = 0, 0
-                while True:  # octet counting: "LEN SP MSG"
-                    space = buffer.find(b" ", offset, offset + 12)
-                    if space < 0:
-                        break
-                    end = space + 1 + int(buffer[offset:space])
-                    if end > len(buffer):
-                        break
-                    frames, offset = frames + 1, end
-                buffer = buffer[offset:]
-                if frames:
+                if frames := counter.feed(chunk):
                     seen(name, frames)
             writer.close()
 
         return handle
 
     async def posted(request: web.Request) -> web.Response:
-        body = await request.read()
-        seen("json-http", body.count(b"\n") + (0 if body.endswith(b"\n") or not body else 1))
+        lines, last = 0, b"\n"  # counted as the body streams in: no copy of it is made
+        async for chunk in request.content.iter_any():
+            lines, last = lines + chunk.count(b"\n"), chunk[-1:] or last
+        seen("json-http", lines + (last != b"\n"))
         return web.json_response({"ok": True})
 
     app = web.Application(client_max_size=1 << 30)

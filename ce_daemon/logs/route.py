@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
+from operator import add
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -365,8 +366,9 @@ class RouteComponent(Component):
         positions, ids, data = decisions.positions, decisions.ids, decisions.data
         stamps = decisions.timestamps
         sending = len(data)
-        # ends[k]: the bytes of records 0..k-1 with their separators, as the batch counts them.
-        ends = list(accumulate((len(line) + 1 for line in data), initial=0))
+        # ends[k]: the bytes of records 0..k-1 with their separators, as the batch counts them (summed in
+        # C: a generator's frame per line cost more than the rest of this loop).
+        ends = list(map(add, accumulate(map(len, data), initial=0), range(sending + 1)))
         first = 0
         while first < sending:
             if batch.records and batch.size + ends[first + 1] - ends[first] > max_bytes:
