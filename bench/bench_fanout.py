@@ -14,8 +14,8 @@ Prints, per route: records delivered, sustained records/s (from its first to its
 a share of the 40,000 records/s a tenant can deliver (target ≥ 90 % for every route), how far it fell
 behind the pollers (records pulled less records delivered, sampled every 2 s: the backlog's records are
 up to an hour old, so a route's ``lag_s`` says nothing here); the pull's own rate (the pollers' records,
-sampled every 0.5 s: the simulator renders and gzips every page on the same two cores, and no route can
-ship faster than the pull); for the daemon: CPU seconds per million records pulled (routes included)
+sampled every 0.5 s: the simulator renders and gzips every page on the same two cores, and no route
+keeps ahead of the pull for long); for the daemon: CPU seconds per million records pulled (routes included)
 and peak RSS. Always exits 0: it is a report, not a gate.
 
 Measured on this 2-core machine before any of issue 13's work (2026-12-04): 7,013 / 6,342 / 7,006
