@@ -24,11 +24,11 @@ otherwise or with ``CE_DAEMON_NATIVE=0``: the same bytes.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import socket
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Final, Literal
+
+from ce_daemon.accelerators import load
 
 SyslogHeader = Literal["rfc5424", "rfc3164", "none"]
 Framing = Literal["octet", "lf"]
@@ -47,19 +47,9 @@ _FRAMING_ABI: Final = 1
 """The ``FRAMING_ABI`` of the ``_framing.c`` this module is written for."""
 
 
-def _load() -> ModuleType | None:
-    if os.environ.get("CE_DAEMON_NATIVE", "1") == "0":
-        return None
-    try:
-        from ce_daemon import _framing  # built at install time when a C compiler is there
-    except ImportError:
-        return None
-    return _framing if getattr(_framing, "ABI", None) == _FRAMING_ABI else None  # a stale build is not used
-
-
-_FRAMING = _load()
+_FRAMING, FRAMING_STATE = load("ce_daemon._framing", _FRAMING_ABI)
 NATIVE_FRAMING: Final = _FRAMING is not None
-"""True when batches are framed in C (``_framing.c``)."""
+"""True when batches are framed in C (``_framing.c``); ``FRAMING_STATE`` says why not otherwise."""
 
 
 def _check_token(name: str, value: str, limit: int) -> str:

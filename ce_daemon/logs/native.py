@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import ModuleType
 from typing import Any, Final
 
 import orjson
 
+from ce_daemon.accelerators import load
 from ce_daemon.filter import fields_read
 from ce_daemon.logs.generated import PlanStep
 from ce_daemon.logs.mapping import Record, reads_of
@@ -63,20 +63,7 @@ cut to ``limit`` characters unless ``limit`` is -1). A reader's or a field's tex
 field."""
 
 
-def _load() -> tuple[ModuleType | None, str]:
-    if os.environ.get("CE_DAEMON_NATIVE", "1") == "0":
-        return None, "turned off (CE_DAEMON_NATIVE=0)"
-    try:
-        from ce_daemon.logs import _native  # built at install time when a C compiler is there
-    except ImportError as exc:
-        return None, f"not built ({exc})"
-    found = getattr(_native, "ABI", None)
-    if found != ABI:
-        return None, f"a stale build (ABI {found}, expected {ABI}): reinstall the package"
-    return _native, "built"
-
-
-_MODULE, STATE = _load()
+_MODULE, STATE = load("ce_daemon.logs._native", ABI)
 AVAILABLE: Final = _MODULE is not None
 """True when the C writer is built and current; ``STATE`` says why not otherwise."""
 READS_TEXT: Final = os.environ.get("CE_DAEMON_NATIVE", "1") != "dicts"

@@ -39,7 +39,7 @@ from ce_daemon.keys import StreamKey
 from ce_daemon.netskope.checkpoint import Checkpoints, IteratorMark, page_marker
 from ce_daemon.netskope.client import Page, TenantClient, UncertainAnswerError
 from ce_daemon.netskope.pages import Repair, repair_records
-from ce_daemon.netskope.rawpages import NATIVE_SPLITTER, SPLITTER, RecordTexts
+from ce_daemon.netskope.rawpages import NATIVE_SPLITTER, SPLITTER, SPLITTER_STATE, RecordTexts
 from ce_daemon.netskope.subtypes import all_streams
 from ce_daemon.spool import UnencodableRecordsError
 from ce_daemon.store import Fence
@@ -156,7 +156,7 @@ class Poller(Component):
     async def run(self, stopping: asyncio.Event) -> None:
         self._stopping = stopping
         if SPLITTER != NATIVE_SPLITTER:  # the same records, about 4 µs more CPU each: worth knowing
-            self.log.info("poller.python_splitter", splitter=SPLITTER)
+            self.log.info("poller.python_splitter", splitter=SPLITTER, c_splitter=SPLITTER_STATE)
         index = await self._index_name()
         state = await self.checkpoints.state(self.iterator_key)
         if state is None or not state.first_pull_done:

@@ -35,21 +35,20 @@ back to the same values, and every reader of the spool parses with orjson.
 
 from __future__ import annotations
 
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Final, Literal
 
 import msgspec
 import orjson
 import simdjson
 
+from ce_daemon.accelerators import load
 from ce_daemon.netskope.pages import RECORD_DEPTH_LIMIT, nesting_depth
 
-__all__ = ["NATIVE_SPLITTER", "SPLITTER", "RecordTexts", "SplitPage", "split_page"]
+__all__ = ["NATIVE_SPLITTER", "SPLITTER", "SPLITTER_STATE", "RecordTexts", "SplitPage", "split_page"]
 
 ABI: Final = 1
 """The ``PAGES_ABI`` of the ``_pages.c`` this module is written for."""
@@ -57,17 +56,7 @@ ABI: Final = 1
 Field = Literal["_id", "timestamp"]
 
 
-def _load() -> ModuleType | None:
-    if os.environ.get("CE_DAEMON_NATIVE", "1") == "0":
-        return None
-    try:
-        from ce_daemon.netskope import _pages  # built at install time when a C compiler is there
-    except ImportError:
-        return None
-    return _pages if getattr(_pages, "ABI", None) == ABI else None  # a stale build is not used
-
-
-_PAGES = _load()
+_PAGES, SPLITTER_STATE = load("ce_daemon.netskope._pages", ABI)
 NATIVE_SPLITTER: Final = "C (_pages.c)"
 SPLITTER: Final = NATIVE_SPLITTER if _PAGES is not None else "msgspec and simdjson"
 """Which implementation splits pages in this process."""
