@@ -218,6 +218,18 @@ class FormatWorkers:
             if process.pid is not None
         ]
 
+    def pipe_sizes(self) -> list[list[int]]:
+        """For each running worker, the capacity in bytes of the pipe that carries its pages and of the
+        one that carries its decisions back, as Linux reports them (empty where it cannot tell)."""
+        get_size = getattr(fcntl, "F_GETPIPE_SZ", None)
+        if get_size is None:
+            return [[] for executor in self._executors if executor is not None]
+        return [
+            [fcntl.fcntl(end, get_size) for end in pipe_ends(executor)]
+            for executor in self._executors
+            if executor is not None
+        ]
+
     def _running(self, index: int) -> ProcessPoolExecutor:
         executor = self._executors[index]
         if executor is None:
