@@ -1,0 +1,59 @@
+"""The benchmarks' own instruments, held to what they claim to count.
+
+``bench/`` is not a package (its scripts run as ``python bench/NAME.py``): the module is loaded from its
+file, as the script would be.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _bench(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+fanout = _bench("bench_fanout")
+
+
+def _octet_stream(messages: list[bytes]) -> bytes:
+    return b"".join(b"%d %s" % (len(message), message) for message in messages)
+
+
+@given(
+    messages=st.lists(st.binary(max_size=300), max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=30),
+)
+def test_the_octet_counter_counts_every_message_however_the_stream_is_cut(
+    messages: list[bytes], cuts: list[int]
+) -> None:
+    """Messages of any bytes (spaces and digits in them too), cut into chunks anywhere, lengths included."""
+    stream = _octet_stream(messages)
+    points = sorted({cut % (len(stream) + 1) for cut in cuts} | {0, len(stream)})
+    counter = fanout.OctetCounter()
+    counted = [counter.feed(stream[start:end]) for start, end in itertools.pairwise(points)]
+    assert sum(counted) == len(messages)
+    assert counter.head == b"" and counter.skip == 0  # nothing left half-read at the stream's end
+
+
+def test_each_message_is_counted_in_the_chunk_where_it_ends() -> None:
+    stream = _octet_stream([b"a" * 10, b"b" * 5, b"c" * 3])  # "10 aaaaaaaaaa5 bbbbb3 ccc"
+    counter = fanout.OctetCounter()
+    assert counter.feed(stream[:1]) == 0  # half of the first length
+    assert counter.feed(stream[1:8]) == 0  # inside the first message
+    assert counter.feed(stream[8:15]) == 1  # the first ends here, the second starts
+    assert counter.feed(stream[15:]) == 2
