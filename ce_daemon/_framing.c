@@ -1,8 +1,8 @@
 /* Syslog frames of a whole batch, in C: the loop of SyslogFramer.frame_all (ce_daemon/framing.py), which
  * falls back to its own Python loop without this module. The same bytes either way.
  *
- * `frame_all(messages, timestamps, header_of, lf, second, head)` frames each message after the header of
- * its timestamp, as a stream carries them one after the other:
+ * `frame_all(messages, timestamps, header_of, lf, second, head, limit, now, latest)` frames each message
+ * after the header of its timestamp, as a stream carries them one after the other:
  *
  *   octet counting (lf false): "<length of header + message> <header><message>";
  *   LF (lf true):              "<header><message, each LF replaced by a space>\n".
@@ -10,8 +10,13 @@
  * A message's header is `head` while its timestamp equals `second` (the last header made, kept by the
  * caller between batches); for any other timestamp it is `header_of(timestamp)`, which then becomes the
  * kept one (a page's records share a few dozen timestamps, so it is called rarely). It answers
- * (frames, second, head): the frames as one bytes, and the header kept for the next batch. It answers
- * None, before calling anything, when a message is not a bytes object: the caller's loop frames those.
+ * (frames, second, head): the frames as one bytes, and the header kept for the next batch.
+ *
+ * When `now` is not None, an int timestamp that differs from the kept one and lies outside 1..`latest` is
+ * framed as if it were `now`; the caller keeps `second` within that range too.
+ *
+ * It answers None, before calling anything, when it leaves the batch to the caller's loop: a message is
+ * not a bytes object, or is longer than `limit` bytes (-1: no limit); the caller then looks at each one.
  * The two sequences must be as long as each other (ValueError otherwise, as zip(strict=True) raises).
  */
 
@@ -20,7 +25,7 @@
 #include <string.h>
 
 /* Raised whenever this file changes what it takes or answers: framing.py refuses a build of another. */
-#define FRAMING_ABI 1
+#define FRAMING_ABI 2
 
 /* Decimal digits of n (n >= 0). */
 static int digits(Py_ssize_t n)
@@ -47,10 +52,12 @@ static char *put_count(char *out, Py_ssize_t n)
 
 static PyObject *framing_frame_all(PyObject *self, PyObject *args)
 {
-    PyObject *messages_in, *timestamps_in, *header_of, *second, *head;
+    PyObject *messages_in, *timestamps_in, *header_of, *second, *head, *now;
     int lf;
-    if (!PyArg_ParseTuple(args, "OOOpOO!", &messages_in, &timestamps_in, &header_of, &lf, &second,
-                          &PyBytes_Type, &head)) {
+    Py_ssize_t limit;
+    long long latest;
+    if (!PyArg_ParseTuple(args, "OOOpOO!nOL", &messages_in, &timestamps_in, &header_of, &lf, &second,
+                          &PyBytes_Type, &head, &limit, &now, &latest)) {
         return NULL;
     }
     PyObject *result = NULL, *heads = NULL, *frames = NULL;
@@ -68,7 +75,7 @@ static PyObject *framing_frame_all(PyObject *self, PyObject *args)
     PyObject **message_items = PySequence_Fast_ITEMS(messages);
     PyObject **stamp_items = PySequence_Fast_ITEMS(timestamps);
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (!PyBytes_CheckExact(message_items[i])) {
+        if (!PyBytes_CheckExact(message_items[i]) || (limit >= 0 && PyBytes_GET_SIZE(message_items[i]) > limit)) {
             result = Py_NewRef(Py_None);
             goto done;
         }
@@ -90,6 +97,20 @@ static PyObject *framing_frame_all(PyObject *self, PyObject *args)
         int differs = PyObject_RichCompareBool(stamp, second, Py_NE);
         if (differs < 0) {
             goto failed;
+        }
+        if (differs && now != Py_None && PyLong_Check(stamp)) {
+            int overflow = 0;
+            long long value = PyLong_AsLongLongAndOverflow(stamp, &overflow);
+            if (value == -1 && PyErr_Occurred()) {
+                goto failed;
+            }
+            if (overflow || value <= 0 || value > latest) {
+                stamp = now;
+                differs = PyObject_RichCompareBool(stamp, second, Py_NE);
+                if (differs < 0) {
+                    goto failed;
+                }
+            }
         }
         if (differs) {
             PyObject *made = PyObject_CallOneArg(header_of, stamp);

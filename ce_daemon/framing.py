@@ -43,7 +43,10 @@ _LIMITS: Final = {"hostname": 255, "app_name": 48, "procid": 128, "msgid": 32}
 _TAG_LIMIT: Final = 32  # RFC 3164 §4.1.3
 
 
-_FRAMING_ABI: Final = 1
+LATEST_TIMESTAMP: Final = 253_402_300_799
+"""9999-12-31T23:59:59Z, the last epoch second a header can be written for (datetime's range)."""
+
+_FRAMING_ABI: Final = 2
 """The ``FRAMING_ABI`` of the ``_framing.c`` this module is written for."""
 
 
@@ -151,11 +154,21 @@ class SyslogFramer:
             return b"".join((head, message, b"\n"))
         return b"%d %b%b" % (len(head) + len(message), head, message)
 
-    def frame_all(self, messages: Sequence[bytes], timestamps: Sequence[int]) -> bytes:
+    def frame_all(
+        self,
+        messages: Sequence[bytes],
+        timestamps: Sequence[int],
+        *,
+        limit: int | None = None,
+        now: int | None = None,
+    ) -> bytes | None:
         """The frames of ``messages`` one after the other, as a stream carries them: the bytes of
         ``b"".join(self.frame(m, t) for m, t in zip(messages, timestamps))``, each message copied once.
 
-        ``timestamps`` are whole epoch seconds; the framer's severity applies to each message.
+        ``timestamps`` are whole epoch seconds; the framer's severity applies to each message. With
+        ``now``, a timestamp outside 1..:data:`LATEST_TIMESTAMP` is framed as ``now``.
+        None, with nothing framed, when a message is longer than ``limit`` bytes: the caller then
+        decides record by record.
         """
         if _FRAMING is not None:
             severity = self._severity
@@ -167,15 +180,30 @@ class SyslogFramer:
                 self._lf,
                 self._head_second,
                 self._head,
+                -1 if limit is None else max(limit, 0),
+                now,
+                LATEST_TIMESTAMP,
             )
             if framed is not None:
                 frames: bytes
                 frames, self._head_second, self._head = framed
                 return frames
-        return self._frame_all(messages, timestamps)
+        return self._frame_all(messages, timestamps, limit=limit, now=now)
 
-    def _frame_all(self, messages: Sequence[bytes], timestamps: Sequence[int]) -> bytes:
-        """:meth:`frame_all` in Python: without ``_framing.c``, and for messages that are not bytes."""
+    def _frame_all(
+        self,
+        messages: Sequence[bytes],
+        timestamps: Sequence[int],
+        *,
+        limit: int | None = None,
+        now: int | None = None,
+    ) -> bytes | None:
+        """:meth:`frame_all` in Python: without ``_framing.c``, for messages that are not bytes, and for a
+        batch with a message longer than ``limit``."""
+        if limit is not None and messages and max(map(len, messages)) > max(limit, 0):
+            return None
+        if now is not None:
+            timestamps = [stamp if 0 < stamp <= LATEST_TIMESTAMP else now for stamp in timestamps]
         parts: list[bytes] = []
         append = parts.append
         second, head = self._head_second, self._head

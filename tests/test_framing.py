@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ce_daemon import framing as framing_module
-from ce_daemon.framing import SyslogFramer
+from ce_daemon.framing import LATEST_TIMESTAMP, SyslogFramer
 
 MESSAGE = b"CEF:0|Netskope|acme|NULL|DLP|n|High|suser=z\xc3\xab"  # ends in a two-byte UTF-8 character
 WHEN = 1700000000.123  # 2023-11-14 22:13:20.123 UTC
@@ -217,3 +217,35 @@ def test_a_timestamp_past_datetimes_range_fails_the_batch_in_either_loop() -> No
     for frame_all in (framer.frame_all, framer._frame_all):
         with pytest.raises((OverflowError, ValueError, OSError)):
             frame_all([b"a", b"b"], [1_700_000_000, 10**15])
+
+
+@given(
+    framing=st.sampled_from(["octet", "lf"]),
+    records=st.lists(
+        st.tuples(
+            st.binary(max_size=30),
+            st.integers(1, _LATEST_IN_ANY_ZONE)
+            | st.sampled_from([0, -1, -(2**70), LATEST_TIMESTAMP, LATEST_TIMESTAMP + 1, 2**64, 10**30]),
+        ),
+        max_size=10,
+    ),
+    limit=st.none() | st.integers(-2, 35),
+)
+def test_a_batch_is_framed_only_within_its_limit_and_out_of_range_stamps_as_now(
+    framing: str, records: list[tuple[bytes, int]], limit: int | None
+) -> None:
+    """The syslog sink hands ``limit`` (its largest message less the widest header) and ``now``: the
+    batch is None when a message is longer than the limit, else each timestamp outside
+    1..LATEST_TIMESTAMP is framed as ``now``, in C and in Python alike, over two batches."""
+    now = 1_700_000_123
+    batch, in_python, alone = (SyslogFramer("rfc5424", framing, hostname="h") for _ in range(3))  # type: ignore[arg-type]
+    messages, stamps = [m for m, _ in records], [s for _, s in records]
+    half = len(records) // 2
+    expected = [alone.frame(m, s if 0 < s <= LATEST_TIMESTAMP else now) for m, s in records]
+    for frame_all in (batch.frame_all, in_python._frame_all):
+        for part in (slice(None, half), slice(half, None)):
+            framed = frame_all(messages[part], stamps[part], limit=limit, now=now)
+            if limit is not None and any(len(m) > max(limit, 0) for m in messages[part]):
+                assert framed is None
+            else:
+                assert framed == b"".join(expected[part])

@@ -26,6 +26,7 @@ from typing import Final
 
 from ce_daemon.http import ssl_context
 from ce_daemon.plugin import (
+    LATEST_TIMESTAMP,
     Health,
     LogSink,
     OutBatch,
@@ -36,7 +37,6 @@ from ce_daemon.plugin import (
 )
 from ce_syslog.options import SyslogSinkOptions
 
-_LATEST_TIMESTAMP: Final = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime renders
 _CLOSE_TIMEOUT: Final = 5.0
 
 
@@ -105,13 +105,8 @@ class SyslogSink(LogSink[SyslogSinkOptions]):
         if self.options.protocol == "udp" or not batch:
             return None
         records = OutBatch.of(batch)
-        data, stamps = records.data, records.timestamps
-        if max(map(len, data)) + self._framer.header_bound() > self.options.max_message_bytes:
-            return None
-        if min(stamps) <= 0 or max(stamps) > _LATEST_TIMESTAMP:
-            now = int(time.time())
-            stamps = [stamp if 0 < stamp <= _LATEST_TIMESTAMP else now for stamp in stamps]
-        return self._framer.frame_all(data, stamps)
+        limit = self.options.max_message_bytes - self._framer.header_bound()
+        return self._framer.frame_all(records.data, records.timestamps, limit=limit, now=int(time.time()))
 
     def _frame(self, batch: Sequence[OutRecord]) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]]]:
         frame = self._framer.frame
@@ -123,7 +118,7 @@ class SyslogSink(LogSink[SyslogSinkOptions]):
         rejected: list[tuple[int, str]] = []
         for index, record in enumerate(batch):
             stamp = record.timestamp
-            framed = frame(record.data, stamp if 0 < stamp <= _LATEST_TIMESTAMP else now)
+            framed = frame(record.data, stamp if 0 < stamp <= LATEST_TIMESTAMP else now)
             if len(framed) > limit or udp:
                 # The length prefix (octet) or the trailing LF is framing, not message.
                 start = framed.index(b" ") + 1 if octet else 0
