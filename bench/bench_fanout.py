@@ -1,9 +1,12 @@
 """Fan-out benchmark (issue 13): one tenant's backlog pulled at the API ceiling by the real daemon and
 fanned out to three routes — CEF → TCP syslog, JSON → an HTTP sink, LEEF → TCP syslog.
 
-Run: ``python bench/bench_fanout.py [--per-subtype N] [--twin]`` (default 250,000 for each of 4 subtypes =
-1M records). ``--twin`` adds a fourth route, the CEF route's twin to a third syslog port: routes with the
-same output share the format workers' decisions, so it should cost little more than its sending.
+Run: ``python bench/bench_fanout.py [--per-subtype N] [--twin] [--cpus C]`` (default 250,000 for each of 4
+subtypes = 1M records). ``--twin`` adds a fourth route, the CEF route's twin to a third syslog port: routes
+with the same output share the format workers' decisions, so it should cost little more than its sending.
+``--cpus 1.3`` holds the whole run to 1.3 cores' worth of CPU time (a cgroup CPU quota, as root): a machine
+a third slower than this one, made on purpose and the same every time, where an unlucky hour cannot be
+told from a slower commit.
 
 The tenant simulator runs in its own process in backlog mode (pages of 10,000, 4 requests/s per token);
 the receivers run in a second process (a TCP server counting octet-counted syslog frames on two ports, an
@@ -32,6 +35,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,62 @@ def peak_rss_mib(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+# -- a slower machine, made on purpose ---------------------------------------------------------------------
+
+_PERIOD_US = 100_000
+
+
+def _cpu_group_root() -> tuple[Path, int] | None:
+    """Where this process's CPU controller is mounted, and the cgroup version (1 or 2); None without one."""
+    with open("/proc/self/cgroup", encoding="ascii") as groups:
+        lines = [line.rstrip("\n").split(":", 2) for line in groups]
+    for _, controllers, path in lines:
+        group = Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
+        if "cpu" in controllers.split(",") and (group / "cpu.cfs_quota_us").exists():
+            return group, 1
+    for _, controllers, path in lines:
+        group = Path("/sys/fs/cgroup") / path.lstrip("/")
+        available = group / "cgroup.controllers"
+        if controllers == "" and available.exists() and "cpu" in available.read_text("ascii").split():
+            return group, 2
+    return None
+
+
+@contextlib.contextmanager
+def cpu_quota(cpus: float) -> Iterator[Path]:
+    """Hold this process, and every process it starts from here on, to ``cpus`` cores' worth of CPU time
+    in all (a new cgroup with a CFS quota of ``cpus`` x 100 ms per 100 ms). Needs root. The cgroup is
+    left and removed on the way out, once the processes started in it have ended."""
+    found = _cpu_group_root()
+    if found is None:
+        raise SystemExit("--cpus needs the cgroup cpu controller (cgroup v1 cpu, or v2 with cpu enabled)")
+    parent, version = found
+    group = parent / f"ce-daemon-bench-{os.getpid()}"
+    quota = round(cpus * _PERIOD_US)
+    try:
+        group.mkdir()
+        if version == 1:
+            (group / "cpu.cfs_period_us").write_text(str(_PERIOD_US), encoding="ascii")
+            (group / "cpu.cfs_quota_us").write_text(str(quota), encoding="ascii")
+        else:
+            (group / "cpu.max").write_text(f"{quota} {_PERIOD_US}", encoding="ascii")
+        (group / "cgroup.procs").write_text(str(os.getpid()), encoding="ascii")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        raise SystemExit(f"--cpus: could not make the cgroup {group} ({exc}); it needs root") from exc
+    try:
+        yield group
+    finally:
+        (parent / "cgroup.procs").write_text(str(os.getpid()), encoding="ascii")
+        for _ in range(50):  # the daemon's workers may take a moment to end after it
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
 
 
 # -- the receivers (a child process) ----------------------------------------------------------------------
@@ -281,8 +341,19 @@ def main() -> None:
     parser.add_argument("--per-subtype", type=int, default=250_000)
     parser.add_argument("--workers", default="auto", help="logs.workers: auto, or a number (0: in-process)")
     parser.add_argument("--twin", action="store_true", help="a fourth route: the CEF route's twin")
+    parser.add_argument(
+        "--cpus",
+        type=float,
+        help="hold the whole run (simulator, receivers, daemon, workers) to this many cores' worth of CPU"
+        " time, as a slower machine would (a cgroup CPU quota; needs root)",
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as held:
+        if args.cpus is not None:
+            if args.cpus <= 0:
+                parser.error("--cpus must be more than 0")
+            group = held.enter_context(cpu_quota(args.cpus))
+            print(f"held to {args.cpus:g} cores' worth of CPU time (cgroup {group})", flush=True)
         report(asyncio.run(run(args.per_subtype, Path(directory), args.workers, args.twin)))
 
 

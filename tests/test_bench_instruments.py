@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -57,3 +59,26 @@ def test_each_message_is_counted_in_the_chunk_where_it_ends() -> None:
     assert counter.feed(stream[1:8]) == 0  # inside the first message
     assert counter.feed(stream[8:15]) == 1  # the first ends here, the second starts
     assert counter.feed(stream[15:]) == 2
+
+
+def _in_group(group: Path) -> bool:
+    with open("/proc/self/cgroup", encoding="ascii") as groups:
+        return any(line.rstrip("\n").endswith("/" + group.name) for line in groups)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or fanout._cpu_group_root() is None, reason="needs root and a cpu cgroup"
+)
+def test_cpus_holds_the_run_in_a_cgroup_with_the_quota_asked_and_leaves_none_behind() -> None:
+    """``bench_fanout --cpus 1.5``: the benchmark's process (and so all it starts) runs under a CFS quota of
+    1.5 periods per period; on the way out it is back in its own group and the new one is gone."""
+    with fanout.cpu_quota(1.5) as group:
+        assert _in_group(group)
+        if (group / "cpu.cfs_quota_us").exists():
+            quota = (group / "cpu.cfs_quota_us").read_text("ascii").split()
+            period = (group / "cpu.cfs_period_us").read_text("ascii").split()
+            assert (int(quota[0]), int(period[0])) == (150_000, 100_000)
+        else:
+            assert (group / "cpu.max").read_text("ascii").split() == ["150000", "100000"]
+    assert not _in_group(group)
+    assert not group.exists()
