@@ -6,7 +6,8 @@ subtypes = 1M records). ``--twin`` adds a fourth route, the CEF route's twin to 
 with the same output share the format workers' decisions, so it should cost little more than its sending.
 ``--cpus 1.3`` holds the whole run to 1.3 cores' worth of CPU time (a cgroup CPU quota, as root): a machine
 a third slower than this one, made on purpose and the same every time, where an unlucky hour cannot be
-told from a slower commit.
+told from a slower commit. With ``--cpus-of daemon`` the quota holds the daemon and its workers alone: how
+little CPU they keep up on, whatever the simulator (a stand-in for Netskope's servers) takes.
 
 The tenant simulator runs in its own process in backlog mode (pages of 10,000, 4 requests/s per token);
 the receivers run in a second process (a TCP server counting octet-counted syslog frames on two ports, an
@@ -90,9 +91,10 @@ def _cpu_group_root() -> tuple[Path, int] | None:
 
 @contextlib.contextmanager
 def cpu_quota(cpus: float) -> Iterator[Path]:
-    """Hold this process, and every process it starts from here on, to ``cpus`` cores' worth of CPU time
-    in all (a new cgroup with a CFS quota of ``cpus`` x 100 ms per 100 ms). Needs root. The cgroup is
-    left and removed on the way out, once the processes started in it have ended."""
+    """A new cgroup that holds the processes moved into it (:func:`hold`), and every process they start
+    from then on, to ``cpus`` cores' worth of CPU time in all: a CFS quota of ``cpus`` x 100 ms per
+    100 ms. Needs root. On the way out, what still runs in it goes back to the parent group, and the
+    group is removed."""
     found = _cpu_group_root()
     if found is None:
         raise SystemExit("--cpus needs the cgroup cpu controller (cgroup v1 cpu, or v2 with cpu enabled)")
@@ -106,7 +108,6 @@ def cpu_quota(cpus: float) -> Iterator[Path]:
             (group / "cpu.cfs_quota_us").write_text(str(quota), encoding="ascii")
         else:
             (group / "cpu.max").write_text(f"{quota} {_PERIOD_US}", encoding="ascii")
-        (group / "cgroup.procs").write_text(str(os.getpid()), encoding="ascii")
     except OSError as exc:
         with contextlib.suppress(OSError):
             group.rmdir()
@@ -114,13 +115,22 @@ def cpu_quota(cpus: float) -> Iterator[Path]:
     try:
         yield group
     finally:
-        (parent / "cgroup.procs").write_text(str(os.getpid()), encoding="ascii")
-        for _ in range(50):  # the daemon's workers may take a moment to end after it
+        # The run is over: whatever still lives in the group (this process; multiprocessing's resource
+        # tracker, which lives as long as it does; a worker still ending) goes back to the parent group.
+        for _ in range(50):
+            for pid in (group / "cgroup.procs").read_text("ascii").split():
+                with contextlib.suppress(OSError):  # it ended meanwhile
+                    hold(parent, int(pid))
             try:
                 group.rmdir()
                 break
-            except OSError:
+            except OSError:  # a process started meanwhile
                 time.sleep(0.1)
+
+
+def hold(group: Path, pid: int) -> None:
+    """Move process ``pid`` into cgroup ``group`` (its children to come with it)."""
+    (group / "cgroup.procs").write_text(str(pid), encoding="ascii")
 
 
 # -- the receivers (a child process) ----------------------------------------------------------------------
@@ -240,7 +250,10 @@ def pipeline(workdir: Path, url: str, ports: dict[str, int], workers: str, twin:
     }  # fmt: skip
 
 
-async def run(per_subtype: int, workdir: Path, workers: str, twin: bool) -> dict[str, Any]:
+async def run(
+    per_subtype: int, workdir: Path, workers: str, twin: bool, daemon_group: Path | None = None
+) -> dict[str, Any]:
+    """The benchmark; ``daemon_group``, a cgroup to hold the daemon (and so its workers) in."""
     from ce_daemon.control import ask_status
     from ce_daemon.simulator.process import simulator_process
     from ce_daemon.simulator.tenant import DEFAULT_TOKEN
@@ -261,6 +274,8 @@ async def run(per_subtype: int, workdir: Path, workers: str, twin: bool) -> dict
             sys.executable, "-m", "ce_daemon", "run", "-c", str(config), env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
+        if daemon_group is not None:  # before it has read its configuration, let alone started workers
+            hold(daemon_group, daemon.pid)
         began = time.time()
         behind: dict[str, int] = {}
         pulled = 0
@@ -347,14 +362,27 @@ def main() -> None:
         help="hold the whole run (simulator, receivers, daemon, workers) to this many cores' worth of CPU"
         " time, as a slower machine would (a cgroup CPU quota; needs root)",
     )
+    parser.add_argument(
+        "--cpus-of",
+        choices=["all", "daemon"],
+        default="all",
+        help="what --cpus holds: the whole run (default), or the daemon and its workers alone (the"
+        " simulator and receivers, stand-ins for systems elsewhere, then take what they need beside it)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory, contextlib.ExitStack() as held:
+        daemon_group = None
         if args.cpus is not None:
             if args.cpus <= 0:
                 parser.error("--cpus must be more than 0")
             group = held.enter_context(cpu_quota(args.cpus))
-            print(f"held to {args.cpus:g} cores' worth of CPU time (cgroup {group})", flush=True)
-        report(asyncio.run(run(args.per_subtype, Path(directory), args.workers, args.twin)))
+            if args.cpus_of == "all":
+                hold(group, os.getpid())
+            else:
+                daemon_group = group
+            what = "the whole run" if args.cpus_of == "all" else "the daemon and its workers"
+            print(f"{what} held to {args.cpus:g} cores' worth of CPU time (cgroup {group})", flush=True)
+        report(asyncio.run(run(args.per_subtype, Path(directory), args.workers, args.twin, daemon_group)))
 
 
 if __name__ == "__main__":

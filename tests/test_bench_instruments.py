@@ -73,6 +73,8 @@ def test_cpus_holds_the_run_in_a_cgroup_with_the_quota_asked_and_leaves_none_beh
     """``bench_fanout --cpus 1.5``: the benchmark's process (and so all it starts) runs under a CFS quota of
     1.5 periods per period; on the way out it is back in its own group and the new one is gone."""
     with fanout.cpu_quota(1.5) as group:
+        assert not _in_group(group)
+        fanout.hold(group, os.getpid())  # --cpus-of all: the benchmark's own process
         assert _in_group(group)
         if (group / "cpu.cfs_quota_us").exists():
             quota = (group / "cpu.cfs_quota_us").read_text("ascii").split()
