@@ -16,7 +16,8 @@
  * framed as if it were `now`; the caller keeps `second` within that range too.
  *
  * It answers None, before calling anything, when it leaves the batch to the caller's loop: a message is
- * not a bytes object, or is longer than `limit` bytes (-1: no limit); the caller then looks at each one.
+ * not a bytes object, or is longer than `limit` bytes (a negative limit: none); the caller then looks at
+ * each one.
  * The two sequences must be as long as each other (ValueError otherwise, as zip(strict=True) raises).
  */
 
@@ -75,7 +76,8 @@ static PyObject *framing_frame_all(PyObject *self, PyObject *args)
     PyObject **message_items = PySequence_Fast_ITEMS(messages);
     PyObject **stamp_items = PySequence_Fast_ITEMS(timestamps);
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (!PyBytes_CheckExact(message_items[i]) || (limit >= 0 && PyBytes_GET_SIZE(message_items[i]) > limit)) {
+        PyObject *message = message_items[i];
+        if (!PyBytes_CheckExact(message) || (limit >= 0 && PyBytes_GET_SIZE(message) > limit)) {
             result = Py_NewRef(Py_None);
             goto done;
         }

@@ -170,6 +170,8 @@ class SyslogFramer:
         None, with nothing framed, when a message is longer than ``limit`` bytes: the caller then
         decides record by record.
         """
+        if limit is not None and limit < 0 and messages:
+            return None  # not even an empty message fits
         if _FRAMING is not None:
             severity = self._severity
             header_of = self._header_of
@@ -180,7 +182,7 @@ class SyslogFramer:
                 self._lf,
                 self._head_second,
                 self._head,
-                -1 if limit is None else max(limit, 0),
+                -1 if limit is None else limit,
                 now,
                 LATEST_TIMESTAMP,
             )
@@ -200,7 +202,7 @@ class SyslogFramer:
     ) -> bytes | None:
         """:meth:`frame_all` in Python: without ``_framing.c``, for messages that are not bytes, and for a
         batch with a message longer than ``limit``."""
-        if limit is not None and messages and max(map(len, messages)) > max(limit, 0):
+        if limit is not None and messages and max(map(len, messages)) > limit:
             return None
         if now is not None:
             timestamps = [stamp if 0 < stamp <= LATEST_TIMESTAMP else now for stamp in timestamps]
