@@ -1,9 +1,10 @@
 """Fan-out benchmark (issue 13): one tenant's backlog pulled at the API ceiling by the real daemon and
 fanned out to three routes — CEF → TCP syslog, JSON → an HTTP sink, LEEF → TCP syslog.
 
-Run: ``python bench/bench_fanout.py [--per-subtype N] [--twin] [--cpus C]`` (default 250,000 for each of 4
-subtypes = 1M records). ``--twin`` adds a fourth route, the CEF route's twin to a third syslog port: routes
-with the same output share the format workers' decisions, so it should cost little more than its sending.
+Run: ``python bench/bench_fanout.py [--per-subtype N] [--twin] [--only ROUTE] [--cpus C]`` (default 250,000
+for each of 4 subtypes = 1M records). ``--twin`` adds a fourth route, the CEF route's twin to a third syslog
+port: routes with the same output share the format workers' decisions, so it should cost little more than
+its sending. ``--only json-http`` runs that route alone (repeat for several): what each costs by itself.
 ``--cpus 1.3`` holds the whole run to 1.3 cores' worth of CPU time (a cgroup CPU quota, as root): a machine
 a third slower than this one, made on purpose and the same every time, where an unlucky hour cannot be
 told from a slower commit. With ``--cpus-of daemon`` the quota holds the daemon and its workers alone: how
@@ -223,13 +224,23 @@ async def _receive(pipe: Connection) -> None:
 # -- the run ----------------------------------------------------------------------------------------------
 
 
-def pipeline(workdir: Path, url: str, ports: dict[str, int], workers: str, twin: bool) -> dict[str, Any]:
+def pipeline(
+    workdir: Path, url: str, ports: dict[str, int], workers: str, names: list[str]
+) -> dict[str, Any]:
+    """The pipeline file of the run, with the routes ``names`` (of :data:`ROUTES` and ``cef-twin``)."""
     streams = {"alerts": ["dlp", "malware"], "events": ["page", "network"]}
     batch = {"max_records": 5000, "max_wait": "1s"}
     twin_sink = {"type": "syslog", "host": "127.0.0.1", "port": ports["twin"], "protocol": "tcp"}
-    extra = [
-        {"name": "cef-twin", "tenant": "bench", **streams, "format": "cef", "batch": batch, "sink": twin_sink}
-    ]
+    routes = [
+        {"name": "cef-syslog", "tenant": "bench", **streams, "format": "cef", "batch": batch,
+         "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["cef"], "protocol": "tcp"}},
+        {"name": "json-http", "tenant": "bench", **streams, "format": "json", "batch": batch,
+         "sink": {"type": "webhook", "url": f"http://127.0.0.1:{ports['http']}/ingest", "body": "ndjson"}},
+        {"name": "leef-syslog", "tenant": "bench", **streams, "format": "leef", "batch": batch,
+         "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["leef"], "protocol": "tcp"}},
+        {"name": "cef-twin", "tenant": "bench", **streams, "format": "cef", "batch": batch,
+         "sink": twin_sink},
+    ]  # fmt: skip
     return {
         "version": 1,
         "state": {"path": str(workdir / "state.db")},
@@ -238,22 +249,16 @@ def pipeline(workdir: Path, url: str, ports: dict[str, int], workers: str, twin:
         "logging": {"level": "warning", "format": "json"},
         "tenants": [{"name": "bench", "url": url, "token": {"$env": TOKEN_ENV}, "rate_limit": RATE_LIMIT,
                      "start": "3h"}],
-        "logs": {"workers": workers if workers == "auto" else int(workers), "routes": [
-            {"name": "cef-syslog", "tenant": "bench", **streams, "format": "cef", "batch": batch,
-             "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["cef"], "protocol": "tcp"}},
-            {"name": "json-http", "tenant": "bench", **streams, "format": "json", "batch": batch,
-             "sink": {"type": "webhook", "url": f"http://127.0.0.1:{ports['http']}/ingest",
-                      "body": "ndjson"}},
-            {"name": "leef-syslog", "tenant": "bench", **streams, "format": "leef", "batch": batch,
-             "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["leef"], "protocol": "tcp"}},
-        ] + (extra if twin else [])},
+        "logs": {"workers": workers if workers == "auto" else int(workers),
+                 "routes": [route for route in routes if route["name"] in names]},
     }  # fmt: skip
 
 
 async def run(
-    per_subtype: int, workdir: Path, workers: str, twin: bool, daemon_group: Path | None = None
+    per_subtype: int, workdir: Path, workers: str, names: list[str], daemon_group: Path | None = None
 ) -> dict[str, Any]:
-    """The benchmark; ``daemon_group``, a cgroup to hold the daemon (and so its workers) in."""
+    """The benchmark with the routes ``names``; ``daemon_group``, a cgroup to hold the daemon (and so its
+    workers) in."""
     from ce_daemon.control import ask_status
     from ce_daemon.simulator.process import simulator_process
     from ce_daemon.simulator.tenant import DEFAULT_TOKEN
@@ -268,7 +273,7 @@ async def run(
                "rate_limit": RATE_LIMIT, "subtypes": SUBTYPES, "backlog_span": 3600}  # fmt: skip
     async with simulator_process(options) as sim:
         config = workdir / "pipeline.yaml"
-        config.write_text(yaml.safe_dump(pipeline(workdir, sim.url, ports, workers, twin)), encoding="utf-8")
+        config.write_text(yaml.safe_dump(pipeline(workdir, sim.url, ports, workers, names)), encoding="utf-8")
         env = {**os.environ, TOKEN_ENV: DEFAULT_TOKEN}
         daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ce_daemon", "run", "-c", str(config), env=env,
@@ -304,7 +309,7 @@ async def run(
                 for pid in children_of(daemon.pid):  # read while they run: they end with the daemon
                     with contextlib.suppress(OSError):
                         helpers[pid] = (cpu_seconds(pid), peak_rss_mib(pid))
-                if len(delivered) == len(ROUTES) + twin and min(delivered.values()) >= total:
+                if len(delivered) == len(names) and min(delivered.values()) >= total:
                     break
                 if time.time() - began > 30 + 6 * total / CEILING:
                     print("  (stopped: taking more than six times the ceiling's time)", flush=True)
@@ -323,12 +328,12 @@ async def run(
     return {"total": total, "counts": counts, "behind": behind, "cpu": cpu, "rss": rss, "pulled": pulled,
             "pull_rate": pull_rate,
             "workers_cpu": workers_cpu, "workers_rss": workers_rss, "workers": workers,
-            "twin": twin}  # fmt: skip
+            "names": names}  # fmt: skip
 
 
 def report(figures: dict[str, Any]) -> None:
     total = figures["total"]
-    names = [*ROUTES, "cef-twin"] if figures["twin"] else ROUTES
+    names = figures["names"]
     print(f"fan-out bench: {total:,} records (4 subtypes), {len(names)} routes,"
           f" ceiling {CEILING:,} records/s per route")  # fmt: skip
     for name in names:
@@ -357,6 +362,9 @@ def main() -> None:
     parser.add_argument("--workers", default="auto", help="logs.workers: auto, or a number (0: in-process)")
     parser.add_argument("--twin", action="store_true", help="a fourth route: the CEF route's twin")
     parser.add_argument(
+        "--only", choices=ROUTES, action="append", help="run only this route (repeat for several)"
+    )
+    parser.add_argument(
         "--cpus",
         type=float,
         help="hold the whole run (simulator, receivers, daemon, workers) to this many cores' worth of CPU"
@@ -382,7 +390,8 @@ def main() -> None:
                 daemon_group = group
             what = "the whole run" if args.cpus_of == "all" else "the daemon and its workers"
             print(f"{what} held to {args.cpus:g} cores' worth of CPU time (cgroup {group})", flush=True)
-        report(asyncio.run(run(args.per_subtype, Path(directory), args.workers, args.twin, daemon_group)))
+        names = (args.only or ROUTES) + (["cef-twin"] if args.twin else [])
+        report(asyncio.run(run(args.per_subtype, Path(directory), args.workers, names, daemon_group)))
 
 
 if __name__ == "__main__":

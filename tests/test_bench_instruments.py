@@ -14,8 +14,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+
+from ce_daemon.config.load import load_pipeline
+from ce_daemon.registry import Registry
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -84,3 +88,18 @@ def test_cpus_holds_the_run_in_a_cgroup_with_the_quota_asked_and_leaves_none_beh
             assert (group / "cpu.max").read_text("ascii").split() == ["150000", "100000"]
     assert not _in_group(group)
     assert not group.exists()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [fanout.ROUTES, ["json-http"], ["cef-syslog", "leef-syslog", "cef-twin"]],
+    ids=["three", "one", "with the twin"],
+)
+def test_the_fan_out_pipeline_is_one_the_daemon_runs(tmp_path: Path, names: list[str]) -> None:
+    """The pipeline file ``bench_fanout`` hands ``ce-daemon run`` loads, with the routes asked for."""
+    ports = {"cef": 6514, "http": 8080, "leef": 6515, "twin": 6516}
+    made = fanout.pipeline(tmp_path, "http://127.0.0.1:4444", ports, "auto", names)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(made), encoding="utf-8")
+    loaded = load_pipeline(path, Registry.discover(), environ={fanout.TOKEN_ENV: "a-token"})
+    assert [route.name for route in loaded.config.logs.routes] == names  # type: ignore[attr-defined]
