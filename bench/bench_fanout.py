@@ -334,7 +334,8 @@ async def run(
 def report(figures: dict[str, Any]) -> None:
     total = figures["total"]
     names = figures["names"]
-    print(f"fan-out bench: {total:,} records (4 subtypes), {len(names)} routes,"
+    routes = f"{len(names)} route" + ("s" if len(names) != 1 else "")
+    print(f"fan-out bench: {total:,} records (4 subtypes), {routes},"
           f" ceiling {CEILING:,} records/s per route")  # fmt: skip
     for name in names:
         got, first, last = figures["counts"].get(name, [0, 0.0, 0.0])
@@ -351,7 +352,7 @@ def report(figures: dict[str, Any]) -> None:
     million = total / 1e6
     both = figures["cpu"] + figures["workers_cpu"]
     print(f"  daemon (logs.workers: {figures['workers']}): {both / million:.1f} CPU-s per million records"
-          f" ({len(names)} routes and ingest): {figures['cpu'] / million:.1f} in its own process,"
+          f" ({routes} and ingest): {figures['cpu'] / million:.1f} in its own process,"
           f" {figures['workers_cpu'] / million:.1f} in its workers;"
           f" peak RSS {figures['rss']:.0f} MiB + {figures['workers_rss']:.0f} MiB in workers")  # fmt: skip
 
