@@ -16,8 +16,8 @@
  * framed as if it were `now`; the caller keeps `second` within that range too.
  *
  * It answers None, before calling anything, when it leaves the batch to the caller's loop: a message is
- * not a bytes object, or is longer than `limit` bytes (a negative limit: none); the caller then looks at
- * each one.
+ * not a bytes object, or is longer than `limit` bytes (an int, or None for no limit; a negative limit fits
+ * no message); the caller then looks at each one.
  * The two sequences must be as long as each other (ValueError otherwise, as zip(strict=True) raises).
  */
 
@@ -26,7 +26,7 @@
 #include <string.h>
 
 /* Raised whenever this file changes what it takes or answers: framing.py refuses a build of another. */
-#define FRAMING_ABI 2
+#define FRAMING_ABI 3
 
 /* Decimal digits of n (n >= 0). */
 static int digits(Py_ssize_t n)
@@ -53,13 +53,21 @@ static char *put_count(char *out, Py_ssize_t n)
 
 static PyObject *framing_frame_all(PyObject *self, PyObject *args)
 {
-    PyObject *messages_in, *timestamps_in, *header_of, *second, *head, *now;
+    PyObject *messages_in, *timestamps_in, *header_of, *second, *head, *limit_in, *now;
     int lf;
-    Py_ssize_t limit;
     long long latest;
-    if (!PyArg_ParseTuple(args, "OOOpOO!nOL", &messages_in, &timestamps_in, &header_of, &lf, &second,
-                          &PyBytes_Type, &head, &limit, &now, &latest)) {
+    if (!PyArg_ParseTuple(args, "OOOpOO!OOL", &messages_in, &timestamps_in, &header_of, &lf, &second,
+                          &PyBytes_Type, &head, &limit_in, &now, &latest)) {
         return NULL;
+    }
+    int limited = limit_in != Py_None, past = 0;
+    long long limit = limited ? PyLong_AsLongLongAndOverflow(limit_in, &past) : 0;
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (past) { /* beyond any size (no limit), or below any (fits nothing) */
+        limited = past < 0;
+        limit = -1;
     }
     PyObject *result = NULL, *heads = NULL, *frames = NULL;
     PyObject **used = NULL; /* the header of each message (borrowed: `heads` holds them) */
@@ -77,7 +85,7 @@ static PyObject *framing_frame_all(PyObject *self, PyObject *args)
     PyObject **stamp_items = PySequence_Fast_ITEMS(timestamps);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *message = message_items[i];
-        if (!PyBytes_CheckExact(message) || (limit >= 0 && PyBytes_GET_SIZE(message) > limit)) {
+        if (!PyBytes_CheckExact(message) || (limited && PyBytes_GET_SIZE(message) > limit)) {
             result = Py_NewRef(Py_None);
             goto done;
         }

@@ -11,11 +11,11 @@ def frame_all(
     lf: bool,
     second: int | None,
     head: bytes,
-    limit: int,
+    limit: int | None,
     now: int | None,
     latest: int,
     /,
 ) -> tuple[bytes, int | None, bytes] | None:
     """The frames of ``messages`` as one bytes, with the timestamp and header kept for the next batch
     (a timestamp outside 1..``latest`` framed as ``now`` unless it is None); None when a message is not a
-    bytes object or is longer than ``limit`` (-1: none)."""
+    bytes object or is longer than ``limit`` (None: no limit)."""

@@ -46,7 +46,7 @@ _TAG_LIMIT: Final = 32  # RFC 3164 §4.1.3
 LATEST_TIMESTAMP: Final = 253_402_300_799
 """9999-12-31T23:59:59Z, the last epoch second a header can be written for (datetime's range)."""
 
-_FRAMING_ABI: Final = 2
+_FRAMING_ABI: Final = 3
 """The ``FRAMING_ABI`` of the ``_framing.c`` this module is written for."""
 
 
@@ -170,8 +170,6 @@ class SyslogFramer:
         None, with nothing framed, when a message is longer than ``limit`` bytes: the caller then
         decides record by record.
         """
-        if limit is not None and limit < 0 and messages:
-            return None  # not even an empty message fits
         if _FRAMING is not None:
             severity = self._severity
             header_of = self._header_of
@@ -182,7 +180,7 @@ class SyslogFramer:
                 self._lf,
                 self._head_second,
                 self._head,
-                -1 if limit is None else limit,
+                limit,
                 now,
                 LATEST_TIMESTAMP,
             )
@@ -190,22 +188,15 @@ class SyslogFramer:
                 frames: bytes
                 frames, self._head_second, self._head = framed
                 return frames
-        return self._frame_all(messages, timestamps, limit=limit, now=now)
-
-    def _frame_all(
-        self,
-        messages: Sequence[bytes],
-        timestamps: Sequence[int],
-        *,
-        limit: int | None = None,
-        now: int | None = None,
-    ) -> bytes | None:
-        """:meth:`frame_all` in Python: without ``_framing.c``, for messages that are not bytes, and for a
-        batch with a message longer than ``limit``."""
+        # In Python: without _framing.c, for messages that are not bytes, and for a message over the limit.
         if limit is not None and messages and max(map(len, messages)) > limit:
             return None
         if now is not None:
             timestamps = [stamp if 0 < stamp <= LATEST_TIMESTAMP else now for stamp in timestamps]
+        return self._frame_all(messages, timestamps)
+
+    def _frame_all(self, messages: Sequence[bytes], timestamps: Sequence[int]) -> bytes:
+        """The loop of :meth:`frame_all` in Python, on timestamps it can render."""
         parts: list[bytes] = []
         append = parts.append
         second, head = self._head_second, self._head
