@@ -49,6 +49,8 @@ class SyslogSink(LogSink[SyslogSinkOptions]):
     def __init__(self, options: SyslogSinkOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self._framer = self.options.framer()
+        # The longest message a batch framed at once may hold: no header this framer writes is longer.
+        self._batch_limit = self.options.max_message_bytes - self._framer.header_bound()
         self._target = f"syslog receiver {self.options.target}"
         self._ssl: ssl.SSLContext | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -105,8 +107,8 @@ class SyslogSink(LogSink[SyslogSinkOptions]):
         if self.options.protocol == "udp" or not batch:
             return None
         records = OutBatch.of(batch)
-        limit = self.options.max_message_bytes - self._framer.header_bound()
-        return self._framer.frame_all(records.data, records.timestamps, limit=limit, now=int(time.time()))
+        now = int(time.time())
+        return self._framer.frame_all(records.data, records.timestamps, limit=self._batch_limit, now=now)
 
     def _frame(self, batch: Sequence[OutRecord]) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]]]:
         frame = self._framer.frame
