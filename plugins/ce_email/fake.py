@@ -16,6 +16,7 @@ refused at RCPT with their reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
 import secrets
 import threading
@@ -108,9 +109,18 @@ class FakeSmtp:
         return self.port
 
     async def stop(self) -> None:
-        """Stop the server; a second call does nothing."""
+        """Stop the server once its connections have closed; a second call does nothing.
+
+        aiosmtpd's ``stop`` ends the server's loop at once. A connection the client has just closed
+        (a refused TLS handshake, say) may then still have its socket open on the server's side, and
+        the socket is only reclaimed, with a ResourceWarning, by the garbage collector in whatever
+        test runs next. So the listener closes first, and ``stop`` waits (at most
+        :data:`_DRAIN_SECONDS`) until every connection it accepted is closed.
+        """
         if self._controller is not None:
             controller, self._controller = self._controller, None
+            drained = asyncio.run_coroutine_threadsafe(_drain(controller.server), controller.loop)
+            await asyncio.wrap_future(drained)
             await asyncio.to_thread(controller.stop)
 
     async def __aenter__(self) -> FakeSmtp:
@@ -190,6 +200,25 @@ class FakeSmtp:
         with self._lock:
             self.messages.append(mail)
         return "250 2.0.0 Message accepted for delivery"
+
+
+_DRAIN_SECONDS = 5.0
+
+
+async def _drain(server: asyncio.AbstractServer | None) -> None:
+    """Close the listener and wait until each connection it accepted has closed its socket.
+
+    Python 3.11's ``wait_closed`` waits for the connections only when it is called before ``close``
+    (3.12 waits either way), so the wait starts first. A client that keeps its connection open past
+    :data:`_DRAIN_SECONDS` is left to aiosmtpd's ``stop``.
+    """
+    if server is None:
+        return
+    closed = asyncio.ensure_future(server.wait_closed())
+    await asyncio.sleep(0)  # the wait registers itself before the listener closes
+    server.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(closed, _DRAIN_SECONDS)
 
 
 def _tls(server: SMTP) -> bool:
