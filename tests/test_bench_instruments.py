@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -65,8 +66,8 @@ def test_each_message_is_counted_in_the_chunk_where_it_ends() -> None:
     assert counter.feed(stream[15:]) == 2
 
 
-def _in_group(group: Path) -> bool:
-    with open("/proc/self/cgroup", encoding="ascii") as groups:
+def _in_group(group: Path, pid: int) -> bool:
+    with open(f"/proc/{pid}/cgroup", encoding="ascii") as groups:
         return any(line.rstrip("\n").endswith("/" + group.name) for line in groups)
 
 
@@ -74,20 +75,30 @@ def _in_group(group: Path) -> bool:
     os.geteuid() != 0 or fanout._cpu_group_root() is None, reason="needs root and a cpu cgroup"
 )
 def test_cpus_holds_the_run_in_a_cgroup_with_the_quota_asked_and_leaves_none_behind() -> None:
-    """``bench_fanout --cpus 1.5``: the benchmark's process (and so all it starts) runs under a CFS quota of
-    1.5 periods per period; on the way out it is back in its own group and the new one is gone."""
-    with fanout.cpu_quota(1.5) as group:
-        assert not _in_group(group)
-        fanout.hold(group, os.getpid())  # --cpus-of all: the benchmark's own process
-        assert _in_group(group)
-        if (group / "cpu.cfs_quota_us").exists():
-            quota = (group / "cpu.cfs_quota_us").read_text("ascii").split()
-            period = (group / "cpu.cfs_period_us").read_text("ascii").split()
-            assert (int(quota[0]), int(period[0])) == (150_000, 100_000)
-        else:
-            assert (group / "cpu.max").read_text("ascii").split() == ["150000", "100000"]
-    assert not _in_group(group)
-    assert not group.exists()
+    """``bench_fanout --cpus 1.5``: a process moved into the group (and so all it starts) runs under a CFS
+    quota of 1.5 periods per period; on the way out it is back in its parent group and the new one is gone.
+
+    The process moved is a child of the test's own, as the daemon is of the benchmark's
+    (``--cpus-of daemon``): the test process itself is never held."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with fanout.cpu_quota(1.5) as group:
+            assert not _in_group(group, child.pid)
+            fanout.hold(group, child.pid)
+            assert _in_group(group, child.pid)
+            assert not _in_group(group, os.getpid())
+            if (group / "cpu.cfs_quota_us").exists():
+                quota = (group / "cpu.cfs_quota_us").read_text("ascii").split()
+                period = (group / "cpu.cfs_period_us").read_text("ascii").split()
+                assert (int(quota[0]), int(period[0])) == (150_000, 100_000)
+            else:
+                assert (group / "cpu.max").read_text("ascii").split() == ["150000", "100000"]
+        assert child.poll() is None  # still running, moved back out
+        assert not _in_group(group, child.pid)
+        assert not group.exists()
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.parametrize(
