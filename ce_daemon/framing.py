@@ -46,6 +46,13 @@ _TAG_LIMIT: Final = 32  # RFC 3164 §4.1.3
 LATEST_TIMESTAMP: Final = 253_402_300_799
 """9999-12-31T23:59:59Z, the last epoch second a header can be written for (datetime's range)."""
 
+
+def stamp_or_now(timestamp: int, now: int) -> int:
+    """``timestamp`` when a header can be written for it (1..:data:`LATEST_TIMESTAMP`), else ``now``: a
+    record whose time is missing (0) or absurd is framed with the time it is sent."""
+    return timestamp if 0 < timestamp <= LATEST_TIMESTAMP else now
+
+
 _FRAMING_ABI: Final = 3
 """The ``FRAMING_ABI`` of the ``_framing.c`` this module is written for."""
 
@@ -166,7 +173,8 @@ class SyslogFramer:
         ``b"".join(self.frame(m, t) for m, t in zip(messages, timestamps))``, each message copied once.
 
         ``timestamps`` are whole epoch seconds; the framer's severity applies to each message. With
-        ``now``, a timestamp outside 1..:data:`LATEST_TIMESTAMP` is framed as ``now``.
+        ``now``, each timestamp is framed as :func:`stamp_or_now` gives it (``_framing.c`` applies the
+        same rule).
         None, with nothing framed, when a message is longer than ``limit`` bytes: the caller then
         decides record by record.
         """
@@ -192,7 +200,7 @@ class SyslogFramer:
         if limit is not None and messages and max(map(len, messages)) > limit:
             return None
         if now is not None:
-            timestamps = [stamp if 0 < stamp <= LATEST_TIMESTAMP else now for stamp in timestamps]
+            timestamps = [stamp_or_now(stamp, now) for stamp in timestamps]
         return self._frame_all(messages, timestamps)
 
     def _frame_all(self, messages: Sequence[bytes], timestamps: Sequence[int]) -> bytes:

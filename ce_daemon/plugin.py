@@ -31,12 +31,11 @@ from typing_extensions import TypeVar
 from ce_daemon.backoff import Backoff
 from ce_daemon.config.values import Duration, SecretOrText, Size, Timeout
 from ce_daemon.errors import AuthError, ComponentConfigError, PermanentError, TransientError
-from ce_daemon.framing import LATEST_TIMESTAMP, Framing, SyslogFramer, SyslogHeader
+from ce_daemon.framing import Framing, SyslogFramer, SyslogHeader, stamp_or_now
 from ce_daemon.redact import register as register_secret
 
 __all__ = [
     "API_VERSION",
-    "LATEST_TIMESTAMP",
     "OLDEST_API_VERSION",
     "AuthError",
     "Backoff",
@@ -78,6 +77,7 @@ __all__ = [
     "Timeout",
     "TransientError",
     "register_secret",
+    "stamp_or_now",
 ]
 
 

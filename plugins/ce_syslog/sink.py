@@ -26,7 +26,6 @@ from typing import Final
 
 from ce_daemon.http import ssl_context
 from ce_daemon.plugin import (
-    LATEST_TIMESTAMP,
     Health,
     LogSink,
     OutBatch,
@@ -34,6 +33,7 @@ from ce_daemon.plugin import (
     PluginContext,
     SendResult,
     TransientError,
+    stamp_or_now,
 )
 from ce_syslog.options import SyslogSinkOptions
 
@@ -119,8 +119,7 @@ class SyslogSink(LogSink[SyslogSinkOptions]):
         frames: list[tuple[int, bytes]] = []
         rejected: list[tuple[int, str]] = []
         for index, record in enumerate(batch):
-            stamp = record.timestamp
-            framed = frame(record.data, stamp if 0 < stamp <= LATEST_TIMESTAMP else now)
+            framed = frame(record.data, stamp_or_now(record.timestamp, now))
             if len(framed) > limit or udp:
                 # The length prefix (octet) or the trailing LF is framing, not message.
                 start = framed.index(b" ") + 1 if octet else 0
