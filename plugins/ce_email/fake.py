@@ -120,7 +120,8 @@ class FakeSmtp:
         if self._controller is not None:
             controller, self._controller = self._controller, None
             drained = asyncio.run_coroutine_threadsafe(_drain(controller.server), controller.loop)
-            await asyncio.wrap_future(drained)
+            with contextlib.suppress(TimeoutError):  # a server loop that no longer runs cannot drain
+                await asyncio.wait_for(asyncio.wrap_future(drained), _DRAIN_SECONDS + 1)
             await asyncio.to_thread(controller.stop)
 
     async def __aenter__(self) -> FakeSmtp:
@@ -215,7 +216,7 @@ async def _drain(server: asyncio.AbstractServer | None) -> None:
     if server is None:
         return
     closed = asyncio.ensure_future(server.wait_closed())
-    await asyncio.sleep(0)  # the wait registers itself before the listener closes
+    await asyncio.sleep(0)  # one turn: the task made above runs first and registers its wait
     server.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(closed, _DRAIN_SECONDS)
