@@ -230,7 +230,6 @@ def pipeline(
     """The pipeline file of the run, with the routes ``names`` (of :data:`ROUTES` and ``cef-twin``)."""
     streams = {"alerts": ["dlp", "malware"], "events": ["page", "network"]}
     batch = {"max_records": 5000, "max_wait": "1s"}
-    twin_sink = {"type": "syslog", "host": "127.0.0.1", "port": ports["twin"], "protocol": "tcp"}
     routes = [
         {"name": "cef-syslog", "tenant": "bench", **streams, "format": "cef", "batch": batch,
          "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["cef"], "protocol": "tcp"}},
@@ -239,7 +238,7 @@ def pipeline(
         {"name": "leef-syslog", "tenant": "bench", **streams, "format": "leef", "batch": batch,
          "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["leef"], "protocol": "tcp"}},
         {"name": "cef-twin", "tenant": "bench", **streams, "format": "cef", "batch": batch,
-         "sink": twin_sink},
+         "sink": {"type": "syslog", "host": "127.0.0.1", "port": ports["twin"], "protocol": "tcp"}},
     ]  # fmt: skip
     return {
         "version": 1,
